@@ -1,0 +1,41 @@
+#!/bin/sh
+# Install the Debian 12 packages msm-proxy needs to build, test and benchmark.
+# Idempotent: packages already present are skipped; apt runs only when something is missing.
+# Usage: scripts/deps.sh [build|test|bench|all]   (default: test = build + test peers)
+set -eu
+
+set_build="build-essential cmake pkg-config git ca-certificates curl
+ protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev protobuf-compiler
+ libgrpc-dev libev-dev libnghttp2-dev libssl-dev libhttp-parser-dev libosip2-dev
+ libsrtp2-dev libc-ares-dev libjansson-dev libyaml-dev libpcre2-dev libxxhash-dev
+ libcmocka-dev clang llvm libclang-rt-14-dev"
+set_test="python3 netcat-openbsd iproute2 procps"
+set_bench="haproxy"
+
+what=${1:-test}
+case "$what" in
+build) want="$set_build" ;;
+test) want="$set_build $set_test" ;;
+bench) want="$set_build $set_test $set_bench" ;;
+all) want="$set_build $set_test $set_bench" ;;
+*) echo "usage: $0 [build|test|bench|all]" >&2; exit 2 ;;
+esac
+
+missing=""
+# npm fetches the pinned Envoy API package. Some machines carry NodeSource's nodejs (which
+# bundles npm and conflicts with Debian's npm package): only ask apt when npm is absent.
+command -v npm >/dev/null 2>&1 || missing="nodejs npm"
+for p in $want; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "deps: installing:$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq >/dev/null
+# shellcheck disable=SC2086
+$sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,29 @@
+/* The network filter registry: an explicit list of what this build implements (like nginx's
+ * ngx_modules.c), looked up by config type, else by name. Types that exist in the Envoy API but
+ * are not implemented are reported as known so the error says "not supported yet". */
+#include <string.h>
+
+#include "config/types.h"
+#include "filter/network.h"
+#include "filters/network/tcp_proxy/tcp_proxy.h"
+
+static const struct msm_network_filter_ops *const network_filters[] = {
+    &msm_tcp_proxy_ops,
+};
+
+const struct msm_network_filter_ops *msm_network_filter_find(const char *config_type,
+                                                             const char *name, bool *known)
+{
+    *known = false;
+    for (size_t i = 0; i < sizeof(network_filters) / sizeof(network_filters[0]); i++) {
+        const struct msm_network_filter_ops *o = network_filters[i];
+        if (config_type ? !strcmp(o->config_type, config_type) : !strcmp(o->name, name)) {
+            *known = true;
+            return o;
+        }
+    }
+    if (config_type && msm_types_find(config_type)) {
+        *known = true;
+    }
+    return NULL;
+}

@@ -1,0 +1,166 @@
+#include "net/address.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/un.h>
+
+int msm_address_from_ip(const char *ip, uint32_t port, struct msm_address *out,
+                        struct msm_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    if (port > 65535) {
+        return msm_err_set(err, "port %u out of range", port);
+    }
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&out->sa;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&out->sa;
+    if (inet_pton(AF_INET, ip, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        out->len = sizeof(*v4);
+        return 0;
+    }
+    /* Strip an optional scope ("fe80::1%eth0") which inet_pton does not take. */
+    char tmp[INET6_ADDRSTRLEN + 32];
+    snprintf(tmp, sizeof(tmp), "%s", ip);
+    char *pct = strchr(tmp, '%');
+    if (pct) {
+        *pct = '\0';
+    }
+    if (inet_pton(AF_INET6, tmp, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        out->len = sizeof(*v6);
+        return 0;
+    }
+    return msm_err_set(err, "malformed IP address: '%s'", ip);
+}
+
+int msm_address_from_pipe(const char *path, uint32_t mode, struct msm_address *out,
+                          struct msm_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    struct sockaddr_un *un = (struct sockaddr_un *)&out->sa;
+    size_t n = strlen(path);
+    if (n == 0) {
+        return msm_err_set(err, "pipe path is empty");
+    }
+    if (n >= sizeof(un->sun_path)) {
+        return msm_err_set(err, "pipe path '%s' is longer than %zu bytes", path,
+                           sizeof(un->sun_path) - 1);
+    }
+    if (mode > 0777) {
+        return msm_err_set(err, "pipe mode %o is not a permission mask", mode);
+    }
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, path, n);
+    if (path[0] == '@') {
+        if (mode) {
+            return msm_err_set(err, "pipe '%s': abstract sockets take no mode", path);
+        }
+        un->sun_path[0] = '\0';
+        out->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    } else {
+        out->len = (socklen_t)sizeof(*un);
+    }
+    out->pipe_mode = mode;
+    return 0;
+}
+
+void msm_address_ip_str(const struct msm_address *a, char *buf, size_t n)
+{
+    const struct sockaddr_in *v4 = (const struct sockaddr_in *)&a->sa;
+    const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)&a->sa;
+    const struct sockaddr_un *un = (const struct sockaddr_un *)&a->sa;
+    switch (a->sa.ss_family) {
+    case AF_INET:
+        inet_ntop(AF_INET, &v4->sin_addr, buf, (socklen_t)n);
+        return;
+    case AF_INET6:
+        inet_ntop(AF_INET6, &v6->sin6_addr, buf, (socklen_t)n);
+        return;
+    case AF_UNIX: {
+        size_t plen = a->len > offsetof(struct sockaddr_un, sun_path)
+                          ? a->len - offsetof(struct sockaddr_un, sun_path)
+                          : 0;
+        if (plen && un->sun_path[0] == '\0') {
+            snprintf(buf, n, "@%.*s", (int)(plen - 1), un->sun_path + 1);
+        } else {
+            snprintf(buf, n, "%.*s", (int)strnlen(un->sun_path, sizeof(un->sun_path)),
+                     un->sun_path);
+        }
+        return;
+    }
+    default:
+        snprintf(buf, n, "<unset>");
+    }
+}
+
+void msm_address_str(const struct msm_address *a, char *buf, size_t n)
+{
+    char ip[MSM_ADDRSTRLEN];
+    msm_address_ip_str(a, ip, sizeof(ip));
+    switch (a->sa.ss_family) {
+    case AF_INET:
+        snprintf(buf, n, "%s:%u", ip, msm_address_port(a));
+        return;
+    case AF_INET6:
+        snprintf(buf, n, "[%s]:%u", ip, msm_address_port(a));
+        return;
+    default:
+        snprintf(buf, n, "%s", ip);
+    }
+}
+
+uint32_t msm_address_port(const struct msm_address *a)
+{
+    if (a->sa.ss_family == AF_INET) {
+        return ntohs(((const struct sockaddr_in *)&a->sa)->sin_port);
+    }
+    if (a->sa.ss_family == AF_INET6) {
+        return ntohs(((const struct sockaddr_in6 *)&a->sa)->sin6_port);
+    }
+    return 0;
+}
+
+void msm_address_set_port(struct msm_address *a, uint32_t port)
+{
+    if (a->sa.ss_family == AF_INET) {
+        ((struct sockaddr_in *)&a->sa)->sin_port = htons((uint16_t)port);
+    } else if (a->sa.ss_family == AF_INET6) {
+        ((struct sockaddr_in6 *)&a->sa)->sin6_port = htons((uint16_t)port);
+    }
+}
+
+bool msm_address_eq(const struct msm_address *a, const struct msm_address *b)
+{
+    if (a->sa.ss_family != b->sa.ss_family) {
+        return false;
+    }
+    char x[MSM_ADDRSTRLEN], y[MSM_ADDRSTRLEN];
+    msm_address_str(a, x, sizeof(x));
+    msm_address_str(b, y, sizeof(y));
+    return !strcmp(x, y);
+}
+
+bool msm_address_is_any(const struct msm_address *a)
+{
+    if (a->sa.ss_family == AF_INET) {
+        return ((const struct sockaddr_in *)&a->sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+    }
+    if (a->sa.ss_family == AF_INET6) {
+        return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)&a->sa)->sin6_addr);
+    }
+    return false;
+}
+
+void msm_address_stat_name(const struct msm_address *a, char *buf, size_t n)
+{
+    msm_address_str(a, buf, n);
+    for (char *p = buf; *p; p++) {
+        if (*p == ':') {
+            *p = '_';
+        }
+    }
+}

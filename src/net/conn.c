@@ -1,0 +1,419 @@
+#include "net/conn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "event/deferred.h"
+
+/* Read at most this much per readiness event, for fairness between connections. */
+#define READ_BUDGET (256 * 1024)
+/* A flush-close that makes no progress for this long is turned into a hard close. */
+#define FLUSH_CLOSE_TIMEOUT 30.0
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents);
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+
+int msm_set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+static struct msm_conn *conn_new(struct ev_loop *loop, int fd)
+{
+    struct msm_conn *c = MSM_NEW(struct msm_conn);
+    c->loop = loop;
+    c->fd = fd;
+    c->id = msm_next_conn_id();
+    msm_buf_init(&c->in);
+    msm_buf_init(&c->out);
+    ev_io_init(&c->io, on_io, fd, 0);
+    ev_timer_init(&c->timer, on_timer, 0, 0);
+    return c;
+}
+
+static void set_nodelay(int fd, int family)
+{
+    if (family == AF_INET || family == AF_INET6) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+}
+
+struct msm_conn *msm_conn_accepted(struct ev_loop *loop, int fd, const struct msm_address *local,
+                                   const struct msm_address *remote)
+{
+    struct msm_conn *c = conn_new(loop, fd);
+    c->local = *local;
+    c->remote = *remote;
+    set_nodelay(fd, local->sa.ss_family);
+    return c;
+}
+
+/* Recompute which events the fd watcher needs. */
+static void update_io(struct msm_conn *c)
+{
+    if (c->flags & MSM_CONN_F_CLOSED) {
+        return;
+    }
+    int ev = 0;
+    if (c->flags & MSM_CONN_F_CONNECTING) {
+        ev = EV_WRITE;
+    } else {
+        bool reading = c->h && !c->read_disable && !(c->flags & MSM_CONN_F_READ_EOF) &&
+                       !(c->flags & MSM_CONN_F_CLOSING);
+        if (reading) {
+            ev |= EV_READ;
+        }
+        if (c->out.len || ((c->flags & MSM_CONN_F_WRITE_EOF) &&
+                           !(c->flags & MSM_CONN_F_WRITE_SHUT))) {
+            ev |= EV_WRITE;
+        }
+    }
+    if (ev == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io)) {
+        return;
+    }
+    ev_io_stop(c->loop, &c->io);
+    if (ev) {
+        ev_io_set(&c->io, c->fd, ev);
+        ev_io_start(c->loop, &c->io);
+    }
+}
+
+static int bind_addr(int fd, const struct msm_address *a)
+{
+    return bind(fd, (const struct sockaddr *)&a->sa, a->len);
+}
+
+struct msm_conn *msm_conn_connect(struct ev_loop *loop, const struct msm_address *to,
+                                  const struct msm_address *bind, uint32_t timeout_ms,
+                                  const struct msm_conn_handler *h, void *ctx, int *rc)
+{
+    int fd = socket(to->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *rc = -errno;
+        return NULL;
+    }
+    if (bind) {
+        int one = 1;
+        /* upstream_bind_config: Istio binds inbound upstreams to 127.0.0.6:0. */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (to->sa.ss_family == bind->sa.ss_family &&
+            (to->sa.ss_family == AF_INET || to->sa.ss_family == AF_INET6)) {
+            if (msm_address_port(bind) == 0) {
+                /* Defer the port choice to connect(): no ephemeral-port exhaustion on bind. */
+                setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+            }
+            if (bind_addr(fd, bind) < 0) {
+                *rc = -errno;
+                close(fd);
+                return NULL;
+            }
+        }
+    }
+    struct msm_conn *c = conn_new(loop, fd);
+    c->remote = *to;
+    c->h = h;
+    c->ctx = ctx;
+    c->flags |= MSM_CONN_F_CONNECTING;
+    c->connect_start = ev_now(loop);
+    set_nodelay(fd, to->sa.ss_family);
+    int r;
+    do {
+        r = connect(fd, (const struct sockaddr *)&to->sa, to->len);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0 && errno != EINPROGRESS && errno != EAGAIN) {
+        /* Report asynchronously so the caller sees one uniform path. */
+        c->close_detail = strerror(errno);
+    }
+    if (timeout_ms) {
+        ev_timer_set(&c->timer, timeout_ms / 1000.0, 0);
+        ev_timer_start(loop, &c->timer);
+    }
+    ev_io_set(&c->io, fd, EV_WRITE);
+    ev_io_start(loop, &c->io);
+    *rc = 0;
+    return c;
+}
+
+void msm_conn_set_handler(struct msm_conn *c, const struct msm_conn_handler *h, void *ctx)
+{
+    c->h = h;
+    c->ctx = ctx;
+}
+
+void msm_conn_set_watermarks(struct msm_conn *c, uint32_t high)
+{
+    c->high_wm = high;
+    c->low_wm = high / 2;
+}
+
+void msm_conn_enable_half_close(struct msm_conn *c, bool on)
+{
+    if (on) {
+        c->flags |= MSM_CONN_F_HALF_CLOSE;
+    } else {
+        c->flags &= ~MSM_CONN_F_HALF_CLOSE;
+    }
+}
+
+void msm_conn_start_reading(struct msm_conn *c)
+{
+    update_io(c);
+}
+
+void msm_conn_read_disable(struct msm_conn *c, bool disable)
+{
+    if (disable) {
+        c->read_disable++;
+    } else if (c->read_disable > 0) {
+        c->read_disable--;
+    }
+    update_io(c);
+}
+
+bool msm_conn_is_closed(const struct msm_conn *c)
+{
+    return (c->flags & (MSM_CONN_F_CLOSED | MSM_CONN_F_CLOSING)) != 0;
+}
+
+static void conn_free(void *p)
+{
+    struct msm_conn *c = p;
+    msm_buf_deinit(&c->in);
+    msm_buf_deinit(&c->out);
+    free(c);
+}
+
+/* The single close path: stop watchers, close the fd, tell the handler once, free later. */
+static void close_now(struct msm_conn *c, enum msm_conn_event ev)
+{
+    if (c->flags & MSM_CONN_F_CLOSED) {
+        return;
+    }
+    c->flags |= MSM_CONN_F_CLOSED;
+    ev_io_stop(c->loop, &c->io);
+    ev_timer_stop(c->loop, &c->timer);
+    if (ev == MSM_CONN_REMOTE_CLOSE || ev == MSM_CONN_CONNECT_FAILED ||
+        ev == MSM_CONN_CONNECT_TIMEOUT) {
+        /* Abortive close on errors, so the peer learns quickly (RST). */
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        if (ev != MSM_CONN_REMOTE_CLOSE) {
+            setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+    }
+    close(c->fd);
+    c->fd = -1;
+    const struct msm_conn_handler *h = c->h;
+    c->h = NULL;
+    if (h && h->on_event) {
+        h->on_event(c, c->ctx, ev);
+    }
+    msm_defer(c->loop, conn_free, c);
+}
+
+static void check_watermarks(struct msm_conn *c)
+{
+    if (!c->high_wm || !c->h || !c->h->on_watermark) {
+        return;
+    }
+    if (!(c->flags & MSM_CONN_F_ABOVE_WM) && c->out.len > c->high_wm) {
+        c->flags |= MSM_CONN_F_ABOVE_WM;
+        c->h->on_watermark(c, c->ctx, true);
+    } else if ((c->flags & MSM_CONN_F_ABOVE_WM) && c->out.len <= c->low_wm) {
+        c->flags &= ~MSM_CONN_F_ABOVE_WM;
+        c->h->on_watermark(c, c->ctx, false);
+    }
+}
+
+/* Write what we can; returns false if the connection was closed. */
+static bool do_write(struct msm_conn *c)
+{
+    if (c->out.len) {
+        ssize_t w = msm_buf_write_fd(&c->out, c->fd);
+        if (w < 0 && w != -EAGAIN) {
+            c->close_detail = strerror((int)-w);
+            close_now(c, MSM_CONN_REMOTE_CLOSE);
+            return false;
+        }
+        if (w > 0) {
+            c->tx_bytes += (uint64_t)w;
+            if (c->flags & MSM_CONN_F_CLOSING) {
+                ev_timer_stop(c->loop, &c->timer);
+                ev_timer_set(&c->timer, FLUSH_CLOSE_TIMEOUT, 0);
+                ev_timer_start(c->loop, &c->timer);
+            }
+        }
+    }
+    if (!c->out.len) {
+        if (c->flags & MSM_CONN_F_CLOSING) {
+            close_now(c, MSM_CONN_LOCAL_CLOSE);
+            return false;
+        }
+        if ((c->flags & MSM_CONN_F_WRITE_EOF) && !(c->flags & MSM_CONN_F_WRITE_SHUT)) {
+            shutdown(c->fd, SHUT_WR);
+            c->flags |= MSM_CONN_F_WRITE_SHUT;
+        }
+    }
+    check_watermarks(c);
+    if (c->flags & MSM_CONN_F_CLOSED) {
+        return false;
+    }
+    update_io(c);
+    return true;
+}
+
+void msm_conn_write(struct msm_conn *c, struct msm_buf *data, bool end_stream)
+{
+    if (c->flags & (MSM_CONN_F_CLOSED | MSM_CONN_F_WRITE_EOF)) {
+        if (data) {
+            msm_buf_drain(data, data->len);
+        }
+        return;
+    }
+    if (data && data->len) {
+        msm_buf_move(&c->out, data);
+    }
+    if (end_stream) {
+        c->flags |= MSM_CONN_F_WRITE_EOF;
+    }
+    if (c->flags & MSM_CONN_F_CONNECTING) {
+        check_watermarks(c);
+        return;
+    }
+    do_write(c);
+}
+
+void msm_conn_close(struct msm_conn *c, enum msm_close_type how)
+{
+    if (c->flags & MSM_CONN_F_CLOSED) {
+        return;
+    }
+    if (how == MSM_CLOSE_FLUSH && c->out.len && !(c->flags & MSM_CONN_F_CONNECTING)) {
+        if (c->flags & MSM_CONN_F_CLOSING) {
+            return;
+        }
+        c->flags |= MSM_CONN_F_CLOSING;
+        ev_timer_stop(c->loop, &c->timer);
+        ev_timer_set(&c->timer, FLUSH_CLOSE_TIMEOUT, 0);
+        ev_timer_start(c->loop, &c->timer);
+        update_io(c);
+        return;
+    }
+    close_now(c, MSM_CONN_LOCAL_CLOSE);
+}
+
+static void finish_connect(struct msm_conn *c)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (c->close_detail || getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err) {
+        if (!c->close_detail) {
+            c->close_detail = strerror(err ? err : errno);
+        }
+        close_now(c, MSM_CONN_CONNECT_FAILED);
+        return;
+    }
+    c->flags &= ~MSM_CONN_F_CONNECTING;
+    ev_timer_stop(c->loop, &c->timer);
+    c->local.len = sizeof(c->local.sa);
+    getsockname(c->fd, (struct sockaddr *)&c->local.sa, &c->local.len);
+    if (c->h && c->h->on_event) {
+        c->h->on_event(c, c->ctx, MSM_CONN_CONNECTED);
+    }
+    if (c->flags & MSM_CONN_F_CLOSED) {
+        return;
+    }
+    do_write(c);
+}
+
+static void do_read(struct msm_conn *c)
+{
+    size_t budget = READ_BUDGET;
+    bool eof = false;
+    size_t before = c->in.len;
+    while (budget) {
+        ssize_t r = msm_buf_read_fd(&c->in, c->fd, budget < MSM_BUF_BLOCK ? budget : MSM_BUF_BLOCK);
+        if (r == -EAGAIN) {
+            break;
+        }
+        if (r < 0) {
+            c->close_detail = strerror((int)-r);
+            close_now(c, MSM_CONN_REMOTE_CLOSE);
+            return;
+        }
+        if (r == 0) {
+            eof = true;
+            break;
+        }
+        c->rx_bytes += (uint64_t)r;
+        budget -= (size_t)r;
+        if ((size_t)r < MSM_BUF_BLOCK / 2) {
+            break; /* the socket is probably empty: skip the EAGAIN round trip */
+        }
+    }
+    if (eof) {
+        c->flags |= MSM_CONN_F_READ_EOF;
+        if (!(c->flags & MSM_CONN_F_HALF_CLOSE)) {
+            if (c->in.len > before && c->h && c->h->on_read) {
+                c->h->on_read(c, c->ctx, false);
+                if (c->flags & MSM_CONN_F_CLOSED) {
+                    return;
+                }
+            }
+            c->close_detail = "remote close";
+            close_now(c, MSM_CONN_REMOTE_CLOSE);
+            return;
+        }
+    }
+    if ((c->in.len > before || eof) && c->h && c->h->on_read) {
+        c->h->on_read(c, c->ctx, eof);
+    }
+    if (!(c->flags & MSM_CONN_F_CLOSED)) {
+        update_io(c);
+    }
+}
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct msm_conn *c = MSM_CONTAINER_OF(w, struct msm_conn, io);
+    if (c->flags & MSM_CONN_F_CONNECTING) {
+        finish_connect(c);
+        return;
+    }
+    if (revents & EV_WRITE) {
+        if (!do_write(c)) {
+            return;
+        }
+    }
+    if ((revents & EV_READ) && !(c->flags & MSM_CONN_F_CLOSED)) {
+        do_read(c);
+    }
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct msm_conn *c = MSM_CONTAINER_OF(w, struct msm_conn, timer);
+    if (c->flags & MSM_CONN_F_CONNECTING) {
+        c->close_detail = "connect timeout";
+        close_now(c, MSM_CONN_CONNECT_TIMEOUT);
+        return;
+    }
+    /* Flush-close made no progress. */
+    c->close_detail = "flush timeout";
+    close_now(c, MSM_CONN_LOCAL_CLOSE);
+}

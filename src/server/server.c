@@ -1,0 +1,524 @@
+#include "server/server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "admin/admin.h"
+#include "common/alloc.h"
+#include "common/log.h"
+#include "config/bootstrap.h"
+#include "config/pbutil.h"
+#include "event/deferred.h"
+#include "net/listener.h"
+#include "server/worker.h"
+#include "upstream/cluster_manager.h"
+
+const char *msm_server_state_name(enum msm_server_state s)
+{
+    switch (s) {
+    case MSM_STATE_LIVE: return "LIVE";
+    case MSM_STATE_DRAINING: return "DRAINING";
+    case MSM_STATE_PRE_INITIALIZING: return "PRE_INITIALIZING";
+    case MSM_STATE_INITIALIZING: return "INITIALIZING";
+    }
+    return "UNKNOWN";
+}
+
+static void set_state(struct msm_server *srv, enum msm_server_state s)
+{
+    srv->state = s;
+    msm_stat_set(srv->sst.state, (uint64_t)s);
+    msm_stat_set(srv->sst.live, s == MSM_STATE_LIVE);
+}
+
+/* ---- logging from the bootstrap ------------------------------------------------------------- */
+
+static int apply_log_config(const struct msm_server *srv, struct msm_err *err)
+{
+    const Envoy__Config__Bootstrap__V3__Bootstrap *b = srv->bootstrap;
+    const Envoy__Config__Bootstrap__V3__Bootstrap__ApplicationLogConfig *alc =
+        b->application_log_config;
+    if (!alc || !alc->log_format) {
+        return 0;
+    }
+    if (srv->opts->log_format_set) {
+        return msm_err_set(err, "Only one of ApplicationLogConfig.log_format or CLI option "
+                                "--log-format can be specified.");
+    }
+    const Envoy__Config__Bootstrap__V3__Bootstrap__ApplicationLogConfig__LogFormat *lf =
+        alc->log_format;
+    if (lf->log_format_case ==
+        ENVOY__CONFIG__BOOTSTRAP__V3__BOOTSTRAP__APPLICATION_LOG_CONFIG__LOG_FORMAT__LOG_FORMAT_TEXT_FORMAT) {
+        return msm_log_set_format(lf->text_format, NULL, 0);
+    }
+    if (lf->log_format_case ==
+        ENVOY__CONFIG__BOOTSTRAP__V3__BOOTSTRAP__APPLICATION_LOG_CONFIG__LOG_FORMAT__LOG_FORMAT_JSON_FORMAT) {
+        const Google__Protobuf__Struct *st = lf->json_format;
+        const char **kv = msm_xcalloc(st->n_fields * 2 + 1, sizeof(char *));
+        int n = 0;
+        for (size_t i = 0; i < st->n_fields; i++) {
+            const Google__Protobuf__Value *v = st->fields[i]->value;
+            if (!v || v->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE) {
+                free(kv);
+                return msm_err_set(err, "application_log_config.log_format.json_format.%s: only "
+                                        "string values are supported",
+                                   st->fields[i]->key);
+            }
+            kv[2 * n] = st->fields[i]->key;
+            kv[2 * n + 1] = v->string_value;
+            n++;
+        }
+        int rc = msm_log_set_format(NULL, kv, n);
+        free(kv);
+        return rc;
+    }
+    return 0;
+}
+
+/* ---- building config ---------------------------------------------------------------------- */
+
+static int build_static(struct msm_server *srv, bool validate_only, struct msm_err *err)
+{
+    const Envoy__Config__Bootstrap__V3__Bootstrap *b = srv->bootstrap;
+    if (b->dynamic_resources && !validate_only) {
+        return msm_err_set(err, "dynamic_resources: xDS (LDS/CDS/ADS) is not supported yet; use "
+                                "static_resources");
+    }
+    if (b->dynamic_resources) {
+        msm_log(MSM_LOG_WARN, MSM_LC_CONFIG, "dynamic_resources (xDS) are not supported yet: "
+                "serving this config will fail");
+    }
+    const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = b->static_resources;
+    size_t nc = sr ? sr->n_clusters : 0, nl = sr ? sr->n_listeners : 0;
+    for (size_t i = 0; i < nc; i++) {
+        if (msm_cm_add(srv->cm, sr->clusters[i], validate_only, err) < 0) {
+            msm_err_prefix(err, "static_resources.clusters[%zu]", i);
+            return MSM_EINVAL;
+        }
+    }
+    struct msm_build_opts bo = {.stats = srv->stats, .validate_only = validate_only,
+                                .allow_unknown_fields = srv->opts->allow_unknown_static_fields};
+    srv->listeners = msm_xcalloc(nl + 1, sizeof(*srv->listeners));
+    srv->socks = msm_xcalloc(nl + 1, sizeof(*srv->socks));
+    for (size_t i = 0; i < nl; i++) {
+        struct msm_listener_cfg *l = msm_listener_cfg_from_proto(sr->listeners[i], &bo, err);
+        if (!l) {
+            msm_stat_inc(srv->lm.listener_create_failure);
+            msm_err_prefix(err, "static_resources.listeners[%zu]", i);
+            return MSM_EINVAL;
+        }
+        for (int j = 0; j < srv->n_listeners; j++) {
+            struct msm_listener_cfg *o = srv->listeners[j];
+            if (!strcmp(o->name, l->name)) {
+                msm_listener_cfg_unref(l);
+                return msm_err_set(err, "error adding listener: '%s' has duplicate name", o->name);
+            }
+            if (o->bind_to_port && l->bind_to_port && msm_address_eq(&o->addr, &l->addr)) {
+                char a[MSM_ADDRSTRLEN];
+                msm_address_str(&l->addr, a, sizeof(a));
+                msm_err_set(err, "error adding listener '%s': listener '%s' already uses %s",
+                            l->name, o->name, a);
+                msm_listener_cfg_unref(l);
+                return MSM_EINVAL;
+            }
+        }
+        srv->listeners[srv->n_listeners++] = l;
+        msm_stat_inc(srv->lm.listener_added);
+        msm_stat_inc(srv->lm.listener_create_success);
+    }
+    return 0;
+}
+
+/* ---- listen sockets ------------------------------------------------------------------------ */
+
+static int bind_one(const struct msm_address *a, bool reuse_port, uint32_t backlog, int *out,
+                    struct msm_err *err)
+{
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return msm_err_set(err, "socket: %s", strerror(errno));
+    }
+    int one = 1;
+    if (a->sa.ss_family != AF_UNIX) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (reuse_port) {
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+        }
+    } else {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&a->sa;
+        struct stat st;
+        /* A stale socket file from a previous run would make bind fail; only sockets are
+         * removed, never regular files. */
+        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            unlink(un->sun_path);
+        }
+    }
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->len) < 0) {
+        int e = errno;
+        close(fd);
+        char s[MSM_ADDRSTRLEN];
+        msm_address_str(a, s, sizeof(s));
+        return msm_err_set(err, "cannot bind '%s': %s", s, strerror(e));
+    }
+    if (a->sa.ss_family == AF_UNIX && a->pipe_mode) {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&a->sa;
+        if (un->sun_path[0] && chmod(un->sun_path, (mode_t)a->pipe_mode) < 0) {
+            int e = errno;
+            close(fd);
+            return msm_err_set(err, "chmod '%s': %s", un->sun_path, strerror(e));
+        }
+    }
+    if (listen(fd, (int)backlog) < 0) {
+        int e = errno;
+        close(fd);
+        return msm_err_set(err, "listen: %s", strerror(e));
+    }
+    *out = fd;
+    return 0;
+}
+
+static struct msm_listen_socket *open_listener(const struct msm_listener_cfg *l, int nworkers,
+                                               struct msm_err *err)
+{
+    struct msm_listen_socket *ls = MSM_NEW(struct msm_listen_socket);
+    atomic_init(&ls->refs, 1);
+    bool ip = l->addr.sa.ss_family != AF_UNIX;
+    int n = ip && l->reuse_port ? nworkers : 1;
+    ls->fds = msm_xcalloc((size_t)n, sizeof(int));
+    for (int i = 0; i < n; i++) {
+        ls->fds[i] = -1;
+    }
+    ls->addr = l->addr;
+    for (int i = 0; i < n; i++) {
+        if (bind_one(&ls->addr, l->reuse_port, l->backlog, &ls->fds[i], err) < 0) {
+            msm_err_prefix(err, "listener '%s'", l->name);
+            ls->nfds = i;
+            msm_listen_socket_unref(ls);
+            return NULL;
+        }
+        ls->nfds = i + 1;
+        if (i == 0 && ip) {
+            /* Port 0: every worker socket must share the port the kernel picked. */
+            struct msm_address got;
+            got.len = sizeof(got.sa);
+            getsockname(ls->fds[0], (struct sockaddr *)&got.sa, &got.len);
+            got.pipe_mode = 0;
+            ls->addr = got;
+        }
+    }
+    return ls;
+}
+
+/* ---- snapshots ---------------------------------------------------------------------------- */
+
+static void publish_snapshot(struct msm_server *srv)
+{
+    struct msm_snapshot *s = msm_snapshot_new();
+    s->version = ++srv->snap_version;
+    for (int i = 0; i < srv->n_listeners; i++) {
+        msm_snapshot_add_listener(s, srv->listeners[i], srv->socks[i]);
+    }
+    msm_cm_fill_snapshot(srv->cm, s);
+    msm_snapshot_seal(s);
+    for (int i = 0; i < srv->n_workers; i++) {
+        msm_worker_post_snapshot(srv->workers[i], msm_snapshot_ref(s));
+    }
+    msm_snapshot_unref(srv->snap);
+    srv->snap = s;
+}
+
+static void on_clusters_changed(void *arg)
+{
+    publish_snapshot(arg);
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+/* Leave the main loop; msm_server_run then stops and joins the workers. */
+static void finish(struct msm_server *srv)
+{
+    ev_break(srv->loop, EVBREAK_ALL);
+}
+
+struct drained_msg {
+    struct msm_server *srv;
+    int id;
+};
+
+static void do_worker_drained(void *arg)
+{
+    struct drained_msg *m = arg;
+    struct msm_server *srv = m->srv;
+    free(m);
+    if (++srv->drained_workers >= srv->n_workers && srv->shutting_down) {
+        msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "all connections drained, exiting");
+        finish(srv);
+    }
+}
+
+void msm_server_post_worker_drained(struct msm_server *srv, int worker_id)
+{
+    struct drained_msg *m = msm_xmalloc(sizeof(*m));
+    m->srv = srv;
+    m->id = worker_id;
+    msm_mailbox_post(&srv->mb, do_worker_drained, m);
+}
+
+static void on_drain_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct msm_server *srv = MSM_CONTAINER_OF(w, struct msm_server, drain_deadline);
+    msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "drain time over, exiting");
+    finish(srv);
+}
+
+void msm_server_shutdown(struct msm_server *srv, bool now)
+{
+    if (srv->shutting_down) {
+        if (now) {
+            finish(srv);
+        }
+        return;
+    }
+    srv->shutting_down = true;
+    set_state(srv, MSM_STATE_DRAINING);
+    /* Stop listening now so new clients are refused (ECONNREFUSED) instead of waiting in the
+     * accept queue until exit; the fds stay valid for the workers' watchers until they let go. */
+    for (int i = 0; i < srv->n_listeners; i++) {
+        struct msm_listen_socket *ls = srv->socks[i];
+        for (int k = 0; ls && k < ls->nfds; k++) {
+            shutdown(ls->fds[k], SHUT_RDWR);
+        }
+    }
+    if (now || !srv->n_workers) {
+        finish(srv);
+        return;
+    }
+    uint32_t ms = srv->opts->drain_time_s * 1000;
+    for (int i = 0; i < srv->n_workers; i++) {
+        msm_worker_post_drain(srv->workers[i], ms);
+    }
+    /* Workers close leftovers at the deadline; this is the backstop. */
+    ev_timer_init(&srv->drain_deadline, on_drain_deadline, ms / 1000.0 + 1.0, 0);
+    ev_timer_start(srv->loop, &srv->drain_deadline);
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct msm_server *srv = w->data;
+    if (w->signum == SIGTERM) {
+        msm_log(MSM_LOG_WARN, MSM_LC_MAIN, "caught SIGTERM%s",
+                srv->shutting_down ? " again, exiting now" : ", draining");
+        msm_server_shutdown(srv, srv->shutting_down);
+    } else if (w->signum == SIGINT) {
+        msm_log(MSM_LOG_WARN, MSM_LC_MAIN, "caught SIGINT");
+        msm_server_shutdown(srv, true);
+    } else if (w->signum == SIGUSR1) {
+        msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "caught SIGUSR1, reopening logs");
+    }
+}
+
+static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct msm_server *srv = MSM_CONTAINER_OF(w, struct msm_server, tick);
+    msm_stat_set(srv->sst.uptime, (uint64_t)(ev_now(loop) - srv->start_time));
+}
+
+static void on_init_done(void *arg)
+{
+    struct msm_server *srv = arg;
+    if (srv->shutting_down) {
+        return;
+    }
+    msm_stat_record(srv->sst.initialization_time_ms,
+                    (uint64_t)((ev_now(srv->loop) - srv->start_time) * 1000.0));
+    if (srv->opts->mode == MSM_MODE_INIT_ONLY) {
+        msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "init_only mode: initialized, exiting");
+        ev_break(srv->loop, EVBREAK_ALL);
+        return;
+    }
+    for (int i = 0; i < srv->n_workers; i++) {
+        if (msm_worker_start(srv->workers[i]) < 0) {
+            msm_log(MSM_LOG_CRITICAL, MSM_LC_MAIN, "cannot start worker %d", i);
+            srv->exit_code = 1;
+            ev_break(srv->loop, EVBREAK_ALL);
+            return;
+        }
+    }
+    publish_snapshot(srv);
+    msm_stat_set(srv->lm.workers_started, 1);
+    msm_stat_set(srv->lm.total_listeners_active, (uint64_t)srv->n_listeners);
+    set_state(srv, MSM_STATE_LIVE);
+    msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "all clusters initialized, %d workers started, LIVE",
+            srv->n_workers);
+}
+
+static void server_init_stats(struct msm_server *srv)
+{
+    msm_server_stats_init(srv->stats, "server.", &srv->sst);
+    msm_lm_stats_init(srv->stats, "listener_manager.", &srv->lm);
+    msm_stat_set(srv->sst.concurrency, (uint64_t)srv->n_workers);
+    msm_stat_set(srv->sst.hot_restart_epoch, srv->opts->restart_epoch);
+    msm_stat_set(srv->sst.days_until_first_cert_expiring, UINT32_MAX);
+    msm_stat_set(srv->sst.seconds_until_first_ocsp_response_expiring, 0);
+    set_state(srv, MSM_STATE_PRE_INITIALIZING);
+}
+
+static void server_free(struct msm_server *srv)
+{
+    for (int i = 0; srv->workers && i < srv->n_workers; i++) {
+        msm_worker_free(srv->workers[i]);
+    }
+    free(srv->workers);
+    msm_admin_free(srv->admin);
+    msm_snapshot_unref(srv->snap);
+    for (int i = 0; i < srv->n_listeners; i++) {
+        msm_listener_cfg_unref(srv->listeners[i]);
+        msm_listen_socket_unref(srv->socks[i]);
+    }
+    free(srv->listeners);
+    free(srv->socks);
+    if (srv->loop) {
+        msm_defer_run(srv->loop);
+    }
+    msm_cm_free(srv->cm);
+    msm_server_stats_deinit(&srv->sst);
+    msm_lm_stats_deinit(&srv->lm);
+    if (srv->bootstrap) {
+        protobuf_c_message_free_unpacked(&srv->bootstrap->base, NULL);
+    }
+    if (srv->loop) {
+        msm_mailbox_deinit(&srv->mb);
+        ev_signal_stop(srv->loop, &srv->sig_term);
+        ev_signal_stop(srv->loop, &srv->sig_int);
+        ev_signal_stop(srv->loop, &srv->sig_usr1);
+        ev_timer_stop(srv->loop, &srv->tick);
+        ev_timer_stop(srv->loop, &srv->drain_deadline);
+        msm_loop_free(srv->loop);
+    }
+    msm_stats_store_free(srv->stats);
+    msm_stats = NULL;
+    free(srv);
+}
+
+static struct msm_server *server_new(const struct msm_options *opts, struct msm_err *err)
+{
+    struct msm_server *srv = MSM_NEW(struct msm_server);
+    srv->opts = opts;
+    srv->stats = msm_stats_store_new();
+    msm_stats = srv->stats;
+    srv->n_workers = opts->concurrency ? (int)opts->concurrency : 1;
+    server_init_stats(srv);
+    srv->bootstrap = msm_bootstrap_load(opts, err);
+    if (!srv->bootstrap) {
+        return srv;
+    }
+    if (apply_log_config(srv, err) < 0) {
+        protobuf_c_message_free_unpacked(&srv->bootstrap->base, NULL);
+        srv->bootstrap = NULL;
+    }
+    return srv;
+}
+
+int msm_server_validate(const struct msm_options *opts, struct msm_err *err)
+{
+    struct msm_server *srv = server_new(opts, err);
+    int rc = MSM_EINVAL;
+    if (srv->bootstrap) {
+        srv->cm = msm_cm_new(NULL, srv->stats, NULL, NULL);
+        rc = build_static(srv, true, err);
+        if (rc == 0) {
+            rc = msm_admin_validate(srv->bootstrap, err);
+        }
+    }
+    server_free(srv);
+    return rc;
+}
+
+int msm_server_run(const struct msm_options *opts)
+{
+    struct msm_err err = {{0}};
+    signal(SIGPIPE, SIG_IGN);
+    struct msm_server *srv = server_new(opts, &err);
+    if (!srv->bootstrap) {
+        msm_log(MSM_LOG_CRITICAL, MSM_LC_MAIN, "error initializing configuration '%s': %s",
+                opts->config_path ? opts->config_path : "", err.msg);
+        server_free(srv);
+        return 1;
+    }
+    srv->loop = msm_loop_new(srv, 1);
+    msm_mailbox_init(&srv->mb, srv->loop);
+    srv->start_time = ev_now(srv->loop);
+    srv->cm = msm_cm_new(srv->loop, srv->stats, on_clusters_changed, srv);
+    msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "msm-proxy %s starting: %d worker(s)", MSM_VERSION,
+            srv->n_workers);
+    if (build_static(srv, false, &err) < 0) {
+        goto fail;
+    }
+    srv->admin = msm_admin_new(srv, &err);
+    if (!srv->admin && err.msg[0]) {
+        goto fail;
+    }
+    for (int i = 0; i < srv->n_listeners; i++) {
+        if (!srv->listeners[i]->bind_to_port) {
+            continue;
+        }
+        srv->socks[i] = open_listener(srv->listeners[i], srv->n_workers, &err);
+        if (!srv->socks[i]) {
+            goto fail;
+        }
+        char a[MSM_ADDRSTRLEN];
+        msm_address_str(&srv->socks[i]->addr, a, sizeof(a));
+        msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "listener '%s' bound to %s", srv->listeners[i]->name,
+                a);
+    }
+    srv->workers = msm_xcalloc((size_t)srv->n_workers, sizeof(*srv->workers));
+    for (int i = 0; i < srv->n_workers; i++) {
+        srv->workers[i] = msm_worker_new(srv, i);
+        if (!srv->workers[i]) {
+            msm_err_set(&err, "cannot create worker loop %d", i);
+            srv->n_workers = i;
+            goto fail;
+        }
+    }
+    ev_signal_init(&srv->sig_term, on_signal, SIGTERM);
+    ev_signal_init(&srv->sig_int, on_signal, SIGINT);
+    ev_signal_init(&srv->sig_usr1, on_signal, SIGUSR1);
+    srv->sig_term.data = srv->sig_int.data = srv->sig_usr1.data = srv;
+    ev_signal_start(srv->loop, &srv->sig_term);
+    ev_signal_start(srv->loop, &srv->sig_int);
+    ev_signal_start(srv->loop, &srv->sig_usr1);
+    ev_timer_init(&srv->tick, on_tick, 1.0, 1.0);
+    ev_timer_start(srv->loop, &srv->tick);
+    ev_timer_init(&srv->drain_deadline, on_drain_deadline, 0, 0);
+    set_state(srv, MSM_STATE_INITIALIZING);
+    msm_cm_start(srv->cm, on_init_done, srv);
+    ev_run(srv->loop, 0);
+    for (int i = 0; i < srv->n_workers; i++) {
+        if (srv->workers[i]->started) {
+            msm_worker_post_stop(srv->workers[i]);
+            msm_worker_join(srv->workers[i]);
+        }
+    }
+    int code = srv->exit_code;
+    msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "exiting");
+    server_free(srv);
+    return code;
+fail:
+    msm_log(MSM_LOG_CRITICAL, MSM_LC_MAIN, "error initializing configuration '%s': %s",
+            opts->config_path ? opts->config_path : "--config-yaml", err.msg);
+    server_free(srv);
+    return 1;
+}

@@ -1,0 +1,118 @@
+#pragma once
+/* Stats store: counters, gauges and histograms under Envoy's names.
+ *
+ * Invariants:
+ * - A stat is created (get-or-create by full name) on the main thread while a config object is
+ *   built, and is reference-counted: config objects that share a name share the stat, so values
+ *   survive config updates exactly as Envoy's do.
+ * - Workers only update values (relaxed atomics); they never create or free stats.
+ * - Names are Envoy's full dotted names ("cluster.xds-grpc;.upstream_cx_total"); tag extraction
+ *   happens at export time (admin /stats/prometheus), never on the data path.
+ */
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum msm_stat_type {
+    MSM_STAT_COUNTER = 0,
+    MSM_STAT_GAUGE = 1,
+    MSM_STAT_HISTOGRAM = 2,
+    MSM_STAT_TEXT = 3,
+};
+
+/* Envoy's default histogram bucket bounds (ms or unitless). */
+#define MSM_HIST_BUCKETS 20
+extern const double msm_hist_bounds[MSM_HIST_BUCKETS];
+
+struct msm_stats_store;
+
+struct msm_stat {
+    char *name;
+    struct msm_stats_store *store;
+    enum msm_stat_type type;
+    atomic_uint_fast64_t value; /* counter/gauge value */
+    atomic_bool used;           /* ever updated (admin ?usedonly) */
+    atomic_int refs;
+    bool neverimport;           /* gauge: Envoy's NeverImport (e.g. server.state) */
+    /* histogram: cumulative-free bucket counts (last = overflow), sum and count */
+    atomic_uint_fast64_t *buckets; /* MSM_HIST_BUCKETS + 1 */
+    atomic_uint_fast64_t hsum;      /* sum of recorded values (integers) */
+    atomic_uint_fast64_t hcount;
+    char *text;                     /* text readout (main thread only) */
+};
+
+struct msm_stats_store *msm_stats_store_new(void);
+void msm_stats_store_free(struct msm_stats_store *st);
+/* The process-wide store (created by the server; tests may set their own). */
+extern struct msm_stats_store *msm_stats;
+
+/* Get or create a stat; returns a new reference (release with msm_stat_unref). A name that
+ * exists with another type returns the existing stat of that type (Envoy logs this; it means a
+ * naming bug), so callers never get NULL. Main thread. */
+struct msm_stat *msm_stats_get(struct msm_stats_store *st, enum msm_stat_type type,
+                               const char *name);
+struct msm_stat *msm_stats_getf(struct msm_stats_store *st, enum msm_stat_type type,
+                                const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void msm_stat_unref(struct msm_stat *s);
+struct msm_stat *msm_stat_ref(struct msm_stat *s);
+/* Lookup without creating (NULL if absent); borrowed pointer, main thread. */
+struct msm_stat *msm_stats_find(struct msm_stats_store *st, const char *name);
+
+/* Snapshot of all stats, sorted by name, each referenced; free with msm_stats_list_free. */
+struct msm_stat **msm_stats_list(struct msm_stats_store *st, size_t *n);
+void msm_stats_list_free(struct msm_stat **v, size_t n);
+
+static inline void msm_stat_add(struct msm_stat *s, uint64_t v)
+{
+    atomic_fetch_add_explicit(&s->value, v, memory_order_relaxed);
+    atomic_store_explicit(&s->used, true, memory_order_relaxed);
+}
+static inline void msm_stat_inc(struct msm_stat *s)
+{
+    msm_stat_add(s, 1);
+}
+static inline void msm_stat_sub(struct msm_stat *s, uint64_t v)
+{
+    atomic_fetch_sub_explicit(&s->value, v, memory_order_relaxed);
+    atomic_store_explicit(&s->used, true, memory_order_relaxed);
+}
+static inline void msm_stat_dec(struct msm_stat *s)
+{
+    msm_stat_sub(s, 1);
+}
+static inline void msm_stat_set(struct msm_stat *s, uint64_t v)
+{
+    atomic_store_explicit(&s->value, v, memory_order_relaxed);
+    atomic_store_explicit(&s->used, true, memory_order_relaxed);
+}
+static inline uint64_t msm_stat_value(const struct msm_stat *s)
+{
+    return atomic_load_explicit(&s->value, memory_order_relaxed);
+}
+void msm_stat_record(struct msm_stat *h, uint64_t v);
+/* Quantile estimate from the buckets (linear interpolation); NAN when empty. */
+double msm_stat_quantile(const struct msm_stat *h, double q);
+void msm_stat_set_text(struct msm_stat *s, const char *text);
+
+/* Stat blocks as X-macros, after Envoy's ALL_*_STATS:
+ *   #define FOO_STATS(C, G, H) C(rx_total) G(active) H(length_ms)
+ *   MSM_STATS_STRUCT(foo_stats, FOO_STATS);   -> struct foo_stats { struct msm_stat *rx_total; ...}
+ *   MSM_STATS_INIT_FN(foo_stats, FOO_STATS)    -> foo_stats_init(st, prefix, out) / _deinit(out)
+ * Names are "<prefix><field>": pass a prefix ending in '.'. */
+#define MSM__STAT_FIELD(n) struct msm_stat *n;
+#define MSM_STATS_STRUCT(tag, LIST) struct tag { LIST(MSM__STAT_FIELD, MSM__STAT_FIELD, MSM__STAT_FIELD) }
+
+#define MSM__STAT_INIT_C(n) o->n = msm_stats_getf(st, MSM_STAT_COUNTER, "%s" #n, prefix);
+#define MSM__STAT_INIT_G(n) o->n = msm_stats_getf(st, MSM_STAT_GAUGE, "%s" #n, prefix);
+#define MSM__STAT_INIT_H(n) o->n = msm_stats_getf(st, MSM_STAT_HISTOGRAM, "%s" #n, prefix);
+#define MSM__STAT_UNREF(n) msm_stat_unref(o->n); o->n = NULL;
+#define MSM_STATS_INIT_FN(tag, LIST)                                                              \
+    static inline void tag##_init(struct msm_stats_store *st, const char *prefix, struct tag *o)  \
+    {                                                                                             \
+        LIST(MSM__STAT_INIT_C, MSM__STAT_INIT_G, MSM__STAT_INIT_H)                                \
+    }                                                                                             \
+    static inline void tag##_deinit(struct tag *o)                                                \
+    {                                                                                             \
+        LIST(MSM__STAT_UNREF, MSM__STAT_UNREF, MSM__STAT_UNREF)                                   \
+    }

@@ -1,0 +1,177 @@
+#pragma once
+/* Clusters and hosts.
+ *
+ * Object model (all shared across threads; immutable after publication unless noted):
+ * - struct msm_cluster_cfg: what the Cluster proto said, in plain C. Immutable, refcounted.
+ * - struct msm_cluster_shared: per cluster *name*, survives config updates of that name: its
+ *   stats and the cross-worker counters (circuit breakers, round-robin cursor). Atomics.
+ * - struct msm_host: one upstream endpoint. Address and weight immutable; the active
+ *   connection/request counters are atomics updated by workers.
+ * - struct msm_host_set: an immutable list of hosts (plus a precomputed weighted schedule).
+ * - struct msm_cluster: {cfg, shared, hosts} — one version of a cluster as published in a
+ *   config snapshot. A host update (DNS, EDS) publishes a new msm_cluster sharing cfg and shared.
+ * References are counted with atomics; the last unref may run on any thread.
+ */
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "net/address.h"
+#include "stats/stats.h"
+
+enum msm_cluster_type {
+    MSM_CLUSTER_STATIC = 0,
+    MSM_CLUSTER_STRICT_DNS = 1,
+    MSM_CLUSTER_LOGICAL_DNS = 2,
+    MSM_CLUSTER_EDS = 3,
+    MSM_CLUSTER_ORIGINAL_DST = 4,
+};
+
+enum msm_lb_policy {
+    MSM_LB_ROUND_ROBIN = 0,
+    MSM_LB_LEAST_REQUEST = 1,
+    MSM_LB_RANDOM = 3,
+};
+
+enum msm_dns_family {
+    MSM_DNS_AUTO = 0, /* IPv6 if any, else IPv4 (Envoy's AUTO) */
+    MSM_DNS_V4_ONLY = 1,
+    MSM_DNS_V6_ONLY = 2,
+    MSM_DNS_V4_PREFERRED = 3,
+    MSM_DNS_ALL = 4,
+};
+
+/* Cluster stats, Envoy names under "cluster.<stat name>.". */
+#define MSM_CLUSTER_STATS(C, G, H)                                                                \
+    C(upstream_cx_total) G(upstream_cx_active) C(upstream_cx_connect_fail)                        \
+    C(upstream_cx_connect_timeout) C(upstream_cx_overflow) C(upstream_cx_destroy)                 \
+    C(upstream_cx_destroy_local) C(upstream_cx_destroy_remote) C(upstream_cx_rx_bytes_total)      \
+    G(upstream_cx_rx_bytes_buffered) C(upstream_cx_tx_bytes_total)                                \
+    G(upstream_cx_tx_bytes_buffered) C(upstream_cx_none_healthy) H(upstream_cx_connect_ms)       \
+    H(upstream_cx_length_ms) C(upstream_rq_total) G(upstream_rq_active)                           \
+    C(upstream_flow_control_paused_reading_total) C(upstream_flow_control_resumed_reading_total) \
+    C(upstream_flow_control_backed_up_total) C(upstream_flow_control_drained_total)               \
+    C(membership_change) G(membership_healthy) G(membership_degraded) G(membership_excluded)     \
+    G(membership_total) C(lb_healthy_panic) C(update_attempt) C(update_success)                   \
+    C(update_failure) C(update_empty) C(update_no_rebuild) G(max_host_weight) G(version)          \
+    C(bind_errors) C(retry_or_shadow_abandoned) C(assignment_stale) C(assignment_timeout_received)
+MSM_STATS_STRUCT(msm_cluster_stats, MSM_CLUSTER_STATS);
+MSM_STATS_INIT_FN(msm_cluster_stats, MSM_CLUSTER_STATS)
+
+/* circuit_breakers.default.* */
+#define MSM_CB_STATS(C, G, H)                                                                     \
+    G(cx_open) G(cx_pool_open) G(rq_open) G(rq_pending_open) G(rq_retry_open) G(remaining_cx)     \
+    G(remaining_pending) G(remaining_rq) G(remaining_retries) G(remaining_cx_pools)
+MSM_STATS_STRUCT(msm_cb_stats, MSM_CB_STATS);
+MSM_STATS_INIT_FN(msm_cb_stats, MSM_CB_STATS)
+
+struct msm_dns_endpoint {
+    char *hostname;
+    uint32_t port;
+    uint32_t weight;
+};
+
+struct msm_cluster_cfg {
+    atomic_int refs;
+    char *name;
+    char *stat_name; /* alt_stat_name or name */
+    enum msm_cluster_type type;
+    enum msm_lb_policy lb;
+    uint32_t connect_timeout_ms;
+    uint32_t per_connection_buffer_limit; /* bytes, default 1 MiB */
+    /* circuit breakers, DEFAULT priority */
+    uint32_t max_connections, max_pending_requests, max_requests, max_retries;
+    bool track_remaining;
+    uint32_t lr_choice_count; /* least_request_lb_config.choice_count, default 2 */
+    /* upstream_bind_config */
+    bool has_bind;
+    struct msm_address bind;
+    /* TCP keepalive (upstream_connection_options) */
+    bool keepalive;
+    uint32_t keepalive_probes, keepalive_time, keepalive_interval;
+    /* DNS clusters */
+    enum msm_dns_family dns_family;
+    uint32_t dns_refresh_ms;
+    uint32_t dns_failure_refresh_base_ms, dns_failure_refresh_max_ms;
+    bool respect_dns_ttl;
+    struct msm_dns_endpoint *dns_eps;
+    int n_dns_eps;
+    /* STATIC endpoints (addresses + weights) */
+    struct msm_address *static_addrs;
+    uint32_t *static_weights;
+    int n_static;
+    char *eds_service_name;
+};
+
+struct msm_cluster_shared {
+    atomic_int refs;
+    char *name;
+    struct msm_cluster_stats stats;
+    struct msm_cb_stats cb;
+    atomic_uint active_cx; /* for max_connections */
+    atomic_uint rr_cursor;
+};
+
+struct msm_host {
+    atomic_int refs;
+    struct msm_address addr;
+    char *hostname;
+    uint32_t weight;
+    atomic_uint active_cx;
+    atomic_uint active_rq;
+    atomic_uint_fast64_t cx_total, cx_connect_fail, rq_total;
+};
+
+struct msm_host_set {
+    atomic_int refs;
+    struct msm_host **hosts;
+    int n;
+    uint64_t total_weight;
+    bool weighted;       /* some weight differs from the others */
+    uint16_t *schedule;  /* weighted round-robin wheel: host indexes, smooth interleaving */
+    uint32_t sched_len;
+};
+
+struct msm_cluster {
+    atomic_int refs;
+    struct msm_cluster_cfg *cfg;
+    struct msm_cluster_shared *sh;
+    struct msm_host_set *hosts;
+};
+
+/* Build a cluster config from an envoy.config.cluster.v3.Cluster. Returns NULL with <err>
+ * naming the field for anything invalid or unsupported (this becomes the NACK/exit message).
+ * <validate_only> (--mode validate): what is valid but not implemented yet is a warning. */
+struct msm_cluster_cfg *msm_cluster_cfg_from_proto(const void *cluster_proto, bool validate_only,
+                                                  struct msm_err *err);
+void msm_cluster_cfg_unref(struct msm_cluster_cfg *c);
+
+struct msm_cluster_shared *msm_cluster_shared_new(const struct msm_cluster_cfg *cfg,
+                                                  struct msm_stats_store *st);
+void msm_cluster_shared_unref(struct msm_cluster_shared *s);
+
+struct msm_host *msm_host_new(const struct msm_address *addr, const char *hostname,
+                              uint32_t weight);
+void msm_host_unref(struct msm_host *h);
+/* Takes ownership of the references in <hosts> (array copied). */
+struct msm_host_set *msm_host_set_new(struct msm_host **hosts, int n);
+void msm_host_set_unref(struct msm_host_set *hs);
+/* True when both sets hold the same addresses with the same weights, in any order. */
+bool msm_host_set_same(const struct msm_host_set *a, const struct msm_host_set *b);
+
+/* New cluster version; takes new references to all three parts. */
+struct msm_cluster *msm_cluster_new(struct msm_cluster_cfg *cfg, struct msm_cluster_shared *sh,
+                                    struct msm_host_set *hosts);
+struct msm_cluster *msm_cluster_ref(struct msm_cluster *c);
+void msm_cluster_unref(struct msm_cluster *c);
+
+/* Circuit breaker for connections: reserve a slot or count an overflow. Any thread. */
+bool msm_cluster_cx_reserve(struct msm_cluster *c);
+void msm_cluster_cx_release(struct msm_cluster *c);
+
+/* Load balancing: pick a host for a new connection. NULL when the cluster has no host
+ * (counted as upstream_cx_none_healthy by the caller). <hash> is for hash-based policies. */
+struct msm_host *msm_lb_choose(struct msm_cluster *c, uint64_t hash);
+/* Per-thread random numbers (xoshiro, seeded from getrandom). */
+uint64_t msm_random(void);
