@@ -1,4 +1,5 @@
 #include "admin/admin.h"
+#include "admin/admin_private.h"
 
 #include <errno.h>
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -296,6 +297,7 @@ struct endpoint {
 
 static const struct endpoint endpoints[] = {
     {"/", "admin home page", false, h_index},
+    {"/config_dump", "dump current Envoy configs (experimental)", false, msm_admin_config_dump},
     {"/healthcheck/fail", "cause the server to fail health checks", true, h_healthcheck},
     {"/healthcheck/ok", "cause the server to pass health checks", true, h_healthcheck},
     {"/quitquitquit", "exit the server", true, h_quit},

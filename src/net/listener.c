@@ -232,6 +232,11 @@ static struct msm_filter_chain *chain_from_proto(const Envoy__Config__Listener__
 {
     struct msm_filter_chain *fc = MSM_NEW(struct msm_filter_chain);
     fc->name = msm_xstrdup(p->name);
+    size_t sz = protobuf_c_message_get_packed_size(&p->base);
+    uint8_t *buf = msm_xmalloc(sz + 1);
+    protobuf_c_message_pack(&p->base, buf);
+    fc->hash = XXH3_64bits(buf, sz);
+    free(buf);
     if (match_from_proto(p->filter_chain_match, &fc->match, err) < 0) {
         msm_err_prefix(err, "filter_chain_match");
         goto fail;
@@ -519,6 +524,20 @@ static int score(const struct msm_chain_match *m, int step, const struct msm_con
     default:
         return 1;
     }
+}
+
+const struct msm_filter_chain *msm_listener_chain_by_hash(const struct msm_listener_cfg *l,
+                                                          uint64_t hash)
+{
+    for (int i = 0; i < l->n_chains; i++) {
+        if (l->chains[i]->hash == hash) {
+            return l->chains[i];
+        }
+    }
+    if (l->default_chain && l->default_chain->hash == hash) {
+        return l->default_chain;
+    }
+    return NULL;
 }
 
 const struct msm_filter_chain *msm_listener_match(const struct msm_listener_cfg *l,

@@ -56,6 +56,7 @@ struct msm_filter_factory {
 
 struct msm_filter_chain {
     char *name;
+    uint64_t hash; /* of the FilterChain proto: an unchanged chain keeps its connections */
     struct msm_chain_match match;
     struct msm_filter_factory *f;
     int n;
@@ -102,6 +103,9 @@ struct msm_listener_cfg *msm_listener_cfg_from_proto(const void *listener_proto,
                                                      struct msm_err *err);
 struct msm_listener_cfg *msm_listener_cfg_ref(struct msm_listener_cfg *l);
 void msm_listener_cfg_unref(struct msm_listener_cfg *l);
+/* The chain of <l> whose proto hash is <hash>, or NULL (default chain included). */
+const struct msm_filter_chain *msm_listener_chain_by_hash(const struct msm_listener_cfg *l,
+                                                          uint64_t hash);
 /* Envoy's filter-chain match: most specific chain per criterion, in order (destination port,
  * destination IP, server name, transport protocol, application protocols, direct source IP,
  * source type, source IP, source port); the default chain when none matches; NULL = reject. */

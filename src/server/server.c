@@ -18,6 +18,7 @@
 #include "config/pbutil.h"
 #include "event/deferred.h"
 #include "net/listener.h"
+#include "server/listener_manager.h"
 #include "server/worker.h"
 #include "upstream/cluster_manager.h"
 
@@ -99,122 +100,18 @@ static int build_static(struct msm_server *srv, bool validate_only, struct msm_e
     const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = b->static_resources;
     size_t nc = sr ? sr->n_clusters : 0, nl = sr ? sr->n_listeners : 0;
     for (size_t i = 0; i < nc; i++) {
-        if (msm_cm_add(srv->cm, sr->clusters[i], validate_only, err) < 0) {
+        if (msm_cm_add(srv->cm, sr->clusters[i], "", true, validate_only, err) < 0) {
             msm_err_prefix(err, "static_resources.clusters[%zu]", i);
             return MSM_EINVAL;
         }
     }
-    struct msm_build_opts bo = {.stats = srv->stats, .validate_only = validate_only,
-                                .allow_unknown_fields = srv->opts->allow_unknown_static_fields};
-    srv->listeners = msm_xcalloc(nl + 1, sizeof(*srv->listeners));
-    srv->socks = msm_xcalloc(nl + 1, sizeof(*srv->socks));
     for (size_t i = 0; i < nl; i++) {
-        struct msm_listener_cfg *l = msm_listener_cfg_from_proto(sr->listeners[i], &bo, err);
-        if (!l) {
-            msm_stat_inc(srv->lm.listener_create_failure);
+        if (msm_lm_add(srv->lmgr, sr->listeners[i], "", true, validate_only, err) < 0) {
             msm_err_prefix(err, "static_resources.listeners[%zu]", i);
             return MSM_EINVAL;
         }
-        for (int j = 0; j < srv->n_listeners; j++) {
-            struct msm_listener_cfg *o = srv->listeners[j];
-            if (!strcmp(o->name, l->name)) {
-                msm_listener_cfg_unref(l);
-                return msm_err_set(err, "error adding listener: '%s' has duplicate name", o->name);
-            }
-            if (o->bind_to_port && l->bind_to_port && msm_address_eq(&o->addr, &l->addr)) {
-                char a[MSM_ADDRSTRLEN];
-                msm_address_str(&l->addr, a, sizeof(a));
-                msm_err_set(err, "error adding listener '%s': listener '%s' already uses %s",
-                            l->name, o->name, a);
-                msm_listener_cfg_unref(l);
-                return MSM_EINVAL;
-            }
-        }
-        srv->listeners[srv->n_listeners++] = l;
-        msm_stat_inc(srv->lm.listener_added);
-        msm_stat_inc(srv->lm.listener_create_success);
     }
     return 0;
-}
-
-/* ---- listen sockets ------------------------------------------------------------------------ */
-
-static int bind_one(const struct msm_address *a, bool reuse_port, uint32_t backlog, int *out,
-                    struct msm_err *err)
-{
-    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        return msm_err_set(err, "socket: %s", strerror(errno));
-    }
-    int one = 1;
-    if (a->sa.ss_family != AF_UNIX) {
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (reuse_port) {
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-        }
-    } else {
-        const struct sockaddr_un *un = (const struct sockaddr_un *)&a->sa;
-        struct stat st;
-        /* A stale socket file from a previous run would make bind fail; only sockets are
-         * removed, never regular files. */
-        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
-            unlink(un->sun_path);
-        }
-    }
-    if (bind(fd, (const struct sockaddr *)&a->sa, a->len) < 0) {
-        int e = errno;
-        close(fd);
-        char s[MSM_ADDRSTRLEN];
-        msm_address_str(a, s, sizeof(s));
-        return msm_err_set(err, "cannot bind '%s': %s", s, strerror(e));
-    }
-    if (a->sa.ss_family == AF_UNIX && a->pipe_mode) {
-        const struct sockaddr_un *un = (const struct sockaddr_un *)&a->sa;
-        if (un->sun_path[0] && chmod(un->sun_path, (mode_t)a->pipe_mode) < 0) {
-            int e = errno;
-            close(fd);
-            return msm_err_set(err, "chmod '%s': %s", un->sun_path, strerror(e));
-        }
-    }
-    if (listen(fd, (int)backlog) < 0) {
-        int e = errno;
-        close(fd);
-        return msm_err_set(err, "listen: %s", strerror(e));
-    }
-    *out = fd;
-    return 0;
-}
-
-static struct msm_listen_socket *open_listener(const struct msm_listener_cfg *l, int nworkers,
-                                               struct msm_err *err)
-{
-    struct msm_listen_socket *ls = MSM_NEW(struct msm_listen_socket);
-    atomic_init(&ls->refs, 1);
-    bool ip = l->addr.sa.ss_family != AF_UNIX;
-    int n = ip && l->reuse_port ? nworkers : 1;
-    ls->fds = msm_xcalloc((size_t)n, sizeof(int));
-    for (int i = 0; i < n; i++) {
-        ls->fds[i] = -1;
-    }
-    ls->addr = l->addr;
-    for (int i = 0; i < n; i++) {
-        if (bind_one(&ls->addr, l->reuse_port, l->backlog, &ls->fds[i], err) < 0) {
-            msm_err_prefix(err, "listener '%s'", l->name);
-            ls->nfds = i;
-            msm_listen_socket_unref(ls);
-            return NULL;
-        }
-        ls->nfds = i + 1;
-        if (i == 0 && ip) {
-            /* Port 0: every worker socket must share the port the kernel picked. */
-            struct msm_address got;
-            got.len = sizeof(got.sa);
-            getsockname(ls->fds[0], (struct sockaddr *)&got.sa, &got.len);
-            got.pipe_mode = 0;
-            ls->addr = got;
-        }
-    }
-    return ls;
 }
 
 /* ---- snapshots ---------------------------------------------------------------------------- */
@@ -223,9 +120,7 @@ static void publish_snapshot(struct msm_server *srv)
 {
     struct msm_snapshot *s = msm_snapshot_new();
     s->version = ++srv->snap_version;
-    for (int i = 0; i < srv->n_listeners; i++) {
-        msm_snapshot_add_listener(s, srv->listeners[i], srv->socks[i]);
-    }
+    msm_lm_fill_snapshot(srv->lmgr, s);
     msm_cm_fill_snapshot(srv->cm, s);
     msm_snapshot_seal(s);
     for (int i = 0; i < srv->n_workers; i++) {
@@ -293,12 +188,7 @@ void msm_server_shutdown(struct msm_server *srv, bool now)
     set_state(srv, MSM_STATE_DRAINING);
     /* Stop listening now so new clients are refused (ECONNREFUSED) instead of waiting in the
      * accept queue until exit; the fds stay valid for the workers' watchers until they let go. */
-    for (int i = 0; i < srv->n_listeners; i++) {
-        struct msm_listen_socket *ls = srv->socks[i];
-        for (int k = 0; ls && k < ls->nfds; k++) {
-            shutdown(ls->fds[k], SHUT_RDWR);
-        }
-    }
+    msm_lm_stop_listening(srv->lmgr);
     if (now || !srv->n_workers) {
         finish(srv);
         return;
@@ -359,7 +249,6 @@ static void on_init_done(void *arg)
     }
     publish_snapshot(srv);
     msm_stat_set(srv->lm.workers_started, 1);
-    msm_stat_set(srv->lm.total_listeners_active, (uint64_t)srv->n_listeners);
     set_state(srv, MSM_STATE_LIVE);
     msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "all clusters initialized, %d workers started, LIVE",
             srv->n_workers);
@@ -384,12 +273,11 @@ static void server_free(struct msm_server *srv)
     free(srv->workers);
     msm_admin_free(srv->admin);
     msm_snapshot_unref(srv->snap);
-    for (int i = 0; i < srv->n_listeners; i++) {
-        msm_listener_cfg_unref(srv->listeners[i]);
-        msm_listen_socket_unref(srv->socks[i]);
-    }
-    free(srv->listeners);
-    free(srv->socks);
+    msm_lm_free(srv->lmgr);
+    msm_rstore_deinit(&srv->routes);
+    msm_rstore_deinit(&srv->secrets);
+    free(srv->lds_version);
+    free(srv->cds_version);
     if (srv->loop) {
         msm_defer_run(srv->loop);
     }
@@ -421,6 +309,10 @@ static struct msm_server *server_new(const struct msm_options *opts, struct msm_
     msm_stats = srv->stats;
     srv->n_workers = opts->concurrency ? (int)opts->concurrency : 1;
     server_init_stats(srv);
+    srv->lmgr = msm_lm_new(srv, srv->n_workers);
+    srv->start_wall = msm_wall_now();
+    msm_rstore_init(&srv->routes, "envoy.config.route.v3.RouteConfiguration");
+    msm_rstore_init(&srv->secrets, "envoy.extensions.transport_sockets.tls.v3.Secret");
     srv->bootstrap = msm_bootstrap_load(opts, err);
     if (!srv->bootstrap) {
         return srv;
@@ -470,19 +362,6 @@ int msm_server_run(const struct msm_options *opts)
     srv->admin = msm_admin_new(srv, &err);
     if (!srv->admin && err.msg[0]) {
         goto fail;
-    }
-    for (int i = 0; i < srv->n_listeners; i++) {
-        if (!srv->listeners[i]->bind_to_port) {
-            continue;
-        }
-        srv->socks[i] = open_listener(srv->listeners[i], srv->n_workers, &err);
-        if (!srv->socks[i]) {
-            goto fail;
-        }
-        char a[MSM_ADDRSTRLEN];
-        msm_address_str(&srv->socks[i]->addr, a, sizeof(a));
-        msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "listener '%s' bound to %s", srv->listeners[i]->name,
-                a);
     }
     srv->workers = msm_xcalloc((size_t)srv->n_workers, sizeof(*srv->workers));
     for (int i = 0; i < srv->n_workers; i++) {

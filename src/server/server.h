@@ -11,6 +11,7 @@
 
 #include "envoy/config/bootstrap/v3/bootstrap.pb-c.h"
 
+#include "config/rstore.h"
 #include "config/snapshot.h"
 #include "event/loop.h"
 #include "server/options.h"
@@ -44,6 +45,7 @@ MSM_STATS_INIT_FN(msm_lm_stats, MSM_LM_STATS)
 struct msm_worker;
 struct msm_admin;
 struct msm_cluster_manager;
+struct msm_listener_manager;
 
 struct msm_server {
     struct ev_loop *loop;
@@ -53,9 +55,7 @@ struct msm_server {
     struct msm_server_stats sst;
     struct msm_lm_stats lm;
     struct msm_cluster_manager *cm;
-    struct msm_listener_cfg **listeners;
-    struct msm_listen_socket **socks; /* parallel to listeners; NULL when not bound */
-    int n_listeners;
+    struct msm_listener_manager *lmgr;
     struct msm_worker **workers;
     int n_workers;
     int drained_workers;
@@ -67,6 +67,10 @@ struct msm_server {
     ev_signal sig_term, sig_int, sig_usr1;
     ev_timer tick, drain_deadline;
     double start_time; /* ev_now at start */
+    double start_wall; /* epoch seconds at start (bootstrap last_updated) */
+    char *lds_version, *cds_version; /* last accepted LDS/CDS version_info */
+    struct msm_rstore routes;  /* RDS RouteConfigurations */
+    struct msm_rstore secrets; /* SDS and static Secrets */
     int exit_code;
     bool shutting_down;
     bool healthcheck_failed;

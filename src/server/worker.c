@@ -12,6 +12,7 @@
 #include "event/deferred.h"
 #include "filter/manager.h"
 #include "server/server.h"
+#include "net/listener.h"
 
 /* Accepts per readiness event when the listener does not say (fairness across listeners). */
 #define DEFAULT_ACCEPT_BATCH 64
@@ -138,6 +139,91 @@ static void reconcile(struct msm_worker *w, struct msm_snapshot *s)
     }
 }
 
+/* Connections of a replaced or removed listener config, closed after the drain time unless
+ * their filter chain still exists unchanged in the listener's current config. */
+struct wdrain {
+    struct wdrain *next;
+    struct msm_worker *w;
+    struct msm_listener_cfg *old;
+    ev_timer timer;
+};
+
+static void drain_free(struct wdrain *d)
+{
+    ev_timer_stop(d->w->loop, &d->timer);
+    msm_listener_cfg_unref(d->old);
+    msm_stat_dec(d->w->server->lm.total_filter_chains_draining);
+    free(d);
+}
+
+static void on_drain_done(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct wdrain *d = MSM_CONTAINER_OF(t, struct wdrain, timer);
+    struct msm_worker *w = d->w;
+    const struct msm_listener_cfg *cur = NULL;
+    for (int i = 0; w->snap && i < w->snap->n_listeners; i++) {
+        if (!strcmp(w->snap->listeners[i].cfg->name, d->old->name)) {
+            cur = w->snap->listeners[i].cfg;
+        }
+    }
+    int closed = 0;
+    struct msm_session *s = w->sessions;
+    while (s) {
+        struct msm_session *next = s->next;
+        if (s->lcfg == d->old && (!cur || !msm_listener_chain_by_hash(cur, s->chain->hash))) {
+            msm_conn_close(s->conn, MSM_CLOSE_FLUSH);
+            closed++;
+        }
+        s = next;
+    }
+    if (closed) {
+        msm_log(MSM_LOG_DEBUG, MSM_LC_CONN_HANDLER, "%s: drained %d connection(s) of listener '%s'",
+                w->name, closed, d->old->name);
+    }
+    struct wdrain **pp = &w->drains;
+    while (*pp && *pp != d) {
+        pp = &(*pp)->next;
+    }
+    if (*pp) {
+        *pp = d->next;
+    }
+    drain_free(d);
+}
+
+/* Compare the outgoing and incoming snapshots: a listener config that went away (removed, or
+ * replaced by a new version) gets a drain entry when this worker has connections on it. */
+static void schedule_drains(struct msm_worker *w, const struct msm_snapshot *old,
+                            const struct msm_snapshot *cur)
+{
+    for (int i = 0; old && i < old->n_listeners; i++) {
+        struct msm_listener_cfg *l = old->listeners[i].cfg;
+        bool kept = false;
+        for (int j = 0; j < cur->n_listeners && !kept; j++) {
+            kept = cur->listeners[j].cfg == l;
+        }
+        if (kept) {
+            continue;
+        }
+        bool used = false;
+        for (struct msm_session *s = w->sessions; s && !used; s = s->next) {
+            used = s->lcfg == l;
+        }
+        if (!used) {
+            continue;
+        }
+        struct wdrain *d = MSM_NEW(struct wdrain);
+        d->w = w;
+        d->old = msm_listener_cfg_ref(l);
+        ev_timer_init(&d->timer, on_drain_done, w->server->opts->drain_time_s, 0);
+        ev_timer_start(w->loop, &d->timer);
+        d->next = w->drains;
+        w->drains = d;
+        msm_stat_inc(w->server->lm.total_filter_chains_draining);
+    }
+}
+
 struct snap_msg {
     struct msm_worker *w;
     struct msm_snapshot *s;
@@ -148,6 +234,7 @@ static void do_snapshot(void *arg)
     struct snap_msg *m = arg;
     struct msm_worker *w = m->w;
     reconcile(w, m->s);
+    schedule_drains(w, w->snap, m->s);
     struct msm_snapshot *old = w->snap;
     w->snap = m->s;
     msm_snapshot_unref(old);
@@ -226,6 +313,11 @@ static void do_stop(void *arg)
 {
     struct msm_worker *w = arg;
     w->stopping = true;
+    while (w->drains) {
+        struct wdrain *d = w->drains;
+        w->drains = d->next;
+        drain_free(d);
+    }
     w->draining = true;
     ev_timer_stop(w->loop, &w->drain_timer);
     while (w->listeners) {

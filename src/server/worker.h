@@ -15,6 +15,7 @@
 struct msm_server;
 struct msm_session;
 struct msm_wlistener;
+struct wdrain;
 
 struct msm_worker {
     int id;
@@ -26,6 +27,7 @@ struct msm_worker {
     struct msm_snapshot *snap; /* current; sessions look clusters up here */
     struct msm_wlistener *listeners;
     struct msm_session *sessions; /* intrusive list of live downstream sessions */
+    struct wdrain *drains;        /* replaced/removed listener configs being drained */
     uint64_t n_sessions;
     bool started;
     bool draining;

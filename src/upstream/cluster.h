@@ -127,6 +127,7 @@ struct msm_host_set {
     atomic_int refs;
     struct msm_host **hosts;
     int n;
+    int n_excluded; /* known endpoints left out (unhealthy, other priority): membership stats */
     uint64_t total_weight;
     bool weighted;       /* some weight differs from the others */
     uint16_t *schedule;  /* weighted round-robin wheel: host indexes, smooth interleaving */

@@ -1,10 +1,17 @@
 #include "upstream/cluster_manager.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
+#include <xxhash.h>
+
+#include "envoy/config/cluster/v3/cluster.pb-c.h"
+#include "envoy/config/endpoint/v3/endpoint.pb-c.h"
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "config/pbutil.h"
 #include "upstream/cluster.h"
 
 struct ep_state {
@@ -13,12 +20,21 @@ struct ep_state {
     bool have;
 };
 
+/* One cluster name. <cfg> is the latest accepted config; <cur> the version workers use (it can
+ * still carry the previous config while the latest one warms). */
 struct cm_entry {
     struct msm_cluster_manager *cm;
+    char *name;
     struct msm_cluster_cfg *cfg;
     struct msm_cluster_shared *sh;
     struct msm_cluster *cur;
-    bool initialized;
+    bool initialized; /* <cfg> has its first host set */
+    bool is_static;
+    char *version;
+    double last_updated;
+    uint8_t *proto;
+    size_t proto_len;
+    uint64_t hash;
     /* DNS */
     ev_timer refresh;
     struct ep_state *eps;
@@ -28,12 +44,23 @@ struct cm_entry {
     uint32_t failures;
 };
 
+/* The last ClusterLoadAssignment per EDS service name. */
+struct eds_cache {
+    char *service;
+    uint8_t *cla;
+    size_t len;
+    char *version;
+    double last_updated;
+};
+
 struct msm_cluster_manager {
     struct ev_loop *loop;
     struct msm_stats_store *st;
     struct msm_dns *dns;
     struct cm_entry **e;
     int n;
+    struct eds_cache *eds;
+    int n_eds;
     struct msm_cm_stats stats;
     msm_cm_cb *changed;
     void *changed_arg;
@@ -41,6 +68,21 @@ struct msm_cluster_manager {
     void *init_arg;
     bool started, init_reported, stopping;
 };
+
+static double wall_now(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + tv.tv_usec / 1e6;
+}
+
+void msm_strv_free(char **v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        free(v[i]);
+    }
+    free(v);
+}
 
 struct msm_cluster_manager *msm_cm_new(struct ev_loop *loop, struct msm_stats_store *st,
                                        msm_cm_cb *changed, void *arg)
@@ -54,7 +96,7 @@ struct msm_cluster_manager *msm_cm_new(struct ev_loop *loop, struct msm_stats_st
     return cm;
 }
 
-static void entry_free(struct cm_entry *e)
+static void entry_stop_dns(struct cm_entry *e)
 {
     if (e->cm->loop) {
         ev_timer_stop(e->cm->loop, &e->refresh);
@@ -64,10 +106,19 @@ static void entry_free(struct cm_entry *e)
             free(e->eps[i].addrs);
         }
         free(e->eps);
+        e->eps = NULL;
     }
+}
+
+static void entry_free(struct cm_entry *e)
+{
+    entry_stop_dns(e);
     msm_cluster_unref(e->cur);
     msm_cluster_shared_unref(e->sh);
     msm_cluster_cfg_unref(e->cfg);
+    free(e->name);
+    free(e->version);
+    free(e->proto);
     free(e);
 }
 
@@ -82,6 +133,12 @@ void msm_cm_free(struct msm_cluster_manager *cm)
         entry_free(cm->e[i]);
     }
     free(cm->e);
+    for (int i = 0; i < cm->n_eds; i++) {
+        free(cm->eds[i].service);
+        free(cm->eds[i].cla);
+        free(cm->eds[i].version);
+    }
+    free(cm->eds);
     msm_cm_stats_deinit(&cm->stats);
     free(cm);
 }
@@ -91,38 +148,66 @@ int msm_cm_count(const struct msm_cluster_manager *cm)
     return cm->n;
 }
 
+int msm_cm_warming(const struct msm_cluster_manager *cm)
+{
+    int w = 0;
+    for (int i = 0; i < cm->n; i++) {
+        w += !cm->e[i]->initialized;
+    }
+    return w;
+}
+
+static void update_gauges(struct msm_cluster_manager *cm)
+{
+    int warming = msm_cm_warming(cm);
+    msm_stat_set(cm->stats.warming_clusters, (uint64_t)warming);
+    msm_stat_set(cm->stats.active_clusters, (uint64_t)(cm->n - warming));
+}
+
+/* Install <hs> (reference taken over) as the hosts of the entry's latest config. */
 static void publish(struct cm_entry *e, struct msm_host_set *hs)
 {
     struct msm_cluster *old = e->cur;
     e->cur = msm_cluster_new(e->cfg, e->sh, hs);
     msm_host_set_unref(hs);
     msm_cluster_unref(old);
-    uint64_t healthy = (uint64_t)e->cur->hosts->n;
-    msm_stat_set(e->sh->stats.membership_total, healthy);
-    msm_stat_set(e->sh->stats.membership_healthy, healthy);
+    int healthy = 0;
     uint32_t maxw = 0;
     for (int i = 0; i < hs->n; i++) {
         maxw = hs->hosts[i]->weight > maxw ? hs->hosts[i]->weight : maxw;
     }
+    healthy = hs->n;
+    msm_stat_set(e->sh->stats.membership_total, (uint64_t)(hs->n + hs->n_excluded));
+    msm_stat_set(e->sh->stats.membership_healthy, (uint64_t)healthy);
+    msm_stat_set(e->sh->stats.membership_excluded, (uint64_t)hs->n_excluded);
     msm_stat_set(e->sh->stats.max_host_weight, maxw);
 }
 
 static void check_init(struct msm_cluster_manager *cm)
 {
+    update_gauges(cm);
     if (!cm->started || cm->init_reported) {
         return;
     }
-    int warming = 0;
-    for (int i = 0; i < cm->n; i++) {
-        warming += !cm->e[i]->initialized;
-    }
-    msm_stat_set(cm->stats.warming_clusters, (uint64_t)warming);
-    msm_stat_set(cm->stats.active_clusters, (uint64_t)(cm->n - warming));
-    if (!warming) {
+    if (!msm_cm_warming(cm)) {
         cm->init_reported = true;
         if (cm->init_done) {
             cm->init_done(cm->init_arg);
         }
+    }
+}
+
+/* Mark warm; tell the server when this happened asynchronously. */
+static void warmed(struct cm_entry *e, bool async_change)
+{
+    bool first = !e->initialized;
+    e->initialized = true;
+    struct msm_cluster_manager *cm = e->cm;
+    if (first) {
+        check_init(cm);
+    }
+    if ((first || async_change) && cm->init_reported && cm->changed) {
+        cm->changed(cm->changed_arg);
     }
 }
 
@@ -138,6 +223,8 @@ static struct msm_host *find_host(const struct msm_host_set *hs, const struct ms
     }
     return NULL;
 }
+
+/* ---- DNS ---------------------------------------------------------------------------------- */
 
 static void dns_round(struct cm_entry *e);
 
@@ -174,8 +261,7 @@ static void round_done(struct cm_entry *e)
         msm_stat_inc(cs->update_success);
         e->failures = 0;
     }
-    /* Build the new host set from every endpoint that has an answer (failed endpoints keep
-     * their last good answer, as Envoy's resolve targets do). */
+    /* Failed endpoints keep their last good answer, as Envoy's resolve targets do. */
     int total = 0;
     for (int i = 0; i < c->n_dns_eps; i++) {
         total += e->eps[i].have ? e->eps[i].n : 0;
@@ -185,6 +271,7 @@ static void round_done(struct cm_entry *e)
     }
     struct msm_host **hv = msm_xcalloc((size_t)(total + 1), sizeof(*hv));
     int k = 0;
+    bool same_cfg = e->cur && e->cur->cfg == e->cfg;
     for (int i = 0; i < c->n_dns_eps && k < total; i++) {
         for (int j = 0; e->eps[i].have && j < e->eps[i].n && k < total; j++) {
             struct msm_address a = e->eps[i].addrs[j];
@@ -195,7 +282,7 @@ static void round_done(struct cm_entry *e)
     }
     struct msm_host_set *hs = msm_host_set_new(hv, k);
     free(hv);
-    bool changed = !e->cur || !msm_host_set_same(e->cur->hosts, hs);
+    bool changed = !same_cfg || !msm_host_set_same(e->cur->hosts, hs);
     if (changed) {
         msm_stat_inc(cs->membership_change);
         if (!k) {
@@ -207,36 +294,53 @@ static void round_done(struct cm_entry *e)
         msm_stat_inc(cs->update_no_rebuild);
         msm_host_set_unref(hs);
     }
-    bool first = !e->initialized;
-    e->initialized = true;
     schedule_refresh(e);
-    if (first) {
-        check_init(e->cm);
-    }
-    if (changed && e->cm->init_reported && e->cm->changed) {
-        e->cm->changed(e->cm->changed_arg);
-    }
+    warmed(e, changed);
 }
 
+/* An outstanding query. It names its cluster instead of pointing at the entry, which may be
+ * replaced or removed while the query is out; <cfg> (referenced) identifies the round's config
+ * so replies for a replaced config are dropped. */
 struct dns_req {
-    struct cm_entry *e;
+    struct msm_cluster_manager *cm;
+    char *name;
+    struct msm_cluster_cfg *cfg;
     int ep;
 };
+
+static struct cm_entry *find_entry(const struct msm_cluster_manager *cm, const char *name, int *idx)
+{
+    for (int i = 0; i < cm->n; i++) {
+        if (!strcmp(cm->e[i]->name, name)) {
+            if (idx) {
+                *idx = i;
+            }
+            return cm->e[i];
+        }
+    }
+    return NULL;
+}
 
 static void on_dns(void *arg, int status, const char *errmsg, const struct msm_address *addrs,
                    int n, uint32_t ttl)
 {
     struct dns_req *r = arg;
-    struct cm_entry *e = r->e;
-    struct ep_state *s = &e->eps[r->ep];
+    struct msm_cluster_cfg *cfg = r->cfg;
+    struct msm_cluster_manager *cm = r->cm;
+    struct cm_entry *e = cm->stopping ? NULL : find_entry(cm, r->name, NULL);
+    int ep = r->ep;
+    free(r->name);
     free(r);
-    if (e->cm->stopping) {
+    bool live = e && e->cfg == cfg && e->eps;
+    msm_cluster_cfg_unref(cfg);
+    if (!live) {
         return;
     }
+    struct ep_state *s = &e->eps[ep];
     if (status < 0) {
         e->round_failed = true;
-        msm_log(MSM_LOG_WARN, MSM_LC_DNS, "cluster '%s': DNS resolution failed: %s",
-                e->cfg->name, errmsg ? errmsg : "?");
+        msm_log(MSM_LOG_WARN, MSM_LC_DNS, "cluster '%s': DNS resolution failed: %s", e->name,
+                errmsg ? errmsg : "?");
     } else {
         free(s->addrs);
         s->addrs = msm_xcalloc((size_t)n, sizeof(*s->addrs));
@@ -262,9 +366,15 @@ static void dns_round(struct cm_entry *e)
         round_done(e);
         return;
     }
+    if (!e->cm->dns) {
+        e->cm->dns = msm_dns_new(e->cm->loop);
+    }
     for (int i = 0; i < e->cfg->n_dns_eps; i++) {
         struct dns_req *r = msm_xmalloc(sizeof(*r));
-        r->e = e;
+        r->cm = e->cm;
+        r->name = msm_xstrdup(e->name);
+        r->cfg = e->cfg;
+        atomic_fetch_add(&e->cfg->refs, 1);
         r->ep = i;
         msm_dns_resolve(e->cm->dns, e->cfg->dns_eps[i].hostname, e->cfg->dns_family, on_dns, r);
     }
@@ -277,48 +387,335 @@ static void on_refresh(struct ev_loop *loop, ev_timer *w, int revents)
     dns_round(MSM_CONTAINER_OF(w, struct cm_entry, refresh));
 }
 
-int msm_cm_add(struct msm_cluster_manager *cm, const void *proto, bool validate_only,
-               struct msm_err *err)
+/* ---- EDS ---------------------------------------------------------------------------------- */
+
+static bool healthy_status(Envoy__Config__Core__V3__HealthStatus s)
 {
-    struct msm_cluster_cfg *cfg = msm_cluster_cfg_from_proto(proto, validate_only, err);
-    if (!cfg) {
+    return s == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__UNKNOWN ||
+           s == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__HEALTHY ||
+           s == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__DEGRADED;
+}
+
+/* Hosts from a ClusterLoadAssignment. Priorities: traffic goes to the lowest priority level
+ * that has healthy hosts; when fewer than half of that level's hosts are healthy (Envoy's
+ * default panic threshold) all of its hosts are used. Hosts that are not chosen count as
+ * excluded. Locality weights are not applied yet (all localities of a level share load by
+ * host weight). */
+static int hosts_from_cla(struct cm_entry *e, const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
+                          struct msm_host_set **out, struct msm_err *err)
+{
+    uint32_t best_prio = UINT32_MAX;
+    size_t total = 0;
+    for (size_t i = 0; i < cla->n_endpoints; i++) {
+        const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *l = cla->endpoints[i];
+        for (size_t j = 0; j < l->n_lb_endpoints; j++) {
+            const Envoy__Config__Endpoint__V3__LbEndpoint *lb = l->lb_endpoints[j];
+            total++;
+            if (lb->host_identifier_case !=
+                ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT) {
+                return msm_err_set(err, "endpoints[%zu].lb_endpoints[%zu]: endpoint_name is not "
+                                        "supported", i, j);
+            }
+            if (healthy_status(lb->health_status) && l->priority < best_prio) {
+                best_prio = l->priority;
+            }
+        }
+    }
+    if (best_prio == UINT32_MAX) {
+        best_prio = 0;
+    }
+    struct msm_host **hv = msm_xcalloc(total + 1, sizeof(*hv));
+    int k = 0, level_total = 0, level_healthy = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < cla->n_endpoints; i++) {
+            const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *l = cla->endpoints[i];
+            if (l->priority != best_prio) {
+                continue;
+            }
+            for (size_t j = 0; j < l->n_lb_endpoints; j++) {
+                const Envoy__Config__Endpoint__V3__LbEndpoint *lb = l->lb_endpoints[j];
+                bool ok = healthy_status(lb->health_status);
+                if (pass == 0) {
+                    level_total++;
+                    level_healthy += ok;
+                    continue;
+                }
+                bool panic = level_healthy * 2 < level_total;
+                if (!ok && !panic) {
+                    continue;
+                }
+                struct msm_address a;
+                if (msm_pb_address(lb->endpoint->address, &a, err) < 0) {
+                    msm_err_prefix(err, "endpoints[%zu].lb_endpoints[%zu].endpoint.address", i, j);
+                    for (int x = 0; x < k; x++) {
+                        msm_host_unref(hv[x]);
+                    }
+                    free(hv);
+                    return MSM_EINVAL;
+                }
+                uint32_t w = msm_pb_u32(lb->load_balancing_weight, 1);
+                if (!w) {
+                    w = 1;
+                }
+                struct msm_host *h = find_host(e->cur ? e->cur->hosts : NULL, &a, w);
+                hv[k++] = h ? h : msm_host_new(&a, lb->endpoint->hostname, w);
+            }
+        }
+    }
+    if (level_healthy * 2 < level_total) {
+        msm_stat_inc(e->sh->stats.lb_healthy_panic);
+    }
+    struct msm_host_set *hs = msm_host_set_new(hv, k);
+    hs->n_excluded = (int)total - k;
+    free(hv);
+    *out = hs;
+    return 0;
+}
+
+static const char *eds_name(const struct cm_entry *e)
+{
+    return e->cfg->eds_service_name ? e->cfg->eds_service_name : e->name;
+}
+
+static struct eds_cache *find_eds(const struct msm_cluster_manager *cm, const char *service)
+{
+    for (int i = 0; i < cm->n_eds; i++) {
+        if (!strcmp(cm->eds[i].service, service)) {
+            return &cm->eds[i];
+        }
+    }
+    return NULL;
+}
+
+/* Apply a CLA to one EDS entry. */
+static int apply_cla(struct cm_entry *e, const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
+                     struct msm_err *err)
+{
+    msm_stat_inc(e->sh->stats.update_attempt);
+    struct msm_host_set *hs = NULL;
+    if (hosts_from_cla(e, cla, &hs, err) < 0) {
+        msm_stat_inc(e->sh->stats.update_failure);
         return MSM_EINVAL;
     }
-    if (!validate_only && (cfg->type == MSM_CLUSTER_EDS || cfg->type == MSM_CLUSTER_ORIGINAL_DST)) {
-        msm_err_set(err, "cluster '%s': %s clusters are not supported yet", cfg->name,
-                    cfg->type == MSM_CLUSTER_EDS ? "EDS" : "ORIGINAL_DST");
-        msm_cluster_cfg_unref(cfg);
-        return MSM_EUNSUPPORTED;
+    msm_stat_inc(e->sh->stats.update_success);
+    bool same = e->cur && e->cur->cfg == e->cfg && msm_host_set_same(e->cur->hosts, hs);
+    if (same) {
+        msm_stat_inc(e->sh->stats.update_no_rebuild);
+        msm_host_set_unref(hs);
+    } else {
+        msm_stat_inc(e->sh->stats.membership_change);
+        if (!hs->n) {
+            msm_stat_inc(e->sh->stats.update_empty);
+        }
+        publish(e, hs);
     }
+    bool first = !e->initialized;
+    e->initialized = true;
+    if (first) {
+        check_init(e->cm);
+    }
+    return same ? 0 : 1;
+}
+
+int msm_cm_apply_eds(struct msm_cluster_manager *cm, const void *proto, const char *version,
+                     struct msm_err *err)
+{
+    const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla = proto;
+    if (!cla->cluster_name[0]) {
+        return msm_err_set(err, "ClusterLoadAssignment: cluster_name is required");
+    }
+    /* Validate against a scratch entry first, so a bad assignment changes nothing. */
     for (int i = 0; i < cm->n; i++) {
-        if (!strcmp(cm->e[i]->cfg->name, cfg->name)) {
-            msm_err_set(err, "cluster manager: duplicate cluster '%s' found", cfg->name);
-            msm_cluster_cfg_unref(cfg);
+        struct cm_entry *e = cm->e[i];
+        if (e->cfg->type != MSM_CLUSTER_EDS || strcmp(eds_name(e), cla->cluster_name) != 0) {
+            continue;
+        }
+        if (apply_cla(e, cla, err) < 0) {
+            msm_err_prefix(err, "ClusterLoadAssignment '%s'", cla->cluster_name);
             return MSM_EINVAL;
         }
     }
-    struct cm_entry *e = MSM_NEW(struct cm_entry);
-    e->cm = cm;
-    e->cfg = cfg;
-    e->sh = msm_cluster_shared_new(cfg, cm->st);
-    ev_timer_init(&e->refresh, on_refresh, 0, 0);
+    struct eds_cache *c = find_eds(cm, cla->cluster_name);
+    if (!c) {
+        cm->eds = msm_xrealloc(cm->eds, (size_t)(cm->n_eds + 1) * sizeof(*cm->eds));
+        c = &cm->eds[cm->n_eds++];
+        memset(c, 0, sizeof(*c));
+        c->service = msm_xstrdup(cla->cluster_name);
+    }
+    free(c->cla);
+    free(c->version);
+    c->len = protobuf_c_message_get_packed_size(&cla->base);
+    c->cla = msm_xmalloc(c->len + 1);
+    protobuf_c_message_pack(&cla->base, c->cla);
+    c->version = msm_xstrdup(version ? version : "");
+    c->last_updated = wall_now();
+    return 0;
+}
+
+void msm_cm_remove_eds(struct msm_cluster_manager *cm, const char *service)
+{
+    for (int i = 0; i < cm->n_eds; i++) {
+        if (!strcmp(cm->eds[i].service, service)) {
+            free(cm->eds[i].service);
+            free(cm->eds[i].cla);
+            free(cm->eds[i].version);
+            cm->eds[i] = cm->eds[--cm->n_eds];
+            break;
+        }
+    }
+    for (int i = 0; i < cm->n; i++) {
+        struct cm_entry *e = cm->e[i];
+        if (e->cfg->type == MSM_CLUSTER_EDS && !strcmp(eds_name(e), service)) {
+            publish(e, msm_host_set_new(NULL, 0));
+            msm_stat_inc(e->sh->stats.update_empty);
+            bool first = !e->initialized;
+            e->initialized = true;
+            if (first) {
+                check_init(cm);
+            }
+        }
+    }
+}
+
+void msm_cm_eds_timeout(struct msm_cluster_manager *cm, const char *service)
+{
+    for (int i = 0; i < cm->n; i++) {
+        struct cm_entry *e = cm->e[i];
+        if (e->cfg->type == MSM_CLUSTER_EDS && !e->initialized && !strcmp(eds_name(e), service)) {
+            msm_stat_inc(e->sh->stats.assignment_timeout_received);
+            publish(e, msm_host_set_new(NULL, 0));
+            warmed(e, true);
+        }
+    }
+}
+
+/* ---- add / remove ------------------------------------------------------------------------- */
+
+/* Start the first host set of a fresh config: STATIC at once, DNS by resolving, EDS from the
+ * cache if the assignment already arrived, else it stays warming. */
+static void entry_start(struct cm_entry *e, bool validate_only)
+{
+    struct msm_cluster_cfg *cfg = e->cfg;
+    struct msm_cluster_manager *cm = e->cm;
     if (cfg->type == MSM_CLUSTER_STATIC || validate_only) {
         struct msm_host **hv = msm_xcalloc((size_t)cfg->n_static + 1, sizeof(*hv));
         for (int i = 0; i < cfg->n_static; i++) {
-            hv[i] = msm_host_new(&cfg->static_addrs[i], NULL, cfg->static_weights[i]);
+            struct msm_host *h = find_host(e->cur ? e->cur->hosts : NULL, &cfg->static_addrs[i],
+                                           cfg->static_weights[i]);
+            hv[i] = h ? h : msm_host_new(&cfg->static_addrs[i], NULL, cfg->static_weights[i]);
         }
         publish(e, msm_host_set_new(hv, cfg->n_static));
         free(hv);
         e->initialized = true;
-    } else {
-        e->eps = msm_xcalloc((size_t)cfg->n_dns_eps + 1, sizeof(*e->eps));
-        e->cur = msm_cluster_new(cfg, e->sh, msm_host_set_new(NULL, 0));
-        /* msm_cluster_new took its own reference to the empty set; drop ours. */
-        msm_host_set_unref(e->cur->hosts);
+        return;
     }
-    cm->e = msm_xrealloc(cm->e, (size_t)(cm->n + 1) * sizeof(*cm->e));
-    cm->e[cm->n++] = e;
-    msm_stat_inc(cm->stats.cluster_added);
+    if (cfg->type == MSM_CLUSTER_EDS) {
+        struct eds_cache *c = find_eds(cm, eds_name(e));
+        if (c) {
+            Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla =
+                envoy__config__endpoint__v3__cluster_load_assignment__unpack(NULL, c->len, c->cla);
+            struct msm_err err;
+            if (cla && apply_cla(e, cla, &err) >= 0) {
+                e->initialized = true;
+            }
+            if (cla) {
+                envoy__config__endpoint__v3__cluster_load_assignment__free_unpacked(cla, NULL);
+            }
+        }
+        return;
+    }
+    /* DNS */
+    e->eps = msm_xcalloc((size_t)cfg->n_dns_eps + 1, sizeof(*e->eps));
+    if (cm->started) {
+        dns_round(e);
+    }
+}
+
+int msm_cm_add(struct msm_cluster_manager *cm, const void *proto, const char *version,
+               bool is_static, bool validate_only, struct msm_err *err)
+{
+    const ProtobufCMessage *pm = proto;
+    size_t len = protobuf_c_message_get_packed_size(pm);
+    uint8_t *bytes = msm_xmalloc(len + 1);
+    protobuf_c_message_pack(pm, bytes);
+    uint64_t hash = XXH3_64bits(bytes, len);
+    const Envoy__Config__Cluster__V3__Cluster *p = proto;
+    int idx = -1;
+    struct cm_entry *old = find_entry(cm, p->name, &idx);
+    if (old && old->is_static) {
+        free(bytes);
+        return msm_err_set(err, "cluster '%s': a static cluster cannot be %s", p->name,
+                           is_static ? "defined twice (duplicate cluster name)"
+                                     : "updated through CDS");
+    }
+    if (old && old->hash == hash) {
+        free(bytes);
+        free(old->version);
+        old->version = msm_xstrdup(version ? version : "");
+        return MSM_CM_UNCHANGED;
+    }
+    struct msm_cluster_cfg *cfg = msm_cluster_cfg_from_proto(proto, validate_only, err);
+    if (!cfg) {
+        free(bytes);
+        return MSM_EINVAL;
+    }
+    if (!validate_only && cfg->type == MSM_CLUSTER_ORIGINAL_DST) {
+        msm_err_set(err, "cluster '%s': ORIGINAL_DST clusters are not supported yet", cfg->name);
+        msm_cluster_cfg_unref(cfg);
+        free(bytes);
+        return MSM_EUNSUPPORTED;
+    }
+    if (!validate_only && cfg->type == MSM_CLUSTER_EDS && is_static && !cm->changed) {
+        msm_err_set(err, "cluster '%s': EDS needs a control plane", cfg->name);
+        msm_cluster_cfg_unref(cfg);
+        free(bytes);
+        return MSM_EUNSUPPORTED;
+    }
+    struct cm_entry *e = MSM_NEW(struct cm_entry);
+    e->cm = cm;
+    e->name = msm_xstrdup(cfg->name);
+    e->cfg = cfg;
+    e->is_static = is_static;
+    e->version = msm_xstrdup(version ? version : "");
+    e->last_updated = wall_now();
+    e->proto = bytes;
+    e->proto_len = len;
+    e->hash = hash;
+    ev_timer_init(&e->refresh, on_refresh, 0, 0);
+    if (old) {
+        /* Same name: keep stats and serve the previous version until this one is warm. */
+        e->sh = old->sh;
+        atomic_fetch_add(&e->sh->refs, 1);
+        e->cur = old->cur ? msm_cluster_ref(old->cur) : NULL;
+        entry_free(old);
+        cm->e[idx] = e;
+        msm_stat_inc(cm->stats.cluster_modified);
+    } else {
+        e->sh = msm_cluster_shared_new(cfg, cm->st);
+        cm->e = msm_xrealloc(cm->e, (size_t)(cm->n + 1) * sizeof(*cm->e));
+        cm->e[cm->n++] = e;
+        msm_stat_inc(cm->stats.cluster_added);
+    }
+    entry_start(e, validate_only);
+    update_gauges(cm);
+    return old ? MSM_CM_MODIFIED : MSM_CM_ADDED;
+}
+
+int msm_cm_remove(struct msm_cluster_manager *cm, const char *name)
+{
+    int idx;
+    struct cm_entry *e = find_entry(cm, name, &idx);
+    if (!e) {
+        return MSM_ENOTFOUND;
+    }
+    if (e->is_static) {
+        return MSM_EINVAL;
+    }
+    cm->e[idx] = cm->e[--cm->n];
+    entry_free(e);
+    msm_stat_inc(cm->stats.cluster_removed);
+    update_gauges(cm);
+    check_init(cm);
     return 0;
 }
 
@@ -329,10 +726,7 @@ void msm_cm_start(struct msm_cluster_manager *cm, msm_cm_cb *init_done, void *ar
     cm->started = true;
     for (int i = 0; i < cm->n; i++) {
         struct cm_entry *e = cm->e[i];
-        if (!e->initialized) {
-            if (!cm->dns) {
-                cm->dns = msm_dns_new(cm->loop);
-            }
+        if (!e->initialized && e->eps) {
             dns_round(e);
         }
     }
@@ -342,6 +736,68 @@ void msm_cm_start(struct msm_cluster_manager *cm, msm_cm_cb *init_done, void *ar
 void msm_cm_fill_snapshot(struct msm_cluster_manager *cm, struct msm_snapshot *s)
 {
     for (int i = 0; i < cm->n; i++) {
-        msm_snapshot_add_cluster(s, cm->e[i]->cur);
+        if (cm->e[i]->cur) {
+            msm_snapshot_add_cluster(s, cm->e[i]->cur);
+        }
+    }
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+char **msm_cm_eds_names(const struct msm_cluster_manager *cm, int *n)
+{
+    char **v = msm_xcalloc((size_t)cm->n + 1, sizeof(char *));
+    int k = 0;
+    for (int i = 0; i < cm->n; i++) {
+        if (cm->e[i]->cfg->type == MSM_CLUSTER_EDS) {
+            v[k++] = msm_xstrdup(eds_name(cm->e[i]));
+        }
+    }
+    qsort(v, (size_t)k, sizeof(*v), cmp_str);
+    int u = 0;
+    for (int i = 0; i < k; i++) {
+        if (u && !strcmp(v[u - 1], v[i])) {
+            free(v[i]);
+            continue;
+        }
+        v[u++] = v[i];
+    }
+    *n = u;
+    return v;
+}
+
+char **msm_cm_dynamic_names(const struct msm_cluster_manager *cm, int *n)
+{
+    char **v = msm_xcalloc((size_t)cm->n + 1, sizeof(char *));
+    int k = 0;
+    for (int i = 0; i < cm->n; i++) {
+        if (!cm->e[i]->is_static) {
+            v[k++] = msm_xstrdup(cm->e[i]->name);
+        }
+    }
+    *n = k;
+    return v;
+}
+
+void msm_cm_dump(const struct msm_cluster_manager *cm, msm_cm_dump_fn *fn, void *arg)
+{
+    for (int i = 0; i < cm->n; i++) {
+        const struct cm_entry *e = cm->e[i];
+        struct msm_cm_dump_item it = {.name = e->name, .is_static = e->is_static,
+                                      .warming = !e->initialized, .version = e->version,
+                                      .last_updated = e->last_updated, .proto = e->proto,
+                                      .proto_len = e->proto_len};
+        fn(arg, &it);
+    }
+}
+
+void msm_cm_dump_eds(const struct msm_cluster_manager *cm, msm_cm_eds_dump_fn *fn, void *arg)
+{
+    for (int i = 0; i < cm->n_eds; i++) {
+        fn(arg, cm->eds[i].service, cm->eds[i].cla, cm->eds[i].len, cm->eds[i].version,
+           cm->eds[i].last_updated);
     }
 }

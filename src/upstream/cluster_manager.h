@@ -1,9 +1,14 @@
 #pragma once
 /* The cluster manager (main thread): owns every cluster's config, shared state and current host
- * set; runs DNS resolution for STRICT_DNS and LOGICAL_DNS clusters; tells the server when a host
- * set changed so a new snapshot is published. Workers only see clusters through snapshots. */
+ * set, static and dynamic (CDS); resolves STRICT_DNS and LOGICAL_DNS clusters; turns EDS
+ * ClusterLoadAssignments into host sets. Workers only see clusters through snapshots.
+ *
+ * Warming (as Envoy): a new cluster enters snapshots only once it has its first host set (DNS
+ * answered, EDS arrived, or its initial fetch timed out). A modified cluster keeps serving with
+ * its previous version until the new one is warm. Stats of a cluster name survive updates. */
 #include <ev.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "common/err.h"
 #include "config/snapshot.h"
@@ -21,16 +26,58 @@ struct msm_cluster_manager;
 
 typedef void msm_cm_cb(void *arg);
 
+enum msm_cm_result {
+    MSM_CM_ADDED = 0,
+    MSM_CM_MODIFIED = 1,
+    MSM_CM_UNCHANGED = 2,
+};
+
+/* <changed> runs (main thread) when a cluster finished warming or its hosts changed
+ * asynchronously (DNS), after msm_cm_start. */
 struct msm_cluster_manager *msm_cm_new(struct ev_loop *loop, struct msm_stats_store *st,
                                        msm_cm_cb *changed, void *arg);
 void msm_cm_free(struct msm_cluster_manager *cm);
-/* Add or replace a cluster from an envoy.config.cluster.v3.Cluster proto. <validate_only>:
- * check without resolving or starting anything. MSM_EINVAL with <err> on a bad cluster. */
-int msm_cm_add(struct msm_cluster_manager *cm, const void *cluster_proto, bool validate_only,
-               struct msm_err *err);
-/* Start resolution; <init_done> runs once every cluster has its first host set (or its first
- * resolution failed, as Envoy does). */
+/* Add or update a cluster from an envoy.config.cluster.v3.Cluster proto. Returns
+ * enum msm_cm_result, or MSM_EINVAL/MSM_EUNSUPPORTED with <err>. Static clusters can be
+ * neither replaced nor removed by CDS. <validate_only>: check without resolving anything. */
+int msm_cm_add(struct msm_cluster_manager *cm, const void *cluster_proto, const char *version,
+               bool is_static, bool validate_only, struct msm_err *err);
+/* Remove a dynamic cluster; MSM_ENOTFOUND if absent, MSM_EINVAL if static. */
+int msm_cm_remove(struct msm_cluster_manager *cm, const char *name);
+/* Apply an envoy.config.endpoint.v3.ClusterLoadAssignment to every EDS cluster whose service
+ * name matches (and cache it for clusters added later). MSM_EINVAL with <err> on bad input. */
+int msm_cm_apply_eds(struct msm_cluster_manager *cm, const void *cla_proto, const char *version,
+                     struct msm_err *err);
+/* The EDS resource went away (Delta removal): its clusters keep no hosts. */
+void msm_cm_remove_eds(struct msm_cluster_manager *cm, const char *service_name);
+/* An EDS cluster's initial fetch timed out: it finishes warming with no hosts. */
+void msm_cm_eds_timeout(struct msm_cluster_manager *cm, const char *service_name);
+/* Start resolution; <init_done> runs once every cluster added so far is warm. */
 void msm_cm_start(struct msm_cluster_manager *cm, msm_cm_cb *init_done, void *arg);
-/* Add every cluster's current version to <s>. */
+/* Add every warm cluster's current version to <s>. */
 void msm_cm_fill_snapshot(struct msm_cluster_manager *cm, struct msm_snapshot *s);
 int msm_cm_count(const struct msm_cluster_manager *cm);
+int msm_cm_warming(const struct msm_cluster_manager *cm);
+/* EDS service names needed by the current clusters (sorted, unique); free with
+ * msm_strv_free. */
+char **msm_cm_eds_names(const struct msm_cluster_manager *cm, int *n);
+/* Names of dynamic clusters (for SotW removal by absence); free with msm_strv_free. */
+char **msm_cm_dynamic_names(const struct msm_cluster_manager *cm, int *n);
+void msm_strv_free(char **v, int n);
+
+/* For /config_dump: iterate clusters with their last accepted proto bytes. */
+struct msm_cm_dump_item {
+    const char *name;
+    bool is_static;
+    bool warming;
+    const char *version;
+    double last_updated; /* epoch seconds */
+    const uint8_t *proto;
+    size_t proto_len;
+};
+typedef void msm_cm_dump_fn(void *arg, const struct msm_cm_dump_item *it);
+void msm_cm_dump(const struct msm_cluster_manager *cm, msm_cm_dump_fn *fn, void *arg);
+/* Endpoint assignments last applied (packed ClusterLoadAssignment), for config_dump. */
+typedef void msm_cm_eds_dump_fn(void *arg, const char *service, const uint8_t *cla, size_t len,
+                                const char *version, double last_updated);
+void msm_cm_dump_eds(const struct msm_cluster_manager *cm, msm_cm_eds_dump_fn *fn, void *arg);

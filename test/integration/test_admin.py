@@ -49,6 +49,30 @@ class AdminTest(H.ProxyTestCase):
         s.close()
         self.p.wait_stat("cluster.c.upstream_cx_active", lambda v: v == 0)
 
+    def test_config_dump(self):
+        st, body = self.p.get("/config_dump")
+        self.assertEqual(st, 200)
+        d = json.loads(body)
+        types = [c["@type"].rsplit(".", 1)[1] for c in d["configs"]]
+        self.assertEqual(types, ["BootstrapConfigDump", "ClustersConfigDump",
+                                 "ListenersConfigDump", "RoutesConfigDump", "SecretsConfigDump"])
+        clusters = d["configs"][1]["static_clusters"]
+        self.assertEqual([c["cluster"]["name"] for c in clusters], ["c"])
+        self.assertEqual(clusters[0]["cluster"]["@type"],
+                         "type.googleapis.com/envoy.config.cluster.v3.Cluster")
+        self.assertRegex(clusters[0]["last_updated"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        listeners = d["configs"][2]["static_listeners"]
+        self.assertEqual(len(listeners), 1)
+        self.assertEqual(listeners[0]["listener"]["filter_chains"][0]["filters"][0]["name"],
+                         "envoy.filters.network.tcp_proxy")
+        boot = d["configs"][0]["bootstrap"]
+        self.assertIn("static_resources", boot)
+        # include_eds adds the endpoints dump; resource= flattens one repeated field
+        st, body = self.p.get("/config_dump?include_eds")
+        self.assertIn("EndpointsConfigDump", body)
+        st, body = self.p.get("/config_dump?resource=static_clusters")
+        self.assertEqual([c["cluster"]["name"] for c in json.loads(body)["configs"]], ["c"])
+
     def test_ready_is_200_live(self):
         st, body = self.p.get("/ready")
         self.assertEqual(st, 200)

@@ -1,0 +1,323 @@
+#include "server/listener_manager.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "envoy/config/listener/v3/listener.pb-c.h"
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "net/listener.h"
+#include "server/server.h"
+
+struct lm_entry {
+    char *name;
+    struct msm_listener_cfg *cfg;
+    struct msm_listen_socket *sock; /* NULL for bind_to_port: false */
+    bool is_static;
+    char *version;
+    double last_updated;
+    uint8_t *proto;
+    size_t proto_len;
+    uint64_t hash;
+};
+
+struct msm_listener_manager {
+    struct msm_server *srv;
+    int n_workers;
+    struct lm_entry **e;
+    int n;
+};
+
+static double wall_now(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + tv.tv_usec / 1e6;
+}
+
+struct msm_listener_manager *msm_lm_new(struct msm_server *srv, int n_workers)
+{
+    struct msm_listener_manager *lm = MSM_NEW(struct msm_listener_manager);
+    lm->srv = srv;
+    lm->n_workers = n_workers > 0 ? n_workers : 1;
+    return lm;
+}
+
+static void entry_free(struct lm_entry *e)
+{
+    msm_listener_cfg_unref(e->cfg);
+    msm_listen_socket_unref(e->sock);
+    free(e->name);
+    free(e->version);
+    free(e->proto);
+    free(e);
+}
+
+void msm_lm_free(struct msm_listener_manager *lm)
+{
+    if (!lm) {
+        return;
+    }
+    for (int i = 0; i < lm->n; i++) {
+        entry_free(lm->e[i]);
+    }
+    free(lm->e);
+    free(lm);
+}
+
+int msm_lm_count(const struct msm_listener_manager *lm)
+{
+    return lm->n;
+}
+
+/* ---- sockets ------------------------------------------------------------------------------- */
+
+static int bind_one(const struct msm_address *a, bool reuse_port, uint32_t backlog, int *out,
+                    struct msm_err *err)
+{
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return msm_err_set(err, "socket: %s", strerror(errno));
+    }
+    int one = 1;
+    if (a->sa.ss_family != AF_UNIX) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (reuse_port) {
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+        }
+    } else {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&a->sa;
+        struct stat st;
+        /* A stale socket file from a previous run would make bind fail; only sockets are
+         * removed, never regular files. */
+        if (un->sun_path[0] && stat(un->sun_path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+            unlink(un->sun_path);
+        }
+    }
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->len) < 0) {
+        int e = errno;
+        close(fd);
+        char s[MSM_ADDRSTRLEN];
+        msm_address_str(a, s, sizeof(s));
+        return msm_err_set(err, "cannot bind '%s': %s", s, strerror(e));
+    }
+    if (a->sa.ss_family == AF_UNIX && a->pipe_mode) {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)&a->sa;
+        if (un->sun_path[0] && chmod(un->sun_path, (mode_t)a->pipe_mode) < 0) {
+            int e = errno;
+            close(fd);
+            return msm_err_set(err, "chmod '%s': %s", un->sun_path, strerror(e));
+        }
+    }
+    if (listen(fd, (int)backlog) < 0) {
+        int e = errno;
+        close(fd);
+        return msm_err_set(err, "listen: %s", strerror(e));
+    }
+    *out = fd;
+    return 0;
+}
+
+/* One fd per worker with SO_REUSEPORT (IP), else one shared fd. */
+static struct msm_listen_socket *open_listener(const struct msm_listener_cfg *l, int nworkers,
+                                               struct msm_err *err)
+{
+    struct msm_listen_socket *ls = MSM_NEW(struct msm_listen_socket);
+    atomic_init(&ls->refs, 1);
+    bool ip = l->addr.sa.ss_family != AF_UNIX;
+    int n = ip && l->reuse_port ? nworkers : 1;
+    ls->fds = msm_xcalloc((size_t)n, sizeof(int));
+    ls->addr = l->addr;
+    for (int i = 0; i < n; i++) {
+        if (bind_one(&ls->addr, l->reuse_port, l->backlog, &ls->fds[i], err) < 0) {
+            ls->nfds = i;
+            msm_listen_socket_unref(ls);
+            return NULL;
+        }
+        ls->nfds = i + 1;
+        if (i == 0 && ip) {
+            /* Port 0: every worker socket must share the port the kernel picked. */
+            struct msm_address got;
+            got.len = sizeof(got.sa);
+            getsockname(ls->fds[0], (struct sockaddr *)&got.sa, &got.len);
+            got.pipe_mode = 0;
+            ls->addr = got;
+        }
+    }
+    return ls;
+}
+
+/* ---- add / remove ------------------------------------------------------------------------- */
+
+static struct lm_entry *find(const struct msm_listener_manager *lm, const char *name, int *idx)
+{
+    for (int i = 0; i < lm->n; i++) {
+        if (!strcmp(lm->e[i]->name, name)) {
+            *idx = i;
+            return lm->e[i];
+        }
+    }
+    return NULL;
+}
+
+int msm_lm_add(struct msm_listener_manager *lm, const void *proto, const char *version,
+               bool is_static, bool validate_only, struct msm_err *err)
+{
+    struct msm_server *srv = lm->srv;
+    const ProtobufCMessage *pm = proto;
+    size_t len = protobuf_c_message_get_packed_size(pm);
+    uint8_t *bytes = msm_xmalloc(len + 1);
+    protobuf_c_message_pack(pm, bytes);
+    uint64_t hash = XXH3_64bits(bytes, len);
+    struct msm_build_opts bo = {.stats = srv->stats, .validate_only = validate_only,
+                                .allow_unknown_fields = srv->opts->allow_unknown_static_fields};
+    struct msm_listener_cfg *l = msm_listener_cfg_from_proto(proto, &bo, err);
+    if (!l) {
+        msm_stat_inc(srv->lm.listener_create_failure);
+        free(bytes);
+        return MSM_EINVAL;
+    }
+    int idx = -1;
+    struct lm_entry *old = find(lm, l->name, &idx);
+    if (old && (old->is_static || is_static)) {
+        msm_err_set(err, "error adding listener: '%s' has duplicate name%s", l->name,
+                    old->is_static && !is_static ? " (a static listener cannot be updated by "
+                                                   "LDS)"
+                                                 : "");
+        goto fail;
+    }
+    if (old && old->hash == hash) {
+        free(old->version);
+        old->version = msm_xstrdup(version ? version : "");
+        msm_listener_cfg_unref(l);
+        free(bytes);
+        return MSM_LM_UNCHANGED;
+    }
+    /* Another listener may not bind the same address. */
+    for (int i = 0; i < lm->n; i++) {
+        struct lm_entry *o = lm->e[i];
+        if (o != old && o->cfg->bind_to_port && l->bind_to_port &&
+            msm_address_eq(&o->cfg->addr, &l->addr) && msm_address_port(&l->addr) != 0) {
+            char a[MSM_ADDRSTRLEN];
+            msm_address_str(&l->addr, a, sizeof(a));
+            msm_err_set(err, "error adding listener '%s': listener '%s' already uses %s",
+                        l->name, o->name, a);
+            goto fail;
+        }
+    }
+    struct msm_listen_socket *sock = NULL;
+    if (l->bind_to_port && !validate_only) {
+        if (old && old->sock && msm_address_eq(&old->cfg->addr, &l->addr)) {
+            sock = msm_listen_socket_ref(old->sock);
+        } else {
+            sock = open_listener(l, lm->n_workers, err);
+            if (!sock) {
+                msm_err_prefix(err, "listener '%s'", l->name);
+                goto fail;
+            }
+            char a[MSM_ADDRSTRLEN];
+            msm_address_str(&sock->addr, a, sizeof(a));
+            msm_log(MSM_LOG_INFO, MSM_LC_CONFIG, "listener '%s' bound to %s", l->name, a);
+        }
+    }
+    struct lm_entry *e = MSM_NEW(struct lm_entry);
+    e->name = msm_xstrdup(l->name);
+    e->cfg = l;
+    e->sock = sock;
+    e->is_static = is_static;
+    e->version = msm_xstrdup(version ? version : "");
+    e->last_updated = wall_now();
+    e->proto = bytes;
+    e->proto_len = len;
+    e->hash = hash;
+    if (old) {
+        entry_free(old);
+        lm->e[idx] = e;
+        msm_stat_inc(srv->lm.listener_modified);
+        msm_stat_inc(srv->lm.listener_in_place_updated);
+    } else {
+        lm->e = msm_xrealloc(lm->e, (size_t)(lm->n + 1) * sizeof(*lm->e));
+        lm->e[lm->n++] = e;
+        msm_stat_inc(srv->lm.listener_added);
+    }
+    msm_stat_inc(srv->lm.listener_create_success);
+    msm_stat_set(srv->lm.total_listeners_active, (uint64_t)lm->n);
+    return old ? MSM_LM_MODIFIED : MSM_LM_ADDED;
+fail:
+    msm_stat_inc(srv->lm.listener_create_failure);
+    msm_listener_cfg_unref(l);
+    free(bytes);
+    return MSM_EINVAL;
+}
+
+int msm_lm_remove(struct msm_listener_manager *lm, const char *name)
+{
+    int idx;
+    struct lm_entry *e = find(lm, name, &idx);
+    if (!e) {
+        return MSM_ENOTFOUND;
+    }
+    if (e->is_static) {
+        return MSM_EINVAL;
+    }
+    /* Stop accepting now; workers let go of the fds when the next snapshot arrives. */
+    for (int k = 0; e->sock && k < e->sock->nfds; k++) {
+        shutdown(e->sock->fds[k], SHUT_RDWR);
+    }
+    lm->e[idx] = lm->e[--lm->n];
+    entry_free(e);
+    msm_stat_inc(lm->srv->lm.listener_removed);
+    msm_stat_set(lm->srv->lm.total_listeners_active, (uint64_t)lm->n);
+    return 0;
+}
+
+void msm_lm_fill_snapshot(struct msm_listener_manager *lm, struct msm_snapshot *s)
+{
+    for (int i = 0; i < lm->n; i++) {
+        msm_snapshot_add_listener(s, lm->e[i]->cfg, lm->e[i]->sock);
+    }
+}
+
+char **msm_lm_dynamic_names(const struct msm_listener_manager *lm, int *n)
+{
+    char **v = msm_xcalloc((size_t)lm->n + 1, sizeof(char *));
+    int k = 0;
+    for (int i = 0; i < lm->n; i++) {
+        if (!lm->e[i]->is_static) {
+            v[k++] = msm_xstrdup(lm->e[i]->name);
+        }
+    }
+    *n = k;
+    return v;
+}
+
+void msm_lm_stop_listening(struct msm_listener_manager *lm)
+{
+    for (int i = 0; i < lm->n; i++) {
+        struct msm_listen_socket *ls = lm->e[i]->sock;
+        for (int k = 0; ls && k < ls->nfds; k++) {
+            shutdown(ls->fds[k], SHUT_RDWR);
+        }
+    }
+}
+
+void msm_lm_dump(const struct msm_listener_manager *lm, msm_lm_dump_fn *fn, void *arg)
+{
+    for (int i = 0; i < lm->n; i++) {
+        const struct lm_entry *e = lm->e[i];
+        struct msm_lm_dump_item it = {.name = e->name, .is_static = e->is_static,
+                                      .version = e->version, .last_updated = e->last_updated,
+                                      .proto = e->proto, .proto_len = e->proto_len,
+                                      .sock = e->sock};
+        fn(arg, &it);
+    }
+}
