@@ -339,7 +339,7 @@ static int dec_enum(struct dec *d, const ProtobufCFieldDescriptor *f, const json
         return 0;
     }
     if (json_is_integer(j) || json_is_real(j)) {
-        int64_t v;
+        int64_t v = 0;
         int rc = dec_signed(d, j, PROTOBUF_C_TYPE_INT32, INT32_MIN, INT32_MAX, &v);
         if (rc < 0) {
             return rc;

@@ -299,6 +299,7 @@ static void server_free(struct msm_server *srv)
     msm_stats_store_free(srv->stats);
     msm_stats = NULL;
     free(srv);
+    msm_buf_thread_cleanup();
 }
 
 static struct msm_server *server_new(const struct msm_options *opts, struct msm_err *err)

@@ -348,6 +348,7 @@ static void *worker_main(void *arg)
     msm_defer_run(w->loop);
     msm_snapshot_unref(w->snap);
     w->snap = NULL;
+    msm_buf_thread_cleanup();
     return NULL;
 }
 

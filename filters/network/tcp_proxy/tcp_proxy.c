@@ -27,6 +27,7 @@ struct tp {
     struct msm_filter_handle *h;
     struct ev_loop *loop;
     bool session_gone;
+    double last_active; /* ev_now of the last byte either way, for the idle timeout */
     struct msm_tcp_proxy_config *cfg;
     struct msm_cluster *cluster; /* reference while an upstream is attached */
     struct msm_host *host;       /* reference */
@@ -71,11 +72,11 @@ static struct ev_loop *loop_of(struct tp *t)
     return t->loop;
 }
 
+/* Activity only records a time; the idle timer re-arms itself from it when it fires (libev's
+ * "be smart about timeouts"), so the data path never touches the timer heap. */
 static void touch(struct tp *t)
 {
-    if (t->cfg->idle_timeout_ms) {
-        ev_timer_again(loop_of(t), &t->idle);
-    }
+    t->last_active = ev_now(loop_of(t));
 }
 
 /* Release the upstream side's accounting (not the connection object itself). */
@@ -127,6 +128,12 @@ static void on_idle(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct tp *t = MSM_CONTAINER_OF(w, struct tp, idle);
+    double left = t->last_active + t->cfg->idle_timeout_ms / 1000.0 - ev_now(loop);
+    if (left > 0.001) {
+        ev_timer_set(w, left, 0);
+        ev_timer_start(loop, w);
+        return;
+    }
     msm_stat_inc(t->cfg->stats.idle_timeout);
     msm_log(MSM_LOG_DEBUG, MSM_LC_FILTER, "tcp_proxy: idle timeout");
     close_all(t, MSM_CLOSE_NOFLUSH);
@@ -147,9 +154,7 @@ void *msm_tcp_proxy_filter_new(void *config, struct msm_filter_handle *h)
     t->h = h;
     t->loop = msm_filter_worker(h)->loop;
     t->cfg = config;
-    double idle = t->cfg->idle_timeout_ms / 1000.0;
-    ev_init(&t->idle, on_idle);
-    t->idle.repeat = idle;
+    ev_timer_init(&t->idle, on_idle, t->cfg->idle_timeout_ms / 1000.0, 0);
     ev_timer_init(&t->max_dur, on_max_duration, t->cfg->max_duration_ms / 1000.0, 0);
     return t;
 }
@@ -246,6 +251,9 @@ enum msm_filter_status msm_tcp_proxy_on_new_connection(void *f)
         ev_timer_start(loop_of(t), &t->max_dur);
     }
     touch(t);
+    if (t->cfg->idle_timeout_ms) {
+        ev_timer_start(loop_of(t), &t->idle);
+    }
     if (start_upstream(t) < 0) {
         close_all(t, MSM_CLOSE_NOFLUSH);
         return MSM_FILTER_STOP;
