@@ -9,7 +9,15 @@ set_build="build-essential cmake pkg-config git ca-certificates curl
  libgrpc-dev libev-dev libnghttp2-dev libssl-dev libhttp-parser-dev libosip2-dev
  libsrtp2-dev libc-ares-dev libjansson-dev libyaml-dev libpcre2-dev libxxhash-dev
  libcmocka-dev clang llvm libclang-rt-14-dev"
-set_test="python3 netcat-openbsd iproute2 procps"
+# Real RTSP peers: GStreamer's RTSP server (python3-gi) as the camera, ffmpeg/ffprobe and
+# GStreamer's rtspsrc as players (x264enc is in -ugly, avdec_h264 in -libav).
+set_test="python3 netcat-openbsd iproute2 procps
+ python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp
+ gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+ gstreamer1.0-plugins-ugly gstreamer1.0-libav ffmpeg"
+# The xDS tests' control plane (test/controlplane/): gRPC and protobuf for Python; openssl makes
+# the TLS test's certificate.
+set_test="$set_test python3-grpcio python3-protobuf openssl"
 set_bench="haproxy"
 
 what=${1:-test}

@@ -1,11 +1,25 @@
 #pragma once
-/* The admin HTTP/1.1 server on the bootstrap's admin address (main thread). Endpoints are a
- * table of {path, method rule, handler}; handlers write a body into a buffer and return the
- * HTTP status. The rest of Envoy's admin API arrives with the observability work. */
+/* The admin HTTP/1.1 server on the bootstrap's admin address (main thread), with Envoy's admin
+ * endpoints (see the table in admin.c and docs/admin.md). Handlers write a body into a buffer
+ * and return the HTTP status; they run on the main loop and never block.
+ *
+ * Bounds (bad input never crashes or stalls the main loop): URL <= 8 KiB (414), headers
+ * <= 64 KiB (431), body <= 1 MiB (413), malformed requests 400 and close; a request must be
+ * complete within MSM_ADMIN_REQUEST_TIMEOUT_MS of its first byte (408 and close), an idle
+ * keep-alive connection is closed after MSM_ADMIN_IDLE_TIMEOUT_MS, a client that stops reading
+ * its response is dropped after MSM_ADMIN_WRITE_TIMEOUT_MS without progress, reading pauses while
+ * more than 1 MiB of responses wait, and at most MSM_ADMIN_MAX_CONNS connections are served. */
+#include <jansson.h>
+
 #include "envoy/config/bootstrap/v3/bootstrap.pb-c.h"
 
 #include "buffer/buf.h"
 #include "common/err.h"
+
+#define MSM_ADMIN_REQUEST_TIMEOUT_MS 10000
+#define MSM_ADMIN_IDLE_TIMEOUT_MS 300000
+#define MSM_ADMIN_WRITE_TIMEOUT_MS 60000
+#define MSM_ADMIN_MAX_CONNS 128
 
 struct msm_server;
 struct msm_admin;
@@ -30,8 +44,16 @@ struct msm_admin *msm_admin_new(struct msm_server *srv, struct msm_err *err);
 void msm_admin_free(struct msm_admin *a);
 int msm_admin_validate(const Envoy__Config__Bootstrap__V3__Bootstrap *b, struct msm_err *err);
 /* Query parameter lookup: returns true when <name> is present; <val> gets its decoded value
- * ("" for a bare flag). */
+ * ("" for a bare flag; truncated to <n> - 1 bytes). */
 bool msm_admin_query_param(const char *query, const char *name, char *val, size_t n);
 /* Dispatch one request (exposed for tests). */
 void msm_admin_handle(struct msm_server *srv, const struct msm_admin_req *rq,
                       struct msm_admin_resp *rs);
+
+/* /certs: the TLS code registers a provider that appends one envoy.admin.v3.Certificate JSON
+ * object (proto3 JSON, snake_case: {"ca_cert": [...], "cert_chain": [...]}) per certificate
+ * context to <certificates> (a JSON array). Without a provider /certs prints no certificate.
+ * Main thread; <arg> is passed back. */
+typedef void msm_admin_certs_fn(void *arg, json_t *certificates);
+void msm_admin_set_certs_provider(msm_admin_certs_fn *fn, void *arg);
+void msm_admin_get_certs(json_t *certificates);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "http/route.h"
 
 struct msm_snapshot *msm_snapshot_new(void)
 {
@@ -34,6 +35,11 @@ void msm_snapshot_unref(struct msm_snapshot *s)
         msm_cluster_unref(s->clusters[i]);
     }
     free(s->clusters);
+    for (int i = 0; i < s->n_routes; i++) {
+        free(s->routes[i].name);
+        msm_route_config_unref(s->routes[i].rc);
+    }
+    free(s->routes);
     free(s);
 }
 
@@ -52,6 +58,20 @@ void msm_snapshot_add_cluster(struct msm_snapshot *s, struct msm_cluster *c)
     s->clusters[s->n_clusters++] = msm_cluster_ref(c);
 }
 
+void msm_snapshot_add_route(struct msm_snapshot *s, const char *name, struct msm_route_config *rc)
+{
+    s->routes = msm_xrealloc(s->routes, (size_t)(s->n_routes + 1) * sizeof(*s->routes));
+    s->routes[s->n_routes].name = msm_xstrdup(name);
+    s->routes[s->n_routes].rc = msm_route_config_ref(rc);
+    s->n_routes++;
+}
+
+static int route_by_name(const void *a, const void *b)
+{
+    const struct msm_snap_route *x = a, *y = b;
+    return strcmp(x->name, y->name);
+}
+
 static int by_name(const void *a, const void *b)
 {
     const struct msm_cluster *x = *(struct msm_cluster *const *)a;
@@ -61,7 +81,31 @@ static int by_name(const void *a, const void *b)
 
 void msm_snapshot_seal(struct msm_snapshot *s)
 {
-    qsort(s->clusters, (size_t)s->n_clusters, sizeof(*s->clusters), by_name);
+    /* qsort wants a non-NULL base even for 0 elements. */
+    if (s->n_clusters) {
+        qsort(s->clusters, (size_t)s->n_clusters, sizeof(*s->clusters), by_name);
+    }
+    if (s->n_routes) {
+        qsort(s->routes, (size_t)s->n_routes, sizeof(*s->routes), route_by_name);
+    }
+}
+
+struct msm_route_config *msm_snapshot_route(const struct msm_snapshot *s, const char *name)
+{
+    int lo = 0, hi = s->n_routes - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        int c = strcmp(name, s->routes[mid].name);
+        if (!c) {
+            return s->routes[mid].rc;
+        }
+        if (c < 0) {
+            hi = mid - 1;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    return NULL;
 }
 
 struct msm_cluster *msm_snapshot_cluster(const struct msm_snapshot *s, const char *name)

@@ -31,6 +31,13 @@ void msm_loop_free(struct ev_loop *loop)
 {
     struct msm_loop_ctx *c = msm_loop_ctx(loop);
     msm_defer_run(loop);
+    while (c->locals) {
+        struct msm_loop_local *l = c->locals;
+        c->locals = l->next;
+        l->destroy(l->state);
+        free(l);
+        msm_defer_run(loop);
+    }
     ev_ref(loop);
     ev_prepare_stop(loop, &c->prep);
     free(c);
@@ -70,6 +77,24 @@ void msm_defer_run(struct ev_loop *loop)
             t = n;
         }
     }
+}
+
+void *msm_loop_local(struct ev_loop *loop, const void *key, void *(*create)(struct ev_loop *loop),
+                     void (*destroy)(void *state))
+{
+    struct msm_loop_ctx *c = msm_loop_ctx(loop);
+    for (struct msm_loop_local *l = c->locals; l; l = l->next) {
+        if (l->key == key) {
+            return l->state;
+        }
+    }
+    struct msm_loop_local *l = MSM_NEW(struct msm_loop_local);
+    l->key = key;
+    l->state = create(loop);
+    l->destroy = destroy;
+    l->next = c->locals;
+    c->locals = l;
+    return l->state;
 }
 
 unsigned long long msm_next_conn_id(void)

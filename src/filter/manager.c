@@ -6,6 +6,7 @@
 #include "common/log.h"
 #include "event/deferred.h"
 #include "server/worker.h"
+#include "tls/tls.h"
 
 static void on_read(struct msm_conn *c, void *ctx, bool end_stream);
 static void on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev);
@@ -48,7 +49,7 @@ static void list_remove(struct msm_session *s)
 /* Feed the read buffer to filters from <from>. */
 static void iterate_read(struct msm_session *s, int from, bool end_stream)
 {
-    for (int i = from; i < s->n && !s->closed; i++) {
+    for (int i = from; i < s->n_active && !s->closed; i++) {
         struct msm_filter_handle *h = &s->fh[i];
         if (!h->ops->on_data) {
             continue;
@@ -64,7 +65,7 @@ static void iterate_read(struct msm_session *s, int from, bool end_stream)
 /* Run on_new_connection from init_pos; returns true when every filter continued. */
 static bool iterate_init(struct msm_session *s)
 {
-    while (s->init_pos < s->n && !s->closed) {
+    while (s->init_pos < s->n_active && !s->closed) {
         struct msm_filter_handle *h = &s->fh[s->init_pos++];
         if (h->ops->on_new_connection &&
             h->ops->on_new_connection(h->inst) == MSM_FILTER_STOP) {
@@ -85,6 +86,7 @@ struct msm_session *msm_session_new(struct msm_worker *w, struct msm_conn *conn,
     s->lcfg = msm_listener_cfg_ref(lcfg);
     s->chain = chain;
     s->n = chain->n;
+    s->n_active = chain->n;
     s->read_pos = -1;
     s->start = ev_now(w->loop);
     s->fh = msm_xcalloc((size_t)s->n, sizeof(*s->fh));
@@ -103,6 +105,15 @@ struct msm_session *msm_session_new(struct msm_worker *w, struct msm_conn *conn,
         s->fh[i].index = i;
         s->fh[i].ops = chain->f[i].ops;
         s->fh[i].inst = chain->f[i].ops->filter_new(chain->f[i].config, &s->fh[i]);
+    }
+    if (chain->tls) {
+        /* The filters start once the TLS handshake is done (on_event CONNECTED), so they see
+         * the peer's certificate and the negotiated ALPN from on_new_connection on. */
+        s->handshaking = true;
+        msm_conn_set_transport(conn, msm_tls_transport_new(chain->tls),
+                               chain->transport_timeout_ms);
+        msm_conn_start_reading(conn);
+        return s;
     }
     if (iterate_init(s)) {
         msm_conn_start_reading(conn);
@@ -123,14 +134,31 @@ static void on_read(struct msm_conn *c, void *ctx, bool end_stream)
 static void on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
 {
     struct msm_session *s = ctx;
-    (void)c;
+    struct msm_listener_cfg *l = s->lcfg;
+    if (ev == MSM_CONN_CONNECTED) {
+        /* The transport handshake is done: start the filter chain. */
+        s->handshaking = false;
+        if (iterate_init(s)) {
+            msm_conn_start_reading(c);
+            if (c->in.len && !s->closed) {
+                iterate_read(s, 0, (c->flags & MSM_CONN_F_READ_EOF) != 0);
+            }
+        }
+        return;
+    }
     s->closed = true;
-    for (int i = 0; i < s->n; i++) {
-        if (s->fh[i].ops->on_event) {
-            s->fh[i].ops->on_event(s->fh[i].inst, ev);
+    if (s->handshaking) {
+        /* Filters never started: nothing to tell them. */
+        if (c->flags & MSM_CONN_F_TIMED_OUT) {
+            msm_stat_inc(l->stats.downstream_cx_transport_socket_connect_timeout);
+        }
+    } else {
+        for (int i = 0; i < s->n_active; i++) {
+            if (s->fh[i].ops->on_event) {
+                s->fh[i].ops->on_event(s->fh[i].inst, ev);
+            }
         }
     }
-    struct msm_listener_cfg *l = s->lcfg;
     msm_stat_inc(l->stats.downstream_cx_destroy);
     msm_stat_dec(l->stats.downstream_cx_active);
     msm_stat_record(l->stats.downstream_cx_length_ms,
@@ -145,7 +173,7 @@ static void on_watermark(struct msm_conn *c, void *ctx, bool above)
 {
     struct msm_session *s = ctx;
     (void)c;
-    for (int i = 0; i < s->n; i++) {
+    for (int i = 0; i < s->n_active; i++) {
         if (s->fh[i].ops->on_watermark) {
             s->fh[i].ops->on_watermark(s->fh[i].inst, above);
         }
@@ -194,7 +222,7 @@ void msm_filter_write(struct msm_filter_handle *h, struct msm_buf *data, bool en
         msm_buf_drain(data, data->len);
         return;
     }
-    for (int i = s->n - 1; i >= 0; i--) {
+    for (int i = s->n_active - 1; i >= 0; i--) {
         struct msm_filter_handle *f = &s->fh[i];
         if (f->ops->on_write && f->ops->on_write(f->inst, data, end_stream) == MSM_FILTER_STOP) {
             return;
@@ -215,4 +243,21 @@ void msm_filter_read_disable(struct msm_filter_handle *h, bool disable)
     if (h->s->conn && !h->s->closed) {
         msm_conn_read_disable(h->s->conn, disable);
     }
+}
+
+void msm_filter_take_over(struct msm_filter_handle *h)
+{
+    h->s->n_active = h->index + 1;
+}
+
+void *msm_filter_next_config(struct msm_filter_handle *h,
+                             const struct msm_network_filter_ops *ops)
+{
+    const struct msm_filter_chain *chain = h->s->chain;
+    for (int i = h->index + 1; i < chain->n; i++) {
+        if (chain->f[i].ops == ops) {
+            return chain->f[i].config;
+        }
+    }
+    return NULL;
 }

@@ -21,10 +21,12 @@ struct msm_session {
     const struct msm_filter_chain *chain;
     struct msm_filter_handle *fh;
     int n;
+    int n_active;   /* filters that still see the connection (msm_filter_take_over) */
     int init_pos;   /* next filter whose on_new_connection has not run */
     bool init_done; /* every on_new_connection continued: reading may start */
     int read_pos;   /* a filter that stopped read iteration, or -1 */
     bool closed;
+    bool handshaking; /* TLS handshake in progress: filters have not started */
     double start;
 };
 

@@ -14,9 +14,14 @@
  *   MSM_FILTER_STOP to stop iteration (resume with msm_filter_continue). Read filters run in
  *   chain order, write filters in reverse. on_data receives the connection's read buffer: a
  *   filter that keeps bytes moves them out; what remains goes to the next filter.
+ * - terminal / may_terminate: a chain must end with a filter that has one of them; a terminal
+ *   filter must be last.
  * - on_event: connection closed (remote or local), after which no other callback runs.
  * - on_watermark: the downstream write buffer went above (true) / below (false) its limit.
  * - filter_free: free the instance (deferred, never from inside its own callbacks' stack).
+ * - rds_dep (main thread): the RDS route configuration a config serves from (an HCM with
+ *   rds), or NULL. The listener manager subscribes to it and keeps the listener warming (not
+ *   served) until it is known (see src/http/rds.h).
  * Optional slots may be NULL.
  */
 #include <stdbool.h>
@@ -42,10 +47,19 @@ struct msm_factory_ctx {
 
 struct msm_filter_handle;
 
+/* What a filter config needs from RDS before its listener may serve. */
+struct msm_filter_rds_dep {
+    const char *name;          /* route_config_name */
+    const char *stat_prefix;   /* "http.<hcm stat_prefix>.rds.<name>." */
+    const uint8_t *config_source; /* packed envoy.config.core.v3.ConfigSource */
+    size_t config_source_len;
+};
+
 struct msm_network_filter_ops {
     const char *name;
     const char *config_type;
     bool terminal; /* must be last in its chain (tcp_proxy, http_connection_manager) */
+    bool may_terminate; /* may be last in its chain, or be followed by others (rtsp_proxy) */
     int (*config_new)(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, void **config,
                       struct msm_err *err);
     void (*config_free)(void *config);
@@ -56,6 +70,7 @@ struct msm_network_filter_ops {
     void (*on_event)(void *filter, enum msm_conn_event ev);
     void (*on_watermark)(void *filter, bool above);
     void (*filter_free)(void *filter);
+    const struct msm_filter_rds_dep *(*rds_dep)(const void *config);
 };
 
 /* Registry (src/filter/registry.c): lookup by config type, else by name (when typed_config is
@@ -76,3 +91,10 @@ void msm_filter_continue(struct msm_filter_handle *h);
 void msm_filter_write(struct msm_filter_handle *h, struct msm_buf *data, bool end_stream);
 void msm_filter_close(struct msm_filter_handle *h, enum msm_close_type how);
 void msm_filter_read_disable(struct msm_filter_handle *h, bool disable);
+/* Take the connection over (call from on_new_connection or later): the filters after this one
+ * see nothing of it any more (no on_new_connection, on_data, on_write, on_event), as when an
+ * RTSP proxy placed before tcp_proxy serves the connection itself. They are still freed. */
+void msm_filter_take_over(struct msm_filter_handle *h);
+/* Config of the first filter of type <ops> after this one in the chain, or NULL: lets a filter
+ * follow the routing of a later one (RTSP uses the next tcp_proxy's cluster(s)). */
+void *msm_filter_next_config(struct msm_filter_handle *h, const struct msm_network_filter_ops *ops);

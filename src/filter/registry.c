@@ -5,10 +5,12 @@
 
 #include "config/types.h"
 #include "filter/network.h"
+#include "filters/network/rtsp_proxy/rtsp_proxy.h"
 #include "filters/network/tcp_proxy/tcp_proxy.h"
 
 static const struct msm_network_filter_ops *const network_filters[] = {
     &msm_tcp_proxy_ops,
+    &msm_rtsp_proxy_ops,
 };
 
 const struct msm_network_filter_ops *msm_network_filter_find(const char *config_type,

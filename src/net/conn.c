@@ -11,6 +11,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/err.h"
 #include "event/deferred.h"
 
 /* Read at most this much per readiness event, for fairness between connections. */
@@ -20,6 +21,34 @@
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* ---- raw_buffer transport ------------------------------------------------------------------ */
+
+static ssize_t raw_read(struct msm_transport *t, struct msm_conn *c, size_t max)
+{
+    (void)t;
+    return msm_buf_read_fd(&c->in, c->fd, max);
+}
+
+static ssize_t raw_write(struct msm_transport *t, struct msm_conn *c)
+{
+    (void)t;
+    return msm_buf_write_fd(&c->out, c->fd);
+}
+
+static void raw_free(struct msm_transport *t)
+{
+    (void)t; /* shared and stateless */
+}
+
+static const struct msm_transport_ops raw_ops = {
+    .name = "raw_buffer",
+    .read = raw_read,
+    .write = raw_write,
+    .free = raw_free,
+};
+
+struct msm_transport msm_transport_raw = {.ops = &raw_ops};
 
 int msm_set_nonblock(int fd)
 {
@@ -36,6 +65,7 @@ static struct msm_conn *conn_new(struct ev_loop *loop, int fd)
     c->loop = loop;
     c->fd = fd;
     c->id = msm_next_conn_id();
+    c->tr = &msm_transport_raw;
     msm_buf_init(&c->in);
     msm_buf_init(&c->out);
     ev_io_init(&c->io, on_io, fd, 0);
@@ -61,6 +91,13 @@ struct msm_conn *msm_conn_accepted(struct ev_loop *loop, int fd, const struct ms
     return c;
 }
 
+static bool can_read(const struct msm_conn *c)
+{
+    return c->h && !c->read_disable &&
+           !(c->flags & (MSM_CONN_F_READ_EOF | MSM_CONN_F_CLOSING | MSM_CONN_F_CLOSED |
+                         MSM_CONN_F_CONNECTING | MSM_CONN_F_HANDSHAKE));
+}
+
 /* Recompute which events the fd watcher needs. */
 static void update_io(struct msm_conn *c)
 {
@@ -70,15 +107,21 @@ static void update_io(struct msm_conn *c)
     int ev = 0;
     if (c->flags & MSM_CONN_F_CONNECTING) {
         ev = EV_WRITE;
+    } else if (c->flags & MSM_CONN_F_HANDSHAKE) {
+        ev = c->tr->want ? c->tr->want : EV_READ;
     } else {
-        bool reading = c->h && !c->read_disable && !(c->flags & MSM_CONN_F_READ_EOF) &&
-                       !(c->flags & MSM_CONN_F_CLOSING);
-        if (reading) {
+        if (can_read(c)) {
             ev |= EV_READ;
         }
         if (c->out.len || ((c->flags & MSM_CONN_F_WRITE_EOF) &&
                            !(c->flags & MSM_CONN_F_WRITE_SHUT))) {
             ev |= EV_WRITE;
+        }
+        ev |= c->tr->want;
+        /* Bytes the transport already holds (TLS records read ahead of a paused or
+         * budget-limited read) never make the fd readable again: read them next round. */
+        if (can_read(c) && c->tr->ops->has_pending && c->tr->ops->has_pending(c->tr)) {
+            ev_feed_event(c->loop, &c->io, EV_READ);
         }
     }
     if (ev == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io)) {
@@ -126,7 +169,7 @@ struct msm_conn *msm_conn_connect(struct ev_loop *loop, const struct msm_address
     c->remote = *to;
     c->h = h;
     c->ctx = ctx;
-    c->flags |= MSM_CONN_F_CONNECTING;
+    c->flags |= MSM_CONN_F_CONNECTING | MSM_CONN_F_CLIENT;
     c->connect_start = ev_now(loop);
     set_nodelay(fd, to->sa.ss_family);
     int r;
@@ -191,6 +234,7 @@ bool msm_conn_is_closed(const struct msm_conn *c)
 static void conn_free(void *p)
 {
     struct msm_conn *c = p;
+    c->tr->ops->free(c->tr);
     msm_buf_deinit(&c->in);
     msm_buf_deinit(&c->out);
     free(c);
@@ -205,6 +249,9 @@ static void close_now(struct msm_conn *c, enum msm_conn_event ev)
     c->flags |= MSM_CONN_F_CLOSED;
     ev_io_stop(c->loop, &c->io);
     ev_timer_stop(c->loop, &c->timer);
+    if (c->tr->ops->close) {
+        c->tr->ops->close(c->tr, c, ev != MSM_CONN_LOCAL_CLOSE);
+    }
     if (ev == MSM_CONN_REMOTE_CLOSE || ev == MSM_CONN_CONNECT_FAILED ||
         ev == MSM_CONN_CONNECT_TIMEOUT) {
         /* Abortive close on errors, so the peer learns quickly (RST). */
@@ -241,9 +288,11 @@ static void check_watermarks(struct msm_conn *c)
 static bool do_write(struct msm_conn *c)
 {
     if (c->out.len) {
-        ssize_t w = msm_buf_write_fd(&c->out, c->fd);
+        ssize_t w = c->tr->ops->write(c->tr, c);
         if (w < 0 && w != -EAGAIN) {
-            c->close_detail = strerror((int)-w);
+            if (!c->close_detail) {
+                c->close_detail = strerror((int)-w);
+            }
             close_now(c, MSM_CONN_REMOTE_CLOSE);
             return false;
         }
@@ -261,7 +310,8 @@ static bool do_write(struct msm_conn *c)
             close_now(c, MSM_CONN_LOCAL_CLOSE);
             return false;
         }
-        if ((c->flags & MSM_CONN_F_WRITE_EOF) && !(c->flags & MSM_CONN_F_WRITE_SHUT)) {
+        if ((c->flags & MSM_CONN_F_WRITE_EOF) && !(c->flags & MSM_CONN_F_WRITE_SHUT) &&
+            (!c->tr->ops->shutdown_write || c->tr->ops->shutdown_write(c->tr, c) != MSM_EAGAIN)) {
             shutdown(c->fd, SHUT_WR);
             c->flags |= MSM_CONN_F_WRITE_SHUT;
         }
@@ -288,7 +338,7 @@ void msm_conn_write(struct msm_conn *c, struct msm_buf *data, bool end_stream)
     if (end_stream) {
         c->flags |= MSM_CONN_F_WRITE_EOF;
     }
-    if (c->flags & MSM_CONN_F_CONNECTING) {
+    if (c->flags & (MSM_CONN_F_CONNECTING | MSM_CONN_F_HANDSHAKE)) {
         check_watermarks(c);
         return;
     }
@@ -300,7 +350,8 @@ void msm_conn_close(struct msm_conn *c, enum msm_close_type how)
     if (c->flags & MSM_CONN_F_CLOSED) {
         return;
     }
-    if (how == MSM_CLOSE_FLUSH && c->out.len && !(c->flags & MSM_CONN_F_CONNECTING)) {
+    if (how == MSM_CLOSE_FLUSH && c->out.len &&
+        !(c->flags & (MSM_CONN_F_CONNECTING | MSM_CONN_F_HANDSHAKE))) {
         if (c->flags & MSM_CONN_F_CLOSING) {
             return;
         }
@@ -312,6 +363,67 @@ void msm_conn_close(struct msm_conn *c, enum msm_close_type how)
         return;
     }
     close_now(c, MSM_CONN_LOCAL_CLOSE);
+}
+
+/* The transport's handshake is done (or there is none): tell the handler, then move what
+ * waited. */
+static void connected(struct msm_conn *c)
+{
+    c->flags &= ~MSM_CONN_F_HANDSHAKE;
+    ev_timer_stop(c->loop, &c->timer);
+    if (c->h && c->h->on_event) {
+        c->h->on_event(c, c->ctx, MSM_CONN_CONNECTED);
+    }
+    if (c->flags & MSM_CONN_F_CLOSED) {
+        return;
+    }
+    if (!do_write(c)) {
+        return;
+    }
+    /* Application data may have arrived with the handshake's last flight. */
+    if (c->tr->ops->handshake && can_read(c)) {
+        ev_feed_event(c->loop, &c->io, EV_READ);
+    }
+}
+
+static void do_handshake(struct msm_conn *c)
+{
+    c->tr->want = 0;
+    int r = c->tr->ops->handshake(c->tr, c);
+    if (r == MSM_EAGAIN) {
+        update_io(c);
+        return;
+    }
+    if (r < 0) {
+        if (!c->close_detail) {
+            c->close_detail = "handshake failed";
+        }
+        close_now(c, (c->flags & MSM_CONN_F_CLIENT) ? MSM_CONN_CONNECT_FAILED
+                                                     : MSM_CONN_LOCAL_CLOSE);
+        return;
+    }
+    connected(c);
+}
+
+void msm_conn_set_transport(struct msm_conn *c, struct msm_transport *t,
+                            uint32_t handshake_timeout_ms)
+{
+    c->tr->ops->free(c->tr);
+    c->tr = t;
+    if (!t->ops->handshake || (c->flags & MSM_CONN_F_CLIENT)) {
+        return; /* a client's handshake starts when connect() completes */
+    }
+    c->flags |= MSM_CONN_F_HANDSHAKE;
+    if (handshake_timeout_ms) {
+        ev_timer_stop(c->loop, &c->timer);
+        ev_timer_set(&c->timer, handshake_timeout_ms / 1000.0, 0);
+        ev_timer_start(c->loop, &c->timer);
+    }
+}
+
+const struct msm_tls_info *msm_conn_tls_info(const struct msm_conn *c)
+{
+    return c->tr->ops->info ? c->tr->ops->info(c->tr) : NULL;
 }
 
 static void finish_connect(struct msm_conn *c)
@@ -326,16 +438,15 @@ static void finish_connect(struct msm_conn *c)
         return;
     }
     c->flags &= ~MSM_CONN_F_CONNECTING;
-    ev_timer_stop(c->loop, &c->timer);
     c->local.len = sizeof(c->local.sa);
     getsockname(c->fd, (struct sockaddr *)&c->local.sa, &c->local.len);
-    if (c->h && c->h->on_event) {
-        c->h->on_event(c, c->ctx, MSM_CONN_CONNECTED);
-    }
-    if (c->flags & MSM_CONN_F_CLOSED) {
+    if (c->tr->ops->handshake) {
+        /* The connect timeout keeps running: it bounds the handshake too (Envoy). */
+        c->flags |= MSM_CONN_F_HANDSHAKE;
+        do_handshake(c);
         return;
     }
-    do_write(c);
+    connected(c);
 }
 
 static void do_read(struct msm_conn *c)
@@ -344,12 +455,14 @@ static void do_read(struct msm_conn *c)
     bool eof = false;
     size_t before = c->in.len;
     while (budget) {
-        ssize_t r = msm_buf_read_fd(&c->in, c->fd, budget < MSM_BUF_BLOCK ? budget : MSM_BUF_BLOCK);
+        ssize_t r = c->tr->ops->read(c->tr, c, budget < MSM_BUF_BLOCK ? budget : MSM_BUF_BLOCK);
         if (r == -EAGAIN) {
             break;
         }
         if (r < 0) {
-            c->close_detail = strerror((int)-r);
+            if (!c->close_detail) {
+                c->close_detail = strerror((int)-r);
+            }
             close_now(c, MSM_CONN_REMOTE_CLOSE);
             return;
         }
@@ -359,7 +472,7 @@ static void do_read(struct msm_conn *c)
         }
         c->rx_bytes += (uint64_t)r;
         budget -= (size_t)r;
-        if ((size_t)r < MSM_BUF_BLOCK / 2) {
+        if ((size_t)r < MSM_BUF_BLOCK / 2 && c->tr == &msm_transport_raw) {
             break; /* the socket is probably empty: skip the EAGAIN round trip */
         }
     }
@@ -393,12 +506,23 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         finish_connect(c);
         return;
     }
-    if (revents & EV_WRITE) {
+    if (c->flags & MSM_CONN_F_HANDSHAKE) {
+        do_handshake(c);
+        return;
+    }
+    bool rd = (revents & EV_READ) != 0, wr = (revents & EV_WRITE) != 0;
+    if (c->tr->want) {
+        /* A blocked transport operation waited for the other direction: retry both (each
+         * records again what it still waits for). */
+        rd = wr = true;
+        c->tr->want = 0;
+    }
+    if (wr) {
         if (!do_write(c)) {
             return;
         }
     }
-    if ((revents & EV_READ) && !(c->flags & MSM_CONN_F_CLOSED)) {
+    if (rd && can_read(c)) {
         do_read(c);
     }
 }
@@ -408,9 +532,17 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct msm_conn *c = MSM_CONTAINER_OF(w, struct msm_conn, timer);
-    if (c->flags & MSM_CONN_F_CONNECTING) {
-        c->close_detail = "connect timeout";
+    if ((c->flags & MSM_CONN_F_CONNECTING) ||
+        ((c->flags & MSM_CONN_F_HANDSHAKE) && (c->flags & MSM_CONN_F_CLIENT))) {
+        c->close_detail = (c->flags & MSM_CONN_F_CONNECTING) ? "connect timeout"
+                                                             : "handshake timeout";
         close_now(c, MSM_CONN_CONNECT_TIMEOUT);
+        return;
+    }
+    if (c->flags & MSM_CONN_F_HANDSHAKE) {
+        c->flags |= MSM_CONN_F_TIMED_OUT;
+        c->close_detail = "handshake timeout";
+        close_now(c, MSM_CONN_LOCAL_CLOSE);
         return;
     }
     /* Flush-close made no progress. */

@@ -12,6 +12,13 @@
  *   the fd, calls on_event once with the close reason, and frees the connection later
  *   (deferred), so callers may close from inside any callback. After close no handler callback
  *   runs again. The owner must not touch the connection after on_event(close).
+ * - Transport (net/transport.h): bytes go through c->tr (raw_buffer unless
+ *   msm_conn_set_transport installed another). A transport with a handshake runs it before any
+ *   application byte moves: a client connection reports CONNECTED only once the handshake is
+ *   done (connect_timeout covers TCP connect and handshake; a failed handshake is
+ *   CONNECT_FAILED); an accepted connection reports CONNECTED to its handler when its handshake
+ *   is done (a failure or the handshake timeout closes it with LOCAL_CLOSE). Writes made during
+ *   the handshake wait in <out>.
  */
 #include <ev.h>
 #include <stdbool.h>
@@ -19,6 +26,7 @@
 
 #include "buffer/buf.h"
 #include "net/address.h"
+#include "net/transport.h"
 
 enum msm_conn_event {
     MSM_CONN_CONNECTED = 0,
@@ -50,6 +58,9 @@ struct msm_conn_handler {
 #define MSM_CONN_F_HALF_CLOSE 0x40u   /* FIN is delivered as end_stream, not a close */
 #define MSM_CONN_F_ABOVE_WM 0x80u
 #define MSM_CONN_F_IN_CALLBACK 0x100u
+#define MSM_CONN_F_HANDSHAKE 0x200u   /* transport handshake in progress */
+#define MSM_CONN_F_TIMED_OUT 0x400u   /* closed by the handshake timeout */
+#define MSM_CONN_F_CLIENT 0x800u      /* made by msm_conn_connect */
 
 struct msm_conn {
     struct ev_loop *loop;
@@ -66,7 +77,8 @@ struct msm_conn {
     struct msm_address local, remote;
     uint64_t rx_bytes, tx_bytes;
     double connect_start; /* ev_now at connect, for upstream_cx_connect_ms */
-    const char *close_detail; /* short reason for logs */
+    const char *close_detail; /* short reason for logs (static string) */
+    struct msm_transport *tr; /* never NULL: &msm_transport_raw by default */
 };
 
 /* Wrap an accepted, non-blocking <fd>. Returns a connection that reads once
@@ -89,4 +101,11 @@ void msm_conn_read_disable(struct msm_conn *c, bool disable);
 void msm_conn_write(struct msm_conn *c, struct msm_buf *data, bool end_stream);
 void msm_conn_close(struct msm_conn *c, enum msm_close_type how);
 bool msm_conn_is_closed(const struct msm_conn *c);
+/* Install transport <t> (ownership passes to the connection) before any byte moved: right after
+ * msm_conn_connect, or after msm_conn_accepted and before msm_conn_start_reading. For an
+ * accepted connection, <handshake_timeout_ms> (0 = none) bounds the handshake. */
+void msm_conn_set_transport(struct msm_conn *c, struct msm_transport *t,
+                            uint32_t handshake_timeout_ms);
+/* What the TLS handshake established; NULL for raw connections and before the handshake. */
+const struct msm_tls_info *msm_conn_tls_info(const struct msm_conn *c);
 int msm_set_nonblock(int fd);

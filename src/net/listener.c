@@ -14,6 +14,7 @@
 #include "config/pbjson.h"
 #include "config/pbutil.h"
 #include "config/types.h"
+#include "tls/tls.h"
 
 #define DEFAULT_BUFFER_LIMIT (1024 * 1024)
 
@@ -79,6 +80,7 @@ static void chain_free(struct msm_filter_chain *fc)
     if (!fc) {
         return;
     }
+    msm_tls_factory_unref(fc->tls);
     for (int i = 0; i < fc->n; i++) {
         if (fc->f[i].ops && fc->f[i].config && fc->f[i].ops->config_free) {
             fc->f[i].ops->config_free(fc->f[i].config);
@@ -228,7 +230,8 @@ static int filter_from_proto(const Envoy__Config__Listener__V3__Filter *p,
 
 static struct msm_filter_chain *chain_from_proto(const Envoy__Config__Listener__V3__FilterChain *p,
                                                  const struct msm_build_opts *o,
-                                                 const char *listener, struct msm_err *err)
+                                                 const char *listener, const char *scope,
+                                                 struct msm_err *err)
 {
     struct msm_filter_chain *fc = MSM_NEW(struct msm_filter_chain);
     fc->name = msm_xstrdup(p->name);
@@ -242,20 +245,20 @@ static struct msm_filter_chain *chain_from_proto(const Envoy__Config__Listener__
         goto fail;
     }
     if (p->transport_socket) {
-        const char *t = p->transport_socket->typed_config
-                            ? p->transport_socket->typed_config->type_url
-                            : "";
-        if (!strstr(t, "raw_buffer.v3.RawBuffer")) {
-            if (!o->validate_only) {
-                msm_err_set(err, "transport_socket '%s': only raw_buffer is supported yet",
-                            p->transport_socket->name);
-                goto fail;
-            }
-            msm_log(MSM_LOG_WARN, MSM_LC_CONFIG, "listener '%s': transport_socket '%s' is not "
-                    "supported yet: serving this config will fail", listener,
-                    p->transport_socket->name);
+        char owner[320];
+        snprintf(owner, sizeof(owner), "listener '%s' filter chain '%s'", listener, p->name);
+        if (msm_tls_factory_from_proto(p->transport_socket, true, scope, owner, &fc->tls,
+                                       err) < 0) {
+            goto fail;
         }
     }
+    int64_t hs = msm_pb_duration_ms(p->transport_socket_connect_timeout,
+                                    MSM_DEFAULT_HANDSHAKE_TIMEOUT_MS);
+    if (hs < 0 || hs > UINT32_MAX) {
+        msm_err_set(err, "transport_socket_connect_timeout: out of range");
+        goto fail;
+    }
+    fc->transport_timeout_ms = (uint32_t)hs;
     if (!p->n_filters) {
         msm_err_set(err, "filters: a filter chain needs at least one network filter");
         goto fail;
@@ -273,7 +276,7 @@ static struct msm_filter_chain *chain_from_proto(const Envoy__Config__Listener__
                         fc->f[i].ops->name);
             goto fail;
         }
-        if (fc->f[i].ops && last && !fc->f[i].ops->terminal) {
+        if (fc->f[i].ops && last && !fc->f[i].ops->terminal && !fc->f[i].ops->may_terminate) {
             msm_err_set(err, "filters[%zu]: the last filter '%s' is not a terminal filter", i,
                         fc->f[i].ops->name);
             goto fail;
@@ -284,6 +287,8 @@ fail:
     chain_free(fc);
     return NULL;
 }
+
+static void pred_free(struct msm_lf_pred *p);
 
 struct msm_listener_cfg *msm_listener_cfg_ref(struct msm_listener_cfg *l)
 {
@@ -301,12 +306,176 @@ void msm_listener_cfg_unref(struct msm_listener_cfg *l)
     }
     free(l->chains);
     chain_free(l->default_chain);
+    for (int i = 0; i < l->n_lfs; i++) {
+        pred_free(l->lfs[i].disabled);
+        free(l->lfs[i].disabled);
+    }
+    free(l->lfs);
     if (l->stat_prefix) {
         msm_listener_stats_deinit(&l->stats);
     }
     free(l->stat_prefix);
     free(l->name);
     free(l);
+}
+
+/* ---- listener filters ------------------------------------------------------------------------ */
+
+static void pred_free(struct msm_lf_pred *p)
+{
+    for (int i = 0; p && i < p->n_sub; i++) {
+        pred_free(&p->sub[i]);
+    }
+    if (p) {
+        free(p->sub);
+    }
+}
+
+static int pred_from_proto(const Envoy__Config__Listener__V3__ListenerFilterChainMatchPredicate *pp,
+                           struct msm_lf_pred *out, int depth, struct msm_err *err)
+{
+    memset(out, 0, sizeof(*out));
+    if (depth > 16) {
+        return msm_err_set(err, "filter_disabled: nested too deeply");
+    }
+    const Envoy__Config__Listener__V3__ListenerFilterChainMatchPredicate__MatchSet *set = NULL;
+    switch (pp->rule_case) {
+    case ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER_CHAIN_MATCH_PREDICATE__RULE_ANY_MATCH:
+        out->kind = MSM_LFP_ANY;
+        return 0;
+    case ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER_CHAIN_MATCH_PREDICATE__RULE_DESTINATION_PORT_RANGE:
+        out->kind = MSM_LFP_DPORT;
+        out->start = pp->destination_port_range->start;
+        out->end = pp->destination_port_range->end;
+        if (out->start > out->end) {
+            return msm_err_set(err, "filter_disabled.destination_port_range: start > end");
+        }
+        return 0;
+    case ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER_CHAIN_MATCH_PREDICATE__RULE_NOT_MATCH:
+        out->kind = MSM_LFP_NOT;
+        out->sub = msm_xcalloc(1, sizeof(*out->sub));
+        out->n_sub = 1;
+        return pred_from_proto(pp->not_match, out->sub, depth + 1, err);
+    case ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER_CHAIN_MATCH_PREDICATE__RULE_OR_MATCH:
+        out->kind = MSM_LFP_OR;
+        set = pp->or_match;
+        break;
+    case ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER_CHAIN_MATCH_PREDICATE__RULE_AND_MATCH:
+        out->kind = MSM_LFP_AND;
+        set = pp->and_match;
+        break;
+    default:
+        return msm_err_set(err, "filter_disabled: a rule is required");
+    }
+    if (set->n_rules < 2) {
+        return msm_err_set(err, "filter_disabled: or_match/and_match need at least 2 rules");
+    }
+    out->sub = msm_xcalloc(set->n_rules, sizeof(*out->sub));
+    out->n_sub = (int)set->n_rules;
+    for (size_t i = 0; i < set->n_rules; i++) {
+        if (pred_from_proto(set->rules[i], &out->sub[i], depth + 1, err) < 0) {
+            return MSM_EINVAL;
+        }
+    }
+    return 0;
+}
+
+static bool pred_eval(const struct msm_lf_pred *p, uint32_t dport)
+{
+    switch (p->kind) {
+    case MSM_LFP_ANY:
+        return true;
+    case MSM_LFP_DPORT:
+        return (int64_t)dport >= p->start && (int64_t)dport < p->end;
+    case MSM_LFP_NOT:
+        return !pred_eval(&p->sub[0], dport);
+    case MSM_LFP_OR:
+        for (int i = 0; i < p->n_sub; i++) {
+            if (pred_eval(&p->sub[i], dport)) {
+                return true;
+            }
+        }
+        return false;
+    case MSM_LFP_AND:
+        for (int i = 0; i < p->n_sub; i++) {
+            if (!pred_eval(&p->sub[i], dport)) {
+                return false;
+            }
+        }
+        return true;
+    }
+    return false;
+}
+
+bool msm_listener_filter_enabled(const struct msm_listener_filter *f, uint32_t dport)
+{
+    return !f->disabled || !pred_eval(f->disabled, dport);
+}
+
+static const struct {
+    const char *name, *type;
+    enum msm_lf_kind kind;
+} listener_filter_types[] = {
+    {"envoy.filters.listener.original_dst",
+     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst", MSM_LF_ORIGINAL_DST},
+    {"envoy.filters.listener.tls_inspector",
+     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector", MSM_LF_TLS_INSPECTOR},
+    {"envoy.filters.listener.http_inspector",
+     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector", MSM_LF_HTTP_INSPECTOR},
+};
+
+static int listener_filters_from_proto(const Envoy__Config__Listener__V3__Listener *p,
+                                       struct msm_listener_cfg *l, const struct msm_build_opts *o,
+                                       struct msm_err *err)
+{
+    l->lfs = msm_xcalloc(p->n_listener_filters + 1, sizeof(*l->lfs));
+    for (size_t i = 0; i < p->n_listener_filters; i++) {
+        const Envoy__Config__Listener__V3__ListenerFilter *f = p->listener_filters[i];
+        const char *type = NULL;
+        if (f->config_type_case ==
+            ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY) {
+            return msm_err_set(err, "listener_filters[%zu] '%s': config_discovery is not supported",
+                               i, f->name);
+        }
+        if (f->config_type_case ==
+            ENVOY__CONFIG__LISTENER__V3__LISTENER_FILTER__CONFIG_TYPE_TYPED_CONFIG) {
+            type = strrchr(f->typed_config->type_url, '/');
+            type = type ? type + 1 : f->typed_config->type_url;
+        }
+        int found = -1;
+        for (size_t k = 0; k < MSM_ARRAY_SIZE(listener_filter_types); k++) {
+            if (type ? !strcmp(type, listener_filter_types[k].type)
+                     : !strcmp(f->name, listener_filter_types[k].name)) {
+                found = (int)k;
+            }
+        }
+        if (found < 0) {
+            if (o->validate_only && type && msm_types_find(type)) {
+                msm_log(MSM_LOG_WARN, MSM_LC_CONFIG, "listener '%s': listener filter '%s' (%s) "
+                        "is not supported yet: serving this config will fail", p->name, f->name,
+                        type);
+                continue;
+            }
+            return msm_err_set(err, "listener_filters[%zu] '%s' (%s): not supported", i, f->name,
+                               type ? type : "no typed_config");
+        }
+        struct msm_listener_filter *lf = &l->lfs[l->n_lfs++];
+        lf->kind = listener_filter_types[found].kind;
+        if (f->filter_disabled) {
+            lf->disabled = msm_xcalloc(1, sizeof(*lf->disabled));
+            if (pred_from_proto(f->filter_disabled, lf->disabled, 0, err) < 0) {
+                msm_err_prefix(err, "listener_filters[%zu] '%s'", i, f->name);
+                return MSM_EINVAL;
+            }
+        }
+    }
+    int64_t t = msm_pb_duration_ms(p->listener_filters_timeout, 15000);
+    if (t < 0 || t > UINT32_MAX) {
+        return msm_err_set(err, "listener_filters_timeout: out of range");
+    }
+    l->lf_timeout_ms = (uint32_t)t;
+    l->continue_on_lf_timeout = p->continue_on_listener_filters_timeout;
+    return 0;
 }
 
 static void unsupported_listener_fields(const Envoy__Config__Listener__V3__Listener *p,
@@ -321,12 +490,6 @@ static void unsupported_listener_fields(const Envoy__Config__Listener__V3__Liste
         msm_err_set(err, "api_listener is not supported");
     } else if (p->filter_chain_matcher) {
         msm_err_set(err, "filter_chain_matcher is not supported yet (use filter_chain_match)");
-    } else if (p->n_listener_filters && !o->validate_only) {
-        msm_err_set(err, "listener_filters[0] '%s': listener filters are not supported yet",
-                    p->listener_filters[0]->name);
-    } else if (p->n_listener_filters) {
-        msm_log(MSM_LOG_WARN, MSM_LC_CONFIG, "listener '%s': listener filters are not supported "
-                "yet: serving this config will fail", p->name);
     } else if (p->n_additional_addresses) {
         msm_err_set(err, "additional_addresses: not supported yet");
     } else if (p->listener_specifier_case ==
@@ -353,6 +516,9 @@ struct msm_listener_cfg *msm_listener_cfg_from_proto(const void *proto,
         msm_err_prefix(err, "address");
         goto fail;
     }
+    if (listener_filters_from_proto(p, l, o, err) < 0) {
+        goto fail;
+    }
     if (!p->name[0]) {
         /* Envoy names unnamed static listeners after a UUID; the address is more useful. */
         free(l->name);
@@ -370,9 +536,14 @@ struct msm_listener_cfg *msm_listener_cfg_from_proto(const void *proto,
         msm_err_set(err, "filter_chains: a listener needs at least one filter chain");
         goto fail;
     }
+    /* The stat scope first: TLS contexts of the chains count under it. */
+    char a[MSM_ADDRSTRLEN];
+    msm_address_stat_name(&l->addr, a, sizeof(a));
+    l->stat_prefix = msm_xasprintf("listener.%s.", p->stat_prefix[0] ? p->stat_prefix : a);
+    msm_listener_stats_init(o->stats, l->stat_prefix, &l->stats);
     l->chains = msm_xcalloc(p->n_filter_chains + 1, sizeof(*l->chains));
     for (size_t i = 0; i < p->n_filter_chains; i++) {
-        l->chains[i] = chain_from_proto(p->filter_chains[i], o, l->name, err);
+        l->chains[i] = chain_from_proto(p->filter_chains[i], o, l->name, l->stat_prefix, err);
         if (!l->chains[i]) {
             msm_err_prefix(err, "filter_chains[%zu]%s%s%s", i,
                            p->filter_chains[i]->name[0] ? " '" : "", p->filter_chains[i]->name,
@@ -382,16 +553,13 @@ struct msm_listener_cfg *msm_listener_cfg_from_proto(const void *proto,
         l->n_chains = (int)i + 1;
     }
     if (p->default_filter_chain) {
-        l->default_chain = chain_from_proto(p->default_filter_chain, o, l->name, err);
+        l->default_chain = chain_from_proto(p->default_filter_chain, o, l->name, l->stat_prefix,
+                                            err);
         if (!l->default_chain) {
             msm_err_prefix(err, "default_filter_chain");
             goto fail;
         }
     }
-    char a[MSM_ADDRSTRLEN];
-    msm_address_stat_name(&l->addr, a, sizeof(a));
-    l->stat_prefix = msm_xasprintf("listener.%s.", p->stat_prefix[0] ? p->stat_prefix : a);
-    msm_listener_stats_init(o->stats, l->stat_prefix, &l->stats);
     size_t sz = protobuf_c_message_get_packed_size(&p->base);
     uint8_t *buf = msm_xmalloc(sz);
     protobuf_c_message_pack(&p->base, buf);
@@ -524,6 +692,17 @@ static int score(const struct msm_chain_match *m, int step, const struct msm_con
     default:
         return 1;
     }
+}
+
+bool msm_listener_cfg_warm(const struct msm_listener_cfg *l)
+{
+    for (int i = 0; i <= l->n_chains; i++) {
+        const struct msm_filter_chain *c = i < l->n_chains ? l->chains[i] : l->default_chain;
+        if (c && c->tls && !msm_tls_factory_warm(c->tls)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 const struct msm_filter_chain *msm_listener_chain_by_hash(const struct msm_listener_cfg *l,

@@ -23,7 +23,7 @@
     C(downstream_global_cx_overflow) G(downstream_pre_cx_active) C(downstream_pre_cx_timeout)    \
     C(no_filter_chain_match) C(downstream_listener_filter_error)                                  \
     C(downstream_listener_filter_remote_close) C(extension_config_missing)                        \
-    C(network_extension_config_missing)
+    C(network_extension_config_missing) C(downstream_cx_transport_socket_connect_timeout)
 MSM_STATS_STRUCT(msm_listener_stats, MSM_LISTENER_STATS);
 MSM_STATS_INIT_FN(msm_listener_stats, MSM_LISTENER_STATS)
 
@@ -48,14 +48,52 @@ struct msm_chain_match {
     int n_alpn;
 };
 
+enum msm_lf_kind {
+    MSM_LF_ORIGINAL_DST = 0,
+    MSM_LF_TLS_INSPECTOR = 1,
+    MSM_LF_HTTP_INSPECTOR = 2,
+};
+
+/* ListenerFilterChainMatchPredicate (filter_disabled): the rules Envoy evaluates on a new
+ * connection; only the destination port is known that early. */
+enum msm_lf_pred_kind {
+    MSM_LFP_ANY = 0,
+    MSM_LFP_DPORT = 1,
+    MSM_LFP_OR = 2,
+    MSM_LFP_AND = 3,
+    MSM_LFP_NOT = 4,
+};
+
+struct msm_lf_pred {
+    enum msm_lf_pred_kind kind;
+    int32_t start, end; /* [start, end) */
+    struct msm_lf_pred *sub;
+    int n_sub;
+};
+
+struct msm_listener_filter {
+    enum msm_lf_kind kind;
+    struct msm_lf_pred *disabled; /* NULL = always enabled */
+};
+
 struct msm_filter_factory {
     const struct msm_network_filter_ops *ops;
     void *config;
     char *name;
 };
 
+/* A TLS handshake that makes no progress for this long is closed
+ * (downstream_cx_transport_socket_connect_timeout), unless the filter chain sets
+ * transport_socket_connect_timeout. Envoy has no default; a stalled handshake must not hold a
+ * connection forever. */
+#define MSM_DEFAULT_HANDSHAKE_TIMEOUT_MS 10000
+
+struct msm_tls_factory;
+
 struct msm_filter_chain {
     char *name;
+    struct msm_tls_factory *tls;   /* DownstreamTlsContext; NULL = raw_buffer */
+    uint32_t transport_timeout_ms; /* handshake bound */
     uint64_t hash; /* of the FilterChain proto: an unchanged chain keeps its connections */
     struct msm_chain_match match;
     struct msm_filter_factory *f;
@@ -77,6 +115,10 @@ struct msm_listener_cfg {
     struct msm_filter_chain **chains;
     int n_chains;
     struct msm_filter_chain *default_chain;
+    struct msm_listener_filter *lfs;
+    int n_lfs;
+    uint32_t lf_timeout_ms;         /* listener_filters_timeout, 0 = none (default 15 s) */
+    bool continue_on_lf_timeout;
     uint64_t hash; /* of the serialized proto: detects "modified" on update */
 };
 
@@ -103,6 +145,9 @@ struct msm_listener_cfg *msm_listener_cfg_from_proto(const void *listener_proto,
                                                      struct msm_err *err);
 struct msm_listener_cfg *msm_listener_cfg_ref(struct msm_listener_cfg *l);
 void msm_listener_cfg_unref(struct msm_listener_cfg *l);
+/* Every TLS context of <l>'s chains is warm (msm_tls_factory_warm): the listener may serve.
+ * Main thread. */
+bool msm_listener_cfg_warm(const struct msm_listener_cfg *l);
 /* The chain of <l> whose proto hash is <hash>, or NULL (default chain included). */
 const struct msm_filter_chain *msm_listener_chain_by_hash(const struct msm_listener_cfg *l,
                                                           uint64_t hash);
@@ -111,5 +156,7 @@ const struct msm_filter_chain *msm_listener_chain_by_hash(const struct msm_liste
  * source type, source IP, source port); the default chain when none matches; NULL = reject. */
 const struct msm_filter_chain *msm_listener_match(const struct msm_listener_cfg *l,
                                                   const struct msm_conn_meta *m);
+/* Is listener filter <f> enabled for a connection to <dport>? */
+bool msm_listener_filter_enabled(const struct msm_listener_filter *f, uint32_t dport);
 int msm_cidr_parse(const char *prefix, uint32_t len, struct msm_cidr *out, struct msm_err *err);
 bool msm_cidr_contains(const struct msm_cidr *c, const struct msm_address *a);

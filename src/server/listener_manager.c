@@ -22,6 +22,11 @@ struct lm_entry {
     char *name;
     struct msm_listener_cfg *cfg;
     struct msm_listen_socket *sock; /* NULL for bind_to_port: false */
+    /* <cfg> waits for TLS secrets (warming): the version it replaces keeps serving meanwhile
+     * (NULL for a new listener, which is not served yet). */
+    bool warming;
+    struct msm_listener_cfg *active;
+    struct msm_listen_socket *active_sock;
     bool is_static;
     char *version;
     double last_updated;
@@ -54,6 +59,8 @@ struct msm_listener_manager *msm_lm_new(struct msm_server *srv, int n_workers)
 
 static void entry_free(struct lm_entry *e)
 {
+    msm_listener_cfg_unref(e->active);
+    msm_listen_socket_unref(e->active_sock);
     msm_listener_cfg_unref(e->cfg);
     msm_listen_socket_unref(e->sock);
     free(e->name);
@@ -239,6 +246,22 @@ int msm_lm_add(struct msm_listener_manager *lm, const void *proto, const char *v
     e->proto = bytes;
     e->proto_len = len;
     e->hash = hash;
+    if (!validate_only && !msm_listener_cfg_warm(l)) {
+        /* TLS secrets pending: serve the previous version until they arrive. */
+        e->warming = true;
+        if (old) {
+            e->active = old->warming ? old->active : old->cfg;
+            e->active_sock = old->warming ? old->active_sock : old->sock;
+            if (e->active) {
+                msm_listener_cfg_ref(e->active);
+            }
+            if (e->active_sock) {
+                msm_listen_socket_ref(e->active_sock);
+            }
+        }
+        msm_log(MSM_LOG_INFO, MSM_LC_CONFIG, "listener '%s' is warming: waiting for TLS "
+                "secrets", l->name);
+    }
     if (old) {
         entry_free(old);
         lm->e[idx] = e;
@@ -282,9 +305,47 @@ int msm_lm_remove(struct msm_listener_manager *lm, const char *name)
 
 void msm_lm_fill_snapshot(struct msm_listener_manager *lm, struct msm_snapshot *s)
 {
+    int warming = 0;
     for (int i = 0; i < lm->n; i++) {
-        msm_snapshot_add_listener(s, lm->e[i]->cfg, lm->e[i]->sock);
+        struct lm_entry *e = lm->e[i];
+        if (!e->warming) {
+            msm_snapshot_add_listener(s, e->cfg, e->sock);
+            continue;
+        }
+        warming++;
+        if (e->active) {
+            msm_snapshot_add_listener(s, e->active, e->active_sock);
+        }
     }
+    msm_stat_set(lm->srv->lm.total_listeners_warming, (uint64_t)warming);
+}
+
+int msm_lm_secrets_changed(struct msm_listener_manager *lm)
+{
+    int n = 0;
+    for (int i = 0; i < lm->n; i++) {
+        struct lm_entry *e = lm->e[i];
+        if (e->warming && msm_listener_cfg_warm(e->cfg)) {
+            e->warming = false;
+            msm_listener_cfg_unref(e->active);
+            msm_listen_socket_unref(e->active_sock);
+            e->active = NULL;
+            e->active_sock = NULL;
+            msm_log(MSM_LOG_INFO, MSM_LC_CONFIG, "listener '%s': TLS secrets ready, warm",
+                    e->name);
+            n++;
+        }
+    }
+    return n;
+}
+
+int msm_lm_warming(const struct msm_listener_manager *lm)
+{
+    int n = 0;
+    for (int i = 0; i < lm->n; i++) {
+        n += lm->e[i]->warming;
+    }
+    return n;
 }
 
 char **msm_lm_dynamic_names(const struct msm_listener_manager *lm, int *n)

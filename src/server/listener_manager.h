@@ -33,7 +33,14 @@ void msm_lm_free(struct msm_listener_manager *lm);
 int msm_lm_add(struct msm_listener_manager *lm, const void *listener_proto, const char *version,
                bool is_static, bool validate_only, struct msm_err *err);
 int msm_lm_remove(struct msm_listener_manager *lm, const char *name);
+/* Every served listener; a listener waiting for TLS secrets (warming) is left out, or served
+ * in the version it replaces. */
 void msm_lm_fill_snapshot(struct msm_listener_manager *lm, struct msm_snapshot *s);
+/* TLS secrets arrived (or timed out): warming listeners whose contexts are now warm replace
+ * their previous version. Returns how many (publish a snapshot when > 0). */
+int msm_lm_secrets_changed(struct msm_listener_manager *lm);
+/* Listeners still waiting for TLS secrets. */
+int msm_lm_warming(const struct msm_listener_manager *lm);
 int msm_lm_count(const struct msm_listener_manager *lm);
 char **msm_lm_dynamic_names(const struct msm_listener_manager *lm, int *n);
 /* Stop listening (new connections are refused) without closing the fds (drain). */

@@ -18,8 +18,10 @@
 #include "config/pbutil.h"
 #include "event/deferred.h"
 #include "net/listener.h"
+#include "server/dynamic.h"
 #include "server/listener_manager.h"
 #include "server/worker.h"
+#include "tls/secrets.h"
 #include "upstream/cluster_manager.h"
 
 const char *msm_server_state_name(enum msm_server_state s)
@@ -89,16 +91,15 @@ static int apply_log_config(const struct msm_server *srv, struct msm_err *err)
 static int build_static(struct msm_server *srv, bool validate_only, struct msm_err *err)
 {
     const Envoy__Config__Bootstrap__V3__Bootstrap *b = srv->bootstrap;
-    if (b->dynamic_resources && !validate_only) {
-        return msm_err_set(err, "dynamic_resources: xDS (LDS/CDS/ADS) is not supported yet; use "
-                                "static_resources");
-    }
-    if (b->dynamic_resources) {
-        msm_log(MSM_LOG_WARN, MSM_LC_CONFIG, "dynamic_resources (xDS) are not supported yet: "
-                "serving this config will fail");
-    }
     const Envoy__Config__Bootstrap__V3__Bootstrap__StaticResources *sr = b->static_resources;
     size_t nc = sr ? sr->n_clusters : 0, nl = sr ? sr->n_listeners : 0;
+    /* Static secrets first: TLS contexts of static clusters and listeners refer to them. */
+    for (size_t i = 0; sr && i < sr->n_secrets; i++) {
+        if (msm_secrets_add_static(msm_secrets, sr->secrets[i], err) < 0) {
+            msm_err_prefix(err, "static_resources.secrets[%zu]", i);
+            return MSM_EINVAL;
+        }
+    }
     for (size_t i = 0; i < nc; i++) {
         if (msm_cm_add(srv->cm, sr->clusters[i], "", true, validate_only, err) < 0) {
             msm_err_prefix(err, "static_resources.clusters[%zu]", i);
@@ -116,7 +117,7 @@ static int build_static(struct msm_server *srv, bool validate_only, struct msm_e
 
 /* ---- snapshots ---------------------------------------------------------------------------- */
 
-static void publish_snapshot(struct msm_server *srv)
+void msm_server_publish(struct msm_server *srv)
 {
     struct msm_snapshot *s = msm_snapshot_new();
     s->version = ++srv->snap_version;
@@ -132,7 +133,13 @@ static void publish_snapshot(struct msm_server *srv)
 
 static void on_clusters_changed(void *arg)
 {
-    publish_snapshot(arg);
+    struct msm_server *srv = arg;
+    if (srv->state == MSM_STATE_LIVE || srv->state == MSM_STATE_DRAINING) {
+        msm_server_publish(srv);
+    }
+    if (srv->dyn_phase != MSM_DYN_NONE) {
+        msm_dynamic_advance(srv);
+    }
 }
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
@@ -226,10 +233,9 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
     msm_stat_set(srv->sst.uptime, (uint64_t)(ev_now(loop) - srv->start_time));
 }
 
-static void on_init_done(void *arg)
+void msm_server_init_complete(struct msm_server *srv)
 {
-    struct msm_server *srv = arg;
-    if (srv->shutting_down) {
+    if (srv->shutting_down || srv->state == MSM_STATE_LIVE) {
         return;
     }
     msm_stat_record(srv->sst.initialization_time_ms,
@@ -247,11 +253,30 @@ static void on_init_done(void *arg)
             return;
         }
     }
-    publish_snapshot(srv);
+    msm_server_publish(srv);
     msm_stat_set(srv->lm.workers_started, 1);
     set_state(srv, MSM_STATE_LIVE);
     msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "all clusters initialized, %d workers started, LIVE",
             srv->n_workers);
+}
+
+/* Static clusters are warm: with xDS, continue with CDS/LDS; else go LIVE. */
+static void on_init_done(void *arg)
+{
+    struct msm_server *srv = arg;
+    if (srv->shutting_down) {
+        return;
+    }
+    if (!srv->xds) {
+        msm_server_init_complete(srv);
+        return;
+    }
+    struct msm_err err = {{0}};
+    if (msm_dynamic_start(srv, &err) < 0) {
+        msm_log(MSM_LOG_CRITICAL, MSM_LC_MAIN, "cannot start dynamic configuration: %s", err.msg);
+        srv->exit_code = 1;
+        ev_break(srv->loop, EVBREAK_ALL);
+    }
 }
 
 static void server_init_stats(struct msm_server *srv)
@@ -271,6 +296,7 @@ static void server_free(struct msm_server *srv)
         msm_worker_free(srv->workers[i]);
     }
     free(srv->workers);
+    msm_dynamic_free(srv); /* first: no xDS callback may run into freed managers */
     msm_admin_free(srv->admin);
     msm_snapshot_unref(srv->snap);
     msm_lm_free(srv->lmgr);
@@ -282,6 +308,7 @@ static void server_free(struct msm_server *srv)
         msm_defer_run(srv->loop);
     }
     msm_cm_free(srv->cm);
+    msm_secrets_free(msm_secrets); /* after every TLS context user */
     msm_server_stats_deinit(&srv->sst);
     msm_lm_stats_deinit(&srv->lm);
     if (srv->bootstrap) {
@@ -308,6 +335,7 @@ static struct msm_server *server_new(const struct msm_options *opts, struct msm_
     srv->opts = opts;
     srv->stats = msm_stats_store_new();
     msm_stats = srv->stats;
+    msm_secrets = msm_secrets_new(srv->stats);
     srv->n_workers = opts->concurrency ? (int)opts->concurrency : 1;
     server_init_stats(srv);
     srv->lmgr = msm_lm_new(srv, srv->n_workers);
@@ -359,6 +387,27 @@ int msm_server_run(const struct msm_options *opts)
             srv->n_workers);
     if (build_static(srv, false, &err) < 0) {
         goto fail;
+    }
+    if (msm_dynamic_init(srv, &err) < 0) {
+        goto fail;
+    }
+    if (!srv->xds) {
+        int neds = 0;
+        char **eds = msm_cm_eds_names(srv->cm, &neds);
+        if (neds) {
+            msm_err_set(&err, "cluster '%s' uses EDS but the bootstrap has no dynamic_resources",
+                        eds[0]);
+        }
+        msm_strv_free(eds, neds);
+        if (neds) {
+            goto fail;
+        }
+        const char *sds = msm_secrets_first_sds(msm_secrets);
+        if (sds) {
+            msm_err_set(&err, "SDS secret '%s' needs an xDS client but the bootstrap has no "
+                              "dynamic_resources", sds);
+            goto fail;
+        }
     }
     srv->admin = msm_admin_new(srv, &err);
     if (!srv->admin && err.msg[0]) {

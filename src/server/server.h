@@ -46,6 +46,7 @@ struct msm_worker;
 struct msm_admin;
 struct msm_cluster_manager;
 struct msm_listener_manager;
+struct msm_xds;
 
 struct msm_server {
     struct ev_loop *loop;
@@ -71,6 +72,9 @@ struct msm_server {
     char *lds_version, *cds_version; /* last accepted LDS/CDS version_info */
     struct msm_rstore routes;  /* RDS RouteConfigurations */
     struct msm_rstore secrets; /* SDS and static Secrets */
+    struct msm_xds *xds;       /* NULL without dynamic_resources */
+    int dyn_phase;             /* enum msm_dyn_phase */
+    bool cds_received, lds_received;
     int exit_code;
     bool shutting_down;
     bool healthcheck_failed;
@@ -87,3 +91,8 @@ void msm_server_post_worker_drained(struct msm_server *srv, int worker_id);
 /* Main thread: drain listeners and exit after the drain time (immediately when <now>). */
 void msm_server_shutdown(struct msm_server *srv, bool now);
 const char *msm_server_state_name(enum msm_server_state s);
+/* Build and post a new snapshot to the workers (main thread). */
+void msm_server_publish(struct msm_server *srv);
+/* Initialization finished (static clusters warm, and with xDS the first CDS/LDS applied):
+ * start the workers and go LIVE (or exit in init_only mode). */
+void msm_server_init_complete(struct msm_server *srv);

@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "event/deferred.h"
 #include "filter/manager.h"
+#include "server/accept.h"
 #include "server/server.h"
 #include "net/listener.h"
 
@@ -25,30 +26,6 @@ struct msm_wlistener {
     struct msm_listener_cfg *cfg;
     struct msm_listen_socket *sock;
 };
-
-static void accept_one(struct msm_wlistener *wl, int fd, const struct msm_address *remote)
-{
-    struct msm_worker *w = wl->w;
-    struct msm_address local;
-    local.len = sizeof(local.sa);
-    if (getsockname(fd, (struct sockaddr *)&local.sa, &local.len) < 0) {
-        local = wl->sock->addr;
-    }
-    struct msm_conn_meta meta = {.local = &local, .remote = remote, .direct_remote = remote,
-                                 .transport = "raw_buffer"};
-    const struct msm_filter_chain *chain = msm_listener_match(wl->cfg, &meta);
-    if (!chain) {
-        msm_stat_inc(wl->cfg->stats.no_filter_chain_match);
-        msm_log(MSM_LOG_DEBUG, MSM_LC_CONN_HANDLER, "listener '%s': no filter chain matched",
-                wl->cfg->name);
-        close(fd);
-        return;
-    }
-    struct msm_conn *c = msm_conn_accepted(w->loop, fd, &local, remote);
-    msm_log(MSM_LOG_DEBUG, MSM_LC_CONN_HANDLER, "[C%llu] new connection on listener '%s'", c->id,
-            wl->cfg->name);
-    msm_session_new(w, c, wl->cfg, chain);
-}
 
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 {
@@ -75,7 +52,7 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         if (remote.sa.ss_family == AF_UNIX) {
             remote = wl->sock->addr; /* unnamed peer: report the listener's path */
         }
-        accept_one(wl, fd, &remote);
+        msm_accept_start(wl->w, wl->cfg, fd, &wl->sock->addr, &remote);
     }
 }
 
@@ -139,21 +116,41 @@ static void reconcile(struct msm_worker *w, struct msm_snapshot *s)
     }
 }
 
-/* Connections of a replaced or removed listener config, closed after the drain time unless
- * their filter chain still exists unchanged in the listener's current config. */
+/* Connections of a replaced or removed listener, closed after the drain time unless their
+ * filter chain still exists unchanged in the listener's config of that moment. Keyed by
+ * listener name: a connection may have started on any older version of the listener. */
 struct wdrain {
     struct wdrain *next;
     struct msm_worker *w;
-    struct msm_listener_cfg *old;
+    char *name;
     ev_timer timer;
 };
 
 static void drain_free(struct wdrain *d)
 {
     ev_timer_stop(d->w->loop, &d->timer);
-    msm_listener_cfg_unref(d->old);
     msm_stat_dec(d->w->server->lm.total_filter_chains_draining);
+    free(d->name);
     free(d);
+}
+
+static const struct msm_listener_cfg *current_cfg(const struct msm_snapshot *s, const char *name)
+{
+    for (int i = 0; s && i < s->n_listeners; i++) {
+        if (!strcmp(s->listeners[i].cfg->name, name)) {
+            return s->listeners[i].cfg;
+        }
+    }
+    return NULL;
+}
+
+/* A session of listener <name> that the current config no longer covers. */
+static bool stale(const struct msm_session *s, const char *name, const struct msm_listener_cfg *cur)
+{
+    if (s->lcfg == cur || strcmp(s->lcfg->name, name) != 0) {
+        return false;
+    }
+    return !cur || !msm_listener_chain_by_hash(cur, s->chain->hash);
 }
 
 static void on_drain_done(struct ev_loop *loop, ev_timer *t, int revents)
@@ -162,17 +159,12 @@ static void on_drain_done(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     struct wdrain *d = MSM_CONTAINER_OF(t, struct wdrain, timer);
     struct msm_worker *w = d->w;
-    const struct msm_listener_cfg *cur = NULL;
-    for (int i = 0; w->snap && i < w->snap->n_listeners; i++) {
-        if (!strcmp(w->snap->listeners[i].cfg->name, d->old->name)) {
-            cur = w->snap->listeners[i].cfg;
-        }
-    }
+    const struct msm_listener_cfg *cur = current_cfg(w->snap, d->name);
     int closed = 0;
     struct msm_session *s = w->sessions;
     while (s) {
         struct msm_session *next = s->next;
-        if (s->lcfg == d->old && (!cur || !msm_listener_chain_by_hash(cur, s->chain->hash))) {
+        if (stale(s, d->name, cur)) {
             msm_conn_close(s->conn, MSM_CLOSE_FLUSH);
             closed++;
         }
@@ -180,7 +172,7 @@ static void on_drain_done(struct ev_loop *loop, ev_timer *t, int revents)
     }
     if (closed) {
         msm_log(MSM_LOG_DEBUG, MSM_LC_CONN_HANDLER, "%s: drained %d connection(s) of listener '%s'",
-                w->name, closed, d->old->name);
+                w->name, closed, d->name);
     }
     struct wdrain **pp = &w->drains;
     while (*pp && *pp != d) {
@@ -192,30 +184,28 @@ static void on_drain_done(struct ev_loop *loop, ev_timer *t, int revents)
     drain_free(d);
 }
 
-/* Compare the outgoing and incoming snapshots: a listener config that went away (removed, or
- * replaced by a new version) gets a drain entry when this worker has connections on it. */
+/* Compare the outgoing and incoming snapshots: a listener whose config went away (removed, or
+ * replaced by a new version) gets a drain when this worker has connections the new config does
+ * not cover. */
 static void schedule_drains(struct msm_worker *w, const struct msm_snapshot *old,
                             const struct msm_snapshot *cur)
 {
     for (int i = 0; old && i < old->n_listeners; i++) {
-        struct msm_listener_cfg *l = old->listeners[i].cfg;
-        bool kept = false;
-        for (int j = 0; j < cur->n_listeners && !kept; j++) {
-            kept = cur->listeners[j].cfg == l;
-        }
-        if (kept) {
+        const struct msm_listener_cfg *l = old->listeners[i].cfg;
+        const struct msm_listener_cfg *now = current_cfg(cur, l->name);
+        if (now == l) {
             continue;
         }
         bool used = false;
         for (struct msm_session *s = w->sessions; s && !used; s = s->next) {
-            used = s->lcfg == l;
+            used = stale(s, l->name, now);
         }
         if (!used) {
             continue;
         }
         struct wdrain *d = MSM_NEW(struct wdrain);
         d->w = w;
-        d->old = msm_listener_cfg_ref(l);
+        d->name = msm_xstrdup(l->name);
         ev_timer_init(&d->timer, on_drain_done, w->server->opts->drain_time_s, 0);
         ev_timer_start(w->loop, &d->timer);
         d->next = w->drains;
@@ -251,6 +241,7 @@ void msm_worker_post_snapshot(struct msm_worker *w, struct msm_snapshot *s)
 
 static void close_all(struct msm_worker *w)
 {
+    msm_accept_close_all(w);
     while (w->sessions) {
         struct msm_session *s = w->sessions;
         msm_conn_close(s->conn, MSM_CLOSE_NOFLUSH); /* unlinks s through on_event */

@@ -16,6 +16,7 @@ struct msm_server;
 struct msm_session;
 struct msm_wlistener;
 struct wdrain;
+struct msm_pending;
 
 struct msm_worker {
     int id;
@@ -27,7 +28,8 @@ struct msm_worker {
     struct msm_snapshot *snap; /* current; sessions look clusters up here */
     struct msm_wlistener *listeners;
     struct msm_session *sessions; /* intrusive list of live downstream sessions */
-    struct wdrain *drains;        /* replaced/removed listener configs being drained */
+    struct wdrain *drains;
+    struct msm_pending *pending;  /* accepted, listener filters still inspecting */        /* replaced/removed listener configs being drained */
     uint64_t n_sessions;
     bool started;
     bool draining;

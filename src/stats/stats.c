@@ -8,13 +8,24 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "envoy/config/metrics/v3/stats.pb-c.h"
+
 #include "common/alloc.h"
+#include "config/matcher.h"
+#include "stats/tags.h"
 
 const double msm_hist_bounds[MSM_HIST_BUCKETS] = {
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
-    300000, 600000, 1800000, 3600000, 7200000};
+    300000, 600000, 1800000, 3600000};
 
 struct msm_stats_store *msm_stats;
+
+enum matcher_mode {
+    MATCH_ALL = 0,       /* no stats_matcher */
+    MATCH_REJECT_ALL = 1,
+    MATCH_INCLUDE = 2,   /* inclusion_list: only what matches */
+    MATCH_EXCLUDE = 3,   /* exclusion_list: all but what matches */
+};
 
 /* Open-addressing hash table of stats by name; tombstones are compacted on rehash. */
 struct msm_stats_store {
@@ -23,6 +34,11 @@ struct msm_stats_store {
     size_t cap; /* power of two */
     size_t used; /* live + tombstones */
     size_t live;
+    /* stats_config (msm_stats_configure) */
+    struct msm_tag_producer *tags;
+    enum matcher_mode mode;
+    struct msm_str_matcher *match;
+    int n_match;
 };
 
 static struct msm_stat tombstone;
@@ -36,12 +52,38 @@ struct msm_stats_store *msm_stats_store_new(void)
     return st;
 }
 
+static void export_free(struct msm_stat_export *e)
+{
+    if (!e) {
+        return;
+    }
+    free(e->tag_name);
+    msm_tags_free(e->tags, e->n_tags);
+    free(e->prom_name);
+    free(e->prom_labels);
+    free(e);
+}
+
 static void stat_destroy(struct msm_stat *s)
 {
     free(s->name);
     free(s->buckets);
     free(s->text);
+    export_free(s->exp);
+    free(s->hist_prev);
+    free(s->hist_interval);
     free(s);
+}
+
+static void matcher_clear(struct msm_stats_store *st)
+{
+    for (int i = 0; i < st->n_match; i++) {
+        msm_str_matcher_deinit(&st->match[i]);
+    }
+    free(st->match);
+    st->match = NULL;
+    st->n_match = 0;
+    st->mode = MATCH_ALL;
 }
 
 void msm_stats_store_free(struct msm_stats_store *st)
@@ -55,6 +97,8 @@ void msm_stats_store_free(struct msm_stats_store *st)
         }
     }
     free(st->slots);
+    msm_tag_producer_free(st->tags);
+    matcher_clear(st);
     pthread_mutex_destroy(&st->mu);
     free(st);
 }
@@ -102,35 +146,77 @@ static void rehash(struct msm_stats_store *st)
     free(old);
 }
 
-struct msm_stat *msm_stats_get(struct msm_stats_store *st, enum msm_stat_type type,
-                               const char *name)
+static struct msm_stat_export *export_new(const char *tag_name, struct msm_tag *tags, int n);
+
+/* Get or create under the lock. <exp> (may be NULL) becomes the export view of a new stat;
+ * otherwise it is freed. */
+static struct msm_stat *get_locked(struct msm_stats_store *st, enum msm_stat_type type,
+                                   const char *name, struct msm_stat_export *exp)
 {
-    pthread_mutex_lock(&st->mu);
     bool found;
     size_t i = slot_of(st, name, &found);
     struct msm_stat *s;
     if (found) {
         s = st->slots[i];
         atomic_fetch_add(&s->refs, 1);
-    } else {
-        s = MSM_NEW(struct msm_stat);
-        s->name = msm_xstrdup(name);
-        s->type = type;
-        s->store = st;
-        atomic_init(&s->refs, 1);
-        if (type == MSM_STAT_HISTOGRAM) {
-            s->buckets = msm_xcalloc(MSM_HIST_BUCKETS + 1, sizeof(*s->buckets));
-        }
-        if (st->slots[i] != &tombstone) {
-            st->used++;
-        }
-        st->slots[i] = s;
-        st->live++;
-        if (st->used * 4 >= st->cap * 3) {
-            rehash(st);
-        }
+        export_free(exp);
+        return s;
     }
+    s = MSM_NEW(struct msm_stat);
+    s->name = msm_xstrdup(name);
+    s->type = type;
+    s->store = st;
+    s->hidden = msm_stats_rejects(st, name);
+    s->exp = exp;
+    atomic_init(&s->refs, 1);
+    if (type == MSM_STAT_HISTOGRAM) {
+        s->buckets = msm_xcalloc(MSM_HIST_BUCKETS + 1, sizeof(*s->buckets));
+    }
+    if (st->slots[i] != &tombstone) {
+        st->used++;
+    }
+    st->slots[i] = s;
+    st->live++;
+    if (st->used * 4 >= st->cap * 3) {
+        rehash(st);
+    }
+    return s;
+}
+
+struct msm_stat *msm_stats_get(struct msm_stats_store *st, enum msm_stat_type type,
+                               const char *name)
+{
+    pthread_mutex_lock(&st->mu);
+    struct msm_stat *s = get_locked(st, type, name, NULL);
     pthread_mutex_unlock(&st->mu);
+    return s;
+}
+
+struct msm_stat *msm_stats_get_tagged(struct msm_stats_store *st, enum msm_stat_type type,
+                                      const char *name, const struct msm_tag *tags, int n_tags)
+{
+    size_t len = strlen(name) + 1;
+    for (int i = 0; i < n_tags; i++) {
+        len += strlen(tags[i].name) + strlen(tags[i].value) + 2;
+    }
+    char *full = msm_xmalloc(len);
+    char *p = full;
+    p += sprintf(p, "%s", name);
+    for (int i = 0; i < n_tags; i++) {
+        p += sprintf(p, ".%s.%s", tags[i].name, tags[i].value);
+    }
+    /* Built outside the lock; thrown away when the stat exists already. */
+    struct msm_tag *copy = msm_xcalloc((size_t)n_tags + 1, sizeof(*copy));
+    for (int i = 0; i < n_tags; i++) {
+        copy[i].name = msm_xstrdup(tags[i].name);
+        copy[i].value = msm_xstrdup(tags[i].value);
+    }
+    struct msm_stat_export *exp = export_new(name, copy, n_tags);
+    exp->explicit_tags = true;
+    pthread_mutex_lock(&st->mu);
+    struct msm_stat *s = get_locked(st, type, full, exp);
+    pthread_mutex_unlock(&st->mu);
+    free(full);
     return s;
 }
 
@@ -189,29 +275,54 @@ static int by_name(const void *a, const void *b)
     return strcmp(x->name, y->name);
 }
 
-struct msm_stat **msm_stats_list(struct msm_stats_store *st, size_t *n)
+struct msm_stat **msm_stats_list_all(struct msm_stats_store *st, bool with_hidden, bool sorted,
+                                     size_t *n)
 {
     pthread_mutex_lock(&st->mu);
     struct msm_stat **v = msm_xcalloc(st->live + 1, sizeof(*v));
     size_t k = 0;
     for (size_t i = 0; i < st->cap; i++) {
         struct msm_stat *s = st->slots[i];
-        if (s && s != &tombstone) {
+        if (s && s != &tombstone && (with_hidden || !s->hidden)) {
             atomic_fetch_add(&s->refs, 1);
             v[k++] = s;
         }
     }
     pthread_mutex_unlock(&st->mu);
-    qsort(v, k, sizeof(*v), by_name);
+    if (sorted) {
+        qsort(v, k, sizeof(*v), by_name);
+    }
     *n = k;
     return v;
 }
 
+struct msm_stat **msm_stats_list(struct msm_stats_store *st, size_t *n)
+{
+    return msm_stats_list_all(st, false, true, n);
+}
+
 void msm_stats_list_free(struct msm_stat **v, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        msm_stat_unref(v[i]);
+    if (!n) {
+        free(v);
+        return;
     }
+    /* One lock for the whole list (a scrape of a big store releases 100k+ references). */
+    struct msm_stats_store *st = v[0]->store;
+    pthread_mutex_lock(&st->mu);
+    for (size_t i = 0; i < n; i++) {
+        struct msm_stat *s = v[i];
+        if (atomic_fetch_sub(&s->refs, 1) == 1) {
+            bool found;
+            size_t j = slot_of(st, s->name, &found);
+            if (found && st->slots[j] == s) {
+                st->slots[j] = &tombstone;
+                st->live--;
+            }
+            stat_destroy(s);
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
     free(v);
 }
 
@@ -230,14 +341,10 @@ void msm_stat_record(struct msm_stat *h, uint64_t v)
     atomic_store_explicit(&h->used, true, memory_order_relaxed);
 }
 
-double msm_stat_quantile(const struct msm_stat *h, double q)
+double msm_hist_quantile(const uint64_t *counts, double q)
 {
-    if (h->type != MSM_STAT_HISTOGRAM) {
-        return NAN;
-    }
-    uint64_t counts[MSM_HIST_BUCKETS + 1], total = 0;
+    uint64_t total = 0;
     for (int i = 0; i <= MSM_HIST_BUCKETS; i++) {
-        counts[i] = atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
         total += counts[i];
     }
     if (!total) {
@@ -258,9 +365,253 @@ double msm_stat_quantile(const struct msm_stat *h, double q)
     return msm_hist_bounds[MSM_HIST_BUCKETS - 1];
 }
 
+double msm_stat_quantile(const struct msm_stat *h, double q)
+{
+    if (h->type != MSM_STAT_HISTOGRAM) {
+        return NAN;
+    }
+    uint64_t counts[MSM_HIST_BUCKETS + 1];
+    for (int i = 0; i <= MSM_HIST_BUCKETS; i++) {
+        counts[i] = atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
+    }
+    return msm_hist_quantile(counts, q);
+}
+
+double msm_stat_interval_quantile(const struct msm_stat *h, double q)
+{
+    if (h->type != MSM_STAT_HISTOGRAM || !h->hist_interval) {
+        return NAN;
+    }
+    return msm_hist_quantile(h->hist_interval, q);
+}
+
+void msm_stat_hist_snapshot(const struct msm_stat *h, uint64_t *out, uint64_t *count,
+                            uint64_t *sum)
+{
+    uint64_t acc = 0;
+    for (int i = 0; i < MSM_HIST_BUCKETS; i++) {
+        acc += atomic_load_explicit(&h->buckets[i], memory_order_relaxed);
+        out[i] = acc;
+    }
+    acc += atomic_load_explicit(&h->buckets[MSM_HIST_BUCKETS], memory_order_relaxed);
+    /* Count from the buckets, so that +Inf always equals _count even while workers record. */
+    *count = acc;
+    *sum = atomic_load_explicit(&h->hsum, memory_order_relaxed);
+}
+
 void msm_stat_set_text(struct msm_stat *s, const char *text)
 {
     free(s->text);
     s->text = msm_xstrdup(text);
     atomic_store_explicit(&s->used, true, memory_order_relaxed);
+}
+
+/* ---- stats_config: matcher, tags, export views ------------------------------------------- */
+
+bool msm_stats_rejects(const struct msm_stats_store *st, const char *name)
+{
+    if (st->mode == MATCH_ALL) {
+        return false;
+    }
+    if (st->mode == MATCH_REJECT_ALL) {
+        return true;
+    }
+    size_t len = strlen(name);
+    bool hit = false;
+    for (int i = 0; i < st->n_match && !hit; i++) {
+        hit = msm_str_matcher_match(&st->match[i], name, len);
+    }
+    return st->mode == MATCH_INCLUDE ? !hit : hit;
+}
+
+static int matcher_build(struct msm_stats_store *st,
+                         const Envoy__Config__Metrics__V3__StatsMatcher *m, struct msm_err *err)
+{
+    const Envoy__Type__Matcher__V3__ListStringMatcher *l = NULL;
+    switch (m->stats_matcher_case) {
+    case ENVOY__CONFIG__METRICS__V3__STATS_MATCHER__STATS_MATCHER_REJECT_ALL:
+        st->mode = m->reject_all ? MATCH_REJECT_ALL : MATCH_ALL;
+        return 0;
+    case ENVOY__CONFIG__METRICS__V3__STATS_MATCHER__STATS_MATCHER_INCLUSION_LIST:
+        st->mode = MATCH_INCLUDE;
+        l = m->inclusion_list;
+        break;
+    case ENVOY__CONFIG__METRICS__V3__STATS_MATCHER__STATS_MATCHER_EXCLUSION_LIST:
+        st->mode = MATCH_EXCLUDE;
+        l = m->exclusion_list;
+        break;
+    default:
+        return 0;
+    }
+    size_t n = l ? l->n_patterns : 0;
+    st->match = msm_xcalloc(n + 1, sizeof(*st->match));
+    for (size_t i = 0; i < n; i++) {
+        if (msm_str_matcher_from_proto(l->patterns[i], &st->match[i], err) < 0) {
+            msm_err_prefix(err, "stats_config.stats_matcher.%s.patterns[%zu]",
+                           st->mode == MATCH_INCLUDE ? "inclusion_list" : "exclusion_list", i);
+            return MSM_EINVAL;
+        }
+        st->n_match = (int)i + 1;
+    }
+    return 0;
+}
+
+int msm_stats_configure(struct msm_stats_store *st, const void *stats_config,
+                        const struct msm_stats_tag *cli_tags, int n_cli_tags,
+                        struct msm_err *err)
+{
+    const Envoy__Config__Metrics__V3__StatsConfig *sc = stats_config;
+    struct msm_tag_producer *tp = msm_tag_producer_new(sc, cli_tags, n_cli_tags, err);
+    if (!tp) {
+        return MSM_EINVAL;
+    }
+    pthread_mutex_lock(&st->mu);
+    matcher_clear(st);
+    int rc = 0;
+    if (sc && sc->stats_matcher && matcher_build(st, sc->stats_matcher, err) < 0) {
+        matcher_clear(st);
+        rc = MSM_EINVAL;
+    }
+    if (rc == 0) {
+        msm_tag_producer_free(st->tags);
+        st->tags = tp;
+        tp = NULL;
+    }
+    for (size_t i = 0; rc == 0 && i < st->cap; i++) {
+        struct msm_stat *s = st->slots[i];
+        if (s && s != &tombstone) {
+            s->hidden = msm_stats_rejects(st, s->name);
+            if (s->exp && s->exp->explicit_tags) {
+                continue;
+            }
+            export_free(s->exp);
+            s->exp = NULL;
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
+    msm_tag_producer_free(tp);
+    return rc;
+}
+
+static bool prom_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '_';
+}
+
+static void sanitize_into(char *dst, const char *src)
+{
+    for (; *src; src++) {
+        *dst++ = prom_char(*src) ? *src : '_';
+    }
+    *dst = '\0';
+}
+
+/* Envoy's PrometheusStatsFormatter::metricName: custom namespaces lose their prefix and must not
+ * start with a digit; everything else gets "envoy_". */
+static char *prom_name(const char *tag_name)
+{
+    static const char ns[] = MSM_STATS_ISTIO_NS ".";
+    if (!strncmp(tag_name, ns, sizeof(ns) - 1)) {
+        const char *rest = tag_name + sizeof(ns) - 1;
+        if (!rest[0] || (rest[0] >= '0' && rest[0] <= '9')) {
+            return NULL;
+        }
+        char *out = msm_xmalloc(strlen(rest) + 1);
+        sanitize_into(out, rest);
+        return out;
+    }
+    char *out = msm_xmalloc(strlen(tag_name) + 7);
+    memcpy(out, "envoy_", 6);
+    sanitize_into(out + 6, tag_name);
+    return out;
+}
+
+static char *prom_labels(const struct msm_tag *tags, int n)
+{
+    size_t len = 1;
+    for (int i = 0; i < n; i++) {
+        len += strlen(tags[i].name) + 2 * strlen(tags[i].value) + 4;
+    }
+    char *out = msm_xmalloc(len);
+    char *p = out;
+    for (int i = 0; i < n; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+        sanitize_into(p, tags[i].name);
+        p += strlen(p);
+        *p++ = '=';
+        *p++ = '"';
+        for (const char *v = tags[i].value; *v; v++) {
+            if (*v == '\\' || *v == '"') {
+                *p++ = '\\';
+                *p++ = *v;
+            } else if (*v == '\n') {
+                *p++ = '\\';
+                *p++ = 'n';
+            } else {
+                *p++ = *v;
+            }
+        }
+        *p++ = '"';
+    }
+    *p = '\0';
+    return out;
+}
+
+static struct msm_stat_export *export_new(const char *tag_name, struct msm_tag *tags, int n)
+{
+    struct msm_stat_export *e = MSM_NEW(struct msm_stat_export);
+    e->tag_name = msm_xstrdup(tag_name);
+    e->tags = tags;
+    e->n_tags = n;
+    e->prom_name = prom_name(tag_name);
+    e->prom_labels = prom_labels(tags, n);
+    return e;
+}
+
+const struct msm_stat_export *msm_stat_export(struct msm_stat *s)
+{
+    if (!s->exp) {
+        struct msm_tag *tags = NULL;
+        int n = 0;
+        char *tn = msm_tag_producer_produce(s->store->tags, s->name, &tags, &n);
+        s->exp = export_new(tn, tags, n);
+        free(tn);
+    }
+    return s->exp;
+}
+
+void msm_stats_flush_histograms(struct msm_stats_store *st)
+{
+    pthread_mutex_lock(&st->mu);
+    for (size_t i = 0; i < st->cap; i++) {
+        struct msm_stat *s = st->slots[i];
+        if (!s || s == &tombstone || s->type != MSM_STAT_HISTOGRAM) {
+            continue;
+        }
+        if (!s->hist_prev) {
+            s->hist_prev = msm_xcalloc(MSM_HIST_BUCKETS + 1, sizeof(uint64_t));
+            s->hist_interval = msm_xcalloc(MSM_HIST_BUCKETS + 1, sizeof(uint64_t));
+        }
+        for (int b = 0; b <= MSM_HIST_BUCKETS; b++) {
+            uint64_t now = atomic_load_explicit(&s->buckets[b], memory_order_relaxed);
+            s->hist_interval[b] = now - s->hist_prev[b];
+            s->hist_prev[b] = now;
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
+}
+
+void msm_stats_reset_counters(struct msm_stats_store *st)
+{
+    pthread_mutex_lock(&st->mu);
+    for (size_t i = 0; i < st->cap; i++) {
+        struct msm_stat *s = st->slots[i];
+        if (s && s != &tombstone && s->type == MSM_STAT_COUNTER) {
+            atomic_store_explicit(&s->value, 0, memory_order_relaxed);
+        }
+    }
+    pthread_mutex_unlock(&st->mu);
 }

@@ -7,7 +7,18 @@
  *   survive config updates exactly as Envoy's do.
  * - Workers only update values (relaxed atomics); they never create or free stats.
  * - Names are Envoy's full dotted names ("cluster.xds-grpc;.upstream_cx_total"); tag extraction
- *   happens at export time (admin /stats/prometheus), never on the data path.
+ *   happens at export time (admin /stats/prometheus), never on the data path, and is cached per
+ *   stat (struct msm_stat_export) so a scrape only formats numbers.
+ * - stats_matcher (bootstrap stats_config) is decided once per stat, when it is created (and
+ *   again for every existing stat when the matcher is installed): a rejected stat still exists
+ *   and counts, so code never has to check, but it is <hidden>: no admin output, no Prometheus.
+ *   Envoy does not create rejected stats at all; the visible behaviour is the same.
+ * - Stats created with explicit tags (msm_stats_get_tagged: Istio's istio_* metrics) carry their
+ *   tags instead of having them extracted; their full name is Envoy's joined name
+ *   "<name>.<tag1>.<value1>...". Names in the "istiocustom." namespace are exported without the
+ *   envoy_ prefix, as Envoy's custom stat namespaces are.
+ * - Histograms keep cumulative bucket counts (live) and, from the stats flush timer, the counts
+ *   of the last complete flush interval (Envoy's "interval" quantiles).
  */
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -21,11 +32,28 @@ enum msm_stat_type {
     MSM_STAT_TEXT = 3,
 };
 
-/* Envoy's default histogram bucket bounds (ms or unitless). */
-#define MSM_HIST_BUCKETS 20
+/* Envoy's default histogram bucket bounds (ms or unitless): HistogramSettingsImpl::
+ * defaultBuckets(), 0.5 .. 3600000, plus an overflow bucket. */
+#define MSM_HIST_BUCKETS 19
 extern const double msm_hist_bounds[MSM_HIST_BUCKETS];
 
+/* The custom stat namespace of Istio's metrics ("istiocustom.istio_requests_total"). */
+#define MSM_STATS_ISTIO_NS "istiocustom"
+
 struct msm_stats_store;
+struct msm_tag;
+struct msm_stats_tag;
+struct msm_err;
+
+/* What an export needs besides the value: computed once per stat (main thread), immutable. */
+struct msm_stat_export {
+    char *tag_name;    /* tag-extracted name: "cluster.upstream_cx_total" */
+    struct msm_tag *tags;
+    int n_tags;
+    char *prom_name;   /* "envoy_cluster_upstream_cx_total"; NULL when it cannot be exported */
+    char *prom_labels; /* rendered labels without braces: cluster_name="xds-grpc"; "" if none */
+    bool explicit_tags; /* created with msm_stats_get_tagged */
+};
 
 struct msm_stat {
     char *name;
@@ -40,6 +68,10 @@ struct msm_stat {
     atomic_uint_fast64_t hsum;      /* sum of recorded values (integers) */
     atomic_uint_fast64_t hcount;
     char *text;                     /* text readout (main thread only) */
+    bool hidden;                    /* rejected by stats_matcher: never exported */
+    struct msm_stat_export *exp;    /* export cache (msm_stat_export); main thread */
+    uint64_t *hist_prev;            /* histogram: cumulative counts at the last flush */
+    uint64_t *hist_interval;        /* histogram: counts of the last complete interval */
 };
 
 struct msm_stats_store *msm_stats_store_new(void);
@@ -59,9 +91,33 @@ struct msm_stat *msm_stat_ref(struct msm_stat *s);
 /* Lookup without creating (NULL if absent); borrowed pointer, main thread. */
 struct msm_stat *msm_stats_find(struct msm_stats_store *st, const char *name);
 
-/* Snapshot of all stats, sorted by name, each referenced; free with msm_stats_list_free. */
+/* Get or create a stat with explicit tags (Envoy's counterFromStatNameWithTags): <name> is the
+ * tag-extracted name ("istiocustom.istio_tcp_sent_bytes_total"), the full name joins the tags
+ * ("<name>.reporter.source..."). No tag extraction applies to it. Any thread. */
+struct msm_stat *msm_stats_get_tagged(struct msm_stats_store *st, enum msm_stat_type type,
+                                      const char *name, const struct msm_tag *tags, int n_tags);
+
+/* Snapshot of all stats, sorted by name, each referenced; free with msm_stats_list_free.
+ * Hidden stats (stats_matcher) are left out unless <with_hidden>. */
 struct msm_stat **msm_stats_list(struct msm_stats_store *st, size_t *n);
+struct msm_stat **msm_stats_list_all(struct msm_stats_store *st, bool with_hidden, bool sorted,
+                                     size_t *n);
 void msm_stats_list_free(struct msm_stat **v, size_t n);
+
+/* Install the bootstrap's stats_config (envoy.config.metrics.v3.StatsConfig, may be NULL) and
+ * the --stats-tag tags: tag extraction and stats_matcher. Existing stats are re-evaluated.
+ * MSM_EINVAL with <err> for a bad regex or matcher. Main thread, before the workers start. */
+int msm_stats_configure(struct msm_stats_store *st, const void *stats_config,
+                        const struct msm_stats_tag *cli_tags, int n_cli_tags,
+                        struct msm_err *err);
+/* Would stats_matcher reject <name>? */
+bool msm_stats_rejects(const struct msm_stats_store *st, const char *name);
+/* The export view of <s> (computed on first use). Main thread. */
+const struct msm_stat_export *msm_stat_export(struct msm_stat *s);
+/* Stats flush (main thread, every stats_flush_interval): close the histograms' interval. */
+void msm_stats_flush_histograms(struct msm_stats_store *st);
+/* /reset_counters: every counter back to 0. */
+void msm_stats_reset_counters(struct msm_stats_store *st);
 
 static inline void msm_stat_add(struct msm_stat *s, uint64_t v)
 {
@@ -93,6 +149,14 @@ static inline uint64_t msm_stat_value(const struct msm_stat *s)
 void msm_stat_record(struct msm_stat *h, uint64_t v);
 /* Quantile estimate from the buckets (linear interpolation); NAN when empty. */
 double msm_stat_quantile(const struct msm_stat *h, double q);
+/* Same over the last complete flush interval (NAN when nothing was recorded in it). */
+double msm_stat_interval_quantile(const struct msm_stat *h, double q);
+/* Quantile of a bucket count array (MSM_HIST_BUCKETS + 1 entries); NAN when empty. */
+double msm_hist_quantile(const uint64_t *counts, double q);
+/* Cumulative bucket counts (<out>[i] = samples <= msm_hist_bounds[i]; MSM_HIST_BUCKETS entries)
+ * and the total count and sum. */
+void msm_stat_hist_snapshot(const struct msm_stat *h, uint64_t *out, uint64_t *count,
+                            uint64_t *sum);
 void msm_stat_set_text(struct msm_stat *s, const char *text);
 
 /* Stat blocks as X-macros, after Envoy's ALL_*_STATS:

@@ -27,11 +27,16 @@ void msm_cluster_cfg_unref(struct msm_cluster_cfg *c)
     }
     for (int i = 0; i < c->n_dns_eps; i++) {
         free(c->dns_eps[i].hostname);
+        msm_tsm_meta_free(c->dns_eps[i].meta);
     }
+    msm_cluster_transport_deinit(c);
     free(c->dns_eps);
     free(c->static_addrs);
     free(c->static_weights);
     free(c->eds_service_name);
+    free(c->eds_source);
+    msm_hc_cfg_free(c->hc);
+    msm_cluster_http_cfg_free(c->http);
     free(c->name);
     free(c->stat_name);
     free(c);
@@ -108,11 +113,36 @@ static int lb_from_proto(const Envoy__Config__Cluster__V3__Cluster *p, struct ms
                            lbp->n_policies);
     }
     case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__RING_HASH:
+        c->lb = MSM_LB_RING_HASH;
+        c->ring_min = 1024;
+        c->ring_max = 8 * 1024 * 1024;
+        if (p->lb_config_case ==
+            ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_RING_HASH_LB_CONFIG) {
+            const Envoy__Config__Cluster__V3__Cluster__RingHashLbConfig *r = p->ring_hash_lb_config;
+            if (r->hash_function !=
+                ENVOY__CONFIG__CLUSTER__V3__CLUSTER__RING_HASH_LB_CONFIG__HASH_FUNCTION__XX_HASH) {
+                return msm_err_set(err, "ring_hash_lb_config.hash_function: only XX_HASH is "
+                                        "supported");
+            }
+            c->ring_min = r->minimum_ring_size ? r->minimum_ring_size->value : c->ring_min;
+            c->ring_max = r->maximum_ring_size ? r->maximum_ring_size->value : c->ring_max;
+            if (!c->ring_min || c->ring_min > c->ring_max || c->ring_max > 8 * 1024 * 1024) {
+                return msm_err_set(err, "ring_hash_lb_config: need 0 < minimum_ring_size <= "
+                                        "maximum_ring_size <= 8388608");
+            }
+        }
+        return 0;
     case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__MAGLEV:
-        return msm_err_set(err, "lb_policy: %s is not supported yet",
-                           p->lb_policy == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_POLICY__RING_HASH
-                               ? "RING_HASH"
-                               : "MAGLEV");
+        c->lb = MSM_LB_MAGLEV;
+        c->maglev_size = 65537;
+        if (p->lb_config_case == ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_MAGLEV_LB_CONFIG &&
+            p->maglev_lb_config->table_size) {
+            c->maglev_size = p->maglev_lb_config->table_size->value;
+            if (c->maglev_size < 2 || c->maglev_size > 5000011) {
+                return msm_err_set(err, "maglev_lb_config.table_size: must be in [2, 5000011]");
+            }
+        }
+        return 0;
     default:
         return msm_err_set(err, "lb_policy: unknown value %d", (int)p->lb_policy);
     }
@@ -192,6 +222,7 @@ static int endpoints_from_proto(const Envoy__Config__Cluster__V3__Cluster *p,
                               ? sa->port_value
                               : 0;
                 d->weight = w;
+                d->meta = msm_tsm_meta_from_proto(lbe->metadata, lle->metadata);
                 if (d->port > 65535) {
                     return msm_err_set(err, "load_assignment.endpoints[%zu].lb_endpoints[%zu]: "
                                             "port %u out of range", i, j, d->port);
@@ -202,11 +233,14 @@ static int endpoints_from_proto(const Envoy__Config__Cluster__V3__Cluster *p,
                                         (size_t)c->n_static + 1);
             size_t cap_w = cap_s;
             c->static_weights = msm_xrealloc(c->static_weights, cap_w * sizeof(uint32_t));
+            c->static_meta = msm_xrealloc(c->static_meta, cap_w * sizeof(*c->static_meta));
+            c->static_meta[c->n_static] = NULL;
             if (msm_pb_address(ep ? ep->address : NULL, &c->static_addrs[c->n_static], err) < 0) {
                 msm_err_prefix(err, "load_assignment.endpoints[%zu].lb_endpoints[%zu].endpoint."
                                     "address", i, j);
                 return MSM_EINVAL;
             }
+            c->static_meta[c->n_static] = msm_tsm_meta_from_proto(lbe->metadata, lle->metadata);
             c->static_weights[c->n_static++] = w;
         }
     }
@@ -240,26 +274,23 @@ static int type_from_proto(const Envoy__Config__Cluster__V3__Cluster *p, struct 
         if (p->eds_cluster_config && p->eds_cluster_config->service_name[0]) {
             c->eds_service_name = msm_xstrdup(p->eds_cluster_config->service_name);
         }
+        if (p->eds_cluster_config && p->eds_cluster_config->eds_config) {
+            const ProtobufCMessage *src = &p->eds_cluster_config->eds_config->base;
+            c->eds_source_len = protobuf_c_message_get_packed_size(src);
+            c->eds_source = msm_xmalloc(c->eds_source_len + 1);
+            protobuf_c_message_pack(src, c->eds_source);
+        }
         return 0;
     case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__ORIGINAL_DST:
         c->type = MSM_CLUSTER_ORIGINAL_DST;
+        if (p->lb_config_case ==
+                ENVOY__CONFIG__CLUSTER__V3__CLUSTER__LB_CONFIG_ORIGINAL_DST_LB_CONFIG &&
+            p->original_dst_lb_config->use_http_header) {
+            return msm_err_set(err, "original_dst_lb_config.use_http_header: not supported");
+        }
         return 0;
     default:
         return msm_err_set(err, "type: unknown discovery type %d", (int)p->type);
-    }
-}
-
-/* Fields whose behaviour is not implemented yet. They are accepted (Istio sets several on every
- * cluster) and named in a warning, so nobody believes they are enforced. */
-static void warn_unimplemented(const Envoy__Config__Cluster__V3__Cluster *p)
-{
-    if (p->n_health_checks) {
-        msm_log(MSM_LOG_WARN, MSM_LC_UPSTREAM,
-                "cluster '%s': health_checks are not implemented yet and are ignored", p->name);
-    }
-    if (p->outlier_detection) {
-        msm_log(MSM_LOG_WARN, MSM_LC_UPSTREAM,
-                "cluster '%s': outlier_detection is not implemented yet and is ignored", p->name);
     }
 }
 
@@ -332,35 +363,19 @@ struct msm_cluster_cfg *msm_cluster_cfg_from_proto(const void *proto, bool valid
     if (endpoints_from_proto(p, c, err) < 0) {
         goto fail;
     }
+    if (msm_outlier_cfg_from_proto(p->outlier_detection, &c->outlier, err) < 0 ||
+        msm_hc_cfg_from_proto((const void *const *)p->health_checks, p->n_health_checks, &c->hc,
+                              err) < 0) {
+        goto fail;
+    }
     if (c->type == MSM_CLUSTER_STATIC && c->n_dns_eps) {
         msm_err_set(err, "STATIC clusters take IP endpoints only");
         goto fail;
     }
-    if (p->transport_socket && p->transport_socket->name &&
-        strcmp(p->transport_socket->name, "envoy.transport_sockets.raw_buffer") != 0) {
-        const char *t = p->transport_socket->typed_config
-                            ? p->transport_socket->typed_config->type_url
-                            : "";
-        if (!strstr(t, "raw_buffer.v3.RawBuffer")) {
-            if (!validate_only) {
-                msm_err_set(err, "transport_socket '%s': only raw_buffer is supported yet (TLS "
-                                 "lands with the sidecar data plane)", p->transport_socket->name);
-                goto fail;
-            }
-            msm_log(MSM_LOG_WARN, MSM_LC_CONFIG, "cluster '%s': transport_socket '%s' is not "
-                    "supported yet: serving this config will fail", p->name,
-                    p->transport_socket->name);
-        }
+    if (msm_cluster_transport_from_proto(p, c, err) < 0 ||
+        msm_cluster_http_from_proto(p, c, err) < 0) {
+        goto fail;
     }
-    if (p->n_transport_socket_matches) {
-        if (!validate_only) {
-            msm_err_set(err, "transport_socket_matches: not supported yet");
-            goto fail;
-        }
-        msm_log(MSM_LOG_WARN, MSM_LC_CONFIG, "cluster '%s': transport_socket_matches are not "
-                "supported yet: serving this config will fail", p->name);
-    }
-    warn_unimplemented(p);
     return c;
 fail:
     msm_err_prefix(err, "cluster '%s'", p->name);
@@ -381,6 +396,9 @@ struct msm_cluster_shared *msm_cluster_shared_new(const struct msm_cluster_cfg *
     msm_cluster_stats_init(st, prefix, &s->stats);
     snprintf(prefix, sizeof(prefix), "cluster.%s.circuit_breakers.default.", cfg->stat_name);
     msm_cb_stats_init(st, prefix, &s->cb);
+    snprintf(prefix, sizeof(prefix), "cluster.%s.outlier_detection.", cfg->stat_name);
+    msm_outlier_stats_init(st, prefix, &s->outlier);
+    msm_cluster_http_shared_init(&s->http, cfg->stat_name, st);
     if (cfg->track_remaining) {
         msm_stat_set(s->cb.remaining_cx, cfg->max_connections);
         msm_stat_set(s->cb.remaining_pending, cfg->max_pending_requests);
@@ -397,6 +415,8 @@ void msm_cluster_shared_unref(struct msm_cluster_shared *s)
     }
     msm_cluster_stats_deinit(&s->stats);
     msm_cb_stats_deinit(&s->cb);
+    msm_outlier_stats_deinit(&s->outlier);
+    msm_cluster_http_shared_deinit(&s->http);
     free(s->name);
     free(s);
 }
@@ -418,6 +438,7 @@ void msm_host_unref(struct msm_host *h)
         return;
     }
     free(h->hostname);
+    msm_tsm_meta_free(h->tsm);
     free(h);
 }
 
@@ -499,7 +520,8 @@ bool msm_host_set_same(const struct msm_host_set *a, const struct msm_host_set *
         bool found = false;
         for (int j = 0; j < b->n && !found; j++) {
             found = msm_address_eq(&a->hosts[i]->addr, &b->hosts[j]->addr) &&
-                    a->hosts[i]->weight == b->hosts[j]->weight;
+                    a->hosts[i]->weight == b->hosts[j]->weight &&
+                    msm_host_tsm_hash(a->hosts[i]) == msm_host_tsm_hash(b->hosts[j]);
         }
         if (!found) {
             return false;
@@ -519,6 +541,11 @@ struct msm_cluster *msm_cluster_new(struct msm_cluster_cfg *cfg, struct msm_clus
     c->cfg = cfg;
     c->sh = sh;
     c->hosts = hosts;
+    if (cfg->lb == MSM_LB_RING_HASH) {
+        c->ring = msm_ring_new(hosts, cfg->ring_min, cfg->ring_max);
+    } else if (cfg->lb == MSM_LB_MAGLEV) {
+        c->maglev = msm_maglev_new(hosts, cfg->maglev_size);
+    }
     return c;
 }
 
@@ -533,6 +560,8 @@ void msm_cluster_unref(struct msm_cluster *c)
     if (!c || atomic_fetch_sub(&c->refs, 1) != 1) {
         return;
     }
+    msm_ring_free(c->ring);
+    msm_maglev_free(c->maglev);
     msm_host_set_unref(c->hosts);
     msm_cluster_shared_unref(c->sh);
     msm_cluster_cfg_unref(c->cfg);
@@ -615,9 +644,34 @@ static struct msm_host *pick_weighted_random(const struct msm_host_set *hs)
     return hs->hosts[hs->n - 1];
 }
 
+static struct msm_host *lb_pick(struct msm_cluster *c, uint64_t hash);
+
+/* Pick with the load balancer, skipping hosts ejected by outlier detection or failing active
+ * health checks; when every try lands on such a host the last pick is used (Envoy's panic
+ * mode). */
 struct msm_host *msm_lb_choose(struct msm_cluster *c, uint64_t hash)
 {
-    (void)hash;
+    struct msm_host *h = lb_pick(c, hash);
+    bool outlier = c->cfg->outlier.enabled && atomic_load(&c->sh->ejected);
+    if (!h || (!outlier && !c->cfg->hc)) {
+        return h;
+    }
+    uint64_t now = msm_mono_ms();
+    for (int i = 0; i < c->hosts->n; i++) {
+        if (!atomic_load_explicit(&h->hc_unhealthy, memory_order_relaxed) &&
+            (!outlier || msm_outlier_host_ok(c, h, now))) {
+            return h;
+        }
+        /* A hash policy keeps its key; move to the next host instead of re-hashing. */
+        h = hash && (c->ring || c->maglev) ? c->hosts->hosts[(i + 1) % c->hosts->n]
+                                           : lb_pick(c, hash);
+    }
+    msm_stat_inc(c->sh->stats.lb_healthy_panic);
+    return h;
+}
+
+static struct msm_host *lb_pick(struct msm_cluster *c, uint64_t hash)
+{
     const struct msm_host_set *hs = c->hosts;
     if (!hs->n) {
         return NULL;
@@ -645,6 +699,14 @@ struct msm_host *msm_lb_choose(struct msm_cluster *c, uint64_t hash)
             }
         }
         return best;
+    }
+    case MSM_LB_RING_HASH:
+    case MSM_LB_MAGLEV: {
+        if (!hash) {
+            return pick_weighted_random(hs);
+        }
+        int k = c->ring ? msm_ring_pick(c->ring, hash) : msm_maglev_pick(c->maglev, hash);
+        return k >= 0 ? hs->hosts[k] : NULL;
     }
     case MSM_LB_RANDOM:
     default:

@@ -19,6 +19,12 @@
 #include "common/err.h"
 #include "net/address.h"
 #include "stats/stats.h"
+#include "upstream/lb/hash_lb.h"
+#include "upstream/health_check.h"
+#include "upstream/outlier.h"
+#include "upstream/cluster_http.h"
+
+struct msm_conn;
 
 enum msm_cluster_type {
     MSM_CLUSTER_STATIC = 0,
@@ -31,7 +37,9 @@ enum msm_cluster_type {
 enum msm_lb_policy {
     MSM_LB_ROUND_ROBIN = 0,
     MSM_LB_LEAST_REQUEST = 1,
+    MSM_LB_RING_HASH = 2,
     MSM_LB_RANDOM = 3,
+    MSM_LB_MAGLEV = 5,
 };
 
 enum msm_dns_family {
@@ -66,10 +74,30 @@ MSM_STATS_INIT_FN(msm_cluster_stats, MSM_CLUSTER_STATS)
 MSM_STATS_STRUCT(msm_cb_stats, MSM_CB_STATS);
 MSM_STATS_INIT_FN(msm_cb_stats, MSM_CB_STATS)
 
+/* An endpoint's transport socket match labels: its filter_metadata
+ * ["envoy.transport_socket_match"] (the locality's when the endpoint has none), each value in a
+ * canonical text form ("s:istio", "n:1", "b:1", "z", or JSON for lists/structs). Immutable. */
+struct msm_tsm_meta {
+    int n;
+    char **keys, **vals;
+    uint64_t hash; /* of the pairs: hosts with other labels are other hosts */
+};
+
+/* One transport_socket_matches entry: the first whose labels are all in an endpoint's match
+ * metadata picks the endpoint's transport (Envoy's metadataLabelMatch); none: the cluster's
+ * transport_socket. */
+struct msm_tls_factory;
+struct msm_tsm {
+    char *name;
+    struct msm_tsm_meta *match; /* NULL = {} (matches every endpoint) */
+    struct msm_tls_factory *tls; /* NULL = raw_buffer */
+};
+
 struct msm_dns_endpoint {
     char *hostname;
     uint32_t port;
     uint32_t weight;
+    struct msm_tsm_meta *meta; /* NULL = none */
 };
 
 struct msm_cluster_cfg {
@@ -84,6 +112,8 @@ struct msm_cluster_cfg {
     uint32_t max_connections, max_pending_requests, max_requests, max_retries;
     bool track_remaining;
     uint32_t lr_choice_count; /* least_request_lb_config.choice_count, default 2 */
+    uint64_t ring_min, ring_max; /* ring_hash_lb_config, default 1024 / 8M */
+    uint64_t maglev_size;        /* maglev_lb_config.table_size, default 65537 */
     /* upstream_bind_config */
     bool has_bind;
     struct msm_address bind;
@@ -102,6 +132,17 @@ struct msm_cluster_cfg {
     uint32_t *static_weights;
     int n_static;
     char *eds_service_name;
+    uint8_t *eds_source; /* eds_config (packed envoy.config.core.v3.ConfigSource), or NULL */
+    size_t eds_source_len;
+    struct msm_outlier_cfg outlier;
+    struct msm_hc_cfg *hc; /* active health check, or NULL */
+    /* transport: transport_socket (NULL = raw_buffer) and transport_socket_matches */
+    struct msm_tls_factory *tls;
+    struct msm_tsm *tsm;
+    int n_tsm;
+    struct msm_tsm_meta **static_meta; /* per STATIC endpoint (n_static), entries may be NULL */
+    /* HTTP protocol options (upstream/cluster_http.c); NULL = HTTP/1.1 with defaults */
+    struct msm_cluster_http_cfg *http;
 };
 
 struct msm_cluster_shared {
@@ -111,6 +152,9 @@ struct msm_cluster_shared {
     struct msm_cb_stats cb;
     atomic_uint active_cx; /* for max_connections */
     atomic_uint rr_cursor;
+    atomic_uint ejected; /* hosts currently ejected by outlier detection */
+    struct msm_outlier_stats outlier;
+    struct msm_cluster_http_shared http; /* router: request breakers, upstream_rq_* stats */
 };
 
 struct msm_host {
@@ -121,6 +165,12 @@ struct msm_host {
     atomic_uint active_cx;
     atomic_uint active_rq;
     atomic_uint_fast64_t cx_total, cx_connect_fail, rq_total;
+    /* outlier detection */
+    atomic_uint cons_5xx, cons_gw, cons_local;
+    atomic_uint ejections;
+    atomic_uint_fast64_t ejected_until; /* msm_mono_ms deadline, 0 = not ejected */
+    atomic_bool hc_unhealthy;           /* failed active health checking */
+    struct msm_tsm_meta *tsm; /* transport socket match labels, NULL = none (owned) */
 };
 
 struct msm_host_set {
@@ -139,6 +189,8 @@ struct msm_cluster {
     struct msm_cluster_cfg *cfg;
     struct msm_cluster_shared *sh;
     struct msm_host_set *hosts;
+    struct msm_ring *ring;     /* RING_HASH: built with this version */
+    struct msm_maglev *maglev; /* MAGLEV */
 };
 
 /* Build a cluster config from an envoy.config.cluster.v3.Cluster. Returns NULL with <err>
@@ -172,7 +224,32 @@ bool msm_cluster_cx_reserve(struct msm_cluster *c);
 void msm_cluster_cx_release(struct msm_cluster *c);
 
 /* Load balancing: pick a host for a new connection. NULL when the cluster has no host
- * (counted as upstream_cx_none_healthy by the caller). <hash> is for hash-based policies. */
+ * (counted as upstream_cx_none_healthy by the caller). <hash> is for RING_HASH and MAGLEV
+ * (0 = no hash policy: a random host, as Envoy). */
 struct msm_host *msm_lb_choose(struct msm_cluster *c, uint64_t hash);
 /* Per-thread random numbers (xoshiro, seeded from getrandom). */
 uint64_t msm_random(void);
+
+/* ---- transport sockets (TLS, auto-mTLS) ------------------------------------------------------ */
+
+/* The labels of an envoy.config.core.v3.Metadata (<md>, may be NULL) under
+ * "envoy.transport_socket_match", falling back to <locality_md>'s; NULL when neither has any. */
+struct msm_tsm_meta *msm_tsm_meta_from_proto(const void *md, const void *locality_md);
+struct msm_tsm_meta *msm_tsm_meta_copy(const struct msm_tsm_meta *m);
+void msm_tsm_meta_free(struct msm_tsm_meta *m);
+/* Give <h> (just created, not yet shared) its labels; takes ownership of <m>. */
+void msm_host_set_tsm(struct msm_host *h, struct msm_tsm_meta *m);
+uint64_t msm_host_tsm_hash(const struct msm_host *h);
+/* The TLS factory for connections to <h> (NULL = raw_buffer). */
+struct msm_tls_factory *msm_cluster_transport(const struct msm_cluster_cfg *c,
+                                              const struct msm_host *h);
+/* Install the transport for <h> on <conn>, just made by msm_conn_connect for cluster <c>. */
+void msm_cluster_attach_transport(const struct msm_cluster_cfg *c, const struct msm_host *h,
+                                  struct msm_conn *conn);
+/* Every TLS context the cluster uses is warm (msm_tls_factory_warm). Main thread. */
+bool msm_cluster_cfg_warm(const struct msm_cluster_cfg *c);
+/* msm_cluster_cfg_from_proto's part for transport_socket / transport_socket_matches, and its
+ * cleanup (upstream/transport.c). */
+int msm_cluster_transport_from_proto(const void *cluster_proto, struct msm_cluster_cfg *c,
+                                     struct msm_err *err);
+void msm_cluster_transport_deinit(struct msm_cluster_cfg *c);

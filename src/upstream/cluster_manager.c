@@ -35,6 +35,9 @@ struct cm_entry {
     uint8_t *proto;
     size_t proto_len;
     uint64_t hash;
+    struct msm_hc *hc; /* active health checking of <cur>'s hosts */
+    /* Hosts of <cfg> waiting for its TLS secrets (see publish); the entry is warming. */
+    struct msm_host_set *held;
     /* DNS */
     ev_timer refresh;
     struct ep_state *eps;
@@ -113,6 +116,8 @@ static void entry_stop_dns(struct cm_entry *e)
 static void entry_free(struct cm_entry *e)
 {
     entry_stop_dns(e);
+    msm_hc_free(e->hc);
+    msm_host_set_unref(e->held);
     msm_cluster_unref(e->cur);
     msm_cluster_shared_unref(e->sh);
     msm_cluster_cfg_unref(e->cfg);
@@ -152,7 +157,7 @@ int msm_cm_warming(const struct msm_cluster_manager *cm)
 {
     int w = 0;
     for (int i = 0; i < cm->n; i++) {
-        w += !cm->e[i]->initialized;
+        w += !cm->e[i]->initialized || cm->e[i]->held;
     }
     return w;
 }
@@ -164,9 +169,16 @@ static void update_gauges(struct msm_cluster_manager *cm)
     msm_stat_set(cm->stats.active_clusters, (uint64_t)(cm->n - warming));
 }
 
-/* Install <hs> (reference taken over) as the hosts of the entry's latest config. */
+/* Install <hs> (reference taken over) as the hosts of the entry's latest config. A config whose
+ * TLS contexts wait for SDS secrets is held back (the previous version, if any, keeps serving)
+ * until msm_cm_secrets_changed finds it warm. */
 static void publish(struct cm_entry *e, struct msm_host_set *hs)
 {
+    if (!msm_cluster_cfg_warm(e->cfg)) {
+        msm_host_set_unref(e->held);
+        e->held = hs;
+        return;
+    }
     struct msm_cluster *old = e->cur;
     e->cur = msm_cluster_new(e->cfg, e->sh, hs);
     msm_host_set_unref(hs);
@@ -181,6 +193,12 @@ static void publish(struct cm_entry *e, struct msm_host_set *hs)
     msm_stat_set(e->sh->stats.membership_healthy, (uint64_t)healthy);
     msm_stat_set(e->sh->stats.membership_excluded, (uint64_t)hs->n_excluded);
     msm_stat_set(e->sh->stats.max_host_weight, maxw);
+    if (e->cfg->hc && e->cm->loop) {
+        if (!e->hc) {
+            e->hc = msm_hc_new(e->cm->loop, e->cfg->hc, e->cfg->stat_name, e->cm->st);
+        }
+        msm_hc_set_hosts(e->hc, hs);
+    }
 }
 
 static void check_init(struct msm_cluster_manager *cm)
@@ -211,17 +229,32 @@ static void warmed(struct cm_entry *e, bool async_change)
     }
 }
 
-/* Reuse host objects that stay (their live counters matter to least-request). */
+/* Reuse host objects that stay (their live counters matter to least-request); a host whose
+ * transport socket match labels changed is a new host. */
 static struct msm_host *find_host(const struct msm_host_set *hs, const struct msm_address *a,
-                                  uint32_t w)
+                                  uint32_t w, const struct msm_tsm_meta *m)
 {
+    uint64_t mh = m ? m->hash : 0;
     for (int i = 0; hs && i < hs->n; i++) {
-        if (hs->hosts[i]->weight == w && msm_address_eq(&hs->hosts[i]->addr, a)) {
+        if (hs->hosts[i]->weight == w && msm_address_eq(&hs->hosts[i]->addr, a) &&
+            msm_host_tsm_hash(hs->hosts[i]) == mh) {
             atomic_fetch_add(&hs->hosts[i]->refs, 1);
             return hs->hosts[i];
         }
     }
     return NULL;
+}
+
+/* A host for endpoint <a> with labels <m> (copied): reused from <hs> or new. */
+static struct msm_host *get_host(const struct msm_host_set *hs, const struct msm_address *a,
+                                 const char *hostname, uint32_t w, const struct msm_tsm_meta *m)
+{
+    struct msm_host *h = find_host(hs, a, w, m);
+    if (!h) {
+        h = msm_host_new(a, hostname, w);
+        msm_host_set_tsm(h, msm_tsm_meta_copy(m));
+    }
+    return h;
 }
 
 /* ---- DNS ---------------------------------------------------------------------------------- */
@@ -276,8 +309,8 @@ static void round_done(struct cm_entry *e)
         for (int j = 0; e->eps[i].have && j < e->eps[i].n && k < total; j++) {
             struct msm_address a = e->eps[i].addrs[j];
             msm_address_set_port(&a, c->dns_eps[i].port);
-            struct msm_host *h = find_host(e->cur ? e->cur->hosts : NULL, &a, c->dns_eps[i].weight);
-            hv[k++] = h ? h : msm_host_new(&a, c->dns_eps[i].hostname, c->dns_eps[i].weight);
+            hv[k++] = get_host(e->cur ? e->cur->hosts : NULL, &a, c->dns_eps[i].hostname,
+                               c->dns_eps[i].weight, c->dns_eps[i].meta);
         }
     }
     struct msm_host_set *hs = msm_host_set_new(hv, k);
@@ -457,8 +490,10 @@ static int hosts_from_cla(struct cm_entry *e, const Envoy__Config__Endpoint__V3_
                 if (!w) {
                     w = 1;
                 }
-                struct msm_host *h = find_host(e->cur ? e->cur->hosts : NULL, &a, w);
-                hv[k++] = h ? h : msm_host_new(&a, lb->endpoint->hostname, w);
+                struct msm_tsm_meta *m = msm_tsm_meta_from_proto(lb->metadata, l->metadata);
+                hv[k++] = get_host(e->cur ? e->cur->hosts : NULL, &a, lb->endpoint->hostname, w,
+                                   m);
+                msm_tsm_meta_free(m);
             }
         }
     }
@@ -491,13 +526,11 @@ static struct eds_cache *find_eds(const struct msm_cluster_manager *cm, const ch
 static int apply_cla(struct cm_entry *e, const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
                      struct msm_err *err)
 {
-    msm_stat_inc(e->sh->stats.update_attempt);
+    /* update_attempt/success/rejected for EDS are the xDS subscription's stats. */
     struct msm_host_set *hs = NULL;
     if (hosts_from_cla(e, cla, &hs, err) < 0) {
-        msm_stat_inc(e->sh->stats.update_failure);
         return MSM_EINVAL;
     }
-    msm_stat_inc(e->sh->stats.update_success);
     bool same = e->cur && e->cur->cfg == e->cfg && msm_host_set_same(e->cur->hosts, hs);
     if (same) {
         msm_stat_inc(e->sh->stats.update_no_rebuild);
@@ -597,12 +630,18 @@ static void entry_start(struct cm_entry *e, bool validate_only)
 {
     struct msm_cluster_cfg *cfg = e->cfg;
     struct msm_cluster_manager *cm = e->cm;
+    if (cfg->type == MSM_CLUSTER_ORIGINAL_DST) {
+        /* Hosts are the connections' original destinations, made per connection. */
+        publish(e, msm_host_set_new(NULL, 0));
+        e->initialized = true;
+        return;
+    }
     if (cfg->type == MSM_CLUSTER_STATIC || validate_only) {
         struct msm_host **hv = msm_xcalloc((size_t)cfg->n_static + 1, sizeof(*hv));
         for (int i = 0; i < cfg->n_static; i++) {
-            struct msm_host *h = find_host(e->cur ? e->cur->hosts : NULL, &cfg->static_addrs[i],
-                                           cfg->static_weights[i]);
-            hv[i] = h ? h : msm_host_new(&cfg->static_addrs[i], NULL, cfg->static_weights[i]);
+            hv[i] = get_host(e->cur ? e->cur->hosts : NULL, &cfg->static_addrs[i], NULL,
+                             cfg->static_weights[i],
+                             cfg->static_meta ? cfg->static_meta[i] : NULL);
         }
         publish(e, msm_host_set_new(hv, cfg->n_static));
         free(hv);
@@ -658,18 +697,6 @@ int msm_cm_add(struct msm_cluster_manager *cm, const void *proto, const char *ve
     if (!cfg) {
         free(bytes);
         return MSM_EINVAL;
-    }
-    if (!validate_only && cfg->type == MSM_CLUSTER_ORIGINAL_DST) {
-        msm_err_set(err, "cluster '%s': ORIGINAL_DST clusters are not supported yet", cfg->name);
-        msm_cluster_cfg_unref(cfg);
-        free(bytes);
-        return MSM_EUNSUPPORTED;
-    }
-    if (!validate_only && cfg->type == MSM_CLUSTER_EDS && is_static && !cm->changed) {
-        msm_err_set(err, "cluster '%s': EDS needs a control plane", cfg->name);
-        msm_cluster_cfg_unref(cfg);
-        free(bytes);
-        return MSM_EUNSUPPORTED;
     }
     struct cm_entry *e = MSM_NEW(struct cm_entry);
     e->cm = cm;
@@ -733,6 +760,29 @@ void msm_cm_start(struct msm_cluster_manager *cm, msm_cm_cb *init_done, void *ar
     check_init(cm);
 }
 
+int msm_cm_secrets_changed(struct msm_cluster_manager *cm)
+{
+    int n = 0;
+    for (int i = 0; i < cm->n; i++) {
+        struct cm_entry *e = cm->e[i];
+        if (!e->held || !msm_cluster_cfg_warm(e->cfg)) {
+            continue;
+        }
+        struct msm_host_set *hs = e->held;
+        e->held = NULL;
+        publish(e, hs);
+        msm_log(MSM_LOG_DEBUG, MSM_LC_UPSTREAM, "cluster '%s': TLS secrets ready, warm",
+                e->name);
+        n++;
+    }
+    bool was = cm->init_reported;
+    check_init(cm);
+    if (n && was && cm->changed) {
+        cm->changed(cm->changed_arg);
+    }
+    return n;
+}
+
 void msm_cm_fill_snapshot(struct msm_cluster_manager *cm, struct msm_snapshot *s)
 {
     for (int i = 0; i < cm->n; i++) {
@@ -767,6 +817,17 @@ char **msm_cm_eds_names(const struct msm_cluster_manager *cm, int *n)
     }
     *n = u;
     return v;
+}
+
+const uint8_t *msm_cm_eds_source(const struct msm_cluster_manager *cm, size_t *len)
+{
+    for (int i = 0; i < cm->n; i++) {
+        if (cm->e[i]->cfg->type == MSM_CLUSTER_EDS && cm->e[i]->cfg->eds_source) {
+            *len = cm->e[i]->cfg->eds_source_len;
+            return cm->e[i]->cfg->eds_source;
+        }
+    }
+    return NULL;
 }
 
 char **msm_cm_dynamic_names(const struct msm_cluster_manager *cm, int *n)

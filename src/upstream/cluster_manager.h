@@ -4,7 +4,8 @@
  * ClusterLoadAssignments into host sets. Workers only see clusters through snapshots.
  *
  * Warming (as Envoy): a new cluster enters snapshots only once it has its first host set (DNS
- * answered, EDS arrived, or its initial fetch timed out). A modified cluster keeps serving with
+ * answered, EDS arrived, or its initial fetch timed out) and its TLS contexts have their SDS
+ * secrets (msm_cluster_cfg_warm). A modified cluster keeps serving with
  * its previous version until the new one is warm. Stats of a cluster name survive updates. */
 #include <ev.h>
 #include <stdbool.h>
@@ -52,6 +53,10 @@ int msm_cm_apply_eds(struct msm_cluster_manager *cm, const void *cla_proto, cons
 void msm_cm_remove_eds(struct msm_cluster_manager *cm, const char *service_name);
 /* An EDS cluster's initial fetch timed out: it finishes warming with no hosts. */
 void msm_cm_eds_timeout(struct msm_cluster_manager *cm, const char *service_name);
+/* TLS secrets arrived (or their initial fetch timed out): clusters whose TLS contexts were
+ * waiting publish their hosts and finish warming (the <changed> callback runs). Returns how
+ * many did. Main thread. */
+int msm_cm_secrets_changed(struct msm_cluster_manager *cm);
 /* Start resolution; <init_done> runs once every cluster added so far is warm. */
 void msm_cm_start(struct msm_cluster_manager *cm, msm_cm_cb *init_done, void *arg);
 /* Add every warm cluster's current version to <s>. */
@@ -61,6 +66,9 @@ int msm_cm_warming(const struct msm_cluster_manager *cm);
 /* EDS service names needed by the current clusters (sorted, unique); free with
  * msm_strv_free. */
 char **msm_cm_eds_names(const struct msm_cluster_manager *cm, int *n);
+/* The eds_config of the first EDS cluster (packed ConfigSource), for the EDS subscription; NULL
+ * when no EDS cluster has one. Borrowed. */
+const uint8_t *msm_cm_eds_source(const struct msm_cluster_manager *cm, size_t *len);
 /* Names of dynamic clusters (for SotW removal by absence); free with msm_strv_free. */
 char **msm_cm_dynamic_names(const struct msm_cluster_manager *cm, int *n);
 void msm_strv_free(char **v, int n);

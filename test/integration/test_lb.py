@@ -180,5 +180,42 @@ class LoadBalancingTest(H.ProxyTestCase):
         self.assertEqual(p.stat("cluster.empty.membership_total"), 0)
         self.assertEqual(p.stat("cluster.empty.upstream_cx_none_healthy"), 1)
 
+
+
+class HashAndOutlierTest(H.ProxyTestCase):
+    def test_ring_hash_source_ip_sticks(self):
+        ups = [self.upstream("identify", name=n) for n in ("a", "b", "c")]
+        p = self.start_proxy(lambda: H.simple_proxy_config(
+            H.cluster("c", [u.address for u in ups], lb_policy="RING_HASH"), stat_prefix="p",
+            hash_policy=[{"source_ip": {}}]))
+        names = set(who(p) for _ in range(30))
+        self.assertEqual(len(names), 1)  # one client IP, one host
+
+    def test_maglev_without_hash_policy_spreads(self):
+        ups = [self.upstream("identify", name=n) for n in ("a", "b")]
+        p = self.start_proxy(lambda: H.simple_proxy_config(
+            H.cluster("c", [u.address for u in ups], lb_policy="MAGLEV"), stat_prefix="p"))
+        names = collections.Counter(who(p) for _ in range(200))
+        self.assertEqual(set(names), {"a", "b"})
+
+    def test_outlier_ejects_refusing_host(self):
+        good = self.upstream("identify", name="good")
+        dead_port = H.free_port()  # nothing listens: connect refused
+        p = self.start_proxy(lambda: H.simple_proxy_config(
+            H.cluster("c", [good.address, H.sock_addr(dead_port)], lb_policy="ROUND_ROBIN",
+                      outlier_detection={"consecutive_5xx": 3, "interval": "1s",
+                                         "base_ejection_time": "30s",
+                                         "max_ejection_percent": 50,
+                                         "enforcing_success_rate": 0}),
+            stat_prefix="p"))
+        results = [who(p) for _ in range(20)]
+        # Round robin alternates until the dead host failed 3 times in a row, then only "good".
+        self.assertEqual(results.count(""), 3)
+        self.assertTrue(all(r == "good" for r in results[6:]))
+        self.assertEqual(p.stat("cluster.c.outlier_detection.ejections_active"), 1)
+        self.assertEqual(p.stat("cluster.c.outlier_detection.ejections_enforced_consecutive_5xx"),
+                         1)
+
+
 if __name__ == "__main__":
     H.main()

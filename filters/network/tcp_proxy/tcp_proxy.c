@@ -204,14 +204,21 @@ static int start_upstream(struct tp *t)
     }
     struct msm_cluster *c = t->cluster;
     struct msm_cluster_stats *cs = &c->sh->stats;
-    struct msm_host *host = msm_lb_choose(c, t->cfg->hash_source_ip ? source_hash(t) : 0);
-    if (!host) {
-        msm_stat_inc(cs->upstream_cx_none_healthy);
-        msm_log(MSM_LOG_DEBUG, MSM_LC_FILTER, "[C%llu] tcp_proxy: no healthy upstream in '%s'",
-                down->id, c->cfg->name);
-        return MSM_ENOTFOUND;
+    struct msm_host *host;
+    if (c->cfg->type == MSM_CLUSTER_ORIGINAL_DST) {
+        /* CLUSTER_PROVIDED: the destination the client asked for, restored by original_dst or
+         * the use_original_dst hand-off. */
+        host = msm_host_new(&down->local, NULL, 1);
+    } else {
+        host = msm_lb_choose(c, t->cfg->hash_source_ip ? source_hash(t) : 0);
+        if (!host) {
+            msm_stat_inc(cs->upstream_cx_none_healthy);
+            msm_log(MSM_LOG_DEBUG, MSM_LC_FILTER, "[C%llu] tcp_proxy: no healthy upstream in "
+                    "'%s'", down->id, c->cfg->name);
+            return MSM_ENOTFOUND;
+        }
+        atomic_fetch_add(&host->refs, 1);
     }
-    atomic_fetch_add(&host->refs, 1);
     if (t->host) {
         msm_host_unref(t->host);
     }
@@ -234,6 +241,9 @@ static int start_upstream(struct tp *t)
         atomic_fetch_sub(&host->active_rq, 1);
         return rc;
     }
+    /* TLS (transport_socket, or the endpoint's transport_socket_matches entry): CONNECTED
+     * comes after the handshake. */
+    msm_cluster_attach_transport(c->cfg, host, t->up);
     msm_stat_inc(cs->upstream_cx_active);
     msm_stat_inc(cs->upstream_rq_active);
     msm_conn_set_watermarks(t->up, c->cfg->per_connection_buffer_limit);
@@ -355,6 +365,7 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
     switch (ev) {
     case MSM_CONN_CONNECTED:
         t->connected = true;
+        msm_outlier_report(t->cluster, t->host, MSM_OUTLIER_SUCCESS);
         msm_stat_record(cs->upstream_cx_connect_ms, (uint64_t)((now - c->connect_start) * 1000.0));
         if (t->h && t->down_read_paused && !(c->flags & MSM_CONN_F_ABOVE_WM)) {
             t->down_read_paused = false;
@@ -366,6 +377,7 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
         msm_stat_inc(ev == MSM_CONN_CONNECT_TIMEOUT ? cs->upstream_cx_connect_timeout
                                                     : cs->upstream_cx_connect_fail);
         atomic_fetch_add(&t->host->cx_connect_fail, 1);
+        msm_outlier_report(t->cluster, t->host, MSM_OUTLIER_LOCAL_FAILURE);
         msm_stat_dec(cs->upstream_cx_active);
         msm_stat_dec(cs->upstream_rq_active);
         msm_stat_inc(cs->upstream_cx_destroy);

@@ -8,12 +8,14 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "common/alloc.h"
 #include "upstream/cluster.h"
 
-static struct msm_cluster *make(enum msm_lb_policy lb, const uint32_t *weights, int n,
-                                uint32_t max_cx)
+/* A cluster of <n> hosts 10.0.0.<first+1>.. with <weights> (NULL = all 1). */
+static struct msm_cluster *make_at(enum msm_lb_policy lb, const uint32_t *weights, int n,
+                                   uint32_t max_cx, int first)
 {
     struct msm_cluster_cfg *cfg = MSM_NEW(struct msm_cluster_cfg);
     atomic_init(&cfg->refs, 1);
@@ -21,13 +23,16 @@ static struct msm_cluster *make(enum msm_lb_policy lb, const uint32_t *weights, 
     cfg->stat_name = msm_xstrdup("c");
     cfg->lb = lb;
     cfg->lr_choice_count = 2;
+    cfg->ring_min = 1024;
+    cfg->ring_max = 8 * 1024 * 1024;
+    cfg->maglev_size = 65537;
     cfg->max_connections = max_cx;
     struct msm_cluster_shared *sh = msm_cluster_shared_new(cfg, msm_stats);
     struct msm_host *hv[16];
     for (int i = 0; i < n; i++) {
         struct msm_address a;
         char ip[32];
-        snprintf(ip, sizeof(ip), "10.0.0.%d", i + 1);
+        snprintf(ip, sizeof(ip), "10.0.0.%d", first + i + 1);
         assert_int_equal(msm_address_from_ip(ip, 80, &a, NULL), 0);
         hv[i] = msm_host_new(&a, NULL, weights ? weights[i] : 1);
     }
@@ -37,6 +42,12 @@ static struct msm_cluster *make(enum msm_lb_policy lb, const uint32_t *weights, 
     msm_cluster_shared_unref(sh);
     msm_cluster_cfg_unref(cfg);
     return c;
+}
+
+static struct msm_cluster *make(enum msm_lb_policy lb, const uint32_t *weights, int n,
+                                uint32_t max_cx)
+{
+    return make_at(lb, weights, n, max_cx, 0);
 }
 
 static int index_of(struct msm_cluster *c, struct msm_host *h)
@@ -124,6 +135,99 @@ static void test_circuit_breaker(void **state)
     msm_cluster_unref(c);
 }
 
+/* Hash policies: the same key always maps to the same host, weights are honoured, and
+ * removing one host moves only (most of) the keys that were on it. */
+static void check_consistent_hash(enum msm_lb_policy lb)
+{
+    uint32_t w[] = {1, 1, 2};
+    struct msm_cluster *c = make(lb, w, 3, 1024);
+    int count[3] = {0};
+    int before[4000];
+    for (int i = 0; i < 4000; i++) {
+        uint64_t h = XXH64(&i, sizeof(i), 42);
+        struct msm_host *a = msm_lb_choose(c, h), *b = msm_lb_choose(c, h);
+        assert_ptr_equal(a, b);
+        before[i] = index_of(c, a);
+        count[before[i]]++;
+    }
+    assert_in_range(count[0], 700, 1300);
+    assert_in_range(count[1], 700, 1300);
+    assert_in_range(count[2], 1600, 2400);
+    /* Same addresses minus the first host. */
+    struct msm_cluster *d = make_at(lb, w + 1, 2, 1024, 1);
+    int moved = 0;
+    for (int i = 0; i < 4000; i++) {
+        uint64_t h = XXH64(&i, sizeof(i), 42);
+        struct msm_host *x = msm_lb_choose(d, h);
+        /* d's host k has the address of c's host k+1 */
+        char a[MSM_ADDRSTRLEN], b[MSM_ADDRSTRLEN];
+        msm_address_str(&x->addr, a, sizeof(a));
+        if (before[i] != 0) {
+            msm_address_str(&c->hosts->hosts[before[i]]->addr, b, sizeof(b));
+            moved += strcmp(a, b) != 0;
+        }
+    }
+    /* Keys not on the removed host should mostly stay (ring: none move; maglev: a few). */
+    assert_true(moved < 4000 / 10);
+    msm_cluster_unref(d);
+    msm_cluster_unref(c);
+}
+
+static void test_ring_hash(void **state)
+{
+    (void)state;
+    check_consistent_hash(MSM_LB_RING_HASH);
+}
+
+static void test_maglev(void **state)
+{
+    (void)state;
+    check_consistent_hash(MSM_LB_MAGLEV);
+}
+
+static void test_outlier_ejection(void **state)
+{
+    (void)state;
+    struct msm_cluster *c = make(MSM_LB_ROUND_ROBIN, NULL, 3, 1024);
+    struct msm_outlier_cfg *o = &c->cfg->outlier;
+    *o = (struct msm_outlier_cfg){.enabled = true, .consecutive_5xx = 5, .enforcing_5xx = 100,
+                                  .consecutive_gw = 5, .enforcing_gw = 0,
+                                  .consecutive_local = 5, .enforcing_local = 100,
+                                  .base_ejection_ms = 30000, .max_ejection_ms = 300000,
+                                  .max_ejection_percent = 50};
+    struct msm_host *bad = c->hosts->hosts[0];
+    for (int i = 0; i < 4; i++) {
+        msm_outlier_report(c, bad, MSM_OUTLIER_LOCAL_FAILURE);
+    }
+    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 0);
+    msm_outlier_report(c, bad, MSM_OUTLIER_SUCCESS); /* resets the streak */
+    for (int i = 0; i < 5; i++) {
+        msm_outlier_report(c, bad, MSM_OUTLIER_LOCAL_FAILURE);
+    }
+    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 1);
+    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_enforced_consecutive_5xx), 1);
+    for (int i = 0; i < 300; i++) {
+        assert_ptr_not_equal(msm_lb_choose(c, 0), bad);
+    }
+    /* Budget: 50% of 3 hosts: a second ejection is allowed (1/3 < 50%), a third is not. */
+    for (int k = 1; k < 3; k++) {
+        for (int i = 0; i < 5; i++) {
+            msm_outlier_report(c, c->hosts->hosts[k], MSM_OUTLIER_LOCAL_FAILURE);
+        }
+    }
+    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 2);
+    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_overflow), 1);
+    /* Time served: the host comes back. */
+    atomic_store(&bad->ejected_until, msm_mono_ms() - 1);
+    bool seen = false;
+    for (int i = 0; i < 30; i++) {
+        seen |= msm_lb_choose(c, 0) == bad;
+    }
+    assert_true(seen);
+    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 1);
+    msm_cluster_unref(c);
+}
+
 static void test_empty(void **state)
 {
     (void)state;
@@ -152,6 +256,8 @@ int main(void)
         cmocka_unit_test(test_round_robin),       cmocka_unit_test(test_weighted_round_robin),
         cmocka_unit_test(test_random_uniform),    cmocka_unit_test(test_least_request),
         cmocka_unit_test(test_circuit_breaker),   cmocka_unit_test(test_empty),
+        cmocka_unit_test(test_ring_hash),         cmocka_unit_test(test_maglev),
+        cmocka_unit_test(test_outlier_ejection),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

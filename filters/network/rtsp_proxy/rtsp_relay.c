@@ -1,0 +1,422 @@
+/* The media relay of the RTSP proxy: packets from the server (UDP pair or interleaved frames)
+ * go through receiver statistics to every playing subscriber of the track; packets from
+ * subscribers (RTCP, NAT hole punches) keep their sessions alive and teach their real
+ * addresses; receiver reports go to the server (RTCP terminated per leg). All on the source's
+ * worker loop; nothing here waits.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "event/deferred.h"
+#include "filters/network/rtsp_proxy/rtsp_private.h"
+
+#define FANOUT_MSGS 1024
+
+/* ---- downstream sockets -------------------------------------------------------------------- */
+
+static void udp_dn_rtp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n);
+static void udp_dn_rtcp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n);
+
+int rtsp_track_open_downstream(struct rtsp_track *t, int family)
+{
+    if (t->dn_rtp.fd >= 0) {
+        return 0;
+    }
+    struct rtsp_source *s = t->src;
+    int fds[2];
+    int rc = msm_rtp_pair_open(&s->cfg->ports, family, fds, &t->dn_port);
+    if (rc < 0) {
+        if (rc == MSM_ELIMIT) {
+            msm_stat_inc(s->cfg->stats.rtp_port_exhausted);
+            msm_log(MSM_LOG_WARN, MSM_LC_RTSP, "rtsp: rtp_port_range [%u, %u) exhausted: "
+                    "answering 453", s->cfg->ports.start, s->cfg->ports.end);
+            return 453;
+        }
+        return 500;
+    }
+    msm_udp_sock_start(&t->dn_rtp, s->loop, fds[0], udp_dn_rtp, t);
+    msm_udp_sock_start(&t->dn_rtcp, s->loop, fds[1], udp_dn_rtcp, t);
+    return 0;
+}
+
+void rtsp_track_link(struct rtsp_track *t, struct rtsp_subtrack *st)
+{
+    if (st->linked) {
+        return;
+    }
+    st->linked = true;
+    st->prev = NULL;
+    st->next = t->subs;
+    if (t->subs) {
+        t->subs->prev = st;
+    }
+    t->subs = st;
+    t->n_subs++;
+    if (t->src->sstats && t->idx == 0) {
+        msm_stat_inc(t->src->sstats->subscribers);
+    }
+}
+
+void rtsp_track_unlink(struct rtsp_track *t, struct rtsp_subtrack *st)
+{
+    if (!st->linked) {
+        return;
+    }
+    if (st->prev) {
+        st->prev->next = st->next;
+    } else {
+        t->subs = st->next;
+    }
+    if (st->next) {
+        st->next->prev = st->prev;
+    }
+    st->next = st->prev = NULL;
+    st->linked = false;
+    t->n_subs--;
+    if (t->src->sstats && t->idx == 0) {
+        msm_stat_dec(t->src->sstats->subscribers);
+    }
+}
+
+/* Scratch for fan-out sends, one per worker loop (freed with it). */
+struct fan_scratch {
+    struct mmsghdr msg[FANOUT_MSGS];
+    struct iovec iov[FANOUT_MSGS];
+};
+
+static const char fan_key;
+
+static void *fan_create(struct ev_loop *loop)
+{
+    (void)loop;
+    return msm_xcalloc(1, sizeof(struct fan_scratch));
+}
+
+/* Send <n> packets to every playing subscriber of <t>: UDP ones in sendmmsg batches from the
+ * track's shared downstream socket, interleaved ones as one write per subscriber and batch.
+ * A subscriber whose buffer is full loses these packets; nobody waits. */
+static void fan_out(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp)
+{
+    struct rtsp_source *s = t->src;
+    struct msm_rtsp_stats *st = &s->cfg->stats;
+    struct fan_scratch *f = msm_loop_local(s->loop, &fan_key, fan_create, free);
+    int fd = rtcp ? t->dn_rtcp.fd : t->dn_rtp.fd;
+    int k = 0;
+    uint64_t bytes = 0, sent_total = 0, dropped = 0;
+    size_t batch_bytes = 0;
+    for (int i = 0; i < n; i++) {
+        batch_bytes += pk[i].len;
+    }
+    if (fd >= 0) {
+        for (struct rtsp_subtrack *sub = t->subs; sub; sub = sub->next) {
+            if (sub->tcp) {
+                continue;
+            }
+            struct sockaddr_storage *to = rtcp ? &sub->rtcp_to : &sub->rtp_to;
+            for (int i = 0; i < n; i++) {
+                struct mmsghdr *m = &f->msg[k];
+                f->iov[k].iov_base = pk[i].data;
+                f->iov[k].iov_len = pk[i].len;
+                memset(&m->msg_hdr, 0, sizeof(m->msg_hdr));
+                m->msg_hdr.msg_name = to;
+                m->msg_hdr.msg_namelen = msm_sockaddr_len(to);
+                m->msg_hdr.msg_iov = &f->iov[k];
+                m->msg_hdr.msg_iovlen = 1;
+                k++;
+            }
+            bytes += batch_bytes;
+            if (k + n > FANOUT_MSGS) {
+                int ok = msm_udp_sendmmsg(fd, f->msg, k);
+                sent_total += (uint64_t)ok;
+                dropped += (uint64_t)(k - ok);
+                k = 0;
+            }
+        }
+        if (k) {
+            int ok = msm_udp_sendmmsg(fd, f->msg, k);
+            sent_total += (uint64_t)ok;
+            dropped += (uint64_t)(k - ok);
+        }
+    }
+    /* Interleaved subscribers: writing may close a client (and unlink it) under our feet, so
+     * the next pointer is taken first; a client only ever unlinks its own subtrack here. */
+    struct rtsp_subtrack *next;
+    for (struct rtsp_subtrack *sub = t->subs; sub; sub = next) {
+        next = sub->next;
+        if (!sub->tcp) {
+            continue;
+        }
+        struct msm_buf frames;
+        msm_buf_init(&frames);
+        for (int i = 0; i < n; i++) {
+            uint8_t hdr[4] = {'$', sub->ch[rtcp ? 1 : 0], (uint8_t)(pk[i].len >> 8),
+                              (uint8_t)pk[i].len};
+            msm_buf_append(&frames, hdr, 4);
+            msm_buf_append(&frames, pk[i].data, pk[i].len);
+        }
+        if (rtsp_client_write_frames(sub->c, &frames)) {
+            sent_total += (uint64_t)n;
+            bytes += batch_bytes;
+        } else {
+            sub->drops += (uint64_t)n;
+            msm_stat_add(st->rtp_dropped_slow_subscriber, (uint64_t)n);
+        }
+        msm_buf_deinit(&frames);
+    }
+    if (dropped) {
+        msm_stat_add(st->rtp_dropped_send_error, dropped);
+    }
+    if (sent_total) {
+        if (rtcp) {
+            msm_stat_add(st->downstream_rtcp_tx_packets, sent_total);
+        } else {
+            msm_stat_add(st->downstream_rtp_tx_packets, sent_total);
+            msm_stat_add(st->downstream_rtp_tx_bytes, bytes);
+        }
+    }
+}
+
+/* Media from the server for track <t> (already checked to come from the right peer). */
+void rtsp_track_media(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp)
+{
+    struct rtsp_source *s = t->src;
+    struct msm_rtsp_stats *st = &s->cfg->stats;
+    double now = ev_now(s->loop);
+    if (rtcp) {
+        for (int i = 0; i < n; i++) {
+            if (pk[i].len >= 8 && pk[i].data[1] == 200) {
+                msm_rtp_rx_note_sr(&t->rx, pk[i].data, pk[i].len, now);
+            }
+        }
+        msm_stat_add(st->upstream_rtcp_rx_packets, (uint64_t)n);
+        /* Translator behaviour (RFC 3550 §7): sender reports go on to the subscribers, who
+         * need them for synchronization; receiver feedback is terminated per leg. */
+        fan_out(t, pk, n, true);
+        return;
+    }
+    int k = 0;
+    uint64_t bytes = 0;
+    for (int i = 0; i < n; i++) {
+        struct msm_rtp_hdr h;
+        if (!msm_rtp_parse(pk[i].data, pk[i].len, &h)) {
+            msm_stat_inc(st->rtp_dropped_malformed);
+            continue;
+        }
+        msm_rtp_rx_update(&t->rx, &h, pk[i].len, now, t->clock_rate);
+        t->have_last = true;
+        t->last_seq = h.seq;
+        t->last_ts = h.ts;
+        if (!t->have_ssrc) {
+            t->have_ssrc = true;
+            t->ssrc = h.ssrc;
+        }
+        bytes += pk[i].len;
+        if (k != i) {
+            pk[k] = pk[i];
+        }
+        k++;
+    }
+    if (!k) {
+        return;
+    }
+    msm_stat_add(st->upstream_rtp_rx_packets, (uint64_t)k);
+    msm_stat_add(st->upstream_rtp_rx_bytes, bytes);
+    if (s->sstats) {
+        msm_stat_add(s->sstats->rtp_packets, (uint64_t)k);
+        msm_stat_add(s->sstats->rtp_bytes, bytes);
+    }
+    fan_out(t, pk, k, false);
+}
+
+/* Only packets from the server's address count; the first one fixes its port (NAT). */
+static int upstream_filter(struct rtsp_track *t, struct msm_udp_pkt *pk, int n,
+                           struct sockaddr_storage *peer, bool *latched)
+{
+    struct rtsp_source *s = t->src;
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        bool ok;
+        if (*latched) {
+            ok = msm_sockaddr_eq(&pk[i].from, peer);
+        } else {
+            ok = s->host && msm_sockaddr_ip_eq(&pk[i].from, &s->host->addr.sa);
+            if (ok) {
+                *peer = pk[i].from;
+                *latched = true;
+            }
+        }
+        if (!ok) {
+            msm_stat_inc(s->cfg->stats.rtp_dropped_strangers);
+            continue;
+        }
+        if (k != i) {
+            pk[k] = pk[i];
+        }
+        k++;
+    }
+    return k;
+}
+
+void rtsp_relay_up_rtp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n)
+{
+    struct rtsp_track *t = u->ctx;
+    n = upstream_filter(t, pk, n, &t->up_rtp_peer, &t->up_rtp_latched);
+    if (n) {
+        rtsp_track_media(t, pk, n, false);
+    }
+}
+
+void rtsp_relay_up_rtcp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n)
+{
+    struct rtsp_track *t = u->ctx;
+    n = upstream_filter(t, pk, n, &t->up_rtcp_peer, &t->up_rtcp_latched);
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        if (!msm_rtcp_is(pk[i].data, pk[i].len)) {
+            msm_stat_inc(t->src->cfg->stats.rtp_dropped_malformed);
+            continue;
+        }
+        pk[k++] = pk[i];
+    }
+    if (k) {
+        rtsp_track_media(t, pk, k, true);
+    }
+}
+
+/* Which subscriber of <t> sent this? Exact address first; else learn it for the one
+ * subscriber from that IP that has not been heard from (a client behind NAT); else nobody. */
+static struct rtsp_subtrack *match_sub(struct rtsp_track *t, const struct sockaddr_storage *from,
+                                       bool rtcp)
+{
+    struct rtsp_subtrack *cand = NULL;
+    int ncand = 0;
+    for (struct rtsp_client *c = t->src->clients; c; c = c->bnext) {
+        struct rtsp_subtrack *sub = &c->st[t->idx];
+        if (sub->t != t || sub->tcp) {
+            continue;
+        }
+        struct sockaddr_storage *to = rtcp ? &sub->rtcp_to : &sub->rtp_to;
+        if (msm_sockaddr_eq(to, from)) {
+            return sub;
+        }
+        bool latched = rtcp ? sub->rtcp_latched : sub->rtp_latched;
+        if (!latched && msm_sockaddr_ip_eq(&c->peer, from)) {
+            cand = sub;
+            ncand++;
+        }
+    }
+    return ncand == 1 ? cand : NULL;
+}
+
+static void downstream_in(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp)
+{
+    struct rtsp_source *s = t->src;
+    for (int i = 0; i < n; i++) {
+        struct rtsp_subtrack *sub = match_sub(t, &pk[i].from, rtcp);
+        if (!sub) {
+            msm_stat_inc(s->cfg->stats.rtp_dropped_strangers);
+            continue;
+        }
+        if (rtcp) {
+            if (!sub->rtcp_latched) {
+                sub->rtcp_to = pk[i].from;
+                sub->rtcp_latched = true;
+            }
+            if (msm_rtcp_is(pk[i].data, pk[i].len)) {
+                int64_t lost;
+                uint32_t jitter;
+                msm_stat_inc(s->cfg->stats.downstream_rtcp_rx_packets);
+                if (msm_rtcp_report_summary(pk[i].data, pk[i].len, &lost, &jitter) && lost >= 0) {
+                    msm_stat_set(s->cfg->stats.downstream_rtcp_reported_lost, (uint64_t)lost);
+                }
+            }
+        } else if (!sub->rtp_latched) {
+            sub->rtp_to = pk[i].from; /* a hole punch from the client: its real address */
+            sub->rtp_latched = true;
+        }
+        rtsp_client_activity(sub->c);
+    }
+}
+
+static void udp_dn_rtp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n)
+{
+    downstream_in(u->ctx, pk, n, false);
+}
+
+static void udp_dn_rtcp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n)
+{
+    downstream_in(u->ctx, pk, n, true);
+}
+
+void rtsp_source_client_frame(struct rtsp_source *s, struct rtsp_client *c, uint8_t ch,
+                              const uint8_t *p, size_t n)
+{
+    for (int i = 0; i < s->n_tracks; i++) {
+        struct rtsp_subtrack *sub = &c->st[i];
+        if (sub->t && sub->tcp && ch == sub->ch[1] && msm_rtcp_is(p, n)) {
+            int64_t lost;
+            uint32_t jitter;
+            msm_stat_inc(s->cfg->stats.downstream_rtcp_rx_packets);
+            if (msm_rtcp_report_summary(p, n, &lost, &jitter) && lost >= 0) {
+                msm_stat_set(s->cfg->stats.downstream_rtcp_reported_lost, (uint64_t)lost);
+            }
+            return;
+        }
+    }
+}
+
+/* Our receiver report to the server for <t> (RTCP terminated per leg), and the loss/jitter
+ * stats of the upstream leg. */
+void rtsp_track_send_rr(struct rtsp_source *s, struct rtsp_track *t)
+{
+    uint8_t buf[256];
+    double now = ev_now(s->loop);
+    int64_t lost = msm_rtp_rx_lost(&t->rx);
+    if (lost > t->lost_counted) {
+        msm_stat_add(s->cfg->stats.upstream_rtp_lost, (uint64_t)(lost - t->lost_counted));
+        if (s->sstats) {
+            msm_stat_add(s->sstats->rtp_lost, (uint64_t)(lost - t->lost_counted));
+        }
+        t->lost_counted = lost;
+    }
+    uint64_t jus = msm_rtp_rx_jitter_us(&t->rx);
+    msm_stat_set(s->cfg->stats.upstream_rtp_jitter_us, jus);
+    if (s->sstats) {
+        msm_stat_set(s->sstats->jitter_us, jus);
+    }
+    size_t n = msm_rtcp_build_rr(buf, sizeof(buf), s->own_ssrc, s->cname, &t->rx, now);
+    if (!n) {
+        return;
+    }
+    if (t->up_tcp) {
+        if (!s->up) {
+            return;
+        }
+        struct msm_buf b;
+        msm_buf_init(&b);
+        uint8_t hdr[4] = {'$', t->up_ch[1], (uint8_t)(n >> 8), (uint8_t)n};
+        msm_buf_append(&b, hdr, 4);
+        msm_buf_append(&b, buf, n);
+        msm_conn_write(s->up, &b, false);
+        msm_buf_deinit(&b);
+    } else if (t->up_rtcp.fd >= 0 && s->host) {
+        struct sockaddr_storage to;
+        if (t->up_rtcp_latched) {
+            to = t->up_rtcp_peer;
+        } else if (t->has_server_port) {
+            to = s->host->addr.sa;
+            msm_sockaddr_set_port(&to, t->server_port[1]);
+        } else {
+            return;
+        }
+        if (msm_udp_sendto(t->up_rtcp.fd, buf, n, (struct sockaddr *)&to, msm_sockaddr_len(&to)) <
+            0) {
+            return;
+        }
+    } else {
+        return;
+    }
+    msm_stat_inc(s->cfg->stats.upstream_rtcp_tx_packets);
+}

@@ -1,0 +1,47 @@
+#pragma once
+/* Rendering of the stats store for the admin API, in Envoy's formats:
+ * - text (/stats): text readouts, then counters and gauges together, then histograms, each
+ *   sorted by name; "name: value", "name: \"text\"", histograms as
+ *   "P0(interval,cumulative) P25(...)" or "No recorded values";
+ * - JSON (/stats?format=json): {"stats":[{"name","value"}...,{"histograms":{
+ *   "supported_quantiles":[...],"computed_quantiles":[{"name","values":[{"interval",
+ *   "cumulative"}...]}]}}]};
+ * - Prometheus text 0.0.4 (/stats/prometheus): families grouped by their Prometheus name and
+ *   sorted, one "# TYPE" line each, counters, then gauges, then text readouts (as gauges with a
+ *   text_value label, only with ?text_readouts), then histograms as _bucket{le=...}, _sum and
+ *   _count with Envoy's default buckets.
+ * Hidden stats (stats_matcher) never appear. Main thread (uses the stats' export caches). */
+#include <stdbool.h>
+
+#include "buffer/buf.h"
+#include "stats/stats.h"
+
+#define MSM_SR_COUNTERS 0x1u
+#define MSM_SR_GAUGES 0x2u
+#define MSM_SR_HISTOGRAMS 0x4u
+#define MSM_SR_TEXT 0x8u
+#define MSM_SR_ALL 0xfu
+
+enum msm_sr_buckets {
+    MSM_SR_BUCKETS_NONE = 0,       /* quantiles */
+    MSM_SR_BUCKETS_CUMULATIVE = 1, /* B<bound>(interval,cumulative) */
+    MSM_SR_BUCKETS_DISJOINT = 2,
+};
+
+struct msm_stats_query {
+    bool usedonly;
+    void *filter;      /* pcre2_code * (partial match on the full name), or NULL */
+    unsigned types;    /* MSM_SR_* */
+    bool text_readouts; /* Prometheus: include text readouts */
+    enum msm_sr_buckets buckets;
+};
+
+void msm_stats_render_text(struct msm_stats_store *st, const struct msm_stats_query *q,
+                           struct msm_buf *out);
+void msm_stats_render_json(struct msm_stats_store *st, const struct msm_stats_query *q,
+                           struct msm_buf *out);
+/* Returns the number of metric families written. */
+size_t msm_stats_render_prometheus(struct msm_stats_store *st, const struct msm_stats_query *q,
+                                   struct msm_buf *out);
+/* A double as fmt's "{}" prints it: shortest round trip, integers without a fraction, "nan". */
+void msm_sr_double(struct msm_buf *out, double v);

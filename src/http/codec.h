@@ -1,0 +1,177 @@
+#pragma once
+/* HTTP codecs: one connection's bytes <-> streams of (headers, data, trailers), after Envoy's
+ * Http::Connection. HTTP/1.1 (http1.c, on http-parser) and HTTP/2 (http2.c, on nghttp2), each as
+ * a server (downstream) or a client (upstream) codec behind one vtable, so the connection
+ * manager and the router are protocol-agnostic.
+ *
+ * Ownership and lifetime:
+ * - The owner (connection manager, upstream pool) creates the codec, feeds it bytes with
+ *   dispatch, and frees it (never from inside one of its callbacks: defer).
+ * - A stream (struct msm_hstream, inside the codec's private stream struct) is created by the
+ *   codec (server: on a new request; client: msm_hcodec_new_stream) and owned by the codec. Its
+ *   owner sets <cbs>/<ctx> (server: inside on_new_stream). A stream ends when both directions
+ *   ended (the owner encoded end_stream and the codec delivered end_stream) or on a reset from
+ *   either side; after that the codec frees it and the owner must drop its pointer. After the
+ *   owner calls reset, no stream callback runs again; on_reset from the codec is the last call.
+ * - Callbacks run from inside dispatch (or from encode calls that flush, for HTTP/2 stream
+ *   closes): the owner must not free the codec from them.
+ *
+ * Errors: dispatch returns 0, or a negative code when the connection must close (protocol
+ * error, limits). Then <error> names the cause with Envoy's response-code-details
+ * ("http1.codec_error", "http1.headers_too_large", "http2.protocol_error"...) and, for an
+ * HTTP/1 server, <error_status> is the status of the local reply to send if no response started
+ * (400, 413, 431, 501...). An HTTP/2 codec sends its own GOAWAY.
+ */
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "buffer/buf.h"
+#include "http/headers.h"
+
+enum msm_http_proto {
+    MSM_HTTP_10 = 0,
+    MSM_HTTP_11 = 1,
+    MSM_HTTP_2 = 2,
+};
+
+/* Why a stream went away (Envoy's StreamResetReason, the parts that matter for retries). */
+enum msm_http_reset {
+    MSM_RESET_LOCAL = 0,              /* we reset it (owner or codec limits) */
+    MSM_RESET_REMOTE = 1,             /* RST_STREAM from the peer, or H1 close mid-stream */
+    MSM_RESET_CONNECTION_FAILURE = 2, /* connect failed / timed out (upstream pools) */
+    MSM_RESET_CONNECTION_TERMINATION = 3, /* the connection closed under the stream */
+    MSM_RESET_REFUSED = 4,            /* REFUSED_STREAM, or beyond a GOAWAY's last stream id */
+    MSM_RESET_OVERFLOW = 5,           /* circuit breaker / pool overflow */
+    MSM_RESET_PROTOCOL_ERROR = 6,
+};
+
+const char *msm_http_reset_name(enum msm_http_reset r);
+
+struct msm_hcodec;
+struct msm_hstream;
+
+/* Codec -> stream owner. */
+struct msm_hstream_cbs {
+    /* Request headers (server) or final response headers (client). Ownership of the map
+     * contents moves to the callee (msm_hdrs_move out of <h>, or leave them to be freed). */
+    void (*on_headers)(void *ctx, struct msm_hdrs *h, bool end_stream);
+    /* Body bytes: the callee moves out what it keeps; the rest is dropped. */
+    void (*on_data)(void *ctx, struct msm_buf *data, bool end_stream);
+    /* Trailers end the stream. Same ownership as on_headers. */
+    void (*on_trailers)(void *ctx, struct msm_hdrs *t);
+    /* The stream is gone (last call). */
+    void (*on_reset)(void *ctx, enum msm_http_reset r);
+    /* Bytes buffered for this stream's output went above (true) or below (false) the limit. */
+    void (*on_watermark)(void *ctx, bool above);
+    /* Client only, optional: a 1xx informational response (100 Continue). */
+    void (*on_info)(void *ctx, struct msm_hdrs *h);
+};
+
+struct msm_hstream {
+    struct msm_hcodec *codec;
+    const struct msm_hstream_cbs *cbs;
+    void *ctx;
+    uint32_t id;
+    bool local_end;  /* the owner encoded end_stream */
+    bool remote_end; /* the codec delivered end_stream */
+};
+
+/* Codec -> connection owner. */
+struct msm_hcodec_cbs {
+    /* Server: a request started; set s->cbs and s->ctx before returning. */
+    void (*on_new_stream)(void *owner, struct msm_hstream *s);
+    /* Bytes to send: move them out of <b>. */
+    void (*write)(void *owner, struct msm_buf *b);
+    /* Client: the peer sent GOAWAY (no new streams), or a stream finished and the connection
+     * may take another one (pools use it to dispatch waiting requests). Optional. */
+    void (*on_goaway)(void *owner);
+    void (*on_stream_done)(void *owner);
+    /* HTTP/1: a stream asked to stop (true) / resume (false) reading: the owner read-disables
+     * the socket, and on resume dispatches what is still buffered. Optional. */
+    void (*read_disable)(void *owner, bool disable);
+};
+
+struct msm_hcodec_ops {
+    int (*dispatch)(struct msm_hcodec *c, struct msm_buf *in);
+    /* The peer closed its side (FIN): lets an HTTP/1 client finish a close-delimited body. */
+    int (*dispatch_eof)(struct msm_hcodec *c);
+    struct msm_hstream *(*new_stream)(struct msm_hcodec *c, const struct msm_hstream_cbs *cbs,
+                                      void *ctx);
+    void (*encode_headers)(struct msm_hstream *s, struct msm_hdrs *h, bool end_stream);
+    void (*encode_100_continue)(struct msm_hstream *s);
+    void (*encode_data)(struct msm_hstream *s, struct msm_buf *data, bool end_stream);
+    void (*encode_trailers)(struct msm_hstream *s, struct msm_hdrs *t);
+    void (*reset)(struct msm_hstream *s);
+    /* Stop (true) / resume (false) delivering this stream's input; nestable. */
+    void (*read_disable)(struct msm_hstream *s, bool disable);
+    /* Drain: HTTP/2 GOAWAY (graceful: last id = highest seen), HTTP/1 close after the current
+     * exchange. */
+    void (*goaway)(struct msm_hcodec *c);
+    int (*active_streams)(const struct msm_hcodec *c);
+    /* Client: may a new stream be opened now (H1: idle and reusable; H2: under the peer's
+     * max concurrent streams and no GOAWAY)? */
+    bool (*can_new_stream)(const struct msm_hcodec *c);
+    void (*free)(struct msm_hcodec *c);
+};
+
+/* Limits and options of a codec (from HCM / cluster config). */
+struct msm_hcodec_opts {
+    uint32_t max_headers_kb;      /* request/response header block limit, default 60 */
+    uint32_t max_headers_count;   /* default 100 */
+    uint32_t stream_buffer_limit; /* per-stream output watermark, bytes (default 1 MiB) */
+    bool accept_http_10;          /* HTTP/1 server: else 426 */
+    const char *default_host_for_http_10;
+    /* HTTP/2 */
+    uint32_t max_concurrent_streams;        /* default 2147483647 (server advertises 100 if 0) */
+    uint32_t initial_stream_window_size;    /* default 256 MiB as Envoy (we cap at 16 MiB) */
+    uint32_t initial_connection_window_size;
+    uint32_t max_outbound_frames;           /* flood protection, default 10000 */
+    uint32_t max_consecutive_inbound_frames_with_empty_payload; /* default 1 */
+};
+
+struct msm_hcodec {
+    const struct msm_hcodec_ops *ops;
+    const struct msm_hcodec_cbs *cbs;
+    void *owner;
+    enum msm_http_proto proto;
+    bool server;
+    const char *error;   /* response code details of the last dispatch error */
+    int error_status;    /* HTTP/1 server: status for the local reply */
+    bool goaway_received;
+    /* Close the connection once what was written is flushed (HTTP/1: Connection: close, a
+     * reset, or a dispatch error). */
+    bool close_connection;
+    /* HTTP/1 server after a dispatch error: the stream on which to send the error response
+     * (its response has not started), or NULL. A bare stream (cbs NULL) when the error came
+     * before a request was announced. */
+    struct msm_hstream *error_stream;
+    uint64_t streams_total;
+};
+
+void msm_hcodec_opts_default(struct msm_hcodec_opts *o);
+
+/* HTTP/1.1 codecs (http1.c). */
+struct msm_hcodec *msm_http1_server_new(const struct msm_hcodec_opts *o,
+                                        const struct msm_hcodec_cbs *cbs, void *owner);
+struct msm_hcodec *msm_http1_client_new(const struct msm_hcodec_opts *o,
+                                        const struct msm_hcodec_cbs *cbs, void *owner);
+/* HTTP/2 codecs (http2.c). */
+struct msm_hcodec *msm_http2_server_new(const struct msm_hcodec_opts *o,
+                                        const struct msm_hcodec_cbs *cbs, void *owner);
+struct msm_hcodec *msm_http2_client_new(const struct msm_hcodec_opts *o,
+                                        const struct msm_hcodec_cbs *cbs, void *owner);
+/* The HTTP/2 client connection preface, for codec_type AUTO sniffing. */
+#define MSM_H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define MSM_H2_PREFACE_LEN 24
+
+/* Convenience wrappers. */
+static inline int msm_hcodec_dispatch(struct msm_hcodec *c, struct msm_buf *in)
+{
+    return c->ops->dispatch(c, in);
+}
+static inline void msm_hcodec_free(struct msm_hcodec *c)
+{
+    if (c) {
+        c->ops->free(c);
+    }
+}

@@ -1,0 +1,1060 @@
+/* HTTP/1.1 codecs on http-parser: a server (downstream) and a client (upstream) behind the
+ * msm_hcodec vtable.
+ *
+ * One exchange at a time. The server parses one request, then pauses the parser at its end
+ * until the response is complete (pipelined requests wait in the owner's input buffer; the
+ * owner re-dispatches on on_stream_done). The client sends one request and parses one response;
+ * after both ends, a keep-alive connection is idle again (on_stream_done).
+ *
+ * Request smuggling and malformed input (Envoy's behaviour): both Content-Length and
+ * Transfer-Encoding -> 400; a Transfer-Encoding other than "chunked" -> 501; bad chunk sizes,
+ * bare CR/LF, obs-fold, invalid tokens -> 400; header block over max_headers_kb or more than
+ * max_headers_count headers -> 431; HTTP/1.0 without accept_http_10 -> 426; a request without
+ * Host -> 400.
+ */
+#include <ctype.h>
+#include <http_parser.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/err.h"
+#include "http/codec.h"
+
+struct h1;
+
+struct h1_stream {
+    struct msm_hstream s;
+    struct h1 *c;
+    bool head;            /* the request is HEAD: the response has no body */
+    bool chunked_out;     /* our body goes out chunked */
+    bool close_delim_out; /* server: HTTP/1.0 body until close */
+    bool headers_out;     /* our headers went out */
+    bool headers_in;      /* the peer's headers arrived */
+    bool done;            /* exchange over; freed at the next safe point */
+    bool reset;
+    int status;           /* client: final response status */
+};
+
+struct h1 {
+    struct msm_hcodec base;
+    struct msm_hcodec_opts o;
+    http_parser p;
+    struct h1_stream *active;
+    struct h1_stream *zombie; /* done during dispatch, freed when dispatch returns */
+    /* Header block being parsed. */
+    struct msm_hdrs hdrs;
+    char *field, *value, *url;
+    size_t flen, fcap, vlen, vcap, ulen, ucap;
+    bool in_value, in_trailers;
+    size_t header_bytes;
+    uint32_t header_count;
+    bool have_cl, have_te;
+    bool interim;          /* client: parsing a 1xx response */
+    bool paused;           /* server: request complete, waiting for the response */
+    int read_disabled;
+    bool in_dispatch;
+    bool keep_alive;
+    bool goaway;           /* server: close after the current exchange */
+    bool broken;           /* after a dispatch error: no more parsing */
+    const char *err;
+    int err_status;
+};
+
+static const http_parser_settings server_settings;
+static const http_parser_settings client_settings;
+
+const char *msm_http_reset_name(enum msm_http_reset r)
+{
+    switch (r) {
+    case MSM_RESET_LOCAL: return "local reset";
+    case MSM_RESET_REMOTE: return "remote reset";
+    case MSM_RESET_CONNECTION_FAILURE: return "connection failure";
+    case MSM_RESET_CONNECTION_TERMINATION: return "connection termination";
+    case MSM_RESET_REFUSED: return "remote refused stream reset";
+    case MSM_RESET_OVERFLOW: return "overflow";
+    case MSM_RESET_PROTOCOL_ERROR: return "protocol error";
+    }
+    return "unknown";
+}
+
+void msm_hcodec_opts_default(struct msm_hcodec_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->max_headers_kb = 60;
+    o->max_headers_count = 100;
+    o->stream_buffer_limit = 1024 * 1024;
+    o->max_concurrent_streams = 2147483647;
+    o->initial_stream_window_size = 1024 * 1024;
+    o->initial_connection_window_size = 16 * 1024 * 1024;
+    o->max_outbound_frames = 10000;
+    o->max_consecutive_inbound_frames_with_empty_payload = 1;
+}
+
+/* ---- small helpers -------------------------------------------------------------------------- */
+
+static void grow_append(char **buf, size_t *len, size_t *cap, const char *at, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        *buf = msm_xgrow(*buf, 1, cap, *len + n + 1);
+    }
+    memcpy(*buf + *len, at, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+}
+
+static int fail(struct h1 *c, const char *err, int status)
+{
+    if (!c->err) {
+        c->err = err;
+        c->err_status = status;
+    }
+    return 1; /* http-parser: stop with HPE_CB_* */
+}
+
+static int limit_check(struct h1 *c, size_t n)
+{
+    c->header_bytes += n;
+    if (c->header_bytes > (size_t)c->o.max_headers_kb * 1024) {
+        return fail(c, c->base.server ? "http1.headers_too_large" : "http1.response_headers_too_large",
+                    431);
+    }
+    return 0;
+}
+
+static void reset_header_state(struct h1 *c)
+{
+    msm_hdrs_deinit(&c->hdrs);
+    c->flen = c->vlen = c->ulen = 0;
+    c->in_value = false;
+    c->in_trailers = false;
+    c->header_bytes = 0;
+    c->header_count = 0;
+    c->have_cl = c->have_te = false;
+}
+
+/* Commit the header being parsed (name in <field>, value in <value>). */
+static int commit_header(struct h1 *c)
+{
+    if (!c->in_value) {
+        return 0;
+    }
+    c->in_value = false;
+    if (++c->header_count > c->o.max_headers_count) {
+        return fail(c, c->base.server ? "http1.too_many_headers" : "http1.too_many_response_headers",
+                    431);
+    }
+    if (!msm_http_is_token(c->field, c->flen)) {
+        return fail(c, "http1.invalid_characters", 400);
+    }
+    /* Trim optional whitespace around the value (http-parser leaves trailing OWS). */
+    size_t s = 0, e = c->vlen;
+    while (s < e && (c->value[s] == ' ' || c->value[s] == '\t')) {
+        s++;
+    }
+    while (e > s && (c->value[e - 1] == ' ' || c->value[e - 1] == '\t')) {
+        e--;
+    }
+    if (!msm_http_valid_value(c->value + s, e - s)) {
+        return fail(c, "http1.invalid_characters", 400);
+    }
+    if (c->flen == 14 && !strncasecmp(c->field, "content-length", 14)) {
+        c->have_cl = true;
+    } else if (c->flen == 17 && !strncasecmp(c->field, "transfer-encoding", 17)) {
+        c->have_te = true;
+    }
+    msm_hdrs_add(&c->hdrs, c->field, c->flen, c->value + s, e - s);
+    c->flen = c->vlen = 0;
+    return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n)
+{
+    struct h1 *c = p->data;
+    if (c->in_value && commit_header(c)) {
+        return 1;
+    }
+    if (limit_check(c, n)) {
+        return 1;
+    }
+    grow_append(&c->field, &c->flen, &c->fcap, at, n);
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n)
+{
+    struct h1 *c = p->data;
+    if (limit_check(c, n)) {
+        return 1;
+    }
+    /* http-parser folds obs-fold continuation lines into the value with the CRLF kept. */
+    if (memchr(at, '\r', n) || memchr(at, '\n', n)) {
+        return fail(c, "http1.invalid_characters", 400);
+    }
+    c->in_value = true;
+    grow_append(&c->value, &c->vlen, &c->vcap, at, n);
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+    struct h1 *c = p->data;
+    if (limit_check(c, n)) {
+        return 1;
+    }
+    grow_append(&c->url, &c->ulen, &c->ucap, at, n);
+    return 0;
+}
+
+static void stream_free(struct h1_stream *st)
+{
+    free(st);
+}
+
+/* The stream's exchange is over: detach it, and free it now or when dispatch returns. */
+static void retire(struct h1 *c, struct h1_stream *st)
+{
+    st->done = true;
+    if (c->active == st) {
+        c->active = NULL;
+    }
+    if (c->in_dispatch) {
+        if (c->zombie) {
+            stream_free(c->zombie);
+        }
+        c->zombie = st;
+    } else {
+        stream_free(st);
+    }
+}
+
+/* Both directions ended (or the owner is done and the connection closes): finish the
+ * exchange. */
+static void maybe_complete(struct h1 *c, struct h1_stream *st)
+{
+    if (st->done || !st->s.local_end || !st->s.remote_end) {
+        return;
+    }
+    if (!c->keep_alive || c->goaway) {
+        c->base.close_connection = true;
+    }
+    retire(c, st);
+    if (c->paused) {
+        c->paused = false;
+        http_parser_pause(&c->p, 0);
+    }
+    if (c->base.cbs->on_stream_done) {
+        c->base.cbs->on_stream_done(c->base.owner);
+    }
+}
+
+/* ---- server: requests in -------------------------------------------------------------------- */
+
+static int srv_message_begin(http_parser *p)
+{
+    struct h1 *c = p->data;
+    reset_header_state(c);
+    return 0;
+}
+
+/* Build :method/:path/:authority/:scheme from the request line and Host. 0, or a failure. */
+static int srv_pseudo_headers(struct h1 *c, struct msm_hdrs *h)
+{
+    const char *method = http_method_str((enum http_method)c->p.method);
+    const char *host = msm_hdrs_get(&c->hdrs, "host");
+    if (msm_hdrs_count(&c->hdrs, "host") > 1) {
+        return fail(c, "http1.codec_error", 400);
+    }
+    char *path = c->url ? c->url : (char *)"";
+    size_t plen = c->ulen;
+    char *authority = NULL;
+    if (c->p.method != HTTP_CONNECT && plen && path[0] != '/' && !(plen == 1 && path[0] == '*')) {
+        /* absolute-form: the authority comes from the URL (RFC 7230 5.4). */
+        struct http_parser_url u;
+        http_parser_url_init(&u);
+        if (http_parser_parse_url(path, plen, 0, &u) != 0 || !(u.field_set & (1 << UF_HOST))) {
+            return fail(c, "http1.invalid_url", 400);
+        }
+        size_t aoff = u.field_data[UF_HOST].off, alen = u.field_data[UF_HOST].len;
+        if (u.field_set & (1 << UF_PORT)) {
+            alen = u.field_data[UF_PORT].off + u.field_data[UF_PORT].len - aoff;
+        }
+        authority = msm_xstrndup(path + aoff, alen);
+        size_t poff = (u.field_set & (1 << UF_PATH)) ? u.field_data[UF_PATH].off : plen;
+        if (poff < plen) {
+            path += poff;
+            plen -= poff;
+        } else {
+            path = (char *)"/";
+            plen = 1;
+        }
+    }
+    msm_hdrs_addz(h, ":method", method);
+    if (c->p.method == HTTP_CONNECT) {
+        msm_hdrs_add(h, ":authority", 10, path, plen);
+    } else {
+        msm_hdrs_add(h, ":path", 5, path, plen);
+        if (authority) {
+            msm_hdrs_addz(h, ":authority", authority);
+        } else if (host) {
+            msm_hdrs_addz(h, ":authority", host);
+        } else if (c->p.http_minor == 0 && c->o.default_host_for_http_10) {
+            msm_hdrs_addz(h, ":authority", c->o.default_host_for_http_10);
+        } else if (c->p.http_minor != 0) {
+            free(authority);
+            return fail(c, "http1.missing_host_header", 400);
+        }
+        msm_hdrs_addz(h, ":scheme", "http");
+    }
+    free(authority);
+    return 0;
+}
+
+static int srv_headers_complete(http_parser *p)
+{
+    struct h1 *c = p->data;
+    if (commit_header(c)) {
+        return 1;
+    }
+    if (p->http_major != 1 || p->http_minor > 1) {
+        return fail(c, "http1.codec_error", 505);
+    }
+    if (p->http_minor == 0 && !c->o.accept_http_10) {
+        return fail(c, "http1.protocol_unsupported", 426);
+    }
+    if (c->have_te) {
+        const char *te = msm_hdrs_get(&c->hdrs, "transfer-encoding");
+        if (c->have_cl) {
+            return fail(c, "http1.content_length_and_chunked_not_allowed", 400);
+        }
+        if (p->http_minor == 0) {
+            return fail(c, "http1.codec_error", 400);
+        }
+        if (msm_hdrs_count(&c->hdrs, "transfer-encoding") > 1 || strcasecmp(te, "chunked") != 0) {
+            return fail(c, "http1.invalid_transfer_encoding", 501);
+        }
+    }
+    if (c->have_cl && msm_hdrs_count(&c->hdrs, "content-length") > 1) {
+        return fail(c, "http1.content_length_not_allowed", 400);
+    }
+    if (p->upgrade) {
+        /* Upgrade (websocket) and CONNECT tunnels are not supported yet. */
+        return fail(c, "http1.upgrade_not_supported", 403);
+    }
+    struct msm_hdrs h;
+    msm_hdrs_init(&h);
+    if (srv_pseudo_headers(c, &h) < 0 || c->err) {
+        msm_hdrs_deinit(&h);
+        return 1;
+    }
+    /* Regular headers after the pseudo ones; Host became :authority. */
+    for (uint32_t i = 0; i < c->hdrs.n; i++) {
+        const struct msm_hdr *e = &c->hdrs.v[i];
+        if (strcmp(e->name, "host") != 0) {
+            msm_hdrs_add(&h, e->name, e->nlen, e->value, e->vlen);
+        }
+    }
+    msm_hdrs_deinit(&c->hdrs);
+    c->keep_alive = http_should_keep_alive(p) != 0;
+    bool body = (p->flags & F_CHUNKED) || (c->have_cl && p->content_length > 0);
+    struct h1_stream *st = MSM_NEW(struct h1_stream);
+    st->c = c;
+    st->s.codec = &c->base;
+    st->s.id = (uint32_t)++c->base.streams_total;
+    st->head = p->method == HTTP_HEAD;
+    st->headers_in = true;
+    st->s.remote_end = !body;
+    c->active = st;
+    c->base.cbs->on_new_stream(c->base.owner, &st->s);
+    if (!st->s.cbs) {
+        msm_hdrs_deinit(&h);
+        return fail(c, "http1.codec_error", 500);
+    }
+    st->s.cbs->on_headers(st->s.ctx, &h, !body);
+    msm_hdrs_deinit(&h);
+    if (c->err) {
+        return 1;
+    }
+    c->in_trailers = body && (p->flags & F_CHUNKED);
+    return 0;
+}
+
+static int deliver_body(struct h1 *c, const char *at, size_t n)
+{
+    struct h1_stream *st = c->active;
+    if (!st || st->done || st->reset || !st->s.cbs) {
+        return 0; /* the owner is done with this stream: discard */
+    }
+    struct msm_buf b;
+    msm_buf_init(&b);
+    msm_buf_append(&b, at, n);
+    st->s.cbs->on_data(st->s.ctx, &b, false);
+    msm_buf_deinit(&b);
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+    return deliver_body(p->data, at, n);
+}
+
+/* End of a message: trailers (chunked) or an empty end_stream data frame. */
+static void deliver_end(struct h1 *c, struct h1_stream *st)
+{
+    if (c->in_value) {
+        commit_header(c);
+    }
+    st->s.remote_end = true;
+    if (st->reset || st->done || !st->s.cbs) {
+        return;
+    }
+    if (c->hdrs.n) {
+        struct msm_hdrs t;
+        msm_hdrs_init(&t);
+        msm_hdrs_move(&t, &c->hdrs);
+        st->s.cbs->on_trailers(st->s.ctx, &t);
+        msm_hdrs_deinit(&t);
+    } else {
+        struct msm_buf b;
+        msm_buf_init(&b);
+        st->s.cbs->on_data(st->s.ctx, &b, true);
+        msm_buf_deinit(&b);
+    }
+}
+
+static int srv_message_complete(http_parser *p)
+{
+    struct h1 *c = p->data;
+    struct h1_stream *st = c->active;
+    if (c->err) {
+        return 1;
+    }
+    if (!st) {
+        return 0; /* the exchange already finished (response sent before the body ended) */
+    }
+    if (!st->s.remote_end) {
+        deliver_end(c, st);
+        if (c->err) {
+            return 1;
+        }
+    }
+    c->keep_alive = c->keep_alive && http_should_keep_alive(p);
+    if (c->active == st && !st->done) {
+        /* One request at a time: wait for the response before parsing the next one. */
+        c->paused = true;
+        http_parser_pause(p, 1);
+        maybe_complete(c, st);
+    }
+    return 0;
+}
+
+static const http_parser_settings server_settings = {
+    .on_message_begin = srv_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = srv_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = srv_message_complete,
+};
+
+/* ---- client: responses in ------------------------------------------------------------------- */
+
+static int cli_message_begin(http_parser *p)
+{
+    struct h1 *c = p->data;
+    reset_header_state(c);
+    if (!c->active) {
+        return fail(c, "http1.unexpected_response", 0);
+    }
+    return 0;
+}
+
+static int cli_headers_complete(http_parser *p)
+{
+    struct h1 *c = p->data;
+    struct h1_stream *st = c->active;
+    if (commit_header(c)) {
+        return 1;
+    }
+    if (!st) {
+        return fail(c, "http1.unexpected_response", 0);
+    }
+    int status = p->status_code;
+    if (status < 100 || status > 999) {
+        return fail(c, "http1.invalid_status", 0);
+    }
+    struct msm_hdrs h;
+    msm_hdrs_init(&h);
+    char code[8];
+    snprintf(code, sizeof(code), "%d", status);
+    msm_hdrs_addz(&h, ":status", code);
+    msm_hdrs_copy(&h, &c->hdrs);
+    msm_hdrs_deinit(&c->hdrs);
+    if (status >= 100 && status < 200 && status != 101) {
+        /* Interim response: no body; the final response follows. */
+        c->interim = true;
+        if (st->s.cbs && !st->reset && st->s.cbs->on_info) {
+            st->s.cbs->on_info(st->s.ctx, &h);
+        }
+        msm_hdrs_deinit(&h);
+        return 0;
+    }
+    if (c->have_cl && c->have_te) {
+        msm_hdrs_deinit(&h);
+        return fail(c, "http1.content_length_and_chunked_not_allowed", 0);
+    }
+    c->interim = false;
+    st->status = status;
+    st->headers_in = true;
+    bool nobody = st->head || status == 204 || status == 304;
+    bool body = !nobody && ((p->flags & F_CHUNKED) || (c->have_cl && p->content_length > 0) ||
+                            (!c->have_cl && !(p->flags & F_CHUNKED)));
+    c->keep_alive = http_should_keep_alive(p) != 0;
+    st->s.remote_end = !body;
+    if (st->s.cbs && !st->reset) {
+        st->s.cbs->on_headers(st->s.ctx, &h, !body);
+    }
+    msm_hdrs_deinit(&h);
+    if (c->err) {
+        return 1;
+    }
+    c->in_trailers = body && (p->flags & F_CHUNKED);
+    return nobody ? 1 : 0; /* 1: http-parser skips the body */
+}
+
+static int cli_message_complete(http_parser *p)
+{
+    struct h1 *c = p->data;
+    struct h1_stream *st = c->active;
+    if (c->interim) {
+        c->interim = false;
+        return 0;
+    }
+    if (!st) {
+        return 0;
+    }
+    if (!st->s.remote_end) {
+        deliver_end(c, st);
+    }
+    c->keep_alive = c->keep_alive && http_should_keep_alive(p);
+    if (!st->s.local_end) {
+        /* A response before the whole request went out: this connection cannot be reused. */
+        c->keep_alive = false;
+    }
+    if (c->active == st) {
+        maybe_complete(c, st);
+    }
+    /* Anything after a response nobody asked for is a protocol error (caught at begin). */
+    return 0;
+}
+
+static const http_parser_settings client_settings = {
+    .on_message_begin = cli_message_begin,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = cli_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = cli_message_complete,
+};
+
+/* ---- dispatch --------------------------------------------------------------------------------- */
+
+static void map_parser_error(struct h1 *c)
+{
+    if (c->err) {
+        return;
+    }
+    enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
+    switch (e) {
+    case HPE_HEADER_OVERFLOW:
+        c->err = c->base.server ? "http1.headers_too_large" : "http1.response_headers_too_large";
+        c->err_status = 431;
+        break;
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        c->err = "http1.content_length_and_chunked_not_allowed";
+        c->err_status = 400;
+        break;
+    case HPE_INVALID_TRANSFER_ENCODING:
+        c->err = "http1.invalid_transfer_encoding";
+        c->err_status = 501;
+        break;
+    case HPE_INVALID_CHUNK_SIZE:
+        c->err = "http1.invalid_chunk_size";
+        c->err_status = 400;
+        break;
+    case HPE_INVALID_CONTENT_LENGTH:
+        c->err = "http1.content_length_not_allowed";
+        c->err_status = 400;
+        break;
+    case HPE_INVALID_METHOD:
+        c->err = "http1.invalid_method";
+        c->err_status = 400;
+        break;
+    case HPE_INVALID_VERSION:
+        c->err = "http1.invalid_version";
+        c->err_status = 400;
+        break;
+    case HPE_INVALID_URL:
+    case HPE_INVALID_PATH:
+    case HPE_INVALID_QUERY_STRING:
+    case HPE_INVALID_FRAGMENT:
+        c->err = "http1.invalid_url";
+        c->err_status = 400;
+        break;
+    case HPE_INVALID_EOF_STATE:
+        c->err = "http1.premature_eof";
+        c->err_status = 400;
+        break;
+    default:
+        c->err = "http1.codec_error";
+        c->err_status = 400;
+        break;
+    }
+}
+
+/* A dispatch error ends the exchange: the owner gets on_reset (client) or sends the local
+ * reply (server, through base.error). */
+static int dispatch_failed(struct h1 *c)
+{
+    map_parser_error(c);
+    c->broken = true;
+    c->base.error = c->err;
+    c->base.error_status = c->err_status;
+    c->base.close_connection = true;
+    struct h1_stream *st = c->active;
+    if (c->base.server) {
+        if (!st) {
+            /* No request announced yet: a bare stream carries the error response. */
+            st = MSM_NEW(struct h1_stream);
+            st->c = c;
+            st->s.codec = &c->base;
+            st->s.remote_end = true;
+            c->active = st;
+        }
+        c->keep_alive = false;
+        if (!st->headers_out && !st->done && !st->reset && c->err_status) {
+            st->s.remote_end = true;
+            c->base.error_stream = &st->s;
+        }
+        return MSM_EINVAL;
+    }
+    if (st && !st->done) {
+        st->done = true;
+        c->active = NULL;
+        if (!st->reset && st->s.cbs) {
+            st->s.cbs->on_reset(st->s.ctx, MSM_RESET_PROTOCOL_ERROR);
+        }
+        retire(c, st);
+    }
+    return MSM_EINVAL;
+}
+
+static void end_dispatch(struct h1 *c)
+{
+    c->in_dispatch = false;
+    if (c->zombie) {
+        stream_free(c->zombie);
+        c->zombie = NULL;
+    }
+}
+
+static int h1_dispatch(struct msm_hcodec *base, struct msm_buf *in)
+{
+    struct h1 *c = (struct h1 *)base;
+    if (c->broken) {
+        msm_buf_drain(in, in->len);
+        return MSM_EINVAL;
+    }
+    c->in_dispatch = true;
+    const http_parser_settings *set = base->server ? &server_settings : &client_settings;
+    int rc = 0;
+    while (in->len && !c->paused && !c->read_disabled && !c->base.close_connection) {
+        struct iovec iov;
+        if (msm_buf_iov(in, &iov, 1) < 1) {
+            break;
+        }
+        size_t n = http_parser_execute(&c->p, set, iov.iov_base, iov.iov_len);
+        enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
+        if (e == HPE_PAUSED) {
+            msm_buf_drain(in, n);
+            if (!c->paused) {
+                http_parser_pause(&c->p, 0); /* the exchange completed inside the callback */
+            }
+            continue;
+        }
+        if (e != HPE_OK || c->err) {
+            msm_buf_drain(in, in->len);
+            rc = dispatch_failed(c);
+            break;
+        }
+        msm_buf_drain(in, n);
+        if (n < iov.iov_len) {
+            msm_buf_drain(in, in->len);
+            c->err = "http1.codec_error";
+            c->err_status = 400;
+            rc = dispatch_failed(c);
+            break;
+        }
+    }
+    if (c->base.close_connection && in->len && !rc) {
+        msm_buf_drain(in, in->len); /* nothing after a closing exchange is read */
+    }
+    end_dispatch(c);
+    return rc;
+}
+
+static int h1_dispatch_eof(struct msm_hcodec *base)
+{
+    struct h1 *c = (struct h1 *)base;
+    if (c->broken) {
+        return MSM_EINVAL;
+    }
+    c->in_dispatch = true;
+    const http_parser_settings *set = base->server ? &server_settings : &client_settings;
+    if (c->paused) {
+        c->paused = false;
+        http_parser_pause(&c->p, 0);
+    }
+    http_parser_execute(&c->p, set, NULL, 0);
+    int rc = 0;
+    enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
+    if ((e != HPE_OK && e != HPE_PAUSED) || c->err) {
+        rc = dispatch_failed(c);
+    }
+    end_dispatch(c);
+    return rc;
+}
+
+/* ---- encoding ----------------------------------------------------------------------------------- */
+
+static void out(struct h1 *c, struct msm_buf *b)
+{
+    if (b->len) {
+        c->base.cbs->write(c->base.owner, b);
+    }
+}
+
+/* Headers the codec owns on the wire: never copied from the map. */
+static bool skip_on_wire(const struct msm_hdr *e)
+{
+    return e->name[0] == ':' || !strcmp(e->name, "transfer-encoding") ||
+           !strcmp(e->name, "connection") || !strcmp(e->name, "keep-alive") ||
+           !strcmp(e->name, "proxy-connection") || !strcmp(e->name, "upgrade");
+}
+
+static void put_headers(struct msm_buf *b, const struct msm_hdrs *h, bool server_host)
+{
+    for (uint32_t i = 0; i < h->n; i++) {
+        const struct msm_hdr *e = &h->v[i];
+        if (skip_on_wire(e) || (server_host && !strcmp(e->name, "host"))) {
+            continue;
+        }
+        msm_buf_append(b, e->name, e->nlen);
+        msm_buf_append(b, ": ", 2);
+        msm_buf_append(b, e->value, e->vlen);
+        msm_buf_append(b, "\r\n", 2);
+    }
+}
+
+static void srv_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool end_stream)
+{
+    struct h1 *c = st->c;
+    const char *sv = msm_hdrs_get(h, ":status");
+    int status = sv ? atoi(sv) : 500;
+    struct msm_buf b;
+    msm_buf_init(&b);
+    bool v10 = c->p.http_minor == 0;
+    msm_buf_appendf(&b, "HTTP/1.%d %d %s\r\n", v10 ? 0 : 1, status, msm_http_reason(status));
+    put_headers(&b, h, false);
+    bool has_cl = msm_hdrs_find(h, "content-length") != NULL;
+    bool bodiless = status == 204 || status == 304 || (status >= 100 && status < 200);
+    if (!end_stream && !has_cl && !bodiless && !st->head) {
+        if (v10) {
+            st->close_delim_out = true;
+            c->keep_alive = false;
+        } else {
+            st->chunked_out = true;
+            msm_buf_append(&b, "transfer-encoding: chunked\r\n", 28);
+        }
+    } else if (end_stream && !has_cl && !bodiless && !st->head) {
+        msm_buf_append(&b, "content-length: 0\r\n", 19);
+    }
+    if (!st->s.remote_end && end_stream) {
+        /* Responding before the request ended: the rest of it cannot be skipped safely. */
+        c->keep_alive = false;
+    }
+    if (!c->keep_alive || c->goaway) {
+        msm_buf_append(&b, "connection: close\r\n", 19);
+    } else if (v10) {
+        msm_buf_append(&b, "connection: keep-alive\r\n", 24);
+    }
+    msm_buf_append(&b, "\r\n", 2);
+    out(c, &b);
+    msm_buf_deinit(&b);
+}
+
+static void cli_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool end_stream)
+{
+    struct h1 *c = st->c;
+    const char *method = msm_hdrs_get(h, ":method");
+    const char *path = msm_hdrs_get(h, ":path");
+    const char *auth = msm_hdrs_get(h, ":authority");
+    if (!method) {
+        method = "GET";
+    }
+    st->head = !strcmp(method, "HEAD");
+    struct msm_buf b;
+    msm_buf_init(&b);
+    if (!strcmp(method, "CONNECT")) {
+        msm_buf_appendf(&b, "CONNECT %s HTTP/1.1\r\n", auth ? auth : "");
+    } else {
+        msm_buf_appendf(&b, "%s %s HTTP/1.1\r\n", method, path ? path : "/");
+    }
+    if (auth) {
+        msm_buf_appendf(&b, "host: %s\r\n", auth);
+    }
+    put_headers(&b, h, auth != NULL);
+    bool has_cl = msm_hdrs_find(h, "content-length") != NULL;
+    if (!end_stream && !has_cl) {
+        st->chunked_out = true;
+        msm_buf_append(&b, "transfer-encoding: chunked\r\n", 28);
+    } else if (end_stream && !has_cl &&
+               (!strcmp(method, "POST") || !strcmp(method, "PUT") || !strcmp(method, "PATCH"))) {
+        msm_buf_append(&b, "content-length: 0\r\n", 19);
+    }
+    msm_buf_append(&b, "\r\n", 2);
+    out(c, &b);
+    msm_buf_deinit(&b);
+}
+
+static void local_end(struct h1 *c, struct h1_stream *st)
+{
+    st->s.local_end = true;
+    if (c->base.server && !st->s.remote_end) {
+        /* Response complete before the request: finish now, close the connection after. */
+        c->keep_alive = false;
+        st->s.remote_end = true;
+    }
+    maybe_complete(c, st);
+}
+
+static void h1_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool end_stream)
+{
+    struct h1_stream *st = (struct h1_stream *)s;
+    if (st->done || st->reset || st->headers_out) {
+        return;
+    }
+    st->headers_out = true;
+    if (st->c->base.server) {
+        srv_encode_headers(st, h, end_stream);
+    } else {
+        cli_encode_headers(st, h, end_stream);
+    }
+    if (end_stream) {
+        local_end(st->c, st);
+    }
+}
+
+static void h1_encode_100(struct msm_hstream *s)
+{
+    struct h1_stream *st = (struct h1_stream *)s;
+    if (st->done || st->reset || st->headers_out || !st->c->base.server) {
+        return;
+    }
+    struct msm_buf b;
+    msm_buf_init(&b);
+    msm_buf_append(&b, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    out(st->c, &b);
+    msm_buf_deinit(&b);
+}
+
+static void h1_encode_data(struct msm_hstream *s, struct msm_buf *data, bool end_stream)
+{
+    struct h1_stream *st = (struct h1_stream *)s;
+    struct h1 *c = st->c;
+    if (st->done || st->reset || !st->headers_out || s->local_end) {
+        msm_buf_drain(data, data->len);
+        return;
+    }
+    if (st->head && c->base.server) {
+        msm_buf_drain(data, data->len); /* HEAD: headers only */
+    }
+    struct msm_buf b;
+    msm_buf_init(&b);
+    if (st->chunked_out && data->len) {
+        msm_buf_appendf(&b, "%zx\r\n", data->len);
+        msm_buf_move(&b, data);
+        msm_buf_append(&b, "\r\n", 2);
+    } else {
+        msm_buf_move(&b, data);
+    }
+    if (end_stream && st->chunked_out) {
+        msm_buf_append(&b, "0\r\n\r\n", 5);
+    }
+    out(c, &b);
+    msm_buf_deinit(&b);
+    if (end_stream) {
+        if (st->close_delim_out) {
+            c->base.close_connection = true;
+        }
+        local_end(c, st);
+    }
+}
+
+static void h1_encode_trailers(struct msm_hstream *s, struct msm_hdrs *t)
+{
+    struct h1_stream *st = (struct h1_stream *)s;
+    struct h1 *c = st->c;
+    if (st->done || st->reset || !st->headers_out || s->local_end) {
+        return;
+    }
+    struct msm_buf b;
+    msm_buf_init(&b);
+    if (st->chunked_out) {
+        msm_buf_append(&b, "0\r\n", 3);
+        put_headers(&b, t, false);
+        msm_buf_append(&b, "\r\n", 2);
+        out(c, &b);
+    }
+    msm_buf_deinit(&b);
+    if (st->close_delim_out) {
+        c->base.close_connection = true;
+    }
+    local_end(c, st);
+}
+
+static void h1_reset(struct msm_hstream *s)
+{
+    struct h1_stream *st = (struct h1_stream *)s;
+    struct h1 *c = st->c;
+    if (st->done || st->reset) {
+        return;
+    }
+    /* HTTP/1 has no stream reset: the connection goes. */
+    st->reset = true;
+    c->base.close_connection = true;
+    c->keep_alive = false;
+    retire(c, st);
+}
+
+static void h1_read_disable(struct msm_hstream *s, bool disable)
+{
+    struct h1_stream *st = (struct h1_stream *)s;
+    struct h1 *c = st->c;
+    if (st->done) {
+        return;
+    }
+    int before = c->read_disabled;
+    c->read_disabled += disable ? 1 : -1;
+    if (c->read_disabled < 0) {
+        c->read_disabled = 0;
+    }
+    if (c->base.cbs->read_disable && (before == 0) != (c->read_disabled == 0)) {
+        c->base.cbs->read_disable(c->base.owner, c->read_disabled > 0);
+    }
+}
+
+static struct msm_hstream *h1_new_stream(struct msm_hcodec *base, const struct msm_hstream_cbs *cbs,
+                                         void *ctx)
+{
+    struct h1 *c = (struct h1 *)base;
+    if (base->server || c->active || c->broken || base->close_connection) {
+        return NULL;
+    }
+    struct h1_stream *st = MSM_NEW(struct h1_stream);
+    st->c = c;
+    st->s.codec = base;
+    st->s.cbs = cbs;
+    st->s.ctx = ctx;
+    st->s.id = (uint32_t)++base->streams_total;
+    c->active = st;
+    c->keep_alive = true;
+    return &st->s;
+}
+
+static void h1_goaway(struct msm_hcodec *base)
+{
+    struct h1 *c = (struct h1 *)base;
+    c->goaway = true;
+    if (!c->active) {
+        base->close_connection = true;
+    }
+}
+
+static int h1_active_streams(const struct msm_hcodec *base)
+{
+    const struct h1 *c = (const struct h1 *)base;
+    return c->active ? 1 : 0;
+}
+
+static bool h1_can_new_stream(const struct msm_hcodec *base)
+{
+    const struct h1 *c = (const struct h1 *)base;
+    return !c->active && !c->broken && !base->close_connection;
+}
+
+static void h1_free(struct msm_hcodec *base)
+{
+    struct h1 *c = (struct h1 *)base;
+    if (c->active) {
+        stream_free(c->active);
+    }
+    if (c->zombie) {
+        stream_free(c->zombie);
+    }
+    msm_hdrs_deinit(&c->hdrs);
+    free(c->field);
+    free(c->value);
+    free(c->url);
+    free(c);
+}
+
+static const struct msm_hcodec_ops h1_ops = {
+    .dispatch = h1_dispatch,
+    .dispatch_eof = h1_dispatch_eof,
+    .new_stream = h1_new_stream,
+    .encode_headers = h1_encode_headers,
+    .encode_100_continue = h1_encode_100,
+    .encode_data = h1_encode_data,
+    .encode_trailers = h1_encode_trailers,
+    .reset = h1_reset,
+    .read_disable = h1_read_disable,
+    .goaway = h1_goaway,
+    .active_streams = h1_active_streams,
+    .can_new_stream = h1_can_new_stream,
+    .free = h1_free,
+};
+
+static struct msm_hcodec *h1_new(const struct msm_hcodec_opts *o, const struct msm_hcodec_cbs *cbs,
+                                 void *owner, bool server)
+{
+    struct h1 *c = MSM_NEW(struct h1);
+    c->base.ops = &h1_ops;
+    c->base.cbs = cbs;
+    c->base.owner = owner;
+    c->base.proto = MSM_HTTP_11;
+    c->base.server = server;
+    if (o) {
+        c->o = *o;
+    } else {
+        msm_hcodec_opts_default(&c->o);
+    }
+    http_parser_init(&c->p, server ? HTTP_REQUEST : HTTP_RESPONSE);
+    c->p.data = c;
+    c->keep_alive = true;
+    return &c->base;
+}
+
+struct msm_hcodec *msm_http1_server_new(const struct msm_hcodec_opts *o,
+                                        const struct msm_hcodec_cbs *cbs, void *owner)
+{
+    return h1_new(o, cbs, owner, true);
+}
+
+struct msm_hcodec *msm_http1_client_new(const struct msm_hcodec_opts *o,
+                                        const struct msm_hcodec_cbs *cbs, void *owner)
+{
+    return h1_new(o, cbs, owner, false);
+}

@@ -1,0 +1,324 @@
+/* Dynamic configuration: what the server does with xDS updates (main thread).
+ *
+ * Start-up follows Envoy: static clusters warm -> CDS (wildcard) first response applied and
+ * every cluster warm (EDS arrived or its initial fetch timed out) -> LDS (wildcard) first
+ * response applied -> workers start -> LIVE. After that every accepted update publishes a new
+ * snapshot.
+ *
+ * ACK/NACK: a response is applied resource by resource; valid resources take effect, and if any
+ * resource was rejected the whole response is NACKed with every reason (as Envoy's LDS/CDS do),
+ * so the control plane sees the problem while the good part of the config serves. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "envoy/config/cluster/v3/cluster.pb-c.h"
+#include "envoy/config/core/v3/config_source.pb-c.h"
+#include "envoy/config/endpoint/v3/endpoint.pb-c.h"
+#include "envoy/config/listener/v3/listener.pb-c.h"
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "server/dynamic.h"
+#include "server/listener_manager.h"
+#include "server/server.h"
+#include "tls/secrets.h"
+#include "upstream/cluster_manager.h"
+#include "xds/xds.h"
+
+#define T_LISTENER MSM_XDS_TYPE_LISTENER
+#define T_CLUSTER MSM_XDS_TYPE_CLUSTER
+#define T_CLA MSM_XDS_TYPE_ENDPOINT
+#define T_ROUTE MSM_XDS_TYPE_ROUTE
+#define T_SECRET MSM_XDS_TYPE_SECRET
+
+/* Collects per-resource errors into one NACK message. */
+struct errs {
+    char msg[MSM_ERR_LEN];
+    int n;
+};
+
+static void add_err(struct errs *e, const char *what, const char *why)
+{
+    size_t l = strlen(e->msg);
+    if (l < sizeof(e->msg) - 1) {
+        snprintf(e->msg + l, sizeof(e->msg) - l, "%s%s: %s", e->n ? "; " : "", what, why);
+    }
+    e->n++;
+}
+
+static bool in_update(const struct msm_xds_update *u, const char *name)
+{
+    for (int i = 0; i < u->n; i++) {
+        if (!strcmp(u->resources[i].name, name)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void set_str(char **dst, const char *v)
+{
+    free(*dst);
+    *dst = msm_xstrdup(v ? v : "");
+}
+
+static void subscribe_eds(struct msm_server *srv)
+{
+    int n = 0;
+    char **names = msm_cm_eds_names(srv->cm, &n);
+    struct msm_err err;
+    /* EDS for each EDS cluster, by its service name, on the clusters' eds_config (Istio gives
+     * every EDS cluster the same `ads {}` source with initial_fetch_timeout 0s; clusters with
+     * different sources would need one subscription per source — the first one is used). The
+     * subscription stats are Envoy's cluster.<name>.update_* . */
+    size_t len = 0;
+    const uint8_t *b = msm_cm_eds_source(srv->cm, &len);
+    Envoy__Config__Core__V3__ConfigSource *src =
+        b ? envoy__config__core__v3__config_source__unpack(NULL, len, b) : NULL;
+    if (msm_xds_subscribe(srv->xds, src, T_CLA, (const char *const *)names, n, false,
+                          "cluster.{}.", &err) < 0) {
+        msm_log(MSM_LOG_ERROR, MSM_LC_XDS, "EDS subscription failed: %s", err.msg);
+    }
+    if (src) {
+        envoy__config__core__v3__config_source__free_unpacked(src, NULL);
+    }
+    msm_strv_free(names, n);
+}
+
+static int apply_cds(struct msm_server *srv, const struct msm_xds_update *u, struct errs *e)
+{
+    int changes = 0;
+    for (int i = 0; i < u->n; i++) {
+        struct msm_err err = {{0}};
+        int r = msm_cm_add(srv->cm, u->resources[i].msg, u->resources[i].version, false, false,
+                           &err);
+        if (r < 0) {
+            add_err(e, u->resources[i].name, err.msg);
+        } else if (r != MSM_CM_UNCHANGED) {
+            changes++;
+        }
+    }
+    if (u->sotw) {
+        int n = 0;
+        char **names = msm_cm_dynamic_names(srv->cm, &n);
+        for (int i = 0; i < n; i++) {
+            if (!in_update(u, names[i]) && msm_cm_remove(srv->cm, names[i]) == 0) {
+                changes++;
+            }
+        }
+        msm_strv_free(names, n);
+    }
+    for (int i = 0; i < u->n_removed; i++) {
+        if (msm_cm_remove(srv->cm, u->removed[i]) == 0) {
+            changes++;
+        }
+    }
+    set_str(&srv->cds_version, u->version_info);
+    srv->cds_received = true;
+    subscribe_eds(srv);
+    return changes;
+}
+
+static int apply_lds(struct msm_server *srv, const struct msm_xds_update *u, struct errs *e)
+{
+    int changes = 0;
+    for (int i = 0; i < u->n; i++) {
+        struct msm_err err = {{0}};
+        int r = msm_lm_add(srv->lmgr, u->resources[i].msg, u->resources[i].version, false, false,
+                           &err);
+        if (r < 0) {
+            add_err(e, u->resources[i].name, err.msg);
+        } else if (r != MSM_LM_UNCHANGED) {
+            changes++;
+        }
+    }
+    if (u->sotw) {
+        int n = 0;
+        char **names = msm_lm_dynamic_names(srv->lmgr, &n);
+        for (int i = 0; i < n; i++) {
+            if (!in_update(u, names[i]) && msm_lm_remove(srv->lmgr, names[i]) == 0) {
+                changes++;
+            }
+        }
+        msm_strv_free(names, n);
+    }
+    for (int i = 0; i < u->n_removed; i++) {
+        if (msm_lm_remove(srv->lmgr, u->removed[i]) == 0) {
+            changes++;
+        }
+    }
+    set_str(&srv->lds_version, u->version_info);
+    srv->lds_received = true;
+    return changes;
+}
+
+static int apply_eds(struct msm_server *srv, const struct msm_xds_update *u, struct errs *e)
+{
+    for (int i = 0; i < u->n; i++) {
+        struct msm_err err = {{0}};
+        if (msm_cm_apply_eds(srv->cm, u->resources[i].msg, u->resources[i].version, &err) < 0) {
+            add_err(e, u->resources[i].name, err.msg);
+        }
+    }
+    for (int i = 0; i < u->n_removed; i++) {
+        msm_cm_remove_eds(srv->cm, u->removed[i]);
+    }
+    return 1;
+}
+
+static int apply_store(struct msm_rstore *st, const struct msm_xds_update *u)
+{
+    int changes = 0;
+    for (int i = 0; i < u->n; i++) {
+        const ProtobufCMessage *m = u->resources[i].msg;
+        size_t len = protobuf_c_message_get_packed_size(m);
+        uint8_t *b = msm_xmalloc(len + 1);
+        protobuf_c_message_pack(m, b);
+        changes += msm_rstore_put(st, u->resources[i].name, u->resources[i].version, b, len);
+        free(b);
+    }
+    for (int i = 0; i < u->n_removed; i++) {
+        changes += msm_rstore_remove(st, u->removed[i]);
+    }
+    return changes;
+}
+
+/* SDS: secrets go to the secret manager, which rebuilds the TLS contexts that use them; clusters
+ * and listeners that waited for them finish warming. */
+static int apply_sds(struct msm_server *srv, const struct msm_xds_update *u, struct errs *e)
+{
+    struct msm_err err = {{0}};
+    int r = msm_secrets_apply(msm_secrets, u, &err);
+    if (r < 0) {
+        add_err(e, "SDS", err.msg);
+    }
+    /* Every pushed secret may have made a context ready (rotation needs no new snapshot). */
+    int changes = msm_lm_secrets_changed(srv->lmgr);
+    changes += msm_cm_secrets_changed(srv->cm);
+    return changes;
+}
+
+static void start_lds(struct msm_server *srv)
+{
+    struct msm_err err;
+    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *d =
+        srv->bootstrap->dynamic_resources;
+    if (!d->lds_config) {
+        srv->lds_received = true;
+        return;
+    }
+    if (msm_xds_subscribe(srv->xds, d->lds_config, T_LISTENER, NULL, 0, true,
+                          "listener_manager.lds.", &err) < 0) {
+        msm_log(MSM_LOG_CRITICAL, MSM_LC_XDS, "LDS subscription failed: %s", err.msg);
+        srv->lds_received = true;
+    }
+}
+
+/* Move start-up along: CDS warm -> LDS -> LIVE. */
+void msm_dynamic_advance(struct msm_server *srv)
+{
+    if (srv->dyn_phase == MSM_DYN_CDS && srv->cds_received && msm_cm_warming(srv->cm) == 0) {
+        srv->dyn_phase = MSM_DYN_LDS;
+        start_lds(srv);
+    }
+    /* Listeners of the first LDS response that wait for TLS secrets hold start-up (Envoy adds
+     * their init targets to the server's init manager). */
+    if (srv->dyn_phase == MSM_DYN_LDS && srv->lds_received && msm_lm_warming(srv->lmgr) == 0) {
+        srv->dyn_phase = MSM_DYN_DONE;
+        msm_server_init_complete(srv);
+    }
+}
+
+static int on_apply(void *arg, const struct msm_xds_update *u, struct msm_err *err)
+{
+    struct msm_server *srv = arg;
+    struct errs e = {{0}, 0};
+    int changes = 0;
+    const char *t = u->type_url;
+    if (!strcmp(t, T_CLUSTER)) {
+        changes = apply_cds(srv, u, &e);
+    } else if (!strcmp(t, T_LISTENER)) {
+        changes = apply_lds(srv, u, &e);
+    } else if (!strcmp(t, T_CLA)) {
+        changes = apply_eds(srv, u, &e);
+    } else if (!strcmp(t, T_ROUTE)) {
+        apply_store(&srv->routes, u);
+    } else if (!strcmp(t, T_SECRET)) {
+        changes = apply_sds(srv, u, &e);
+    } else {
+        return msm_err_set(err, "unsupported resource type %s", t);
+    }
+    if (changes && srv->dyn_phase == MSM_DYN_DONE) {
+        msm_server_publish(srv);
+    }
+    if (!strcmp(t, T_CLUSTER) || !strcmp(t, T_LISTENER)) {
+        msm_secrets_gc(msm_secrets); /* unsubscribe secrets nothing uses any more */
+    }
+    msm_dynamic_advance(srv);
+    if (e.n) {
+        msm_log(MSM_LOG_WARN, MSM_LC_CONFIG, "rejecting %s update (version %s): %s", t,
+                u->version_info ? u->version_info : "", e.msg);
+        return msm_err_set(err, "%s", e.msg);
+    }
+    return 0;
+}
+
+static void on_ready(void *arg, const char *type_url, const char *name)
+{
+    struct msm_server *srv = arg;
+    if (!strcmp(type_url, T_CLUSTER)) {
+        srv->cds_received = true;
+    } else if (!strcmp(type_url, T_LISTENER)) {
+        srv->lds_received = true;
+    } else if (!strcmp(type_url, T_CLA) && name) {
+        msm_cm_eds_timeout(srv->cm, name);
+    } else if (!strcmp(type_url, T_SECRET) && name &&
+               msm_secrets_fetch_timeout(msm_secrets, name) > 0) {
+        int changes = msm_lm_secrets_changed(srv->lmgr);
+        changes += msm_cm_secrets_changed(srv->cm);
+        if (changes && srv->dyn_phase == MSM_DYN_DONE) {
+            msm_server_publish(srv);
+        }
+    }
+    msm_dynamic_advance(srv);
+}
+
+int msm_dynamic_init(struct msm_server *srv, struct msm_err *err)
+{
+    srv->xds = msm_xds_new(srv->loop, srv->bootstrap, on_apply, srv, srv->stats, err);
+    if (!srv->xds) {
+        return err->msg[0] ? MSM_EINVAL : 0;
+    }
+    msm_xds_set_ready_cb(srv->xds, on_ready, srv);
+    msm_secrets_set_xds(msm_secrets, srv->xds); /* SDS secrets of static resources */
+    return 0;
+}
+
+int msm_dynamic_start(struct msm_server *srv, struct msm_err *err)
+{
+    const Envoy__Config__Bootstrap__V3__Bootstrap__DynamicResources *d =
+        srv->bootstrap->dynamic_resources;
+    if (msm_xds_start(srv->xds) < 0) {
+        return msm_err_set(err, "cannot start the xDS client");
+    }
+    srv->dyn_phase = MSM_DYN_CDS;
+    subscribe_eds(srv); /* static EDS clusters */
+    if (!d->cds_config) {
+        srv->cds_received = true;
+    } else if (msm_xds_subscribe(srv->xds, d->cds_config, T_CLUSTER, NULL, 0, true,
+                                 "cluster_manager.cds.", err) < 0) {
+        return MSM_EINVAL;
+    }
+    msm_dynamic_advance(srv);
+    return 0;
+}
+
+void msm_dynamic_free(struct msm_server *srv)
+{
+    if (msm_secrets) {
+        msm_secrets_set_xds(msm_secrets, NULL);
+    }
+    msm_xds_free(srv->xds);
+    srv->xds = NULL;
+}

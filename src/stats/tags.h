@@ -1,0 +1,49 @@
+#pragma once
+/* Tag extraction: Envoy's TagProducer. A stat's full name ("cluster.xds-grpc;.upstream_cx_total")
+ * becomes a tag-extracted name ("cluster.upstream_cx_total") plus tags
+ * ({cluster_name: "xds-grpc"}), which is what Prometheus sees
+ * (envoy_cluster_upstream_cx_total{cluster_name="xds-grpc"}).
+ *
+ * Built from the bootstrap's stats_config and the --stats-tag CLI tags, with Envoy's rules:
+ * - use_all_default_tags (default true) adds Envoy's built-in extractors first (regexes, then
+ *   token patterns such as "cluster.$.**"; source/common/config/well_known_names.cc), then the
+ *   CLI tags (fixed values), then stats_tags in order: a regex, a fixed_value, or an empty
+ *   regex naming a built-in extractor.
+ * - Every extractor looks at the original name; the characters each one removes are unioned
+ *   and removed at the end. Extractors whose regex starts with a literal "^word\." only run on
+ *   names whose first token is that word; the others run first, on every name.
+ * - Regex semantics: capture group 1 is removed from the name, group 2 (or group 1 when there is
+ *   no second group) is the value. PCRE2 stands in for std::regex and RE2: Istio's regexes use
+ *   lookahead and POSIX classes, which both accept.
+ * - When several extractors share a tag name (Envoy's http_conn_manager_prefix), the first one
+ *   that matches wins.
+ * - Fixed tags are added to every stat and remove nothing.
+ * Immutable once built; msm_tag_producer_produce is not reentrant (one caller at a time: the
+ * main thread). */
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/err.h"
+
+struct msm_tag {
+    char *name;
+    char *value;
+};
+
+struct msm_tag_producer;
+struct msm_stats_tag; /* server/options.h: one --stats-tag */
+
+/* From an envoy.config.metrics.v3.StatsConfig (<stats_config>, may be NULL = all defaults) and
+ * <n_cli> CLI tags. NULL with <err> for an invalid regex or a tag specifier without a regex
+ * whose name has no built-in extractor. */
+struct msm_tag_producer *msm_tag_producer_new(const void *stats_config,
+                                              const struct msm_stats_tag *cli, int n_cli,
+                                              struct msm_err *err);
+void msm_tag_producer_free(struct msm_tag_producer *p);
+/* Extract the tags of <name>: returns the tag-extracted name (malloc'ed) and sets *<tags> to a
+ * malloc'ed array of *<n> tags (free with msm_tags_free), in Envoy's order. */
+char *msm_tag_producer_produce(struct msm_tag_producer *p, const char *name,
+                               struct msm_tag **tags, int *n);
+void msm_tags_free(struct msm_tag *tags, int n);
+/* Number of extractors (tests, diagnostics). */
+int msm_tag_producer_count(const struct msm_tag_producer *p);

@@ -1,0 +1,663 @@
+/* The TLS transport socket (Envoy's SslSocket) and its factory.
+ *
+ * A connection's TLS state: created with the factory's current context (a reference held for
+ * the connection's life), then
+ *   HANDSHAKE: SSL_do_handshake until done; want-read/want-write become the connection's
+ *              io interest; failures are counted (ssl.connection_error, fail_verify_*) and
+ *              logged at debug;
+ *   OPEN:      SSL_read_ex into the connection's read buffer, SSL_write_ex from the views of
+ *              its write buffer (no copy beyond OpenSSL's record buffers);
+ *   SHUT:      end of the write side: close_notify then shutdown(SHUT_WR); the read side stays
+ *              open until the peer's close_notify or FIN;
+ * and on close, a best-effort close_notify unless the connection dies on an error. */
+#include <errno.h>
+#include <ev.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "envoy/config/core/v3/base.pb-c.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb-c.h"
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "config/pbjson.h"
+#include "config/types.h"
+#include "net/conn.h"
+#include "tls/tls_private.h"
+
+struct tls_sock {
+    struct msm_transport base;
+    struct msm_tls_ctx *ctx; /* NULL: the factory had no context (secrets not ready) */
+    SSL *ssl;
+    bool fd_set;
+    bool done;          /* handshake completed */
+    bool shutdown_sent; /* close_notify written */
+    bool validated;     /* set by the verify callback */
+    struct msm_tls_info info;
+};
+
+static int sock_idx = -1;
+static pthread_once_t sock_once = PTHREAD_ONCE_INIT;
+
+static void sock_init(void)
+{
+    sock_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+void msm_tls_note_validated(SSL *ssl, bool validated)
+{
+    struct tls_sock *s = ssl ? SSL_get_ex_data(ssl, sock_idx) : NULL;
+    if (s) {
+        s->validated = validated;
+    }
+}
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+/* Drain OpenSSL's error queue for a failed operation: count like Envoy's drainErrorQueue (a
+ * missing client certificate is fail_verify_no_cert, a failed verification was counted by the
+ * verify callback, anything else is connection_error), log, and keep a static reason for the
+ * connection's close_detail. */
+static void drain_errors(struct tls_sock *s, struct msm_conn *c, const char *op)
+{
+    bool any = false, counted = false;
+    const char *reason = NULL;
+    char line[512] = "";
+    unsigned long e;
+    while ((e = ERR_get_error())) {
+        any = true;
+        if (ERR_GET_LIB(e) == ERR_LIB_SSL) {
+            if (ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+                msm_stat_inc(s->ctx->stats->ssl.fail_verify_no_cert);
+                counted = true;
+            } else if (ERR_GET_REASON(e) == SSL_R_CERTIFICATE_VERIFY_FAILED) {
+                counted = true;
+            }
+        }
+        if (!reason) {
+            reason = ERR_reason_error_string(e);
+        }
+        size_t l = strlen(line);
+        if (l < sizeof(line) - 1) {
+            char one[256];
+            ERR_error_string_n(e, one, sizeof(one));
+            snprintf(line + l, sizeof(line) - l, "%s%s", l ? "; " : "", one);
+        }
+    }
+    if (any && !counted) {
+        msm_stat_inc(s->ctx->stats->ssl.connection_error);
+    }
+    c->close_detail = reason ? reason : "TLS error";
+    msm_log(MSM_LOG_DEBUG, MSM_LC_CONNECTION, "[C%llu] TLS %s failed: %s", c->id, op,
+            any ? line : "connection closed by peer");
+}
+
+/* ---- handshake ---------------------------------------------------------------------------- */
+
+static char *asn1_dup(const ASN1_STRING *a)
+{
+    const char *p = (const char *)ASN1_STRING_get0_data(a);
+    size_t l = (size_t)ASN1_STRING_length(a);
+    return memchr(p, 0, l) ? NULL : msm_xstrndup(p, l);
+}
+
+static void push(char ***v, int *n, char *s)
+{
+    if (!s) {
+        return;
+    }
+    *v = msm_xrealloc(*v, (size_t)(*n + 1) * sizeof(char *));
+    (*v)[(*n)++] = s;
+}
+
+static void peer_info(struct tls_sock *s, X509 *peer)
+{
+    struct msm_tls_info *in = &s->info;
+    in->peer_cert_presented = true;
+    in->peer_cert_validated = s->validated;
+    GENERAL_NAMES *names = X509_get_ext_d2i(peer, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type == GEN_URI) {
+            push(&in->uri_sans, &in->n_uri_sans, asn1_dup(g->d.uniformResourceIdentifier));
+        } else if (g->type == GEN_DNS) {
+            push(&in->dns_sans, &in->n_dns_sans, asn1_dup(g->d.dNSName));
+        }
+    }
+    GENERAL_NAMES_free(names);
+    BIO *b = BIO_new(BIO_s_mem());
+    X509_NAME_print_ex(b, X509_get_subject_name(peer), 0, XN_FLAG_RFC2253);
+    char *p = NULL;
+    long l = BIO_get_mem_data(b, &p);
+    in->peer_subject = msm_xstrndup(p ? p : "", l > 0 ? (size_t)l : 0);
+    BIO_free(b);
+}
+
+/* BoringSSL's curve names for Envoy's ssl.curves.* */
+static const char *curve_name(int nid)
+{
+    switch (nid) {
+    case NID_X25519:
+        return "X25519";
+    case NID_X9_62_prime256v1:
+        return "P-256";
+    case NID_secp384r1:
+        return "P-384";
+    case NID_secp521r1:
+        return "P-521";
+    case NID_X448:
+        return "X448";
+    default:
+        return NULL;
+    }
+}
+
+/* BoringSSL's signature algorithm names for Envoy's ssl.sigalgs.* */
+static const char *sigalg_name(SSL *ssl)
+{
+    int type = 0, hash = 0;
+    if (!SSL_get_peer_signature_type_nid(ssl, &type)) {
+        return NULL;
+    }
+    SSL_get_peer_signature_nid(ssl, &hash);
+    int bits = hash == NID_sha256 ? 256 : hash == NID_sha384 ? 384 : hash == NID_sha512 ? 512 : 1;
+    switch (type) {
+    case EVP_PKEY_RSA_PSS:
+        return bits == 256 ? "rsa_pss_rsae_sha256"
+               : bits == 384 ? "rsa_pss_rsae_sha384"
+               : bits == 512 ? "rsa_pss_rsae_sha512"
+                             : NULL;
+    case EVP_PKEY_RSA:
+        return bits == 256 ? "rsa_pkcs1_sha256"
+               : bits == 384 ? "rsa_pkcs1_sha384"
+               : bits == 512 ? "rsa_pkcs1_sha512"
+               : hash == NID_sha1 ? "rsa_pkcs1_sha1"
+                                  : NULL;
+    case EVP_PKEY_EC:
+        return bits == 256 ? "ecdsa_secp256r1_sha256"
+               : bits == 384 ? "ecdsa_secp384r1_sha384"
+               : bits == 512 ? "ecdsa_secp521r1_sha512"
+               : hash == NID_sha1 ? "ecdsa_sha1"
+                                  : NULL;
+    case EVP_PKEY_ED25519:
+        return "ed25519";
+    default:
+        return NULL;
+    }
+}
+
+/* Envoy's logHandshake, then what filters may ask (msm_conn_tls_info). */
+static void handshake_done(struct tls_sock *s, struct msm_conn *c)
+{
+    SSL *ssl = s->ssl;
+    struct msm_tls_stats *st = s->ctx->stats;
+    s->done = true;
+    msm_stat_inc(st->ssl.handshake);
+    if (SSL_session_reused(ssl)) {
+        msm_stat_inc(st->ssl.session_reused);
+    }
+    msm_named_inc(&st->versions, SSL_get_version(ssl));
+    msm_named_inc(&st->ciphers, SSL_get_cipher_name(ssl));
+    int group = SSL_get_negotiated_group(ssl);
+    if (group > 0) {
+        msm_named_inc(&st->curves, curve_name(group));
+    }
+    const char *sig = sigalg_name(ssl);
+    if (sig || SSL_get_peer_signature_type_nid(ssl, &(int){0})) {
+        msm_named_inc(&st->sigalgs, sig);
+    }
+    struct msm_tls_info *in = &s->info;
+    X509 *peer = SSL_get0_peer_certificate(ssl);
+    if (peer) {
+        peer_info(s, peer);
+    } else {
+        msm_stat_inc(st->ssl.no_certificate);
+    }
+    const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (sni) {
+        in->sni = msm_xstrdup(sni);
+    }
+    const unsigned char *a = NULL;
+    unsigned al = 0;
+    SSL_get0_alpn_selected(ssl, &a, &al);
+    if (al) {
+        in->alpn = msm_xstrndup((const char *)a, al);
+    }
+    in->version = SSL_get_version(ssl);
+    in->cipher = SSL_get_cipher_name(ssl);
+    msm_log(MSM_LOG_DEBUG, MSM_LC_CONNECTION, "[C%llu] TLS handshake done: %s %s alpn=%s sni=%s "
+            "peer=%s", c->id, in->version, in->cipher, in->alpn ? in->alpn : "-",
+            in->sni ? in->sni : "-", in->n_uri_sans ? in->uri_sans[0] : peer ? "(cert)" : "-");
+}
+
+static int tls_handshake(struct msm_transport *t, struct msm_conn *c)
+{
+    struct tls_sock *s = (struct tls_sock *)t;
+    if (!s->ctx) {
+        c->close_detail = "TLS context not ready (secrets missing)";
+        return -EPROTO;
+    }
+    if (!s->fd_set) {
+        SSL_set_fd(s->ssl, c->fd);
+        s->fd_set = true;
+    }
+    ERR_clear_error();
+    errno = 0;
+    int r = SSL_do_handshake(s->ssl);
+    if (r == 1) {
+        handshake_done(s, c);
+        return 0;
+    }
+    int e = SSL_get_error(s->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        t->want = EV_READ;
+        return MSM_EAGAIN;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        t->want = EV_WRITE;
+        return MSM_EAGAIN;
+    }
+    int sys = errno;
+    drain_errors(s, c, "handshake");
+    if (e == SSL_ERROR_SYSCALL && sys) {
+        c->close_detail = strerror(sys);
+    } else if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && !sys)) {
+        c->close_detail = "peer closed during the TLS handshake";
+    }
+    return -EPROTO;
+}
+
+/* ---- data --------------------------------------------------------------------------------- */
+
+static ssize_t tls_read(struct msm_transport *t, struct msm_conn *c, size_t max)
+{
+    struct tls_sock *s = (struct tls_sock *)t;
+    size_t avail;
+    char *p = msm_buf_reserve(&c->in, max < MSM_BUF_BLOCK ? max : MSM_BUF_BLOCK, &avail);
+    if (avail > max) {
+        avail = max;
+    }
+    ERR_clear_error();
+    errno = 0;
+    size_t n = 0;
+    int r = SSL_read_ex(s->ssl, p, avail, &n);
+    if (r == 1) {
+        msm_buf_commit(&c->in, n);
+        return (ssize_t)n;
+    }
+    msm_buf_commit(&c->in, 0);
+    int e = SSL_get_error(s->ssl, r);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        return -EAGAIN;
+    case SSL_ERROR_WANT_WRITE:
+        t->want |= EV_WRITE;
+        return -EAGAIN;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0; /* close_notify (or EOF: SSL_OP_IGNORE_UNEXPECTED_EOF) */
+    case SSL_ERROR_SYSCALL:
+        if (errno) {
+            int sys = errno;
+            ERR_clear_error();
+            return -sys;
+        }
+        ERR_clear_error();
+        return 0;
+    default:
+        drain_errors(s, c, "read");
+        return -EPROTO;
+    }
+}
+
+static ssize_t tls_write(struct msm_transport *t, struct msm_conn *c)
+{
+    struct tls_sock *s = (struct tls_sock *)t;
+    ssize_t total = 0;
+    while (c->out.len) {
+        struct iovec v;
+        msm_buf_iov(&c->out, &v, 1);
+        ERR_clear_error();
+        errno = 0;
+        size_t w = 0;
+        int r = SSL_write_ex(s->ssl, v.iov_base, v.iov_len, &w);
+        if (r == 1) {
+            msm_buf_drain(&c->out, w);
+            total += (ssize_t)w;
+            continue;
+        }
+        int e = SSL_get_error(s->ssl, r);
+        if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+            if (e == SSL_ERROR_WANT_READ) {
+                t->want |= EV_READ;
+            }
+            return total ? total : -EAGAIN;
+        }
+        if (e == SSL_ERROR_SYSCALL && errno) {
+            int sys = errno;
+            ERR_clear_error();
+            return -sys;
+        }
+        drain_errors(s, c, "write");
+        return -EPROTO;
+    }
+    return total;
+}
+
+static int tls_shutdown_write(struct msm_transport *t, struct msm_conn *c)
+{
+    struct tls_sock *s = (struct tls_sock *)t;
+    (void)c;
+    if (s->shutdown_sent || !s->done) {
+        return 0;
+    }
+    ERR_clear_error();
+    int r = SSL_shutdown(s->ssl);
+    if (r < 0 && SSL_get_error(s->ssl, r) == SSL_ERROR_WANT_WRITE) {
+        t->want |= EV_WRITE;
+        return MSM_EAGAIN;
+    }
+    ERR_clear_error();
+    s->shutdown_sent = true;
+    return 0;
+}
+
+static bool tls_has_pending(const struct msm_transport *t)
+{
+    const struct tls_sock *s = (const struct tls_sock *)t;
+    return s->ssl && SSL_pending(s->ssl) > 0;
+}
+
+static void tls_close(struct msm_transport *t, struct msm_conn *c, bool abortive)
+{
+    struct tls_sock *s = (struct tls_sock *)t;
+    (void)c;
+    if (!abortive && s->done && !s->shutdown_sent) {
+        ERR_clear_error();
+        SSL_shutdown(s->ssl); /* best effort: the fd closes right after */
+        ERR_clear_error();
+        s->shutdown_sent = true;
+    }
+}
+
+static const struct msm_tls_info *tls_info(const struct msm_transport *t)
+{
+    const struct tls_sock *s = (const struct tls_sock *)t;
+    return s->done ? &s->info : NULL;
+}
+
+static void tls_free(struct msm_transport *t)
+{
+    struct tls_sock *s = (struct tls_sock *)t;
+    struct msm_tls_info *in = &s->info;
+    for (int i = 0; i < in->n_uri_sans; i++) {
+        free(in->uri_sans[i]);
+    }
+    for (int i = 0; i < in->n_dns_sans; i++) {
+        free(in->dns_sans[i]);
+    }
+    free(in->uri_sans);
+    free(in->dns_sans);
+    free(in->peer_subject);
+    free(in->sni);
+    free(in->alpn);
+    SSL_free(s->ssl);
+    msm_tls_ctx_unref(s->ctx);
+    free(s);
+}
+
+static const struct msm_transport_ops tls_ops = {
+    .name = "tls",
+    .handshake = tls_handshake,
+    .read = tls_read,
+    .write = tls_write,
+    .shutdown_write = tls_shutdown_write,
+    .has_pending = tls_has_pending,
+    .close = tls_close,
+    .info = tls_info,
+    .free = tls_free,
+};
+
+struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f)
+{
+    pthread_once(&sock_once, sock_init);
+    struct tls_sock *s = MSM_NEW(struct tls_sock);
+    s->base.ops = &tls_ops;
+    pthread_mutex_lock(&f->mu);
+    if (f->cur) {
+        s->ctx = f->cur;
+        atomic_fetch_add(&s->ctx->refs, 1);
+    }
+    pthread_mutex_unlock(&f->mu);
+    if (!s->ctx) {
+        msm_stat_inc(f->p.server ? f->stats->fac.downstream_context_secrets_not_ready
+                                 : f->stats->fac.upstream_context_secrets_not_ready);
+        return &s->base;
+    }
+    s->ssl = SSL_new(s->ctx->ssl);
+    if (!s->ssl) {
+        /* Out of memory inside OpenSSL: fail this connection's handshake. */
+        ERR_clear_error();
+        msm_tls_ctx_unref(s->ctx);
+        s->ctx = NULL;
+        return &s->base;
+    }
+    SSL_set_ex_data(s->ssl, sock_idx, s);
+    if (f->p.server) {
+        SSL_set_accept_state(s->ssl);
+    } else {
+        SSL_set_connect_state(s->ssl);
+        if (s->ctx->sni) {
+            SSL_set_tlsext_host_name(s->ssl, s->ctx->sni);
+        }
+    }
+    return &s->base;
+}
+
+/* ---- the factory -------------------------------------------------------------------------- */
+
+pthread_mutex_t msm_tls_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void install(struct msm_tls_factory *f, struct msm_tls_ctx *t)
+{
+    pthread_mutex_lock(&f->mu);
+    struct msm_tls_ctx *old = f->cur;
+    f->cur = t;
+    pthread_mutex_unlock(&f->mu);
+    msm_tls_ctx_unref(old);
+}
+
+int msm_tls_factory_rebuild(struct msm_tls_factory *f, struct msm_err *err)
+{
+    const struct msm_tls_params *p = &f->p;
+    const struct msm_tls_cert *cert = p->n_certs ? &p->certs[0] : NULL;
+    if (p->cert_provider) {
+        const struct msm_secret *s = p->cert_provider->cur;
+        if (!s) {
+            return 0;
+        }
+        if (s->type != MSM_SECRET_TLS_CERTIFICATE) {
+            return msm_err_set(err, "secret '%s' is not a tls_certificate",
+                               p->cert_provider->name);
+        }
+        cert = &s->cert;
+    }
+    struct msm_tls_validation merged;
+    const struct msm_tls_validation *val = p->has_validation ? &p->val : NULL;
+    if (p->val_provider) {
+        const struct msm_secret *s = p->val_provider->cur;
+        if (!s) {
+            return 0;
+        }
+        if (s->type != MSM_SECRET_VALIDATION_CONTEXT) {
+            return msm_err_set(err, "secret '%s' is not a validation_context",
+                               p->val_provider->name);
+        }
+        msm_tls_validation_copy(&merged, &p->val);
+        msm_tls_validation_merge(&merged, &s->val);
+        val = &merged;
+    }
+    struct msm_tls_ctx *t = msm_tls_ctx_new(p, cert, val, f->stats, err);
+    if (val == &merged) {
+        msm_tls_validation_deinit(&merged);
+    }
+    if (!t) {
+        return MSM_EINVAL;
+    }
+    install(f, t);
+    return 1;
+}
+
+static const char *type_name(const char *url)
+{
+    const char *slash = strrchr(url, '/');
+    return slash ? slash + 1 : url;
+}
+
+#define T_DOWN "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+#define T_UP "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+#define T_RAW "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+
+/* The TLS context proto of <ts>, or NULL for raw_buffer (*raw set). */
+static ProtobufCMessage *unpack(const Envoy__Config__Core__V3__TransportSocket *ts, bool server,
+                                bool *raw, struct msm_err *err)
+{
+    const char *name = ts->name ? ts->name : "";
+    *raw = false;
+    if (ts->config_type_case != ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG ||
+        !ts->typed_config) {
+        if (!name[0] || !strcmp(name, "envoy.transport_sockets.raw_buffer") ||
+            !strcmp(name, "raw_buffer")) {
+            *raw = true;
+            return NULL;
+        }
+        msm_err_set(err, "transport_socket '%s': typed_config is required", name);
+        return NULL;
+    }
+    const char *t = type_name(ts->typed_config->type_url);
+    if (!strcmp(t, T_RAW)) {
+        *raw = true;
+        return NULL;
+    }
+    const char *want = server ? T_DOWN : T_UP;
+    if (strcmp(t, want) != 0) {
+        msm_err_set(err, "transport_socket '%s': %s is not supported here (expected %s)", name,
+                    t, want);
+        return NULL;
+    }
+    ProtobufCMessage *m = msm_pb_any_unpack(ts->typed_config, msm_types_find(want), NULL, err);
+    if (!m) {
+        msm_err_prefix(err, "transport_socket '%s'", name);
+    }
+    return m;
+}
+
+static void watch(struct msm_tls_factory *f, bool on)
+{
+    struct msm_secret_provider *v[2] = {f->p.cert_provider, f->p.val_provider};
+    for (int i = 0; i < 2; i++) {
+        if (v[i] && (i == 0 || v[i] != v[0])) {
+            if (on) {
+                msm_secret_watch_add(v[i], f);
+            } else {
+                msm_secret_watch_remove(v[i], f);
+            }
+        }
+    }
+}
+
+int msm_tls_factory_from_proto(const void *tsp, bool server, const char *scope,
+                               const char *owner, struct msm_tls_factory **out,
+                               struct msm_err *err)
+{
+    const Envoy__Config__Core__V3__TransportSocket *ts = tsp;
+    *out = NULL;
+    if (!ts) {
+        return 0;
+    }
+    bool raw;
+    ProtobufCMessage *m = unpack(ts, server, &raw, err);
+    if (!m) {
+        return raw ? 0 : MSM_EINVAL;
+    }
+    struct msm_tls_factory *f = MSM_NEW(struct msm_tls_factory);
+    atomic_init(&f->refs, 1);
+    pthread_mutex_init(&f->mu, NULL);
+    f->owner = msm_xstrdup(owner);
+    int rc = msm_tls_params_from_proto(m, server, &f->p, err);
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (rc < 0) {
+        msm_err_prefix(err, "transport_socket '%s'", ts->name);
+        pthread_mutex_destroy(&f->mu);
+        free(f->owner);
+        free(f);
+        return MSM_EINVAL;
+    }
+    f->stats = msm_tls_stats_new(scope, server, &f->p);
+    if (msm_tls_factory_rebuild(f, err) < 0) {
+        msm_err_prefix(err, "transport_socket '%s'", ts->name);
+        msm_tls_factory_unref(f);
+        return MSM_EINVAL;
+    }
+    watch(f, true);
+    *out = f;
+    return 0;
+}
+
+struct msm_tls_factory *msm_tls_factory_ref(struct msm_tls_factory *f)
+{
+    atomic_fetch_add(&f->refs, 1);
+    return f;
+}
+
+void msm_tls_factory_unref(struct msm_tls_factory *f)
+{
+    if (!f || atomic_fetch_sub(&f->refs, 1) != 1) {
+        return;
+    }
+    watch(f, false);
+    msm_tls_ctx_unref(f->cur);
+    msm_tls_params_deinit(&f->p);
+    msm_tls_stats_unref(f->stats);
+    pthread_mutex_destroy(&f->mu);
+    free(f->owner);
+    free(f);
+}
+
+bool msm_tls_factory_ready(struct msm_tls_factory *f)
+{
+    pthread_mutex_lock(&f->mu);
+    bool r = f->cur != NULL;
+    pthread_mutex_unlock(&f->mu);
+    return r;
+}
+
+bool msm_tls_factory_warm(struct msm_tls_factory *f)
+{
+    if (msm_tls_factory_ready(f)) {
+        return true;
+    }
+    const struct msm_secret_provider *v[2] = {f->p.cert_provider, f->p.val_provider};
+    for (int i = 0; i < 2; i++) {
+        if (v[i] && !v[i]->cur && !v[i]->timed_out) {
+            return false;
+        }
+    }
+    /* Every missing secret timed out (or a present one failed to build: nothing to wait for). */
+    return true;
+}
+
+void msm_tls_factory_describe(struct msm_tls_factory *f, char *out, size_t n)
+{
+    snprintf(out, n, "%s TLS context of %s%s%s%s%s", f->p.server ? "server" : "client", f->owner,
+             f->p.cert_provider ? ", certificate secret '" : "",
+             f->p.cert_provider ? f->p.cert_provider->name : "",
+             f->p.val_provider ? "', validation secret '" : f->p.cert_provider ? "'" : "",
+             f->p.val_provider ? f->p.val_provider->name : "");
+    if (f->p.val_provider) {
+        size_t l = strlen(out);
+        snprintf(out + l, n - l, "'");
+    }
+}

@@ -1,0 +1,345 @@
+#include "upstream/cluster_http.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "envoy/config/cluster/v3/cluster.pb-c.h"
+#include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb-c.h"
+
+#include "common/alloc.h"
+#include "config/pbjson.h"
+#include "config/pbutil.h"
+#include "upstream/cluster.h"
+
+/* The deprecated cluster-level HTTP fields are what older control planes send. */
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
+#define HTTP_OPTIONS_KEY "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+#define N_CODES 1000
+
+typedef Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions PbHttpOptions;
+
+static const struct msm_cluster_http_cfg defaults = {
+    .proto = MSM_UPSTREAM_HTTP1,
+    .h1 = {.max_headers_kb = 60, .max_headers_count = 100, .stream_buffer_limit = 1024 * 1024,
+           .max_concurrent_streams = 1, .initial_stream_window_size = 1024 * 1024,
+           .initial_connection_window_size = 16 * 1024 * 1024, .max_outbound_frames = 10000,
+           .max_consecutive_inbound_frames_with_empty_payload = 1},
+    .h2 = {.max_headers_kb = 60, .max_headers_count = 100, .stream_buffer_limit = 1024 * 1024,
+           .max_concurrent_streams = 2147483647, .initial_stream_window_size = 1024 * 1024,
+           .initial_connection_window_size = 16 * 1024 * 1024, .max_outbound_frames = 10000,
+           .max_consecutive_inbound_frames_with_empty_payload = 1},
+    .idle_timeout_ms = 3600 * 1000,
+};
+
+const struct msm_cluster_http_cfg *msm_cluster_http_cfg_of(const struct msm_cluster_cfg *c)
+{
+    return c->http ? c->http : &defaults;
+}
+
+void msm_cluster_http_cfg_free(struct msm_cluster_http_cfg *h)
+{
+    free(h);
+}
+
+static int h2_options(const Envoy__Config__Core__V3__Http2ProtocolOptions *p,
+                      struct msm_hcodec_opts *o, struct msm_err *err)
+{
+    if (!p) {
+        return 0;
+    }
+    o->max_concurrent_streams = msm_pb_u32(p->max_concurrent_streams, o->max_concurrent_streams);
+    uint32_t sw = msm_pb_u32(p->initial_stream_window_size, 0);
+    uint32_t cw = msm_pb_u32(p->initial_connection_window_size, 0);
+    if (sw && (sw < 65535 || sw > 2147483647)) {
+        return msm_err_set(err, "http2_protocol_options.initial_stream_window_size: must be in "
+                                "[65535, 2147483647]");
+    }
+    if (cw && (cw < 65535 || cw > 2147483647)) {
+        return msm_err_set(err, "http2_protocol_options.initial_connection_window_size: must be "
+                                "in [65535, 2147483647]");
+    }
+    /* Envoy's 256 MiB defaults are capped: buffers, not windows, bound memory here. */
+    if (sw) {
+        o->initial_stream_window_size = sw > 16 * 1024 * 1024 ? 16 * 1024 * 1024 : sw;
+    }
+    if (cw) {
+        o->initial_connection_window_size = cw > 64 * 1024 * 1024 ? 64 * 1024 * 1024 : cw;
+    }
+    o->max_outbound_frames = msm_pb_u32(p->max_outbound_frames, o->max_outbound_frames);
+    if (!o->max_concurrent_streams) {
+        return msm_err_set(err, "http2_protocol_options.max_concurrent_streams: must be >= 1");
+    }
+    return 0;
+}
+
+static int common_options(const Envoy__Config__Core__V3__HttpProtocolOptions *p,
+                          struct msm_cluster_http_cfg *h, struct msm_err *err)
+{
+    if (!p) {
+        return 0;
+    }
+    int64_t idle = msm_pb_duration_ms(p->idle_timeout, h->idle_timeout_ms);
+    int64_t dur = msm_pb_duration_ms(p->max_connection_duration, 0);
+    if (idle < 0 || dur < 0) {
+        return msm_err_set(err, "common_http_protocol_options: durations must not be negative");
+    }
+    h->idle_timeout_ms = idle > UINT32_MAX ? UINT32_MAX : (uint32_t)idle;
+    h->max_connection_duration_ms = dur > UINT32_MAX ? UINT32_MAX : (uint32_t)dur;
+    h->max_requests_per_connection = msm_pb_u32(p->max_requests_per_connection, 0);
+    uint32_t mh = msm_pb_u32(p->max_headers_count, 0);
+    if (mh) {
+        h->h1.max_headers_count = h->h2.max_headers_count = mh;
+    }
+    return 0;
+}
+
+static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cfg *h,
+                              struct msm_err *err)
+{
+    if (common_options(p->common_http_protocol_options, h, err) < 0) {
+        return MSM_EINVAL;
+    }
+    if (p->n_http_filters) {
+        return msm_err_set(err, "http_filters: upstream HTTP filters are not supported");
+    }
+    switch (p->upstream_protocol_options_case) {
+    case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_EXPLICIT_HTTP_CONFIG: {
+        const Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions__ExplicitHttpConfig *e =
+            p->explicit_http_config;
+        if (e->protocol_config_case ==
+            ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP2_PROTOCOL_OPTIONS) {
+            h->proto = MSM_UPSTREAM_HTTP2;
+            return h2_options(e->http2_protocol_options, &h->h2, err);
+        }
+        if (e->protocol_config_case ==
+            ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP3_PROTOCOL_OPTIONS) {
+            return msm_err_set(err, "explicit_http_config.http3_protocol_options: HTTP/3 is not "
+                                    "supported");
+        }
+        h->proto = MSM_UPSTREAM_HTTP1;
+        return 0;
+    }
+    case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_USE_DOWNSTREAM_PROTOCOL_CONFIG:
+        h->proto = MSM_UPSTREAM_HTTP_DOWNSTREAM;
+        if (p->use_downstream_protocol_config->http3_protocol_options) {
+            return msm_err_set(err, "use_downstream_protocol_config.http3_protocol_options: "
+                                    "HTTP/3 is not supported");
+        }
+        return h2_options(p->use_downstream_protocol_config->http2_protocol_options, &h->h2, err);
+    case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_AUTO_CONFIG:
+        /* ALPN-negotiated: without TLS this is HTTP/1.1 (Envoy does the same on cleartext). */
+        h->proto = MSM_UPSTREAM_HTTP1;
+        if (p->auto_config->http3_protocol_options) {
+            return msm_err_set(err, "auto_config.http3_protocol_options: HTTP/3 is not "
+                                    "supported");
+        }
+        return h2_options(p->auto_config->http2_protocol_options, &h->h2, err);
+    default:
+        return msm_err_set(err, "upstream_protocol_options: one of explicit_http_config, "
+                                "use_downstream_protocol_config or auto_config is required");
+    }
+}
+
+int msm_cluster_http_from_proto(const void *cluster_proto, struct msm_cluster_cfg *c,
+                                struct msm_err *err)
+{
+    const Envoy__Config__Cluster__V3__Cluster *p = cluster_proto;
+    const Google__Protobuf__Any *any = NULL;
+    for (size_t i = 0; i < p->n_typed_extension_protocol_options; i++) {
+        if (!strcmp(p->typed_extension_protocol_options[i]->key, HTTP_OPTIONS_KEY)) {
+            any = p->typed_extension_protocol_options[i]->value;
+        }
+    }
+    bool legacy = p->http2_protocol_options || p->http_protocol_options ||
+                  p->common_http_protocol_options ||
+                  p->protocol_selection ==
+                      ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_PROTOCOL_SELECTION__USE_DOWNSTREAM_PROTOCOL;
+    if (!any && !legacy) {
+        return 0;
+    }
+    struct msm_cluster_http_cfg *h = MSM_NEW(struct msm_cluster_http_cfg);
+    *h = defaults;
+    c->http = h;
+    if (any) {
+        if (legacy) {
+            return msm_err_set(err, "typed_extension_protocol_options['%s']: cannot be combined "
+                                    "with the deprecated cluster-level HTTP options",
+                               HTTP_OPTIONS_KEY);
+        }
+        struct msm_pbjson_opts jo = {.allow_unknown_fields = true};
+        ProtobufCMessage *m = msm_pb_any_unpack(
+            any, &envoy__extensions__upstreams__http__v3__http_protocol_options__descriptor, &jo,
+            err);
+        if (!m) {
+            msm_err_prefix(err, "typed_extension_protocol_options['%s']", HTTP_OPTIONS_KEY);
+            return MSM_EINVAL;
+        }
+        int rc = from_typed_options((const PbHttpOptions *)m, h, err);
+        protobuf_c_message_free_unpacked(m, NULL);
+        if (rc < 0) {
+            msm_err_prefix(err, "typed_extension_protocol_options['%s']", HTTP_OPTIONS_KEY);
+        }
+        return rc;
+    }
+    if (common_options(p->common_http_protocol_options, h, err) < 0) {
+        return MSM_EINVAL;
+    }
+    if (p->http2_protocol_options) {
+        h->proto = MSM_UPSTREAM_HTTP2;
+        if (h2_options(p->http2_protocol_options, &h->h2, err) < 0) {
+            return MSM_EINVAL;
+        }
+    }
+    if (p->protocol_selection ==
+        ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_PROTOCOL_SELECTION__USE_DOWNSTREAM_PROTOCOL) {
+        h->proto = MSM_UPSTREAM_HTTP_DOWNSTREAM;
+    }
+    return 0;
+}
+
+/* ---- shared counters and stats ---------------------------------------------------------------- */
+
+void msm_cluster_http_shared_init(struct msm_cluster_http_shared *h, const char *stat_name,
+                                  struct msm_stats_store *st)
+{
+    h->stat_prefix = msm_xasprintf("cluster.%s.", stat_name);
+    msm_cluster_http_stats_init(st, h->stat_prefix, &h->stats);
+    h->rq_code = msm_xcalloc(N_CODES, sizeof(*h->rq_code));
+    atomic_init(&h->rq_active, 0);
+    atomic_init(&h->rq_pending, 0);
+    atomic_init(&h->retries_active, 0);
+}
+
+void msm_cluster_http_shared_deinit(struct msm_cluster_http_shared *h)
+{
+    msm_cluster_http_stats_deinit(&h->stats);
+    for (int i = 0; h->rq_code && i < N_CODES; i++) {
+        msm_stat_unref(atomic_load(&h->rq_code[i]));
+    }
+    free(h->rq_code);
+    free(h->stat_prefix);
+    memset(h, 0, sizeof(*h));
+}
+
+/* One breaker: take a slot under <max>, or count <overflow>. */
+static bool reserve(atomic_uint *cur, uint32_t max, struct msm_stat *open, struct msm_stat *rem,
+                    bool track)
+{
+    unsigned v = atomic_load(cur);
+    do {
+        if (v >= max) {
+            return false;
+        }
+    } while (!atomic_compare_exchange_weak(cur, &v, v + 1));
+    if (v + 1 >= max) {
+        msm_stat_set(open, 1);
+    }
+    if (track) {
+        msm_stat_set(rem, max - (v + 1));
+    }
+    return true;
+}
+
+static void release(atomic_uint *cur, uint32_t max, struct msm_stat *open, struct msm_stat *rem,
+                    bool track)
+{
+    unsigned now = atomic_fetch_sub(cur, 1) - 1;
+    if (now < max) {
+        msm_stat_set(open, 0);
+    }
+    if (track) {
+        msm_stat_set(rem, max - now);
+    }
+}
+
+bool msm_cluster_rq_reserve(struct msm_cluster *c)
+{
+    struct msm_cluster_shared *s = c->sh;
+    if (!reserve(&s->http.rq_active, c->cfg->max_requests, s->cb.rq_open, s->cb.remaining_rq,
+                 c->cfg->track_remaining)) {
+        /* Envoy counts both pool overflows (max_requests, max_pending_requests) here. */
+        msm_stat_inc(s->http.stats.upstream_rq_pending_overflow);
+        return false;
+    }
+    return true;
+}
+
+void msm_cluster_rq_release(struct msm_cluster *c)
+{
+    struct msm_cluster_shared *s = c->sh;
+    release(&s->http.rq_active, c->cfg->max_requests, s->cb.rq_open, s->cb.remaining_rq,
+            c->cfg->track_remaining);
+}
+
+bool msm_cluster_pending_reserve(struct msm_cluster *c)
+{
+    struct msm_cluster_shared *s = c->sh;
+    if (!reserve(&s->http.rq_pending, c->cfg->max_pending_requests, s->cb.rq_pending_open,
+                 s->cb.remaining_pending, c->cfg->track_remaining)) {
+        msm_stat_inc(s->http.stats.upstream_rq_pending_overflow);
+        return false;
+    }
+    msm_stat_inc(s->http.stats.upstream_rq_pending_total);
+    msm_stat_inc(s->http.stats.upstream_rq_pending_active);
+    return true;
+}
+
+void msm_cluster_pending_release(struct msm_cluster *c)
+{
+    struct msm_cluster_shared *s = c->sh;
+    msm_stat_dec(s->http.stats.upstream_rq_pending_active);
+    release(&s->http.rq_pending, c->cfg->max_pending_requests, s->cb.rq_pending_open,
+            s->cb.remaining_pending, c->cfg->track_remaining);
+}
+
+bool msm_cluster_retry_reserve(struct msm_cluster *c)
+{
+    struct msm_cluster_shared *s = c->sh;
+    if (!reserve(&s->http.retries_active, c->cfg->max_retries, s->cb.rq_retry_open,
+                 s->cb.remaining_retries, c->cfg->track_remaining)) {
+        msm_stat_inc(s->http.stats.upstream_rq_retry_overflow);
+        return false;
+    }
+    return true;
+}
+
+void msm_cluster_retry_release(struct msm_cluster *c)
+{
+    struct msm_cluster_shared *s = c->sh;
+    release(&s->http.retries_active, c->cfg->max_retries, s->cb.rq_retry_open,
+            s->cb.remaining_retries, c->cfg->track_remaining);
+}
+
+void msm_cluster_count_status(struct msm_cluster *c, int status)
+{
+    struct msm_cluster_http_shared *h = &c->sh->http;
+    if (status < 100 || status >= N_CODES) {
+        return;
+    }
+    struct msm_stat *s = atomic_load_explicit(&h->rq_code[status], memory_order_acquire);
+    if (!s) {
+        /* First response with this code for this cluster: create the counter (the store is
+         * locked; a racing worker's duplicate reference is dropped). */
+        struct msm_stat *n = msm_stats_getf(c->sh->stats.upstream_rq_total->store,
+                                            MSM_STAT_COUNTER, "%supstream_rq_%d", h->stat_prefix,
+                                            status);
+        struct msm_stat *expected = NULL;
+        if (atomic_compare_exchange_strong(&h->rq_code[status], &expected, n)) {
+            s = n;
+        } else {
+            msm_stat_unref(n);
+            s = expected;
+        }
+    }
+    msm_stat_inc(s);
+    switch (status / 100) {
+    case 1: msm_stat_inc(h->stats.upstream_rq_1xx); break;
+    case 2: msm_stat_inc(h->stats.upstream_rq_2xx); break;
+    case 3: msm_stat_inc(h->stats.upstream_rq_3xx); break;
+    case 4: msm_stat_inc(h->stats.upstream_rq_4xx); break;
+    default: msm_stat_inc(h->stats.upstream_rq_5xx); break;
+    }
+    msm_stat_inc(h->stats.upstream_rq_completed);
+}

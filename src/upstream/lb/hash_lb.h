@@ -1,0 +1,28 @@
+#pragma once
+/* Consistent-hash load balancers, built once per cluster version (immutable, shared by all
+ * workers): RING_HASH (Ketama-style ring of xxHash64 points, as Envoy's ring_hash) and MAGLEV
+ * (Google's Maglev lookup table, as Envoy's maglev). */
+#include <stdint.h>
+
+struct msm_host_set;
+struct msm_host;
+
+struct msm_ring {
+    uint64_t *hash;  /* sorted */
+    uint32_t *host;  /* host index for each point */
+    uint32_t n;
+};
+
+struct msm_maglev {
+    uint32_t *table; /* host index per slot */
+    uint32_t size;   /* prime */
+};
+
+struct msm_ring *msm_ring_new(const struct msm_host_set *hs, uint64_t min_size,
+                              uint64_t max_size);
+void msm_ring_free(struct msm_ring *r);
+int msm_ring_pick(const struct msm_ring *r, uint64_t hash); /* host index, -1 if empty */
+
+struct msm_maglev *msm_maglev_new(const struct msm_host_set *hs, uint64_t table_size);
+void msm_maglev_free(struct msm_maglev *m);
+int msm_maglev_pick(const struct msm_maglev *m, uint64_t hash);
