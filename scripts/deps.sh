@@ -18,6 +18,11 @@ set_test="python3 netcat-openbsd iproute2 procps
 # The xDS tests' control plane (test/controlplane/): gRPC and protobuf for Python; openssl makes
 # the TLS test's certificate.
 set_test="$set_test python3-grpcio python3-protobuf openssl"
+# A real Prometheus scrapes /stats/prometheus in test_prometheus.py (issue 6).
+set_test="$set_test prometheus"
+# HTTP tests: nghttp / h2load drive HTTP/2 (curl 7.88's prior-knowledge connection reuse is
+# broken: curl/curl#10634).
+set_test="$set_test nghttp2-client"
 set_bench="haproxy"
 
 what=${1:-test}

@@ -31,7 +31,7 @@ run_stage() { # name build_dir cmake-args...
     echo "=== $name: ctest"
     out=$(cd "$dir" && ctest -j"$jobs" --output-on-failure 2>&1)
     echo "$out"
-    line=$(echo "$out" | grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' | tail -1)
+    line=$(echo "$out" | grep -a -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' | tail -1)
     if [ -z "$line" ]; then
         failed=$((failed + 1)); summary="$summary\n$name: ctest produced no summary"; return
     fi

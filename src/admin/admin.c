@@ -1,10 +1,12 @@
+/* The admin server: HTTP/1.1 connections (http_parser), request limits and timeouts, the
+ * endpoint table and the small endpoints. Bigger endpoints live in admin_stats.c,
+ * admin_clusters.c, admin_misc.c and config_dump.c. */
 #include "admin/admin.h"
 #include "admin/admin_private.h"
 
 #include <errno.h>
-#define PCRE2_CODE_UNIT_WIDTH 8
 #include <http_parser.h>
-#include <pcre2.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +24,10 @@
 #include "net/conn.h"
 #include "server/server.h"
 
-#define MAX_REQUEST (1024 * 1024)
+#define MAX_URL 8192
+#define MAX_HEADERS (64 * 1024)
+#define MAX_BODY (1024 * 1024)
+#define OUT_HIGH_WATERMARK (1024 * 1024)
 
 struct admin_conn;
 
@@ -32,6 +37,8 @@ struct msm_admin {
     struct msm_address addr;
     ev_io io;
     struct admin_conn *conns;
+    int n_conns;
+    double request_timeout, idle_timeout, write_timeout; /* seconds */
 };
 
 struct admin_conn {
@@ -39,11 +46,17 @@ struct admin_conn {
     struct msm_admin *a;
     struct msm_conn *c;
     http_parser p;
+    ev_timer timer;
     char *url;
     size_t url_len;
+    size_t header_bytes;
     char *body;
     size_t body_len;
+    int error_status; /* a limit was hit: answer this and close */
+    bool in_request; /* bytes of a request seen, not complete yet */
     bool complete, keep_alive, closing;
+    double request_start, last_activity, last_progress;
+    size_t last_out_len;
 };
 
 /* ---- query strings ------------------------------------------------------------------------- */
@@ -62,10 +75,19 @@ static int hexval(char c)
     return -1;
 }
 
-static void url_decode(const char *s, size_t n, char *out, size_t cap)
+/* Decode <n> bytes of <s>; false when the result does not fit in <cap> (it is truncated). A
+ * malformed %-escape is kept literally, as Envoy does. */
+static bool url_decode(const char *s, size_t n, char *out, size_t cap)
 {
     size_t k = 0;
-    for (size_t i = 0; i < n && k + 1 < cap; i++) {
+    if (!cap) {
+        return n == 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (k + 1 >= cap) {
+            out[k] = '\0';
+            return false;
+        }
         if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
             out[k++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
             i += 2;
@@ -76,38 +98,106 @@ static void url_decode(const char *s, size_t n, char *out, size_t cap)
         }
     }
     out[k] = '\0';
+    return true;
 }
 
-bool msm_admin_query_param(const char *query, const char *name, char *val, size_t n)
+/* The <i>th "key[=value]" segment of <query>: start and length; false past the end. */
+static bool segment(const char *query, int i, const char **seg, size_t *len)
 {
-    size_t nl = strlen(name);
     const char *p = query;
+    int k = 0;
     while (p && *p) {
         const char *amp = strchr(p, '&');
-        size_t len = amp ? (size_t)(amp - p) : strlen(p);
-        const char *eq = memchr(p, '=', len);
-        size_t klen = eq ? (size_t)(eq - p) : len;
-        char key[256];
-        url_decode(p, klen, key, sizeof(key));
-        if (strlen(key) == nl && !memcmp(key, name, nl)) {
-            if (val && n) {
-                if (eq) {
-                    url_decode(eq + 1, len - klen - 1, val, n);
-                } else {
-                    val[0] = '\0';
-                }
+        size_t l = amp ? (size_t)(amp - p) : strlen(p);
+        if (l) {
+            if (k == i) {
+                *seg = p;
+                *len = l;
+                return true;
             }
-            return true;
+            k++;
         }
         p = amp ? amp + 1 : NULL;
     }
     return false;
 }
 
-/* ---- handlers ------------------------------------------------------------------------------- */
+int msm_admin_query_count(const char *query)
+{
+    int n = 0;
+    const char *seg;
+    size_t len;
+    while (segment(query, n, &seg, &len)) {
+        n++;
+    }
+    return n;
+}
 
-typedef void admin_handler(struct msm_server *srv, const struct msm_admin_req *rq,
-                           struct msm_admin_resp *rs);
+bool msm_admin_query_at(const char *query, int i, char *key, size_t kn, char *val, size_t vn)
+{
+    const char *seg;
+    size_t len;
+    if (!segment(query, i, &seg, &len)) {
+        return false;
+    }
+    const char *eq = memchr(seg, '=', len);
+    size_t klen = eq ? (size_t)(eq - seg) : len;
+    url_decode(seg, klen, key, kn);
+    if (eq) {
+        url_decode(eq + 1, len - klen - 1, val, vn);
+    } else if (vn) {
+        val[0] = '\0';
+    }
+    return true;
+}
+
+int msm_admin_query_get(const char *query, const char *name, char *val, size_t n)
+{
+    const char *seg;
+    size_t len;
+    for (int i = 0; segment(query, i, &seg, &len); i++) {
+        const char *eq = memchr(seg, '=', len);
+        size_t klen = eq ? (size_t)(eq - seg) : len;
+        char key[256];
+        if (!url_decode(seg, klen, key, sizeof(key)) || strcmp(key, name) != 0) {
+            continue;
+        }
+        if (val && n) {
+            if (!eq) {
+                val[0] = '\0';
+            } else if (!url_decode(eq + 1, len - klen - 1, val, n)) {
+                return MSM_ELIMIT;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+bool msm_admin_query_param(const char *query, const char *name, char *val, size_t n)
+{
+    return msm_admin_query_get(query, name, val, n) != 0;
+}
+
+/* ---- certificates provider ------------------------------------------------------------------ */
+
+static msm_admin_certs_fn *certs_fn;
+static void *certs_arg;
+
+void msm_admin_set_certs_provider(msm_admin_certs_fn *fn, void *arg)
+{
+    certs_fn = fn;
+    certs_arg = arg;
+}
+
+void msm_admin_get_certs(json_t *certificates)
+{
+    if (certs_fn) {
+        certs_fn(certs_arg, certificates);
+    }
+}
+
+/* ---- small handlers ------------------------------------------------------------------------- */
 
 static void h_ready(struct msm_server *srv, const struct msm_admin_req *rq,
                     struct msm_admin_resp *rs)
@@ -115,80 +205,6 @@ static void h_ready(struct msm_server *srv, const struct msm_admin_req *rq,
     (void)rq;
     rs->status = srv->state == MSM_STATE_LIVE ? 200 : 503;
     msm_buf_appendf(&rs->body, "%s\n", msm_server_state_name(srv->state));
-}
-
-static void fmt_quantile(struct msm_buf *b, double v)
-{
-    if (isnan(v)) {
-        msm_buf_append(b, "nan", 3);
-    } else {
-        msm_buf_appendf(b, "%g", v);
-    }
-}
-
-static void h_stats(struct msm_server *srv, const struct msm_admin_req *rq,
-                    struct msm_admin_resp *rs)
-{
-    bool usedonly = msm_admin_query_param(rq->query, "usedonly", NULL, 0);
-    char filter[512] = "";
-    bool has_filter = msm_admin_query_param(rq->query, "filter", filter, sizeof(filter));
-    pcre2_code *re = NULL;
-    pcre2_match_data *md = NULL;
-    if (has_filter && filter[0]) {
-        /* Envoy takes an RE2 regex matched anywhere in the name (partial match). */
-        int ec;
-        PCRE2_SIZE eo;
-        re = pcre2_compile((PCRE2_SPTR)filter, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &ec, &eo, NULL);
-        if (!re) {
-            rs->status = 400;
-            msm_buf_appendf(&rs->body, "Invalid re2 regex\n");
-            return;
-        }
-        md = pcre2_match_data_create_from_pattern(re, NULL);
-    }
-    size_t n = 0;
-    struct msm_stat **v = msm_stats_list(srv->stats, &n);
-    static const double qs[] = {0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1};
-    /* Envoy prints counters and gauges (sorted together), then histograms. */
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < n; i++) {
-            struct msm_stat *s = v[i];
-            bool hist = s->type == MSM_STAT_HISTOGRAM;
-            if (hist != (pass == 1) || s->type == MSM_STAT_TEXT) {
-                continue;
-            }
-            if (usedonly && !atomic_load(&s->used)) {
-                continue;
-            }
-            if (re && pcre2_match(re, (PCRE2_SPTR)s->name, PCRE2_ZERO_TERMINATED, 0, 0, md,
-                                  NULL) < 0) {
-                continue;
-            }
-            if (!hist) {
-                msm_buf_appendf(&rs->body, "%s: %llu\n", s->name,
-                                (unsigned long long)msm_stat_value(s));
-                continue;
-            }
-            if (!atomic_load(&s->hcount)) {
-                msm_buf_appendf(&rs->body, "%s: No recorded values\n", s->name);
-                continue;
-            }
-            msm_buf_appendf(&rs->body, "%s:", s->name);
-            for (size_t q = 0; q < MSM_ARRAY_SIZE(qs); q++) {
-                double x = msm_stat_quantile(s, qs[q]);
-                msm_buf_appendf(&rs->body, " P%g(", qs[q] * 100);
-                fmt_quantile(&rs->body, x);
-                msm_buf_append(&rs->body, ",", 1);
-                fmt_quantile(&rs->body, x);
-                msm_buf_append(&rs->body, ")", 1);
-            }
-            msm_buf_append(&rs->body, "\n", 1);
-        }
-    }
-    msm_stats_list_free(v, n);
-    pcre2_match_data_free(md);
-    pcre2_code_free(re);
-    rs->status = 200;
 }
 
 static Google__Protobuf__Duration *dur(Google__Protobuf__Duration *d, double secs)
@@ -287,34 +303,81 @@ static void h_healthcheck(struct msm_server *srv, const struct msm_admin_req *rq
 
 static void h_index(struct msm_server *srv, const struct msm_admin_req *rq,
                     struct msm_admin_resp *rs);
+static void h_help(struct msm_server *srv, const struct msm_admin_req *rq,
+                   struct msm_admin_resp *rs);
+
+enum method_rule {
+    M_ANY = 0,  /* GET, HEAD or POST */
+    M_POST = 1, /* mutates server state: POST only, as Envoy */
+};
 
 struct endpoint {
     const char *path;
     const char *help;
-    bool post_only; /* mutating endpoints need POST, as in Envoy */
-    admin_handler *fn;
+    enum method_rule rule;
+    msm_admin_handler *fn;
 };
 
 static const struct endpoint endpoints[] = {
-    {"/", "admin home page", false, h_index},
-    {"/config_dump", "dump current Envoy configs (experimental)", false, msm_admin_config_dump},
-    {"/healthcheck/fail", "cause the server to fail health checks", true, h_healthcheck},
-    {"/healthcheck/ok", "cause the server to pass health checks", true, h_healthcheck},
-    {"/quitquitquit", "exit the server", true, h_quit},
-    {"/ready", "print server state, return 200 if LIVE, otherwise return 503", false, h_ready},
-    {"/server_info", "print server version/status information", false, h_server_info},
-    {"/stats", "print server stats", false, h_stats},
+    {"/", "Admin home page", M_ANY, h_index},
+    {"/certs", "print certs on machine", M_ANY, msm_admin_certs},
+    {"/clusters", "upstream cluster status", M_ANY, msm_admin_clusters},
+    {"/config_dump", "dump current Envoy configs (experimental)", M_ANY, msm_admin_config_dump},
+    {"/drain_listeners", "drain listeners", M_POST, msm_admin_drain_listeners},
+    {"/healthcheck/fail", "cause the server to fail health checks", M_POST, h_healthcheck},
+    {"/healthcheck/ok", "cause the server to pass health checks", M_POST, h_healthcheck},
+    {"/help", "print out list of admin commands", M_ANY, h_help},
+    {"/listeners", "print listener info", M_ANY, msm_admin_listeners},
+    {"/logging", "query/change logging levels", M_ANY, msm_admin_logging},
+    {"/memory", "print current allocation/heap usage", M_ANY, msm_admin_memory},
+    {"/quitquitquit", "exit the server", M_POST, h_quit},
+    {"/ready", "print server state, return 200 if LIVE, otherwise return 503", M_ANY, h_ready},
+    {"/reset_counters", "reset all counters to zero", M_POST, msm_admin_reset_counters},
+    {"/runtime", "print runtime values", M_ANY, msm_admin_runtime},
+    {"/server_info", "print server version/status information", M_ANY, h_server_info},
+    {"/stats", "print server stats", M_ANY, msm_admin_stats},
+    {"/stats/prometheus", "print server stats in prometheus format", M_ANY,
+     msm_admin_stats_prometheus},
 };
 
+static void list_endpoints(struct msm_buf *b)
+{
+    msm_buf_appendf(b, "admin commands are:\n");
+    for (size_t i = 0; i < MSM_ARRAY_SIZE(endpoints); i++) {
+        msm_buf_appendf(b, "  %s: %s\n", endpoints[i].path, endpoints[i].help);
+    }
+}
+
+static void h_help(struct msm_server *srv, const struct msm_admin_req *rq,
+                   struct msm_admin_resp *rs)
+{
+    (void)srv;
+    (void)rq;
+    list_endpoints(&rs->body);
+    rs->status = 200;
+}
+
+/* The home page: links for the read-only endpoints, forms for the POST ones. */
 static void h_index(struct msm_server *srv, const struct msm_admin_req *rq,
                     struct msm_admin_resp *rs)
 {
     (void)srv;
     (void)rq;
-    msm_buf_appendf(&rs->body, "admin commands are:\n");
-    for (size_t i = 0; i < MSM_ARRAY_SIZE(endpoints); i++) {
-        msm_buf_appendf(&rs->body, "  %s: %s\n", endpoints[i].path, endpoints[i].help);
+    msm_buf_appendf(&rs->body, "<!DOCTYPE html>\n<html><head><title>msm-proxy admin</title>"
+                               "</head><body>\n<h1>msm-proxy admin</h1>\n<table>\n");
+    for (size_t i = 1; i < MSM_ARRAY_SIZE(endpoints); i++) {
+        const struct endpoint *e = &endpoints[i];
+        if (e->rule == M_POST) {
+            msm_buf_appendf(&rs->body, "<tr><td><form action=\"%s\" method=\"post\"><button>%s"
+                                       "</button></form></td><td>%s</td></tr>\n",
+                            e->path + 1, e->path, e->help);
+        } else {
+            msm_buf_appendf(&rs->body, "<tr><td><a href=\"%s\">%s</a></td><td>%s</td></tr>\n",
+                            e->path + 1, e->path, e->help);
+        }
     }
+    msm_buf_appendf(&rs->body, "</table>\n</body></html>\n");
+    rs->content_type = "text/html; charset=UTF-8";
     rs->status = 200;
 }
 
@@ -328,20 +391,18 @@ void msm_admin_handle(struct msm_server *srv, const struct msm_admin_req *rq,
         }
         bool get = !strcmp(rq->method, "GET") || !strcmp(rq->method, "HEAD");
         bool post = !strcmp(rq->method, "POST");
-        if ((e->post_only && !post) || (!e->post_only && !get && !post)) {
+        if ((e->rule == M_POST && !post) || (e->rule == M_ANY && !get && !post)) {
             rs->status = 405;
             msm_buf_appendf(&rs->body, "Method %s not allowed, %s required.\n", rq->method,
-                            e->post_only ? "POST" : "GET");
+                            e->rule == M_POST ? "POST" : "GET");
             return;
         }
         e->fn(srv, rq, rs);
         return;
     }
     rs->status = 404;
-    msm_buf_appendf(&rs->body, "invalid path. admin commands are:\n");
-    for (size_t i = 0; i < MSM_ARRAY_SIZE(endpoints); i++) {
-        msm_buf_appendf(&rs->body, "  %s: %s\n", endpoints[i].path, endpoints[i].help);
-    }
+    msm_buf_appendf(&rs->body, "invalid path. ");
+    list_endpoints(&rs->body);
 }
 
 /* ---- HTTP/1.1 connections ------------------------------------------------------------------- */
@@ -353,7 +414,11 @@ static const char *reason(int status)
     case 400: return "Bad Request";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
     case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
     default: return "Unknown";
     }
@@ -365,7 +430,9 @@ static void ac_reset(struct admin_conn *ac)
     free(ac->body);
     ac->url = ac->body = NULL;
     ac->url_len = ac->body_len = 0;
+    ac->header_bytes = 0;
     ac->complete = false;
+    ac->in_request = false;
 }
 
 static void ac_free(void *p)
@@ -375,10 +442,19 @@ static void ac_free(void *p)
     free(ac);
 }
 
+static int on_begin(http_parser *p)
+{
+    struct admin_conn *ac = p->data;
+    ac->in_request = true;
+    ac->request_start = ev_now(ac->a->srv->loop);
+    return 0;
+}
+
 static int on_url(http_parser *p, const char *at, size_t len)
 {
     struct admin_conn *ac = p->data;
-    if (ac->url_len + len > 8192) {
+    if (ac->url_len + len > MAX_URL) {
+        ac->error_status = 414;
         return 1;
     }
     ac->url = msm_xrealloc(ac->url, ac->url_len + len + 1);
@@ -388,10 +464,33 @@ static int on_url(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
+static int on_header_bytes(http_parser *p, const char *at, size_t len)
+{
+    struct admin_conn *ac = p->data;
+    (void)at;
+    ac->header_bytes += len;
+    if (ac->header_bytes > MAX_HEADERS) {
+        ac->error_status = 431;
+        return 1;
+    }
+    return 0;
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    struct admin_conn *ac = p->data;
+    if (p->content_length != ULLONG_MAX && p->content_length > MAX_BODY) {
+        ac->error_status = 413;
+        return -1;
+    }
+    return 0;
+}
+
 static int on_body(http_parser *p, const char *at, size_t len)
 {
     struct admin_conn *ac = p->data;
-    if (ac->body_len + len > MAX_REQUEST) {
+    if (ac->body_len + len > MAX_BODY) {
+        ac->error_status = 413;
         return 1;
     }
     ac->body = msm_xrealloc(ac->body, ac->body_len + len + 1);
@@ -405,13 +504,18 @@ static int on_complete(http_parser *p)
 {
     struct admin_conn *ac = p->data;
     ac->complete = true;
+    ac->in_request = false;
     ac->keep_alive = http_should_keep_alive(p) != 0;
     http_parser_pause(p, 1);
     return 0;
 }
 
 static const http_parser_settings settings = {
+    .on_message_begin = on_begin,
     .on_url = on_url,
+    .on_header_field = on_header_bytes,
+    .on_header_value = on_header_bytes,
+    .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_complete,
 };
@@ -437,18 +541,33 @@ static void respond(struct admin_conn *ac, struct msm_admin_resp *rs, bool head)
     }
 }
 
+/* Answer with an error status and close the connection. */
+static void respond_error(struct admin_conn *ac, int status, const char *msg)
+{
+    struct msm_admin_resp rs = {.status = status};
+    msm_buf_init(&rs.body);
+    msm_buf_appendf(&rs.body, "%s\n", msg);
+    ac->keep_alive = false;
+    respond(ac, &rs, false);
+    msm_buf_deinit(&rs.body);
+}
+
 static void dispatch(struct admin_conn *ac)
 {
     struct msm_admin_req rq = {.method = http_method_str(ac->p.method), .query = "",
                                .body = ac->body, .body_len = ac->body_len};
-    char *url = ac->url ? ac->url : msm_xstrdup("/");
     if (!ac->url) {
-        ac->url = url;
+        ac->url = msm_xstrdup("/");
     }
+    char *url = ac->url;
     char *q = strchr(url, '?');
     if (q) {
         *q = '\0';
         rq.query = q + 1;
+    }
+    char *frag = strchr(q ? q + 1 : url, '#');
+    if (frag) {
+        *frag = '\0';
     }
     rq.path = url;
     struct msm_admin_resp rs = {.status = 500};
@@ -461,6 +580,7 @@ static void dispatch(struct admin_conn *ac)
 static void ac_on_read(struct msm_conn *c, void *ctx, bool end_stream)
 {
     struct admin_conn *ac = ctx;
+    ac->last_activity = ev_now(c->loop);
     while (c->in.len && !ac->closing) {
         size_t n = c->in.len;
         char *data = msm_buf_linearize(&c->in, n);
@@ -469,13 +589,13 @@ static void ac_on_read(struct msm_conn *c, void *ctx, bool end_stream)
         if (HTTP_PARSER_ERRNO(&ac->p) == HPE_PAUSED) {
             http_parser_pause(&ac->p, 0);
         } else if (HTTP_PARSER_ERRNO(&ac->p) != HPE_OK) {
-            struct msm_admin_resp rs = {.status = 400};
-            msm_buf_init(&rs.body);
-            msm_buf_appendf(&rs.body, "bad request: %s\n",
-                            http_errno_description(HTTP_PARSER_ERRNO(&ac->p)));
-            ac->keep_alive = false;
-            respond(ac, &rs, false);
-            msm_buf_deinit(&rs.body);
+            char msg[128];
+            snprintf(msg, sizeof(msg), "bad request: %s",
+                     http_errno_description(HTTP_PARSER_ERRNO(&ac->p)));
+            int st = ac->error_status ? ac->error_status
+                     : HTTP_PARSER_ERRNO(&ac->p) == HPE_HEADER_OVERFLOW ? 431
+                                                                          : 400;
+            respond_error(ac, st, st == 400 ? msg : reason(st));
             return;
         }
         if (!ac->complete) {
@@ -489,11 +609,8 @@ static void ac_on_read(struct msm_conn *c, void *ctx, bool end_stream)
     }
 }
 
-static void ac_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
+static void ac_unlink(struct admin_conn *ac)
 {
-    struct admin_conn *ac = ctx;
-    (void)c;
-    (void)ev;
     struct msm_admin *a = ac->a;
     if (ac->prev) {
         ac->prev->next = ac->next;
@@ -503,13 +620,67 @@ static void ac_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
     if (ac->next) {
         ac->next->prev = ac->prev;
     }
+    ac->next = ac->prev = NULL;
+    a->n_conns--;
+}
+
+static void ac_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
+{
+    struct admin_conn *ac = ctx;
+    (void)c;
+    (void)ev;
+    struct msm_admin *a = ac->a;
+    ev_timer_stop(a->srv->loop, &ac->timer);
+    ac_unlink(ac);
+    ac->c = NULL;
     msm_defer(a->srv->loop, ac_free, ac);
+}
+
+/* Too many responses waiting for a client that does not read: stop reading its requests. */
+static void ac_on_watermark(struct msm_conn *c, void *ctx, bool above)
+{
+    (void)ctx;
+    msm_conn_read_disable(c, above);
 }
 
 static const struct msm_conn_handler admin_handler_vt = {
     .on_read = ac_on_read,
     .on_event = ac_on_event,
+    .on_watermark = ac_on_watermark,
 };
+
+/* Once a second: slow or stuck clients. */
+static void ac_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct admin_conn *ac = MSM_CONTAINER_OF(w, struct admin_conn, timer);
+    struct msm_admin *a = ac->a;
+    double now = ev_now(loop);
+    if (ac->closing || !ac->c) {
+        return;
+    }
+    struct msm_conn *c = ac->c;
+    if (c->out.len != ac->last_out_len || !c->out.len) {
+        ac->last_out_len = c->out.len;
+        ac->last_progress = now;
+    }
+    if (c->out.len && now - ac->last_progress > a->write_timeout) {
+        msm_log(MSM_LOG_DEBUG, MSM_LC_ADMIN, "admin: client stopped reading, closing");
+        ac->closing = true;
+        msm_conn_close(c, MSM_CLOSE_NOFLUSH);
+        return;
+    }
+    if (ac->in_request && now - ac->request_start > a->request_timeout) {
+        msm_log(MSM_LOG_DEBUG, MSM_LC_ADMIN, "admin: request not complete in time, closing");
+        respond_error(ac, 408, "request timeout");
+        return;
+    }
+    if (!ac->in_request && !c->out.len && !c->in.len &&
+        now - ac->last_activity > a->idle_timeout) {
+        ac->closing = true;
+        msm_conn_close(c, MSM_CLOSE_NOFLUSH);
+    }
+}
 
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
@@ -523,6 +694,12 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         if (fd < 0) {
             return;
         }
+        if (a->n_conns >= MSM_ADMIN_MAX_CONNS) {
+            msm_log(MSM_LOG_WARN, MSM_LC_ADMIN, "admin: %d connections open, refusing another",
+                    a->n_conns);
+            close(fd);
+            continue;
+        }
         struct admin_conn *ac = MSM_NEW(struct admin_conn);
         ac->a = a;
         ac->c = msm_conn_accepted(loop, fd, &a->addr, &remote);
@@ -533,7 +710,12 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             a->conns->prev = ac;
         }
         a->conns = ac;
+        a->n_conns++;
+        ac->last_activity = ac->last_progress = ev_now(loop);
+        ev_timer_init(&ac->timer, ac_on_timer, 1.0, 1.0);
+        ev_timer_start(loop, &ac->timer);
         msm_conn_enable_half_close(ac->c, true);
+        msm_conn_set_watermarks(ac->c, OUT_HIGH_WATERMARK);
         msm_conn_set_handler(ac->c, &admin_handler_vt, ac);
         msm_conn_start_reading(ac->c);
     }
@@ -552,6 +734,22 @@ int msm_admin_validate(const Envoy__Config__Bootstrap__V3__Bootstrap *b, struct 
     return 0;
 }
 
+/* Test hook: MSM_ADMIN_TIMEOUTS_MS="request,idle,write" shortens the timeouts (integration
+ * tests of slow clients); ignored unless all three parse as positive numbers. */
+static void load_timeouts(struct msm_admin *a)
+{
+    a->request_timeout = MSM_ADMIN_REQUEST_TIMEOUT_MS / 1000.0;
+    a->idle_timeout = MSM_ADMIN_IDLE_TIMEOUT_MS / 1000.0;
+    a->write_timeout = MSM_ADMIN_WRITE_TIMEOUT_MS / 1000.0;
+    const char *env = getenv("MSM_ADMIN_TIMEOUTS_MS");
+    unsigned r, i, w;
+    if (env && sscanf(env, "%u,%u,%u", &r, &i, &w) == 3 && r && i && w) {
+        a->request_timeout = r / 1000.0;
+        a->idle_timeout = i / 1000.0;
+        a->write_timeout = w / 1000.0;
+    }
+}
+
 struct msm_admin *msm_admin_new(struct msm_server *srv, struct msm_err *err)
 {
     const Envoy__Config__Bootstrap__V3__Bootstrap *b = srv->bootstrap;
@@ -563,6 +761,7 @@ struct msm_admin *msm_admin_new(struct msm_server *srv, struct msm_err *err)
     struct msm_admin *a = MSM_NEW(struct msm_admin);
     a->srv = srv;
     a->fd = -1;
+    load_timeouts(a);
     if (msm_pb_address(b->admin->address, &a->addr, err) < 0) {
         msm_err_prefix(err, "admin.address");
         free(a);
@@ -615,6 +814,7 @@ void msm_admin_free(struct msm_admin *a)
     if (!a) {
         return;
     }
+    msm_admin_drain_stop(a->srv);
     ev_io_stop(a->srv->loop, &a->io);
     while (a->conns) {
         msm_conn_close(a->conns->c, MSM_CLOSE_NOFLUSH); /* unlinks through ac_on_event */

@@ -263,6 +263,96 @@ static json_t *secrets_dump(void)
     return o;
 }
 
+/* ---- ?mask= and ?resource= ------------------------------------------------------------------
+ * mask is a FieldMask ("a,b.c"): every dump (or every resource with ?resource=) keeps only the
+ * masked fields, nested paths going into sub-messages and into every element of a repeated
+ * field; "@type" always stays. */
+
+/* Parse "a,b.c" into a tree of JSON objects (leaves are true). */
+static json_t *mask_tree(const char *mask)
+{
+    json_t *root = json_object();
+    char *copy = msm_xstrdup(mask);
+    for (char *save = NULL, *path = strtok_r(copy, ",", &save); path;
+         path = strtok_r(NULL, ",", &save)) {
+        json_t *node = root;
+        char *save2 = NULL;
+        for (char *part = strtok_r(path, ".", &save2); part && json_is_object(node);
+             part = strtok_r(NULL, ".", &save2)) {
+            bool last = save2 == NULL || *save2 == '\0';
+            json_t *next = json_object_get(node, part);
+            if (last) {
+                json_object_set_new(node, part, json_true());
+                break;
+            }
+            if (!next) {
+                next = json_object();
+                json_object_set_new(node, part, next);
+            }
+            node = next;
+        }
+    }
+    free(copy);
+    return root;
+}
+
+static void mask_apply(json_t *j, const json_t *tree)
+{
+    if (json_is_array(j)) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(j, i, v) {
+            mask_apply(v, tree);
+        }
+        return;
+    }
+    if (!json_is_object(j) || !json_is_object(tree)) {
+        return;
+    }
+    const char *k;
+    json_t *v;
+    void *tmp;
+    json_object_foreach_safe(j, tmp, k, v) {
+        const json_t *t = json_object_get(tree, k);
+        if (!strcmp(k, "@type")) {
+            continue;
+        }
+        if (!t) {
+            json_object_del(j, k);
+        } else if (json_is_object(t)) {
+            mask_apply(v, t);
+        }
+    }
+}
+
+/* The message type of one entry of <field> in the dump of type <dump_type> (Envoy's
+ * ?resource= output wraps each entry as an Any). */
+static const char *entry_type(const char *field)
+{
+    static const struct {
+        const char *field, *type;
+    } types[] = {
+        {"static_clusters", "ClustersConfigDump.StaticCluster"},
+        {"dynamic_active_clusters", "ClustersConfigDump.DynamicCluster"},
+        {"dynamic_warming_clusters", "ClustersConfigDump.DynamicCluster"},
+        {"static_listeners", "ListenersConfigDump.StaticListener"},
+        {"dynamic_listeners", "ListenersConfigDump.DynamicListener"},
+        {"static_route_configs", "RoutesConfigDump.StaticRouteConfig"},
+        {"dynamic_route_configs", "RoutesConfigDump.DynamicRouteConfig"},
+        {"static_secrets", "SecretsConfigDump.StaticSecret"},
+        {"dynamic_active_secrets", "SecretsConfigDump.DynamicSecret"},
+        {"dynamic_warming_secrets", "SecretsConfigDump.DynamicSecret"},
+        {"static_endpoint_configs", "EndpointsConfigDump.StaticEndpointConfig"},
+        {"dynamic_endpoint_configs", "EndpointsConfigDump.DynamicEndpointConfig"},
+    };
+    for (size_t i = 0; i < MSM_ARRAY_SIZE(types); i++) {
+        if (!strcmp(types[i].field, field)) {
+            return types[i].type;
+        }
+    }
+    return NULL;
+}
+
 void msm_admin_config_dump(struct msm_server *srv, const struct msm_admin_req *rq,
                            struct msm_admin_resp *rs)
 {
@@ -289,26 +379,49 @@ void msm_admin_config_dump(struct msm_server *srv, const struct msm_admin_req *r
                                               "dynamic_route_configs", "route_config", false));
     json_array_append_new(configs, secrets_dump());
     redact(configs);
+    char *mask = msm_xmalloc(MSM_ADMIN_MAX_PARAM);
+    json_t *tree = NULL;
+    if (msm_admin_query_get(rq->query, "mask", mask, MSM_ADMIN_MAX_PARAM) == 1 && mask[0]) {
+        tree = mask_tree(mask);
+    }
+    free(mask);
     json_t *root = json_object();
     if (resource[0]) {
         /* ?resource=<repeated field>: the matching entries of every dump, flattened. */
         json_t *flat = json_array();
         size_t i;
         json_t *d;
+        const char *et = entry_type(resource);
         json_array_foreach(configs, i, d) {
             json_t *list = json_object_get(d, resource);
-            if (json_is_array(list)) {
-                json_array_extend(flat, list);
+            size_t k;
+            json_t *e;
+            json_array_foreach(list, k, e) {
+                json_t *o = json_object();
+                if (et) {
+                    char t[160];
+                    snprintf(t, sizeof(t), TYPE_PREFIX "envoy.admin.v3.%s", et);
+                    json_object_set_new(o, "@type", json_string(t));
+                }
+                json_object_update(o, e);
+                json_array_append_new(flat, o);
             }
         }
         if (!json_array_size(flat) && !strcmp(resource, "bootstrap")) {
             rs->status = 400;
         }
+        if (tree) {
+            mask_apply(flat, tree);
+        }
         json_object_set_new(root, "configs", flat);
     } else {
+        if (tree) {
+            mask_apply(configs, tree);
+        }
         json_object_set_new(root, "configs", configs);
         configs = NULL;
     }
+    json_decref(tree);
     json_decref(configs);
     char *text = msm_pbjson_dumps(root, true);
     json_decref(root);

@@ -5,6 +5,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <inttypes.h>
+#include <stdint.h>
 #include <math.h>
 #include <pcre2.h>
 #include <stdio.h>
@@ -167,10 +168,14 @@ static bool wanted(const struct msm_stats_query *q, struct sel *sl, struct msm_s
     return true;
 }
 
+static int phase_of(enum msm_stat_type t);
+
+/* The wanted stats of <st>, sorted by name (the order is cached by the store). */
 static void select_stats(struct msm_stats_store *st, const struct msm_stats_query *q,
-                         bool sorted, struct sel *sl)
+                         struct sel *sl)
 {
-    sl->all = msm_stats_list_all(st, false, sorted, &sl->n_all);
+    sl->all = msm_stats_list_ordered(st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name, NULL,
+                                     &sl->n_all);
     sl->v = msm_xcalloc(sl->n_all + 1, sizeof(*sl->v));
     sl->n = 0;
     sl->md = q->filter ? pcre2_match_data_create_from_pattern(q->filter, NULL) : NULL;
@@ -235,7 +240,7 @@ void msm_stats_render_text(struct msm_stats_store *st, const struct msm_stats_qu
                            struct msm_buf *out)
 {
     struct sel sl;
-    select_stats(st, q, true, &sl);
+    select_stats(st, q, &sl);
     struct sb b;
     sb_init(&b, out);
     for (size_t i = 0; i < sl.n; i++) {
@@ -280,7 +285,7 @@ void msm_stats_render_json(struct msm_stats_store *st, const struct msm_stats_qu
                            struct msm_buf *out)
 {
     struct sel sl;
-    select_stats(st, q, true, &sl);
+    select_stats(st, q, &sl);
     struct sb b;
     sb_init(&b, out);
     sb_str(&b, "{\"stats\":[");
@@ -364,17 +369,6 @@ static int phase_of(enum msm_stat_type t)
     return 4;
 }
 
-static int by_family(const void *a, const void *b)
-{
-    const struct pitem *x = a, *y = b;
-    int px = phase_of(x->s->type), py = phase_of(y->s->type);
-    if (px != py) {
-        return px - py;
-    }
-    int c = strcmp(x->e->prom_name, y->e->prom_name);
-    return c ? c : strcmp(x->s->name, y->s->name);
-}
-
 static void prom_labels_open(struct sb *b, const struct msm_stat_export *e, bool more)
 {
     sb_put(b, "{", 1);
@@ -382,6 +376,94 @@ static void prom_labels_open(struct sb *b, const struct msm_stat_export *e, bool
     if (more && e->prom_labels[0]) {
         sb_put(b, ",", 1);
     }
+}
+
+/* Families (phase, interned Prometheus name) of the selected stats, and the stats regrouped by
+ * family without a comparison sort of the stats: they arrive sorted by name, a counting sort
+ * keeps that order inside each family, and only the few hundred families are sorted. */
+struct family {
+    int phase;
+    const char *name;
+    size_t count, at;
+};
+
+static int by_family(const void *a, const void *b)
+{
+    const struct family *x = a, *y = b;
+    return x->phase != y->phase ? x->phase - y->phase : strcmp(x->name, y->name);
+}
+
+static struct pitem *group_families(const struct sel *sl, size_t *out_n)
+{
+    size_t cap = 1024, nf = 0, fcap = 64;
+    size_t *slots = msm_xcalloc(cap, sizeof(*slots)); /* family index + 1, 0 = empty */
+    struct family *fam = msm_xcalloc(fcap, sizeof(*fam));
+    size_t *which = msm_xcalloc(sl->n + 1, sizeof(*which));
+    for (size_t i = 0; i < sl->n; i++) {
+        const struct msm_stat_export *e = msm_stat_export(sl->v[i]);
+        which[i] = SIZE_MAX;
+        if (!e->prom_name) {
+            continue;
+        }
+        int ph = phase_of(sl->v[i]->type);
+        size_t h = (((uintptr_t)e->prom_name >> 4) * 31 + (size_t)ph) & (cap - 1);
+        while (slots[h] && (fam[slots[h] - 1].name != e->prom_name ||
+                            fam[slots[h] - 1].phase != ph)) {
+            h = (h + 1) & (cap - 1);
+        }
+        size_t idx;
+        if (slots[h]) {
+            idx = slots[h] - 1;
+        } else {
+            fam = msm_xgrow(fam, sizeof(*fam), &fcap, nf + 1);
+            fam[nf] = (struct family){.phase = ph, .name = e->prom_name};
+            idx = nf;
+            slots[h] = ++nf;
+            if (nf * 2 > cap) { /* grow: rebuild the index */
+                cap *= 2;
+                free(slots);
+                slots = msm_xcalloc(cap, sizeof(*slots));
+                for (size_t f = 0; f < nf; f++) {
+                    size_t k = (((uintptr_t)fam[f].name >> 4) * 31 + (size_t)fam[f].phase) &
+                               (cap - 1);
+                    while (slots[k]) {
+                        k = (k + 1) & (cap - 1);
+                    }
+                    slots[k] = f + 1;
+                }
+            }
+        }
+        which[i] = idx;
+        fam[idx].count++;
+    }
+    /* Sort the families, then give each its offset. */
+    size_t *rank = msm_xcalloc(nf + 1, sizeof(*rank));
+    struct family *sorted = msm_xcalloc(nf + 1, sizeof(*sorted));
+    memcpy(sorted, fam, nf * sizeof(*fam));
+    for (size_t f = 0; f < nf; f++) {
+        sorted[f].at = f; /* remember the unsorted index */
+    }
+    qsort(sorted, nf, sizeof(*sorted), by_family);
+    size_t total = 0;
+    for (size_t f = 0; f < nf; f++) {
+        rank[sorted[f].at] = total;
+        total += sorted[f].count;
+    }
+    struct pitem *items = msm_xcalloc(total + 1, sizeof(*items));
+    for (size_t i = 0; i < sl->n; i++) {
+        if (which[i] != SIZE_MAX) {
+            size_t at = rank[which[i]]++;
+            items[at].s = sl->v[i];
+            items[at].e = sl->v[i]->exp;
+        }
+    }
+    free(rank);
+    free(sorted);
+    free(which);
+    free(fam);
+    free(slots);
+    *out_n = total;
+    return items;
 }
 
 static const char *le_strings[MSM_HIST_BUCKETS];
@@ -463,25 +545,16 @@ size_t msm_stats_render_prometheus(struct msm_stats_store *st, const struct msm_
         pq.types &= ~MSM_SR_TEXT;
     }
     struct sel sl;
-    select_stats(st, &pq, false, &sl);
-    struct pitem *items = msm_xcalloc(sl.n + 1, sizeof(*items));
+    select_stats(st, &pq, &sl);
     size_t n = 0;
-    for (size_t i = 0; i < sl.n; i++) {
-        const struct msm_stat_export *e = msm_stat_export(sl.v[i]);
-        if (e->prom_name) {
-            items[n].s = sl.v[i];
-            items[n].e = e;
-            n++;
-        }
-    }
-    qsort(items, n, sizeof(*items), by_family);
+    struct pitem *items = group_families(&sl, &n);
     struct sb b;
     sb_init(&b, out);
     size_t families = 0;
     for (size_t i = 0; i < n; i++) {
         const struct pitem *it = &items[i];
         bool new_family = i == 0 || phase_of(items[i - 1].s->type) != phase_of(it->s->type) ||
-                          strcmp(items[i - 1].e->prom_name, it->e->prom_name) != 0;
+                          items[i - 1].e->prom_name != it->e->prom_name;
         if (new_family) {
             sb_str(&b, "# TYPE ");
             sb_str(&b, it->e->prom_name);

@@ -136,6 +136,20 @@ void msm_buf_append(struct msm_buf *b, const void *data, size_t n)
     }
 }
 
+void msm_buf_copy(struct msm_buf *dst, const struct msm_buf *src)
+{
+    for (uint32_t i = src->head; i < src->n; i++) {
+        const struct msm_view *sv = &src->v[i];
+        if (!sv->len) {
+            continue;
+        }
+        struct msm_view *v = push_view(dst);
+        *v = *sv;
+        v->b->refs++;
+        dst->len += sv->len;
+    }
+}
+
 void msm_buf_appendf(struct msm_buf *b, const char *fmt, ...)
 {
     va_list ap;

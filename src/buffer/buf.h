@@ -44,6 +44,9 @@ void msm_buf_appendf(struct msm_buf *b, const char *fmt, ...) __attribute__((for
 void msm_buf_move(struct msm_buf *dst, struct msm_buf *src);
 /* Move the first <n> bytes of <src> to <dst> (n <= src->len). */
 void msm_buf_move_n(struct msm_buf *dst, struct msm_buf *src, size_t n);
+/* Append a copy of <src> to <dst> without copying bytes: the views share <src>'s blocks, which
+ * become read-only for both (retry buffers, mirrors). <src> is unchanged. */
+void msm_buf_copy(struct msm_buf *dst, const struct msm_buf *src);
 /* Prepend data (rare: protocol preambles). */
 void msm_buf_prepend(struct msm_buf *b, const void *data, size_t n);
 void msm_buf_drain(struct msm_buf *b, size_t n);

@@ -37,6 +37,7 @@ static const struct {
     {"io.istio.http.peer_metadata.Config",
      "istio.metadata_exchange: x-envoy-peer-metadata headers feed telemetry labels only "
      "(observability issue)"},
+    /* Only Istio's null-VM plugins pass: the HCM config checks the Wasm module first. */
     {"envoy.extensions.filters.http.wasm.v3.Wasm",
      "envoy.wasm.stats / envoy.wasm.metadata_exchange null-VM plugins of Istio <= 1.18 "
      "(observability issue)"},

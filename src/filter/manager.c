@@ -27,8 +27,21 @@ static void session_free(void *p)
         }
     }
     free(s->fh);
+    msm_si_deinit(&s->si);
     msm_listener_cfg_unref(s->lcfg);
     free(s);
+}
+
+/* The downstream part of the stream info (libev's loop time is wall-clock based). */
+static void stream_info_start(struct msm_session *s, const struct msm_conn *conn)
+{
+    msm_si_init(&s->si, s->start, s->start);
+    s->si.connection_id = conn->id;
+    s->si.downstream_local = conn->local;
+    s->si.downstream_remote = conn->remote;
+    s->si.downstream_direct_remote = conn->remote;
+    s->si.has_downstream = true;
+    s->si.listener_name = s->lcfg->name;
 }
 
 static void list_remove(struct msm_session *s)
@@ -89,6 +102,7 @@ struct msm_session *msm_session_new(struct msm_worker *w, struct msm_conn *conn,
     s->n_active = chain->n;
     s->read_pos = -1;
     s->start = ev_now(w->loop);
+    stream_info_start(s, conn);
     s->fh = msm_xcalloc((size_t)s->n, sizeof(*s->fh));
     s->next = w->sessions;
     if (w->sessions) {
@@ -147,6 +161,9 @@ static void on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
         return;
     }
     s->closed = true;
+    s->si.end = ev_now(s->w->loop);
+    s->si.bytes_received = c->rx_bytes;
+    s->si.bytes_sent = c->tx_bytes;
     if (s->handshaking) {
         /* Filters never started: nothing to tell them. */
         if (c->flags & MSM_CONN_F_TIMED_OUT) {
@@ -192,6 +209,11 @@ struct msm_worker *msm_filter_worker(struct msm_filter_handle *h)
     return h->s->w;
 }
 
+struct msm_stream_info *msm_filter_stream_info(struct msm_filter_handle *h)
+{
+    return &h->s->si;
+}
+
 void msm_filter_continue(struct msm_filter_handle *h)
 {
     struct msm_session *s = h->s;
@@ -229,6 +251,22 @@ void msm_filter_write(struct msm_filter_handle *h, struct msm_buf *data, bool en
         }
     }
     msm_conn_write(s->conn, data, end_stream);
+}
+
+void msm_filter_inject_write(struct msm_filter_handle *h, struct msm_buf *data)
+{
+    struct msm_session *s = h->s;
+    if (s->closed) {
+        msm_buf_drain(data, data->len);
+        return;
+    }
+    for (int i = h->index - 1; i >= 0; i--) {
+        struct msm_filter_handle *f = &s->fh[i];
+        if (f->ops->on_write && f->ops->on_write(f->inst, data, false) == MSM_FILTER_STOP) {
+            return;
+        }
+    }
+    msm_conn_write(s->conn, data, false);
 }
 
 void msm_filter_close(struct msm_filter_handle *h, enum msm_close_type how)

@@ -1,6 +1,7 @@
 #pragma once
 /* A downstream session: an accepted connection plus its network filter chain instances
  * (Envoy's FilterManager). Worker thread only. */
+#include "accesslog/stream_info.h"
 #include "filter/network.h"
 #include "net/listener.h"
 
@@ -28,6 +29,7 @@ struct msm_session {
     bool closed;
     bool handshaking; /* TLS handshake in progress: filters have not started */
     double start;
+    struct msm_stream_info si; /* access logs, Istio stats (msm_filter_stream_info) */
 };
 
 /* Create the session for <conn> on <chain> and run on_new_connection. Takes ownership of

@@ -43,6 +43,7 @@ struct msm_factory_ctx {
     struct msm_stats_store *stats;
     const char *listener_name;
     bool allow_unknown_fields;
+    int traffic_direction; /* the listener's: 0 unspecified, 1 inbound, 2 outbound */
 };
 
 struct msm_filter_handle;
@@ -85,10 +86,18 @@ struct msm_stream_info;
 
 struct msm_conn *msm_filter_conn(struct msm_filter_handle *h);
 struct msm_worker *msm_filter_worker(struct msm_filter_handle *h);
+/* The session's stream info (accesslog/stream_info.h): the downstream part is filled by the
+ * filter manager, the upstream part by the terminal filter; valid until filter_free returns
+ * (the byte counts are final from on_event on). */
+struct msm_stream_info *msm_filter_stream_info(struct msm_filter_handle *h);
 /* Resume read-iteration after this filter with whatever is in the connection's read buffer. */
 void msm_filter_continue(struct msm_filter_handle *h);
 /* Write to the downstream connection (through the write filters). */
 void msm_filter_write(struct msm_filter_handle *h, struct msm_buf *data, bool end_stream);
+/* Write <data> (all of it is moved) to the downstream ahead of the bytes being written now:
+ * through the write filters that run after this one (those before it in the chain), then the
+ * connection (Envoy's injectWriteDataToFilterChain; the metadata exchange's preamble). */
+void msm_filter_inject_write(struct msm_filter_handle *h, struct msm_buf *data);
 void msm_filter_close(struct msm_filter_handle *h, enum msm_close_type how);
 void msm_filter_read_disable(struct msm_filter_handle *h, bool disable);
 /* Take the connection over (call from on_new_connection or later): the filters after this one

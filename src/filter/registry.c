@@ -5,12 +5,21 @@
 
 #include "config/types.h"
 #include "filter/network.h"
+#include "filters/network/http_connection_manager/hcm.h"
+#include "filters/network/istio_stats/istio_stats.h"
+#include "filters/network/metadata_exchange/metadata_exchange.h"
+#include "filters/network/rbac/rbac.h"
 #include "filters/network/rtsp_proxy/rtsp_proxy.h"
 #include "filters/network/tcp_proxy/tcp_proxy.h"
 
 static const struct msm_network_filter_ops *const network_filters[] = {
     &msm_tcp_proxy_ops,
+    &msm_hcm_ops,
     &msm_rtsp_proxy_ops,
+    &msm_istio_stats_ops,
+    &msm_rbac_network_ops,
+    &msm_istio_authn_ops,
+    &msm_mx_ops,
 };
 
 const struct msm_network_filter_ops *msm_network_filter_find(const char *config_type,

@@ -9,10 +9,14 @@
  *   dispatch, and frees it (never from inside one of its callbacks: defer).
  * - A stream (struct msm_hstream, inside the codec's private stream struct) is created by the
  *   codec (server: on a new request; client: msm_hcodec_new_stream) and owned by the codec. Its
- *   owner sets <cbs>/<ctx> (server: inside on_new_stream). A stream ends when both directions
- *   ended (the owner encoded end_stream and the codec delivered end_stream) or on a reset from
- *   either side; after that the codec frees it and the owner must drop its pointer. After the
- *   owner calls reset, no stream callback runs again; on_reset from the codec is the last call.
+ *   owner sets <cbs>/<ctx> (server: inside on_new_stream). A stream's exchange ends when both
+ *   directions ended (the owner encoded end_stream and the codec delivered end_stream) or on a
+ *   reset from either side. The owner calls release exactly once when it drops its pointer
+ *   (after the end, after on_reset, or earlier to abandon the rest of the stream: no callback
+ *   runs after release). The codec frees the stream once it is both released and over, so the
+ *   pointer stays valid until the owner's release however the exchange ended.
+ * - After the owner calls reset, no stream callback runs again; on_reset from the codec is the
+ *   last callback (the owner still releases).
  * - Callbacks run from inside dispatch (or from encode calls that flush, for HTTP/2 stream
  *   closes): the owner must not free the codec from them.
  *
@@ -27,6 +31,26 @@
 
 #include "buffer/buf.h"
 #include "http/headers.h"
+#include "stats/stats.h"
+
+/* Codec stats, process-wide as Envoy's ("http1." / "http2."), shared by every codec of a
+ * connection manager config (created on the main thread, updated by workers). */
+#define MSM_HTTP1_STATS(C, G, H)                                                                  \
+    C(dropped_headers_with_underscores) C(metadata_not_supported_error)                           \
+    C(requests_rejected_with_underscores_in_headers) C(response_flood)
+MSM_STATS_STRUCT(msm_http1_stats, MSM_HTTP1_STATS);
+MSM_STATS_INIT_FN(msm_http1_stats, MSM_HTTP1_STATS)
+
+#define MSM_HTTP2_STATS(C, G, H)                                                                  \
+    C(dropped_headers_with_underscores) C(goaway_sent) C(header_overflow) C(headers_cb_no_stream) \
+    C(inbound_empty_frames_flood) C(inbound_priority_frames_flood)                                \
+    C(inbound_window_update_frames_flood) C(keepalive_timeout) C(metadata_empty_frames)           \
+    C(outbound_control_flood) C(outbound_flood) C(requests_rejected_with_underscores_in_headers)  \
+    C(rx_messaging_error) C(rx_reset) C(stream_refused_errors) C(trailers) C(tx_flush_timeout)    \
+    C(tx_reset) G(streams_active) G(pending_send_bytes) G(deferred_stream_close)                  \
+    G(outbound_frames_active) G(outbound_control_frames_active)
+MSM_STATS_STRUCT(msm_http2_stats, MSM_HTTP2_STATS);
+MSM_STATS_INIT_FN(msm_http2_stats, MSM_HTTP2_STATS)
 
 enum msm_http_proto {
     MSM_HTTP_10 = 0,
@@ -102,12 +126,19 @@ struct msm_hcodec_ops {
     void (*encode_data)(struct msm_hstream *s, struct msm_buf *data, bool end_stream);
     void (*encode_trailers)(struct msm_hstream *s, struct msm_hdrs *t);
     void (*reset)(struct msm_hstream *s);
+    /* The owner drops the stream (see above). */
+    void (*release)(struct msm_hstream *s);
     /* Stop (true) / resume (false) delivering this stream's input; nestable. */
     void (*read_disable)(struct msm_hstream *s, bool disable);
     /* Drain: HTTP/2 GOAWAY (graceful: last id = highest seen), HTTP/1 close after the current
      * exchange. */
     void (*goaway)(struct msm_hcodec *c);
     int (*active_streams)(const struct msm_hcodec *c);
+    /* The connection is gone: every stream still owned gets on_reset(<r>) (client codecs). */
+    void (*close_streams)(struct msm_hcodec *c, enum msm_http_reset r);
+    /* The connection's write buffer went above (true) / below (false) its limit: streams that
+     * write straight to it (HTTP/1) get on_watermark; HTTP/2 holds its frames. */
+    void (*conn_watermark)(struct msm_hcodec *c, bool above);
     /* Client: may a new stream be opened now (H1: idle and reusable; H2: under the peer's
      * max concurrent streams and no GOAWAY)? */
     bool (*can_new_stream)(const struct msm_hcodec *c);
@@ -127,6 +158,9 @@ struct msm_hcodec_opts {
     uint32_t initial_connection_window_size;
     uint32_t max_outbound_frames;           /* flood protection, default 10000 */
     uint32_t max_consecutive_inbound_frames_with_empty_payload; /* default 1 */
+    /* Stats to update (may be NULL: tests, upstream pools). Borrowed: the config that owns the
+     * options owns them. */
+    struct msm_http2_stats *h2stats;
 };
 
 struct msm_hcodec {

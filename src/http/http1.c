@@ -32,8 +32,10 @@ struct h1_stream {
     bool close_delim_out; /* server: HTTP/1.0 body until close */
     bool headers_out;     /* our headers went out */
     bool headers_in;      /* the peer's headers arrived */
-    bool done;            /* exchange over; freed at the next safe point */
+    bool done;            /* exchange over */
+    bool released;        /* the owner let go: no callbacks; freed once done */
     bool reset;
+    struct h1_stream *znext;
     int status;           /* client: final response status */
 };
 
@@ -42,7 +44,10 @@ struct h1 {
     struct msm_hcodec_opts o;
     http_parser p;
     struct h1_stream *active;
-    struct h1_stream *zombie; /* done during dispatch, freed when dispatch returns */
+    struct h1_stream *zombies; /* done and released during dispatch: freed when it returns */
+    /* Body bytes parsed in the current dispatch, delivered together (with end_stream when the
+     * message ends in the same read, so an HTTP/2 peer gets one final DATA frame). */
+    struct msm_buf body;
     /* Header block being parsed. */
     struct msm_hdrs hdrs;
     char *field, *value, *url;
@@ -56,7 +61,8 @@ struct h1 {
     int read_disabled;
     bool in_dispatch;
     bool keep_alive;
-    bool goaway;           /* server: close after the current exchange */
+    bool goaway;
+    const char *chunk;     /* the buffer http-parser is executing (obs-fold detection) */           /* server: close after the current exchange */
     bool broken;           /* after a dispatch error: no more parsing */
     const char *err;
     int err_status;
@@ -188,9 +194,19 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
     if (limit_check(c, n)) {
         return 1;
     }
-    /* http-parser folds obs-fold continuation lines into the value with the CRLF kept. */
     if (memchr(at, '\r', n) || memchr(at, '\n', n)) {
         return fail(c, "http1.invalid_characters", 400);
+    }
+    /* obs-fold (RFC 7230 3.2.4): http-parser accepts a continuation line as more of the value;
+     * it shows as a second value callback that follows CRLF and whitespace. Rejected (400). */
+    if (c->in_value && c->chunk && at > c->chunk) {
+        const char *q = at - 1;
+        while (q > c->chunk && (*q == ' ' || *q == '\t')) {
+            q--;
+        }
+        if (*q == '\n') {
+            return fail(c, "http1.invalid_characters", 400);
+        }
     }
     c->in_value = true;
     grow_append(&c->value, &c->vlen, &c->vcap, at, n);
@@ -212,21 +228,32 @@ static void stream_free(struct h1_stream *st)
     free(st);
 }
 
-/* The stream's exchange is over: detach it, and free it now or when dispatch returns. */
+/* Free <st> (done and released) now, or when dispatch returns if parsing is on the stack. */
+static void dispose(struct h1 *c, struct h1_stream *st)
+{
+    if (c->in_dispatch) {
+        st->znext = c->zombies;
+        c->zombies = st;
+    } else {
+        stream_free(st);
+    }
+}
+
+/* The stream's exchange is over: detach it; free it once the owner released it. */
 static void retire(struct h1 *c, struct h1_stream *st)
 {
     st->done = true;
     if (c->active == st) {
         c->active = NULL;
     }
-    if (c->in_dispatch) {
-        if (c->zombie) {
-            stream_free(c->zombie);
-        }
-        c->zombie = st;
-    } else {
-        stream_free(st);
+    if (st->released) {
+        dispose(c, st);
     }
+}
+
+static bool owned(const struct h1_stream *st)
+{
+    return st && !st->released && !st->reset && st->s.cbs;
 }
 
 /* Both directions ended (or the owner is done and the connection closes): finish the
@@ -383,15 +410,29 @@ static int srv_headers_complete(http_parser *p)
 static int deliver_body(struct h1 *c, const char *at, size_t n)
 {
     struct h1_stream *st = c->active;
-    if (!st || st->done || st->reset || !st->s.cbs) {
+    if (!st || st->done || !owned(st)) {
         return 0; /* the owner is done with this stream: discard */
+    }
+    msm_buf_append(&c->body, at, n);
+    return 0;
+}
+
+/* Hand the body parsed so far to the stream's owner. */
+static void flush_body(struct h1 *c, bool end)
+{
+    struct h1_stream *st = c->active;
+    if (!c->body.len && !end) {
+        return;
+    }
+    if (!st || st->done || !owned(st)) {
+        msm_buf_drain(&c->body, c->body.len);
+        return;
     }
     struct msm_buf b;
     msm_buf_init(&b);
-    msm_buf_append(&b, at, n);
-    st->s.cbs->on_data(st->s.ctx, &b, false);
+    msm_buf_move(&b, &c->body);
+    st->s.cbs->on_data(st->s.ctx, &b, end);
     msm_buf_deinit(&b);
-    return 0;
 }
 
 static int on_body(http_parser *p, const char *at, size_t n)
@@ -399,27 +440,26 @@ static int on_body(http_parser *p, const char *at, size_t n)
     return deliver_body(p->data, at, n);
 }
 
-/* End of a message: trailers (chunked) or an empty end_stream data frame. */
+/* End of a message: the last body bytes with end_stream, or trailers (chunked). */
 static void deliver_end(struct h1 *c, struct h1_stream *st)
 {
     if (c->in_value) {
         commit_header(c);
     }
-    st->s.remote_end = true;
-    if (st->reset || st->done || !st->s.cbs) {
+    bool trailers = c->hdrs.n > 0;
+    if (st->done || !owned(st)) {
+        st->s.remote_end = true;
+        msm_buf_drain(&c->body, c->body.len);
         return;
     }
-    if (c->hdrs.n) {
+    flush_body(c, !trailers);
+    st->s.remote_end = true;
+    if (trailers && owned(st)) {
         struct msm_hdrs t;
         msm_hdrs_init(&t);
         msm_hdrs_move(&t, &c->hdrs);
         st->s.cbs->on_trailers(st->s.ctx, &t);
         msm_hdrs_deinit(&t);
-    } else {
-        struct msm_buf b;
-        msm_buf_init(&b);
-        st->s.cbs->on_data(st->s.ctx, &b, true);
-        msm_buf_deinit(&b);
     }
 }
 
@@ -495,7 +535,7 @@ static int cli_headers_complete(http_parser *p)
     if (status >= 100 && status < 200 && status != 101) {
         /* Interim response: no body; the final response follows. */
         c->interim = true;
-        if (st->s.cbs && !st->reset && st->s.cbs->on_info) {
+        if (owned(st) && st->s.cbs->on_info) {
             st->s.cbs->on_info(st->s.ctx, &h);
         }
         msm_hdrs_deinit(&h);
@@ -513,7 +553,7 @@ static int cli_headers_complete(http_parser *p)
                             (!c->have_cl && !(p->flags & F_CHUNKED)));
     c->keep_alive = http_should_keep_alive(p) != 0;
     st->s.remote_end = !body;
-    if (st->s.cbs && !st->reset) {
+    if (owned(st)) {
         st->s.cbs->on_headers(st->s.ctx, &h, !body);
     }
     msm_hdrs_deinit(&h);
@@ -631,6 +671,7 @@ static int dispatch_failed(struct h1 *c)
             st->c = c;
             st->s.codec = &c->base;
             st->s.remote_end = true;
+            st->released = true; /* nobody owns it: freed once the error response is out */
             c->active = st;
         }
         c->keep_alive = false;
@@ -643,7 +684,7 @@ static int dispatch_failed(struct h1 *c)
     if (st && !st->done) {
         st->done = true;
         c->active = NULL;
-        if (!st->reset && st->s.cbs) {
+        if (owned(st)) {
             st->s.cbs->on_reset(st->s.ctx, MSM_RESET_PROTOCOL_ERROR);
         }
         retire(c, st);
@@ -654,9 +695,10 @@ static int dispatch_failed(struct h1 *c)
 static void end_dispatch(struct h1 *c)
 {
     c->in_dispatch = false;
-    if (c->zombie) {
-        stream_free(c->zombie);
-        c->zombie = NULL;
+    while (c->zombies) {
+        struct h1_stream *z = c->zombies;
+        c->zombies = z->znext;
+        stream_free(z);
     }
 }
 
@@ -675,8 +717,13 @@ static int h1_dispatch(struct msm_hcodec *base, struct msm_buf *in)
         if (msm_buf_iov(in, &iov, 1) < 1) {
             break;
         }
+        c->chunk = iov.iov_base;
         size_t n = http_parser_execute(&c->p, set, iov.iov_base, iov.iov_len);
+        c->chunk = NULL;
         enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
+        if (e == HPE_OK || e == HPE_PAUSED) {
+            flush_body(c, false);
+        }
         if (e == HPE_PAUSED) {
             msm_buf_drain(in, n);
             if (!c->paused) {
@@ -765,7 +812,9 @@ static void srv_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool en
     int status = sv ? atoi(sv) : 500;
     struct msm_buf b;
     msm_buf_init(&b);
-    bool v10 = c->p.http_minor == 0;
+    /* HTTP/1.0 only for an accepted HTTP/1.0 request; errors and 426 answer in HTTP/1.1. */
+    bool v10 = c->o.accept_http_10 && c->p.http_major == 1 && c->p.http_minor == 0 &&
+               st->headers_in;
     msm_buf_appendf(&b, "HTTP/1.%d %d %s\r\n", v10 ? 0 : 1, status, msm_http_reason(status));
     put_headers(&b, h, false);
     bool has_cl = msm_hdrs_find(h, "content-length") != NULL;
@@ -939,6 +988,22 @@ static void h1_reset(struct msm_hstream *s)
     retire(c, st);
 }
 
+static void h1_release(struct msm_hstream *s)
+{
+    struct h1_stream *st = (struct h1_stream *)s;
+    if (st->released) {
+        return;
+    }
+    st->released = true;
+    s->cbs = NULL;
+    s->ctx = NULL;
+    if (!st->c) {
+        stream_free(st); /* the codec went first */
+    } else if (st->done) {
+        dispose(st->c, st);
+    }
+}
+
 static void h1_read_disable(struct msm_hstream *s, bool disable)
 {
     struct h1_stream *st = (struct h1_stream *)s;
@@ -989,6 +1054,31 @@ static int h1_active_streams(const struct msm_hcodec *base)
     return c->active ? 1 : 0;
 }
 
+static void h1_close_streams(struct msm_hcodec *base, enum msm_http_reset r)
+{
+    struct h1 *c = (struct h1 *)base;
+    struct h1_stream *st = c->active;
+    base->close_connection = true;
+    c->broken = true;
+    if (!st || st->done) {
+        return;
+    }
+    if (owned(st)) {
+        st->s.cbs->on_reset(st->s.ctx, r);
+    }
+    st->reset = true;
+    retire(c, st);
+}
+
+static void h1_conn_watermark(struct msm_hcodec *base, bool above)
+{
+    struct h1 *c = (struct h1 *)base;
+    struct h1_stream *st = c->active;
+    if (owned(st) && !st->done && st->s.cbs->on_watermark) {
+        st->s.cbs->on_watermark(st->s.ctx, above);
+    }
+}
+
 static bool h1_can_new_stream(const struct msm_hcodec *base)
 {
     const struct h1 *c = (const struct h1 *)base;
@@ -998,13 +1088,17 @@ static bool h1_can_new_stream(const struct msm_hcodec *base)
 static void h1_free(struct msm_hcodec *base)
 {
     struct h1 *c = (struct h1 *)base;
-    if (c->active) {
+    /* Streams still owned were released by their owners before (codec.h); the active one
+     * is freed here only if nobody holds it. */
+    if (c->active && c->active->released) {
         stream_free(c->active);
+    } else if (c->active) {
+        c->active->done = true; /* the owner's release frees it */
+        c->active->c = NULL;
     }
-    if (c->zombie) {
-        stream_free(c->zombie);
-    }
+    end_dispatch(c);
     msm_hdrs_deinit(&c->hdrs);
+    msm_buf_deinit(&c->body);
     free(c->field);
     free(c->value);
     free(c->url);
@@ -1020,9 +1114,12 @@ static const struct msm_hcodec_ops h1_ops = {
     .encode_data = h1_encode_data,
     .encode_trailers = h1_encode_trailers,
     .reset = h1_reset,
+    .release = h1_release,
     .read_disable = h1_read_disable,
     .goaway = h1_goaway,
     .active_streams = h1_active_streams,
+    .close_streams = h1_close_streams,
+    .conn_watermark = h1_conn_watermark,
     .can_new_stream = h1_can_new_stream,
     .free = h1_free,
 };

@@ -68,7 +68,8 @@ int msm_sm_from_proto(const void *proto, struct msm_sm *out, struct msm_err *err
         }
         out->re = msm_regex_new(p->safe_regex->regex, err);
         if (!out->re) {
-            return msm_err_set(err, "safe_regex: %s", err->msg);
+            msm_err_prefix(err, "safe_regex");
+            return MSM_EINVAL;
         }
         return 0;
     case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CUSTOM:
@@ -132,8 +133,11 @@ int msm_header_match_from_proto(const void *proto, struct msm_header_match *out,
         out->sm.kind = MSM_SM_REGEX;
         out->sm.re = p->safe_regex_match ? msm_regex_new(p->safe_regex_match->regex, err) : NULL;
         if (!out->sm.re) {
-            return msm_err_set(err, "safe_regex_match: %s",
-                               p->safe_regex_match ? err->msg : "a regex is required");
+            if (p->safe_regex_match) {
+                msm_err_prefix(err, "safe_regex_match");
+                return MSM_EINVAL;
+            }
+            return msm_err_set(err, "safe_regex_match: a regex is required");
         }
         return 0;
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_RANGE_MATCH:
@@ -384,7 +388,8 @@ static int one_per_filter(const char *name, const Google__Protobuf__Any *any,
             inner = msm_pb_any_unpack(fc->config, NULL, &jo, err);
             if (!inner) {
                 protobuf_c_message_free_unpacked(msg, NULL);
-                return msm_err_set(err, "config: %s", err->msg);
+                msm_err_prefix(err, "config");
+            return MSM_EINVAL;
             }
         }
         protobuf_c_message_free_unpacked(msg, NULL);
@@ -602,8 +607,11 @@ static int match_from_proto(const PbMatch *p, struct msm_route_match *m, struct 
         m->kind = MSM_PATH_REGEX;
         m->re = p->safe_regex ? msm_regex_new(p->safe_regex->regex, err) : NULL;
         if (!m->re) {
-            return msm_err_set(err, "match.safe_regex: %s",
-                               p->safe_regex ? err->msg : "a regex is required");
+            if (p->safe_regex) {
+                msm_err_prefix(err, "match.safe_regex");
+                return MSM_EINVAL;
+            }
+            return msm_err_set(err, "match.safe_regex: a regex is required");
         }
         break;
     case ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_CONNECT_MATCHER:
@@ -710,10 +718,10 @@ static int weighted_from_proto(const Envoy__Config__Route__V3__WeightedCluster *
                                struct msm_err *err)
 {
     if (!p->n_clusters) {
-        return msm_err_set(err, "weighted_clusters.clusters: at least one is required");
+        return msm_err_set(err, "route.weighted_clusters.clusters: at least one is required");
     }
     if (p->runtime_key_prefix[0]) {
-        msm_log(MSM_LOG_DEBUG, MSM_LC_CONFIG, "weighted_clusters.runtime_key_prefix ignored (no "
+        msm_log(MSM_LOG_DEBUG, MSM_LC_CONFIG, "route.weighted_clusters.runtime_key_prefix ignored (no "
                 "runtime)");
     }
     if (p->random_value_specifier_case ==
@@ -725,7 +733,7 @@ static int weighted_from_proto(const Envoy__Config__Route__V3__WeightedCluster *
         const Envoy__Config__Route__V3__WeightedCluster__ClusterWeight *c = p->clusters[i];
         struct msm_weighted_cluster *w = &r->wc[r->n_wc++];
         if (!c->name[0] && !c->cluster_header[0]) {
-            return msm_err_set(err, "weighted_clusters.clusters[%zu]: name or cluster_header is "
+            return msm_err_set(err, "route.weighted_clusters.clusters[%zu]: name or cluster_header is "
                                     "required", i);
         }
         w->name = msm_xstrdup(c->name);
@@ -733,7 +741,7 @@ static int weighted_from_proto(const Envoy__Config__Route__V3__WeightedCluster *
         w->weight = msm_pb_u32(c->weight, 0);
         r->total_weight += w->weight;
         if (c->metadata_match) {
-            return msm_err_set(err, "weighted_clusters.clusters[%zu].metadata_match: subset load "
+            return msm_err_set(err, "route.weighted_clusters.clusters[%zu].metadata_match: subset load "
                                     "balancing is not supported", i);
         }
         if (c->host_rewrite_specifier_case ==
@@ -742,12 +750,12 @@ static int weighted_from_proto(const Envoy__Config__Route__V3__WeightedCluster *
         }
         if (HEADER_OPS(c, request, &w->req, err) < 0 || HEADER_OPS(c, response, &w->resp, err) < 0 ||
             PER_FILTERS(c, ctx, &w->pf, err) < 0) {
-            msm_err_prefix(err, "weighted_clusters.clusters[%zu]", i);
+            msm_err_prefix(err, "route.weighted_clusters.clusters[%zu]", i);
             return MSM_EINVAL;
         }
     }
     if (!r->total_weight) {
-        return msm_err_set(err, "weighted_clusters: the sum of weights must be positive");
+        return msm_err_set(err, "route.weighted_clusters: the sum of weights must be positive");
     }
     return 0;
 }
@@ -776,7 +784,6 @@ static int action_from_proto(const PbAction *a, const struct msm_route_build_ctx
     case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__CLUSTER_SPECIFIER_WEIGHTED_CLUSTERS:
         r->kind = MSM_ROUTE_WEIGHTED;
         if (weighted_from_proto(a->weighted_clusters, ctx, r, err) < 0) {
-            msm_err_prefix(err, "route");
             return MSM_EINVAL;
         }
         break;
@@ -822,7 +829,8 @@ static int action_from_proto(const PbAction *a, const struct msm_route_build_ctx
             }
             r->regex_rewrite = msm_regex_new(a->regex_rewrite->pattern->regex, err);
             if (!r->regex_rewrite) {
-                return msm_err_set(err, "route.regex_rewrite.pattern: %s", err->msg);
+                msm_err_prefix(err, "route.regex_rewrite.pattern");
+            return MSM_EINVAL;
             }
             r->regex_sub = msm_xstrdup(a->regex_rewrite->substitution);
         }
@@ -963,7 +971,8 @@ static int redirect_from_proto(const Envoy__Config__Route__V3__RedirectAction *p
         }
         d->re = msm_regex_new(p->regex_rewrite->pattern->regex, err);
         if (!d->re) {
-            return msm_err_set(err, "redirect.regex_rewrite.pattern: %s", err->msg);
+            msm_err_prefix(err, "redirect.regex_rewrite.pattern");
+            return MSM_EINVAL;
         }
         d->re_sub = msm_xstrdup(p->regex_rewrite->substitution);
         break;

@@ -144,6 +144,9 @@ static void parse_alpn(const uint8_t *e, size_t n, struct msm_tls_hello *out)
     size_t used = 0;
     for (size_t i = 2; i < n; i += 1 + (size_t)e[i]) {
         size_t l = e[i];
+        if (memchr(e + i + 1, 0, l)) {
+            continue; /* a name with a NUL byte cannot equal any configured protocol */
+        }
         if (out->n_alpn == MSM_TLS_ALPN_MAX || used + l + 1 > sizeof(out->alpn_buf)) {
             out->alpn_truncated = true;
             continue;
@@ -275,9 +278,7 @@ enum msm_inspect_result msm_tls_inspect(const uint8_t *data, size_t len,
     if (parse_hello(&r, out)) {
         return MSM_INSPECT_YES;
     }
-    if (r.bad) {
-        memset(out, 0, offsetof(struct msm_tls_hello, alpn_buf));
-        return MSM_INSPECT_NO;
-    }
-    return MSM_INSPECT_NEED_MORE;
+    /* SNI and ALPN only come with a complete, valid hello. */
+    memset(out, 0, offsetof(struct msm_tls_hello, alpn_buf));
+    return r.bad ? MSM_INSPECT_NO : MSM_INSPECT_NEED_MORE;
 }

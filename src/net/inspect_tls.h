@@ -33,6 +33,7 @@ struct msm_tls_hello {
  * - MSM_INSPECT_NO: not TLS (another protocol, SSLv2, or a malformed ClientHello: what a TLS
  *   server would reject), or a ClientHello larger than MSM_TLS_CLIENT_HELLO_MAX (too_large).
  * - MSM_INSPECT_YES: a well-formed ClientHello; <out> has its SNI and ALPN list.
- * The ClientHello may span several records. <out> is written in every case. */
+ * The ClientHello may span several records. <out> is written in every case (no SNI and no
+ * ALPN unless YES). */
 enum msm_inspect_result msm_tls_inspect(const uint8_t *data, size_t len,
                                         struct msm_tls_hello *out);

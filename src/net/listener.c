@@ -217,7 +217,8 @@ static int filter_from_proto(const Envoy__Config__Listener__V3__Filter *p,
         protobuf_c_message_init(d, msg);
     }
     struct msm_factory_ctx ctx = {.stats = o->stats, .listener_name = listener,
-                                  .allow_unknown_fields = o->allow_unknown_fields};
+                                  .allow_unknown_fields = o->allow_unknown_fields,
+                                  .traffic_direction = o->traffic_direction};
     int rc = ops->config_new(msg, &ctx, &out->config, err);
     protobuf_c_message_free_unpacked(msg, NULL);
     if (rc < 0) {

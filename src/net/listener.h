@@ -137,6 +137,7 @@ struct msm_build_opts {
     struct msm_stats_store *stats;
     bool validate_only; /* known-but-unimplemented extensions pass (--mode validate) */
     bool allow_unknown_fields;
+    int traffic_direction; /* the Listener's (envoy.config.core.v3.TrafficDirection) */
 };
 
 /* Build from an envoy.config.listener.v3.Listener. NULL with <err> naming the field. */

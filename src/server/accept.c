@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "filter/manager.h"
 #include "net/inspect.h"
+#include "net/inspect_tls.h"
 #include "net/listener.h"
 #include "server/worker.h"
 
@@ -42,6 +43,8 @@ struct msm_pending {
     const char *transport; /* NULL until decided */
     const char *alpn[1];
     int n_alpn;
+    bool tls_hello;            /* <hello> holds the ClientHello's SNI and ALPN */
+    struct msm_tls_hello hello;
     uint8_t *buf;
 };
 
@@ -145,10 +148,21 @@ static void pending_done(struct msm_pending *p)
     int fd = p->fd;
     struct msm_address local = p->local, remote = p->remote;
     const char *transport = p->transport;
-    const char *alpn[1] = {p->alpn[0]};
+    const char *alpn[MSM_TLS_ALPN_MAX] = {p->alpn[0]};
     int n_alpn = p->n_alpn;
+    /* The TLS inspector's SNI and ALPN list, copied out of <p> before it is freed. */
+    struct msm_tls_hello hello;
+    bool tls = p->tls_hello;
+    if (tls) {
+        hello = p->hello;
+        n_alpn = hello.n_alpn;
+        for (int i = 0; i < n_alpn; i++) {
+            alpn[i] = hello.alpn_buf + (p->hello.alpn[i] - p->hello.alpn_buf);
+        }
+    }
     pending_free(p, false);
-    finish(w, l, fd, &local, &remote, transport, alpn, n_alpn, NULL);
+    finish(w, l, fd, &local, &remote, transport, alpn, n_alpn,
+           tls && hello.has_sni ? hello.sni : NULL);
     msm_listener_cfg_unref(l);
 }
 
@@ -158,13 +172,14 @@ static void on_peek(struct ev_loop *loop, ev_io *io, int revents);
 static bool inspect(struct msm_pending *p, size_t n)
 {
     if (p->want_tls && !p->transport) {
-        /* Until the TLS inspector lands, a connection whose first byte is a TLS handshake
-         * record is reported as TLS without SNI/ALPN; anything else is raw_buffer. */
-        if (n >= 1) {
-            p->transport = (p->buf[0] == 0x16) ? "tls" : "raw_buffer";
-        } else {
+        /* tls_inspector: a complete, well-formed ClientHello is "tls" with its SNI and ALPN
+         * list; anything else is raw_buffer. */
+        enum msm_inspect_result r = msm_tls_inspect(p->buf, n, &p->hello);
+        if (r == MSM_INSPECT_NEED_MORE) {
             return false;
         }
+        p->tls_hello = r == MSM_INSPECT_YES;
+        p->transport = p->tls_hello ? "tls" : "raw_buffer";
     }
     if (!p->transport) {
         p->transport = "raw_buffer";

@@ -19,6 +19,8 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "filter/network.h"
+#include "http/rds.h"
 #include "server/dynamic.h"
 #include "server/listener_manager.h"
 #include "server/server.h"
@@ -167,23 +169,6 @@ static int apply_eds(struct msm_server *srv, const struct msm_xds_update *u, str
     return 1;
 }
 
-static int apply_store(struct msm_rstore *st, const struct msm_xds_update *u)
-{
-    int changes = 0;
-    for (int i = 0; i < u->n; i++) {
-        const ProtobufCMessage *m = u->resources[i].msg;
-        size_t len = protobuf_c_message_get_packed_size(m);
-        uint8_t *b = msm_xmalloc(len + 1);
-        protobuf_c_message_pack(m, b);
-        changes += msm_rstore_put(st, u->resources[i].name, u->resources[i].version, b, len);
-        free(b);
-    }
-    for (int i = 0; i < u->n_removed; i++) {
-        changes += msm_rstore_remove(st, u->removed[i]);
-    }
-    return changes;
-}
-
 /* SDS: secrets go to the secret manager, which rebuilds the TLS contexts that use them; clusters
  * and listeners that waited for them finish warming. */
 static int apply_sds(struct msm_server *srv, const struct msm_xds_update *u, struct errs *e)
@@ -196,6 +181,85 @@ static int apply_sds(struct msm_server *srv, const struct msm_xds_update *u, str
     /* Every pushed secret may have made a context ready (rotation needs no new snapshot). */
     int changes = msm_lm_secrets_changed(srv->lmgr);
     changes += msm_cm_secrets_changed(srv->cm);
+    return changes;
+}
+
+/* RDS: subscribe to the route configurations the listeners' HCMs name, one interest set per
+ * config source (Istio puts them all on ADS), with Envoy's per-name stats
+ * "http.<hcm stat_prefix>.rds.<name>.". Listeners wait (warming) until each name is ready. */
+static void subscribe_rds(struct msm_server *srv)
+{
+    enum { MAX_DEPS = 4096 };
+    const struct msm_filter_rds_dep **deps = msm_xcalloc(MAX_DEPS, sizeof(*deps));
+    int n = msm_lm_rds_deps(srv->lmgr, deps, MAX_DEPS);
+    if (n > MAX_DEPS) {
+        msm_log(MSM_LOG_ERROR, MSM_LC_RDS, "%d RDS route configurations; only %d subscribed", n,
+                MAX_DEPS);
+        n = MAX_DEPS;
+    }
+    const char **names = msm_xcalloc((size_t)n + 1, sizeof(char *));
+    const char **prefixes = msm_xcalloc((size_t)n + 1, sizeof(char *));
+    bool *done = msm_xcalloc((size_t)n + 1, sizeof(bool));
+    struct msm_err err;
+    for (int i = 0; i < n; i++) {
+        if (done[i]) {
+            continue;
+        }
+        int k = 0;
+        for (int j = i; j < n; j++) {
+            if (!done[j] && deps[j]->config_source_len == deps[i]->config_source_len &&
+                !memcmp(deps[j]->config_source, deps[i]->config_source,
+                        deps[i]->config_source_len)) {
+                done[j] = true;
+                names[k] = deps[j]->name;
+                prefixes[k] = deps[j]->stat_prefix;
+                k++;
+            }
+        }
+        Envoy__Config__Core__V3__ConfigSource *src = envoy__config__core__v3__config_source__unpack(
+            NULL, deps[i]->config_source_len, deps[i]->config_source);
+        if (msm_xds_subscribe_ex(srv->xds, src, T_ROUTE, names, prefixes, k, false, &err) < 0) {
+            msm_log(MSM_LOG_ERROR, MSM_LC_RDS, "RDS subscription for '%s' failed: %s", names[0],
+                    err.msg);
+        }
+        if (src) {
+            envoy__config__core__v3__config_source__free_unpacked(src, NULL);
+        }
+    }
+    if (!n && msm_rds_count(srv->rds)) {
+        msm_xds_subscribe_ex(srv->xds, NULL, T_ROUTE, NULL, NULL, 0, false, &err);
+    }
+    free(done);
+    free(prefixes);
+    free(names);
+    free(deps);
+}
+
+/* Compile each RouteConfiguration; a bad one is rejected with its field path and the previous
+ * version of that name keeps serving. */
+static int apply_rds(struct msm_server *srv, const struct msm_xds_update *u, struct errs *e)
+{
+    int changes = 0;
+    for (int i = 0; i < u->n; i++) {
+        const struct msm_xds_resource *r = &u->resources[i];
+        struct msm_err err = {{0}};
+        int rc = msm_rds_put(srv->rds, r->name, r->msg, &err);
+        if (rc < 0) {
+            add_err(e, r->name, err.msg);
+            continue;
+        }
+        changes += rc;
+        size_t len = protobuf_c_message_get_packed_size(r->msg);
+        uint8_t *b = msm_xmalloc(len + 1);
+        protobuf_c_message_pack(r->msg, b);
+        msm_rstore_put(&srv->routes, r->name, r->version, b, len);
+        free(b);
+    }
+    for (int i = 0; i < u->n_removed; i++) {
+        changes += msm_rds_remove(srv->rds, u->removed[i]);
+        msm_rstore_remove(&srv->routes, u->removed[i]);
+    }
+    changes += msm_lm_secrets_changed(srv->lmgr);
     return changes;
 }
 
@@ -243,7 +307,7 @@ static int on_apply(void *arg, const struct msm_xds_update *u, struct msm_err *e
     } else if (!strcmp(t, T_CLA)) {
         changes = apply_eds(srv, u, &e);
     } else if (!strcmp(t, T_ROUTE)) {
-        apply_store(&srv->routes, u);
+        changes = apply_rds(srv, u, &e);
     } else if (!strcmp(t, T_SECRET)) {
         changes = apply_sds(srv, u, &e);
     } else {
@@ -254,6 +318,9 @@ static int on_apply(void *arg, const struct msm_xds_update *u, struct msm_err *e
     }
     if (!strcmp(t, T_CLUSTER) || !strcmp(t, T_LISTENER)) {
         msm_secrets_gc(msm_secrets); /* unsubscribe secrets nothing uses any more */
+    }
+    if (!strcmp(t, T_LISTENER)) {
+        subscribe_rds(srv);
     }
     msm_dynamic_advance(srv);
     if (e.n) {
@@ -273,6 +340,11 @@ static void on_ready(void *arg, const char *type_url, const char *name)
         srv->lds_received = true;
     } else if (!strcmp(type_url, T_CLA) && name) {
         msm_cm_eds_timeout(srv->cm, name);
+    } else if (!strcmp(type_url, T_ROUTE) && name && msm_rds_mark_ready(srv->rds, name)) {
+        /* First RDS response decided or initial_fetch_timeout: its listeners may serve. */
+        if (msm_lm_secrets_changed(srv->lmgr) && srv->dyn_phase == MSM_DYN_DONE) {
+            msm_server_publish(srv);
+        }
     } else if (!strcmp(type_url, T_SECRET) && name &&
                msm_secrets_fetch_timeout(msm_secrets, name) > 0) {
         int changes = msm_lm_secrets_changed(srv->lmgr);
@@ -304,6 +376,7 @@ int msm_dynamic_start(struct msm_server *srv, struct msm_err *err)
     }
     srv->dyn_phase = MSM_DYN_CDS;
     subscribe_eds(srv); /* static EDS clusters */
+    subscribe_rds(srv); /* static listeners with rds */
     if (!d->cds_config) {
         srv->cds_received = true;
     } else if (msm_xds_subscribe(srv->xds, d->cds_config, T_CLUSTER, NULL, 0, true,

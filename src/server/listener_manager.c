@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "net/listener.h"
 #include "server/server.h"
+#include "http/rds.h"
 
 struct lm_entry {
     char *name;
@@ -28,6 +29,8 @@ struct lm_entry {
     struct msm_listener_cfg *active;
     struct msm_listen_socket *active_sock;
     bool is_static;
+    bool inbound; /* traffic_direction INBOUND (/drain_listeners?inboundonly) */
+    bool stopped; /* /drain_listeners: no longer served, socket closed */
     char *version;
     double last_updated;
     uint8_t *proto;
@@ -38,6 +41,7 @@ struct lm_entry {
 struct msm_listener_manager {
     struct msm_server *srv;
     int n_workers;
+    int stop_mode; /* /drain_listeners: 0 none, 1 inbound listeners stopped, 2 all stopped */
     struct lm_entry **e;
     int n;
 };
@@ -176,6 +180,76 @@ static struct lm_entry *find(const struct msm_listener_manager *lm, const char *
     return NULL;
 }
 
+/* The RDS route configurations <l>'s filters serve from (HCMs with rds), borrowed from <l>:
+ * up to <max> into <out>; returns the total. */
+static int rds_deps(const struct msm_listener_cfg *l, const struct msm_filter_rds_dep **out,
+                    int max)
+{
+    int n = 0;
+    for (int i = 0; i <= l->n_chains; i++) {
+        const struct msm_filter_chain *c = i < l->n_chains ? l->chains[i] : l->default_chain;
+        for (int k = 0; c && k < c->n; k++) {
+            const struct msm_filter_rds_dep *d =
+                c->f[k].ops && c->f[k].ops->rds_dep ? c->f[k].ops->rds_dep(c->f[k].config) : NULL;
+            if (d && n < max) {
+                out[n] = d;
+            }
+            n += d != NULL;
+        }
+    }
+    return n;
+}
+
+static bool rds_ready(const struct msm_listener_manager *lm, const struct msm_listener_cfg *l)
+{
+    const struct msm_filter_rds_dep *d[64];
+    int n = rds_deps(l, d, 64);
+    for (int i = 0; i < n && i < 64; i++) {
+        if (!lm->srv->rds || !msm_rds_ready(lm->srv->rds, d[i]->name)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Ready to serve: TLS contexts have their secrets, RDS route configurations arrived. */
+static bool cfg_warm(const struct msm_listener_manager *lm, const struct msm_listener_cfg *l)
+{
+    return msm_listener_cfg_warm(l) && rds_ready(lm, l);
+}
+
+int msm_lm_rds_deps(const struct msm_listener_manager *lm, const struct msm_filter_rds_dep **out,
+                    int max)
+{
+    int n = 0;
+    for (int i = 0; i < lm->n; i++) {
+        const struct msm_filter_rds_dep *d[64];
+        int k = rds_deps(lm->e[i]->cfg, d, 64);
+        for (int j = 0; j < k && j < 64; j++) {
+            bool dup = false;
+            for (int x = 0; x < n && x < max && !dup; x++) {
+                dup = !strcmp(out[x]->name, d[j]->name);
+            }
+            if (!dup) {
+                if (n < max) {
+                    out[n] = d[j];
+                }
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
+int msm_lm_rds_pending(const struct msm_listener_manager *lm)
+{
+    int n = 0;
+    for (int i = 0; i < lm->n; i++) {
+        n += !rds_ready(lm, lm->e[i]->cfg);
+    }
+    return n;
+}
+
 int msm_lm_add(struct msm_listener_manager *lm, const void *proto, const char *version,
                bool is_static, bool validate_only, struct msm_err *err)
 {
@@ -186,7 +260,9 @@ int msm_lm_add(struct msm_listener_manager *lm, const void *proto, const char *v
     protobuf_c_message_pack(pm, bytes);
     uint64_t hash = XXH3_64bits(bytes, len);
     struct msm_build_opts bo = {.stats = srv->stats, .validate_only = validate_only,
-                                .allow_unknown_fields = srv->opts->allow_unknown_static_fields};
+                                .allow_unknown_fields = srv->opts->allow_unknown_static_fields,
+                                .traffic_direction = (int)((const Envoy__Config__Listener__V3__Listener *)
+                                                               proto)->traffic_direction};
     struct msm_listener_cfg *l = msm_listener_cfg_from_proto(proto, &bo, err);
     if (!l) {
         msm_stat_inc(srv->lm.listener_create_failure);
@@ -246,7 +322,15 @@ int msm_lm_add(struct msm_listener_manager *lm, const void *proto, const char *v
     e->proto = bytes;
     e->proto_len = len;
     e->hash = hash;
-    if (!validate_only && !msm_listener_cfg_warm(l)) {
+    e->inbound = ((const Envoy__Config__Listener__V3__Listener *)proto)->traffic_direction ==
+                 ENVOY__CONFIG__CORE__V3__TRAFFIC_DIRECTION__INBOUND;
+    if (lm->stop_mode == 2 || (lm->stop_mode == 1 && e->inbound)) {
+        /* Listeners of a stopped kind stay stopped across LDS updates (Envoy). */
+        e->stopped = true;
+        msm_listen_socket_unref(e->sock);
+        e->sock = NULL;
+    }
+    if (!validate_only && !cfg_warm(lm, l)) {
         /* TLS secrets pending: serve the previous version until they arrive. */
         e->warming = true;
         if (old) {
@@ -260,7 +344,7 @@ int msm_lm_add(struct msm_listener_manager *lm, const void *proto, const char *v
             }
         }
         msm_log(MSM_LOG_INFO, MSM_LC_CONFIG, "listener '%s' is warming: waiting for TLS "
-                "secrets", l->name);
+                "secrets or RDS route configurations", l->name);
     }
     if (old) {
         entry_free(old);
@@ -274,6 +358,7 @@ int msm_lm_add(struct msm_listener_manager *lm, const void *proto, const char *v
     }
     msm_stat_inc(srv->lm.listener_create_success);
     msm_stat_set(srv->lm.total_listeners_active, (uint64_t)lm->n);
+    msm_stat_set(srv->lm.total_listeners_warming, (uint64_t)msm_lm_warming(lm));
     return old ? MSM_LM_MODIFIED : MSM_LM_ADDED;
 fail:
     msm_stat_inc(srv->lm.listener_create_failure);
@@ -299,25 +384,24 @@ int msm_lm_remove(struct msm_listener_manager *lm, const char *name)
     lm->e[idx] = lm->e[--lm->n];
     entry_free(e);
     msm_stat_inc(lm->srv->lm.listener_removed);
+    msm_stat_set(lm->srv->lm.total_listeners_warming, (uint64_t)msm_lm_warming(lm));
     msm_stat_set(lm->srv->lm.total_listeners_active, (uint64_t)lm->n);
     return 0;
 }
 
 void msm_lm_fill_snapshot(struct msm_listener_manager *lm, struct msm_snapshot *s)
 {
-    int warming = 0;
     for (int i = 0; i < lm->n; i++) {
         struct lm_entry *e = lm->e[i];
-        if (!e->warming) {
-            msm_snapshot_add_listener(s, e->cfg, e->sock);
+        if (e->stopped) {
             continue;
         }
-        warming++;
-        if (e->active) {
+        if (!e->warming) {
+            msm_snapshot_add_listener(s, e->cfg, e->sock);
+        } else if (e->active) {
             msm_snapshot_add_listener(s, e->active, e->active_sock);
         }
     }
-    msm_stat_set(lm->srv->lm.total_listeners_warming, (uint64_t)warming);
 }
 
 int msm_lm_secrets_changed(struct msm_listener_manager *lm)
@@ -325,17 +409,18 @@ int msm_lm_secrets_changed(struct msm_listener_manager *lm)
     int n = 0;
     for (int i = 0; i < lm->n; i++) {
         struct lm_entry *e = lm->e[i];
-        if (e->warming && msm_listener_cfg_warm(e->cfg)) {
+        if (e->warming && cfg_warm(lm, e->cfg)) {
             e->warming = false;
             msm_listener_cfg_unref(e->active);
             msm_listen_socket_unref(e->active_sock);
             e->active = NULL;
             e->active_sock = NULL;
-            msm_log(MSM_LOG_INFO, MSM_LC_CONFIG, "listener '%s': TLS secrets ready, warm",
+            msm_log(MSM_LOG_INFO, MSM_LC_CONFIG, "listener '%s': secrets and routes ready, warm",
                     e->name);
             n++;
         }
     }
+    msm_stat_set(lm->srv->lm.total_listeners_warming, (uint64_t)msm_lm_warming(lm));
     return n;
 }
 
@@ -378,7 +463,41 @@ void msm_lm_dump(const struct msm_listener_manager *lm, msm_lm_dump_fn *fn, void
         struct msm_lm_dump_item it = {.name = e->name, .is_static = e->is_static,
                                       .version = e->version, .last_updated = e->last_updated,
                                       .proto = e->proto, .proto_len = e->proto_len,
-                                      .sock = e->sock};
+                                      .sock = e->sock, .addr = &e->cfg->addr};
         fn(arg, &it);
     }
+}
+
+/* ---- /drain_listeners and stats (admin) ----------------------------------------------------- */
+
+int msm_lm_stop_listeners(struct msm_listener_manager *lm, bool inbound_only)
+{
+    int mode = inbound_only ? 1 : 2;
+    if (mode > lm->stop_mode) {
+        lm->stop_mode = mode;
+    }
+    int n = 0;
+    for (int i = 0; i < lm->n; i++) {
+        struct lm_entry *e = lm->e[i];
+        if (e->stopped || (inbound_only && !e->inbound)) {
+            continue;
+        }
+        e->stopped = true;
+        /* The workers drop their references with the next snapshot; the last one closes the
+         * socket, so new clients are refused from then on. */
+        msm_listen_socket_unref(e->sock);
+        e->sock = NULL;
+        msm_stat_inc(lm->srv->lm.listener_stopped);
+        n++;
+    }
+    return n;
+}
+
+uint64_t msm_lm_total_connections(const struct msm_listener_manager *lm)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < lm->n; i++) {
+        n += msm_stat_value(lm->e[i]->cfg->stats.downstream_cx_active);
+    }
+    return n;
 }

@@ -36,9 +36,18 @@ int msm_lm_remove(struct msm_listener_manager *lm, const char *name);
 /* Every served listener; a listener waiting for TLS secrets (warming) is left out, or served
  * in the version it replaces. */
 void msm_lm_fill_snapshot(struct msm_listener_manager *lm, struct msm_snapshot *s);
-/* TLS secrets arrived (or timed out): warming listeners whose contexts are now warm replace
- * their previous version. Returns how many (publish a snapshot when > 0). */
+/* TLS secrets or RDS route configurations arrived (or timed out): warming listeners whose
+ * dependencies are all ready now replace their previous version. Returns how many (publish a
+ * snapshot when > 0). */
 int msm_lm_secrets_changed(struct msm_listener_manager *lm);
+/* The RDS route configurations the listeners need (their HCMs' rds), de-duplicated by name:
+ * up to <max> borrowed pointers into <out> (valid until the listeners change); returns how
+ * many there are. Listeners whose names are not ready (src/http/rds.h) are warming. */
+struct msm_filter_rds_dep;
+int msm_lm_rds_deps(const struct msm_listener_manager *lm, const struct msm_filter_rds_dep **out,
+                    int max);
+/* Listeners still waiting for an RDS route configuration (start-up waits for none). */
+int msm_lm_rds_pending(const struct msm_listener_manager *lm);
 /* Listeners still waiting for TLS secrets. */
 int msm_lm_warming(const struct msm_listener_manager *lm);
 int msm_lm_count(const struct msm_listener_manager *lm);
@@ -54,6 +63,15 @@ struct msm_lm_dump_item {
     const uint8_t *proto;
     size_t proto_len;
     const struct msm_listen_socket *sock;
+    const struct msm_address *addr; /* as configured (port 0 unresolved); sock has the bound one */
 };
 typedef void msm_lm_dump_fn(void *arg, const struct msm_lm_dump_item *it);
 void msm_lm_dump(const struct msm_listener_manager *lm, msm_lm_dump_fn *fn, void *arg);
+
+/* /drain_listeners: stop serving every listener (<inbound_only>: those with traffic_direction
+ * INBOUND); their sockets close once the workers took the next snapshot (publish one), and
+ * later LDS versions of them stay stopped. Existing connections are not touched. Returns how
+ * many listeners were stopped. Main thread. */
+int msm_lm_stop_listeners(struct msm_listener_manager *lm, bool inbound_only);
+/* Sum of the listeners' downstream_cx_active (server.total_connections). */
+uint64_t msm_lm_total_connections(const struct msm_listener_manager *lm);

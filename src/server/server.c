@@ -11,12 +11,16 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "accesslog/file.h"
 #include "admin/admin.h"
+#include "stats/istio_stats.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "config/bootstrap.h"
+#include "config/node.h"
 #include "config/pbutil.h"
 #include "event/deferred.h"
+#include "http/rds.h"
 #include "net/listener.h"
 #include "server/dynamic.h"
 #include "server/listener_manager.h"
@@ -123,6 +127,7 @@ void msm_server_publish(struct msm_server *srv)
     s->version = ++srv->snap_version;
     msm_lm_fill_snapshot(srv->lmgr, s);
     msm_cm_fill_snapshot(srv->cm, s);
+    msm_rds_fill_snapshot(srv->rds, s);
     msm_snapshot_seal(s);
     for (int i = 0; i < srv->n_workers; i++) {
         msm_worker_post_snapshot(srv->workers[i], msm_snapshot_ref(s));
@@ -223,7 +228,21 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         msm_server_shutdown(srv, true);
     } else if (w->signum == SIGUSR1) {
         msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "caught SIGUSR1, reopening logs");
+        msm_al_files_reopen();
     }
+}
+
+/* Stats flush (stats_flush_interval): the gauges Envoy samples rather than counts. */
+static void on_stats_flush(void *arg)
+{
+    struct msm_server *srv = arg;
+    struct msm_memory_usage mu;
+    msm_memory_usage(&mu);
+    msm_stat_set(srv->sst.memory_allocated, mu.allocated);
+    msm_stat_set(srv->sst.memory_heap_size, mu.heap_size);
+    msm_stat_set(srv->sst.memory_physical_size, mu.physical);
+    msm_stat_set(srv->sst.total_connections, msm_lm_total_connections(srv->lmgr));
+    msm_stat_set(srv->sst.uptime, (uint64_t)(ev_now(srv->loop) - srv->start_time));
 }
 
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
@@ -301,6 +320,7 @@ static void server_free(struct msm_server *srv)
     msm_snapshot_unref(srv->snap);
     msm_lm_free(srv->lmgr);
     msm_rstore_deinit(&srv->routes);
+    msm_rds_free(srv->rds);
     msm_rstore_deinit(&srv->secrets);
     free(srv->lds_version);
     free(srv->cds_version);
@@ -309,6 +329,9 @@ static void server_free(struct msm_server *srv)
     }
     msm_cm_free(srv->cm);
     msm_secrets_free(msm_secrets); /* after every TLS context user */
+    msm_al_files_shutdown(); /* after the last access log user, before the stats go */
+    msm_istio_shutdown();
+    msm_node_clear();
     msm_server_stats_deinit(&srv->sst);
     msm_lm_stats_deinit(&srv->lm);
     if (srv->bootstrap) {
@@ -321,6 +344,7 @@ static void server_free(struct msm_server *srv)
         ev_signal_stop(srv->loop, &srv->sig_usr1);
         ev_timer_stop(srv->loop, &srv->tick);
         ev_timer_stop(srv->loop, &srv->drain_deadline);
+        msm_stats_flusher_stop(&srv->flusher);
         msm_loop_free(srv->loop);
     }
     msm_stats_store_free(srv->stats);
@@ -341,12 +365,18 @@ static struct msm_server *server_new(const struct msm_options *opts, struct msm_
     srv->lmgr = msm_lm_new(srv, srv->n_workers);
     srv->start_wall = msm_wall_now();
     msm_rstore_init(&srv->routes, "envoy.config.route.v3.RouteConfiguration");
+    srv->rds = msm_rds_new();
     msm_rstore_init(&srv->secrets, "envoy.extensions.transport_sockets.tls.v3.Secret");
     srv->bootstrap = msm_bootstrap_load(opts, err);
     if (!srv->bootstrap) {
         return srv;
     }
-    if (apply_log_config(srv, err) < 0) {
+    msm_al_files_configure(opts->file_flush_interval_msec, opts->file_flush_min_size_kb);
+    msm_istio_set_node(srv->bootstrap->node);
+    msm_node_set(srv->bootstrap->node);
+    if (apply_log_config(srv, err) < 0 ||
+        msm_stats_configure(srv->stats, srv->bootstrap->stats_config, opts->stats_tags,
+                            opts->n_stats_tags, err) < 0) {
         protobuf_c_message_free_unpacked(&srv->bootstrap->base, NULL);
         srv->bootstrap = NULL;
     }
@@ -431,6 +461,9 @@ int msm_server_run(const struct msm_options *opts)
     ev_signal_start(srv->loop, &srv->sig_usr1);
     ev_timer_init(&srv->tick, on_tick, 1.0, 1.0);
     ev_timer_start(srv->loop, &srv->tick);
+    msm_stats_flusher_start(&srv->flusher, srv->loop, srv->stats,
+                            (uint32_t)msm_pb_duration_ms(srv->bootstrap->stats_flush_interval, 5000),
+                            on_stats_flush, srv);
     ev_timer_init(&srv->drain_deadline, on_drain_deadline, 0, 0);
     set_state(srv, MSM_STATE_INITIALIZING);
     msm_cm_start(srv->cm, on_init_done, srv);
@@ -450,4 +483,9 @@ fail:
             opts->config_path ? opts->config_path : "--config-yaml", err.msg);
     server_free(srv);
     return 1;
+}
+
+void msm_server_set_draining(struct msm_server *srv)
+{
+    set_state(srv, MSM_STATE_DRAINING);
 }

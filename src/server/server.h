@@ -15,6 +15,7 @@
 #include "config/snapshot.h"
 #include "event/loop.h"
 #include "server/options.h"
+#include "stats/flush.h"
 #include "stats/stats.h"
 
 enum msm_server_state {
@@ -47,6 +48,7 @@ struct msm_admin;
 struct msm_cluster_manager;
 struct msm_listener_manager;
 struct msm_xds;
+struct msm_rds;
 
 struct msm_server {
     struct ev_loop *loop;
@@ -70,7 +72,8 @@ struct msm_server {
     double start_time; /* ev_now at start */
     double start_wall; /* epoch seconds at start (bootstrap last_updated) */
     char *lds_version, *cds_version; /* last accepted LDS/CDS version_info */
-    struct msm_rstore routes;  /* RDS RouteConfigurations */
+    struct msm_rstore routes;  /* RDS RouteConfigurations (as received, for /config_dump) */
+    struct msm_rds *rds;       /* RDS RouteConfigurations compiled (src/http/rds.h) */
     struct msm_rstore secrets; /* SDS and static Secrets */
     struct msm_xds *xds;       /* NULL without dynamic_resources */
     int dyn_phase;             /* enum msm_dyn_phase */
@@ -78,6 +81,7 @@ struct msm_server {
     int exit_code;
     bool shutting_down;
     bool healthcheck_failed;
+    struct msm_stats_flusher flusher; /* stats_flush_interval: histograms, sampled gauges */
 };
 
 /* Run the server to completion; returns the process exit code. */
@@ -96,3 +100,5 @@ void msm_server_publish(struct msm_server *srv);
 /* Initialization finished (static clusters warm, and with xDS the first CDS/LDS applied):
  * start the workers and go LIVE (or exit in init_only mode). */
 void msm_server_init_complete(struct msm_server *srv);
+/* /drain_listeners?graceful: server.state DRAINING (/ready 503) without exiting. */
+void msm_server_set_draining(struct msm_server *srv);

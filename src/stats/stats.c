@@ -39,6 +39,24 @@ struct msm_stats_store {
     enum matcher_mode mode;
     struct msm_str_matcher *match;
     int n_match;
+    /* Bumped (under <mu>) whenever a stat is created or destroyed, or the config changes:
+     * sorted lists cached for exports stay valid while it does not move. */
+    uint64_t generation;
+    struct order_cache {
+        uint64_t gen;
+        bool valid;
+        msm_stats_cmp_fn *cmp;
+        struct msm_stat **v;
+        size_t n;
+    } orders[MSM_STATS_ORDERS];
+    /* interned export strings (never freed before the store) */
+    pthread_mutex_t intern_mu;
+    char **strs;
+    size_t strs_cap, strs_n;
+    /* msm_stats_prewarm: a pass over the slots computing missing export views */
+    size_t warm_cursor;
+    uint64_t warm_gen, warm_start_gen;
+    bool warm_active, warm_done;
 };
 
 static struct msm_stat tombstone;
@@ -47,20 +65,24 @@ struct msm_stats_store *msm_stats_store_new(void)
 {
     struct msm_stats_store *st = MSM_NEW(struct msm_stats_store);
     pthread_mutex_init(&st->mu, NULL);
+    pthread_mutex_init(&st->intern_mu, NULL);
     st->cap = 1024;
     st->slots = msm_xcalloc(st->cap, sizeof(*st->slots));
     return st;
 }
+
+/* Export strings are interned per store: families share their names and the ~60 stats of one
+ * cluster share their label string, which keeps a 500k-stat store's export views small. */
+static const char *intern(struct msm_stats_store *st, char *s);
 
 static void export_free(struct msm_stat_export *e)
 {
     if (!e) {
         return;
     }
-    free(e->tag_name);
-    msm_tags_free(e->tags, e->n_tags);
-    free(e->prom_name);
-    free(e->prom_labels);
+    if (e->tags) {
+        msm_tags_free(e->tags, e->n_tags);
+    }
     free(e);
 }
 
@@ -97,6 +119,14 @@ void msm_stats_store_free(struct msm_stats_store *st)
         }
     }
     free(st->slots);
+    for (int i = 0; i < MSM_STATS_ORDERS; i++) {
+        free(st->orders[i].v);
+    }
+    for (size_t i = 0; i < st->strs_cap; i++) {
+        free(st->strs[i]);
+    }
+    free(st->strs);
+    pthread_mutex_destroy(&st->intern_mu);
     msm_tag_producer_free(st->tags);
     matcher_clear(st);
     pthread_mutex_destroy(&st->mu);
@@ -146,7 +176,8 @@ static void rehash(struct msm_stats_store *st)
     free(old);
 }
 
-static struct msm_stat_export *export_new(const char *tag_name, struct msm_tag *tags, int n);
+static struct msm_stat_export *export_new(struct msm_stats_store *st, const char *tag_name,
+                                          struct msm_tag *tags, int n);
 
 /* Get or create under the lock. <exp> (may be NULL) becomes the export view of a new stat;
  * otherwise it is freed. */
@@ -177,6 +208,7 @@ static struct msm_stat *get_locked(struct msm_stats_store *st, enum msm_stat_typ
     }
     st->slots[i] = s;
     st->live++;
+    st->generation++;
     if (st->used * 4 >= st->cap * 3) {
         rehash(st);
     }
@@ -211,7 +243,7 @@ struct msm_stat *msm_stats_get_tagged(struct msm_stats_store *st, enum msm_stat_
         copy[i].name = msm_xstrdup(tags[i].name);
         copy[i].value = msm_xstrdup(tags[i].value);
     }
-    struct msm_stat_export *exp = export_new(name, copy, n_tags);
+    struct msm_stat_export *exp = export_new(st, name, copy, n_tags);
     exp->explicit_tags = true;
     pthread_mutex_lock(&st->mu);
     struct msm_stat *s = get_locked(st, type, full, exp);
@@ -252,6 +284,7 @@ void msm_stat_unref(struct msm_stat *s)
         if (found && st->slots[i] == s) {
             st->slots[i] = &tombstone;
             st->live--;
+            st->generation++;
         }
         stat_destroy(s);
     }
@@ -318,6 +351,8 @@ void msm_stats_list_free(struct msm_stat **v, size_t n)
             if (found && st->slots[j] == s) {
                 st->slots[j] = &tombstone;
                 st->live--;
+                st->generation++;
+            st->generation++;
             }
             stat_destroy(s);
         }
@@ -472,6 +507,7 @@ int msm_stats_configure(struct msm_stats_store *st, const void *stats_config,
         matcher_clear(st);
         rc = MSM_EINVAL;
     }
+    st->generation++;
     if (rc == 0) {
         msm_tag_producer_free(st->tags);
         st->tags = tp;
@@ -560,14 +596,53 @@ static char *prom_labels(const struct msm_tag *tags, int n)
     return out;
 }
 
-static struct msm_stat_export *export_new(const char *tag_name, struct msm_tag *tags, int n)
+static const char *intern(struct msm_stats_store *st, char *s)
+{
+    if (!s) {
+        return NULL;
+    }
+    pthread_mutex_lock(&st->intern_mu);
+    if ((st->strs_n + 1) * 2 > st->strs_cap) {
+        size_t cap = st->strs_cap ? st->strs_cap * 2 : 1024;
+        char **v = msm_xcalloc(cap, sizeof(char *));
+        for (size_t i = 0; i < st->strs_cap; i++) {
+            char *x = st->strs[i];
+            if (x) {
+                size_t j = (size_t)XXH3_64bits(x, strlen(x)) & (cap - 1);
+                while (v[j]) {
+                    j = (j + 1) & (cap - 1);
+                }
+                v[j] = x;
+            }
+        }
+        free(st->strs);
+        st->strs = v;
+        st->strs_cap = cap;
+    }
+    size_t i = (size_t)XXH3_64bits(s, strlen(s)) & (st->strs_cap - 1);
+    while (st->strs[i] && strcmp(st->strs[i], s) != 0) {
+        i = (i + 1) & (st->strs_cap - 1);
+    }
+    if (st->strs[i]) {
+        free(s);
+    } else {
+        st->strs[i] = s;
+        st->strs_n++;
+    }
+    const char *r = st->strs[i];
+    pthread_mutex_unlock(&st->intern_mu);
+    return r;
+}
+
+static struct msm_stat_export *export_new(struct msm_stats_store *st, const char *tag_name,
+                                          struct msm_tag *tags, int n)
 {
     struct msm_stat_export *e = MSM_NEW(struct msm_stat_export);
-    e->tag_name = msm_xstrdup(tag_name);
-    e->tags = tags;
+    e->tag_name = intern(st, msm_xstrdup(tag_name));
     e->n_tags = n;
-    e->prom_name = prom_name(tag_name);
-    e->prom_labels = prom_labels(tags, n);
+    e->prom_name = intern(st, prom_name(tag_name));
+    e->prom_labels = intern(st, prom_labels(tags, n));
+    e->tags = tags;
     return e;
 }
 
@@ -577,7 +652,10 @@ const struct msm_stat_export *msm_stat_export(struct msm_stat *s)
         struct msm_tag *tags = NULL;
         int n = 0;
         char *tn = msm_tag_producer_produce(s->store->tags, s->name, &tags, &n);
-        s->exp = export_new(tn, tags, n);
+        s->exp = export_new(s->store, tn, tags, n);
+        /* Extracted tags are only needed for the label string: do not keep them. */
+        msm_tags_free(s->exp->tags, n);
+        s->exp->tags = NULL;
         free(tn);
     }
     return s->exp;
@@ -614,4 +692,82 @@ void msm_stats_reset_counters(struct msm_stats_store *st)
         }
     }
     pthread_mutex_unlock(&st->mu);
+}
+
+/* ---- cached sorted lists ------------------------------------------------------------------ */
+
+struct msm_stat **msm_stats_list_ordered(struct msm_stats_store *st, int slot,
+                                         msm_stats_cmp_fn *cmp, msm_stats_prep_fn *prep,
+                                         size_t *n)
+{
+    struct order_cache *oc = &st->orders[slot];
+    pthread_mutex_lock(&st->mu);
+    if (oc->valid && oc->gen == st->generation && oc->cmp == cmp) {
+        /* Nothing was created or destroyed since: every cached pointer is alive. */
+        struct msm_stat **v = msm_xcalloc(oc->n + 1, sizeof(*v));
+        for (size_t i = 0; i < oc->n; i++) {
+            atomic_fetch_add(&oc->v[i]->refs, 1);
+            v[i] = oc->v[i];
+        }
+        *n = oc->n;
+        pthread_mutex_unlock(&st->mu);
+        return v;
+    }
+    uint64_t gen = st->generation;
+    pthread_mutex_unlock(&st->mu);
+    size_t k;
+    struct msm_stat **v = msm_stats_list_all(st, false, false, &k);
+    for (size_t i = 0; prep && i < k; i++) {
+        prep(v[i]);
+    }
+    qsort(v, k, sizeof(*v), cmp);
+    pthread_mutex_lock(&st->mu);
+    if (st->generation == gen) {
+        free(oc->v);
+        oc->v = msm_xcalloc(k + 1, sizeof(*oc->v));
+        memcpy(oc->v, v, k * sizeof(*v));
+        oc->n = k;
+        oc->gen = gen;
+        oc->cmp = cmp;
+        oc->valid = true;
+    }
+    pthread_mutex_unlock(&st->mu);
+    *n = k;
+    return v;
+}
+
+int msm_stats_cmp_name(const void *a, const void *b)
+{
+    return by_name(a, b);
+}
+
+size_t msm_stats_prewarm(struct msm_stats_store *st, size_t budget)
+{
+    pthread_mutex_lock(&st->mu);
+    if (st->warm_done && st->warm_gen == st->generation) {
+        pthread_mutex_unlock(&st->mu);
+        return 0;
+    }
+    if (!st->warm_active) {
+        st->warm_active = true;
+        st->warm_cursor = 0;
+        st->warm_start_gen = st->generation;
+    }
+    size_t done = 0;
+    while (st->warm_cursor < st->cap && done < budget) {
+        struct msm_stat *s = st->slots[st->warm_cursor++];
+        if (s && s != &tombstone && !s->hidden && !s->exp) {
+            msm_stat_export(s);
+            done++;
+        }
+    }
+    size_t more = 1;
+    if (st->warm_cursor >= st->cap) {
+        st->warm_active = false;
+        st->warm_done = true;
+        st->warm_gen = st->warm_start_gen;
+        more = st->warm_gen != st->generation;
+    }
+    pthread_mutex_unlock(&st->mu);
+    return more;
 }

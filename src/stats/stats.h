@@ -41,17 +41,26 @@ extern const double msm_hist_bounds[MSM_HIST_BUCKETS];
 #define MSM_STATS_ISTIO_NS "istiocustom"
 
 struct msm_stats_store;
+struct msm_stat;
 struct msm_tag;
+
+/* Export orders cached by the store (msm_stats_list_ordered). */
+#define MSM_STATS_ORDERS 1
+#define MSM_STATS_ORDER_NAME 0
+typedef int msm_stats_cmp_fn(const void *a, const void *b); /* on struct msm_stat ** */
+typedef void msm_stats_prep_fn(struct msm_stat *s);
 struct msm_stats_tag;
 struct msm_err;
 
 /* What an export needs besides the value: computed once per stat (main thread), immutable. */
 struct msm_stat_export {
-    char *tag_name;    /* tag-extracted name: "cluster.upstream_cx_total" */
-    struct msm_tag *tags;
+    const char *tag_name;    /* tag-extracted name: "cluster.upstream_cx_total" */
+    struct msm_tag *tags;    /* explicit tags (msm_stats_get_tagged); NULL for extracted ones */
     int n_tags;
-    char *prom_name;   /* "envoy_cluster_upstream_cx_total"; NULL when it cannot be exported */
-    char *prom_labels; /* rendered labels without braces: cluster_name="xds-grpc"; "" if none */
+    /* "envoy_cluster_upstream_cx_total"; NULL when it cannot be exported. Interned in the store:
+     * equal names are the same pointer. */
+    const char *prom_name;
+    const char *prom_labels; /* labels without braces: cluster_name="xds-grpc"; "" if none */
     bool explicit_tags; /* created with msm_stats_get_tagged */
 };
 
@@ -103,6 +112,13 @@ struct msm_stat **msm_stats_list(struct msm_stats_store *st, size_t *n);
 struct msm_stat **msm_stats_list_all(struct msm_stats_store *st, bool with_hidden, bool sorted,
                                      size_t *n);
 void msm_stats_list_free(struct msm_stat **v, size_t n);
+/* The visible stats sorted by <cmp> (after <prep>, may be NULL, ran on each), each referenced;
+ * free with msm_stats_list_free. The order is cached in <slot> and reused while no stat was
+ * created or destroyed, so a repeated scrape of a big store does not sort again. Main thread. */
+struct msm_stat **msm_stats_list_ordered(struct msm_stats_store *st, int slot,
+                                         msm_stats_cmp_fn *cmp, msm_stats_prep_fn *prep,
+                                         size_t *n);
+int msm_stats_cmp_name(const void *a, const void *b);
 
 /* Install the bootstrap's stats_config (envoy.config.metrics.v3.StatsConfig, may be NULL) and
  * the --stats-tag tags: tag extraction and stats_matcher. Existing stats are re-evaluated.
@@ -114,6 +130,10 @@ int msm_stats_configure(struct msm_stats_store *st, const void *stats_config,
 bool msm_stats_rejects(const struct msm_stats_store *st, const char *name);
 /* The export view of <s> (computed on first use). Main thread. */
 const struct msm_stat_export *msm_stat_export(struct msm_stat *s);
+/* Compute up to <budget> missing export views (tag extraction) ahead of the first scrape;
+ * returns 0 when every visible stat has one. The stats flusher runs it from an idle watcher so
+ * a scrape of a big store does not extract tags on the spot. Main thread. */
+size_t msm_stats_prewarm(struct msm_stats_store *st, size_t budget);
 /* Stats flush (main thread, every stats_flush_interval): close the histograms' interval. */
 void msm_stats_flush_histograms(struct msm_stats_store *st);
 /* /reset_counters: every counter back to 0. */

@@ -60,7 +60,8 @@ static const struct re_desc default_regexes[] = {
     {"envoy.response_code", "_rq(_(\\d{3}))$", "_rq_", NULL},
     {"envoy.response_code_class", "_rq_((\\d))xx$", "_rq_", NULL},
     {"envoy.dynamo_partition_id",
-     "^http\\.[^\\.]+\\.dynamodb\\.table\\.[^\\.]+\\.capacity\\.[^\\.]+(\\.__partition_id=(\\w{7}))$",
+     "^http\\.[^\\.]+\\.dynamodb\\.table\\.[^\\.]+\\.capacity\\.[^\\.]+"
+     "(\\.__partition_id=(\\w{7}))$",
      ".dynamodb.table.", NULL},
     {"envoy.dynamo_operation",
      "^http\\.[^\\.]+\\.dynamodb.(?:operation|table\\.[^\\.]+\\.capacity)(\\.([^\\.]+))(?:\\.|$)",

@@ -25,6 +25,9 @@
     "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
 #define DEFAULT_CURVES "X25519:P-256"
 
+/* Enum constants of envoy.extensions.transport_sockets.tls.v3, shortened. */
+#define TLSV3(x) ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__##x
+
 typedef Envoy__Extensions__TransportSockets__Tls__V3__CommonTlsContext common_pb;
 typedef Envoy__Extensions__TransportSockets__Tls__V3__CertificateValidationContext cvc_pb;
 typedef Envoy__Extensions__TransportSockets__Tls__V3__SdsSecretConfig sds_pb;
@@ -272,7 +275,7 @@ int msm_tls_validation_from_proto(const void *proto, struct msm_tls_validation *
         const Envoy__Extensions__TransportSockets__Tls__V3__SubjectAltNameMatcher *m =
             p->match_typed_subject_alt_names[i];
         int t = (int)m->san_type;
-        if (t == ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SUBJECT_ALT_NAME_MATCHER__SAN_TYPE__OTHER_NAME) {
+        if (t == TLSV3(SUBJECT_ALT_NAME_MATCHER__SAN_TYPE__OTHER_NAME)) {
             msm_err_set(err, "match_typed_subject_alt_names[%zu]: san_type OTHER_NAME is not "
                              "supported", i);
             goto fail;
@@ -320,7 +323,7 @@ int msm_tls_validation_from_proto(const void *proto, struct msm_tls_validation *
     v->allow_expired = p->allow_expired_certificate;
     v->accept_untrusted =
         p->trust_chain_verification ==
-        ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__CERTIFICATE_VALIDATION_CONTEXT__TRUST_CHAIN_VERIFICATION__ACCEPT_UNTRUSTED;
+        TLSV3(CERTIFICATE_VALIDATION_CONTEXT__TRUST_CHAIN_VERIFICATION__ACCEPT_UNTRUSTED);
     v->only_leaf_crl = p->only_verify_leaf_cert_crl;
     v->max_depth = msm_pb_u32(p->max_verify_depth, 0);
     if (p->max_verify_depth && v->max_depth == 0) {
@@ -409,22 +412,22 @@ struct msm_secret *msm_secret_from_proto(const void *proto, struct msm_err *err)
     const Envoy__Extensions__TransportSockets__Tls__V3__Secret *p = proto;
     struct msm_secret *s = MSM_NEW(struct msm_secret);
     switch (p->type_case) {
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_TLS_CERTIFICATE:
+    case TLSV3(SECRET__TYPE_TLS_CERTIFICATE):
         s->type = MSM_SECRET_TLS_CERTIFICATE;
         if (msm_tls_cert_from_proto(p->tls_certificate, &s->cert, err) < 0) {
             msm_err_prefix(err, "tls_certificate");
             goto fail;
         }
         return s;
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_VALIDATION_CONTEXT:
+    case TLSV3(SECRET__TYPE_VALIDATION_CONTEXT):
         s->type = MSM_SECRET_VALIDATION_CONTEXT;
         if (msm_tls_validation_from_proto(p->validation_context, &s->val, err) < 0) {
             msm_err_prefix(err, "validation_context");
             goto fail;
         }
         return s;
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_SESSION_TICKET_KEYS:
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__SECRET__TYPE_GENERIC_SECRET:
+    case TLSV3(SECRET__TYPE_SESSION_TICKET_KEYS):
+    case TLSV3(SECRET__TYPE_GENERIC_SECRET):
         s->type = MSM_SECRET_OTHER;
         return s;
     default:
@@ -522,19 +525,19 @@ bool msm_tls_san_match(const struct msm_san_matcher *m, int n, void *x509)
 static int version_from_proto(int v, int dflt, const char *field, int *out, struct msm_err *err)
 {
     switch (v) {
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLS_AUTO:
+    case TLSV3(TLS_PARAMETERS__TLS_PROTOCOL__TLS_AUTO):
         *out = dflt;
         return 0;
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_0:
+    case TLSV3(TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_0):
         *out = TLS1_VERSION;
         return 0;
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_1:
+    case TLSV3(TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_1):
         *out = TLS1_1_VERSION;
         return 0;
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_2:
+    case TLSV3(TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_2):
         *out = TLS1_2_VERSION;
         return 0;
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_3:
+    case TLSV3(TLS_PARAMETERS__TLS_PROTOCOL__TLSv1_3):
         *out = TLS1_3_VERSION;
         return 0;
     default:
@@ -626,8 +629,7 @@ static int sds_ref(const sds_pb *s, struct msm_secret_provider **out, struct msm
     if (!msm_secrets) {
         return msm_err_set(err, "secret '%s': no secret manager", s->name);
     }
-    if (s->sds_config && s->sds_config->config_source_specifier_case ==
-                             ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER__NOT_SET) {
+    if (s->sds_config && !s->sds_config->config_source_specifier_case) {
         return msm_err_set(err, "secret '%s': sds_config has no config source", s->name);
     }
     return msm_secrets_provider(msm_secrets, s->name, s->sds_config, out, err);
@@ -646,7 +648,8 @@ static int unsupported_common(const common_pb *c, struct msm_err *err)
                                 "tls_certificates or tls_certificate_sds_secret_configs)");
     }
     if (c->custom_handshaker) {
-        return msm_err_set(err, "custom_handshaker '%s': not supported", c->custom_handshaker->name);
+        return msm_err_set(err, "custom_handshaker '%s': not supported",
+                           c->custom_handshaker->name);
     }
     if (c->key_log && c->key_log->path && c->key_log->path[0]) {
         return msm_err_set(err, "key_log: not supported");
@@ -694,25 +697,26 @@ static int validation_from_common(const common_pb *c, struct msm_tls_params *p,
                                   struct msm_err *err)
 {
     switch (c->validation_context_type_case) {
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE__NOT_SET:
+    case TLSV3(COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE__NOT_SET):
         return 0;
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT:
+    case TLSV3(COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT):
         p->has_validation = true;
         if (msm_tls_validation_from_proto(c->validation_context, &p->val, err) < 0) {
             msm_err_prefix(err, "validation_context");
             return MSM_EINVAL;
         }
         return 0;
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT_SDS_SECRET_CONFIG:
+    case TLSV3(COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_VALIDATION_CONTEXT_SDS_SECRET_CONFIG):
         p->has_validation = true;
         if (sds_ref(c->validation_context_sds_secret_config, &p->val_provider, err) < 0) {
             msm_err_prefix(err, "validation_context_sds_secret_config");
             return MSM_EINVAL;
         }
         return 0;
-    case ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_COMBINED_VALIDATION_CONTEXT: {
-        const Envoy__Extensions__TransportSockets__Tls__V3__CommonTlsContext__CombinedCertificateValidationContext
-            *cc = c->combined_validation_context;
+    case TLSV3(COMMON_TLS_CONTEXT__VALIDATION_CONTEXT_TYPE_COMBINED_VALIDATION_CONTEXT): {
+        typedef Envoy__Extensions__TransportSockets__Tls__V3__CommonTlsContext__CombinedCertificateValidationContext
+            combined_pb;
+        const combined_pb *cc = c->combined_validation_context;
         p->has_validation = true;
         if (!cc->default_validation_context || !cc->validation_context_sds_secret_config) {
             return msm_err_set(err, "combined_validation_context: default_validation_context "
@@ -758,7 +762,7 @@ static int upstream(const Envoy__Extensions__TransportSockets__Tls__V3__Upstream
     /* max_session_keys (client session resumption) and enforce_rsa_key_usage only change
      * performance and OpenSSL's own checks; they are accepted. */
     if (!u->common_tls_context) {
-        static const common_pb empty = ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__COMMON_TLS_CONTEXT__INIT;
+        static const common_pb empty = TLSV3(COMMON_TLS_CONTEXT__INIT);
         return common_from_proto(&empty, p, err);
     }
     if (common_from_proto(u->common_tls_context, p, err) < 0) {
@@ -771,22 +775,20 @@ static int upstream(const Envoy__Extensions__TransportSockets__Tls__V3__Upstream
 static int downstream(const Envoy__Extensions__TransportSockets__Tls__V3__DownstreamTlsContext *d,
                       struct msm_tls_params *p, struct msm_err *err)
 {
-    if (d->session_ticket_keys_type_case ==
-            ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_SESSION_TICKET_KEYS ||
-        d->session_ticket_keys_type_case ==
-            ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_SESSION_TICKET_KEYS_SDS_SECRET_CONFIG) {
+#define STK(x) TLSV3(DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_##x)
+    int stk = (int)d->session_ticket_keys_type_case;
+    if (stk == STK(SESSION_TICKET_KEYS) || stk == STK(SESSION_TICKET_KEYS_SDS_SECRET_CONFIG)) {
         return msm_err_set(err, "session_ticket_keys: not supported");
     }
     if (d->ocsp_staple_policy !=
-        ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__OCSP_STAPLE_POLICY__LENIENT_STAPLING) {
+        TLSV3(DOWNSTREAM_TLS_CONTEXT__OCSP_STAPLE_POLICY__LENIENT_STAPLING)) {
         return msm_err_set(err, "ocsp_staple_policy: only LENIENT_STAPLING is supported");
     }
     p->require_client_cert = msm_pb_bool(d->require_client_certificate, false);
     p->require_sni = msm_pb_bool(d->require_sni, false);
-    p->no_tickets =
-        d->session_ticket_keys_type_case ==
-            ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__DOWNSTREAM_TLS_CONTEXT__SESSION_TICKET_KEYS_TYPE_DISABLE_STATELESS_SESSION_RESUMPTION &&
-        d->disable_stateless_session_resumption;
+    p->no_tickets = stk == STK(DISABLE_STATELESS_SESSION_RESUMPTION) &&
+                    d->disable_stateless_session_resumption;
+#undef STK
     p->no_session_cache = d->disable_stateful_session_resumption;
     if (d->session_timeout) {
         int64_t ms = msm_pb_duration_ms(d->session_timeout, 0);

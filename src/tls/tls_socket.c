@@ -526,7 +526,8 @@ static ProtobufCMessage *unpack(const Envoy__Config__Core__V3__TransportSocket *
 {
     const char *name = ts->name ? ts->name : "";
     *raw = false;
-    if (ts->config_type_case != ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG ||
+    if (ts->config_type_case !=
+            ENVOY__CONFIG__CORE__V3__TRANSPORT_SOCKET__CONFIG_TYPE_TYPED_CONFIG ||
         !ts->typed_config) {
         if (!name[0] || !strcmp(name, "envoy.transport_sockets.raw_buffer") ||
             !strcmp(name, "raw_buffer")) {

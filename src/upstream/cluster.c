@@ -13,6 +13,8 @@
 #include "config/pbjson.h"
 #include "config/pbutil.h"
 #include "config/types.h"
+#include "filter/upstream.h"
+#include "stats/istio_stats.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define DEFAULT_BUFFER_LIMIT (1024 * 1024)
@@ -34,9 +36,12 @@ void msm_cluster_cfg_unref(struct msm_cluster_cfg *c)
     free(c->static_addrs);
     free(c->static_weights);
     free(c->eds_service_name);
+    free(c->istio_service_host);
+    free(c->istio_service_name);
     free(c->eds_source);
     msm_hc_cfg_free(c->hc);
     msm_cluster_http_cfg_free(c->http);
+    msm_upstream_filters_unref(c->filters);
     free(c->name);
     free(c->stat_name);
     free(c);
@@ -306,6 +311,7 @@ struct msm_cluster_cfg *msm_cluster_cfg_from_proto(const void *proto, bool valid
     atomic_init(&c->refs, 1);
     c->name = msm_xstrdup(p->name);
     c->stat_name = msm_xstrdup(p->alt_stat_name[0] ? p->alt_stat_name : p->name);
+    msm_istio_cluster_services(p->metadata, &c->istio_service_host, &c->istio_service_name);
     int64_t ct = msm_pb_duration_ms(p->connect_timeout, DEFAULT_CONNECT_TIMEOUT_MS);
     c->per_connection_buffer_limit = msm_pb_u32(p->per_connection_buffer_limit_bytes,
                                                 DEFAULT_BUFFER_LIMIT);
@@ -373,7 +379,9 @@ struct msm_cluster_cfg *msm_cluster_cfg_from_proto(const void *proto, bool valid
         goto fail;
     }
     if (msm_cluster_transport_from_proto(p, c, err) < 0 ||
-        msm_cluster_http_from_proto(p, c, err) < 0) {
+        msm_cluster_http_from_proto(p, c, err) < 0 ||
+        msm_upstream_filters_new((const void *const *)p->filters, p->n_filters, p->name,
+                                 validate_only, &c->filters, err) < 0) {
         goto fail;
     }
     return c;

@@ -25,6 +25,7 @@
 #include "upstream/cluster_http.h"
 
 struct msm_conn;
+struct msm_upstream_filters;
 
 enum msm_cluster_type {
     MSM_CLUSTER_STATIC = 0,
@@ -104,6 +105,9 @@ struct msm_cluster_cfg {
     atomic_int refs;
     char *name;
     char *stat_name; /* alt_stat_name or name */
+    /* Istio: filter_metadata istio.services[0].{host,name} (destination_service labels);
+     * NULL when absent. */
+    char *istio_service_host, *istio_service_name;
     enum msm_cluster_type type;
     enum msm_lb_policy lb;
     uint32_t connect_timeout_ms;
@@ -143,6 +147,9 @@ struct msm_cluster_cfg {
     struct msm_tsm_meta **static_meta; /* per STATIC endpoint (n_static), entries may be NULL */
     /* HTTP protocol options (upstream/cluster_http.c); NULL = HTTP/1.1 with defaults */
     struct msm_cluster_http_cfg *http;
+    /* `filters`: upstream network filters on each TCP proxy connection (filter/upstream.h);
+     * NULL = none */
+    struct msm_upstream_filters *filters;
 };
 
 struct msm_cluster_shared {

@@ -12,3 +12,17 @@ msm_fuzz_target(fuzz_sdp_rewrite ${CMAKE_CURRENT_LIST_DIR}/fuzz_sdp_rewrite.c)
 msm_fuzz_target(fuzz_xds_response ${CMAKE_CURRENT_LIST_DIR}/fuzz_xds_response.c)
 # Listener filters (src/net/inspect*.c): protocol sniffing on peeked bytes.
 msm_fuzz_target(fuzz_http_inspect ${CMAKE_CURRENT_LIST_DIR}/fuzz_http_inspect.c)
+# TLS inspector (src/net/inspect_tls.c): ClientHello parsing on peeked bytes.
+msm_fuzz_target(fuzz_tls_inspector ${CMAKE_CURRENT_LIST_DIR}/fuzz_tls_inspector.c)
+# Observability (issue 6): access log format strings and dictionaries; admin query strings and
+# stat names through the tag extractors.
+msm_fuzz_target(fuzz_access_log_format ${CMAKE_CURRENT_LIST_DIR}/fuzz_access_log_format.c)
+msm_fuzz_target(fuzz_admin_query ${CMAKE_CURRENT_LIST_DIR}/fuzz_admin_query.c)
+# HTTP (src/http, the HTTP connection manager): the HTTP/1.1 codecs (server and client), the
+# HTTP/2 server session, route matching with path normalization.
+msm_fuzz_target(fuzz_http1 ${CMAKE_CURRENT_LIST_DIR}/fuzz_http1.c)
+msm_fuzz_target(fuzz_http2 ${CMAKE_CURRENT_LIST_DIR}/fuzz_http2.c)
+msm_fuzz_target(fuzz_route_match ${CMAKE_CURRENT_LIST_DIR}/fuzz_route_match.c)
+# Istio's TCP metadata exchange (filters/network/metadata_exchange): the istio-peer-exchange
+# preamble (header, Any(Struct)) and the peer workload metadata read from it.
+msm_fuzz_target(fuzz_mx_preamble ${CMAKE_CURRENT_LIST_DIR}/fuzz_mx_preamble.c)

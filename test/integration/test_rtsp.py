@@ -3,9 +3,11 @@ rtspsrc as players (transport always forced), through msm-proxy on a static boot
 
 Covers: decoding through the proxy (UDP and interleaved), all four transport combinations of
 the client and upstream legs, routing (own routes, tcp_proxy fallback, 404), stats naming the
-chosen cluster, and the error paths (400, 404, 431, 453, 454, 461, 505, strangers, lying
-interleaved lengths). Fan-out, timeouts and churn are in test_rtsp_fanout.py.
+chosen cluster, per-track TEARDOWN, RTCP multiplexed on the RTP port (RFC 5761), and the error
+paths (400, 404, 431, 453, 454, 461, 505, strangers, lying interleaved lengths). Fan-out,
+timeouts and churn are in test_rtsp_fanout.py; fan-out across workers in test_rtsp_workers.py.
 """
+import collections
 import socket
 import time
 import unittest
@@ -227,6 +229,92 @@ class RtspTest(H.ProxyTestCase):
             except socket.timeout:
                 break
         self.assertGreater(got, 20, "media stopped after the stranger flood")
+
+    def test_teardown_of_one_track_keeps_the_session(self):
+        cam = self.camera(extra=["--audio"])
+        p = self.proxy(cam, stat_prefix="ptt")
+        u = R.url(p)
+        c = R.RawRtsp(p.listener_port())
+        self.addCleanup(c.close)
+        st, hd, _ = c.request("DESCRIBE", u)
+        self.assertEqual(st, 200)
+        base = hd["content-base"].rstrip("/")
+        for i in range(2):
+            st, hd, _ = c.request("SETUP", "%s/stream=%d" % (base, i), {
+                "Transport": "RTP/AVP/TCP;unicast;interleaved=%d-%d" % (2 * i, 2 * i + 1)})
+            self.assertEqual(st, 200, hd)
+        self.assertEqual(c.request("PLAY", u)[0], 200)
+
+        def channels(seconds):
+            seen = collections.Counter()
+            end = time.monotonic() + seconds
+            c.sock.settimeout(0.1)
+            while time.monotonic() < end:
+                while len(c.buf) >= 4 and c.buf[:1] == b"$":
+                    n = int.from_bytes(c.buf[2:4], "big")
+                    if len(c.buf) < 4 + n:
+                        break
+                    seen[c.buf[1]] += 1
+                    c.buf = c.buf[4 + n:]
+                try:
+                    c._fill()
+                except socket.timeout:
+                    pass
+            c.sock.settimeout(H.IO_TIMEOUT)
+            return seen
+        seen = channels(1.0)
+        self.assertGreater(seen[0], 5, seen)
+        self.assertGreater(seen[2], 5, seen)
+        st, hd, _ = c.request("TEARDOWN", base + "/stream=1")
+        self.assertEqual(st, 200)
+        self.assertIn("session", hd, "the session goes on with the video track")
+        channels(0.3)  # frames already on their way
+        seen = channels(1.0)
+        self.assertEqual(seen[2], 0, seen)
+        self.assertGreater(seen[0], 5, seen)
+        self.assertEqual(c.request("GET_PARAMETER", u)[0], 200)
+        self.assertEqual(p.stat("rtsp.ptt.sessions_active"), 1)
+        # TEARDOWN of the aggregate URL ends the session
+        st, hd, _ = c.request("TEARDOWN", u)
+        self.assertEqual(st, 200)
+        self.assertNotIn("session", hd)
+        self.assertEqual(c.request("GET_PARAMETER", u)[0], 454)
+        self.assertEqual(p.stat("rtsp.ptt.sessions_active"), 0)
+
+    def test_rtcp_mux_client(self):
+        cam = self.camera()
+        p = self.proxy(cam, stat_prefix="mux")
+        u = R.url(p)
+        c = R.RawRtsp(p.listener_port())
+        self.addCleanup(c.close)
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(0.5)
+        self.addCleanup(rx.close)
+        port = rx.getsockname()[1]
+        self.assertEqual(c.request("DESCRIBE", u)[0], 200)
+        st, hd, _ = c.request("SETUP", u + "/stream=0", {
+            "Transport": "RTP/AVP;unicast;client_port=%d-%d;RTCP-mux" % (port, port + 1)})
+        self.assertEqual(st, 200, hd)
+        self.assertIn("RTCP-mux", hd["transport"])
+        server_port = int(hd["transport"].split("server_port=")[1].split("-")[0])
+        self.assertEqual(c.request("PLAY", u)[0], 200)
+        # our receiver report goes to the RTP port: counted as RTCP, keeps the session alive
+        rx.sendto(b"\x80\xc9\x00\x01" + bytes(4), ("127.0.0.1", server_port))
+        p.wait_stat("rtsp.mux.downstream_rtcp_rx_packets", lambda v: v >= 1)
+        self.assertEqual(p.stat("rtsp.mux.rtp_dropped_strangers"), 0)
+        # the camera's sender reports come on the RTP port too, from the RTP port
+        deadline = time.monotonic() + 12
+        sr = None
+        while time.monotonic() < deadline and sr is None:
+            try:
+                pkt, src = rx.recvfrom(2048)
+            except socket.timeout:
+                continue
+            self.assertEqual(src[1], server_port)
+            if len(pkt) > 1 and pkt[1] == 200:
+                sr = pkt
+        self.assertIsNotNone(sr, "no RTCP SR on the multiplexed port")
 
 
 if __name__ == "__main__":

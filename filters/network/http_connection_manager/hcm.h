@@ -43,28 +43,9 @@
     C(downstream_rq_rx_reset) C(downstream_rq_tx_reset) C(downstream_rq_ws_on_non_ws_route)       \
     C(downstream_rq_overload_close) C(downstream_rq_too_many_premature_resets)                    \
     C(downstream_rq_failed_path_normalization) C(downstream_rq_redirected_with_normalized_path)   \
-    H(downstream_rq_time) C(rs_too_large) C(no_route) C(no_cluster) C(rq_direct_response)         \
-    C(rq_redirect) C(rq_total) C(rq_reset_after_downstream_response_started)
+    H(downstream_rq_time) C(rs_too_large)
 MSM_STATS_STRUCT(msm_hcm_stats, MSM_HCM_STATS);
 MSM_STATS_INIT_FN(msm_hcm_stats, MSM_HCM_STATS)
-
-/* Codec stats, process-wide as Envoy's ("http1." / "http2."). */
-#define MSM_HTTP1_STATS(C, G, H)                                                                  \
-    C(dropped_headers_with_underscores) C(metadata_not_supported_error)                           \
-    C(requests_rejected_with_underscores_in_headers) C(response_flood)
-MSM_STATS_STRUCT(msm_http1_stats, MSM_HTTP1_STATS);
-MSM_STATS_INIT_FN(msm_http1_stats, MSM_HTTP1_STATS)
-
-#define MSM_HTTP2_STATS(C, G, H)                                                                  \
-    C(dropped_headers_with_underscores) C(goaway_sent) C(header_overflow) C(headers_cb_no_stream) \
-    C(inbound_empty_frames_flood) C(inbound_priority_frames_flood)                                \
-    C(inbound_window_update_frames_flood) C(keepalive_timeout) C(metadata_empty_frames)           \
-    C(outbound_control_flood) C(outbound_flood) C(requests_rejected_with_underscores_in_headers)  \
-    C(rx_messaging_error) C(rx_reset) C(stream_refused_errors) C(trailers) C(tx_flush_timeout)    \
-    C(tx_reset) G(streams_active) G(pending_send_bytes) G(deferred_stream_close)                  \
-    G(outbound_frames_active) G(outbound_control_frames_active)
-MSM_STATS_STRUCT(msm_http2_stats, MSM_HTTP2_STATS);
-MSM_STATS_INIT_FN(msm_http2_stats, MSM_HTTP2_STATS)
 
 enum msm_hcm_codec_type {
     MSM_HCM_AUTO = 0,

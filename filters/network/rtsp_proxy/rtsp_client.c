@@ -101,12 +101,19 @@ static enum handled fail(struct rtsp_client *c, const struct msm_rtsp_msg *req, 
 
 /* ---- sessions ------------------------------------------------------------------------------ */
 
-static void set_playing(struct rtsp_client *c, bool on)
+/* Start or stop <c>'s media. For a client of a mirror, the hub already linked its records
+ * (SUB_PLAY, answered before this runs) or is told to stop them here (unless <quiet>: the
+ * records are about to be removed anyway); locally, its interleaved subtracks wait for the
+ * packet RTP-Info announced. */
+static void set_playing_ex(struct rtsp_client *c, bool on, bool quiet)
 {
     if (c->playing == on) {
         return;
     }
     c->playing = on;
+    if (!on && c->src && c->src->remote && c->x_subs && !quiet) {
+        rtsp_mirror_sub_pause(c->src, c);
+    }
     if (on) {
         msm_stat_inc(c->cfg->stats.subscribers_active);
     } else {
@@ -119,6 +126,9 @@ static void set_playing(struct rtsp_client *c, bool on)
         }
         st->playing = on;
         if (on) {
+            const struct rtsp_seqinfo *si = &c->x_info[i];
+            st->await_start = st->tcp && c->src && c->src->remote && si->valid;
+            st->start_seq = si->seq;
             rtsp_track_link(st->t, st);
         } else {
             rtsp_track_unlink(st->t, st);
@@ -126,10 +136,15 @@ static void set_playing(struct rtsp_client *c, bool on)
     }
 }
 
+static void set_playing(struct rtsp_client *c, bool on)
+{
+    set_playing_ex(c, on, false);
+}
+
 /* End the client's RTSP session (TEARDOWN, timeout, close) and release the source. */
 static void session_end(struct rtsp_client *c)
 {
-    set_playing(c, false);
+    set_playing_ex(c, false, true); /* unbinding removes a mirror client's records */
     for (int i = 0; i < RTSP_MAX_TRACKS; i++) {
         memset(&c->st[i], 0, sizeof(c->st[i]));
         c->st[i].c = c;
@@ -316,7 +331,8 @@ static enum handled do_describe(struct rtsp_client *c, const struct msm_rtsp_msg
             return fail(c, m, st);
         }
         /* The client whose DESCRIBE creates the source is checked by that DESCRIBE itself. */
-        c->verified = c->src->refs == 1 && c->src->state == RTSP_SRC_CONNECTING;
+        c->verified = c->src->refs == 1 && c->src->state == RTSP_SRC_CONNECTING &&
+                      !c->src->remote;
     }
     struct rtsp_source *s = c->src;
     if (s->state == RTSP_SRC_FAILED) {
@@ -487,19 +503,67 @@ static enum handled do_setup(struct rtsp_client *c, const struct msm_rtsp_msg *m
     if (t->state != RTSP_TRACK_READY) {
         return fail(c, m, 503);
     }
-    if (!tcp) {
-        int st = rtsp_track_open_downstream(t, c->peer.ss_family);
-        if (st) {
-            return fail(c, m, st);
+    /* The subscriber as the client asked for it. */
+    struct rtsp_subtrack want_sub;
+    memset(&want_sub, 0, sizeof(want_sub));
+    want_sub.c = c;
+    want_sub.t = t;
+    want_sub.tcp = tcp;
+    if (tcp) {
+        want_sub.ch[0] = want->has_interleaved ? want->interleaved[0] : (uint8_t)(2 * idx);
+        want_sub.ch[1] = want->has_interleaved ? want->interleaved[1] : (uint8_t)(2 * idx + 1);
+    } else {
+        want_sub.rtcp_mux = want->rtcp_mux;
+        want_sub.rtp_to = c->peer;
+        msm_sockaddr_set_port(&want_sub.rtp_to, want->client_port[0]);
+        want_sub.rtcp_to = c->peer;
+        msm_sockaddr_set_port(&want_sub.rtcp_to,
+                              want->rtcp_mux ? want->client_port[0] : want->client_port[1]);
+    }
+    uint16_t dn_port;
+    bool have_ssrc;
+    uint32_t ssrc;
+    if (s->remote) {
+        /* The hub keeps the record (and serves UDP media from its sockets): wait for it. */
+        if (c->xwait == RTSP_XW_SETUP || !c->x_ready) {
+            if (c->xwait != RTSP_XW_SETUP) {
+                rtsp_mirror_sub_setup(s, c, idx, &want_sub);
+            }
+            rtsp_source_wait(s, c);
+            return WAIT;
         }
+        c->x_ready = false;
+        if (c->x_status != 200) {
+            return fail(c, m, c->x_status);
+        }
+        dn_port = c->x_dn_port;
+        have_ssrc = c->x_have_ssrc;
+        ssrc = c->x_ssrc;
+    } else {
+        if (!tcp) {
+            int st = rtsp_track_open_downstream(t, c->peer.ss_family);
+            if (st) {
+                return fail(c, m, st);
+            }
+        }
+        dn_port = t->dn_port;
+        have_ssrc = t->have_ssrc;
+        ssrc = t->ssrc;
     }
     if (!c->has_session) {
+        bool full = false;
         if (c->cfg->has_max_sessions &&
             atomic_fetch_add(&c->cfg->sessions, 1) >= c->cfg->max_sessions) {
             atomic_fetch_sub(&c->cfg->sessions, 1);
-            return fail(c, m, 503);
+            full = true;
         } else if (!c->cfg->has_max_sessions) {
             atomic_fetch_add(&c->cfg->sessions, 1);
+        }
+        if (full) {
+            if (s->remote) {
+                rtsp_mirror_sub_remove(s, c, idx);
+            }
+            return fail(c, m, 503);
         }
         new_session(c);
     }
@@ -507,39 +571,31 @@ static enum handled do_setup(struct rtsp_client *c, const struct msm_rtsp_msg *m
     if (sub->linked) {
         rtsp_track_unlink(sub->t, sub);
     }
-    memset(sub, 0, sizeof(*sub));
-    sub->c = c;
-    sub->t = t;
-    sub->tcp = tcp;
+    *sub = want_sub;
     struct msm_rtsp_transport out;
     memset(&out, 0, sizeof(out));
     out.profile = MSM_RTSP_AVP;
     out.lower = want->lower;
     if (tcp) {
-        sub->ch[0] = want->has_interleaved ? want->interleaved[0] : (uint8_t)(2 * idx);
-        sub->ch[1] = want->has_interleaved ? want->interleaved[1] : (uint8_t)(2 * idx + 1);
         out.has_interleaved = true;
         out.interleaved[0] = sub->ch[0];
         out.interleaved[1] = sub->ch[1];
     } else {
-        sub->rtp_to = c->peer;
-        msm_sockaddr_set_port(&sub->rtp_to, want->client_port[0]);
-        sub->rtcp_to = c->peer;
-        msm_sockaddr_set_port(&sub->rtcp_to, want->client_port[1]);
         out.has_client_port = true;
         out.client_port[0] = want->client_port[0];
         out.client_port[1] = want->client_port[1];
         out.has_server_port = true;
-        out.server_port[0] = t->dn_port;
-        out.server_port[1] = (uint16_t)(t->dn_port + 1);
+        out.server_port[0] = dn_port;
+        out.server_port[1] = (uint16_t)(dn_port + 1);
+        out.rtcp_mux = sub->rtcp_mux;
         snprintf(out.source, sizeof(out.source), "%s", c->local_ip);
         if (m->ver_major == 2) {
             snprintf(out.destination, sizeof(out.destination), "%s", want->destination);
         }
     }
-    if (t->have_ssrc) {
+    if (have_ssrc) {
         out.has_ssrc = true;
-        out.ssrc = t->ssrc;
+        out.ssrc = ssrc;
     }
     out.has_mode = true;
     char tbuf[512], extra[600];
@@ -572,6 +628,21 @@ static enum handled do_play(struct rtsp_client *c, const struct msm_rtsp_msg *m)
         rtsp_source_wait(s, c);
         return WAIT;
     }
+    if (s->remote) {
+        /* The hub links the records and tells which packet each track forwards next. */
+        if (c->xwait == RTSP_XW_PLAY || !c->x_ready) {
+            if (c->xwait != RTSP_XW_PLAY) {
+                rtsp_mirror_sub_play(s, c);
+            }
+            rtsp_source_wait(s, c);
+            return WAIT;
+        }
+        c->x_ready = false;
+    } else {
+        for (int i = 0; i < s->n_tracks; i++) {
+            c->x_info[i] = rtsp_track_next_info(&s->tracks[i]);
+        }
+    }
     /* RTP-Info: for late joiners, the next packet each track will forward. */
     struct msm_buf info;
     msm_buf_init(&info);
@@ -587,10 +658,8 @@ static enum handled do_play(struct rtsp_client *c, const struct msm_rtsp_msg *m)
             continue;
         }
         msm_buf_appendf(&info, "%surl=%s", n++ ? "," : "", url);
-        if (t->have_last) {
-            msm_buf_appendf(&info, ";seq=%u;rtptime=%u", (uint16_t)(t->last_seq + 1), t->last_ts);
-        } else if (t->have_info) {
-            msm_buf_appendf(&info, ";seq=%u;rtptime=%u", t->info_seq, t->info_ts);
+        if (c->x_info[i].valid) {
+            msm_buf_appendf(&info, ";seq=%u;rtptime=%u", c->x_info[i].seq, c->x_info[i].ts);
         }
     }
     char *extra = msm_xmalloc(info.len + 256);
@@ -615,6 +684,57 @@ static enum handled do_play(struct rtsp_client *c, const struct msm_rtsp_msg *m)
     respond(c, m, 200, extra, NULL, 0, true);
     free(extra);
     return HANDLED;
+}
+
+/* TEARDOWN of a track URL (RFC 7826 §13.7, applied to 1.0 too): that track leaves the session,
+ * which goes on with the others. False when the request is for the whole session (the
+ * aggregate URL, an unknown one, or the last track). */
+static bool teardown_track(struct rtsp_client *c, const struct msm_rtsp_msg *m)
+{
+    struct rtsp_source *s = c->src;
+    struct msm_rtsp_url u, a;
+    if (!s || msm_rtsp_url_parse(m->uri.p, m->uri.n, &u) < 0) {
+        return false;
+    }
+    /* The aggregate: the URL the session was described with, or its Content-Base. */
+    const char *aggs[2] = {s->url, s->base};
+    for (int k = 0; k < 2; k++) {
+        if (msm_rtsp_url_parse(aggs[k], strlen(aggs[k]), &a) < 0) {
+            continue;
+        }
+        size_t al = a.path_len, ul = u.path_len;
+        while (al > 1 && a.path[al - 1] == '/') {
+            al--;
+        }
+        while (ul > 1 && u.path[ul - 1] == '/') {
+            ul--;
+        }
+        if (al == ul && !memcmp(a.path, u.path, ul)) {
+            return false;
+        }
+    }
+    int idx = rtsp_source_find_track(s, m->uri.p, m->uri.n);
+    if (idx < 0 || !c->st[idx].t) {
+        return false;
+    }
+    int left = 0;
+    for (int i = 0; i < RTSP_MAX_TRACKS; i++) {
+        left += i != idx && c->st[i].t;
+    }
+    if (!left) {
+        return false;
+    }
+    struct rtsp_subtrack *sub = &c->st[idx];
+    if (sub->linked) {
+        rtsp_track_unlink(sub->t, sub);
+    }
+    memset(sub, 0, sizeof(*sub));
+    sub->c = c;
+    if (s->remote) {
+        rtsp_mirror_sub_remove(s, c, idx);
+    }
+    rtsp_client_activity(c);
+    return true;
 }
 
 static void count_method(struct rtsp_client *c, enum msm_rtsp_method method)
@@ -664,6 +784,10 @@ static enum handled do_method(struct rtsp_client *c, const struct msm_rtsp_msg *
         if (!session_ok(c, m)) {
             return fail(c, m, 454);
         }
+        if (teardown_track(c, m)) {
+            respond(c, m, 200, NULL, NULL, 0, true);
+            return HANDLED;
+        }
         session_end(c);
         respond(c, m, 200, NULL, NULL, 0, false);
         return HANDLED;
@@ -698,6 +822,8 @@ static enum handled handle_request(struct rtsp_client *c, const struct msm_rtsp_
         msm_stat_inc(c->cfg->stats.downstream_rq_total);
         count_method(c, m->method);
         c->fail_status = 0;
+        c->xwait = RTSP_XW_NONE; /* an answer still on its way belongs to an older request */
+        c->x_ready = false;
         if (!c->first_rq) {
             c->first_rq = ev_now(c->loop);
         }
@@ -803,6 +929,7 @@ void *msm_rtsp_filter_new(void *config, struct msm_filter_handle *h)
 {
     struct rtsp_client *c = MSM_NEW(struct rtsp_client);
     c->h = h;
+    c->id = rtsp_new_id();
     c->cfg = config;
     c->loop = msm_filter_worker(h)->loop;
     for (int i = 0; i < RTSP_MAX_TRACKS; i++) {

@@ -1,28 +1,41 @@
 #pragma once
-/* Internals shared by rtsp_client.c (downstream) and rtsp_source.c (upstream and media relay).
+/* Internals shared by rtsp_client.c (downstream), rtsp_source.c (upstream), rtsp_relay.c (media)
+ * and rtsp_xworker.c (fan-out across workers).
  *
- * Object model (all on one worker loop):
- *   struct rtsp_client   one downstream connection and its RTSP session (filter instance). It
- *                        is bound to at most one source and holds one subtrack per track it set
- *                        up.
- *   struct rtsp_source   one upstream RTSP session towards the server for one (cluster, URL):
- *                        its control connection, the cached DESCRIBE, the tracks set up
- *                        upstream, and the relay. With fan-out it is shared by every client of
- *                        that URL on this worker (found in the worker's registry); without, each
- *                        client gets a private one. It lives while clients are bound, then for
- *                        the linger time.
- *   struct rtsp_track    one media of a source: upstream reception (UDP pair or interleaved
- *                        channels), the shared downstream UDP pair every UDP subscriber is served
- *                        from, receiver statistics, and the list of playing subtracks.
- *   struct rtsp_subtrack one track of one client: where its media goes (UDP addresses or
- *                        interleaved channels) and whether it is playing.
+ * Object model:
+ *   struct rtsp_client   one downstream connection and its RTSP session (filter instance), on
+ *                        the worker that accepted it. It is bound to at most one source of its
+ *                        worker and holds one subtrack per track it set up.
+ *   struct rtsp_source   what clients bind to, one per (cluster, URL) per worker. Two kinds:
+ *                        - a *hub* owns the upstream RTSP session: control connection, cached
+ *                          DESCRIBE, tracks set up upstream, the relay (UDP sockets, fan-out).
+ *                          With fan-out there is at most one hub per (cluster, URL) in the whole
+ *                          process (the process-wide registry, rtsp_xworker.c): the worker whose
+ *                          client asked first owns it. Without fan-out each client gets a
+ *                          private hub;
+ *                        - a *mirror* stands for a hub of another worker: it holds a copy of the
+ *                          hub's published state (SDP, tracks, play state), forwards what its
+ *                          clients ask of the upstream to the hub, and serves its interleaved
+ *                          subscribers from the handoff ring. Its UDP subscribers are served by
+ *                          the hub directly (records at the hub, the hub's sockets).
+ *                        A source lives while clients (or, for a hub, mirrors) are bound; a hub
+ *                        then lingers, a mirror goes at once.
+ *   struct rtsp_track    one media of a source. Hub: upstream reception (UDP pair or interleaved
+ *                        channels), the shared downstream UDP pair every UDP subscriber of the
+ *                        process is served from, receiver statistics, the playing subtracks.
+ *                        Mirror: the published state of the hub's track and its local playing
+ *                        subtracks (interleaved ones get media from the ring).
+ *   struct rtsp_subtrack one track of one subscriber: where its media goes (UDP addresses or
+ *                        interleaved channels) and whether it is playing. Embedded in a client,
+ *                        or (hub side, <peer> set) a record of a client of another worker.
  *
  * Requests are served in order, one at a time: a request that needs the upstream (DESCRIBE of a
- * new URL, SETUP of a track not yet set up, the first PLAY) stays at the head of the client's
- * input while the client waits on the source; every progress of the source wakes its waiters,
- * which run the request again from the start. Errors of an operation a client started are
- * handed to it as <fail_status> and answered on that rerun. So every answer is produced in one
- * place (rtsp_client.c) and nothing is half-applied across a wait.
+ * new URL, SETUP of a track not yet set up, the first PLAY), or an answer from the hub of a
+ * mirror, stays at the head of the client's input while the client waits on its source; every
+ * progress of the source wakes its waiters, which run the request again from the start. Errors
+ * of an operation a client started are handed to it as <fail_status> and answered on that
+ * rerun. So every answer is produced in one place (rtsp_client.c) and nothing is half-applied
+ * across a wait.
  */
 #include <ev.h>
 #include <stdbool.h>
@@ -41,11 +54,15 @@
 struct rtsp_client;
 struct rtsp_source;
 struct rtsp_track;
+struct rtsp_peer;   /* hub side: an attached mirror of another worker (rtsp_xworker.c) */
+struct rtsp_ring;   /* handoff of interleaved media from one worker to another */
+struct rtsp_stream; /* an entry of the process-wide fan-out registry */
 
 struct rtsp_subtrack {
-    struct rtsp_client *c;
-    struct rtsp_track *t; /* NULL until set up */
+    struct rtsp_client *c; /* NULL for a record of a client of another worker */
+    struct rtsp_track *t;  /* NULL until set up */
     bool tcp;
+    bool rtcp_mux; /* RTCP on the RTP port (RFC 5761), as the client offered */
     uint8_t ch[2]; /* interleaved channels the client chose */
     struct sockaddr_storage rtp_to, rtcp_to;
     bool rtp_latched, rtcp_latched; /* confirmed (or learned) from a packet of the client */
@@ -53,6 +70,25 @@ struct rtsp_subtrack {
     bool linked; /* in t->subs */
     struct rtsp_subtrack *next, *prev;
     uint64_t drops;
+    /* interleaved late joiner on a mirror: skip ring packets older than RTP-Info's seq */
+    bool await_start;
+    uint16_t start_seq;
+    /* hub-side record of a client of another worker */
+    struct rtsp_peer *peer;
+    uint64_t client_id;
+    struct sockaddr_storage peer_ip; /* the client's address (NAT learning) */
+    double act_posted;               /* when its activity was last forwarded */
+    struct rtsp_subtrack *rnext;     /* peer->subs */
+};
+
+/* A UDP destination, compact (the sendmmsg loop reads thousands of them per batch). */
+struct rtsp_dst {
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in v4;
+        struct sockaddr_in6 v6;
+    } a;
+    socklen_t len;
 };
 
 enum rtsp_track_state {
@@ -92,6 +128,12 @@ struct rtsp_track {
     int64_t lost_counted; /* part of rx loss already added to upstream_rtp_lost */
     struct rtsp_subtrack *subs; /* playing subtracks */
     int n_subs;
+    /* RTP destinations of the playing UDP subscribers in one array: the subtracks are scattered
+     * in their clients, and the fan-out (and the kernel reading msg_name) touch every one per
+     * batch. Rebuilt before the next send when <fan_dirty> (a link, an unlink, a latch). */
+    struct rtsp_dst *fan;
+    int n_fan, cap_fan;
+    bool fan_dirty;
 };
 
 enum rtsp_source_state {
@@ -107,23 +149,40 @@ enum rtsp_play_state {
     RTSP_PLAY_ON = 2,
 };
 
+/* Who started an upstream operation (its errors are answered to them): a local client, or a
+ * client of a mirror (peer + client id), or nobody (gone, or the proxy itself). */
+struct rtsp_who {
+    struct rtsp_client *client;
+    struct rtsp_peer *peer;
+    uint64_t client_id;
+};
+
 struct rtsp_pending {
     struct rtsp_pending *next;
     uint32_t cseq;
     enum msm_rtsp_method method;
     int track;
     bool tcp;
-    struct rtsp_client *client; /* who started it (answers its errors), NULL if gone */
+    struct rtsp_who who;
     double sent;
 };
 
 struct rtsp_wstate;
+struct rtsp_xmsg;
 
 struct rtsp_source {
     struct rtsp_source *next, *prev; /* worker registry (fan-out sources only) */
+    struct rtsp_source *anext, *aprev; /* every source of the worker (lookup by id) */
     struct rtsp_wstate *ws;
+    uint64_t id; /* process-unique: messages between workers name sources by id */
     bool in_registry;
     bool dead; /* destroyed; memory freed after the current callback stack */
+    bool remote; /* a mirror: the upstream session belongs to another worker's hub */
+    int owner_wid;  /* mirror: the hub's worker */
+    uint64_t hub_id; /* mirror: the hub */
+    struct rtsp_stream *stream; /* fan-out: the registry entry (hub: while listed; mirror: held) */
+    struct rtsp_peer *peers;    /* hub: attached mirrors */
+    int n_peers;
     struct msm_rtsp_config *cfg; /* reference */
     struct ev_loop *loop;
     char *key; /* "<cluster>\n<path?query>" */
@@ -166,8 +225,22 @@ struct rtsp_source {
     struct msm_rtsp_stream_stats *sstats; /* NULL beyond the per-config bound */
 };
 
+/* What a client of a mirror waits for from the hub (besides published state). */
+enum rtsp_xwait {
+    RTSP_XW_NONE = 0,
+    RTSP_XW_SETUP = 1, /* its subscriber record for a track (and the hub's server_port) */
+    RTSP_XW_PLAY = 2,  /* its records playing, and RTP-Info of the next packets */
+};
+
+struct rtsp_seqinfo {
+    bool valid;
+    uint16_t seq;
+    uint32_t ts;
+};
+
 struct rtsp_client {
     struct msm_filter_handle *h;
+    uint64_t id; /* process-unique (answers from a hub find the client by id) */
     struct msm_rtsp_config *cfg;
     struct ev_loop *loop;
     bool closed;  /* the connection is gone */
@@ -192,23 +265,36 @@ struct rtsp_client {
     ev_timer kick;
     double first_rq;
     bool latency_recorded;
+    /* bound to a mirror: the answer awaited from the hub, and what came */
+    enum rtsp_xwait xwait;
+    uint32_t xseq;  /* of the last request to the hub (older answers are ignored) */
+    bool x_ready;   /* an answer for the waiting request is here */
+    int x_status;
+    uint16_t x_dn_port;
+    bool x_have_ssrc;
+    uint32_t x_ssrc;
+    struct rtsp_seqinfo x_info[RTSP_MAX_TRACKS];
+    bool x_subs; /* has subscriber records at the hub */
 };
 
 /* ---- rtsp_source.c ------------------------------------------------------------------------- */
 
-/* Find (fan-out) or create the source of (<cluster>, <path_query>) and bind <c> to it. The
- * upstream DESCRIBE carries <req>'s end-to-end headers. Never NULL: a source that cannot reach
- * the cluster is returned FAILED with fail_status set. */
+/* Find (fan-out: this worker's hub or mirror, else through the process-wide registry) or create
+ * the source of (<cluster>, <path_query>) and bind <c> to it. The upstream DESCRIBE carries
+ * <req>'s end-to-end headers. Never NULL: a source that cannot reach the cluster is returned
+ * FAILED with fail_status set. */
 struct rtsp_source *rtsp_source_bind(struct rtsp_client *c, const char *cluster,
                                      const char *path_query, const struct msm_rtsp_msg *req);
 void rtsp_source_unbind(struct rtsp_source *s, struct rtsp_client *c);
 /* <c> is woken (rtsp_client_wake) at the next progress of <s>. */
 void rtsp_source_wait(struct rtsp_source *s, struct rtsp_client *c);
 void rtsp_source_unwait(struct rtsp_source *s, struct rtsp_client *c);
+/* Wake every waiter of <s> (and, for a hub, publish its state to its mirrors). */
+void rtsp_source_wake_all(struct rtsp_source *s);
 /* Track whose control URL has the path of <url> (absolute or relative client URL), or -1. */
 int rtsp_source_find_track(struct rtsp_source *s, const char *url, size_t n);
-/* Start the upstream SETUP of track <idx> (no-op while one is in flight). 0, or an RTSP status
- * to answer at once (453 when no port pair is free). */
+/* Start the upstream SETUP of track <idx> (no-op while one is in flight; a mirror asks its
+ * hub). 0, or an RTSP status to answer at once (453 when no port pair is free). */
 int rtsp_source_setup_track(struct rtsp_source *s, int idx, bool client_tcp,
                             struct rtsp_client *initiator, const struct msm_rtsp_msg *req);
 /* Start the upstream PLAY (no-op while in flight or playing). */
@@ -217,6 +303,102 @@ void rtsp_source_play(struct rtsp_source *s, struct rtsp_client *initiator,
 /* Forward <c>'s DESCRIBE to the server of an auth-gated source. */
 void rtsp_source_verify(struct rtsp_source *s, struct rtsp_client *c,
                         const struct msm_rtsp_msg *req);
+/* A source struct with nothing started (hub or mirror), linked in <ws>; takes <key>. */
+struct rtsp_source *rtsp_source_alloc(struct rtsp_wstate *ws, struct msm_rtsp_config *cfg,
+                                      char *key, const char *cluster,
+                                      const struct msm_rtsp_msg *req);
+/* Nobody bound any more (clients, mirrors): linger (a ready fan-out hub) or destroy. */
+void rtsp_source_release(struct rtsp_source *s);
+/* Tear down now (TEARDOWN upstream for a hub); memory freed after the callback stack. */
+void rtsp_source_destroy(struct rtsp_source *s);
+/* Hub operations on behalf of <who> (a local client or a mirror's client): as above, with the
+ * client's request URI and Authorization value (NULL: the creating client's). */
+int rtsp_hub_setup_track(struct rtsp_source *s, int idx, bool client_tcp,
+                         const struct rtsp_who *who, const char *uri, const char *auth);
+void rtsp_hub_play(struct rtsp_source *s, const struct rtsp_who *who, const char *uri,
+                   const char *auth);
+void rtsp_hub_verify(struct rtsp_source *s, const struct rtsp_who *who, const char *uri,
+                     const char *auth);
+
+/* ---- rtsp_xworker.c: fan-out across workers ------------------------------------------------ */
+
+/* Hub side: an attached mirror of another worker. */
+struct rtsp_peer {
+    struct rtsp_peer *next;
+    uint64_t mirror_id;
+    int wid;
+    struct rtsp_ring *ring;           /* interleaved media to that worker */
+    int tcp_playing[RTSP_MAX_TRACKS]; /* its interleaved subscribers playing, per track */
+    struct rtsp_subtrack *subs;       /* records of its subscribers (rnext) */
+};
+
+/* Per worker loop (msm_loop_local): its sources, its inbox of messages from other workers, the
+ * rings other workers hand it interleaved media through. */
+struct rtsp_wstate {
+    struct ev_loop *loop;
+    int wid; /* index in the process-wide table */
+    struct rtsp_source *head; /* fan-out registry: hubs and mirrors, by key */
+    struct rtsp_source *all;  /* every live source (lookup by id) */
+    bool closing; /* the loop is being freed: nothing may wait for I/O any more */
+    ev_async async; /* inbox and rings */
+    struct rtsp_xmsg *in_head, *in_tail; /* guarded by the registry lock */
+    struct rtsp_ring **rings; /* [producer wid] */
+    int n_rings;
+};
+
+struct rtsp_wstate *rtsp_wstate(struct ev_loop *loop);
+uint64_t rtsp_new_id(void);
+void rtsp_ws_link(struct rtsp_source *s);
+void rtsp_ws_unlink(struct rtsp_source *s);
+/* The worker's fan-out registry (hubs and mirrors). */
+struct rtsp_source *rtsp_registry_find(struct rtsp_wstate *ws, const char *key);
+void rtsp_registry_add(struct rtsp_source *s);
+/* Out of the worker registry and, for a hub, out of the process-wide one. */
+void rtsp_registry_remove(struct rtsp_source *s);
+/* The process-wide entry of <key>: an existing one (the caller becomes a mirror of it when it
+ * belongs to another worker), else a new one this worker is to own (rtsp_stream_set_hub). */
+struct rtsp_stream *rtsp_stream_claim(struct rtsp_wstate *ws, const char *key);
+bool rtsp_stream_is_remote(const struct rtsp_stream *st, const struct rtsp_wstate *ws);
+void rtsp_stream_set_hub(struct rtsp_stream *st, struct rtsp_source *hub);
+/* True when a mirror is on its way to the hub <s> (its linger must not end it). */
+bool rtsp_stream_busy(struct rtsp_source *s);
+
+/* Mirror side. */
+struct rtsp_source *rtsp_mirror_new(struct rtsp_client *c, struct rtsp_stream *st, char *key,
+                                    const char *cluster, const struct msm_rtsp_msg *req);
+void rtsp_mirror_setup_track(struct rtsp_source *s, int idx, bool tcp, struct rtsp_client *c,
+                             const char *uri, const char *auth);
+void rtsp_mirror_play(struct rtsp_source *s, struct rtsp_client *c, const char *uri,
+                      const char *auth);
+void rtsp_mirror_verify(struct rtsp_source *s, struct rtsp_client *c, const char *uri,
+                        const char *auth);
+/* <c>'s subscriber record for track <idx> at the hub (answer: RTSP_XW_SETUP), its records
+ * playing (answer: RTSP_XW_PLAY), paused, removed (<idx> -1: all). */
+void rtsp_mirror_sub_setup(struct rtsp_source *s, struct rtsp_client *c, int idx,
+                           const struct rtsp_subtrack *sub);
+void rtsp_mirror_sub_play(struct rtsp_source *s, struct rtsp_client *c);
+void rtsp_mirror_sub_pause(struct rtsp_source *s, struct rtsp_client *c);
+void rtsp_mirror_sub_remove(struct rtsp_source *s, struct rtsp_client *c, int idx);
+/* The mirror is being destroyed: let go of the entry, tell the hub. */
+void rtsp_mirror_detach(struct rtsp_source *s);
+
+/* Hub side. */
+enum rtsp_answer {
+    RTSP_ANSWER_FAIL = 0,     /* an operation the client started failed */
+    RTSP_ANSWER_VERIFIED = 1, /* the server's answer to the client's DESCRIBE */
+};
+void rtsp_hub_answer(struct rtsp_source *s, struct rtsp_peer *peer, uint64_t client_id,
+                     enum rtsp_answer kind, int status, const char *headers);
+/* Post the hub's state to <peer> (NULL: every mirror). */
+void rtsp_hub_publish(struct rtsp_source *s, struct rtsp_peer *peer);
+/* The hub is being destroyed: mirrors learn it failed, their records go. */
+void rtsp_hub_drop_peers(struct rtsp_source *s);
+/* Interleaved media of <t> to the workers with interleaved subscribers playing it; never
+ * waits (a full ring drops and counts). */
+void rtsp_hub_handoff(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp);
+/* A packet came from a client of another worker on a shared downstream socket. */
+void rtsp_hub_remote_activity(struct rtsp_source *s, struct rtsp_subtrack *sub);
+
 /* ---- rtsp_relay.c -------------------------------------------------------------------------- */
 
 /* Open the shared downstream UDP pair of <t> if needed: 0 or 453. */
@@ -228,11 +410,17 @@ void rtsp_source_client_frame(struct rtsp_source *s, struct rtsp_client *c, uint
                               const uint8_t *p, size_t n);
 /* Media from the server for <t> (from its peer): statistics, then to every playing subscriber. */
 void rtsp_track_media(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp);
+/* <n> packets to every playing subscriber of <t> (a mirror's track: its interleaved ones). */
+void rtsp_track_fan_out(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp);
 /* Receivers of the upstream UDP pair (only the latched server address gets through). */
 void rtsp_relay_up_rtp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n);
 void rtsp_relay_up_rtcp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n);
 /* Our receiver report for <t> to the server, and the upstream loss/jitter stats. */
 void rtsp_track_send_rr(struct rtsp_source *s, struct rtsp_track *t);
+/* RTP-Info of the next packet <t> forwards (the last one + 1, else the upstream PLAY's). */
+struct rtsp_seqinfo rtsp_track_next_info(const struct rtsp_track *t);
+/* RFC 5761 §4: an RTCP packet type where an RTP payload type would be. */
+bool rtsp_is_muxed_rtcp(const uint8_t *p, size_t n);
 
 /* ---- rtsp_client.c ------------------------------------------------------------------------- */
 

@@ -7,7 +7,9 @@
  * Files: rtsp_msg.c (message parser), rtsp_transport.c (Transport header), rtsp_sdp.c (URLs and
  * SDP), config.c (proto -> struct msm_rtsp_config, routes), rtsp_client.c (the downstream side:
  * requests, client sessions, subscribers), rtsp_source.c (the upstream side: one session towards
- * the server, shared by its subscribers), rtsp_relay.c (the media relay). */
+ * the server, shared by its subscribers), rtsp_relay.c (the media relay), rtsp_xworker.c (one
+ * upstream session per (cluster, URL) in the process: mirrors, messages and media handoff
+ * between workers). */
 #ifndef PCRE2_CODE_UNIT_WIDTH
 #define PCRE2_CODE_UNIT_WIDTH 8
 #endif
@@ -28,12 +30,14 @@
     C(downstream_rq_record) C(downstream_rq_other) C(downstream_rq_1xx) C(downstream_rq_2xx)      \
     C(downstream_rq_3xx) C(downstream_rq_4xx) C(downstream_rq_5xx) C(downstream_rq_parse_error)   \
     C(downstream_rq_no_route) C(sessions_total) G(sessions_active) C(session_timeout)             \
-    G(subscribers_active) C(fanout_joins) C(upstream_sessions_total) G(upstream_sessions_active)  \
+    G(subscribers_active) C(fanout_joins) C(fanout_cross_worker_joins) G(fanout_mirrors_active)  \
+    C(upstream_sessions_total) G(upstream_sessions_active)                                        \
     C(upstream_session_failed) C(upstream_rq_total) C(upstream_rq_timeout)                        \
     C(upstream_rtp_rx_packets) C(upstream_rtp_rx_bytes) C(upstream_rtcp_rx_packets)               \
     C(upstream_rtcp_tx_packets) C(downstream_rtp_tx_packets) C(downstream_rtp_tx_bytes)           \
     C(downstream_rtcp_rx_packets) C(downstream_rtcp_tx_packets) C(rtp_dropped_strangers)          \
-    C(rtp_dropped_slow_subscriber) C(rtp_dropped_send_error) C(rtp_dropped_malformed)             \
+    C(rtp_dropped_slow_subscriber) C(rtp_dropped_handoff) C(rtp_dropped_send_error)               \
+    C(rtp_dropped_malformed)                                                                      \
     C(rtp_port_exhausted) C(upstream_rtp_lost) G(upstream_rtp_jitter_us)                          \
     G(downstream_rtcp_reported_lost) H(setup_latency_ms)
 MSM_STATS_STRUCT(msm_rtsp_stats, MSM_RTSP_STATS);

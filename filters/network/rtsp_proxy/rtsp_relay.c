@@ -1,8 +1,10 @@
 /* The media relay of the RTSP proxy: packets from the server (UDP pair or interleaved frames)
- * go through receiver statistics to every playing subscriber of the track; packets from
- * subscribers (RTCP, NAT hole punches) keep their sessions alive and teach their real
- * addresses; receiver reports go to the server (RTCP terminated per leg). All on the source's
- * worker loop; nothing here waits.
+ * go through receiver statistics to every playing subscriber of the track (UDP ones of every
+ * worker from the hub's shared socket pair; interleaved ones of other workers through their
+ * handoff ring, rtsp_xworker.c); packets from subscribers (RTCP, NAT hole punches) keep their
+ * sessions alive and teach their real addresses; receiver reports go to the server (RTCP
+ * terminated per leg). RTCP multiplexed on the RTP port (RFC 5761) is told apart by its packet
+ * type on both legs. All on the source's worker loop; nothing here waits.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +56,7 @@ void rtsp_track_link(struct rtsp_track *t, struct rtsp_subtrack *st)
     }
     t->subs = st;
     t->n_subs++;
+    t->fan_dirty = true;
     if (t->src->sstats && t->idx == 0) {
         msm_stat_inc(t->src->sstats->subscribers);
     }
@@ -75,6 +78,7 @@ void rtsp_track_unlink(struct rtsp_track *t, struct rtsp_subtrack *st)
     st->next = st->prev = NULL;
     st->linked = false;
     t->n_subs--;
+    t->fan_dirty = true;
     if (t->src->sstats && t->idx == 0) {
         msm_stat_dec(t->src->sstats->subscribers);
     }
@@ -94,50 +98,145 @@ static void *fan_create(struct ev_loop *loop)
     return msm_xcalloc(1, sizeof(struct fan_scratch));
 }
 
+struct fan_acc {
+    uint64_t bytes, sent, dropped;
+};
+
+static void fan_rebuild(struct rtsp_track *t)
+{
+    t->fan_dirty = false;
+    t->n_fan = 0;
+    for (struct rtsp_subtrack *sub = t->subs; sub; sub = sub->next) {
+        if (sub->tcp) {
+            continue;
+        }
+        if (t->n_fan == t->cap_fan) {
+            size_t cap = (size_t)t->cap_fan;
+            t->fan = msm_xgrow(t->fan, sizeof(*t->fan), &cap, cap + 1);
+            t->cap_fan = (int)cap;
+        }
+        struct rtsp_dst *d = &t->fan[t->n_fan++];
+        d->len = msm_sockaddr_len(&sub->rtp_to);
+        memcpy(&d->a, &sub->rtp_to, d->len <= sizeof(d->a) ? d->len : sizeof(d->a));
+    }
+}
+
+/* RTP to every UDP subscriber of <t> from socket <fd>, in sendmmsg batches of FANOUT_MSGS. */
+static void fan_udp_rtp(struct fan_scratch *f, struct rtsp_track *t, int fd,
+                        struct msm_udp_pkt *pk, int n, size_t batch_bytes, struct fan_acc *acc)
+{
+    if (t->fan_dirty) {
+        fan_rebuild(t);
+    }
+    int k = 0;
+    for (int d = 0; d < t->n_fan; d++) {
+        struct rtsp_dst *to = &t->fan[d];
+        for (int i = 0; i < n; i++) {
+            struct mmsghdr *m = &f->msg[k];
+            f->iov[k].iov_base = pk[i].data;
+            f->iov[k].iov_len = pk[i].len;
+            memset(&m->msg_hdr, 0, sizeof(m->msg_hdr));
+            m->msg_hdr.msg_name = &to->a;
+            m->msg_hdr.msg_namelen = to->len;
+            m->msg_hdr.msg_iov = &f->iov[k];
+            m->msg_hdr.msg_iovlen = 1;
+            k++;
+        }
+        acc->bytes += batch_bytes;
+        if (k + n > FANOUT_MSGS) {
+            int ok = msm_udp_sendmmsg(fd, f->msg, k);
+            acc->sent += (uint64_t)ok;
+            acc->dropped += (uint64_t)(k - ok);
+            k = 0;
+        }
+    }
+    if (k) {
+        int ok = msm_udp_sendmmsg(fd, f->msg, k);
+        acc->sent += (uint64_t)ok;
+        acc->dropped += (uint64_t)(k - ok);
+    }
+}
+
+/* RTCP (rare: sender reports) to the UDP subscribers of <t> from socket <fd>: to their RTCP
+ * address (<mux> false) or, for those that multiplex, to their RTP address from the RTP socket
+ * (<mux> true). */
+static void fan_udp_rtcp(struct fan_scratch *f, struct rtsp_track *t, int fd, bool mux,
+                         struct msm_udp_pkt *pk, int n, size_t batch_bytes, struct fan_acc *acc)
+{
+    int k = 0;
+    for (struct rtsp_subtrack *sub = t->subs; sub; sub = sub->next) {
+        if (sub->tcp || sub->rtcp_mux != mux) {
+            continue;
+        }
+        struct sockaddr_storage *to = mux ? &sub->rtp_to : &sub->rtcp_to;
+        socklen_t tolen = msm_sockaddr_len(to);
+        for (int i = 0; i < n; i++) {
+            struct mmsghdr *m = &f->msg[k];
+            f->iov[k].iov_base = pk[i].data;
+            f->iov[k].iov_len = pk[i].len;
+            memset(&m->msg_hdr, 0, sizeof(m->msg_hdr));
+            m->msg_hdr.msg_name = to;
+            m->msg_hdr.msg_namelen = tolen;
+            m->msg_hdr.msg_iov = &f->iov[k];
+            m->msg_hdr.msg_iovlen = 1;
+            k++;
+        }
+        acc->bytes += batch_bytes;
+        if (k + n > FANOUT_MSGS) {
+            int ok = msm_udp_sendmmsg(fd, f->msg, k);
+            acc->sent += (uint64_t)ok;
+            acc->dropped += (uint64_t)(k - ok);
+            k = 0;
+        }
+    }
+    if (k) {
+        int ok = msm_udp_sendmmsg(fd, f->msg, k);
+        acc->sent += (uint64_t)ok;
+        acc->dropped += (uint64_t)(k - ok);
+    }
+}
+
+/* An interleaved late joiner of a mirror starts at the packet RTP-Info announced: the ring may
+ * still hold a few older ones (queued for the worker's other subscribers). Index of the first
+ * packet to send in <pk>. */
+static int first_to_send(struct rtsp_subtrack *sub, const struct msm_udp_pkt *pk, int n)
+{
+    int i = 0;
+    for (; i < n; i++) {
+        uint16_t seq = pk[i].len >= 4 ? (uint16_t)(pk[i].data[2] << 8 | pk[i].data[3]) : 0;
+        uint16_t behind = (uint16_t)(sub->start_seq - seq);
+        if (behind == 0 || behind > 512) {
+            break; /* the announced one, a later one, or something unrelated: start here */
+        }
+    }
+    if (i < n) {
+        sub->await_start = false;
+    }
+    return i;
+}
+
 /* Send <n> packets to every playing subscriber of <t>: UDP ones in sendmmsg batches from the
- * track's shared downstream socket, interleaved ones as one write per subscriber and batch.
- * A subscriber whose buffer is full loses these packets; nobody waits. */
-static void fan_out(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp)
+ * track's shared downstream socket, interleaved ones as one write per subscriber and batch,
+ * interleaved ones of other workers through their rings. A subscriber whose buffer is full
+ * loses these packets; nobody waits. */
+void rtsp_track_fan_out(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp)
 {
     struct rtsp_source *s = t->src;
     struct msm_rtsp_stats *st = &s->cfg->stats;
     struct fan_scratch *f = msm_loop_local(s->loop, &fan_key, fan_create, free);
-    int fd = rtcp ? t->dn_rtcp.fd : t->dn_rtp.fd;
-    int k = 0;
-    uint64_t bytes = 0, sent_total = 0, dropped = 0;
+    struct fan_acc acc = {0, 0, 0};
     size_t batch_bytes = 0;
     for (int i = 0; i < n; i++) {
         batch_bytes += pk[i].len;
     }
-    if (fd >= 0) {
-        for (struct rtsp_subtrack *sub = t->subs; sub; sub = sub->next) {
-            if (sub->tcp) {
-                continue;
-            }
-            struct sockaddr_storage *to = rtcp ? &sub->rtcp_to : &sub->rtp_to;
-            for (int i = 0; i < n; i++) {
-                struct mmsghdr *m = &f->msg[k];
-                f->iov[k].iov_base = pk[i].data;
-                f->iov[k].iov_len = pk[i].len;
-                memset(&m->msg_hdr, 0, sizeof(m->msg_hdr));
-                m->msg_hdr.msg_name = to;
-                m->msg_hdr.msg_namelen = msm_sockaddr_len(to);
-                m->msg_hdr.msg_iov = &f->iov[k];
-                m->msg_hdr.msg_iovlen = 1;
-                k++;
-            }
-            bytes += batch_bytes;
-            if (k + n > FANOUT_MSGS) {
-                int ok = msm_udp_sendmmsg(fd, f->msg, k);
-                sent_total += (uint64_t)ok;
-                dropped += (uint64_t)(k - ok);
-                k = 0;
-            }
+    if (!rtcp && t->dn_rtp.fd >= 0) {
+        fan_udp_rtp(f, t, t->dn_rtp.fd, pk, n, batch_bytes, &acc);
+    } else if (rtcp) {
+        if (t->dn_rtcp.fd >= 0) {
+            fan_udp_rtcp(f, t, t->dn_rtcp.fd, false, pk, n, batch_bytes, &acc);
         }
-        if (k) {
-            int ok = msm_udp_sendmmsg(fd, f->msg, k);
-            sent_total += (uint64_t)ok;
-            dropped += (uint64_t)(k - ok);
+        if (t->dn_rtp.fd >= 0) {
+            fan_udp_rtcp(f, t, t->dn_rtp.fd, true, pk, n, batch_bytes, &acc);
         }
     }
     /* Interleaved subscribers: writing may close a client (and unlink it) under our feet, so
@@ -148,34 +247,63 @@ static void fan_out(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rt
         if (!sub->tcp) {
             continue;
         }
+        int first = sub->await_start && !rtcp ? first_to_send(sub, pk, n) : 0;
+        if (first == n) {
+            continue;
+        }
         struct msm_buf frames;
         msm_buf_init(&frames);
-        for (int i = 0; i < n; i++) {
+        size_t bytes = 0;
+        for (int i = first; i < n; i++) {
             uint8_t hdr[4] = {'$', sub->ch[rtcp ? 1 : 0], (uint8_t)(pk[i].len >> 8),
                               (uint8_t)pk[i].len};
             msm_buf_append(&frames, hdr, 4);
             msm_buf_append(&frames, pk[i].data, pk[i].len);
+            bytes += pk[i].len;
         }
         if (rtsp_client_write_frames(sub->c, &frames)) {
-            sent_total += (uint64_t)n;
-            bytes += batch_bytes;
+            acc.sent += (uint64_t)(n - first);
+            acc.bytes += bytes;
         } else {
-            sub->drops += (uint64_t)n;
-            msm_stat_add(st->rtp_dropped_slow_subscriber, (uint64_t)n);
+            sub->drops += (uint64_t)(n - first);
+            msm_stat_add(st->rtp_dropped_slow_subscriber, (uint64_t)(n - first));
         }
         msm_buf_deinit(&frames);
     }
-    if (dropped) {
-        msm_stat_add(st->rtp_dropped_send_error, dropped);
+    if (s->n_peers) {
+        rtsp_hub_handoff(t, pk, n, rtcp);
     }
-    if (sent_total) {
+    if (acc.dropped) {
+        msm_stat_add(st->rtp_dropped_send_error, acc.dropped);
+    }
+    if (acc.sent) {
         if (rtcp) {
-            msm_stat_add(st->downstream_rtcp_tx_packets, sent_total);
+            msm_stat_add(st->downstream_rtcp_tx_packets, acc.sent);
         } else {
-            msm_stat_add(st->downstream_rtp_tx_packets, sent_total);
-            msm_stat_add(st->downstream_rtp_tx_bytes, bytes);
+            msm_stat_add(st->downstream_rtp_tx_packets, acc.sent);
+            msm_stat_add(st->downstream_rtp_tx_bytes, acc.bytes);
         }
     }
+}
+
+struct rtsp_seqinfo rtsp_track_next_info(const struct rtsp_track *t)
+{
+    struct rtsp_seqinfo i = {false, 0, 0};
+    if (t->have_last) {
+        i.valid = true;
+        i.seq = (uint16_t)(t->last_seq + 1);
+        i.ts = t->last_ts;
+    } else if (t->have_info) {
+        i.valid = true;
+        i.seq = t->info_seq;
+        i.ts = t->info_ts;
+    }
+    return i;
+}
+
+bool rtsp_is_muxed_rtcp(const uint8_t *p, size_t n)
+{
+    return n >= 8 && (p[0] >> 6) == 2 && p[1] >= 192 && p[1] <= 223;
 }
 
 /* Media from the server for track <t> (already checked to come from the right peer). */
@@ -193,7 +321,7 @@ void rtsp_track_media(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool 
         msm_stat_add(st->upstream_rtcp_rx_packets, (uint64_t)n);
         /* Translator behaviour (RFC 3550 §7): sender reports go on to the subscribers, who
          * need them for synchronization; receiver feedback is terminated per leg. */
-        fan_out(t, pk, n, true);
+        rtsp_track_fan_out(t, pk, n, true);
         return;
     }
     int k = 0;
@@ -227,7 +355,7 @@ void rtsp_track_media(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool 
         msm_stat_add(s->sstats->rtp_packets, (uint64_t)k);
         msm_stat_add(s->sstats->rtp_bytes, bytes);
     }
-    fan_out(t, pk, k, false);
+    rtsp_track_fan_out(t, pk, k, false);
 }
 
 /* Only packets from the server's address count; the first one fixes its port (NAT). */
@@ -263,8 +391,19 @@ void rtsp_relay_up_rtp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n)
 {
     struct rtsp_track *t = u->ctx;
     n = upstream_filter(t, pk, n, &t->up_rtp_peer, &t->up_rtp_latched);
-    if (n) {
-        rtsp_track_media(t, pk, n, false);
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        if (rtsp_is_muxed_rtcp(pk[i].data, pk[i].len)) {
+            rtsp_track_media(t, &pk[i], 1, true); /* a server multiplexing RTCP (RFC 5761) */
+            continue;
+        }
+        if (k != i) {
+            pk[k] = pk[i];
+        }
+        k++;
+    }
+    if (k) {
+        rtsp_track_media(t, pk, k, false);
     }
 }
 
@@ -285,58 +424,98 @@ void rtsp_relay_up_rtcp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n)
     }
 }
 
-/* Which subscriber of <t> sent this? Exact address first; else learn it for the one
- * subscriber from that IP that has not been heard from (a client behind NAT); else nobody. */
+/* Is <sub> (set up on <t>, UDP) the sender of a packet from <from>? Exact address: yes; an
+ * unheard-of port from its IP: a candidate. */
+static bool sub_matches(struct rtsp_subtrack *sub, const struct sockaddr_storage *ip,
+                        const struct sockaddr_storage *from, bool rtcp, bool *cand)
+{
+    struct sockaddr_storage *to = rtcp ? &sub->rtcp_to : &sub->rtp_to;
+    if (msm_sockaddr_eq(to, from)) {
+        return true;
+    }
+    bool latched = rtcp ? sub->rtcp_latched : sub->rtp_latched;
+    *cand = !latched && msm_sockaddr_ip_eq(ip, from);
+    return false;
+}
+
+/* Which subscriber of <t> (a client of this worker or, for a hub, of another) sent this? Exact
+ * address first; else learn it for the one subscriber from that IP that has not been heard from
+ * (a client behind NAT); else nobody. */
 static struct rtsp_subtrack *match_sub(struct rtsp_track *t, const struct sockaddr_storage *from,
                                        bool rtcp)
 {
     struct rtsp_subtrack *cand = NULL;
     int ncand = 0;
+    bool is_cand;
     for (struct rtsp_client *c = t->src->clients; c; c = c->bnext) {
         struct rtsp_subtrack *sub = &c->st[t->idx];
         if (sub->t != t || sub->tcp) {
             continue;
         }
-        struct sockaddr_storage *to = rtcp ? &sub->rtcp_to : &sub->rtp_to;
-        if (msm_sockaddr_eq(to, from)) {
+        if (sub_matches(sub, &c->peer, from, rtcp, &is_cand)) {
             return sub;
         }
-        bool latched = rtcp ? sub->rtcp_latched : sub->rtp_latched;
-        if (!latched && msm_sockaddr_ip_eq(&c->peer, from)) {
+        if (is_cand) {
             cand = sub;
             ncand++;
+        }
+    }
+    for (struct rtsp_peer *p = t->src->peers; p; p = p->next) {
+        for (struct rtsp_subtrack *sub = p->subs; sub; sub = sub->rnext) {
+            if (sub->t != t || sub->tcp) {
+                continue;
+            }
+            if (sub_matches(sub, &sub->peer_ip, from, rtcp, &is_cand)) {
+                return sub;
+            }
+            if (is_cand) {
+                cand = sub;
+                ncand++;
+            }
         }
     }
     return ncand == 1 ? cand : NULL;
 }
 
-static void downstream_in(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp)
+/* Packets from subscribers on the downstream RTP (<on_rtcp> false) or RTCP socket of <t>. */
+static void downstream_in(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool on_rtcp)
 {
     struct rtsp_source *s = t->src;
     for (int i = 0; i < n; i++) {
-        struct rtsp_subtrack *sub = match_sub(t, &pk[i].from, rtcp);
+        struct rtsp_subtrack *sub = match_sub(t, &pk[i].from, on_rtcp);
         if (!sub) {
             msm_stat_inc(s->cfg->stats.rtp_dropped_strangers);
             continue;
         }
-        if (rtcp) {
+        if (on_rtcp) {
             if (!sub->rtcp_latched) {
                 sub->rtcp_to = pk[i].from;
                 sub->rtcp_latched = true;
             }
-            if (msm_rtcp_is(pk[i].data, pk[i].len)) {
-                int64_t lost;
-                uint32_t jitter;
-                msm_stat_inc(s->cfg->stats.downstream_rtcp_rx_packets);
-                if (msm_rtcp_report_summary(pk[i].data, pk[i].len, &lost, &jitter) && lost >= 0) {
-                    msm_stat_set(s->cfg->stats.downstream_rtcp_reported_lost, (uint64_t)lost);
-                }
-            }
         } else if (!sub->rtp_latched) {
             sub->rtp_to = pk[i].from; /* a hole punch from the client: its real address */
             sub->rtp_latched = true;
+            t->fan_dirty = true;
+            if (sub->rtcp_mux) {
+                sub->rtcp_to = pk[i].from;
+                sub->rtcp_latched = true;
+            }
         }
-        rtsp_client_activity(sub->c);
+        bool is_rtcp = on_rtcp ? msm_rtcp_is(pk[i].data, pk[i].len)
+                               : rtsp_is_muxed_rtcp(pk[i].data, pk[i].len);
+        if (is_rtcp) {
+            int64_t lost;
+            uint32_t jitter;
+            msm_stat_inc(s->cfg->stats.downstream_rtcp_rx_packets);
+            if (msm_rtcp_report_summary(pk[i].data, pk[i].len, &lost, &jitter) && lost >= 0) {
+                msm_stat_set(s->cfg->stats.downstream_rtcp_reported_lost, (uint64_t)lost);
+            }
+        }
+        if (sub->c) {
+            rtsp_client_activity(sub->c);
+        } else {
+            rtsp_hub_remote_activity(s, sub);
+        }
     }
 }
 

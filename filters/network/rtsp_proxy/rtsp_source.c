@@ -9,10 +9,12 @@
  *   FAILED      connect or DESCRIBE failed, the server closed, a request timed out: clients
  *               still waiting get <fail_status>, playing ones are disconnected; no longer in the
  *               registry, so the next client starts afresh.
- * A source is destroyed when no client is bound: at once without fan-out, after the linger
- * time with it (a new client stops the timer). Destruction sends TEARDOWN, closes the control
+ * A hub is destroyed when no client and no mirror is bound: at once without fan-out, after the
+ * linger time with it (a new client or mirror stops the timer; the timer gives way to a mirror
+ * still on its way, see rtsp_stream_busy). Destruction sends TEARDOWN, closes the control
  * connection (flushing), closes every UDP socket and frees the memory after the current
- * callback stack.
+ * callback stack. Mirrors (rtsp_xworker.c) share this struct, the binding of clients and the
+ * state fields clients read; they never touch the upstream.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -30,56 +32,7 @@
 
 #define RR_INTERVAL 5.0
 
-/* Per worker loop: the fan-out sources, found by (cluster, path?query). */
-struct rtsp_wstate {
-    struct ev_loop *loop;
-    struct rtsp_source *head;
-    bool closing; /* the loop is being freed: nothing may wait for I/O any more */
-};
-
-static const char wstate_key = 0;
-
 static void src_destroy(struct rtsp_source *s, bool teardown);
-
-static void *wstate_create(struct ev_loop *loop)
-{
-    struct rtsp_wstate *ws = MSM_NEW(struct rtsp_wstate);
-    ws->loop = loop;
-    return ws;
-}
-
-/* The loop is going away (worker shutdown): sources still lingering are torn down now. */
-static void wstate_destroy(void *p)
-{
-    struct rtsp_wstate *ws = p;
-    ws->closing = true;
-    while (ws->head) {
-        src_destroy(ws->head, true);
-    }
-    free(ws);
-}
-
-static struct rtsp_wstate *wstate(struct ev_loop *loop)
-{
-    return msm_loop_local(loop, &wstate_key, wstate_create, wstate_destroy);
-}
-
-static void registry_remove(struct rtsp_source *s)
-{
-    if (!s->in_registry) {
-        return;
-    }
-    if (s->prev) {
-        s->prev->next = s->next;
-    } else {
-        s->ws->head = s->next;
-    }
-    if (s->next) {
-        s->next->prev = s->prev;
-    }
-    s->next = s->prev = NULL;
-    s->in_registry = false;
-}
 
 /* ---- upstream control connection --------------------------------------------------------- */
 
@@ -165,7 +118,7 @@ static void rq_timer_arm(struct rtsp_source *s)
 
 /* Send a request upstream. <extra>: more header lines ("Name: value\r\n"...). */
 static void src_send(struct rtsp_source *s, enum msm_rtsp_method m, const char *url,
-                     const char *extra, int track, bool tcp, struct rtsp_client *client)
+                     const char *extra, int track, bool tcp, const struct rtsp_who *who)
 {
     if (!s->up) {
         return;
@@ -188,7 +141,7 @@ static void src_send(struct rtsp_source *s, enum msm_rtsp_method m, const char *
         p->method = m;
         p->track = track;
         p->tcp = tcp;
-        p->client = client;
+        p->who = *who;
         p->sent = ev_now(s->loop);
         if (s->pend_tail) {
             s->pend_tail->next = p;
@@ -207,13 +160,41 @@ static void src_send(struct rtsp_source *s, enum msm_rtsp_method m, const char *
     msm_buf_deinit(&b);
 }
 
-static void wake_all(struct rtsp_source *s)
+static const struct rtsp_who nobody;
+
+/* Hand the failure of an operation to whoever started it (unless <keep_first> and they have
+ * one already). <headers>: relayed with it (WWW-Authenticate...), or NULL. */
+static void who_fail(struct rtsp_source *s, const struct rtsp_who *w, int status,
+                     const char *headers, bool keep_first)
+{
+    if (w->client) {
+        if (!keep_first || !w->client->fail_status) {
+            w->client->fail_status = status;
+            if (headers) {
+                free(w->client->fail_headers);
+                w->client->fail_headers = msm_xstrdup(headers);
+            }
+        }
+    } else if (w->peer) {
+        rtsp_hub_answer(s, w->peer, w->client_id, RTSP_ANSWER_FAIL, status, headers);
+    }
+}
+
+void rtsp_source_wake_all(struct rtsp_source *s)
 {
     /* Waking is asynchronous (the client reruns its request on its next loop iteration). */
     for (int i = 0; i < s->n_waiters; i++) {
         rtsp_client_wake(s->waiters[i]);
     }
     s->n_waiters = 0;
+    if (s->n_peers) {
+        rtsp_hub_publish(s, NULL); /* mirrors wake theirs */
+    }
+}
+
+static void wake_all(struct rtsp_source *s)
+{
+    rtsp_source_wake_all(s);
 }
 
 /* The source cannot serve any more: answer waiters with <status>, drop playing clients. */
@@ -231,11 +212,9 @@ static void src_fail(struct rtsp_source *s, int status, const char *why)
     if (!s->fail_status) {
         s->fail_status = status;
     }
-    registry_remove(s);
+    rtsp_registry_remove(s);
     for (struct rtsp_pending *p = s->pend; p; p = p->next) {
-        if (p->client && !p->client->fail_status) {
-            p->client->fail_status = s->fail_status;
-        }
+        who_fail(s, &p->who, s->fail_status, NULL, true);
     }
     pending_free_all(s);
     ev_timer_stop(s->loop, &s->rq_timer);
@@ -284,6 +263,9 @@ static void track_close(struct rtsp_track *t)
     while (t->subs) {
         rtsp_track_unlink(t, t->subs);
     }
+    free(t->fan);
+    t->fan = NULL;
+    t->n_fan = t->cap_fan = 0;
 }
 
 /* Tear the source down: TEARDOWN upstream when a session exists (if <teardown>), release
@@ -294,7 +276,13 @@ static void src_destroy(struct rtsp_source *s, bool teardown)
         return;
     }
     s->dead = true;
-    registry_remove(s);
+    rtsp_registry_remove(s);
+    rtsp_ws_unlink(s);
+    if (s->remote) {
+        rtsp_mirror_detach(s);
+    } else {
+        rtsp_hub_drop_peers(s);
+    }
     ev_timer_stop(s->loop, &s->linger);
     ev_timer_stop(s->loop, &s->keepalive);
     ev_timer_stop(s->loop, &s->rq_timer);
@@ -304,17 +292,26 @@ static void src_destroy(struct rtsp_source *s, bool teardown)
         if (s->auth && strlen(s->auth) < 400) {
             snprintf(extra, sizeof(extra), "Authorization: %s\r\n", s->auth);
         }
-        src_send(s, MSM_RTSP_M_TEARDOWN, s->url, extra, -1, false, NULL);
+        src_send(s, MSM_RTSP_M_TEARDOWN, s->url, extra, -1, false, &nobody);
     }
     pending_free_all(s);
     up_release(s, !s->ws->closing, false);
     for (int i = 0; i < s->n_tracks; i++) {
         track_close(&s->tracks[i]);
     }
-    msm_stat_dec(s->cfg->stats.upstream_sessions_active);
+    if (s->remote) {
+        msm_stat_dec(s->cfg->stats.fanout_mirrors_active);
+    } else {
+        msm_stat_dec(s->cfg->stats.upstream_sessions_active);
+    }
     msm_log(MSM_LOG_DEBUG, MSM_LC_RTSP, "rtsp source %s (cluster '%s') closed", s->url,
             s->cluster_name);
     msm_defer(s->loop, src_free, s);
+}
+
+void rtsp_source_destroy(struct rtsp_source *s)
+{
+    src_destroy(s, true);
 }
 
 static void on_linger(struct ev_loop *loop, ev_timer *w, int revents)
@@ -322,6 +319,9 @@ static void on_linger(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct rtsp_source *s = MSM_CONTAINER_OF(w, struct rtsp_source, linger);
+    if (rtsp_stream_busy(s)) {
+        return; /* a mirror of another worker is attaching: its detach restarts the linger */
+    }
     src_destroy(s, true);
 }
 
@@ -331,7 +331,7 @@ static void on_keepalive(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct rtsp_source *s = MSM_CONTAINER_OF(w, struct rtsp_source, keepalive);
     if (s->state == RTSP_SRC_READY && s->up) {
-        src_send(s, MSM_RTSP_M_OPTIONS, s->url, NULL, -1, false, NULL);
+        src_send(s, MSM_RTSP_M_OPTIONS, s->url, NULL, -1, false, &nobody);
     }
 }
 
@@ -426,23 +426,80 @@ static void src_connect(struct rtsp_source *s, struct msm_worker *w)
     msm_conn_set_watermarks(s->up, c->cfg->per_connection_buffer_limit);
 }
 
+struct rtsp_source *rtsp_source_alloc(struct rtsp_wstate *ws, struct msm_rtsp_config *cfg,
+                                      char *key, const char *cluster,
+                                      const struct msm_rtsp_msg *req)
+{
+    struct rtsp_source *s = MSM_NEW(struct rtsp_source);
+    s->ws = ws;
+    s->id = rtsp_new_id();
+    s->cfg = msm_rtsp_config_ref(cfg);
+    s->loop = ws->loop;
+    s->key = key;
+    s->cluster_name = msm_xstrdup(cluster);
+    s->created = ev_now(ws->loop);
+    snprintf(s->url, sizeof(s->url), "%.*s", (int)req->uri.n, req->uri.p);
+    snprintf(s->base, sizeof(s->base), "%s", s->url);
+    for (int i = 0; i < RTSP_MAX_TRACKS; i++) {
+        s->tracks[i].src = s;
+        s->tracks[i].idx = i;
+        s->tracks[i].up_rtp.fd = s->tracks[i].up_rtcp.fd = -1;
+        s->tracks[i].dn_rtp.fd = s->tracks[i].dn_rtcp.fd = -1;
+    }
+    ev_init(&s->linger, on_linger);
+    ev_init(&s->keepalive, on_keepalive);
+    ev_init(&s->rq_timer, on_rq_timeout);
+    ev_init(&s->rr_timer, on_rr);
+    rtsp_ws_link(s);
+    return s;
+}
+
+/* A new hub for <key> (taking it), in the worker registry with fan-out. */
+static struct rtsp_source *hub_new(struct rtsp_client *c, char *key, const char *cluster,
+                                   const char *path_query, const struct msm_rtsp_msg *req,
+                                   struct rtsp_stream *st)
+{
+    struct msm_rtsp_config *cfg = c->cfg;
+    struct rtsp_source *s = rtsp_source_alloc(rtsp_wstate(c->loop), cfg, key, cluster, req);
+    s->own_ssrc = (uint32_t)msm_random();
+    snprintf(s->cname, sizeof(s->cname), "msm-proxy-%08x", s->own_ssrc);
+    s->auth = header_dup(req, "Authorization");
+    s->user_agent = header_dup(req, "User-Agent");
+    msm_stat_inc(cfg->stats.upstream_sessions_total);
+    msm_stat_inc(cfg->stats.upstream_sessions_active);
+    if (atomic_fetch_add(&cfg->stream_stats, 1) < MSM_RTSP_MAX_STREAM_STATS) {
+        /* A bounded, rare creation on the worker (once per stream), off the packet path. */
+        char name[80], prefix[256];
+        stream_stat_name(path_query, name, sizeof(name));
+        snprintf(prefix, sizeof(prefix), "%sstream.%s.", cfg->stat_prefix, name);
+        s->sstats = MSM_NEW(struct msm_rtsp_stream_stats);
+        msm_rtsp_stream_stats_init(cfg->store, prefix, s->sstats);
+    } else {
+        atomic_fetch_sub(&cfg->stream_stats, 1);
+    }
+    if (st) {
+        rtsp_stream_set_hub(st, s);
+        rtsp_registry_add(s);
+    }
+    s->state = RTSP_SRC_CONNECTING;
+    src_connect(s, msm_filter_worker(c->h));
+    return s;
+}
+
 struct rtsp_source *rtsp_source_bind(struct rtsp_client *c, const char *cluster,
                                      const char *path_query, const struct msm_rtsp_msg *req)
 {
     struct msm_rtsp_config *cfg = c->cfg;
-    struct rtsp_wstate *ws = wstate(c->loop);
+    struct rtsp_wstate *ws = rtsp_wstate(c->loop);
     size_t klen = strlen(cluster) + strlen(path_query) + 2;
     char *key = msm_xmalloc(klen);
     snprintf(key, klen, "%s\n%s", cluster, path_query);
     struct rtsp_source *s = NULL;
     if (cfg->fanout) {
-        for (s = ws->head; s; s = s->next) {
-            if (!strcmp(s->key, key)) {
-                break;
-            }
-        }
+        s = rtsp_registry_find(ws, key);
     }
     if (s) {
+        /* A hub or a mirror of this worker. */
         free(key);
         if (ev_is_active(&s->linger)) {
             ev_timer_stop(s->loop, &s->linger);
@@ -450,52 +507,21 @@ struct rtsp_source *rtsp_source_bind(struct rtsp_client *c, const char *cluster,
         if (s->state == RTSP_SRC_READY) {
             msm_stat_inc(cfg->stats.fanout_joins);
         }
+        if (s->remote) {
+            msm_stat_inc(cfg->stats.fanout_cross_worker_joins);
+        }
+    } else if (!cfg->fanout) {
+        s = hub_new(c, key, cluster, path_query, req, NULL);
     } else {
-        s = MSM_NEW(struct rtsp_source);
-        s->ws = ws;
-        s->cfg = msm_rtsp_config_ref(cfg);
-        s->loop = c->loop;
-        s->key = key;
-        s->cluster_name = msm_xstrdup(cluster);
-        s->created = ev_now(c->loop);
-        s->own_ssrc = (uint32_t)msm_random();
-        snprintf(s->cname, sizeof(s->cname), "msm-proxy-%08x", s->own_ssrc);
-        snprintf(s->url, sizeof(s->url), "%.*s", (int)req->uri.n, req->uri.p);
-        snprintf(s->base, sizeof(s->base), "%s", s->url);
-        s->auth = header_dup(req, "Authorization");
-        s->user_agent = header_dup(req, "User-Agent");
-        for (int i = 0; i < RTSP_MAX_TRACKS; i++) {
-            s->tracks[i].src = s;
-            s->tracks[i].idx = i;
-            s->tracks[i].up_rtp.fd = s->tracks[i].up_rtcp.fd = -1;
-            s->tracks[i].dn_rtp.fd = s->tracks[i].dn_rtcp.fd = -1;
-        }
-        ev_init(&s->linger, on_linger);
-        ev_init(&s->keepalive, on_keepalive);
-        ev_init(&s->rq_timer, on_rq_timeout);
-        ev_init(&s->rr_timer, on_rr);
-        msm_stat_inc(cfg->stats.upstream_sessions_total);
-        msm_stat_inc(cfg->stats.upstream_sessions_active);
-        if (atomic_fetch_add(&cfg->stream_stats, 1) < MSM_RTSP_MAX_STREAM_STATS) {
-            /* A bounded, rare creation on the worker (once per stream), off the packet path. */
-            char name[80], prefix[256];
-            stream_stat_name(path_query, name, sizeof(name));
-            snprintf(prefix, sizeof(prefix), "%sstream.%s.", cfg->stat_prefix, name);
-            s->sstats = MSM_NEW(struct msm_rtsp_stream_stats);
-            msm_rtsp_stream_stats_init(cfg->store, prefix, s->sstats);
+        /* Process-wide: the hub of another worker (then we get a mirror of it), or ours. */
+        struct rtsp_stream *st = rtsp_stream_claim(ws, key);
+        if (rtsp_stream_is_remote(st, ws)) {
+            s = rtsp_mirror_new(c, st, key, cluster, req);
+            msm_stat_inc(cfg->stats.fanout_joins);
+            msm_stat_inc(cfg->stats.fanout_cross_worker_joins);
         } else {
-            atomic_fetch_sub(&cfg->stream_stats, 1);
+            s = hub_new(c, key, cluster, path_query, req, st);
         }
-        if (cfg->fanout) {
-            s->next = ws->head;
-            if (ws->head) {
-                ws->head->prev = s;
-            }
-            ws->head = s;
-            s->in_registry = true;
-        }
-        s->state = RTSP_SRC_CONNECTING;
-        src_connect(s, msm_filter_worker(c->h));
     }
     s->refs++;
     c->bnext = s->clients;
@@ -507,14 +533,33 @@ struct rtsp_source *rtsp_source_bind(struct rtsp_client *c, const char *cluster,
     return s;
 }
 
+void rtsp_source_release(struct rtsp_source *s)
+{
+    if (s->refs > 0 || s->n_peers > 0 || s->dead) {
+        return;
+    }
+    if (!s->remote && s->state == RTSP_SRC_READY && s->in_registry && s->cfg->fanout_linger_ms) {
+        ev_timer_set(&s->linger, s->cfg->fanout_linger_ms / 1000.0, 0);
+        ev_timer_start(s->loop, &s->linger);
+        return;
+    }
+    src_destroy(s, true);
+}
+
 void rtsp_source_unbind(struct rtsp_source *s, struct rtsp_client *c)
 {
     rtsp_source_unwait(s, c);
     for (struct rtsp_pending *p = s->pend; p; p = p->next) {
-        if (p->client == c) {
-            p->client = NULL;
+        if (p->who.client == c) {
+            p->who.client = NULL;
         }
     }
+    if (s->remote && c->x_subs) {
+        rtsp_mirror_sub_remove(s, c, -1);
+    }
+    c->x_subs = false;
+    c->xwait = RTSP_XW_NONE;
+    c->x_ready = false;
     if (c->bprev) {
         c->bprev->bnext = c->bnext;
     } else if (s->clients == c) {
@@ -524,15 +569,8 @@ void rtsp_source_unbind(struct rtsp_source *s, struct rtsp_client *c)
         c->bnext->bprev = c->bprev;
     }
     c->bnext = c->bprev = NULL;
-    if (--s->refs > 0 || s->dead) {
-        return;
-    }
-    if (s->state == RTSP_SRC_READY && s->in_registry && s->cfg->fanout_linger_ms) {
-        ev_timer_set(&s->linger, s->cfg->fanout_linger_ms / 1000.0, 0);
-        ev_timer_start(s->loop, &s->linger);
-        return;
-    }
-    src_destroy(s, true);
+    s->refs--;
+    rtsp_source_release(s);
 }
 
 void rtsp_source_wait(struct rtsp_source *s, struct rtsp_client *c)
@@ -601,7 +639,13 @@ static void on_describe(struct rtsp_source *s, const struct msm_rtsp_msg *m,
 {
     if (s->state == RTSP_SRC_READY) {
         /* A client's DESCRIBE verified by the server (auth-gated source). */
-        struct rtsp_client *c = p->client;
+        struct rtsp_client *c = p->who.client;
+        if (p->who.peer) {
+            char *hd = m->status == 200 ? NULL : relay_headers(m, true);
+            rtsp_hub_answer(s, p->who.peer, p->who.client_id, RTSP_ANSWER_VERIFIED, m->status,
+                            hd);
+            free(hd);
+        }
         if (c) {
             c->verify_pending = false;
             if (m->status == 200) {
@@ -667,9 +711,9 @@ static void on_setup(struct rtsp_source *s, const struct msm_rtsp_msg *m, struct
         t->state = RTSP_TRACK_NONE;
         msm_udp_sock_close(&t->up_rtp);
         msm_udp_sock_close(&t->up_rtcp);
-        int rc = rtsp_source_setup_track(s, t->idx, !p->tcp, p->client, NULL);
-        if (rc && p->client) {
-            p->client->fail_status = rc;
+        int rc = rtsp_hub_setup_track(s, t->idx, !p->tcp, &p->who, t->url, NULL);
+        if (rc) {
+            who_fail(s, &p->who, rc, NULL, false);
         }
         wake_all(s);
         return;
@@ -681,13 +725,9 @@ static void on_setup(struct rtsp_source *s, const struct msm_rtsp_msg *m, struct
         t->state = RTSP_TRACK_NONE;
         msm_udp_sock_close(&t->up_rtp);
         msm_udp_sock_close(&t->up_rtcp);
-        if (p->client) {
-            p->client->fail_status = m->status != 200 ? m->status : 502;
-            if (m->status == 401) {
-                free(p->client->fail_headers);
-                p->client->fail_headers = relay_headers(m, true);
-            }
-        }
+        char *hd = m->status == 401 ? relay_headers(m, true) : NULL;
+        who_fail(s, &p->who, m->status != 200 ? m->status : 502, hd, false);
+        free(hd);
         wake_all(s);
         return;
     }
@@ -719,9 +759,7 @@ static void on_setup(struct rtsp_source *s, const struct msm_rtsp_msg *m, struct
         }
         if (t->up_rtp.fd < 0) {
             t->state = RTSP_TRACK_NONE;
-            if (p->client) {
-                p->client->fail_status = 461; /* answered UDP to an interleaved request */
-            }
+            who_fail(s, &p->who, 461, NULL, false); /* answered UDP to an interleaved request */
             wake_all(s);
             return;
         }
@@ -784,9 +822,7 @@ static void on_play(struct rtsp_source *s, const struct msm_rtsp_msg *m, struct 
 {
     if (m->status != 200) {
         s->play = RTSP_PLAY_IDLE;
-        if (p->client) {
-            p->client->fail_status = m->status;
-        }
+        who_fail(s, &p->who, m->status, NULL, false);
         wake_all(s);
         return;
     }
@@ -939,7 +975,7 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
         msm_buf_copyout(&extra, 0, x, extra.len);
         x[extra.len] = '\0';
         msm_buf_deinit(&extra);
-        src_send(s, MSM_RTSP_M_DESCRIBE, s->url, x, -1, false, NULL);
+        src_send(s, MSM_RTSP_M_DESCRIBE, s->url, x, -1, false, &nobody);
         free(x);
         return;
     }
@@ -1001,8 +1037,20 @@ int rtsp_source_find_track(struct rtsp_source *s, const char *url, size_t n)
     return -1;
 }
 
-int rtsp_source_setup_track(struct rtsp_source *s, int idx, bool client_tcp,
-                            struct rtsp_client *initiator, const struct msm_rtsp_msg *req)
+/* Authorization for a request upstream: the client's (<auth>, NULL if none), else the one of
+ * the DESCRIBE that created the source; as a header line in <out>, or "". */
+static void auth_line(const struct rtsp_source *s, const char *auth, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (auth && strlen(auth) < 400) {
+        snprintf(out, cap, "Authorization: %s\r\n", auth);
+    } else if (!auth && s->auth && strlen(s->auth) < 400) {
+        snprintf(out, cap, "Authorization: %s\r\n", s->auth);
+    }
+}
+
+int rtsp_hub_setup_track(struct rtsp_source *s, int idx, bool client_tcp,
+                         const struct rtsp_who *who, const char *uri, const char *auth)
 {
     struct rtsp_track *t = &s->tracks[idx];
     if (t->state != RTSP_TRACK_NONE || !s->up) {
@@ -1014,13 +1062,13 @@ int rtsp_source_setup_track(struct rtsp_source *s, int idx, bool client_tcp,
     } else if (s->cfg->upstream_transport == MSM_RTSP_UP_TCP) {
         tcp = true;
     }
-    char extra[512];
-    int off;
+    char extra[1024], al[512];
     if (tcp) {
         t->up_ch[0] = (uint8_t)(2 * idx);
         t->up_ch[1] = (uint8_t)(2 * idx + 1);
-        off = snprintf(extra, sizeof(extra), "Transport: RTP/AVP/TCP;unicast;interleaved=%u-%u\r\n",
-                       t->up_ch[0], t->up_ch[1]);
+        auth_line(s, auth, al, sizeof(al));
+        snprintf(extra, sizeof(extra), "Transport: RTP/AVP/TCP;unicast;interleaved=%u-%u\r\n%s",
+                 t->up_ch[0], t->up_ch[1], al);
     } else {
         int fds[2];
         int rc = msm_rtp_pair_open(&s->cfg->ports, s->host ? msm_address_family(&s->host->addr)
@@ -1040,50 +1088,76 @@ int rtsp_source_setup_track(struct rtsp_source *s, int idx, bool client_tcp,
         msm_udp_sock_start(&t->up_rtp, s->loop, fds[0], rtsp_relay_up_rtp, t);
         msm_udp_sock_start(&t->up_rtcp, s->loop, fds[1], rtsp_relay_up_rtcp, t);
         t->up_rtp_latched = t->up_rtcp_latched = false;
-        off = snprintf(extra, sizeof(extra), "Transport: RTP/AVP;unicast;client_port=%u-%u\r\n",
-                       t->up_port, t->up_port + 1);
-    }
-    const struct msm_rtsp_hdr *auth = req ? msm_rtsp_header(req, "Authorization") : NULL;
-    if (auth && off > 0 && (size_t)off < sizeof(extra)) {
-        snprintf(extra + off, sizeof(extra) - (size_t)off, "Authorization: %.*s\r\n",
-                 (int)(auth->value.n < 400 ? auth->value.n : 0), auth->value.p);
-    } else if (s->auth && off > 0 && (size_t)off < sizeof(extra)) {
-        snprintf(extra + off, sizeof(extra) - (size_t)off, "Authorization: %s\r\n", s->auth);
+        auth_line(s, auth, al, sizeof(al));
+        snprintf(extra, sizeof(extra), "Transport: RTP/AVP;unicast;client_port=%u-%u\r\n%s",
+                 t->up_port, t->up_port + 1, al);
     }
     t->state = RTSP_TRACK_SETTING_UP;
-    char url[MSM_RTSP_URL_MAX + 8];
-    if (req) {
-        snprintf(url, sizeof(url), "%.*s", (int)req->uri.n, req->uri.p);
-    } else {
-        snprintf(url, sizeof(url), "%s", t->url);
-    }
-    src_send(s, MSM_RTSP_M_SETUP, url, extra, idx, tcp, initiator);
+    src_send(s, MSM_RTSP_M_SETUP, uri && uri[0] ? uri : t->url, extra, idx, tcp, who);
     return 0;
+}
+
+void rtsp_hub_play(struct rtsp_source *s, const struct rtsp_who *who, const char *uri,
+                   const char *auth)
+{
+    if (s->play != RTSP_PLAY_IDLE || !s->up) {
+        return;
+    }
+    char extra[600], al[512];
+    auth_line(s, auth, al, sizeof(al));
+    snprintf(extra, sizeof(extra), "Range: npt=0.000-\r\n%s", al);
+    s->play = RTSP_PLAY_PENDING;
+    src_send(s, MSM_RTSP_M_PLAY, uri && uri[0] ? uri : s->url, extra, -1, false, who);
+}
+
+void rtsp_hub_verify(struct rtsp_source *s, const struct rtsp_who *who, const char *uri,
+                     const char *auth)
+{
+    char extra[700];
+    int off = snprintf(extra, sizeof(extra), "Accept: application/sdp\r\n");
+    if (auth && strlen(auth) < 500) {
+        snprintf(extra + off, sizeof(extra) - (size_t)off, "Authorization: %s\r\n", auth);
+    }
+    src_send(s, MSM_RTSP_M_DESCRIBE, uri, extra, -1, false, who);
+}
+
+/* A header value of <req> as a new string (NULL when absent or too long to forward). */
+static char *value_dup(const struct msm_rtsp_msg *req, const char *name, size_t max)
+{
+    const struct msm_rtsp_hdr *h = req ? msm_rtsp_header(req, name) : NULL;
+    return h && h->value.n < max ? msm_xstrndup(h->value.p, h->value.n) : NULL;
+}
+
+int rtsp_source_setup_track(struct rtsp_source *s, int idx, bool client_tcp,
+                            struct rtsp_client *initiator, const struct msm_rtsp_msg *req)
+{
+    char uri[MSM_RTSP_URL_MAX + 8];
+    snprintf(uri, sizeof(uri), "%.*s", (int)req->uri.n, req->uri.p);
+    char *auth = value_dup(req, "Authorization", 400);
+    int rc = 0;
+    if (s->remote) {
+        rtsp_mirror_setup_track(s, idx, client_tcp, initiator, uri, auth);
+    } else {
+        struct rtsp_who who = {.client = initiator};
+        rc = rtsp_hub_setup_track(s, idx, client_tcp, &who, uri, auth);
+    }
+    free(auth);
+    return rc;
 }
 
 void rtsp_source_play(struct rtsp_source *s, struct rtsp_client *initiator,
                       const struct msm_rtsp_msg *req)
 {
-    if (s->play != RTSP_PLAY_IDLE || !s->up) {
-        return;
-    }
-    char extra[600];
-    int off = snprintf(extra, sizeof(extra), "Range: npt=0.000-\r\n");
-    const struct msm_rtsp_hdr *auth = req ? msm_rtsp_header(req, "Authorization") : NULL;
-    if (auth && auth->value.n < 400) {
-        snprintf(extra + off, sizeof(extra) - (size_t)off, "Authorization: %.*s\r\n",
-                 (int)auth->value.n, auth->value.p);
-    } else if (s->auth && strlen(s->auth) < 400) {
-        snprintf(extra + off, sizeof(extra) - (size_t)off, "Authorization: %s\r\n", s->auth);
-    }
-    char url[MSM_RTSP_URL_MAX + 8];
-    if (req) {
-        snprintf(url, sizeof(url), "%.*s", (int)req->uri.n, req->uri.p);
+    char uri[MSM_RTSP_URL_MAX + 8];
+    snprintf(uri, sizeof(uri), "%.*s", (int)req->uri.n, req->uri.p);
+    char *auth = value_dup(req, "Authorization", 400);
+    if (s->remote) {
+        rtsp_mirror_play(s, initiator, uri, auth);
     } else {
-        snprintf(url, sizeof(url), "%s", s->url);
+        struct rtsp_who who = {.client = initiator};
+        rtsp_hub_play(s, &who, uri, auth);
     }
-    s->play = RTSP_PLAY_PENDING;
-    src_send(s, MSM_RTSP_M_PLAY, url, extra, -1, false, initiator);
+    free(auth);
 }
 
 void rtsp_source_verify(struct rtsp_source *s, struct rtsp_client *c,
@@ -1092,16 +1166,15 @@ void rtsp_source_verify(struct rtsp_source *s, struct rtsp_client *c,
     if (c->verify_pending) {
         return;
     }
-    char extra[600];
-    int off = snprintf(extra, sizeof(extra), "Accept: application/sdp\r\n");
-    const struct msm_rtsp_hdr *auth = msm_rtsp_header(req, "Authorization");
-    if (auth && auth->value.n < 500) {
-        snprintf(extra + off, sizeof(extra) - (size_t)off, "Authorization: %.*s\r\n",
-                 (int)auth->value.n, auth->value.p);
-    }
-    char url[MSM_RTSP_URL_MAX + 8];
-    snprintf(url, sizeof(url), "%.*s", (int)req->uri.n, req->uri.p);
+    char uri[MSM_RTSP_URL_MAX + 8];
+    snprintf(uri, sizeof(uri), "%.*s", (int)req->uri.n, req->uri.p);
+    char *auth = value_dup(req, "Authorization", 500);
     c->verify_pending = true;
-    src_send(s, MSM_RTSP_M_DESCRIBE, url, extra, -1, false, c);
+    if (s->remote) {
+        rtsp_mirror_verify(s, c, uri, auth);
+    } else {
+        struct rtsp_who who = {.client = c};
+        rtsp_hub_verify(s, &who, uri, auth);
+    }
+    free(auth);
 }
-

@@ -308,8 +308,10 @@ static int parse_param(struct span prm, struct msm_rtsp_transport *t)
         }
     } else if (ieq(key, "append")) {
         t->append = true;
+    } else if (ieq(key, "RTCP-mux")) {
+        t->rtcp_mux = true;
     }
-    /* layers, setup, connection, RTCP-mux, MIKEY...: not used by the proxy */
+    /* layers, setup, connection, MIKEY...: not used by the proxy */
     return 0;
 }
 
@@ -446,6 +448,9 @@ int msm_rtsp_transport_format(const struct msm_rtsp_transport *t, bool v2, char 
     }
     if (t->has_ssrc) {
         PUT(";ssrc=%08X", t->ssrc);
+    }
+    if (t->rtcp_mux) {
+        PUT(";RTCP-mux");
     }
     if (t->has_mode) {
         PUT(";mode=\"%s\"", t->mode_record ? "RECORD" : "PLAY");

@@ -39,6 +39,7 @@ struct msm_rtsp_transport {
     uint32_t ssrc;
     char destination[MSM_RTSP_ADDR_MAX]; /* host only (2.0 dest_addr port goes to client_port) */
     char source[MSM_RTSP_ADDR_MAX];
+    bool rtcp_mux;    /* RTCP-mux: RTCP on the RTP port (RFC 5761, RFC 7826 §18.54) */
     bool mode_record; /* mode=RECORD (default PLAY) */
     bool has_mode;
     bool append;

@@ -22,6 +22,7 @@ static void config_free(void *p)
         free(c->clusters[i].name);
     }
     free(c->clusters);
+    msm_access_logs_deinit(&c->logs);
     if (c->stat_prefix) {
         msm_tcp_proxy_stats_deinit(&c->stats);
     }
@@ -130,10 +131,9 @@ static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
             c->hash_source_ip = true;
         }
     }
-    if (p->n_access_log) {
-        msm_log(MSM_LOG_WARN, MSM_LC_FILTER,
-                "tcp_proxy '%s' on listener '%s': access_log is not implemented yet; ignored",
-                p->stat_prefix, ctx->listener_name ? ctx->listener_name : "?");
+    if (msm_access_logs_build((void *const *)p->access_log, p->n_access_log, &c->logs,
+                              err) < 0) {
+        goto fail;
     }
     c->stat_prefix = msm_xasprintf("tcp.%s.", p->stat_prefix);
     msm_tcp_proxy_stats_init(ctx->stats, c->stat_prefix, &c->stats);

@@ -9,6 +9,7 @@
  * Back-pressure: upstream write buffer above its limit pauses downstream reads; downstream
  * write buffer above its limit pauses upstream reads.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -16,9 +17,18 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "filter/manager.h"
+#include "filter/upstream.h"
 #include "filters/network/tcp_proxy/tcp_proxy.h"
 #include "server/worker.h"
 #include "upstream/cluster.h"
+
+/* Record a response flag for the access log (the session may be gone already). */
+#define SI_FLAG(t, f)                                                                             \
+    do {                                                                                          \
+        if ((t)->si) {                                                                            \
+            msm_si_set_flag((t)->si, (f));                                                        \
+        }                                                                                         \
+    } while (0)
 
 /* Lifetime: a tp lives until both its session freed it (filter_free) and its upstream
  * connection is gone, because the upstream may still be flushing bytes the downstream sent
@@ -40,6 +50,14 @@ struct tp {
     uint32_t attempts;
     double up_start;
     ev_timer idle, max_dur;
+    struct msm_stream_info *si; /* the session's; NULL once the session is gone */
+    char fail_reason[96];       /* %UPSTREAM_TRANSPORT_FAILURE_REASON% */
+    bool started;               /* on_new_connection ran (the chain got the connection) */
+    /* The cluster's upstream filters on <up> (filter/upstream.h; istio.metadata_exchange), or
+     * NULL. They see bytes only once <up> is established: until then the downstream's bytes
+     * wait in its read buffer (<held>). */
+    struct msm_upstream_chain *upf;
+    bool held;
 };
 
 static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream);
@@ -70,6 +88,12 @@ const char *msm_tcp_proxy_pick_cluster(const struct msm_tcp_proxy_config *cfg, u
 static struct ev_loop *loop_of(struct tp *t)
 {
     return t->loop;
+}
+
+static void tp_free(struct tp *t)
+{
+    msm_upstream_chain_free(t->upf);
+    free(t);
 }
 
 /* Activity only records a time; the idle timer re-arms itself from it when it fires (libev's
@@ -145,6 +169,7 @@ static void on_max_duration(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct tp *t = MSM_CONTAINER_OF(w, struct tp, max_dur);
     msm_stat_inc(t->cfg->stats.max_downstream_connection_duration);
+    SI_FLAG(t, MSM_RF_DURATION_TIMEOUT);
     close_all(t, MSM_CLOSE_NOFLUSH);
 }
 
@@ -154,6 +179,7 @@ void *msm_tcp_proxy_filter_new(void *config, struct msm_filter_handle *h)
     t->h = h;
     t->loop = msm_filter_worker(h)->loop;
     t->cfg = config;
+    t->si = msm_filter_stream_info(h);
     ev_timer_init(&t->idle, on_idle, t->cfg->idle_timeout_ms / 1000.0, 0);
     ev_timer_init(&t->max_dur, on_max_duration, t->cfg->max_duration_ms / 1000.0, 0);
     return t;
@@ -162,12 +188,17 @@ void *msm_tcp_proxy_filter_new(void *config, struct msm_filter_handle *h)
 void msm_tcp_proxy_filter_free(void *f)
 {
     struct tp *t = f;
+    /* Envoy logs when the filter goes away: the downstream is closed, its counts are final. */
+    if (t->cfg->logs.n && t->started) {
+        msm_access_logs_emit(&t->cfg->logs, t->si, ev_now(t->loop));
+    }
+    t->si = NULL;
     t->session_gone = true;
     t->h = NULL;
     stop_timers(t);
     if (!t->up) {
         release_upstream(t);
-        free(t);
+        tp_free(t);
     }
     /* else: freed when the upstream finishes flushing (up_on_event). */
 }
@@ -190,6 +221,7 @@ static int start_upstream(struct tp *t)
         struct msm_cluster *c = w->snap ? msm_snapshot_cluster(w->snap, name) : NULL;
         if (!c) {
             msm_stat_inc(t->cfg->stats.downstream_cx_no_route);
+            SI_FLAG(t, MSM_RF_NO_CLUSTER_FOUND);
             msm_log(MSM_LOG_DEBUG, MSM_LC_FILTER, "[C%llu] tcp_proxy: unknown cluster '%s'",
                     down->id, name);
             return MSM_ENOTFOUND;
@@ -198,6 +230,7 @@ static int start_upstream(struct tp *t)
         if (!msm_cluster_cx_reserve(c)) {
             msm_log(MSM_LOG_DEBUG, MSM_LC_FILTER,
                     "[C%llu] tcp_proxy: cluster '%s' max_connections reached", down->id, name);
+            SI_FLAG(t, MSM_RF_UPSTREAM_OVERFLOW);
             return MSM_ELIMIT;
         }
         t->cx_reserved = true;
@@ -213,6 +246,7 @@ static int start_upstream(struct tp *t)
         host = msm_lb_choose(c, t->cfg->hash_source_ip ? source_hash(t) : 0);
         if (!host) {
             msm_stat_inc(cs->upstream_cx_none_healthy);
+            SI_FLAG(t, MSM_RF_NO_HEALTHY_UPSTREAM);
             msm_log(MSM_LOG_DEBUG, MSM_LC_FILTER, "[C%llu] tcp_proxy: no healthy upstream in "
                     "'%s'", down->id, c->cfg->name);
             return MSM_ENOTFOUND;
@@ -228,6 +262,10 @@ static int start_upstream(struct tp *t)
     atomic_fetch_add(&host->cx_total, 1);
     atomic_fetch_add(&host->rq_total, 1);
     t->attempts++;
+    if (t->si) {
+        msm_si_set_upstream(t->si, c->cfg, host);
+        t->si->attempt_count = t->attempts;
+    }
     int rc = 0;
     t->up = msm_conn_connect(w->loop, &host->addr, c->cfg->has_bind ? &c->cfg->bind : NULL,
                              c->cfg->connect_timeout_ms, &up_handler, t, &rc);
@@ -244,6 +282,9 @@ static int start_upstream(struct tp *t)
     /* TLS (transport_socket, or the endpoint's transport_socket_matches entry): CONNECTED
      * comes after the handshake. */
     msm_cluster_attach_transport(c->cfg, host, t->up);
+    if (c->cfg->filters) {
+        t->upf = msm_upstream_chain_new(c->cfg->filters, &t->up, &t->si);
+    }
     msm_stat_inc(cs->upstream_cx_active);
     msm_stat_inc(cs->upstream_rq_active);
     msm_conn_set_watermarks(t->up, c->cfg->per_connection_buffer_limit);
@@ -255,6 +296,7 @@ static int start_upstream(struct tp *t)
 enum msm_filter_status msm_tcp_proxy_on_new_connection(void *f)
 {
     struct tp *t = f;
+    t->started = true;
     msm_stat_inc(t->cfg->stats.downstream_cx_total);
     msm_conn_enable_half_close(msm_filter_conn(t->h), true);
     if (t->cfg->max_duration_ms) {
@@ -281,11 +323,18 @@ enum msm_filter_status msm_tcp_proxy_on_data(void *f, struct msm_buf *data, bool
         msm_buf_drain(data, data->len);
         return MSM_FILTER_STOP;
     }
+    if (t->upf && !t->connected) {
+        t->held = true; /* replayed from up_on_event(CONNECTED) */
+        return MSM_FILTER_STOP;
+    }
     msm_stat_add(t->cfg->stats.downstream_cx_rx_bytes_total, data->len);
     msm_stat_add(t->cluster->sh->stats.upstream_cx_tx_bytes_total, data->len);
     touch(t);
     if (end_stream) {
         t->down_eof = true;
+    }
+    if (t->upf) {
+        msm_upstream_chain_on_write(t->upf, data, end_stream);
     }
     msm_conn_write(t->up, data, end_stream);
     if (t->down_eof && t->up_eof && t->up) {
@@ -330,6 +379,10 @@ static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream)
         msm_buf_drain(&c->in, c->in.len); /* downstream gone: nobody to deliver to */
         return;
     }
+    if (t->upf && msm_upstream_chain_on_data(t->upf, &c->in, end_stream) == MSM_FILTER_STOP) {
+        touch(t);
+        return; /* a filter keeps the bytes for now, or closed the connection */
+    }
     size_t n = c->in.len;
     msm_stat_add(t->cfg->stats.downstream_cx_tx_bytes_total, n);
     msm_stat_add(t->cluster->sh->stats.upstream_cx_rx_bytes_total, n);
@@ -365,11 +418,23 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
     switch (ev) {
     case MSM_CONN_CONNECTED:
         t->connected = true;
+        if (t->si) {
+            t->si->upstream_local = c->local;
+            t->si->has_upstream_local = true;
+            t->si->upstream_connection_id = c->id;
+            t->si->upstream_connected = now;
+        }
         msm_outlier_report(t->cluster, t->host, MSM_OUTLIER_SUCCESS);
         msm_stat_record(cs->upstream_cx_connect_ms, (uint64_t)((now - c->connect_start) * 1000.0));
         if (t->h && t->down_read_paused && !(c->flags & MSM_CONN_F_ABOVE_WM)) {
             t->down_read_paused = false;
             msm_filter_read_disable(t->h, false);
+        }
+        if (t->held && t->h && !t->closed && msm_filter_conn(t->h)) {
+            /* What the downstream sent while connecting, now through the upstream filters. */
+            struct msm_conn *down = msm_filter_conn(t->h);
+            t->held = false;
+            msm_tcp_proxy_on_data(t, &down->in, (down->flags & MSM_CONN_F_READ_EOF) != 0);
         }
         return;
     case MSM_CONN_CONNECT_FAILED:
@@ -389,13 +454,27 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
         atomic_fetch_sub(&t->host->active_rq, 1);
         msm_host_unref(t->host);
         t->host = NULL;
+        msm_upstream_chain_free(t->upf); /* this attempt's; a retry makes its own */
+        t->upf = NULL;
         if (!t->closed && t->attempts < t->cfg->max_connect_attempts && start_upstream(t) == 0) {
             return;
+        }
+        if (t->si && !t->closed) {
+            SI_FLAG(t, MSM_RF_UPSTREAM_CONNECTION_FAILURE);
+            if (ev == MSM_CONN_CONNECT_FAILED && c->close_detail) {
+                /* Envoy's "delayed connect error: <reason>", spaces as '_' in the log. */
+                snprintf(t->fail_reason, sizeof(t->fail_reason), "delayed_connect_error:_%s",
+                         c->close_detail);
+                for (char *p = t->fail_reason; *p; p++) {
+                    *p = *p == ' ' ? '_' : *p;
+                }
+                t->si->upstream_transport_failure_reason = t->fail_reason;
+            }
         }
         close_all(t, MSM_CLOSE_NOFLUSH);
         if (t->session_gone && !t->up) {
             release_upstream(t);
-            free(t);
+            tp_free(t);
         }
         return;
     case MSM_CONN_REMOTE_CLOSE:
@@ -409,7 +488,7 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
         t->up = NULL;
         release_upstream(t);
         if (t->session_gone) {
-            free(t);
+            tp_free(t);
             return;
         }
         if (!t->closed) {

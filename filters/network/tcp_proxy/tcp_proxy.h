@@ -4,6 +4,7 @@
  * watermarks, idle and maximum-duration timeouts, and Envoy's tcp.<stat_prefix>.* stats. */
 #include <stdint.h>
 
+#include "accesslog/access_log.h"
 #include "filter/network.h"
 #include "stats/stats.h"
 
@@ -33,6 +34,7 @@ struct msm_tcp_proxy_config {
     uint32_t max_connect_attempts;
     bool hash_source_ip;
     struct msm_tcp_proxy_stats stats;
+    struct msm_access_logs logs; /* access_log: emitted when the connection is done */
 };
 
 extern const struct msm_network_filter_ops msm_tcp_proxy_ops;

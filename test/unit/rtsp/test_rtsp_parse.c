@@ -141,6 +141,15 @@ static void test_transport_quirks(void **state)
     assert_string_equal(buf, "RTP/AVP;unicast;source=10.0.0.1;client_port=5000-5001;"
                              "server_port=20000-20001;ssrc=DEADBEEF;mode=\"PLAY\"");
     assert_int_equal(msm_rtsp_transport_format(&o, false, buf, 20), -1);
+    /* RTCP-mux (RFC 5761 / RFC 7826): parsed in any case, echoed when set */
+    const char *mux = "RTP/AVP;unicast;client_port=6000-6001;rtcp-mux";
+    assert_int_equal(msm_rtsp_transport_parse(mux, strlen(mux), t, 4), 1);
+    assert_true(t[0].rtcp_mux);
+    o.rtcp_mux = true;
+    o.has_ssrc = o.has_mode = false;
+    assert_true(msm_rtsp_transport_format(&o, false, buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, "RTP/AVP;unicast;source=10.0.0.1;client_port=5000-5001;"
+                             "server_port=20000-20001;RTCP-mux");
 }
 
 static void test_urls(void **state)

@@ -343,7 +343,8 @@ static void test_context_errors(void **state)
                                   pem("garbage"), "private_key", pem(client.key_pem)),
                  "certificate chain");
     expect_error(false, json_pack("{s:s, s:{s:o, s:o}}", "@type", T_UP, "common_tls_context",
-                                  "tls_certificates", cert_json(&client), "tls_certificate_sds_secret_configs",
+                                  "tls_certificates", cert_json(&client),
+                                  "tls_certificate_sds_secret_configs",
                                   json_pack("[{s:s}]", "name", "x")),
                  "Multiple TLS certificates");
     expect_error(false, json_pack("{s:s, s:{s:[{s:s}]}}", "@type", T_UP, "common_tls_context",
@@ -537,7 +538,8 @@ static int push_s(const char *name, ProtobufCMessage *m, const char *version, st
 /* Istio's outbound context: certificate and root from SDS (names default / ROOTCA). */
 static json_t *istio_client_ctx(void)
 {
-    return json_pack("{s:s, s:{s:[s,s], s:[{s:s, s:{s:{}}}], s:{s:{s:[{s:s}]}, s:{s:s, s:{s:{}}}}}}",
+    return json_pack("{s:s, s:{s:[s,s], s:[{s:s, s:{s:{}}}], "
+                     "s:{s:{s:[{s:s}]}, s:{s:s, s:{s:{}}}}}}",
                      "@type", T_UP, "common_tls_context", "alpn_protocols", "istio-peer-exchange",
                      "istio", "tls_certificate_sds_secret_configs", "name", "default",
                      "sds_config", "ads", "combined_validation_context",
@@ -561,11 +563,13 @@ static void test_sds_warming_rotation(void **state)
     assert_true(t->ops->handshake(t, &e.c) < 0);
     end_deinit(&e);
     close(fds[1]);
-    assert_int_equal(stat_of("sds.client_ssl_socket_factory.upstream_context_secrets_not_ready"), 1);
+    assert_int_equal(
+        stat_of("sds.client_ssl_socket_factory.upstream_context_secrets_not_ready"), 1);
 
     struct msm_err err = {{0}};
     /* A bad secret is NACKed and changes nothing. */
-    assert_int_equal(push_s("default", secret_cert("default", &client, server.key_pem), "0", &err), MSM_EINVAL);
+    assert_int_equal(push_s("default", secret_cert("default", &client, server.key_pem), "0", &err),
+                     MSM_EINVAL);
     assert_non_null(strstr(err.msg, "does not match"));
     assert_int_equal(push_s("default", secret_cert("default", &client, NULL), "1", &err), 1);
     assert_false(msm_tls_factory_ready(cf));

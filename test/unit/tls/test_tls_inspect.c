@@ -211,6 +211,11 @@ static void test_handcrafted(void **state)
     static const uint8_t bad_alpn[] = {0, 16, 0, 5, 0, 3, 0, 'h', '2'};
     assert_int_equal(inspect_ext(bad_alpn, sizeof(bad_alpn), &h), MSM_INSPECT_YES);
     assert_int_equal(h.n_alpn, 0);
+    /* A name with a NUL byte cannot match any configured protocol: dropped. */
+    static const uint8_t nul_alpn[] = {0, 16, 0, 8, 0, 6, 2, 'h', 0, 2, 'h', '2'};
+    assert_int_equal(inspect_ext(nul_alpn, sizeof(nul_alpn), &h), MSM_INSPECT_YES);
+    assert_int_equal(h.n_alpn, 1);
+    assert_string_equal(h.alpn[0], "h2");
     /* More protocols than fit: the first ones are kept. */
     uint8_t many[4 + 2 + 20 * 4];
     size_t k = 6;

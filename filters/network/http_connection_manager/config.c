@@ -1,0 +1,497 @@
+/* Config glue for envoy.filters.network.http_connection_manager: proto ->
+ * struct msm_hcm_config. Main thread. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "envoy/extensions/filters/http/wasm/v3/wasm.pb-c.h"
+#include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "config/pbjson.h"
+#include "config/pbutil.h"
+#include "config/snapshot.h"
+#include "config/types.h"
+#include "filters/network/http_connection_manager/hcm.h"
+
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
+typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager PbHcm;
+typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter PbHttpFilter;
+
+#define DEFAULT_STREAM_IDLE_MS (5 * 60 * 1000)
+#define DEFAULT_IDLE_MS (3600 * 1000)
+#define DEFAULT_DRAIN_MS 5000
+#define DEFAULT_DELAYED_CLOSE_MS 1000
+#define DEFAULT_BUFFER_LIMIT (1024 * 1024)
+
+/* The dependency the listener manager reads (see network.h rds_dep). */
+struct hcm_cfg_priv {
+    struct msm_hcm_config c;
+    struct msm_filter_rds_dep dep;
+};
+
+static void config_free(void *p)
+{
+    struct hcm_cfg_priv *pv = p;
+    if (!pv) {
+        return;
+    }
+    struct msm_hcm_config *c = &pv->c;
+    for (int i = 0; i < c->n_filters; i++) {
+        if (c->filters[i].ops && c->filters[i].config && c->filters[i].ops->config_free) {
+            c->filters[i].ops->config_free(c->filters[i].config);
+        }
+        free(c->filters[i].name);
+    }
+    free(c->filters);
+    msm_route_config_unref(c->route_config);
+    free(c->rds_name);
+    free(c->rds_source);
+    free(c->rds_stat_prefix);
+    if (c->stat_prefix) {
+        msm_hcm_stats_deinit(&c->stats);
+        msm_http1_stats_deinit(&c->h1stats);
+        msm_http2_stats_deinit(&c->h2stats);
+    }
+    free(c->stat_prefix);
+    free(c->server_name);
+    free(c->via);
+    free((char *)c->h1opts.default_host_for_http_10);
+    free(pv);
+}
+
+static int ms(const Google__Protobuf__Duration *d, int64_t dflt, const char *field, uint32_t *out,
+              struct msm_err *err)
+{
+    if (d && (d->seconds < 0 || d->nanos < 0)) {
+        return msm_err_set(err, "%s: must not be negative", field);
+    }
+    int64_t v = msm_pb_duration_ms(d, dflt);
+    *out = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+    return 0;
+}
+
+/* Wasm is accepted only as Istio's null-VM plugins of <= 1.18 (envoy.wasm.stats and
+ * envoy.wasm.metadata_exchange, compiled into Istio's Envoy): telemetry the observability work
+ * maps onto native filters. Any other Wasm module could do anything (authorization included),
+ * so it is rejected. */
+static bool istio_null_vm_plugin(const ProtobufCMessage *msg)
+{
+    if (strcmp(msg->descriptor->name, "envoy.extensions.filters.http.wasm.v3.Wasm") != 0) {
+        return true;
+    }
+    const Envoy__Extensions__Filters__Http__Wasm__V3__Wasm *w = (const void *)msg;
+    if (!w->config || w->config->vm_case != ENVOY__EXTENSIONS__WASM__V3__PLUGIN_CONFIG__VM_VM_CONFIG ||
+        !w->config->vm_config || strcmp(w->config->vm_config->runtime,
+                                        "envoy.wasm.runtime.null") != 0) {
+        return false;
+    }
+    const Envoy__Config__Core__V3__AsyncDataSource *code = w->config->vm_config->code;
+    if (!code || code->specifier_case != ENVOY__CONFIG__CORE__V3__ASYNC_DATA_SOURCE__SPECIFIER_LOCAL ||
+        !code->local ||
+        code->local->specifier_case != ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_STRING) {
+        return false;
+    }
+    const char *m = code->local->inline_string;
+    return !strcmp(m, "envoy.wasm.stats") || !strcmp(m, "envoy.wasm.metadata_exchange");
+}
+
+/* One entry of http_filters[]: an implemented filter, an accepted no-op, an optional filter we
+ * skip, or a NACK. <last> is whether it is the last entry (the terminal filter's place). */
+static int http_filter_from_proto(const PbHttpFilter *p, struct msm_http_factory_ctx *fctx,
+                                  bool last, struct msm_hcm_filter *out, bool *skip,
+                                  struct msm_err *err)
+{
+    *skip = false;
+    out->name = msm_xstrdup(p->name);
+    if (!p->name[0]) {
+        return msm_err_set(err, "name: must not be empty");
+    }
+    if (p->config_type_case ==
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY) {
+        return msm_err_set(err, "config_discovery (ECDS) is not supported yet");
+    }
+    if (p->disabled) {
+        /* Disabled by default: enabled per route through typed_per_filter_config, which this
+         * build does not do for any filter yet. */
+        *skip = true;
+        return 0;
+    }
+    ProtobufCMessage *msg = NULL;
+    const char *type = NULL;
+    struct msm_pbjson_opts jo = {.allow_unknown_fields = fctx->allow_unknown_fields};
+    if (p->config_type_case ==
+        ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_TYPED_CONFIG) {
+        msg = msm_pb_any_unpack(p->typed_config, NULL, &jo, err);
+        if (!msg) {
+            if (p->is_optional) {
+                *skip = true;
+                return 0;
+            }
+            msm_err_prefix(err, "typed_config");
+            return MSM_EINVAL;
+        }
+        type = msg->descriptor->name;
+    }
+    bool known = false;
+    const struct msm_http_filter_ops *ops = msm_http_filter_find(type, p->name, &known);
+    if (ops && !ops->config_new) {
+        ops = NULL; /* registered but not implemented yet */
+    }
+    int rc = 0;
+    if (!ops) {
+        const char *why = type && istio_null_vm_plugin(msg) ? msm_http_filter_noop_reason(type)
+                                                             : NULL;
+        if (why) {
+            msm_log(MSM_LOG_DEBUG, MSM_LC_HTTP, "http filter '%s': accepted as a no-op (%s)",
+                    p->name, why);
+        } else if (p->is_optional) {
+            msm_log(MSM_LOG_INFO, MSM_LC_HTTP, "optional http filter '%s' (%s) is not supported; "
+                    "skipped", p->name, type ? type : "no typed_config");
+            *skip = true;
+        } else if (!known && !type) {
+            rc = msm_err_set(err, "unknown http filter '%s' (no typed_config)", p->name);
+        } else {
+            rc = msm_err_set(err, "http filter '%s' (%s) is not supported yet", p->name,
+                             type ? type : "no typed_config");
+        }
+    } else {
+        if (!msg) {
+            const ProtobufCMessageDescriptor *d = msm_types_find(ops->config_type);
+            msg = d ? msm_xmalloc(d->sizeof_message) : NULL;
+            if (msg) {
+                protobuf_c_message_init(d, msg);
+            }
+        }
+        fctx->filter_name = p->name;
+        rc = msg ? ops->config_new(msg, fctx, &out->config, err)
+                 : msm_err_set(err, "internal: config type %s not registered", ops->config_type);
+        if (rc == 0) {
+            out->ops = ops;
+        }
+        if (rc == 0 && ops->terminal && !last) {
+            rc = msm_err_set(err, "terminal filter '%s' must be the last http filter", p->name);
+        }
+    }
+    if (msg) {
+        protobuf_c_message_free_unpacked(msg, NULL);
+    }
+    return rc;
+}
+
+static int filters_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx,
+                              struct msm_hcm_config *c, struct msm_err *err)
+{
+    struct msm_http_factory_ctx fctx = {.stats = ctx->stats, .stat_prefix = c->stat_prefix,
+                                        .allow_unknown_fields = ctx->allow_unknown_fields};
+    c->filters = msm_xcalloc(p->n_http_filters + 1, sizeof(*c->filters));
+    for (size_t i = 0; i < p->n_http_filters; i++) {
+        bool skip;
+        struct msm_hcm_filter *f = &c->filters[c->n_filters];
+        int rc = http_filter_from_proto(p->http_filters[i], &fctx, i + 1 == p->n_http_filters,
+                                        f, &skip, err);
+        if (rc < 0) {
+            c->n_filters++;
+            msm_err_prefix(err, "http_filters[%zu] '%s'", i, p->http_filters[i]->name);
+            return MSM_EINVAL;
+        }
+        if (skip) {
+            free(f->name);
+            memset(f, 0, sizeof(*f));
+            continue;
+        }
+        c->n_filters++;
+    }
+    if (!c->n_filters || !c->filters[c->n_filters - 1].ops ||
+        !c->filters[c->n_filters - 1].ops->terminal) {
+        return msm_err_set(err, "http_filters: the last http filter must be a terminal filter "
+                                "(envoy.filters.http.router)");
+    }
+    return 0;
+}
+
+static int h2_opts(const Envoy__Config__Core__V3__Http2ProtocolOptions *p,
+                   struct msm_hcodec_opts *o, struct msm_err *err)
+{
+    if (!p) {
+        return 0;
+    }
+    if (p->allow_connect) {
+        return msm_err_set(err, "http2_protocol_options.allow_connect: CONNECT is not supported "
+                                "yet");
+    }
+    o->max_concurrent_streams = msm_pb_u32(p->max_concurrent_streams, o->max_concurrent_streams);
+    uint32_t sw = msm_pb_u32(p->initial_stream_window_size, 0);
+    uint32_t cw = msm_pb_u32(p->initial_connection_window_size, 0);
+    if ((sw && sw < 65535) || (cw && cw < 65535)) {
+        return msm_err_set(err, "http2_protocol_options: window sizes must be >= 65535");
+    }
+    if (sw) {
+        o->initial_stream_window_size = sw > 16 * 1024 * 1024 ? 16 * 1024 * 1024 : sw;
+    }
+    if (cw) {
+        o->initial_connection_window_size = cw > 64 * 1024 * 1024 ? 64 * 1024 * 1024 : cw;
+    }
+    o->max_outbound_frames = msm_pb_u32(p->max_outbound_frames, o->max_outbound_frames);
+    o->max_consecutive_inbound_frames_with_empty_payload =
+        msm_pb_u32(p->max_consecutive_inbound_frames_with_empty_payload,
+                   o->max_consecutive_inbound_frames_with_empty_payload);
+    if (!o->max_concurrent_streams) {
+        return msm_err_set(err, "http2_protocol_options.max_concurrent_streams: must be >= 1");
+    }
+    return 0;
+}
+
+static int codec_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm_err *err)
+{
+    switch (p->codec_type) {
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__AUTO:
+        c->codec_type = MSM_HCM_AUTO;
+        break;
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP1:
+        c->codec_type = MSM_HCM_HTTP1;
+        break;
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__CODEC_TYPE__HTTP2:
+        c->codec_type = MSM_HCM_HTTP2;
+        break;
+    default:
+        return msm_err_set(err, "codec_type: HTTP/3 is not supported");
+    }
+    msm_hcodec_opts_default(&c->h1opts);
+    msm_hcodec_opts_default(&c->h2opts);
+    c->h2opts.max_concurrent_streams = 2147483647;
+    uint32_t kb = msm_pb_u32(p->max_request_headers_kb, 60);
+    if (kb < 1 || kb > 8192) {
+        return msm_err_set(err, "max_request_headers_kb: must be in [1, 8192]");
+    }
+    c->h1opts.max_headers_kb = c->h2opts.max_headers_kb = kb;
+    if (p->http_protocol_options) {
+        const Envoy__Config__Core__V3__Http1ProtocolOptions *h1 = p->http_protocol_options;
+        c->h1opts.accept_http_10 = h1->accept_http_10;
+        if (h1->default_host_for_http_10[0]) {
+            c->h1opts.default_host_for_http_10 = msm_xstrdup(h1->default_host_for_http_10);
+        }
+        if (h1->allow_chunked_length) {
+            return msm_err_set(err, "http_protocol_options.allow_chunked_length: not supported "
+                                    "(requests with both Content-Length and chunked encoding "
+                                    "are rejected)");
+        }
+        if (h1->header_key_format) {
+            return msm_err_set(err, "http_protocol_options.header_key_format: not supported");
+        }
+    }
+    if (h2_opts(p->http2_protocol_options, &c->h2opts, err) < 0) {
+        return MSM_EINVAL;
+    }
+    if (p->http3_protocol_options) {
+        return msm_err_set(err, "http3_protocol_options: HTTP/3 is not supported");
+    }
+    const Envoy__Config__Core__V3__HttpProtocolOptions *cp = p->common_http_protocol_options;
+    if (ms(cp ? cp->idle_timeout : NULL, DEFAULT_IDLE_MS, "common_http_protocol_options."
+           "idle_timeout", &c->idle_timeout_ms, err) < 0 ||
+        ms(cp ? cp->max_connection_duration : NULL, 0, "common_http_protocol_options."
+           "max_connection_duration", &c->max_connection_duration_ms, err) < 0 ||
+        ms(cp ? cp->max_stream_duration : NULL, 0, "common_http_protocol_options."
+           "max_stream_duration", &c->max_stream_duration_ms, err) < 0) {
+        return MSM_EINVAL;
+    }
+    if (cp) {
+        uint32_t mh = msm_pb_u32(cp->max_headers_count, 100);
+        c->h1opts.max_headers_count = c->h2opts.max_headers_count = mh;
+        c->max_requests_per_connection = msm_pb_u32(cp->max_requests_per_connection, 0);
+        if (cp->headers_with_underscores_action) {
+            return msm_err_set(err, "common_http_protocol_options.headers_with_underscores_action: "
+                                    "only ALLOW is supported");
+        }
+    }
+    return 0;
+}
+
+static int routes_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx, struct msm_hcm_config *c,
+                             struct msm_err *err)
+{
+    switch (p->route_specifier_case) {
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_ROUTE_CONFIG: {
+        const char *names[64];
+        const struct msm_http_filter_ops *ops[64];
+        int n = c->n_filters < 64 ? c->n_filters : 64;
+        for (int i = 0; i < n; i++) {
+            names[i] = c->filters[i].name;
+            ops[i] = c->filters[i].ops;
+        }
+        struct msm_route_build_ctx rb = {.filter_names = names, .filter_ops = ops,
+                                         .n_filters = n};
+        c->route_config = msm_route_config_new(p->route_config, &rb, err);
+        if (!c->route_config) {
+            msm_err_prefix(err, "route_config");
+            return MSM_EINVAL;
+        }
+        return 0;
+    }
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_RDS: {
+        const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__Rds *r = p->rds;
+        if (!r->route_config_name[0]) {
+            return msm_err_set(err, "rds.route_config_name: must not be empty");
+        }
+        if (!r->config_source) {
+            return msm_err_set(err, "rds.config_source: required");
+        }
+        c->rds_name = msm_xstrdup(r->route_config_name);
+        c->rds_source_len = protobuf_c_message_get_packed_size(&r->config_source->base);
+        c->rds_source = msm_xmalloc(c->rds_source_len + 1);
+        protobuf_c_message_pack(&r->config_source->base, c->rds_source);
+        c->rds_stat_prefix = msm_xasprintf("%srds.%s.", c->stat_prefix, r->route_config_name);
+        (void)ctx;
+        return 0;
+    }
+    case ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__ROUTE_SPECIFIER_SCOPED_ROUTES:
+        return msm_err_set(err, "scoped_routes: not supported");
+    default:
+        return msm_err_set(err, "route_specifier: one of rds or route_config is required");
+    }
+}
+
+static int headers_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm_err *err)
+{
+    c->use_remote_address = msm_pb_bool(p->use_remote_address, false);
+    c->xff_num_trusted_hops = p->xff_num_trusted_hops;
+    c->skip_xff_append = p->skip_xff_append;
+    c->generate_request_id = msm_pb_bool(p->generate_request_id, true);
+    c->preserve_external_request_id = p->preserve_external_request_id;
+    c->always_set_request_id_in_response = p->always_set_request_id_in_response;
+    c->server_name = msm_xstrdup(p->server_name[0] ? p->server_name : "envoy");
+    c->server_header_transformation = (int)p->server_header_transformation;
+    c->fcc = (enum msm_hcm_fcc)p->forward_client_cert_details;
+    c->via = p->via[0] ? msm_xstrdup(p->via) : NULL;
+    c->proxy_100_continue = p->proxy_100_continue;
+    c->normalize_path = msm_pb_bool(p->normalize_path, false);
+    c->merge_slashes = p->merge_slashes;
+    c->escaped_slashes_action = (int)p->path_with_escaped_slashes_action;
+    c->strip_matching_host_port = p->strip_matching_host_port;
+    c->strip_any_host_port =
+        p->strip_port_mode_case ==
+            ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_CONNECTION_MANAGER__STRIP_PORT_MODE_STRIP_ANY_HOST_PORT &&
+        p->strip_any_host_port;
+    c->strip_trailing_host_dot = p->strip_trailing_host_dot;
+    c->append_x_forwarded_port = p->append_x_forwarded_port;
+    if (p->n_original_ip_detection_extensions) {
+        return msm_err_set(err, "original_ip_detection_extensions: not supported");
+    }
+    if (p->n_early_header_mutation_extensions) {
+        return msm_err_set(err, "early_header_mutation_extensions: not supported");
+    }
+    if (p->local_reply_config) {
+        return msm_err_set(err, "local_reply_config: not supported yet");
+    }
+    if (p->path_normalization_options) {
+        return msm_err_set(err, "path_normalization_options: not supported");
+    }
+    if (p->typed_header_validation_config) {
+        return msm_err_set(err, "typed_header_validation_config: not supported");
+    }
+    if (p->request_id_extension && p->request_id_extension->typed_config &&
+        !strstr(p->request_id_extension->typed_config->type_url,
+                "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig")) {
+        return msm_err_set(err, "request_id_extension: only the UUID extension is supported");
+    }
+    for (size_t i = 0; i < p->n_upgrade_configs; i++) {
+        if (p->upgrade_configs[i]->n_filters) {
+            return msm_err_set(err, "upgrade_configs[%zu].filters: not supported", i);
+        }
+        /* Upgrades (websocket, CONNECT) are refused per request (403) until they land. */
+    }
+    return 0;
+}
+
+static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, void **out,
+                      struct msm_err *err)
+{
+    const PbHcm *p = (const void *)msg;
+    struct hcm_cfg_priv *pv = MSM_NEW(struct hcm_cfg_priv);
+    struct msm_hcm_config *c = &pv->c;
+    if (!p->stat_prefix[0]) {
+        msm_err_set(err, "stat_prefix: must not be empty");
+        goto fail;
+    }
+    c->stat_prefix = msm_xasprintf("http.%s.", p->stat_prefix);
+    msm_hcm_stats_init(ctx->stats, c->stat_prefix, &c->stats);
+    msm_http1_stats_init(ctx->stats, "http1.", &c->h1stats);
+    msm_http2_stats_init(ctx->stats, "http2.", &c->h2stats);
+    c->buffer_limit = DEFAULT_BUFFER_LIMIT;
+    if (codec_from_proto(p, c, err) < 0) {
+        goto fail;
+    }
+    c->h2opts.h2stats = &c->h2stats;
+    if (headers_from_proto(p, c, err) < 0 ||
+        filters_from_proto(p, ctx, c, err) < 0 || routes_from_proto(p, ctx, c, err) < 0) {
+        goto fail;
+    }
+    if (ms(p->stream_idle_timeout, DEFAULT_STREAM_IDLE_MS, "stream_idle_timeout",
+           &c->stream_idle_timeout_ms, err) < 0 ||
+        ms(p->request_timeout, 0, "request_timeout", &c->request_timeout_ms, err) < 0 ||
+        ms(p->request_headers_timeout, 0, "request_headers_timeout",
+           &c->request_headers_timeout_ms, err) < 0 ||
+        ms(p->drain_timeout, DEFAULT_DRAIN_MS, "drain_timeout", &c->drain_timeout_ms, err) < 0 ||
+        ms(p->delayed_close_timeout, DEFAULT_DELAYED_CLOSE_MS, "delayed_close_timeout",
+           &c->delayed_close_timeout_ms, err) < 0) {
+        goto fail;
+    }
+    if (c->request_headers_timeout_ms) {
+        msm_err_set(err, "request_headers_timeout: not supported yet");
+        goto fail;
+    }
+    if (c->max_stream_duration_ms) {
+        msm_err_set(err, "common_http_protocol_options.max_stream_duration: not supported yet");
+        goto fail;
+    }
+    if (p->n_access_log) {
+        msm_log(MSM_LOG_WARN, MSM_LC_HTTP, "http_connection_manager '%s' on listener '%s': "
+                "access_log is not implemented yet; ignored", p->stat_prefix,
+                ctx->listener_name ? ctx->listener_name : "?");
+    }
+    /* tracing: spans are not produced yet; the config only names tags and sampling. */
+    if (c->rds_name) {
+        pv->dep.name = c->rds_name;
+        pv->dep.stat_prefix = c->rds_stat_prefix;
+        pv->dep.config_source = c->rds_source;
+        pv->dep.config_source_len = c->rds_source_len;
+    }
+    *out = pv;
+    return 0;
+fail:
+    config_free(pv);
+    return MSM_EINVAL;
+}
+
+static const struct msm_filter_rds_dep *rds_dep(const void *config)
+{
+    const struct hcm_cfg_priv *pv = config;
+    return pv->dep.name ? &pv->dep : NULL;
+}
+
+struct msm_route_config *msm_hcm_route_config(const struct msm_hcm_config *cfg,
+                                              const struct msm_snapshot *snap)
+{
+    if (cfg->route_config) {
+        return cfg->route_config;
+    }
+    return snap && cfg->rds_name ? msm_snapshot_route(snap, cfg->rds_name) : NULL;
+}
+
+const struct msm_network_filter_ops msm_hcm_ops = {
+    .name = "envoy.filters.network.http_connection_manager",
+    .config_type = "envoy.extensions.filters.network.http_connection_manager.v3."
+                   "HttpConnectionManager",
+    .terminal = true,
+    .config_new = config_new,
+    .config_free = config_free,
+    .filter_new = msm_hcm_filter_new,
+    .on_new_connection = msm_hcm_on_new_connection,
+    .on_data = msm_hcm_on_data,
+    .on_event = msm_hcm_on_event,
+    .on_watermark = msm_hcm_on_watermark,
+    .filter_free = msm_hcm_filter_free,
+    .rds_dep = rds_dep,
+};

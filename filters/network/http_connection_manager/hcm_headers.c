@@ -1,0 +1,470 @@
+/* envoy.filters.network.http_connection_manager: what Envoy's ConnectionManagerUtility does to
+ * headers. Requests: validation (method, absolute path, authority), path normalization, host
+ * port stripping, hop-by-hop removal, x-forwarded-for/-proto, x-envoy-* sanitizing for edge
+ * requests, x-request-id, x-forwarded-client-cert, via. Responses: server, date, x-request-id,
+ * via. Local replies: Envoy's shape (content-length, text/plain body). */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/alloc.h"
+#include "filter/manager.h"
+#include "filters/network/http_connection_manager/hcm_private.h"
+#include "net/transport.h"
+#include "server/worker.h"
+#include "upstream/cluster.h"
+
+/* Request headers only Envoy itself may set: removed from edge (external) requests. */
+static const char *const internal_request_headers[] = {
+    "x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node", "x-envoy-expected-rq-timeout-ms", "x-envoy-force-trace",
+    "x-envoy-internal", "x-envoy-ip-tags", "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names", "x-envoy-retry-grpc-on", "x-envoy-retry-on",
+    "x-envoy-max-retries", "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-hedge-on-per-try-timeout", "x-envoy-original-path",
+};
+
+static const char *const hop_by_hop[] = {
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+};
+
+/* ---- ids and dates -------------------------------------------------------------------------------- */
+
+void msm_hcm_uuid4(char out[37])
+{
+    uint64_t a = msm_random(), b = msm_random();
+    uint8_t u[16];
+    memcpy(u, &a, 8);
+    memcpy(u + 8, &b, 8);
+    u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
+    u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
+    static const char hex[] = "0123456789abcdef";
+    int k = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) {
+            out[k++] = '-';
+        }
+        out[k++] = hex[u[i] >> 4];
+        out[k++] = hex[u[i] & 15];
+    }
+    out[k] = '\0';
+}
+
+/* RFC 7231 IMF-fixdate, recomputed once per second per thread. */
+static const char *http_date(void)
+{
+    static _Thread_local char buf[40];
+    static _Thread_local time_t last;
+    time_t now = time(NULL);
+    if (now != last) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        last = now;
+    }
+    return buf;
+}
+
+/* ---- paths ---------------------------------------------------------------------------------------- */
+
+static int hexv(int c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c = tolower(c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+static bool unreserved(int c)
+{
+    return isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+char *msm_hcm_normalize_path(const char *path, bool normalize, bool merge_slashes)
+{
+    if (path[0] != '/') {
+        return NULL;
+    }
+    size_t plen = strcspn(path, "?");
+    char *o = msm_xmalloc(plen + strlen(path + plen) + 1);
+    size_t k = 0;
+    /* 1. percent-decoding of unreserved characters, upper-case other escapes, '\' -> '/' */
+    for (size_t i = 0; i < plen; i++) {
+        char c = path[i];
+        if (normalize && c == '%') {
+            int h = i + 2 < plen ? hexv((unsigned char)path[i + 1]) : -1;
+            int l = h >= 0 ? hexv((unsigned char)path[i + 2]) : -1;
+            if (h < 0 || l < 0) {
+                free(o);
+                return NULL; /* a malformed escape */
+            }
+            int v = h * 16 + l;
+            if (unreserved(v)) {
+                o[k++] = (char)v;
+            } else {
+                o[k++] = '%';
+                o[k++] = (char)toupper((unsigned char)path[i + 1]);
+                o[k++] = (char)toupper((unsigned char)path[i + 2]);
+            }
+            i += 2;
+        } else if (normalize && c == '\\') {
+            o[k++] = '/';
+        } else {
+            o[k++] = c;
+        }
+    }
+    o[k] = '\0';
+    /* 2. merge slashes */
+    if (merge_slashes) {
+        size_t w = 0;
+        for (size_t r = 0; r < k; r++) {
+            if (o[r] == '/' && w && o[w - 1] == '/') {
+                continue;
+            }
+            o[w++] = o[r];
+        }
+        k = w;
+        o[k] = '\0';
+    }
+    /* 3. remove dot segments (RFC 3986 5.2.4) */
+    if (normalize) {
+        char *out = msm_xmalloc(k + 2);
+        size_t w = 0;
+        size_t r = 0;
+        while (r < k) {
+            /* o[r] == '/' at every segment start */
+            size_t e = r + 1;
+            while (e < k && o[e] != '/') {
+                e++;
+            }
+            size_t sl = e - r - 1;
+            const char *seg = o + r + 1;
+            if (sl == 1 && seg[0] == '.') {
+                if (e == k) {
+                    out[w++] = '/';
+                }
+            } else if (sl == 2 && seg[0] == '.' && seg[1] == '.') {
+                /* drop the last output segment with its leading '/' */
+                while (w > 0 && out[w - 1] != '/') {
+                    w--;
+                }
+                if (w > 0) {
+                    w--;
+                }
+                if (e == k) {
+                    out[w++] = '/';
+                }
+            } else {
+                out[w++] = '/';
+                memcpy(out + w, seg, sl);
+                w += sl;
+            }
+            r = e;
+        }
+        if (!w) {
+            out[w++] = '/';
+        }
+        out[w] = '\0';
+        free(o);
+        o = out;
+        k = w;
+    }
+    /* the query string is kept as it is */
+    char *res = msm_xasprintf("%s%s", o, path + plen);
+    free(o);
+    return res;
+}
+
+static bool has_escaped_slash(const char *p)
+{
+    size_t plen = strcspn(p, "?");
+    for (size_t i = 0; i + 2 < plen + 0 && i + 2 < strlen(p); i++) {
+        if (p[i] == '%' && (p[i + 1] == '2' && (p[i + 2] == 'f' || p[i + 2] == 'F'))) {
+            return true;
+        }
+        if (p[i] == '%' && (p[i + 1] == '5' && (p[i + 2] == 'c' || p[i + 2] == 'C'))) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static char *unescape_slashes(const char *p)
+{
+    size_t plen = strcspn(p, "?");
+    char *o = msm_xmalloc(strlen(p) + 1);
+    size_t k = 0;
+    for (size_t i = 0; p[i]; i++) {
+        if (i < plen && p[i] == '%' && i + 2 < plen + 1 && p[i + 1] &&
+            ((p[i + 1] == '2' && (p[i + 2] == 'f' || p[i + 2] == 'F')) ||
+             (p[i + 1] == '5' && (p[i + 2] == 'c' || p[i + 2] == 'C')))) {
+            o[k++] = p[i + 1] == '2' ? '/' : '\\';
+            i += 2;
+        } else {
+            o[k++] = p[i];
+        }
+    }
+    o[k] = '\0';
+    return o;
+}
+
+/* ---- addresses ------------------------------------------------------------------------------------ */
+
+/* Envoy's default internal addresses: RFC 1918, loopback, IPv6 ULA and loopback. */
+static bool is_internal(const struct msm_address *a)
+{
+    if (a->sa.ss_family == AF_INET) {
+        uint32_t ip = ntohl(((const struct sockaddr_in *)&a->sa)->sin_addr.s_addr);
+        return (ip >> 24) == 10 || (ip >> 20) == (172u << 4 | 1) || (ip >> 16) == (192u << 8 | 168) ||
+               (ip >> 24) == 127;
+    }
+    if (a->sa.ss_family == AF_INET6) {
+        const struct in6_addr *v6 = &((const struct sockaddr_in6 *)&a->sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(v6) || (v6->s6_addr[0] & 0xfe) == 0xfc;
+    }
+    return a->sa.ss_family == AF_UNIX;
+}
+
+static void strip_port(struct msm_hdrs *req, const struct msm_conn *c, bool any)
+{
+    const char *auth = msm_hdrs_get(req, ":authority");
+    if (!auth) {
+        return;
+    }
+    const char *colon = strrchr(auth, ':');
+    const char *br = strrchr(auth, ']');
+    if (!colon || (br && colon < br)) {
+        return;
+    }
+    if (!any && (uint32_t)atoi(colon + 1) != msm_address_port(&c->local)) {
+        return;
+    }
+    char *h = msm_xstrndup(auth, (size_t)(colon - auth));
+    msm_hdrs_set(req, ":authority", h);
+    free(h);
+}
+
+/* ---- requests ------------------------------------------------------------------------------------- */
+
+static void mutate_request(struct hstream *st, bool tls)
+{
+    struct msm_hdrs *req = &st->req;
+    const struct msm_hcm_config *cfg = st->hc->cfg;
+    const struct msm_conn *conn = msm_filter_conn(st->hc->h);
+    for (size_t i = 0; i < MSM_ARRAY_SIZE(hop_by_hop); i++) {
+        msm_hdrs_remove(req, hop_by_hop[i]);
+    }
+    const char *te = msm_hdrs_get(req, "te");
+    if (te && !msm_http_token_in_list(te, "trailers")) {
+        msm_hdrs_remove(req, "te");
+    } else if (te) {
+        msm_hdrs_set(req, "te", "trailers");
+    }
+    bool edge = false;
+    if (cfg->use_remote_address) {
+        char ip[MSM_ADDRSTRLEN];
+        msm_address_ip_str(&conn->remote, ip, sizeof(ip));
+        bool had_xff = msm_hdrs_find(req, "x-forwarded-for") != NULL;
+        if (!cfg->skip_xff_append) {
+            const char *xff = msm_hdrs_get(req, "x-forwarded-for");
+            if (xff) {
+                char *v = msm_xasprintf("%s,%s", xff, ip);
+                msm_hdrs_set(req, "x-forwarded-for", v);
+                free(v);
+            } else {
+                msm_hdrs_set(req, "x-forwarded-for", ip);
+            }
+        }
+        if (cfg->xff_num_trusted_hops == 0 || !msm_hdrs_find(req, "x-forwarded-proto")) {
+            msm_hdrs_set(req, "x-forwarded-proto", tls ? "https" : "http");
+        }
+        bool internal = !had_xff && is_internal(&conn->remote);
+        edge = !internal;
+        if (internal) {
+            msm_hdrs_set(req, "x-envoy-internal", "true");
+        } else {
+            msm_hdrs_remove(req, "x-envoy-internal");
+            msm_hdrs_set(req, "x-envoy-external-address", ip);
+        }
+    }
+    if (!msm_hdrs_find(req, "x-forwarded-proto")) {
+        msm_hdrs_set(req, "x-forwarded-proto", tls ? "https" : "http");
+    }
+    if (cfg->append_x_forwarded_port && !msm_hdrs_find(req, "x-forwarded-port")) {
+        char port[8];
+        snprintf(port, sizeof(port), "%u", msm_address_port(&conn->local));
+        msm_hdrs_set(req, "x-forwarded-port", port);
+    }
+    if (edge) {
+        for (size_t i = 0; i < MSM_ARRAY_SIZE(internal_request_headers); i++) {
+            msm_hdrs_remove(req, internal_request_headers[i]);
+        }
+        const struct msm_route_config *rc = msm_hcm_route_config(cfg, st->hc->w->snap);
+        for (int i = 0; rc && i < rc->n_internal_only; i++) {
+            msm_hdrs_remove(req, rc->internal_only[i]);
+        }
+    }
+    const char *rid = msm_hdrs_get(req, "x-request-id");
+    if (cfg->generate_request_id && (!rid || (edge && !cfg->preserve_external_request_id))) {
+        msm_hcm_uuid4(st->request_id);
+        msm_hdrs_set(req, "x-request-id", st->request_id);
+    } else if (rid) {
+        snprintf(st->request_id, sizeof(st->request_id), "%s", rid);
+    }
+    /* x-forwarded-client-cert: only mutual TLS peers may carry it forward. */
+    const struct msm_tls_info *ti = msm_conn_tls_info(conn);
+    bool mtls = ti && ti->peer_cert_presented;
+    if (cfg->fcc != MSM_FCC_ALWAYS_FORWARD_ONLY &&
+        (cfg->fcc == MSM_FCC_SANITIZE || !mtls || cfg->fcc == MSM_FCC_SANITIZE_SET)) {
+        msm_hdrs_remove(req, "x-forwarded-client-cert");
+    }
+    if (cfg->via) {
+        const char *via = msm_hdrs_get(req, "via");
+        char *v = via ? msm_xasprintf("%s, %s", via, cfg->via) : msm_xstrdup(cfg->via);
+        msm_hdrs_set(req, "via", v);
+        free(v);
+    }
+}
+
+int msm_hcm_prepare_request(struct hstream *st, const char **details)
+{
+    struct msm_hdrs *req = &st->req;
+    const struct msm_hcm_config *cfg = st->hc->cfg;
+    const struct msm_conn *conn = msm_filter_conn(st->hc->h);
+    const char *method = msm_hdrs_get(req, ":method");
+    const char *ct = msm_hdrs_get(req, "content-type");
+    st->is_grpc = ct && !strncasecmp(ct, "application/grpc", 16);
+    if (!method) {
+        *details = "missing_method";
+        return 400;
+    }
+    st->is_head = !strcmp(method, "HEAD");
+    if (!strcmp(method, "CONNECT")) {
+        *details = "upgrade_failed"; /* CONNECT tunnels are not supported yet */
+        return 403;
+    }
+    if (msm_hdrs_find(req, "upgrade") && st->hc->proto != MSM_HTTP_2) {
+        *details = "upgrade_failed";
+        return 403;
+    }
+    if (!msm_hdrs_find(req, ":authority")) {
+        const char *host = msm_hdrs_get(req, "host");
+        if (!host) {
+            *details = "missing_host_header";
+            return 400;
+        }
+        char *h = msm_xstrdup(host);
+        msm_hdrs_set(req, ":authority", h);
+        msm_hdrs_remove(req, "host");
+        free(h);
+    } else if (st->hc->proto == MSM_HTTP_2) {
+        msm_hdrs_remove(req, "host");
+    }
+    const char *path = msm_hdrs_get(req, ":path");
+    if (!path || !path[0]) {
+        *details = "missing_path_rejected";
+        return 400;
+    }
+    if (path[0] != '/') {
+        msm_stat_inc(cfg->stats.downstream_rq_non_relative_path);
+        *details = "absolute_path_rejected";
+        return 404;
+    }
+    /* A fragment is never sent by a browser; Istio's runtime strips rather than rejects. */
+    const char *hash = strchr(path, '#');
+    if (hash) {
+        char *p = msm_xstrndup(path, (size_t)(hash - path));
+        msm_hdrs_set(req, ":path", p);
+        free(p);
+        path = msm_hdrs_get(req, ":path");
+    }
+    if (cfg->normalize_path || cfg->merge_slashes) {
+        char *np = msm_hcm_normalize_path(path, cfg->normalize_path, cfg->merge_slashes);
+        if (!np) {
+            msm_stat_inc(cfg->stats.downstream_rq_failed_path_normalization);
+            *details = "path_normalization_failed";
+            return 400;
+        }
+        msm_hdrs_set(req, ":path", np);
+        free(np);
+        path = msm_hdrs_get(req, ":path");
+    }
+    if ((cfg->escaped_slashes_action == 2 || cfg->escaped_slashes_action == 4) &&
+        has_escaped_slash(path)) {
+        if (cfg->escaped_slashes_action == 2) {
+            msm_stat_inc(cfg->stats.downstream_rq_failed_path_normalization);
+            *details = "escaped_slashes_rejected";
+            return 400;
+        }
+        char *np = unescape_slashes(path);
+        msm_hdrs_set(req, ":path", np);
+        free(np);
+    }
+    if (cfg->strip_any_host_port || cfg->strip_matching_host_port) {
+        strip_port(req, conn, cfg->strip_any_host_port);
+    }
+    if (cfg->strip_trailing_host_dot) {
+        const char *a = msm_hdrs_get(req, ":authority");
+        size_t l = a ? strcspn(a, ":") : 0;
+        if (l && a[l - 1] == '.') {
+            char *h = msm_xasprintf("%.*s%s", (int)(l - 1), a, a + l);
+            msm_hdrs_set(req, ":authority", h);
+            free(h);
+        }
+    }
+    bool tls = msm_conn_tls_info(conn) != NULL;
+    if (tls && st->hc->proto != MSM_HTTP_2) {
+        msm_hdrs_set(req, ":scheme", "https"); /* HTTP/1 carries no scheme: the transport says */
+    }
+    mutate_request(st, tls);
+    return 0;
+}
+
+/* ---- responses ------------------------------------------------------------------------------------ */
+
+void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h)
+{
+    const struct msm_hcm_config *cfg = st->hc->cfg;
+    for (size_t i = 0; i < MSM_ARRAY_SIZE(hop_by_hop); i++) {
+        msm_hdrs_remove(h, hop_by_hop[i]);
+    }
+    if (cfg->server_header_transformation == 0 ||
+        (cfg->server_header_transformation == 1 && !msm_hdrs_find(h, "server"))) {
+        msm_hdrs_set(h, "server", cfg->server_name);
+    }
+    msm_hdrs_set(h, "date", http_date());
+    if (cfg->always_set_request_id_in_response && st->request_id[0]) {
+        msm_hdrs_set(h, "x-request-id", st->request_id);
+    }
+    if (cfg->via) {
+        const char *via = msm_hdrs_get(h, "via");
+        char *v = via ? msm_xasprintf("%s, %s", via, cfg->via) : msm_xstrdup(cfg->via);
+        msm_hdrs_set(h, "via", v);
+        free(v);
+    }
+}
+
+void msm_hcm_build_local_reply(struct hcm_conn *hc, int status, const char *text, bool head,
+                               struct msm_hdrs *h, struct msm_buf *body)
+{
+    (void)hc;
+    char code[8], len[24];
+    size_t tl = text ? strlen(text) : 0;
+    snprintf(code, sizeof(code), "%d", status);
+    snprintf(len, sizeof(len), "%zu", tl);
+    msm_hdrs_set(h, ":status", code);
+    msm_hdrs_set(h, "content-length", len);
+    if (tl) {
+        msm_hdrs_set(h, "content-type", "text/plain");
+        if (!head) {
+            msm_buf_append(body, text, tl);
+        }
+    }
+    msm_hdrs_set(h, "date", http_date());
+}

@@ -1,0 +1,751 @@
+/* envoy.filters.network.http_connection_manager: streams. One request/response exchange, its
+ * HTTP filter instances and their iteration (Envoy's FilterManager), local replies, the
+ * per-stream timeouts, and the filter-facing API (msm_hs_*, src/filter/http.h).
+ *
+ * Decoding runs filters 0..n-1 on the request, encoding n-1..0 on the response. A filter that
+ * returns STOP on headers holds the stream at its index (dec_pos / enc_pos); body and trailers
+ * arriving meanwhile are buffered here (bounded by buffer_limit: 413 for requests, a reset for
+ * responses) and replayed when it continues. On data, STOP means the filter took the bytes.
+ *
+ * Lifetime: a stream is destroyed when its response end went to the codec (the rest of an
+ * unfinished request is abandoned, as Envoy does), or on a reset from either side. Destroying
+ * tells every filter (on_destroy), releases the codec stream and the route configuration, and
+ * frees the memory later (msm_defer): a filter's own call may be on the stack. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "event/deferred.h"
+#include "filter/manager.h"
+#include "filters/network/http_connection_manager/hcm_private.h"
+#include "server/worker.h"
+
+static void encode_headers_from(struct hstream *st, int from, struct msm_hdrs *h, bool end);
+static void encode_data_from(struct hstream *st, int from, struct msm_buf *b, bool end);
+static void encode_trailers_from(struct hstream *st, int from, struct msm_hdrs *t);
+static void decode_data_from(struct hstream *st, int from, struct msm_buf *b, bool end);
+static void decode_trailers_from(struct hstream *st, int from, struct msm_hdrs *t);
+
+/* ---- lifecycle -------------------------------------------------------------------------------------- */
+
+static void stream_free(void *p)
+{
+    struct hstream *st = p;
+    for (int i = 0; i < st->nf; i++) {
+        if (st->f[i].inst && st->f[i].f->ops->filter_free) {
+            st->f[i].f->ops->filter_free(st->f[i].inst);
+        }
+    }
+    free(st->f);
+    msm_hdrs_deinit(&st->req);
+    msm_buf_deinit(&st->dec_buf);
+    msm_buf_deinit(&st->enc_buf);
+    msm_hdrs_free(st->dec_trailers);
+    msm_hdrs_free(st->enc_headers);
+    msm_hdrs_free(st->enc_trailers);
+    msm_route_config_unref(st->rc);
+    free(st);
+}
+
+static void touch(struct hstream *st)
+{
+    st->last_activity = ev_now(st->hc->loop);
+}
+
+void msm_hcm_stream_destroy(struct hstream *st, bool reset)
+{
+    if (st->destroyed) {
+        return;
+    }
+    struct hcm_conn *hc = st->hc;
+    const struct msm_hcm_config *cfg = hc->cfg;
+    st->destroyed = true;
+    ev_timer_stop(hc->loop, &st->req_timer);
+    ev_timer_stop(hc->loop, &st->idle_timer);
+    if (st->cs) {
+        struct msm_hstream *cs = st->cs;
+        st->cs = NULL;
+        if (reset && !(cs->local_end && cs->remote_end)) {
+            msm_stat_inc(cfg->stats.downstream_rq_tx_reset);
+            cs->codec->ops->reset(cs);
+        }
+        cs->codec->ops->release(cs);
+    }
+    for (int i = 0; i < st->nf; i++) {
+        if (st->f[i].inst && st->f[i].f->ops->on_destroy) {
+            st->f[i].f->ops->on_destroy(st->f[i].inst);
+        }
+    }
+    msm_stat_dec(cfg->stats.downstream_rq_active);
+    if (!reset) {
+        msm_stat_inc(cfg->stats.downstream_rq_completed);
+    }
+    msm_stat_record(cfg->stats.downstream_rq_time,
+                    (uint64_t)((ev_now(hc->loop) - st->info.start) * 1000.0));
+    if (st->prev) {
+        st->prev->next = st->next;
+    } else {
+        hc->streams = st->next;
+    }
+    if (st->next) {
+        st->next->prev = st->prev;
+    }
+    st->next = st->prev = NULL;
+    msm_defer(hc->loop, stream_free, st);
+    msm_hcm_conn_stream_gone(hc, st);
+}
+
+static void on_req_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct hstream *st = MSM_CONTAINER_OF(t, struct hstream, req_timer);
+    msm_stat_inc(st->hc->cfg->stats.downstream_rq_timeout);
+    msm_hcm_local_reply(st, st->nf - 1, 408, "request timeout", "request_overall_timeout", 0);
+}
+
+static void on_idle_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct hstream *st = MSM_CONTAINER_OF(t, struct hstream, idle_timer);
+    double left = st->last_activity + st->hc->cfg->stream_idle_timeout_ms / 1000.0 - ev_now(loop);
+    if (left > 0.001) {
+        ev_timer_set(t, left, 0);
+        ev_timer_start(loop, t);
+        return;
+    }
+    msm_stat_inc(st->hc->cfg->stats.downstream_rq_idle_timeout);
+    msm_hcm_local_reply(st, st->nf - 1, 408, "stream timeout", "stream_idle_timeout",
+                        MSM_RF(STREAM_IDLE_TIMEOUT));
+}
+
+struct hstream *msm_hcm_stream_new(struct hcm_conn *hc, struct msm_hstream *cs)
+{
+    const struct msm_hcm_config *cfg = hc->cfg;
+    struct hstream *st = MSM_NEW(struct hstream);
+    st->hc = hc;
+    st->cs = cs;
+    st->wc = -1;
+    st->info.start = ev_now(hc->loop);
+    st->last_activity = st->info.start;
+    msm_hdrs_init(&st->req);
+    msm_buf_init(&st->dec_buf);
+    msm_buf_init(&st->enc_buf);
+    st->f = msm_xcalloc((size_t)cfg->n_filters + 1, sizeof(*st->f));
+    for (int i = 0; i < cfg->n_filters; i++) {
+        if (!cfg->filters[i].ops) {
+            continue; /* accepted no-op */
+        }
+        struct hfilter *f = &st->f[st->nf];
+        f->h.st = st;
+        f->h.idx = st->nf;
+        f->f = &cfg->filters[i];
+        st->nf++;
+    }
+    st->enc_pos = st->nf;
+    ev_timer_init(&st->req_timer, on_req_timeout, 0, 0);
+    ev_timer_init(&st->idle_timer, on_idle_timeout, 0, 0);
+    st->next = hc->streams;
+    if (hc->streams) {
+        hc->streams->prev = st;
+    }
+    hc->streams = st;
+    hc->n_streams++;
+    hc->requests++;
+    ev_timer_stop(hc->loop, &hc->idle);
+    msm_stat_inc(cfg->stats.downstream_rq_total);
+    msm_stat_inc(hc->proto == MSM_HTTP_2 ? cfg->stats.downstream_rq_http2_total
+                                         : cfg->stats.downstream_rq_http1_total);
+    msm_stat_inc(cfg->stats.downstream_rq_active);
+    return st;
+}
+
+/* ---- the response end and local replies ----------------------------------------------------------- */
+
+static void on_local_end(struct hstream *st)
+{
+    st->local_end = true;
+    if (!st->remote_end) {
+        msm_stat_inc(st->hc->cfg->stats.downstream_rq_response_before_rq_complete);
+    }
+    msm_hcm_stream_destroy(st, false);
+}
+
+static void count_status(struct hstream *st, int status)
+{
+    const struct msm_hcm_config *cfg = st->hc->cfg;
+    st->info.status = status;
+    switch (status / 100) {
+    case 1: msm_stat_inc(cfg->stats.downstream_rq_1xx); break;
+    case 2: msm_stat_inc(cfg->stats.downstream_rq_2xx); break;
+    case 3: msm_stat_inc(cfg->stats.downstream_rq_3xx); break;
+    case 4: msm_stat_inc(cfg->stats.downstream_rq_4xx); break;
+    default: msm_stat_inc(cfg->stats.downstream_rq_5xx); break;
+    }
+}
+
+static void codec_headers(struct hstream *st, struct msm_hdrs *h, bool end)
+{
+    msm_hcm_finalize_response(st, h);
+    const char *sv = msm_hdrs_get(h, ":status");
+    count_status(st, sv ? atoi(sv) : 0);
+    touch(st);
+    if (st->cs) {
+        st->cs->codec->ops->encode_headers(st->cs, h, end);
+    }
+    if (end && !st->destroyed) {
+        on_local_end(st);
+    }
+}
+
+static void codec_data(struct hstream *st, struct msm_buf *b, bool end)
+{
+    st->info.tx_body += b->len;
+    touch(st);
+    if (st->cs) {
+        st->cs->codec->ops->encode_data(st->cs, b, end);
+    } else {
+        msm_buf_drain(b, b->len);
+    }
+    if (end && !st->destroyed) {
+        on_local_end(st);
+    }
+}
+
+static void codec_trailers(struct hstream *st, struct msm_hdrs *t)
+{
+    touch(st);
+    if (st->cs) {
+        st->cs->codec->ops->encode_trailers(st->cs, t);
+    }
+    if (!st->destroyed) {
+        on_local_end(st);
+    }
+}
+
+void msm_hcm_local_reply(struct hstream *st, int from, int status, const char *body,
+                         const char *details, uint32_t flags)
+{
+    if (st->destroyed) {
+        return;
+    }
+    st->info.flags |= flags;
+    st->info.details = details;
+    if (st->resp_started) {
+        /* Too late for a response: the stream goes. */
+        msm_hcm_stream_destroy(st, true);
+        return;
+    }
+    st->resp_started = true;
+    struct msm_hdrs h;
+    struct msm_buf b;
+    msm_hdrs_init(&h);
+    msm_buf_init(&b);
+    msm_hcm_build_local_reply(st->hc, status, body, st->is_head, &h, &b);
+    bool has_body = b.len > 0;
+    encode_headers_from(st, from, &h, !has_body);
+    if (has_body && !st->destroyed) {
+        encode_data_from(st, from, &b, true);
+    }
+    msm_buf_deinit(&b);
+    msm_hdrs_deinit(&h);
+}
+
+void msm_hcm_raw_reply(struct hcm_conn *hc, struct msm_hstream *cs, int status,
+                       const char *details)
+{
+    (void)details;
+    struct msm_hdrs h;
+    struct msm_buf b;
+    msm_hdrs_init(&h);
+    msm_buf_init(&b);
+    msm_hcm_build_local_reply(hc, status, msm_http_reason(status), false, &h, &b);
+    msm_hdrs_set(&h, "server", hc->cfg->server_name);
+    cs->codec->ops->encode_headers(cs, &h, b.len == 0);
+    if (b.len) {
+        cs->codec->ops->encode_data(cs, &b, true);
+    }
+    msm_buf_deinit(&b);
+    msm_hdrs_deinit(&h);
+}
+
+/* ---- encoding -------------------------------------------------------------------------------------- */
+
+static void encode_headers_from(struct hstream *st, int from, struct msm_hdrs *h, bool end)
+{
+    for (int i = from; i >= 0; i--) {
+        struct hfilter *f = &st->f[i];
+        if (!f->f->ops->encode_headers) {
+            continue;
+        }
+        enum msm_hf_status s = f->f->ops->encode_headers(f->inst, h, end);
+        if (st->destroyed) {
+            return;
+        }
+        if (s == MSM_HF_STOP) {
+            st->enc_pos = i;
+            st->enc_headers = msm_hdrs_new();
+            msm_hdrs_move(st->enc_headers, h);
+            st->enc_headers_end = end;
+            return;
+        }
+    }
+    st->enc_pos = -1;
+    st->enc_headers_done = true;
+    codec_headers(st, h, end);
+    if (st->destroyed) {
+        return;
+    }
+    if (st->enc_buf.len || st->enc_buf_end) {
+        struct msm_buf b;
+        msm_buf_init(&b);
+        msm_buf_move(&b, &st->enc_buf);
+        encode_data_from(st, from, &b, st->enc_buf_end && !st->enc_trailers);
+        msm_buf_deinit(&b);
+    }
+    if (!st->destroyed && st->enc_trailers) {
+        struct msm_hdrs *t = st->enc_trailers;
+        st->enc_trailers = NULL;
+        encode_trailers_from(st, from, t);
+        msm_hdrs_free(t);
+    }
+}
+
+static void encode_data_from(struct hstream *st, int from, struct msm_buf *b, bool end)
+{
+    if (!st->enc_headers_done) {
+        if (st->enc_buf.len + b->len > st->hc->cfg->buffer_limit) {
+            msm_stat_inc(st->hc->cfg->stats.rs_too_large);
+            msm_buf_drain(b, b->len);
+            msm_hcm_stream_destroy(st, true);
+            return;
+        }
+        msm_buf_move(&st->enc_buf, b);
+        st->enc_buf_end |= end;
+        return;
+    }
+    for (int i = from; i >= 0; i--) {
+        struct hfilter *f = &st->f[i];
+        if (!f->f->ops->encode_data) {
+            continue;
+        }
+        enum msm_hf_status s = f->f->ops->encode_data(f->inst, b, end);
+        if (st->destroyed || s == MSM_HF_STOP) {
+            return;
+        }
+    }
+    codec_data(st, b, end);
+}
+
+static void encode_trailers_from(struct hstream *st, int from, struct msm_hdrs *t)
+{
+    if (!st->enc_headers_done) {
+        if (!st->enc_trailers) {
+            st->enc_trailers = msm_hdrs_new();
+            msm_hdrs_move(st->enc_trailers, t);
+        }
+        return;
+    }
+    for (int i = from; i >= 0; i--) {
+        struct hfilter *f = &st->f[i];
+        if (!f->f->ops->encode_trailers) {
+            continue;
+        }
+        enum msm_hf_status s = f->f->ops->encode_trailers(f->inst, t);
+        if (st->destroyed || s == MSM_HF_STOP) {
+            return;
+        }
+    }
+    codec_trailers(st, t);
+}
+
+/* ---- decoding -------------------------------------------------------------------------------------- */
+
+static void flush_decode_buffer(struct hstream *st)
+{
+    if (st->dec_buf.len || st->dec_buf_end) {
+        struct msm_buf b;
+        msm_buf_init(&b);
+        msm_buf_move(&b, &st->dec_buf);
+        bool end = st->dec_buf_end && !st->dec_trailers;
+        st->dec_buf_end = false;
+        decode_data_from(st, 0, &b, end);
+        msm_buf_deinit(&b);
+    }
+    if (!st->destroyed && st->dec_trailers) {
+        struct msm_hdrs *t = st->dec_trailers;
+        st->dec_trailers = NULL;
+        decode_trailers_from(st, 0, t);
+        msm_hdrs_free(t);
+    }
+}
+
+static void decode_headers_from(struct hstream *st, int from)
+{
+    bool end = st->remote_end && !st->dec_buf.len && !st->dec_buf_end && !st->dec_trailers;
+    for (int i = from; i < st->nf; i++) {
+        struct hfilter *f = &st->f[i];
+        if (!f->f->ops->decode_headers) {
+            continue;
+        }
+        st->dec_pos = i;
+        enum msm_hf_status s = f->f->ops->decode_headers(f->inst, &st->req, end);
+        if (st->destroyed || st->local_end) {
+            return;
+        }
+        if (s == MSM_HF_STOP) {
+            return; /* held at i until msm_hs_continue_decoding */
+        }
+    }
+    st->dec_pos = st->nf;
+    st->dec_headers_done = true;
+    flush_decode_buffer(st);
+}
+
+static void decode_data_from(struct hstream *st, int from, struct msm_buf *b, bool end)
+{
+    if (st->local_end) {
+        msm_buf_drain(b, b->len);
+        return;
+    }
+    if (!st->dec_headers_done) {
+        if (st->dec_buf.len + b->len > st->hc->cfg->buffer_limit) {
+            msm_stat_inc(st->hc->cfg->stats.downstream_rq_too_large);
+            msm_buf_drain(b, b->len);
+            msm_hcm_local_reply(st, st->nf - 1, 413, "Payload Too Large", "request_payload_too_large",
+                                0);
+            return;
+        }
+        msm_buf_move(&st->dec_buf, b);
+        st->dec_buf_end |= end;
+        return;
+    }
+    for (int i = from; i < st->nf; i++) {
+        struct hfilter *f = &st->f[i];
+        if (!f->f->ops->decode_data) {
+            continue;
+        }
+        enum msm_hf_status s = f->f->ops->decode_data(f->inst, b, end);
+        if (st->destroyed || s == MSM_HF_STOP) {
+            break;
+        }
+    }
+    msm_buf_drain(b, b->len);
+}
+
+static void decode_trailers_from(struct hstream *st, int from, struct msm_hdrs *t)
+{
+    if (st->local_end) {
+        return;
+    }
+    if (!st->dec_headers_done) {
+        if (!st->dec_trailers) {
+            st->dec_trailers = msm_hdrs_new();
+            msm_hdrs_move(st->dec_trailers, t);
+        }
+        return;
+    }
+    for (int i = from; i < st->nf; i++) {
+        struct hfilter *f = &st->f[i];
+        if (!f->f->ops->decode_trailers) {
+            continue;
+        }
+        enum msm_hf_status s = f->f->ops->decode_trailers(f->inst, t);
+        if (st->destroyed || s == MSM_HF_STOP) {
+            return;
+        }
+    }
+}
+
+/* ---- codec stream callbacks --------------------------------------------------------------------- */
+
+static void s_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
+{
+    struct hstream *st = ctx;
+    struct hcm_conn *hc = st->hc;
+    const struct msm_hcm_config *cfg = hc->cfg;
+    msm_hdrs_move(&st->req, h);
+    st->remote_end = end_stream;
+    touch(st);
+    const char *details = NULL;
+    int status = msm_hcm_prepare_request(st, &details);
+    if (status) {
+        msm_hcm_local_reply(st, -1, status, status == 404 ? NULL : msm_http_reason(status),
+                            details, MSM_RF(DOWNSTREAM_PROTOCOL_ERROR));
+        return;
+    }
+    const char *expect = msm_hdrs_get(&st->req, "expect");
+    if (expect && !strcasecmp(expect, "100-continue") && !cfg->proxy_100_continue) {
+        /* Envoy answers 100-continue itself and does not forward the expectation. */
+        msm_hdrs_remove(&st->req, "expect");
+        if (!end_stream && st->cs) {
+            st->cs->codec->ops->encode_100_continue(st->cs);
+        }
+    }
+    if (cfg->request_timeout_ms && !end_stream) {
+        ev_timer_set(&st->req_timer, cfg->request_timeout_ms / 1000.0, 0);
+        ev_timer_start(hc->loop, &st->req_timer);
+    }
+    if (cfg->stream_idle_timeout_ms) {
+        ev_timer_set(&st->idle_timer, cfg->stream_idle_timeout_ms / 1000.0, 0);
+        ev_timer_start(hc->loop, &st->idle_timer);
+    }
+    for (int i = 0; i < st->nf; i++) {
+        struct hfilter *f = &st->f[i];
+        f->inst = f->f->ops->filter_new(f->f->config, &f->h);
+    }
+    decode_headers_from(st, 0);
+}
+
+static void s_on_data(void *ctx, struct msm_buf *data, bool end_stream)
+{
+    struct hstream *st = ctx;
+    if (st->destroyed) {
+        msm_buf_drain(data, data->len);
+        return;
+    }
+    touch(st);
+    st->info.rx_body += data->len;
+    if (end_stream) {
+        st->remote_end = true;
+        ev_timer_stop(st->hc->loop, &st->req_timer);
+    }
+    decode_data_from(st, 0, data, end_stream);
+}
+
+static void s_on_trailers(void *ctx, struct msm_hdrs *t)
+{
+    struct hstream *st = ctx;
+    if (st->destroyed) {
+        return;
+    }
+    touch(st);
+    st->remote_end = true;
+    ev_timer_stop(st->hc->loop, &st->req_timer);
+    decode_trailers_from(st, 0, t);
+}
+
+static void s_on_reset(void *ctx, enum msm_http_reset r)
+{
+    struct hstream *st = ctx;
+    (void)r;
+    msm_stat_inc(st->hc->cfg->stats.downstream_rq_rx_reset);
+    st->info.flags |= MSM_RF(DOWNSTREAM_CONNECTION_TERMINATION);
+    struct msm_hstream *cs = st->cs;
+    st->cs = NULL;
+    if (cs) {
+        cs->codec->ops->release(cs);
+    }
+    msm_hcm_stream_destroy(st, true);
+}
+
+static void s_on_watermark(void *ctx, bool above)
+{
+    struct hstream *st = ctx;
+    for (int i = st->nf - 1; i >= 0 && !st->destroyed; i--) {
+        if (st->f[i].inst && st->f[i].f->ops->on_watermark) {
+            st->f[i].f->ops->on_watermark(st->f[i].inst, above);
+        }
+    }
+}
+
+const struct msm_hstream_cbs msm_hcm_stream_cbs = {
+    .on_headers = s_on_headers,
+    .on_data = s_on_data,
+    .on_trailers = s_on_trailers,
+    .on_reset = s_on_reset,
+    .on_watermark = s_on_watermark,
+};
+
+/* ---- the filter-facing API (src/filter/http.h) ------------------------------------------------ */
+
+struct msm_hdrs *msm_hs_request_headers(struct msm_http_stream *s)
+{
+    return &s->st->req;
+}
+
+static void select_route(struct hstream *st)
+{
+    struct msm_route_config *rc = msm_hcm_route_config(st->hc->cfg, st->hc->w->snap);
+    if (rc != st->rc) {
+        msm_route_config_unref(st->rc);
+        st->rc = rc ? msm_route_config_ref(rc) : NULL;
+    }
+    st->route = st->rc ? msm_route_select(st->rc, &st->req, msm_random()) : NULL;
+    st->route_done = true;
+    st->wc = -1;
+}
+
+const struct msm_route *msm_hs_route(struct msm_http_stream *s)
+{
+    if (!s->st->route_done) {
+        select_route(s->st);
+    }
+    return s->st->route;
+}
+
+const struct msm_route_config *msm_hs_route_config(struct msm_http_stream *s)
+{
+    if (!s->st->route_done) {
+        select_route(s->st);
+    }
+    return s->st->rc;
+}
+
+void msm_hs_clear_route_cache(struct msm_http_stream *s)
+{
+    s->st->route_done = false;
+    s->st->route = NULL;
+}
+
+int msm_hs_route_wc(struct msm_http_stream *s)
+{
+    return s->st->wc;
+}
+
+void msm_hs_set_route_wc(struct msm_http_stream *s, int wc)
+{
+    s->st->wc = wc;
+}
+
+void *msm_hs_per_route_config(struct msm_http_stream *s, bool *disabled)
+{
+    struct hstream *st = s->st;
+    const struct msm_route *r = msm_hs_route(s);
+    const struct msm_per_filter *pf =
+        msm_route_per_filter(st->rc, r, st->wc, st->f[s->idx].f->name);
+    if (disabled) {
+        *disabled = pf && pf->disabled;
+    }
+    return pf ? pf->config : NULL;
+}
+
+void msm_hs_continue_decoding(struct msm_http_stream *s)
+{
+    struct hstream *st = s->st;
+    if (st->destroyed || st->local_end || st->dec_headers_done || st->dec_pos != s->idx) {
+        return;
+    }
+    decode_headers_from(st, s->idx + 1);
+}
+
+void msm_hs_continue_encoding(struct msm_http_stream *s)
+{
+    struct hstream *st = s->st;
+    if (st->destroyed || st->enc_headers_done || st->enc_pos != s->idx || !st->enc_headers) {
+        return;
+    }
+    struct msm_hdrs *h = st->enc_headers;
+    st->enc_headers = NULL;
+    encode_headers_from(st, s->idx - 1, h, st->enc_headers_end);
+    msm_hdrs_free(h);
+}
+
+void msm_hs_send_local_reply(struct msm_http_stream *s, int status, const char *body,
+                             const char *details, uint32_t flags)
+{
+    msm_hcm_local_reply(s->st, s->idx - 1, status, body, details, flags);
+}
+
+void msm_hs_encode_headers(struct msm_http_stream *s, struct msm_hdrs *h, bool end_stream)
+{
+    struct hstream *st = s->st;
+    if (st->destroyed || st->resp_started) {
+        return;
+    }
+    st->resp_started = true;
+    encode_headers_from(st, s->idx - 1, h, end_stream);
+}
+
+void msm_hs_encode_data(struct msm_http_stream *s, struct msm_buf *data, bool end_stream)
+{
+    struct hstream *st = s->st;
+    if (st->destroyed || !st->resp_started) {
+        msm_buf_drain(data, data->len);
+        return;
+    }
+    encode_data_from(st, s->idx - 1, data, end_stream);
+}
+
+void msm_hs_encode_trailers(struct msm_http_stream *s, struct msm_hdrs *t)
+{
+    struct hstream *st = s->st;
+    if (st->destroyed || !st->resp_started) {
+        return;
+    }
+    encode_trailers_from(st, s->idx - 1, t);
+}
+
+void msm_hs_encode_100_continue(struct msm_http_stream *s)
+{
+    struct hstream *st = s->st;
+    if (!st->destroyed && st->cs && !st->resp_started) {
+        st->cs->codec->ops->encode_100_continue(st->cs);
+    }
+}
+
+void msm_hs_reset(struct msm_http_stream *s)
+{
+    if (!s->st->destroyed) {
+        msm_hcm_stream_destroy(s->st, true);
+    }
+}
+
+void msm_hs_read_disable(struct msm_http_stream *s, bool disable)
+{
+    struct hstream *st = s->st;
+    if (st->destroyed || !st->cs) {
+        return;
+    }
+    st->read_disabled += disable ? 1 : -1;
+    st->cs->codec->ops->read_disable(st->cs, disable);
+}
+
+struct msm_hstream_info *msm_hs_info(struct msm_http_stream *s)
+{
+    return &s->st->info;
+}
+
+struct msm_worker *msm_hs_worker(struct msm_http_stream *s)
+{
+    return s->st->hc->w;
+}
+
+struct ev_loop *msm_hs_loop(struct msm_http_stream *s)
+{
+    return s->st->hc->loop;
+}
+
+const struct msm_conn *msm_hs_conn(struct msm_http_stream *s)
+{
+    return msm_filter_conn(s->st->hc->h);
+}
+
+int msm_hs_protocol(struct msm_http_stream *s)
+{
+    return (int)s->st->hc->proto;
+}
+
+uint32_t msm_hs_buffer_limit(struct msm_http_stream *s)
+{
+    const struct msm_route *r = s->st->route;
+    if (r && r->buffer_limit) {
+        return r->buffer_limit;
+    }
+    if (r && r->vh && r->vh->buffer_limit) {
+        return r->vh->buffer_limit;
+    }
+    return s->st->hc->cfg->buffer_limit;
+}
+
+const char *msm_hs_stat_prefix(struct msm_http_stream *s)
+{
+    return s->st->hc->cfg->stat_prefix;
+}
+
+bool msm_hs_is_grpc(struct msm_http_stream *s)
+{
+    return s->st->is_grpc;
+}

@@ -1,0 +1,910 @@
+/* HTTP/2 codecs on nghttp2: a server (downstream) and a client (upstream) behind the
+ * msm_hcodec vtable (codec.h).
+ *
+ * Bytes: dispatch feeds nghttp2_session_mem_recv; output is pulled with
+ * nghttp2_session_mem_send after every dispatch and encode call (never from inside an nghttp2
+ * callback) and handed to the owner's write callback, unless the connection's write buffer is
+ * above its watermark (then frames wait in nghttp2 until it drains).
+ *
+ * Flow control: automatic WINDOW_UPDATE is off. Received DATA is consumed for the connection
+ * at once and for the stream once its owner accepted it (a read-disabled stream accumulates
+ * unconsumed bytes, so the peer stops sending on that stream only). Each stream's outgoing
+ * body waits in its own buffer, pulled by nghttp2's data provider as windows allow; going over
+ * stream_buffer_limit tells the owner (on_watermark) to stop producing.
+ *
+ * Abuse: header blocks over max_headers_kb or max_headers_count reset the stream; too many
+ * consecutive empty DATA frames, rapid resets (nghttp2's rate limit plus our premature reset
+ * count), excessive CONTINUATION frames and outbound floods end the connection with GOAWAY.
+ */
+#include <nghttp2/nghttp2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/err.h"
+#include "http/codec.h"
+
+#define MAX_ADVERTISED_STREAMS 1024
+#define PREMATURE_RESET_MIN 100
+
+struct h2;
+
+struct h2_stream {
+    struct msm_hstream s;
+    struct h2 *c;
+    struct h2_stream *next, *prev; /* the codec's streams (until freed) */
+    struct h2_stream *znext;
+    int32_t id;                    /* 0 until a client request is submitted */
+    struct msm_hdrs in;            /* header block being received */
+    size_t in_bytes;
+    bool in_overflow;
+    bool headers_in;               /* the first (non-1xx) header block arrived */
+    struct msm_buf out;
+    bool out_end;                  /* end_stream after <out> */
+    struct msm_hdrs *out_trailers;
+    bool submitted;                /* our HEADERS went to nghttp2 */
+    bool deferred;                 /* the data provider is waiting for bytes */
+    bool above_wm;
+    bool wm_low_pending;           /* tell the owner the buffer drained (after mem_send) */
+    bool released;
+    bool closed;                   /* nghttp2 closed it */
+    bool reset;                    /* reset by the owner */
+    bool notified;                 /* on_reset or a complete exchange: no more callbacks */
+    bool active;                   /* counted in http2.streams_active */
+    bool disposed;                 /* freed or queued for freeing (maybe_free ran) */
+    int read_disabled;
+    size_t unconsumed;
+};
+
+struct h2 {
+    struct msm_hcodec base;
+    struct msm_hcodec_opts o;
+    nghttp2_session *ng;
+    struct h2_stream *streams;
+    struct h2_stream *zombies;
+    int n_open;
+    bool in_dispatch;
+    bool blocked;                  /* the connection's write buffer is full */
+    bool dead;                     /* fatal error: nothing more is processed */
+    uint32_t empty_frames;
+    uint32_t premature_resets;
+    int32_t last_peer_stream;
+};
+
+static void flush(struct h2 *c);
+
+#define H2_INC(c, f)                                                                              \
+    do {                                                                                          \
+        if ((c)->o.h2stats) {                                                                     \
+            msm_stat_inc((c)->o.h2stats->f);                                                      \
+        }                                                                                         \
+    } while (0)
+#define H2_DEC(c, f)                                                                              \
+    do {                                                                                          \
+        if ((c)->o.h2stats) {                                                                     \
+            msm_stat_dec((c)->o.h2stats->f);                                                      \
+        }                                                                                         \
+    } while (0)
+
+/* ---- streams ---------------------------------------------------------------------------------- */
+
+static bool owned(const struct h2_stream *st)
+{
+    return st && !st->released && !st->reset && !st->notified && st->s.cbs;
+}
+
+static void stream_free(struct h2_stream *st)
+{
+    msm_hdrs_deinit(&st->in);
+    msm_buf_deinit(&st->out);
+    msm_hdrs_free(st->out_trailers);
+    free(st);
+}
+
+static void unlink_stream(struct h2 *c, struct h2_stream *st)
+{
+    if (st->prev) {
+        st->prev->next = st->next;
+    } else if (c->streams == st) {
+        c->streams = st->next;
+    }
+    if (st->next) {
+        st->next->prev = st->prev;
+    }
+    st->next = st->prev = NULL;
+}
+
+/* Free <st> once it is released and nghttp2 no longer knows it (or it never was submitted). */
+static void maybe_free(struct h2 *c, struct h2_stream *st)
+{
+    if (st->disposed || !st->released || (!st->closed && st->id)) {
+        return;
+    }
+    st->disposed = true;
+    unlink_stream(c, st);
+    if (st->id) {
+        nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
+    }
+    if (c->in_dispatch) {
+        st->znext = c->zombies;
+        c->zombies = st;
+    } else {
+        stream_free(st);
+    }
+}
+
+static struct h2_stream *stream_new(struct h2 *c)
+{
+    struct h2_stream *st = MSM_NEW(struct h2_stream);
+    st->c = c;
+    st->s.codec = &c->base;
+    msm_hdrs_init(&st->in);
+    msm_buf_init(&st->out);
+    st->next = c->streams;
+    if (c->streams) {
+        c->streams->prev = st;
+    }
+    c->streams = st;
+    return st;
+}
+
+static struct h2_stream *get(struct h2 *c, int32_t id)
+{
+    return nghttp2_session_get_stream_user_data(c->ng, id);
+}
+
+static void fatal(struct h2 *c, const char *err, uint32_t code)
+{
+    if (c->dead) {
+        return;
+    }
+    c->dead = true;
+    c->base.error = err;
+    c->base.close_connection = true;
+    nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, c->last_peer_stream, code, NULL, 0);
+    H2_INC(c, goaway_sent);
+}
+
+/* ---- nghttp2 callbacks: input ---------------------------------------------------------------- */
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+    struct h2 *c = ud;
+    (void)ng;
+    if (f->hd.type != NGHTTP2_HEADERS) {
+        return 0;
+    }
+    struct h2_stream *st = get(c, f->hd.stream_id);
+    if (c->base.server && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        if (c->dead) {
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        st = stream_new(c);
+        st->id = f->hd.stream_id;
+        st->s.id = (uint32_t)st->id;
+        c->last_peer_stream = st->id;
+        c->base.streams_total++;
+        c->n_open++;
+        nghttp2_session_set_stream_user_data(c->ng, st->id, st);
+    }
+    if (st) {
+        msm_hdrs_deinit(&st->in);
+        st->in_bytes = 0;
+        st->in_overflow = false;
+    }
+    return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name,
+                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    struct h2 *c = ud;
+    (void)ng;
+    (void)flags;
+    struct h2_stream *st = get(c, f->hd.stream_id);
+    if (!st) {
+        return 0;
+    }
+    st->in_bytes += nlen + vlen;
+    if (st->in_bytes > (size_t)c->o.max_headers_kb * 1024 ||
+        st->in.n >= c->o.max_headers_count) {
+        /* Envoy resets the stream (no 431 on HTTP/2). */
+        st->in_overflow = true;
+        H2_INC(c, header_overflow);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    msm_hdrs_add(&st->in, (const char *)name, nlen, (const char *)value, vlen);
+    return 0;
+}
+
+static void deliver_end_data(struct h2_stream *st)
+{
+    st->s.remote_end = true;
+    if (owned(st)) {
+        struct msm_buf b;
+        msm_buf_init(&b);
+        st->s.cbs->on_data(st->s.ctx, &b, true);
+        msm_buf_deinit(&b);
+    }
+}
+
+static void deliver_headers(struct h2 *c, struct h2_stream *st, bool end)
+{
+    struct msm_hdrs h;
+    msm_hdrs_init(&h);
+    msm_hdrs_move(&h, &st->in);
+    if (!st->headers_in) {
+        const char *status = msm_hdrs_get(&h, ":status");
+        if (!c->base.server && status && status[0] == '1' && strcmp(status, "101") != 0) {
+            if (owned(st) && st->s.cbs->on_info) {
+                st->s.cbs->on_info(st->s.ctx, &h);
+            }
+            msm_hdrs_deinit(&h);
+            return;
+        }
+        st->headers_in = true;
+        st->s.remote_end = end;
+        st->active = true;
+        H2_INC(c, streams_active);
+        if (c->base.server) {
+            c->base.cbs->on_new_stream(c->base.owner, &st->s);
+        }
+        if (owned(st)) {
+            st->s.cbs->on_headers(st->s.ctx, &h, end);
+        }
+    } else {
+        /* A second header block is the trailers. */
+        st->s.remote_end = true;
+        H2_INC(c, trailers);
+        if (!end) {
+            nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_PROTOCOL_ERROR);
+            H2_INC(c, tx_reset);
+        } else if (owned(st)) {
+            st->s.cbs->on_trailers(st->s.ctx, &h);
+        }
+    }
+    msm_hdrs_deinit(&h);
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+    struct h2 *c = ud;
+    (void)ng;
+    struct h2_stream *st = f->hd.stream_id ? get(c, f->hd.stream_id) : NULL;
+    bool end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+    switch (f->hd.type) {
+    case NGHTTP2_HEADERS:
+        if (st && (f->hd.flags & NGHTTP2_FLAG_END_HEADERS)) {
+            deliver_headers(c, st, end);
+        }
+        break;
+    case NGHTTP2_DATA:
+        if (f->hd.length == 0 && !end) {
+            if (++c->empty_frames > c->o.max_consecutive_inbound_frames_with_empty_payload) {
+                H2_INC(c, inbound_empty_frames_flood);
+                fatal(c, "http2.inbound_empty_frames_flood", NGHTTP2_ENHANCE_YOUR_CALM);
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
+            }
+        } else {
+            c->empty_frames = 0;
+        }
+        if (st && end) {
+            deliver_end_data(st);
+        }
+        break;
+    case NGHTTP2_GOAWAY:
+        c->base.goaway_received = true;
+        if (c->base.cbs->on_goaway) {
+            c->base.cbs->on_goaway(c->base.owner);
+        }
+        break;
+    case NGHTTP2_RST_STREAM:
+        H2_INC(c, rx_reset);
+        if (c->base.server && st && !st->s.local_end) {
+            /* Rapid reset: most streams reset by the client before any response. */
+            c->premature_resets++;
+            if (c->premature_resets >= PREMATURE_RESET_MIN &&
+                c->premature_resets * 2 >= c->base.streams_total) {
+                fatal(c, "http2.too_many_premature_resets", NGHTTP2_ENHANCE_YOUR_CALM);
+            }
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud)
+{
+    struct h2 *c = ud;
+    (void)flags;
+    nghttp2_session_consume_connection(ng, len);
+    struct h2_stream *st = get(c, id);
+    if (!owned(st)) {
+        nghttp2_session_consume_stream(ng, id, len);
+        return 0;
+    }
+    if (st->read_disabled) {
+        st->unconsumed += len;
+    } else {
+        nghttp2_session_consume_stream(ng, id, len);
+    }
+    struct msm_buf b;
+    msm_buf_init(&b);
+    msm_buf_append(&b, data, len);
+    st->s.cbs->on_data(st->s.ctx, &b, false);
+    msm_buf_deinit(&b);
+    return 0;
+}
+
+static enum msm_http_reset reset_reason(uint32_t code)
+{
+    switch (code) {
+    case NGHTTP2_REFUSED_STREAM: return MSM_RESET_REFUSED;
+    case NGHTTP2_PROTOCOL_ERROR: return MSM_RESET_PROTOCOL_ERROR;
+    default: return MSM_RESET_REMOTE;
+    }
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud)
+{
+    struct h2 *c = ud;
+    (void)ng;
+    struct h2_stream *st = get(c, id);
+    if (!st) {
+        return 0;
+    }
+    st->closed = true;
+    c->n_open--;
+    if (st->active) {
+        st->active = false;
+        H2_DEC(c, streams_active);
+    }
+    if (code == NGHTTP2_REFUSED_STREAM && !c->base.server) {
+        H2_INC(c, stream_refused_errors);
+    }
+    if (c->base.server && !st->headers_in) {
+        st->released = true; /* never announced: nobody owns it */
+    }
+    bool complete = st->s.remote_end && st->s.local_end && code == NGHTTP2_NO_ERROR;
+    if (!complete && owned(st) && (st->headers_in || !c->base.server)) {
+        st->notified = true;
+        st->s.cbs->on_reset(st->s.ctx, reset_reason(code));
+    }
+    st->notified = true;
+    nghttp2_session_set_stream_user_data(c->ng, id, NULL);
+    maybe_free(c, st);
+    if (!c->base.server && c->base.cbs->on_stream_done) {
+        c->base.cbs->on_stream_done(c->base.owner);
+    }
+    return 0;
+}
+
+/* ---- nghttp2 callbacks: output ---------------------------------------------------------------- */
+
+static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    struct h2 *c = ud;
+    struct h2_stream *st = src->ptr;
+    (void)ng;
+    (void)id;
+    size_t n = msm_buf_copyout(&st->out, 0, buf, length);
+    msm_buf_drain(&st->out, n);
+    if (st->above_wm && st->out.len < c->o.stream_buffer_limit / 2) {
+        st->above_wm = false;
+        st->wm_low_pending = true;
+    }
+    if (!st->out.len && st->out_end) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (st->out_trailers) {
+            *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            nghttp2_nv *nv = msm_xcalloc(st->out_trailers->n + 1, sizeof(*nv));
+            size_t k = 0;
+            for (uint32_t i = 0; i < st->out_trailers->n; i++) {
+                const struct msm_hdr *e = &st->out_trailers->v[i];
+                if (e->name[0] == ':') {
+                    continue;
+                }
+                nv[k].name = (uint8_t *)e->name;
+                nv[k].namelen = e->nlen;
+                nv[k].value = (uint8_t *)e->value;
+                nv[k].valuelen = e->vlen;
+                k++;
+            }
+            nghttp2_submit_trailer(c->ng, st->id, nv, k);
+            free(nv);
+        }
+        return (ssize_t)n;
+    }
+    if (!n) {
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    return (ssize_t)n;
+}
+
+/* Drain nghttp2's output to the owner; then owner notifications deferred from callbacks. */
+static void flush(struct h2 *c)
+{
+    if (c->in_dispatch) {
+        return; /* dispatch flushes when it returns */
+    }
+    if (!c->blocked) {
+        struct msm_buf b;
+        msm_buf_init(&b);
+        for (;;) {
+            const uint8_t *data;
+            ssize_t n = nghttp2_session_mem_send(c->ng, &data);
+            if (n < 0) {
+                fatal(c, "http2.codec_error", NGHTTP2_INTERNAL_ERROR);
+                break;
+            }
+            if (n == 0) {
+                break;
+            }
+            msm_buf_append(&b, data, (size_t)n);
+            if (b.len >= 64 * 1024) {
+                c->base.cbs->write(c->base.owner, &b);
+            }
+        }
+        if (b.len) {
+            c->base.cbs->write(c->base.owner, &b);
+        }
+        msm_buf_deinit(&b);
+    }
+    for (struct h2_stream *st = c->streams; st; st = st->next) {
+        if (st->wm_low_pending) {
+            st->wm_low_pending = false;
+            if (owned(st) && st->s.cbs->on_watermark) {
+                st->s.cbs->on_watermark(st->s.ctx, false);
+            }
+        }
+    }
+    if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
+        c->base.close_connection = true;
+    }
+}
+
+/* ---- dispatch --------------------------------------------------------------------------------- */
+
+static void end_dispatch(struct h2 *c)
+{
+    c->in_dispatch = false;
+    while (c->zombies) {
+        struct h2_stream *z = c->zombies;
+        c->zombies = z->znext;
+        stream_free(z);
+    }
+}
+
+static int h2_dispatch(struct msm_hcodec *base, struct msm_buf *in)
+{
+    struct h2 *c = (struct h2 *)base;
+    if (c->dead) {
+        msm_buf_drain(in, in->len);
+        return MSM_EINVAL;
+    }
+    c->in_dispatch = true;
+    int rc = 0;
+    while (in->len && !c->dead) {
+        struct iovec iov;
+        if (msm_buf_iov(in, &iov, 1) < 1) {
+            break;
+        }
+        ssize_t n = nghttp2_session_mem_recv(c->ng, iov.iov_base, iov.iov_len);
+        if (n < 0) {
+            if (n == NGHTTP2_ERR_FLOODED) {
+                H2_INC(c, outbound_flood);
+            }
+            if (!c->base.error) {
+                c->base.error = n == NGHTTP2_ERR_FLOODED ? "http2.outbound_flood"
+                                : n == NGHTTP2_ERR_BAD_CLIENT_MAGIC ? "http2.invalid_preface"
+                                                                   : "http2.protocol_error";
+            }
+            c->dead = true;
+            c->base.close_connection = true;
+            msm_buf_drain(in, in->len);
+            rc = MSM_EINVAL;
+            break;
+        }
+        msm_buf_drain(in, (size_t)n);
+    }
+    if (c->dead && !rc) {
+        msm_buf_drain(in, in->len);
+        rc = MSM_EINVAL;
+    }
+    end_dispatch(c);
+    flush(c);
+    return rc;
+}
+
+static int h2_dispatch_eof(struct msm_hcodec *base)
+{
+    (void)base;
+    return 0;
+}
+
+/* ---- encoding --------------------------------------------------------------------------------- */
+
+static nghttp2_nv *make_nv(const struct msm_hdrs *h, size_t *n, bool request)
+{
+    nghttp2_nv *nv = msm_xcalloc(h->n + 2, sizeof(*nv));
+    size_t k = 0;
+    bool scheme = false;
+    for (uint32_t i = 0; i < h->n; i++) {
+        const struct msm_hdr *e = &h->v[i];
+        /* Connection-specific fields do not exist in HTTP/2 (RFC 9113 8.2.2). */
+        if (!strcmp(e->name, "connection") || !strcmp(e->name, "keep-alive") ||
+            !strcmp(e->name, "proxy-connection") || !strcmp(e->name, "transfer-encoding") ||
+            !strcmp(e->name, "upgrade") || (request && !strcmp(e->name, "host"))) {
+            continue;
+        }
+        if (!strcmp(e->name, "te") && strcasecmp(e->value, "trailers") != 0) {
+            continue;
+        }
+        scheme = scheme || !strcmp(e->name, ":scheme");
+        nv[k].name = (uint8_t *)e->name;
+        nv[k].namelen = e->nlen;
+        nv[k].value = (uint8_t *)e->value;
+        nv[k].valuelen = e->vlen;
+        nv[k].flags = NGHTTP2_NV_FLAG_NONE;
+        k++;
+    }
+    if (request && !scheme) {
+        /* Pseudo-headers first: shift and insert :scheme after the existing ones. */
+        size_t pos = 0;
+        while (pos < k && nv[pos].name[0] == ':') {
+            pos++;
+        }
+        memmove(&nv[pos + 1], &nv[pos], (k - pos) * sizeof(*nv));
+        nv[pos].name = (uint8_t *)":scheme";
+        nv[pos].namelen = 7;
+        nv[pos].value = (uint8_t *)"http";
+        nv[pos].valuelen = 4;
+        k++;
+    }
+    *n = k;
+    return nv;
+}
+
+static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool end_stream)
+{
+    struct h2_stream *st = (struct h2_stream *)s;
+    struct h2 *c = st->c;
+    if (!c || st->reset || st->submitted || st->closed || c->dead) {
+        return;
+    }
+    size_t n;
+    nghttp2_nv *nv = make_nv(h, &n, !c->base.server);
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_body};
+    st->submitted = true;
+    if (end_stream) {
+        s->local_end = true;
+    }
+    if (c->base.server) {
+        if (nghttp2_submit_response(c->ng, st->id, nv, n, end_stream ? NULL : &prd) != 0) {
+            nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+        }
+    } else {
+        int32_t id = nghttp2_submit_request(c->ng, NULL, nv, n, end_stream ? NULL : &prd, st);
+        if (id < 0) {
+            st->closed = true;
+            free(nv);
+            if (owned(st)) {
+                st->notified = true;
+                st->s.cbs->on_reset(st->s.ctx, MSM_RESET_REFUSED);
+            }
+            maybe_free(c, st);
+            return;
+        }
+        st->id = id;
+        st->s.id = (uint32_t)id;
+        c->n_open++;
+        c->base.streams_total++;
+    }
+    free(nv);
+    flush(c);
+}
+
+static void h2_encode_100(struct msm_hstream *s)
+{
+    struct h2_stream *st = (struct h2_stream *)s;
+    struct h2 *c = st->c;
+    if (!c || st->submitted || st->closed || st->reset || !c->base.server) {
+        return;
+    }
+    nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)"100", 7, 3, NGHTTP2_NV_FLAG_NONE};
+    nghttp2_submit_headers(c->ng, NGHTTP2_FLAG_NONE, st->id, NULL, &nv, 1, NULL);
+    flush(c);
+}
+
+static void resume(struct h2 *c, struct h2_stream *st)
+{
+    if (st->deferred && st->id && !st->closed) {
+        st->deferred = false;
+        nghttp2_session_resume_data(c->ng, st->id);
+    }
+    flush(c);
+}
+
+static void h2_encode_data(struct msm_hstream *s, struct msm_buf *data, bool end_stream)
+{
+    struct h2_stream *st = (struct h2_stream *)s;
+    struct h2 *c = st->c;
+    if (!c || st->reset || st->closed || !st->submitted || s->local_end) {
+        msm_buf_drain(data, data->len);
+        return;
+    }
+    msm_buf_move(&st->out, data);
+    if (end_stream) {
+        st->out_end = true;
+        s->local_end = true;
+    }
+    if (!st->above_wm && st->out.len > c->o.stream_buffer_limit) {
+        st->above_wm = true;
+        if (owned(st) && st->s.cbs->on_watermark) {
+            st->s.cbs->on_watermark(st->s.ctx, true);
+        }
+    }
+    resume(c, st);
+}
+
+static void h2_encode_trailers(struct msm_hstream *s, struct msm_hdrs *t)
+{
+    struct h2_stream *st = (struct h2_stream *)s;
+    struct h2 *c = st->c;
+    if (!c || st->reset || st->closed || !st->submitted || s->local_end) {
+        return;
+    }
+    st->out_trailers = msm_hdrs_new();
+    msm_hdrs_copy(st->out_trailers, t);
+    st->out_end = true;
+    s->local_end = true;
+    resume(c, st);
+}
+
+static void h2_reset(struct msm_hstream *s)
+{
+    struct h2_stream *st = (struct h2_stream *)s;
+    struct h2 *c = st->c;
+    if (st->reset || st->notified) {
+        return;
+    }
+    st->reset = true;
+    if (!c) {
+        return;
+    }
+    if (st->id && !st->closed) {
+        nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id,
+                                  c->base.server ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_CANCEL);
+        H2_INC(c, tx_reset);
+        flush(c);
+    }
+}
+
+static void h2_release(struct msm_hstream *s)
+{
+    struct h2_stream *st = (struct h2_stream *)s;
+    if (st->released) {
+        return;
+    }
+    st->released = true;
+    s->cbs = NULL;
+    s->ctx = NULL;
+    if (!st->c) {
+        stream_free(st);
+        return;
+    }
+    struct h2 *c = st->c;
+    if (st->unconsumed && st->id && !st->closed) {
+        nghttp2_session_consume_stream(c->ng, st->id, st->unconsumed);
+        st->unconsumed = 0;
+    }
+    maybe_free(c, st);
+    if (!c->in_dispatch) {
+        flush(c);
+    }
+}
+
+static void h2_read_disable(struct msm_hstream *s, bool disable)
+{
+    struct h2_stream *st = (struct h2_stream *)s;
+    struct h2 *c = st->c;
+    st->read_disabled += disable ? 1 : -1;
+    if (st->read_disabled < 0) {
+        st->read_disabled = 0;
+    }
+    if (!c || st->read_disabled || !st->unconsumed || !st->id || st->closed) {
+        return;
+    }
+    nghttp2_session_consume_stream(c->ng, st->id, st->unconsumed);
+    st->unconsumed = 0;
+    flush(c);
+}
+
+static struct msm_hstream *h2_new_stream(struct msm_hcodec *base, const struct msm_hstream_cbs *cbs,
+                                         void *ctx)
+{
+    struct h2 *c = (struct h2 *)base;
+    if (base->server || !base->ops->can_new_stream(base)) {
+        return NULL;
+    }
+    struct h2_stream *st = stream_new(c);
+    st->s.cbs = cbs;
+    st->s.ctx = ctx;
+    return &st->s;
+}
+
+static void h2_goaway(struct msm_hcodec *base)
+{
+    struct h2 *c = (struct h2 *)base;
+    if (c->dead) {
+        return;
+    }
+    nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, c->last_peer_stream, NGHTTP2_NO_ERROR,
+                          NULL, 0);
+    H2_INC(c, goaway_sent);
+    flush(c);
+}
+
+static int h2_active_streams(const struct msm_hcodec *base)
+{
+    const struct h2 *c = (const struct h2 *)base;
+    int n = 0;
+    for (const struct h2_stream *st = c->streams; st; st = st->next) {
+        n += !st->released;
+    }
+    return n;
+}
+
+static bool h2_can_new_stream(const struct msm_hcodec *base)
+{
+    const struct h2 *c = (const struct h2 *)base;
+    if (c->dead || base->goaway_received || base->close_connection) {
+        return false;
+    }
+    uint32_t peer_max = nghttp2_session_get_remote_settings(
+        c->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+    uint32_t max = c->o.max_concurrent_streams < peer_max ? c->o.max_concurrent_streams : peer_max;
+    return (uint32_t)h2_active_streams(base) < max &&
+           nghttp2_session_get_next_stream_id(c->ng) < (1u << 31) - 2;
+}
+
+static void h2_close_streams(struct msm_hcodec *base, enum msm_http_reset r)
+{
+    struct h2 *c = (struct h2 *)base;
+    c->dead = true;
+    base->close_connection = true;
+    for (struct h2_stream *st = c->streams; st;) {
+        struct h2_stream *next = st->next;
+        if (owned(st)) {
+            st->notified = true;
+            st->s.cbs->on_reset(st->s.ctx, r);
+        }
+        st = next;
+    }
+}
+
+static void h2_conn_watermark(struct msm_hcodec *base, bool above)
+{
+    struct h2 *c = (struct h2 *)base;
+    c->blocked = above;
+    if (!above) {
+        flush(c);
+    }
+}
+
+static void h2_free(struct msm_hcodec *base)
+{
+    struct h2 *c = (struct h2 *)base;
+    end_dispatch(c);
+    while (c->streams) {
+        struct h2_stream *st = c->streams;
+        if (st->active) {
+            st->active = false;
+            H2_DEC(c, streams_active);
+        }
+        unlink_stream(c, st);
+        if (st->released || !st->s.cbs) {
+            stream_free(st); /* released, or never announced to an owner */
+        } else {
+            st->c = NULL; /* its owner's release frees it */
+        }
+    }
+    nghttp2_session_del(c->ng);
+    free(c);
+}
+
+static const struct msm_hcodec_ops h2_ops = {
+    .dispatch = h2_dispatch,
+    .dispatch_eof = h2_dispatch_eof,
+    .new_stream = h2_new_stream,
+    .encode_headers = h2_encode_headers,
+    .encode_100_continue = h2_encode_100,
+    .encode_data = h2_encode_data,
+    .encode_trailers = h2_encode_trailers,
+    .reset = h2_reset,
+    .release = h2_release,
+    .read_disable = h2_read_disable,
+    .goaway = h2_goaway,
+    .active_streams = h2_active_streams,
+    .close_streams = h2_close_streams,
+    .conn_watermark = h2_conn_watermark,
+    .can_new_stream = h2_can_new_stream,
+    .free = h2_free,
+};
+
+static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *f, int err, void *ud)
+{
+    (void)ng;
+    (void)f;
+    (void)err;
+    (void)ud;
+    return 0; /* nghttp2 answers with RST_STREAM / GOAWAY itself */
+}
+
+static struct msm_hcodec *h2_new(const struct msm_hcodec_opts *o, const struct msm_hcodec_cbs *cbs,
+                                 void *owner, bool server)
+{
+    struct h2 *c = MSM_NEW(struct h2);
+    c->base.ops = &h2_ops;
+    c->base.cbs = cbs;
+    c->base.owner = owner;
+    c->base.proto = MSM_HTTP_2;
+    c->base.server = server;
+    if (o) {
+        c->o = *o;
+    } else {
+        msm_hcodec_opts_default(&c->o);
+    }
+    nghttp2_session_callbacks *cb;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+    nghttp2_option *opt;
+    nghttp2_option_new(&opt);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_max_outbound_ack(opt, c->o.max_outbound_frames);
+    if (server) {
+        nghttp2_session_server_new2(&c->ng, cb, c, opt);
+    } else {
+        nghttp2_session_client_new2(&c->ng, cb, c, opt);
+    }
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    uint32_t max = c->o.max_concurrent_streams;
+    if (server && max > MAX_ADVERTISED_STREAMS) {
+        max = MAX_ADVERTISED_STREAMS;
+    }
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, c->o.initial_stream_window_size},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, c->o.max_headers_kb * 1024},
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+    };
+    nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, server ? 3 : 4);
+    nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
+                                          (int32_t)c->o.initial_connection_window_size);
+    flush(c);
+    return &c->base;
+}
+
+struct msm_hcodec *msm_http2_server_new(const struct msm_hcodec_opts *o,
+                                        const struct msm_hcodec_cbs *cbs, void *owner)
+{
+    return h2_new(o, cbs, owner, true);
+}
+
+struct msm_hcodec *msm_http2_client_new(const struct msm_hcodec_opts *o,
+                                        const struct msm_hcodec_cbs *cbs, void *owner)
+{
+    return h2_new(o, cbs, owner, false);
+}

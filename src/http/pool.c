@@ -1,0 +1,656 @@
+/* Upstream HTTP connection pools (see pool.h).
+ *
+ * Connection states: CONNECTING -> READY (codec attached; serves streams) -> DRAINING (no new
+ * streams: GOAWAY, Connection: close, max requests) -> CLOSED. A READY connection with no
+ * stream is idle: it waits idle_timeout for the next request.
+ *
+ * Waiting requests are served in FIFO order whenever a connection becomes READY or has room
+ * again; that hand-off always runs from the pool's own timer (never inside a codec callback),
+ * so a router never opens a stream while the codec that finished the previous one is still on
+ * the stack. */
+#include "http/pool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "event/deferred.h"
+#include "net/conn.h"
+#include "upstream/cluster.h"
+#include "upstream/cluster_http.h"
+
+struct pool_reg {
+    struct ev_loop *loop;
+    struct msm_pool *pools;
+};
+
+struct msm_pool_req {
+    struct msm_pool_req *next, *prev;
+    struct msm_pool *pool;
+    const struct msm_pool_cbs *cbs;
+    void *ctx;
+    bool pending_reserved;
+};
+
+struct msm_pool {
+    struct msm_pool *next;
+    struct pool_reg *reg;
+    char *cluster_name;
+    struct msm_address addr;
+    enum msm_http_proto proto;
+    struct msm_cluster *cluster; /* the newest version that asked (reference) */
+    struct msm_host *host;       /* reference */
+    struct msm_upconn *conns;
+    struct msm_pool_req *pend_head, *pend_tail;
+    int n_pending;
+    int n_connecting;
+    ev_timer serve; /* hands waiting requests to connections */
+};
+
+struct msm_upconn {
+    struct msm_upconn *next, *prev;
+    struct msm_pool *pool;
+    struct msm_conn *conn;
+    struct msm_hcodec *codec;
+    struct msm_cluster *cluster; /* version the connection was made for (reference) */
+    struct msm_host *host;       /* reference */
+    bool connected;
+    bool closed;
+    bool cx_reserved;
+    uint32_t streams_total;
+    int read_disabled;
+    ev_timer idle;
+    ev_timer resume;
+    double start;
+    char peer[64];
+};
+
+static const int reg_key;
+
+static void conn_close(struct msm_upconn *uc, enum msm_close_type how);
+static void pool_kick(struct msm_pool *p);
+
+/* ---- registry ----------------------------------------------------------------------------------- */
+
+static void *reg_create(struct ev_loop *loop)
+{
+    struct pool_reg *r = MSM_NEW(struct pool_reg);
+    r->loop = loop;
+    return r;
+}
+
+static void pool_free(struct msm_pool *p)
+{
+    ev_timer_stop(p->reg->loop, &p->serve);
+    while (p->conns) {
+        struct msm_upconn *uc = p->conns;
+        conn_close(uc, MSM_CLOSE_NOFLUSH); /* unlinks uc */
+    }
+    while (p->pend_head) {
+        struct msm_pool_req *r = p->pend_head;
+        p->pend_head = r->next;
+        if (r->pending_reserved) {
+            msm_cluster_pending_release(p->cluster);
+        }
+        free(r);
+    }
+    msm_cluster_unref(p->cluster);
+    msm_host_unref(p->host);
+    free(p->cluster_name);
+    free(p);
+}
+
+static void reg_destroy(void *state)
+{
+    struct pool_reg *r = state;
+    while (r->pools) {
+        struct msm_pool *p = r->pools;
+        r->pools = p->next;
+        pool_free(p);
+    }
+    free(r);
+}
+
+static void on_serve(struct ev_loop *loop, ev_timer *t, int revents);
+
+struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
+                              enum msm_http_proto proto)
+{
+    struct pool_reg *reg = msm_loop_local(loop, &reg_key, reg_create, reg_destroy);
+    if (proto != MSM_HTTP_2) {
+        proto = MSM_HTTP_11;
+    }
+    for (struct msm_pool *p = reg->pools; p; p = p->next) {
+        if (p->proto == proto && msm_address_eq(&p->addr, &h->addr) &&
+            !strcmp(p->cluster_name, c->cfg->name)) {
+            if (p->cluster != c) {
+                msm_cluster_unref(p->cluster);
+                p->cluster = msm_cluster_ref(c);
+            }
+            return p;
+        }
+    }
+    struct msm_pool *p = MSM_NEW(struct msm_pool);
+    p->reg = reg;
+    p->cluster_name = msm_xstrdup(c->cfg->name);
+    p->addr = h->addr;
+    p->proto = proto;
+    p->cluster = msm_cluster_ref(c);
+    atomic_fetch_add(&h->refs, 1);
+    p->host = h;
+    ev_timer_init(&p->serve, on_serve, 0, 0);
+    p->next = reg->pools;
+    reg->pools = p;
+    return p;
+}
+
+int msm_pool_count_conns(struct ev_loop *loop)
+{
+    struct pool_reg *reg = msm_loop_local(loop, &reg_key, reg_create, reg_destroy);
+    int n = 0;
+    for (struct msm_pool *p = reg->pools; p; p = p->next) {
+        for (struct msm_upconn *uc = p->conns; uc; uc = uc->next) {
+            n++;
+        }
+    }
+    return n;
+}
+
+/* ---- connections --------------------------------------------------------------------------------- */
+
+static const struct msm_cluster_http_cfg *hcfg(const struct msm_upconn *uc)
+{
+    return msm_cluster_http_cfg_of(uc->cluster->cfg);
+}
+
+/* Can <uc> take one more stream now? */
+static bool has_room(const struct msm_upconn *uc)
+{
+    if (!uc->connected || uc->closed || !uc->codec) {
+        return false;
+    }
+    uint32_t max = hcfg(uc)->max_requests_per_connection;
+    if (max && uc->streams_total >= max) {
+        return false;
+    }
+    return uc->codec->ops->can_new_stream(uc->codec);
+}
+
+static void up_write(void *owner, struct msm_buf *b)
+{
+    struct msm_upconn *uc = owner;
+    if (uc->closed) {
+        msm_buf_drain(b, b->len);
+        return;
+    }
+    msm_stat_add(uc->cluster->sh->stats.upstream_cx_tx_bytes_total, b->len);
+    msm_conn_write(uc->conn, b, false);
+}
+
+static void schedule_resume(struct msm_upconn *uc)
+{
+    if (!uc->closed && !ev_is_active(&uc->resume)) {
+        ev_timer_set(&uc->resume, 0, 0);
+        ev_timer_start(uc->conn->loop, &uc->resume);
+    }
+}
+
+static void up_stream_done(void *owner)
+{
+    schedule_resume(owner);
+}
+
+static void up_goaway(void *owner)
+{
+    struct msm_upconn *uc = owner;
+    pool_kick(uc->pool); /* waiting requests need another connection */
+}
+
+static void up_read_disable(void *owner, bool disable)
+{
+    msm_upconn_read_disable(owner, disable);
+}
+
+static const struct msm_hcodec_cbs up_codec_cbs = {
+    .write = up_write,
+    .on_goaway = up_goaway,
+    .on_stream_done = up_stream_done,
+    .read_disable = up_read_disable,
+};
+
+static void uc_free(void *arg)
+{
+    struct msm_upconn *uc = arg;
+    msm_hcodec_free(uc->codec);
+    msm_cluster_unref(uc->cluster);
+    msm_host_unref(uc->host);
+    free(uc);
+}
+
+/* After the connection closed or failed: accounting, unlink, free later. */
+static void uc_gone(struct msm_upconn *uc, bool remote)
+{
+    struct msm_pool *p = uc->pool;
+    struct msm_cluster_stats *cs = &uc->cluster->sh->stats;
+    struct ev_loop *loop = p->reg->loop;
+    ev_timer_stop(loop, &uc->idle);
+    ev_timer_stop(loop, &uc->resume);
+    if (!uc->connected) {
+        p->n_connecting--;
+    }
+    msm_stat_dec(cs->upstream_cx_active);
+    msm_stat_inc(cs->upstream_cx_destroy);
+    msm_stat_inc(remote ? cs->upstream_cx_destroy_remote : cs->upstream_cx_destroy_local);
+    msm_stat_record(cs->upstream_cx_length_ms, (uint64_t)((ev_now(loop) - uc->start) * 1000.0));
+    atomic_fetch_sub(&uc->host->active_cx, 1);
+    if (uc->cx_reserved) {
+        msm_cluster_cx_release(uc->cluster);
+        uc->cx_reserved = false;
+    }
+    if (uc->prev) {
+        uc->prev->next = uc->next;
+    } else {
+        p->conns = uc->next;
+    }
+    if (uc->next) {
+        uc->next->prev = uc->prev;
+    }
+    uc->conn = NULL;
+    msm_defer(loop, uc_free, uc);
+    if (!p->conns && !p->pend_head && !ev_is_active(&p->serve)) {
+        /* Nothing left: the serve timer frees the pool (ORIGINAL_DST clusters make one pool
+         * per destination; they must not pile up). */
+        ev_timer_set(&p->serve, 0, 0);
+        ev_timer_start(loop, &p->serve);
+    }
+}
+
+static void fail_pending(struct msm_pool *p, enum msm_pool_failure f, const char *detail)
+{
+    while (p->pend_head) {
+        struct msm_pool_req *r = p->pend_head;
+        p->pend_head = r->next;
+        if (p->pend_head) {
+            p->pend_head->prev = NULL;
+        } else {
+            p->pend_tail = NULL;
+        }
+        p->n_pending--;
+        if (r->pending_reserved) {
+            msm_cluster_pending_release(p->cluster);
+        }
+        const struct msm_pool_cbs *cbs = r->cbs;
+        void *ctx = r->ctx;
+        free(r);
+        cbs->on_failure(ctx, f, detail);
+    }
+}
+
+static void close_streams(struct msm_upconn *uc, bool remote)
+{
+    if (!uc->codec) {
+        return;
+    }
+    int active = uc->codec->ops->active_streams(uc->codec);
+    if (active) {
+        struct msm_cluster_http_stats *hs = &uc->cluster->sh->http.stats;
+        msm_stat_inc(hs->upstream_cx_destroy_with_active_rq);
+        msm_stat_inc(remote ? hs->upstream_cx_destroy_remote_with_active_rq
+                            : hs->upstream_cx_destroy_local_with_active_rq);
+    }
+    uc->codec->ops->close_streams(uc->codec, MSM_RESET_CONNECTION_TERMINATION);
+}
+
+static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
+{
+    struct msm_upconn *uc = ctx;
+    struct msm_pool *p = uc->pool;
+    struct msm_cluster_stats *cs = &uc->cluster->sh->stats;
+    switch (ev) {
+    case MSM_CONN_CONNECTED: {
+        const struct msm_cluster_http_cfg *h = hcfg(uc);
+        uc->connected = true;
+        p->n_connecting--;
+        msm_stat_record(cs->upstream_cx_connect_ms,
+                        (uint64_t)((ev_now(c->loop) - c->connect_start) * 1000.0));
+        if (p->proto == MSM_HTTP_2) {
+            uc->codec = msm_http2_client_new(&h->h2, &up_codec_cbs, uc);
+            msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_http2_total);
+        } else {
+            uc->codec = msm_http1_client_new(&h->h1, &up_codec_cbs, uc);
+            msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_http1_total);
+        }
+        msm_outlier_report(uc->cluster, uc->host, MSM_OUTLIER_SUCCESS);
+        pool_kick(p);
+        return;
+    }
+    case MSM_CONN_CONNECT_FAILED:
+    case MSM_CONN_CONNECT_TIMEOUT: {
+        bool timeout = ev == MSM_CONN_CONNECT_TIMEOUT;
+        msm_stat_inc(timeout ? cs->upstream_cx_connect_timeout : cs->upstream_cx_connect_fail);
+        atomic_fetch_add(&uc->host->cx_connect_fail, 1);
+        msm_outlier_report(uc->cluster, uc->host, MSM_OUTLIER_LOCAL_FAILURE);
+        const char *detail = c->close_detail ? c->close_detail : "connection failure";
+        msm_log(MSM_LOG_DEBUG, MSM_LC_POOL, "[C%llu] connect to %s (cluster '%s') failed: %s",
+                c->id, uc->peer, p->cluster_name, detail);
+        uc->closed = true;
+        uc_gone(uc, true);
+        /* Envoy fails the waiting requests with the connection that was made for them. */
+        fail_pending(p, timeout ? MSM_POOL_CONNECT_TIMEOUT : MSM_POOL_CONNECT_FAILURE, detail);
+        return;
+    }
+    case MSM_CONN_REMOTE_CLOSE:
+    case MSM_CONN_LOCAL_CLOSE:
+        if (uc->codec && !uc->closed) {
+            /* A close-delimited body ends here. */
+            uc->codec->ops->dispatch_eof(uc->codec);
+        }
+        uc->closed = true;
+        close_streams(uc, ev == MSM_CONN_REMOTE_CLOSE);
+        bool was_connected = uc->connected;
+        uc_gone(uc, ev == MSM_CONN_REMOTE_CLOSE);
+        if (!was_connected) {
+            fail_pending(p, MSM_POOL_CONNECTION_LOST, "connection lost");
+        } else {
+            pool_kick(p);
+        }
+        return;
+    }
+}
+
+static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream)
+{
+    struct msm_upconn *uc = ctx;
+    (void)end_stream;
+    if (uc->closed || !uc->codec) {
+        msm_buf_drain(&c->in, c->in.len);
+        return;
+    }
+    msm_stat_add(uc->cluster->sh->stats.upstream_cx_rx_bytes_total, c->in.len);
+    if (msm_hcodec_dispatch(uc->codec, &c->in) < 0) {
+        msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_protocol_error);
+        conn_close(uc, MSM_CLOSE_NOFLUSH);
+        return;
+    }
+    if (uc->codec->close_connection && !uc->codec->ops->active_streams(uc->codec)) {
+        conn_close(uc, MSM_CLOSE_FLUSH);
+    }
+}
+
+static void up_on_watermark(struct msm_conn *c, void *ctx, bool above)
+{
+    struct msm_upconn *uc = ctx;
+    (void)c;
+    if (uc->codec && !uc->closed) {
+        uc->codec->ops->conn_watermark(uc->codec, above);
+    }
+}
+
+static const struct msm_conn_handler up_handler = {
+    .on_read = up_on_read,
+    .on_event = up_on_event,
+    .on_watermark = up_on_watermark,
+};
+
+static void conn_close(struct msm_upconn *uc, enum msm_close_type how)
+{
+    if (!uc->conn) {
+        return;
+    }
+    if (uc->closed) {
+        return;
+    }
+    msm_conn_close(uc->conn, how); /* on_event(LOCAL_CLOSE) unlinks */
+}
+
+static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct msm_upconn *uc = MSM_CONTAINER_OF(t, struct msm_upconn, idle);
+    if (uc->codec && uc->codec->ops->active_streams(uc->codec)) {
+        return;
+    }
+    msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_idle_timeout);
+    conn_close(uc, MSM_CLOSE_NOFLUSH);
+}
+
+/* After a stream finished or reading resumed: buffered input, idleness, waiting requests. */
+static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct msm_upconn *uc = MSM_CONTAINER_OF(t, struct msm_upconn, resume);
+    if (uc->closed || !uc->codec) {
+        return;
+    }
+    if (uc->conn->in.len && !uc->read_disabled) {
+        up_on_read(uc->conn, uc, false);
+        if (uc->closed) {
+            return;
+        }
+    }
+    int active = uc->codec->ops->active_streams(uc->codec);
+    uint32_t max = hcfg(uc)->max_requests_per_connection;
+    if (!active && (uc->codec->close_connection || uc->codec->goaway_received ||
+                    (max && uc->streams_total >= max))) {
+        if (max && uc->streams_total >= max) {
+            msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_max_requests);
+        }
+        conn_close(uc, MSM_CLOSE_FLUSH);
+        pool_kick(uc->pool);
+        return;
+    }
+    if (!active && hcfg(uc)->idle_timeout_ms) {
+        ev_timer_set(&uc->idle, hcfg(uc)->idle_timeout_ms / 1000.0, 0);
+        ev_timer_start(loop, &uc->idle);
+    }
+    pool_kick(uc->pool);
+}
+
+static void start_conn(struct msm_pool *p)
+{
+    struct msm_cluster *c = p->cluster;
+    struct msm_cluster_stats *cs = &c->sh->stats;
+    if (!msm_cluster_cx_reserve(c)) {
+        msm_stat_inc(c->sh->http.stats.upstream_cx_pool_overflow);
+        return; /* the requests wait for a connection to free up (or their timeout) */
+    }
+    struct msm_upconn *uc = MSM_NEW(struct msm_upconn);
+    uc->pool = p;
+    uc->cluster = msm_cluster_ref(c);
+    atomic_fetch_add(&p->host->refs, 1);
+    uc->host = p->host;
+    uc->cx_reserved = true;
+    msm_address_str(&p->addr, uc->peer, sizeof(uc->peer));
+    ev_timer_init(&uc->idle, on_idle, 0, 0);
+    ev_timer_init(&uc->resume, on_resume, 0, 0);
+    int rc = 0;
+    uc->conn = msm_conn_connect(p->reg->loop, &p->addr, c->cfg->has_bind ? &c->cfg->bind : NULL,
+                                c->cfg->connect_timeout_ms, &up_handler, uc, &rc);
+    msm_stat_inc(cs->upstream_cx_total);
+    atomic_fetch_add(&uc->host->cx_total, 1);
+    if (!uc->conn) {
+        msm_stat_inc(cs->upstream_cx_connect_fail);
+        msm_log(MSM_LOG_WARN, MSM_LC_POOL, "cluster '%s': cannot create socket: %s",
+                p->cluster_name, strerror(-rc));
+        msm_cluster_cx_release(c);
+        msm_cluster_unref(uc->cluster);
+        msm_host_unref(uc->host);
+        free(uc);
+        fail_pending(p, MSM_POOL_CONNECT_FAILURE, "socket creation failure");
+        return;
+    }
+    msm_cluster_attach_transport(c->cfg, p->host, uc->conn);
+    msm_conn_set_watermarks(uc->conn, c->cfg->per_connection_buffer_limit);
+    msm_stat_inc(cs->upstream_cx_active);
+    atomic_fetch_add(&uc->host->active_cx, 1);
+    uc->start = ev_now(p->reg->loop);
+    p->n_connecting++;
+    uc->next = p->conns;
+    if (p->conns) {
+        p->conns->prev = uc;
+    }
+    p->conns = uc;
+}
+
+/* Serve waiting requests from connections with room; open connections for the rest. */
+static void pool_serve(struct msm_pool *p)
+{
+    while (p->pend_head) {
+        struct msm_upconn *uc = NULL;
+        for (struct msm_upconn *x = p->conns; x; x = x->next) {
+            if (has_room(x)) {
+                uc = x;
+                break;
+            }
+        }
+        if (!uc) {
+            break;
+        }
+        struct msm_pool_req *r = p->pend_head;
+        p->pend_head = r->next;
+        if (p->pend_head) {
+            p->pend_head->prev = NULL;
+        } else {
+            p->pend_tail = NULL;
+        }
+        p->n_pending--;
+        if (r->pending_reserved) {
+            msm_cluster_pending_release(p->cluster);
+        }
+        const struct msm_pool_cbs *cbs = r->cbs;
+        void *ctx = r->ctx;
+        free(r);
+        ev_timer_stop(p->reg->loop, &uc->idle);
+        cbs->on_ready(ctx, uc);
+    }
+    /* HTTP/1 needs a connection per waiting request; HTTP/2 one connection for all. */
+    int want = p->proto == MSM_HTTP_2 ? (p->pend_head ? 1 : 0) : p->n_pending;
+    while (p->n_connecting < want) {
+        int before = p->n_connecting;
+        start_conn(p);
+        if (p->n_connecting == before) {
+            break;
+        }
+    }
+}
+
+static void on_serve(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct msm_pool *p = MSM_CONTAINER_OF(t, struct msm_pool, serve);
+    if (!p->conns && !p->pend_head) {
+        struct msm_pool **pp = &p->reg->pools;
+        while (*pp && *pp != p) {
+            pp = &(*pp)->next;
+        }
+        if (*pp) {
+            *pp = p->next;
+        }
+        pool_free(p);
+        return;
+    }
+    pool_serve(p);
+}
+
+static void pool_kick(struct msm_pool *p)
+{
+    if (p->pend_head && !ev_is_active(&p->serve)) {
+        ev_timer_set(&p->serve, 0, 0);
+        ev_timer_start(p->reg->loop, &p->serve);
+    }
+}
+
+/* ---- requests ------------------------------------------------------------------------------------- */
+
+struct msm_pool_req *msm_pool_request(struct msm_pool *p, const struct msm_pool_cbs *cbs,
+                                      void *ctx)
+{
+    if (!p->pend_head) {
+        for (struct msm_upconn *uc = p->conns; uc; uc = uc->next) {
+            if (has_room(uc)) {
+                ev_timer_stop(p->reg->loop, &uc->idle);
+                cbs->on_ready(ctx, uc);
+                return NULL;
+            }
+        }
+    }
+    if (!msm_cluster_pending_reserve(p->cluster)) {
+        cbs->on_failure(ctx, MSM_POOL_OVERFLOW, "overflow");
+        return NULL;
+    }
+    struct msm_pool_req *r = MSM_NEW(struct msm_pool_req);
+    r->pool = p;
+    r->cbs = cbs;
+    r->ctx = ctx;
+    r->pending_reserved = true;
+    r->prev = p->pend_tail;
+    if (p->pend_tail) {
+        p->pend_tail->next = r;
+    } else {
+        p->pend_head = r;
+    }
+    p->pend_tail = r;
+    p->n_pending++;
+    int want = p->proto == MSM_HTTP_2 ? 1 : p->n_pending;
+    bool h2_usable = false;
+    for (struct msm_upconn *uc = p->conns; uc && p->proto == MSM_HTTP_2; uc = uc->next) {
+        h2_usable = h2_usable || (!uc->connected && !uc->closed);
+    }
+    if (p->n_connecting < want && !h2_usable) {
+        start_conn(p);
+    }
+    return r;
+}
+
+void msm_pool_cancel(struct msm_pool_req *r)
+{
+    struct msm_pool *p = r->pool;
+    if (r->prev) {
+        r->prev->next = r->next;
+    } else {
+        p->pend_head = r->next;
+    }
+    if (r->next) {
+        r->next->prev = r->prev;
+    } else {
+        p->pend_tail = r->prev;
+    }
+    p->n_pending--;
+    if (r->pending_reserved) {
+        msm_cluster_pending_release(p->cluster);
+    }
+    msm_stat_inc(p->cluster->sh->http.stats.upstream_rq_cancelled);
+    free(r);
+}
+
+struct msm_hstream *msm_upconn_new_stream(struct msm_upconn *uc, const struct msm_hstream_cbs *cbs,
+                                          void *ctx)
+{
+    struct msm_hstream *s = uc->codec->ops->new_stream(uc->codec, cbs, ctx);
+    if (s) {
+        uc->streams_total++;
+        ev_timer_stop(uc->conn->loop, &uc->idle);
+    }
+    return s;
+}
+
+const char *msm_upconn_peer(const struct msm_upconn *uc)
+{
+    return uc->peer;
+}
+
+void msm_upconn_read_disable(struct msm_upconn *uc, bool disable)
+{
+    if (uc->closed || !uc->conn) {
+        return;
+    }
+    uc->read_disabled += disable ? 1 : -1;
+    msm_conn_read_disable(uc->conn, disable);
+    if (!disable) {
+        schedule_resume(uc);
+    }
+}

@@ -1,0 +1,58 @@
+#pragma once
+/* Upstream HTTP connection pools, one per (cluster, host address, protocol) per worker, after
+ * Envoy's Http::ConnectionPool: HTTP/1.1 pools run one stream per connection and keep idle
+ * connections for reuse; HTTP/2 pools multiplex streams on one connection up to the peer's
+ * max concurrent streams and open another when it is full or draining (GOAWAY).
+ *
+ * A request for a stream is served at once when a connection has room (on_ready runs before
+ * msm_pool_request returns), else it waits (max_pending_requests) for a connection being made
+ * (max_connections). Connect failures fail every waiting request of the pool (the router
+ * retries). Connections idle for the cluster's idle_timeout close; so do connections that
+ * served max_requests_per_connection streams.
+ *
+ * Worker thread only. The pools of a worker live in a loop-local registry and are closed when
+ * the worker's loop goes away. Cluster stats: upstream_cx_*, upstream_rq_pending_*. */
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "http/codec.h"
+
+struct ev_loop;
+struct msm_cluster;
+struct msm_host;
+struct msm_pool;
+struct msm_pool_req;
+struct msm_upconn;
+
+enum msm_pool_failure {
+    MSM_POOL_CONNECT_FAILURE = 0,
+    MSM_POOL_CONNECT_TIMEOUT = 1,
+    MSM_POOL_OVERFLOW = 2,        /* max_pending_requests */
+    MSM_POOL_CONNECTION_LOST = 3, /* closed before serving the request */
+};
+
+struct msm_pool_cbs {
+    /* A connection can take the stream: open it with msm_upconn_new_stream now. */
+    void (*on_ready)(void *ctx, struct msm_upconn *uc);
+    /* No connection will come. <detail> is a static description ("connection refused"). */
+    void (*on_failure)(void *ctx, enum msm_pool_failure f, const char *detail);
+};
+
+/* The pool for <host> of cluster <c> speaking <proto> on <loop>'s worker; created on first use.
+ * Borrowed: valid until the loop goes away. */
+struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
+                              enum msm_http_proto proto);
+/* Ask for a stream. Returns NULL when on_ready or on_failure already ran, else a handle that
+ * stays valid until one of them runs or msm_pool_cancel is called. */
+struct msm_pool_req *msm_pool_request(struct msm_pool *p, const struct msm_pool_cbs *cbs,
+                                      void *ctx);
+void msm_pool_cancel(struct msm_pool_req *r);
+/* Open a stream on a ready connection (inside on_ready). Never NULL there. */
+struct msm_hstream *msm_upconn_new_stream(struct msm_upconn *uc, const struct msm_hstream_cbs *cbs,
+                                          void *ctx);
+/* The peer address of the connection, "ip:port". */
+const char *msm_upconn_peer(const struct msm_upconn *uc);
+/* The stream's owner read-disables the connection (HTTP/1 back-pressure). */
+void msm_upconn_read_disable(struct msm_upconn *uc, bool disable);
+/* Number of pools and connections on <loop> (tests). */
+int msm_pool_count_conns(struct ev_loop *loop);
