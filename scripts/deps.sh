@@ -23,6 +23,14 @@ set_test="$set_test prometheus"
 # HTTP tests: nghttp / h2load drive HTTP/2 (curl 7.88's prior-knowledge connection reuse is
 # broken: curl/curl#10634).
 set_test="$set_test nghttp2-client"
+# Sidecar capture (test_capture.py) and the whole-mesh e2e (istio-integration/e2e/): Istio's
+# iptables REDIRECT rules inside network namespaces.
+set_test="$set_test iptables"
+# The sidecar mesh test (test_sidecar_mesh.py) reads the wire between two pods with tshark.
+set_test="$set_test tshark"
+# istio-integration/ checks (test_istio_manifests.py): PyYAML reads the manifests, patchelf
+# bundles the image's runtime libraries; node/npm run the schema validator (npm is checked below).
+set_test="$set_test python3-yaml patchelf"
 set_bench="haproxy"
 
 what=${1:-test}
@@ -49,6 +57,11 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 echo "deps: installing:$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
+# tshark's wireshark-common asks whether non-root users may capture: answer no, non-interactively.
+case " $missing " in
+*" tshark "*) echo "wireshark-common wireshark-common/install-setuid boolean false" |
+    $sudo debconf-set-selections ;;
+esac
 $sudo apt-get update -qq >/dev/null
 # shellcheck disable=SC2086
 $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -822,7 +822,9 @@ static int jnode_build(struct jnode *n, const Google__Protobuf__Struct *st, int 
             return MSM_EINVAL;
         }
     }
-    qsort(n->kids, (size_t)n->nkids, sizeof(*n->kids), by_key);
+    if (n->nkids > 1) {
+        qsort(n->kids, (size_t)n->nkids, sizeof(*n->kids), by_key);
+    }
     return 0;
 }
 

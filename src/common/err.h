@@ -14,7 +14,7 @@ enum msm_errcode {
     MSM_ELIMIT = -1004, /* a configured or hard limit was reached */
 };
 
-#define MSM_ERR_LEN 512
+#define MSM_ERR_LEN 2048
 
 struct msm_err {
     char msg[MSM_ERR_LEN];

@@ -16,6 +16,7 @@
 #include "filters/http/fault/fault.h"
 #include "filters/http/grpc_stats/grpc_stats.h"
 #include "filters/http/istio_alpn/istio_alpn.h"
+#include "filters/http/rbac/rbac.h"
 #include "filters/http/router/router.h"
 
 static const struct msm_http_filter_ops *const http_filters[] = {
@@ -24,6 +25,7 @@ static const struct msm_http_filter_ops *const http_filters[] = {
     &msm_cors_ops,
     &msm_grpc_stats_ops,
     &msm_istio_alpn_ops,
+    &msm_http_rbac_ops,
 };
 
 /* Accepted no-ops: telemetry-only filters whose data plane effect is nil until the

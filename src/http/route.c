@@ -38,74 +38,6 @@ typedef Envoy__Type__Matcher__V3__StringMatcher PbStringMatcher;
 
 /* ---- string and header matchers --------------------------------------------------------------- */
 
-int msm_sm_from_proto(const void *proto, struct msm_sm *out, struct msm_err *err)
-{
-    const PbStringMatcher *p = proto;
-    memset(out, 0, sizeof(*out));
-    out->ignore_case = p->ignore_case;
-    const char *s = NULL;
-    switch (p->match_pattern_case) {
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_EXACT:
-        out->kind = MSM_SM_EXACT;
-        s = p->exact;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_PREFIX:
-        out->kind = MSM_SM_PREFIX;
-        s = p->prefix;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SUFFIX:
-        out->kind = MSM_SM_SUFFIX;
-        s = p->suffix;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CONTAINS:
-        out->kind = MSM_SM_CONTAINS;
-        s = p->contains;
-        break;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_SAFE_REGEX:
-        out->kind = MSM_SM_REGEX;
-        if (!p->safe_regex) {
-            return msm_err_set(err, "safe_regex: a regex is required");
-        }
-        out->re = msm_regex_new(p->safe_regex->regex, err);
-        if (!out->re) {
-            msm_err_prefix(err, "safe_regex");
-            return MSM_EINVAL;
-        }
-        return 0;
-    case ENVOY__TYPE__MATCHER__V3__STRING_MATCHER__MATCH_PATTERN_CUSTOM:
-        return msm_err_set(err, "custom: custom string matchers are not supported");
-    default:
-        return msm_err_set(err, "match_pattern: one of exact, prefix, suffix, contains or "
-                                "safe_regex is required");
-    }
-    if (out->kind != MSM_SM_EXACT && !s[0]) {
-        return msm_err_set(err, "%s: must not be empty",
-                           out->kind == MSM_SM_PREFIX   ? "prefix"
-                           : out->kind == MSM_SM_SUFFIX ? "suffix"
-                                                        : "contains");
-    }
-    out->s = msm_xstrdup(s);
-    out->len = strlen(s);
-    return 0;
-}
-
-void msm_sm_deinit(struct msm_sm *m)
-{
-    free(m->s);
-    msm_regex_free(m->re);
-    memset(m, 0, sizeof(*m));
-}
-
-static int sm_literal(struct msm_sm *out, enum msm_sm_kind kind, const char *s, bool ic)
-{
-    memset(out, 0, sizeof(*out));
-    out->kind = kind;
-    out->ignore_case = ic;
-    out->s = msm_xstrdup(s);
-    out->len = strlen(s);
-    return 0;
-}
-
 int msm_header_match_from_proto(const void *proto, struct msm_header_match *out,
                                 struct msm_err *err)
 {
@@ -122,22 +54,24 @@ int msm_header_match_from_proto(const void *proto, struct msm_header_match *out,
     out->missing_as_empty = p->treat_missing_header_as_empty;
     switch (p->header_match_specifier_case) {
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_EXACT_MATCH:
-        return sm_literal(&out->sm, MSM_SM_EXACT, p->exact_match, false);
+        msm_str_matcher_literal(&out->sm, MSM_STR_EXACT, p->exact_match, false);
+        return 0;
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_PREFIX_MATCH:
-        return sm_literal(&out->sm, MSM_SM_PREFIX, p->prefix_match, false);
+        msm_str_matcher_literal(&out->sm, MSM_STR_PREFIX, p->prefix_match, false);
+        return 0;
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_SUFFIX_MATCH:
-        return sm_literal(&out->sm, MSM_SM_SUFFIX, p->suffix_match, false);
+        msm_str_matcher_literal(&out->sm, MSM_STR_SUFFIX, p->suffix_match, false);
+        return 0;
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_CONTAINS_MATCH:
-        return sm_literal(&out->sm, MSM_SM_CONTAINS, p->contains_match, false);
+        msm_str_matcher_literal(&out->sm, MSM_STR_CONTAINS, p->contains_match, false);
+        return 0;
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_SAFE_REGEX_MATCH:
-        out->sm.kind = MSM_SM_REGEX;
-        out->sm.re = p->safe_regex_match ? msm_regex_new(p->safe_regex_match->regex, err) : NULL;
-        if (!out->sm.re) {
-            if (p->safe_regex_match) {
-                msm_err_prefix(err, "safe_regex_match");
-                return MSM_EINVAL;
-            }
+        if (!p->safe_regex_match) {
             return msm_err_set(err, "safe_regex_match: a regex is required");
+        }
+        if (msm_str_matcher_regex(&out->sm, p->safe_regex_match->regex, err) < 0) {
+            msm_err_prefix(err, "safe_regex_match");
+            return MSM_EINVAL;
         }
         return 0;
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_RANGE_MATCH:
@@ -153,7 +87,7 @@ int msm_header_match_from_proto(const void *proto, struct msm_header_match *out,
         out->present = p->present_match;
         return 0;
     case ENVOY__CONFIG__ROUTE__V3__HEADER_MATCHER__HEADER_MATCH_SPECIFIER_STRING_MATCH:
-        if (msm_sm_from_proto(p->string_match, &out->sm, err) < 0) {
+        if (msm_str_matcher_from_proto(p->string_match, &out->sm, err) < 0) {
             msm_err_prefix(err, "string_match");
             return MSM_EINVAL;
         }
@@ -169,7 +103,7 @@ int msm_header_match_from_proto(const void *proto, struct msm_header_match *out,
 void msm_header_match_deinit(struct msm_header_match *m)
 {
     free(m->name);
-    msm_sm_deinit(&m->sm);
+    msm_str_matcher_deinit(&m->sm);
     memset(m, 0, sizeof(*m));
 }
 
@@ -574,7 +508,7 @@ static void match_free(struct msm_route_match *m)
     free(m->hdrs);
     for (int i = 0; i < m->n_qs; i++) {
         free(m->qs[i].name);
-        msm_sm_deinit(&m->qs[i].sm);
+        msm_str_matcher_deinit(&m->qs[i].sm);
     }
     free(m->qs);
 }
@@ -659,7 +593,7 @@ static int match_from_proto(const PbMatch *p, struct msm_route_match *m, struct 
         }
         if (q->query_parameter_match_specifier_case ==
             ENVOY__CONFIG__ROUTE__V3__QUERY_PARAMETER_MATCHER__QUERY_PARAMETER_MATCH_SPECIFIER_STRING_MATCH) {
-            if (msm_sm_from_proto(q->string_match, &qm->sm, err) < 0) {
+            if (msm_str_matcher_from_proto(q->string_match, &qm->sm, err) < 0) {
                 msm_err_prefix(err, "match.query_parameters[%zu].string_match", i);
                 return MSM_EINVAL;
             }
@@ -1163,7 +1097,9 @@ static int index_domains(struct msm_route_config *rc, struct msm_err *err)
             e->len = strlen(e->key);
         }
     }
-    qsort(rc->domains, (size_t)rc->n_domains, sizeof(*rc->domains), domain_cmp);
+    if (rc->n_domains > 1) { /* qsort(NULL, 0) is undefined */
+        qsort(rc->domains, (size_t)rc->n_domains, sizeof(*rc->domains), domain_cmp);
+    }
     for (int i = 1; i < rc->n_domains; i++) {
         const struct msm_domain_entry *a = &rc->domains[i - 1], *b = &rc->domains[i];
         if (a->kind == b->kind && !strcmp(a->key, b->key)) {

@@ -17,28 +17,12 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "config/matcher.h"
 #include "http/headers.h"
 #include "http/regex.h"
 #include "stats/stats.h"
 
 struct msm_http_filter_ops;
-
-/* envoy.type.matcher.v3.StringMatcher */
-enum msm_sm_kind {
-    MSM_SM_EXACT = 0,
-    MSM_SM_PREFIX = 1,
-    MSM_SM_SUFFIX = 2,
-    MSM_SM_CONTAINS = 3,
-    MSM_SM_REGEX = 4,
-};
-
-struct msm_sm {
-    enum msm_sm_kind kind;
-    bool ignore_case;
-    char *s;
-    size_t len;
-    struct msm_regex *re;
-};
 
 enum msm_hm_kind {
     MSM_HM_STRING = 0, /* string_match and the deprecated exact/prefix/suffix/contains/regex */
@@ -49,7 +33,7 @@ enum msm_hm_kind {
 struct msm_header_match {
     char *name;
     enum msm_hm_kind kind;
-    struct msm_sm sm;
+    struct msm_str_matcher sm;
     bool present;
     int64_t start, end; /* [start, end) */
     bool invert;
@@ -59,7 +43,7 @@ struct msm_header_match {
 struct msm_query_match {
     char *name;
     bool present_only;
-    struct msm_sm sm;
+    struct msm_str_matcher sm;
 };
 
 enum msm_path_kind {
@@ -312,7 +296,6 @@ const struct msm_route *msm_route_match(const struct msm_vhost *vh, const struct
 const struct msm_route *msm_route_select(const struct msm_route_config *rc,
                                          const struct msm_hdrs *req, uint64_t rnd);
 bool msm_header_match(const struct msm_header_match *m, const struct msm_hdrs *h);
-bool msm_sm_match(const struct msm_sm *m, const char *s, size_t len);
 /* Weighted cluster for random value <rnd> (index into route->wc). */
 int msm_route_pick_weighted(const struct msm_route *r, uint64_t rnd);
 
@@ -336,8 +319,6 @@ void msm_header_ops_apply(const struct msm_header_ops *ops, struct msm_hdrs *h,
                           const struct msm_hv_ctx *vc);
 
 /* Helpers shared with HTTP filters (fault, cors) that parse Envoy matchers themselves. */
-int msm_sm_from_proto(const void *string_matcher, struct msm_sm *out, struct msm_err *err);
-void msm_sm_deinit(struct msm_sm *m);
 int msm_header_match_from_proto(const void *header_matcher, struct msm_header_match *out,
                                 struct msm_err *err);
 void msm_header_match_deinit(struct msm_header_match *m);

@@ -16,36 +16,6 @@ static bool eq_n(const char *a, const char *b, size_t n, bool ic)
     return ic ? strncasecmp(a, b, n) == 0 : memcmp(a, b, n) == 0;
 }
 
-static bool contains(const char *s, size_t len, const char *pat, size_t pl, bool ic)
-{
-    if (pl > len) {
-        return false;
-    }
-    for (size_t i = 0; i + pl <= len; i++) {
-        if (eq_n(s + i, pat, pl, ic)) {
-            return true;
-        }
-    }
-    return false;
-}
-
-bool msm_sm_match(const struct msm_sm *m, const char *s, size_t len)
-{
-    switch (m->kind) {
-    case MSM_SM_EXACT:
-        return len == m->len && eq_n(s, m->s, len, m->ignore_case);
-    case MSM_SM_PREFIX:
-        return len >= m->len && eq_n(s, m->s, m->len, m->ignore_case);
-    case MSM_SM_SUFFIX:
-        return len >= m->len && eq_n(s + len - m->len, m->s, m->len, m->ignore_case);
-    case MSM_SM_CONTAINS:
-        return contains(s, len, m->s, m->len, m->ignore_case);
-    case MSM_SM_REGEX:
-        return m->re && msm_regex_full_match(m->re, s, len);
-    }
-    return false;
-}
-
 /* All values of <name> joined by "," (Envoy's getAllOfHeaderAsString). NULL when absent. */
 static char *joined_value(const struct msm_hdrs *h, const char *name, size_t *len)
 {
@@ -121,7 +91,7 @@ bool msm_header_match(const struct msm_header_match *m, const struct msm_hdrs *h
         break;
     }
     case MSM_HM_STRING:
-        match = msm_sm_match(&m->sm, val, len);
+        match = msm_str_matcher_match(&m->sm, val, len);
         break;
     }
     free(v);
@@ -259,7 +229,7 @@ static bool route_matches(const struct msm_route *r, const struct msm_hdrs *req,
         if (!query_param(path, m->qs[i].name, &v, &vl)) {
             return false;
         }
-        if (!m->qs[i].present_only && !msm_sm_match(&m->qs[i].sm, v, vl)) {
+        if (!m->qs[i].present_only && !msm_str_matcher_match(&m->qs[i].sm, v, vl)) {
             return false;
         }
     }

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -155,16 +156,11 @@ static void finish(struct msm_server *srv)
     ev_break(srv->loop, EVBREAK_ALL);
 }
 
-struct drained_msg {
-    struct msm_server *srv;
-    int id;
-};
-
+/* A worker finished draining. The message carries only the server (nothing allocated), so a
+ * message still queued when the main loop has already exited leaks nothing. */
 static void do_worker_drained(void *arg)
 {
-    struct drained_msg *m = arg;
-    struct msm_server *srv = m->srv;
-    free(m);
+    struct msm_server *srv = arg;
     if (++srv->drained_workers >= srv->n_workers && srv->shutting_down) {
         msm_log(MSM_LOG_INFO, MSM_LC_MAIN, "all connections drained, exiting");
         finish(srv);
@@ -173,10 +169,8 @@ static void do_worker_drained(void *arg)
 
 void msm_server_post_worker_drained(struct msm_server *srv, int worker_id)
 {
-    struct drained_msg *m = msm_xmalloc(sizeof(*m));
-    m->srv = srv;
-    m->id = worker_id;
-    msm_mailbox_post(&srv->mb, do_worker_drained, m);
+    (void)worker_id;
+    msm_mailbox_post(&srv->mb, do_worker_drained, srv);
 }
 
 static void on_drain_deadline(struct ev_loop *loop, ev_timer *w, int revents)
@@ -339,9 +333,21 @@ static void server_free(struct msm_server *srv)
     }
     if (srv->loop) {
         msm_mailbox_deinit(&srv->mb);
+        /* We are exiting already: a SIGTERM/SIGINT that lands now (pilot-agent or a test
+         * repeating its signal) must not turn a clean exit 0 into death by signal. Block them
+         * while libev restores the default actions, then ignore them. */
+        sigset_t quit;
+        sigemptyset(&quit);
+        sigaddset(&quit, SIGTERM);
+        sigaddset(&quit, SIGINT);
+        sigaddset(&quit, SIGUSR1);
+        pthread_sigmask(SIG_BLOCK, &quit, NULL);
         ev_signal_stop(srv->loop, &srv->sig_term);
         ev_signal_stop(srv->loop, &srv->sig_int);
         ev_signal_stop(srv->loop, &srv->sig_usr1);
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        signal(SIGUSR1, SIG_IGN);
         ev_timer_stop(srv->loop, &srv->tick);
         ev_timer_stop(srv->loop, &srv->drain_deadline);
         msm_stats_flusher_stop(&srv->flusher);

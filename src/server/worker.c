@@ -29,7 +29,6 @@ struct msm_wlistener {
 
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 {
-    (void)loop;
     (void)revents;
     struct msm_wlistener *wl = MSM_CONTAINER_OF(io, struct msm_wlistener, io);
     uint32_t batch = wl->cfg->max_accept_per_event ? wl->cfg->max_accept_per_event
@@ -42,6 +41,14 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) {
                 continue;
+            }
+            if (errno == EINVAL) {
+                /* The main thread shut the socket down (listener removed or drained): it stays
+                 * readable and every accept fails, so stop watching it instead of spinning. */
+                msm_log(MSM_LOG_DEBUG, MSM_LC_CONN_HANDLER,
+                        "listener '%s': socket shut down, no longer accepting", wl->cfg->name);
+                ev_io_stop(loop, io);
+                return;
             }
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
                 msm_log(MSM_LOG_WARN, MSM_LC_CONN_HANDLER, "listener '%s': accept: %s",

@@ -123,6 +123,36 @@ class LifecycleTest(H.ProxyTestCase):
         self.assertEqual(p.wait_exit(10), 0)
         self.assertLess(time.monotonic() - t0, 3.0)
 
+    def test_drain_does_not_spin_on_shut_down_listen_socket(self):
+        # Regression: after the drain shut the listening socket down, workers kept getting
+        # EINVAL from accept() on the still-readable socket and logged it in a busy loop.
+        p = self.echo_proxy("--drain-time-s", "2", "--concurrency", "2")
+        p.expect_exit = 0
+        active = self.connect(p)
+        self.ping(active)
+        p.proc.send_signal(signal.SIGTERM)
+        H.wait_for(lambda: p.get("/ready")[0] == 503, what="DRAINING")
+        time.sleep(0.5)
+        self.ping(active, b"still served")
+        self.assertEqual(p.wait_exit(10), 0)
+        self.assertNotIn("accept: Invalid argument", p.read_stderr())
+
+    def test_signals_during_exit_keep_exit_status_0(self):
+        # Regression: a SIGINT landing while the process tore down after a finished drain
+        # killed it by signal (libev had restored the default action).
+        for _ in range(20):
+            p = self.echo_proxy("--drain-time-s", "30")
+            p.expect_exit = 0
+            p.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while p.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    p.proc.send_signal(signal.SIGINT)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.0002)
+            self.assertEqual(p.wait_exit(10), 0)
+
     def test_sigint_exits_promptly_with_active_connection(self):
         p = self.echo_proxy("--drain-time-s", "30")
         p.expect_exit = 0

@@ -15,7 +15,7 @@ MSM_STATS_STRUCT(cors_stats, CORS_STATS);
 MSM_STATS_INIT_FN(cors_stats, CORS_STATS)
 
 struct cors_policy {
-    struct msm_sm *origins;
+    struct msm_str_matcher *origins;
     int n_origins;
     char *allow_methods, *allow_headers, *expose_headers, *max_age;
     bool credentials, has_credentials;
@@ -41,7 +41,7 @@ static void policy_free(void *p)
         return;
     }
     for (int i = 0; i < c->n_origins; i++) {
-        msm_sm_deinit(&c->origins[i]);
+        msm_str_matcher_deinit(&c->origins[i]);
     }
     free(c->origins);
     free(c->allow_methods);
@@ -65,7 +65,7 @@ static int route_config_new(const ProtobufCMessage *msg, void **out, struct msm_
                      : NULL;
     for (size_t i = 0; i < p->n_allow_origin_string_match; i++) {
         c->n_origins++;
-        if (msm_sm_from_proto(p->allow_origin_string_match[i], &c->origins[i], err) < 0) {
+        if (msm_str_matcher_from_proto(p->allow_origin_string_match[i], &c->origins[i], err) < 0) {
             msm_err_prefix(err, "allow_origin_string_match[%zu]", i);
             policy_free(c);
             return MSM_EINVAL;
@@ -128,7 +128,7 @@ static bool origin_allowed(const struct cors_policy *p, const char *origin)
 {
     size_t n = strlen(origin);
     for (int i = 0; i < p->n_origins; i++) {
-        if (msm_sm_match(&p->origins[i], origin, n)) {
+        if (msm_str_matcher_match(&p->origins[i], origin, n)) {
             return true;
         }
     }

@@ -164,7 +164,9 @@ static void enc_struct(struct wbuf *b, const json_t *obj)
     json_object_keylen_foreach((json_t *)obj, key, klen, v) {
         kv[k++] = (struct kv){key, klen, v};
     }
-    qsort(kv, k, sizeof(*kv), kv_cmp);
+    if (k > 1) {
+        qsort(kv, k, sizeof(*kv), kv_cmp);
+    }
     for (size_t i = 0; i < k; i++) {
         struct wbuf val = {0}, entry = {0};
         enc_value(&val, kv[i].v);

@@ -238,14 +238,6 @@ static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
             msm_err_set(err, "media_protection.mode: unknown value %d", c->media_protection);
             goto fail;
         }
-        if (c->media_protection) {
-            /* No TLS transport socket yet: media can't be protected, so SETUPs are refused
-             * (never cleartext when protection is asked for). */
-            msm_log(MSM_LOG_WARN, MSM_LC_CONFIG, "rtsp_proxy on listener '%s': "
-                    "media_protection needs an mTLS upstream, which this build does not have "
-                    "yet: every SETUP will be refused with 503",
-                    ctx->listener_name ? ctx->listener_name : "?");
-        }
     }
     if (p->max_sessions) {
         c->has_max_sessions = true;

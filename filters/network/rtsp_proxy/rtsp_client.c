@@ -384,6 +384,13 @@ static const struct msm_rtsp_transport *pick_transport(struct rtsp_client *c,
             if (!t->has_client_port || t->client_port[0] == 0) {
                 continue;
             }
+            if (msm_conn_tls_info(conn_of(c))) {
+                /* The client reached us over (m)TLS: UDP media would leave that protection
+                 * and cross the mesh in clear. Only interleaved is offered (461 if the client
+                 * insists on UDP; a client listing both alternatives gets TCP). */
+                msm_stat_inc(c->cfg->stats.media_protection_refused);
+                continue;
+            }
             if (t->destination[0]) {
                 /* Media only to the address the request came from: no third-party targets
                  * (a reflection vector). */
@@ -429,9 +436,6 @@ static bool session_ok(struct rtsp_client *c, const struct msm_rtsp_msg *m)
 
 static enum handled do_setup(struct rtsp_client *c, const struct msm_rtsp_msg *m)
 {
-    if (c->cfg->media_protection) {
-        return fail(c, m, 503); /* protection asked for, and no mTLS to protect media with */
-    }
     struct msm_rtsp_url u;
     if (msm_rtsp_url_parse(m->uri.p, m->uri.n, &u) < 0) {
         return fail(c, m, 400);

@@ -191,6 +191,7 @@ struct rtsp_source {
     struct msm_host *host;       /* reference */
     bool cx_reserved;
     struct msm_conn *up;
+    bool up_tls; /* the control connection to the host is TLS: media goes interleaved */
     bool connected;
     char up_authority[96]; /* host:port of the chosen upstream */
     char url[MSM_RTSP_URL_MAX]; /* aggregate URL towards the server */

@@ -38,8 +38,8 @@
     C(downstream_rtcp_rx_packets) C(downstream_rtcp_tx_packets) C(rtp_dropped_strangers)          \
     C(rtp_dropped_slow_subscriber) C(rtp_dropped_handoff) C(rtp_dropped_send_error)               \
     C(rtp_dropped_malformed)                                                                      \
-    C(rtp_port_exhausted) C(upstream_rtp_lost) G(upstream_rtp_jitter_us)                          \
-    G(downstream_rtcp_reported_lost) H(setup_latency_ms)
+    C(rtp_port_exhausted) C(media_protection_refused) C(upstream_rtp_lost)                        \
+    G(upstream_rtp_jitter_us) G(downstream_rtcp_reported_lost) H(setup_latency_ms)
 MSM_STATS_STRUCT(msm_rtsp_stats, MSM_RTSP_STATS);
 MSM_STATS_INIT_FN(msm_rtsp_stats, MSM_RTSP_STATS)
 

@@ -424,6 +424,10 @@ static void src_connect(struct rtsp_source *s, struct msm_worker *w)
     msm_stat_inc(cs->upstream_cx_active);
     msm_stat_inc(cs->upstream_rq_active);
     msm_conn_set_watermarks(s->up, c->cfg->per_connection_buffer_limit);
+    /* TLS to this host (ISTIO_MUTUAL, auto-mTLS): control runs inside it, and so does media
+     * (interleaved), so nothing crosses the mesh in clear. */
+    s->up_tls = msm_cluster_transport(c->cfg, host) != NULL;
+    msm_cluster_attach_transport(c->cfg, host, s->up);
 }
 
 struct rtsp_source *rtsp_source_alloc(struct rtsp_wstate *ws, struct msm_rtsp_config *cfg,
@@ -504,9 +508,9 @@ struct rtsp_source *rtsp_source_bind(struct rtsp_client *c, const char *cluster,
         if (ev_is_active(&s->linger)) {
             ev_timer_stop(s->loop, &s->linger);
         }
-        if (s->state == RTSP_SRC_READY) {
-            msm_stat_inc(cfg->stats.fanout_joins);
-        }
+        /* Joined an upstream session that exists (ready, or still being set up: the client
+         * waits for it rather than opening its own). */
+        msm_stat_inc(cfg->stats.fanout_joins);
         if (s->remote) {
             msm_stat_inc(cfg->stats.fanout_cross_worker_joins);
         }
@@ -705,7 +709,8 @@ static void on_setup(struct rtsp_source *s, const struct msm_rtsp_msg *m, struct
         return;
     }
     struct rtsp_track *t = &s->tracks[p->track];
-    if (m->status == 461 && s->cfg->upstream_transport == MSM_RTSP_UP_AUTO && !t->tried_other) {
+    if (m->status == 461 && s->cfg->upstream_transport == MSM_RTSP_UP_AUTO && !t->tried_other &&
+        !s->up_tls) {
         /* Unsupported Transport: try the other lower transport once. */
         t->tried_other = true;
         t->state = RTSP_TRACK_NONE;
@@ -1060,6 +1065,19 @@ int rtsp_hub_setup_track(struct rtsp_source *s, int idx, bool client_tcp,
     if (s->cfg->upstream_transport == MSM_RTSP_UP_UDP) {
         tcp = false;
     } else if (s->cfg->upstream_transport == MSM_RTSP_UP_TCP) {
+        tcp = true;
+    }
+    if (s->cfg->media_protection && !s->up_tls) {
+        /* Protection asked for and no mTLS to this upstream: refuse rather than send media in
+         * clear. */
+        msm_stat_inc(s->cfg->stats.media_protection_refused);
+        msm_log(MSM_LOG_WARN, MSM_LC_RTSP, "rtsp: media_protection requires an mTLS upstream; "
+                "'%s' is not: answering 503", s->url);
+        return 503;
+    }
+    if (s->up_tls) {
+        /* Media rides inside the mTLS control connection (media_protection INTERLEAVED; also
+         * SRTP_FROM_TLS until SRTP keying lands; and the default whenever the leg is mTLS). */
         tcp = true;
     }
     char extra[1024], al[512];

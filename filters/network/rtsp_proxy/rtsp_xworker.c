@@ -426,8 +426,6 @@ static void *wstate_create(struct ev_loop *loop)
     return ws;
 }
 
-static void stream_unlist_locked(struct rtsp_stream *st);
-
 /* The loop is being freed (every worker thread has stopped): drop queued messages, tear every
  * source down (lingering hubs send TEARDOWN), free the rings handed to us. */
 static void wstate_destroy(void *p)

@@ -313,10 +313,10 @@ static void test_nack(void **state)
          "header formatter %UNKNOWN_VAR% is not supported"},
         {"{\"virtual_hosts\":[{\"name\":\"v\",\"domains\":[\"*\"],\"routes\":[{\"match\":"
          "{\"prefix\":\"/\"},\"route\":{\"cluster\":\"a\"},\"typed_per_filter_config\":"
-         "{\"x\":{\"@type\":\"type.googleapis.com/envoy.extensions.filters.http.rbac.v3."
-         "RBACPerRoute\"}}}]}]}",
+         "{\"x\":{\"@type\":\"type.googleapis.com/envoy.extensions.filters.http.router.v3."
+         "Router\"}}}]}]}",
          "typed_per_filter_config['x']: per-route config type "
-         "envoy.extensions.filters.http.rbac.v3.RBACPerRoute is not supported"},
+         "envoy.extensions.filters.http.router.v3.Router is not supported"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct msm_err err = {{0}};
@@ -359,6 +359,21 @@ static void test_normalize_path(void **state)
     assert_null(msm_hcm_normalize_path("/a%2", true, false));
 }
 
+/* Regression: a route config without virtual hosts (istiod sends such configs, e.g. for ports
+ * with no HTTP services yet) passed NULL to qsort, which UBSan reports. */
+static void test_no_virtual_hosts(void **state)
+{
+    (void)state;
+    struct msm_err err = {{0}};
+    struct msm_route_config *rc = build("{\"name\":\"8080\"}", &err);
+    assert_non_null(rc);
+    msm_route_config_unref(rc);
+    rc = build("{\"name\":\"x\",\"virtual_hosts\":[{\"name\":\"v\",\"domains\":[]}]}", &err);
+    if (rc) {
+        msm_route_config_unref(rc);
+    }
+}
+
 static void test_retry_on(void **state)
 {
     (void)state;
@@ -377,6 +392,7 @@ int main(void)
         cmocka_unit_test(test_domains),      cmocka_unit_test(test_route_match),
         cmocka_unit_test(test_actions),      cmocka_unit_test(test_nack),
         cmocka_unit_test(test_normalize_path), cmocka_unit_test(test_retry_on),
+        cmocka_unit_test(test_no_virtual_hosts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -360,7 +360,7 @@ static void test_context_errors(void **state)
                  "OTHER_NAME");
     expect_error(false, json_pack("{s:s, s:{s:{s:[{s:s}]}}}", "@type", T_UP, "common_tls_context",
                                   "validation_context", "match_subject_alt_names", "prefix", ""),
-                 "empty prefix");
+                 "prefix: must not be empty");
     expect_error(false, json_pack("{s:s, s:{s:{s:[{s:{s:s}}]}}}", "@type", T_UP,
                                   "common_tls_context", "validation_context",
                                   "match_subject_alt_names", "safe_regex", "regex", "(unclosed"),
