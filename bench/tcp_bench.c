@@ -1,7 +1,8 @@
 /* tcp_bench: a loopback-only TCP load tool for benchmarking msm-proxy against peers.
  *
  * Self-contained (libc + pthreads), epoll based, non-blocking. Every mode stops by itself
- * after its duration, and every address must be on loopback (127.0.0.0/8).
+ * after its duration, and every address must be on loopback (127.0.0.0/8), or, with
+ * --allow-netns, in 10.0.0.0/8 (bench/mesh: pods as network namespaces on a private bridge).
  *
  * Modes (tcp_bench MODE [options]):
  *   sink        accept connections, read and discard; prints the received rate at exit.
@@ -57,6 +58,7 @@ struct opts {
     long close_after;
     double duration;
     double warmup;
+    bool allow_netns; /* also accept 10.0.0.0/8 (network namespaces on this machine) */
 };
 
 static struct opts g_opt;
@@ -136,8 +138,10 @@ static void set_addr(struct sockaddr_in *sa, const char *host, int port)
         fprintf(stderr, "tcp_bench: bad IPv4 address '%s'\n", host);
         exit(2);
     }
-    /* Benchmarks only ever target this machine. */
-    if ((ntohl(sa->sin_addr.s_addr) >> 24) != 127) {
+    /* Benchmarks only ever target this machine: loopback, or (--allow-netns) the private
+     * addresses bench/mesh gives its network namespaces. */
+    uint32_t first = ntohl(sa->sin_addr.s_addr) >> 24;
+    if (first != 127 && !(g_opt.allow_netns && first == 10)) {
         fprintf(stderr, "tcp_bench: refusing non-loopback address '%s'\n", host);
         exit(2);
     }
@@ -898,7 +902,9 @@ static void usage(void)
             "  --size B         write size (throughput, default 65536) or message size (default "
             "64)\n"
             "  --threads N      threads (default 1)\n"
-            "  --close-after B  echo: close a connection once B bytes were echoed\n");
+            "  --close-after B  echo: close a connection once B bytes were echoed\n"
+            "  --allow-netns    also accept 10.0.0.0/8 addresses (network namespaces on this "
+            "machine)\n");
     exit(2);
 }
 
@@ -944,6 +950,8 @@ int main(int argc, char **argv)
             g_opt.threads = (int)arg_num(argc, argv, &i);
         } else if (!strcmp(a, "--close-after")) {
             g_opt.close_after = (long)arg_num(argc, argv, &i);
+        } else if (!strcmp(a, "--allow-netns")) {
+            g_opt.allow_netns = true;
         } else {
             usage();
         }

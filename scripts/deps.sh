@@ -23,13 +23,16 @@ set_test="$set_test prometheus"
 # HTTP tests: nghttp / h2load drive HTTP/2 (curl 7.88's prior-knowledge connection reuse is
 # broken: curl/curl#10634).
 set_test="$set_test nghttp2-client"
+# The pilot-agent stand-in (istio-integration/agent) signs workload certificates (its mesh CA).
+set_test="$set_test python3-cryptography"
 # Sidecar capture (test_capture.py) and the whole-mesh e2e (istio-integration/e2e/): Istio's
 # iptables REDIRECT rules inside network namespaces.
 set_test="$set_test iptables"
 # The sidecar mesh test (test_sidecar_mesh.py) reads the wire between two pods with tshark.
 set_test="$set_test tshark"
-# istio-integration/ checks (test_istio_manifests.py): PyYAML reads the manifests, patchelf
-# bundles the image's runtime libraries; node/npm run the schema validator (npm is checked below).
+# istio-integration/ checks (test_istio_manifests.py): PyYAML reads the manifests (and istiogen's
+# worlds, test_istiogen.py), patchelf bundles the image's runtime libraries; node/npm run the
+# schema validator (npm is checked below).
 set_test="$set_test python3-yaml patchelf"
 set_bench="haproxy"
 

@@ -29,6 +29,14 @@ MSM_STATS_INIT_FN(msm_xds_sub_stats, MSM_XDS_SUB_STATS)
 MSM_STATS_STRUCT(msm_xds_cp_stats, MSM_XDS_CP_STATS);
 MSM_STATS_INIT_FN(msm_xds_cp_stats, MSM_XDS_CP_STATS)
 
+/* The connection of an envoy_grpc source counted in its cluster's stats as Envoy does
+ * ("cluster.xds-grpc.upstream_cx_*"): the xDS thread updates them when the gRPC channel enters
+ * and leaves READY. */
+#define MSM_XDS_CX_STATS(C, G, H)                                                                 \
+    C(upstream_cx_total) G(upstream_cx_active) C(upstream_cx_connect_fail)
+MSM_STATS_STRUCT(msm_xds_cx_stats, MSM_XDS_CX_STATS);
+MSM_STATS_INIT_FN(msm_xds_cx_stats, MSM_XDS_CX_STATS)
+
 /* Envoy's initial_fetch_timeout when a ConfigSource leaves it unset. */
 #define MSM_XDS_DEFAULT_INIT_FETCH_TIMEOUT_MS 15000
 /* Largest response accepted (gRPC max receive message length); istiod pushes big configs. */
@@ -72,6 +80,7 @@ struct msm_xds_source {
     bool node_first_only;
     struct msm_xds_target target;
     struct msm_xds_cp_stats cp;
+    struct msm_xds_cx_stats cx; /* zero unless the target is a cluster */
     struct msm_xds_type_sub **types;
     int n_types;
 };
@@ -113,6 +122,7 @@ struct msm_xds_cmd {
     bool node_first_only;
     struct msm_xds_target target;
     struct msm_xds_cp_stats *cp; /* owned by the main-side source, outlives the thread */
+    struct msm_xds_cx_stats *cx; /* likewise; NULL when the target is not a cluster */
     const char *method;          /* static string; NULL = ADS */
     /* SUBSCRIBE and DECISION */
     char *type_url;

@@ -1,6 +1,7 @@
 /* xDS client, main-thread side: configuration, subscriptions and their stats and init timers,
  * applying responses and turning the result into ACK/NACK decisions for the xDS thread
  * (xds_thread.c). See xds/README.md. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,24 +117,52 @@ static struct msm_xds_type_sub *find_type_sub(struct msm_xds_source *s, const ch
     return NULL;
 }
 
-/* Stat blocks of <subs> without repeats (subscriptions may share one block). */
+/* Stat blocks of <subs> without repeats (subscriptions may share one block, or blocks with the
+ * same stats). A response can touch every EDS cluster, each with its own block: the repeats are
+ * found with a hash set on the blocks' update_attempt stat, not a scan. */
 struct block_set {
     struct msm_xds_stat_block **v;
     size_t n, cap;
+    const void **seen; /* open addressing on the stat pointer; NULL = empty */
+    size_t seen_cap;   /* power of two or 0 */
 };
+
+static size_t ptr_slot(const void *const *seen, size_t cap, const void *p)
+{
+    size_t i = (size_t)(((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull) & (cap - 1);
+    while (seen[i] && seen[i] != p) {
+        i = (i + 1) & (cap - 1);
+    }
+    return i;
+}
 
 static void block_set_add(struct block_set *bs, struct msm_xds_stat_block *b)
 {
     if (!b) {
         return;
     }
-    for (size_t i = 0; i < bs->n; i++) {
-        if (bs->v[i]->s.update_attempt == b->s.update_attempt) {
-            return;
+    const void *key = b->s.update_attempt;
+    if (bs->seen_cap && bs->seen[ptr_slot(bs->seen, bs->seen_cap, key)]) {
+        return;
+    }
+    if ((bs->n + 1) * 2 > bs->seen_cap) {
+        free(bs->seen);
+        bs->seen_cap = bs->seen_cap ? bs->seen_cap * 2 : 16;
+        bs->seen = msm_xcalloc(bs->seen_cap, sizeof(*bs->seen));
+        for (size_t i = 0; i < bs->n; i++) {
+            const void *k = bs->v[i]->s.update_attempt;
+            bs->seen[ptr_slot(bs->seen, bs->seen_cap, k)] = k;
         }
     }
+    bs->seen[ptr_slot(bs->seen, bs->seen_cap, key)] = key;
     bs->v = msm_xgrow(bs->v, sizeof(*bs->v), &bs->cap, bs->n + 1);
     bs->v[bs->n++] = b;
+}
+
+static void block_set_free(struct block_set *bs)
+{
+    free(bs->v);
+    free(bs->seen);
 }
 
 static void block_set_all(struct block_set *bs, struct msm_xds_type_sub *ts)
@@ -298,6 +327,12 @@ static struct msm_xds_source *source_add(struct msm_xds *x, const char *key, boo
         msm_stat_set(s->cp.pending_requests, 0);
         c->cp = &s->cp;
     }
+    if (s->target.stat_cluster) {
+        char *pfx = msm_xasprintf("cluster.%s.", s->target.stat_cluster);
+        msm_xds_cx_stats_init(x->st, pfx, &s->cx);
+        free(pfx);
+        c->cx = &s->cx;
+    }
     x->sources = msm_xrealloc(x->sources, sizeof(*x->sources) * (size_t)(x->n_sources + 1));
     x->sources[x->n_sources++] = s;
     msm__xds_thread_post(x->thread, c);
@@ -313,6 +348,9 @@ static void source_free(struct msm_xds_source *s)
     msm_xds_target_deinit(&s->target);
     if (s->cp.connected_state) {
         msm_xds_cp_stats_deinit(&s->cp);
+    }
+    if (s->cx.upstream_cx_total) {
+        msm_xds_cx_stats_deinit(&s->cx);
     }
     free(s->key);
     free(s);
@@ -828,7 +866,7 @@ static void handle_response(struct msm_xds *x, struct msm_xds_event *ev)
         }
     }
     count_stats(&bs, accepted, d->version_info, (now - t0) * 1000.0, now);
-    free(bs.v);
+    block_set_free(&bs);
     post_decision(x, ev, d, accepted, err.msg);
     /* Readiness: rejected ends init for every subscription of the type (as Envoy). */
     if (!accepted) {
@@ -867,7 +905,7 @@ static void handle_stream_down(struct msm_xds *x, struct msm_xds_event *ev)
         msm_stat_inc(bs.v[i]->s.update_failure);
         msm_stat_inc(bs.v[i]->s.update_attempt);
     }
-    free(bs.v);
+    block_set_free(&bs);
 }
 
 void msm__xds_on_event(void *arg)

@@ -318,6 +318,8 @@ static int resolve_envoy_grpc(const Envoy__Config__Bootstrap__V3__Bootstrap *b,
         t->authority = msm_xstrdup(eg->authority);
     }
     t->desc = msm_xasprintf("cluster '%s' (%s%s)", name, t->target, t->tls ? ", TLS" : "");
+    t->stat_cluster = msm_xstrdup(c->alt_stat_name && c->alt_stat_name[0] ? c->alt_stat_name
+                                                                          : name);
     return 0;
 }
 
@@ -388,6 +390,7 @@ void msm_xds_target_deinit(struct msm_xds_target *t)
     free(t->target);
     free(t->desc);
     free(t->authority);
+    free(t->stat_cluster);
     free(t->root_pem);
     free(t->cert_pem);
     free(t->key_pem);
@@ -412,6 +415,7 @@ void msm_xds_target_copy(struct msm_xds_target *dst, const struct msm_xds_target
     dst->target = dup_or_null(src->target);
     dst->desc = dup_or_null(src->desc);
     dst->authority = dup_or_null(src->authority);
+    dst->stat_cluster = dup_or_null(src->stat_cluster);
     dst->root_pem = dup_or_null(src->root_pem);
     dst->cert_pem = dup_or_null(src->cert_pem);
     dst->key_pem = dup_or_null(src->key_pem);

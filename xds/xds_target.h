@@ -15,6 +15,7 @@ struct msm_xds_target {
     char *target;
     char *desc;      /* for logs: "cluster 'xds-grpc' (unix:./etc/istio/proxy/XDS)" */
     char *authority; /* EnvoyGrpc.authority, or NULL */
+    char *stat_cluster; /* envoy_grpc: the cluster's stat name ("cluster.<it>.upstream_cx_*") */
     bool tls;
     char *root_pem;  /* trusted CA (NULL = gRPC's default roots) */
     char *cert_pem;  /* client certificate chain, or NULL */

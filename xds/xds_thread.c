@@ -42,13 +42,16 @@ enum tag_kind {
     TAG_SEND = 3,
     TAG_STATUS = 4,
     TAG_KICK = 5,
+    TAG_CONN = 6, /* connectivity state watch of a source's channel */
 };
 
 struct tcall;
+struct tsource;
 
 struct ttag {
     enum tag_kind kind;
     struct tcall *c;
+    struct tsource *s; /* TAG_CONN */
 };
 
 /* A response waiting for its decision. */
@@ -100,7 +103,12 @@ struct tsource {
     const char *method; /* NULL = ADS */
     struct msm_xds_target tg;
     struct msm_xds_cp_stats *cp;
+    struct msm_xds_cx_stats *cx; /* NULL: the target is not a cluster */
     grpc_channel *ch;
+    struct ttag t_conn;
+    bool watching;                  /* t_conn is armed */
+    grpc_connectivity_state conn;   /* last state seen */
+    bool cx_up;                     /* counted in upstream_cx_active */
     struct tcall *call;
     uint64_t gen;
     enum src_state state;
@@ -612,10 +620,55 @@ static const char *method_for(const struct tsource *s)
     return s->delta ? ADS_DELTA_METHOD : ADS_SOTW_METHOD;
 }
 
+/* Count the channel's connection in the cluster's stats, as Envoy counts its xDS connection:
+ * one more total and active when the channel becomes READY, active released when it leaves
+ * READY, a connect failure when connecting ends in TRANSIENT_FAILURE. The watch is re-armed
+ * with a bounded deadline so shutdown never waits on it for long. */
+static void watch_conn(struct msm_xds_thread *t, struct tsource *s)
+{
+    s->t_conn = (struct ttag){TAG_CONN, NULL, s};
+    s->watching = true;
+    grpc_channel_watch_connectivity_state(s->ch, s->conn, deadline_in_ms(POLL_MS), t->cq,
+                                          &s->t_conn);
+}
+
+static void conn_update(struct tsource *s, grpc_connectivity_state st)
+{
+    if (s->cx && st != s->conn) {
+        if (st == GRPC_CHANNEL_READY && !s->cx_up) {
+            s->cx_up = true;
+            msm_stat_inc(s->cx->upstream_cx_total);
+            msm_stat_inc(s->cx->upstream_cx_active);
+        } else if (st != GRPC_CHANNEL_READY && s->cx_up) {
+            s->cx_up = false;
+            msm_stat_dec(s->cx->upstream_cx_active);
+        } else if (st == GRPC_CHANNEL_TRANSIENT_FAILURE && s->conn == GRPC_CHANNEL_CONNECTING) {
+            msm_stat_inc(s->cx->upstream_cx_connect_fail);
+        }
+    }
+    s->conn = st;
+}
+
+static void on_conn(struct msm_xds_thread *t, struct tsource *s)
+{
+    s->watching = false;
+    if (!s->ch) {
+        return;
+    }
+    conn_update(s, grpc_channel_check_connectivity_state(s->ch, 0));
+    if (!atomic_load(&t->stop) && s->conn != GRPC_CHANNEL_SHUTDOWN) {
+        watch_conn(t, s);
+    }
+}
+
 static void start_stream(struct msm_xds_thread *t, struct tsource *s)
 {
     if (!s->ch) {
         s->ch = make_channel(&s->tg);
+        s->conn = grpc_channel_check_connectivity_state(s->ch, 0);
+        if (s->cx) {
+            watch_conn(t, s);
+        }
     } else {
         /* Our backoff decides when to retry: do not wait for the channel's own. */
         grpc_channel_reset_connect_backoff(s->ch);
@@ -624,11 +677,11 @@ static void start_stream(struct msm_xds_thread *t, struct tsource *s)
     c->t = t;
     c->s = s;
     c->gen = ++s->gen;
-    c->t_send_md = (struct ttag){TAG_SEND_MD, c};
-    c->t_recv_md = (struct ttag){TAG_RECV_MD, c};
-    c->t_recv = (struct ttag){TAG_RECV, c};
-    c->t_send = (struct ttag){TAG_SEND, c};
-    c->t_status = (struct ttag){TAG_STATUS, c};
+    c->t_send_md = (struct ttag){TAG_SEND_MD, c, NULL};
+    c->t_recv_md = (struct ttag){TAG_RECV_MD, c, NULL};
+    c->t_recv = (struct ttag){TAG_RECV, c, NULL};
+    c->t_send = (struct ttag){TAG_SEND, c, NULL};
+    c->t_status = (struct ttag){TAG_STATUS, c, NULL};
     grpc_metadata_array_init(&c->md_in);
     grpc_metadata_array_init(&c->trailing);
     c->details = grpc_empty_slice();
@@ -837,6 +890,10 @@ static void on_tag(struct msm_xds_thread *t, struct ttag *tag, bool ok)
         kick_done(t, tag);
         return;
     }
+    if (tag->kind == TAG_CONN) {
+        on_conn(t, tag->s);
+        return;
+    }
     struct tcall *c = tag->c;
     c->ops--;
     struct tsource *s = c->s;
@@ -877,6 +934,7 @@ static void on_tag(struct msm_xds_thread *t, struct ttag *tag, bool ok)
         stream_closed(t, c);
         break;
     case TAG_KICK:
+    case TAG_CONN:
         break;
     }
     tcall_maybe_free(c);
@@ -904,6 +962,7 @@ static void cmd_add_source(struct msm_xds_thread *t, struct msm_xds_cmd *c)
     s->tg = c->target;
     memset(&c->target, 0, sizeof(c->target));
     s->cp = c->cp;
+    s->cx = c->cx;
     t->srcs = msm_xrealloc(t->srcs, sizeof(*t->srcs) * (size_t)(t->n_srcs + 1));
     t->srcs[t->n_srcs++] = s;
 }
@@ -1097,6 +1156,8 @@ static void shutdown_calls(struct msm_xds_thread *t)
             on_tag(t, ev.tag, ev.success);
         }
     }
+    /* Connectivity watches are not re-armed once stopping; destroying the channels (thread
+     * free) completes them and the queue's final drain collects them. */
     if (t->live_calls > 0) {
         msm_log(MSM_LOG_ERROR, MSM_LC_XDS, "xds: %d gRPC calls did not finish at shutdown",
                 t->live_calls);
@@ -1169,6 +1230,9 @@ void msm__xds_thread_post(struct msm_xds_thread *t, struct msm_xds_cmd *c)
 static void tsource_free(struct tsource *s)
 {
     clear_sendq(s);
+    if (s->cx_up) {
+        msm_stat_dec(s->cx->upstream_cx_active);
+    }
     if (s->ch) {
         grpc_channel_destroy(s->ch);
     }

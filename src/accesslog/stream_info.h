@@ -117,6 +117,11 @@ struct msm_stream_info {
      * namespace, service, revision, app, version, cluster...). */
     const struct json_t *downstream_peer_metadata, *upstream_peer_metadata;
     const struct json_t *downstream_peer_state, *upstream_peer_state;
+    /* The upstream TLS connection's URI SANs (NULL = none): the first of the peer certificate
+     * (Envoy's upstreamSslConnection()->uriSanPeerCertificate()[0]) and of ours. The client-side
+     * istio.stats' destination_principal / source_principal. Set by the filter that owns the
+     * upstream connection, with the same lifetime rule as the peers above. */
+    const char *upstream_peer_uri_san, *upstream_local_uri_san;
 };
 
 /* Start a stream info at <now> (ev_now) and wall time <wall>. */

@@ -27,11 +27,25 @@ struct host_view {
     uint64_t cx_active, cx_connect_fail, cx_total, rq_active, rq_error, rq_success, rq_timeout,
         rq_total;
     bool ejected;
+    bool hc_failed;       /* failed active health checking */
+    int eds_status;       /* envoy.config.core.v3.HealthStatus, UNKNOWN shown as HEALTHY */
+    uint32_t priority;
 };
 
-static void host_view(const struct msm_host *h, uint64_t now_ms, struct host_view *v)
+/* Host <i> of <hs>. */
+static void host_view(const struct msm_host_set *hs, int i, uint64_t now_ms,
+                      struct host_view *v)
 {
+    const struct msm_host *h = hs->hosts[i];
     memset(v, 0, sizeof(*v));
+    v->eds_status = ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__HEALTHY;
+    if (hs->topo.attr) {
+        v->priority = hs->topo.attr[i].priority;
+        if (hs->topo.attr[i].eds_status != ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__UNKNOWN) {
+            v->eds_status = hs->topo.attr[i].eds_status;
+        }
+    }
+    v->hc_failed = atomic_load(&h->hc_unhealthy);
     v->cx_active = atomic_load(&h->active_cx);
     v->cx_connect_fail = atomic_load(&h->cx_connect_fail);
     v->cx_total = atomic_load(&h->cx_total);
@@ -88,6 +102,24 @@ static void statics_free(struct static_names *s)
 
 /* ---- text ----------------------------------------------------------------------------------- */
 
+/* Envoy's HostUtility::healthFlagsToString: the set flags in Envoy's order, or "healthy". */
+static void health_flags(const struct host_view *v, char *out, size_t n)
+{
+    snprintf(out, n, "%s%s%s%s", v->hc_failed ? "/failed_active_hc" : "",
+             v->ejected ? "/failed_outlier_check" : "",
+             v->eds_status == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__UNHEALTHY ||
+                     v->eds_status == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__DRAINING ||
+                     v->eds_status == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__TIMEOUT
+                 ? "/failed_eds_health"
+                 : "",
+             v->eds_status == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__DEGRADED
+                 ? "/degraded_eds_health"
+                 : "");
+    if (!out[0]) {
+        snprintf(out, n, "healthy");
+    }
+}
+
 static void text_cluster(struct msm_buf *b, const struct msm_cluster *c, bool added_via_api,
                          uint64_t now_ms)
 {
@@ -118,7 +150,7 @@ static void text_cluster(struct msm_buf *b, const struct msm_cluster *c, bool ad
         char a[MSM_ADDRSTRLEN];
         msm_address_str(&h->addr, a, sizeof(a));
         struct host_view v;
-        host_view(h, now_ms, &v);
+        host_view(c->hosts, i, now_ms, &v);
         /* Envoy sorts the host stats by name. */
         msm_buf_appendf(b,
                         "%s::%s::cx_active::%llu\n%s::%s::cx_connect_fail::%llu\n"
@@ -132,12 +164,14 @@ static void text_cluster(struct msm_buf *b, const struct msm_cluster *c, bool ad
                         (unsigned long long)v.rq_success, n, a,
                         (unsigned long long)v.rq_timeout, n, a, (unsigned long long)v.rq_total);
         msm_buf_appendf(b, "%s::%s::hostname::%s\n", n, a, h->hostname ? h->hostname : "");
-        msm_buf_appendf(b, "%s::%s::health_flags::%s\n", n, a,
-                        v.ejected ? "/failed_outlier_check" : "healthy");
+        char flags[128];
+        health_flags(&v, flags, sizeof(flags));
+        msm_buf_appendf(b, "%s::%s::health_flags::%s\n", n, a, flags);
         msm_buf_appendf(b, "%s::%s::weight::%u\n", n, a, h->weight);
         msm_buf_appendf(b, "%s::%s::region::\n%s::%s::zone::\n%s::%s::sub_zone::\n", n, a, n, a,
                         n, a);
-        msm_buf_appendf(b, "%s::%s::canary::false\n%s::%s::priority::0\n", n, a, n, a);
+        msm_buf_appendf(b, "%s::%s::canary::false\n%s::%s::priority::%u\n", n, a, n, a,
+                        v.priority);
         msm_buf_appendf(b, "%s::%s::success_rate::-1\n%s::%s::local_origin_success_rate::-1\n",
                         n, a, n, a);
     }
@@ -168,12 +202,14 @@ static void set_metric(Envoy__Admin__V3__SimpleMetric *m, const char *name, uint
                     : ENVOY__ADMIN__V3__SIMPLE_METRIC__TYPE__COUNTER;
 }
 
-static void host_msg_fill(struct host_msg *m, const struct msm_host *h, uint64_t now_ms)
+static void host_msg_fill(struct host_msg *m, const struct msm_host_set *hs, int i,
+                          uint64_t now_ms)
 {
+    const struct msm_host *h = hs->hosts[i];
     envoy__admin__v3__host_status__init(&m->hs);
     envoy__config__core__v3__address__init(&m->addr);
     struct host_view v;
-    host_view(h, now_ms, &v);
+    host_view(hs, i, now_ms, &v);
     if (h->addr.sa.ss_family == AF_UNIX) {
         envoy__config__core__v3__pipe__init(&m->pipe);
         msm_address_ip_str(&h->addr, m->ip, sizeof(m->ip));
@@ -201,16 +237,18 @@ static void host_msg_fill(struct host_msg *m, const struct msm_host *h, uint64_t
     set_metric(&m->m[5], "rq_total", v.rq_total, false);
     set_metric(&m->m[6], "cx_active", v.cx_active, true);
     set_metric(&m->m[7], "rq_active", v.rq_active, true);
-    for (int i = 0; i < 8; i++) {
-        m->mp[i] = &m->m[i];
+    for (int j = 0; j < 8; j++) {
+        m->mp[j] = &m->m[j];
     }
     m->hs.n_stats = 8;
     m->hs.stats = m->mp;
     envoy__admin__v3__host_health_status__init(&m->health);
     m->health.failed_outlier_check = v.ejected;
-    m->health.eds_health_status = ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__HEALTHY;
+    m->health.failed_active_health_check = v.hc_failed;
+    m->health.eds_health_status = (Envoy__Config__Core__V3__HealthStatus)v.eds_status;
     m->hs.health_status = &m->health;
     m->hs.weight = h->weight;
+    m->hs.priority = v.priority;
     m->hs.hostname = h->hostname ? h->hostname : "";
     envoy__config__core__v3__locality__init(&m->locality);
     m->hs.locality = &m->locality;
@@ -276,7 +314,7 @@ static void json_clusters(struct msm_server *srv, struct msm_snapshot *snap,
         hosts[i] = msm_xcalloc((size_t)nh + 1, sizeof(struct host_msg));
         hsp[i] = msm_xcalloc((size_t)nh + 1, sizeof(Envoy__Admin__V3__HostStatus *));
         for (int k = 0; k < nh; k++) {
-            host_msg_fill(&hosts[i][k], c->hosts->hosts[k], now_ms);
+            host_msg_fill(&hosts[i][k], c->hosts, k, now_ms);
             hsp[i][k] = &hosts[i][k].hs;
         }
         s->n_host_statuses = (size_t)nh;

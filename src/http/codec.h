@@ -58,6 +58,12 @@ enum msm_http_proto {
     MSM_HTTP_2 = 2,
 };
 
+/* Envoy's protocol strings ("HTTP/1.0", "HTTP/1.1", "HTTP/2"): %PROTOCOL%. */
+static inline const char *msm_http_proto_name(int p)
+{
+    return p == MSM_HTTP_2 ? "HTTP/2" : p == MSM_HTTP_10 ? "HTTP/1.0" : "HTTP/1.1";
+}
+
 /* Why a stream went away (Envoy's StreamResetReason, the parts that matter for retries). */
 enum msm_http_reset {
     MSM_RESET_LOCAL = 0,              /* we reset it (owner or codec limits) */
@@ -98,6 +104,7 @@ struct msm_hstream {
     uint32_t id;
     bool local_end;  /* the owner encoded end_stream */
     bool remote_end; /* the codec delivered end_stream */
+    bool http10;     /* HTTP/1 server: the request line said HTTP/1.0 (known at on_new_stream) */
 };
 
 /* Codec -> connection owner. */

@@ -392,6 +392,7 @@ static int srv_headers_complete(http_parser *p)
     st->head = p->method == HTTP_HEAD;
     st->headers_in = true;
     st->s.remote_end = !body;
+    st->s.http10 = p->http_minor == 0;
     c->active = st;
     c->base.cbs->on_new_stream(c->base.owner, &st->s);
     if (!st->s.cbs) {
@@ -1090,8 +1091,8 @@ static void h1_free(struct msm_hcodec *base)
     struct h1 *c = (struct h1 *)base;
     /* Streams still owned were released by their owners before (codec.h); the active one
      * is freed here only if nobody holds it. */
-    if (c->active && c->active->released) {
-        stream_free(c->active);
+    if (c->active && (c->active->released || !c->active->s.cbs)) {
+        stream_free(c->active); /* released, or its owner detached it (connection teardown) */
     } else if (c->active) {
         c->active->done = true; /* the owner's release frees it */
         c->active->c = NULL;

@@ -67,6 +67,7 @@ struct h2 {
     bool in_dispatch;
     bool blocked;                  /* the connection's write buffer is full */
     bool dead;                     /* fatal error: nothing more is processed */
+    uint8_t head_seen;             /* client: bytes of the server's first frame header seen */
     uint32_t empty_frames;
     uint32_t premature_resets;
     int32_t last_peer_stream;
@@ -495,6 +496,23 @@ static int h2_dispatch(struct msm_hcodec *base, struct msm_buf *in)
         if (msm_buf_iov(in, &iov, 1) < 1) {
             break;
         }
+        /* The server's connection preface is a SETTINGS frame (RFC 9113 3.4). nghttp2 does not
+         * check it on the client side and would skip an unknown "frame" of megabytes: an HTTP/1
+         * response ("HTTP/1.1 200...") must be a connection error at once, not a hang. The
+         * frame type is byte 3 of the header, the flags (no ACK) byte 4. */
+        if (!c->base.server && c->head_seen < 5) {
+            const uint8_t *b = iov.iov_base;
+            for (size_t i = 0; i < iov.iov_len && c->head_seen < 5; i++, c->head_seen++) {
+                if ((c->head_seen == 3 && b[i] != NGHTTP2_SETTINGS) ||
+                    (c->head_seen == 4 && (b[i] & NGHTTP2_FLAG_ACK))) {
+                    fatal(c, "http2.protocol_error", NGHTTP2_PROTOCOL_ERROR);
+                    break;
+                }
+            }
+            if (c->dead) {
+                break;
+            }
+        }
         ssize_t n = nghttp2_session_mem_recv(c->ng, iov.iov_base, iov.iov_len);
         if (n < 0) {
             if (n == NGHTTP2_ERR_FLOODED) {
@@ -512,6 +530,16 @@ static int h2_dispatch(struct msm_hcodec *base, struct msm_buf *in)
             break;
         }
         msm_buf_drain(in, (size_t)n);
+    }
+    if (!c->dead && !rc && !c->base.goaway_received && !nghttp2_session_want_read(c->ng)) {
+        /* nghttp2 ended the session on a connection error it handles itself (a frame it cannot
+         * parse: an HTTP/1 response to our preface has an oversized "frame" length) and queued a
+         * GOAWAY. The connection is over: a codec error for the owner, whose streams would
+         * otherwise wait forever. */
+        c->dead = true;
+        c->base.error = "http2.protocol_error";
+        c->base.close_connection = true;
+        H2_INC(c, goaway_sent);
     }
     if (c->dead && !rc) {
         msm_buf_drain(in, in->len);

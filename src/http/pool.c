@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "event/deferred.h"
 #include "net/conn.h"
+#include "tls/tls.h"
 #include "upstream/cluster.h"
 #include "upstream/cluster_http.h"
 
@@ -40,6 +41,8 @@ struct msm_pool {
     char *cluster_name;
     struct msm_address addr;
     enum msm_http_proto proto;
+    uint8_t *alpn; /* ALPN override, wire format (NULL = the cluster's) */
+    size_t alpn_len;
     struct msm_cluster *cluster; /* the newest version that asked (reference) */
     struct msm_host *host;       /* reference */
     struct msm_upconn *conns;
@@ -59,6 +62,7 @@ struct msm_upconn {
     bool connected;
     bool closed;
     bool cx_reserved;
+    bool protocol_error; /* closed on a codec error: streams reset with PROTOCOL_ERROR */
     uint32_t streams_total;
     int read_disabled;
     ev_timer idle;
@@ -99,6 +103,7 @@ static void pool_free(struct msm_pool *p)
     msm_cluster_unref(p->cluster);
     msm_host_unref(p->host);
     free(p->cluster_name);
+    free(p->alpn);
     free(p);
 }
 
@@ -118,13 +123,31 @@ static void on_serve(struct ev_loop *loop, ev_timer *t, int revents);
 struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
                               enum msm_http_proto proto)
 {
+    return msm_pool_get_alpn(loop, c, h, proto, NULL, 0);
+}
+
+struct msm_pool *msm_pool_get_alpn(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
+                                   enum msm_http_proto proto, const char *const *alpn, int n)
+{
     struct pool_reg *reg = msm_loop_local(loop, &reg_key, reg_create, reg_destroy);
     if (proto != MSM_HTTP_2) {
         proto = MSM_HTTP_11;
     }
+    /* The override in wire format; names that do not fit (empty, > 255 bytes) are left out. */
+    uint8_t wire[512];
+    size_t wlen = 0;
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(alpn[i]);
+        if (!l || l > 255 || wlen + 1 + l > sizeof(wire)) {
+            continue;
+        }
+        wire[wlen++] = (uint8_t)l;
+        memcpy(wire + wlen, alpn[i], l);
+        wlen += l;
+    }
     for (struct msm_pool *p = reg->pools; p; p = p->next) {
-        if (p->proto == proto && msm_address_eq(&p->addr, &h->addr) &&
-            !strcmp(p->cluster_name, c->cfg->name)) {
+        if (p->proto == proto && msm_address_eq(&p->addr, &h->addr) && p->alpn_len == wlen &&
+            (!wlen || !memcmp(p->alpn, wire, wlen)) && !strcmp(p->cluster_name, c->cfg->name)) {
             if (p->cluster != c) {
                 msm_cluster_unref(p->cluster);
                 p->cluster = msm_cluster_ref(c);
@@ -137,6 +160,11 @@ struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struc
     p->cluster_name = msm_xstrdup(c->cfg->name);
     p->addr = h->addr;
     p->proto = proto;
+    if (wlen) {
+        p->alpn = msm_xmalloc(wlen);
+        memcpy(p->alpn, wire, wlen);
+        p->alpn_len = wlen;
+    }
     p->cluster = msm_cluster_ref(c);
     atomic_fetch_add(&h->refs, 1);
     p->host = h;
@@ -300,7 +328,8 @@ static void close_streams(struct msm_upconn *uc, bool remote)
         msm_stat_inc(remote ? hs->upstream_cx_destroy_remote_with_active_rq
                             : hs->upstream_cx_destroy_local_with_active_rq);
     }
-    uc->codec->ops->close_streams(uc->codec, MSM_RESET_CONNECTION_TERMINATION);
+    uc->codec->ops->close_streams(uc->codec, uc->protocol_error ? MSM_RESET_PROTOCOL_ERROR
+                                                                : MSM_RESET_CONNECTION_TERMINATION);
 }
 
 static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
@@ -371,6 +400,7 @@ static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream)
     msm_stat_add(uc->cluster->sh->stats.upstream_cx_rx_bytes_total, c->in.len);
     if (msm_hcodec_dispatch(uc->codec, &c->in) < 0) {
         msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_protocol_error);
+        uc->protocol_error = true;
         conn_close(uc, MSM_CLOSE_NOFLUSH);
         return;
     }
@@ -482,7 +512,13 @@ static void start_conn(struct msm_pool *p)
         fail_pending(p, MSM_POOL_CONNECT_FAILURE, "socket creation failure");
         return;
     }
-    msm_cluster_attach_transport(c->cfg, p->host, uc->conn);
+    struct msm_tls_factory *tls = p->alpn_len ? msm_cluster_transport(c->cfg, p->host) : NULL;
+    if (tls) {
+        msm_conn_set_transport(uc->conn, msm_tls_transport_new_alpn(tls, p->alpn, p->alpn_len),
+                               0);
+    } else {
+        msm_cluster_attach_transport(c->cfg, p->host, uc->conn);
+    }
     msm_conn_set_watermarks(uc->conn, c->cfg->per_connection_buffer_limit);
     msm_stat_inc(cs->upstream_cx_active);
     atomic_fetch_add(&uc->host->active_cx, 1);

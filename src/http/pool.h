@@ -42,6 +42,11 @@ struct msm_pool_cbs {
  * Borrowed: valid until the loop goes away. */
 struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
                               enum msm_http_proto proto);
+/* The same for connections whose TLS offers the ALPN list <alpn> (<n> names; istio.alpn's
+ * override) instead of the cluster's alpn_protocols: a pool of its own, so connections made
+ * with different lists are never shared. Plaintext connections ignore the list. */
+struct msm_pool *msm_pool_get_alpn(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
+                                   enum msm_http_proto proto, const char *const *alpn, int n);
 /* Ask for a stream. Returns NULL when on_ready or on_failure already ran, else a handle that
  * stays valid until one of them runs or msm_pool_cancel is called. */
 struct msm_pool_req *msm_pool_request(struct msm_pool *p, const struct msm_pool_cbs *cbs,

@@ -15,4 +15,7 @@ enum msm_inspect_result {
  * "h2c". RTSP ("... RTSP/1.0") and SIP ("... SIP/2.0") request lines are NOT HTTP. A request
  * line longer than MSM_HTTP_INSPECT_MAX bytes is NO. */
 #define MSM_HTTP_INSPECT_MAX 8192
+/* Envoy's http_inspector stats ("http_inspector." + name). */
+#define MSM_HTTP_INSPECTOR_STATS(C, G, H)                                                         \
+    C(read_error) C(http10_found) C(http11_found) C(http2_found) C(http_not_found)
 enum msm_inspect_result msm_http_inspect(const uint8_t *data, size_t len, const char **alpn);

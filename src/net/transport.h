@@ -42,6 +42,7 @@ struct msm_tls_info {
     char **uri_sans, **dns_sans;
     int n_uri_sans, n_dns_sans;
     char *peer_subject; /* RFC 2253 */
+    char *local_uri_san; /* first URI SAN of the certificate we presented; NULL none */
     char *sni;          /* requested server name: sent (client) or received (server); NULL none */
     char *alpn;         /* negotiated application protocol; NULL none */
     const char *version; /* "TLSv1.3" */

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "event/deferred.h"
 #include "filter/manager.h"
 #include "net/inspect.h"
 #include "net/inspect_tls.h"
@@ -28,6 +30,37 @@
 /* The largest first flight we look at (a ClientHello may span several records). */
 #define PEEK_MAX (64 * 1024)
 
+MSM_STATS_STRUCT(msm_tls_inspector_stats, MSM_TLS_INSPECTOR_STATS);
+MSM_STATS_INIT_FN(msm_tls_inspector_stats, MSM_TLS_INSPECTOR_STATS)
+MSM_STATS_STRUCT(msm_http_inspector_stats, MSM_HTTP_INSPECTOR_STATS);
+MSM_STATS_INIT_FN(msm_http_inspector_stats, MSM_HTTP_INSPECTOR_STATS)
+
+/* The inspectors' stats: global names as in Envoy ("tls_inspector.*", "http_inspector.*"),
+ * handles held per worker loop. */
+struct inspector_stats {
+    struct msm_tls_inspector_stats tls;
+    struct msm_http_inspector_stats http;
+};
+
+static const int stats_key;
+
+static void *stats_create(struct ev_loop *loop)
+{
+    (void)loop;
+    struct inspector_stats *s = MSM_NEW(struct inspector_stats);
+    msm_tls_inspector_stats_init(msm_stats, "tls_inspector.", &s->tls);
+    msm_http_inspector_stats_init(msm_stats, "http_inspector.", &s->http);
+    return s;
+}
+
+static void stats_destroy(void *state)
+{
+    struct inspector_stats *s = state;
+    msm_tls_inspector_stats_deinit(&s->tls);
+    msm_http_inspector_stats_deinit(&s->http);
+    free(s);
+}
+
 struct msm_pending {
     struct msm_pending *next, *prev;
     struct msm_worker *w;
@@ -40,6 +73,7 @@ struct msm_pending {
     double backoff_s;
     size_t last_len;
     bool want_tls, want_http;
+    struct inspector_stats *st;
     const char *transport; /* NULL until decided */
     const char *alpn[1];
     int n_alpn;
@@ -179,6 +213,15 @@ static bool inspect(struct msm_pending *p, size_t n)
             return false;
         }
         p->tls_hello = r == MSM_INSPECT_YES;
+        struct msm_tls_inspector_stats *ts = &p->st->tls;
+        msm_stat_record(ts->bytes_processed, n);
+        if (p->tls_hello) {
+            msm_stat_inc(ts->tls_found);
+            msm_stat_inc(p->hello.has_sni ? ts->sni_found : ts->sni_not_found);
+            msm_stat_inc(p->hello.n_alpn ? ts->alpn_found : ts->alpn_not_found);
+        } else {
+            msm_stat_inc(p->hello.too_large ? ts->client_hello_too_large : ts->tls_not_found);
+        }
         p->transport = p->tls_hello ? "tls" : "raw_buffer";
     }
     if (!p->transport) {
@@ -190,9 +233,15 @@ static bool inspect(struct msm_pending *p, size_t n)
         if (r == MSM_INSPECT_NEED_MORE && n < MSM_HTTP_INSPECT_MAX) {
             return false;
         }
+        struct msm_http_inspector_stats *hs = &p->st->http;
         if (r == MSM_INSPECT_YES) {
             p->alpn[0] = alpn;
             p->n_alpn = 1;
+            msm_stat_inc(!strcmp(alpn, "h2c")        ? hs->http2_found
+                         : !strcmp(alpn, "http/1.0") ? hs->http10_found
+                                                     : hs->http11_found);
+        } else {
+            msm_stat_inc(hs->http_not_found);
         }
         p->want_http = false;
     }
@@ -204,6 +253,16 @@ static void on_backoff(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     struct msm_pending *p = MSM_CONTAINER_OF(t, struct msm_pending, backoff);
     ev_io_start(loop, &p->io);
+}
+
+/* The peer closed (or the socket failed) before the inspectors decided. */
+static void closed_early(struct msm_pending *p)
+{
+    if (p->want_http && (!p->transport || !strcmp(p->transport, "raw_buffer"))) {
+        msm_stat_inc(p->st->http.read_error);
+    }
+    msm_stat_inc(p->l->stats.downstream_listener_filter_remote_close);
+    pending_free(p, true);
 }
 
 static void on_peek(struct ev_loop *loop, ev_io *io, int revents)
@@ -218,12 +277,18 @@ static void on_peek(struct ev_loop *loop, ev_io *io, int revents)
         return;
     }
     if (n <= 0) {
-        msm_stat_inc(p->l->stats.downstream_listener_filter_remote_close);
-        pending_free(p, true);
+        closed_early(p);
         return;
     }
     if (inspect(p, (size_t)n) || (size_t)n >= PEEK_MAX) {
         pending_done(p);
+        return;
+    }
+    /* Undecided: a peer that sent a few bytes and closed stays readable with the same bytes
+     * (a peek never sees the end of the stream behind them); ask for the hang-up itself. */
+    struct pollfd pfd = {.fd = p->fd, .events = POLLRDHUP};
+    if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+        closed_early(p);
         return;
     }
     /* Undecided and the socket stays readable with the same bytes: level-triggered polling
@@ -264,10 +329,18 @@ void msm_accept_start(struct msm_worker *w, struct msm_listener_cfg *l, int fd,
                       const struct msm_address *listen_addr, const struct msm_address *remote)
 {
     struct msm_address local;
-    local.len = sizeof(local.sa);
-    local.pipe_mode = 0;
-    if (getsockname(fd, (struct sockaddr *)&local.sa, &local.len) < 0) {
+    int fam = listen_addr->sa.ss_family;
+    if ((fam == AF_INET || fam == AF_INET6) && !msm_address_is_any(listen_addr) &&
+        msm_address_port(listen_addr) != 0) {
+        /* Bound to one address and port: that is the connection's local address, no need to
+         * ask the kernel (one syscall per connection less). */
         local = *listen_addr;
+    } else {
+        local.len = sizeof(local.sa);
+        local.pipe_mode = 0;
+        if (getsockname(fd, (struct sockaddr *)&local.sa, &local.len) < 0) {
+            local = *listen_addr;
+        }
     }
     bool want_orig = l->use_original_dst ||
                      lf_enabled(l, MSM_LF_ORIGINAL_DST, msm_address_port(&local));
@@ -296,6 +369,7 @@ void msm_accept_start(struct msm_worker *w, struct msm_listener_cfg *l, int fd,
     p->remote = *remote;
     p->want_tls = want_tls;
     p->want_http = want_http;
+    p->st = msm_loop_local(w->loop, &stats_key, stats_create, stats_destroy);
     p->buf = msm_xmalloc(PEEK_MAX);
     p->next = w->pending;
     if (w->pending) {

@@ -26,6 +26,7 @@
 #include "server/server.h"
 #include "tls/secrets.h"
 #include "upstream/cluster_manager.h"
+#include "xds/strmap.h"
 #include "xds/xds.h"
 
 #define T_LISTENER MSM_XDS_TYPE_LISTENER
@@ -49,14 +50,14 @@ static void add_err(struct errs *e, const char *what, const char *why)
     e->n++;
 }
 
-static bool in_update(const struct msm_xds_update *u, const char *name)
+/* The names an update carries (SotW: everything else of the type is removed). A hash set, so
+ * that removal by absence stays linear in the number of resources. */
+static void update_names(const struct msm_xds_update *u, struct msm_strmap *m)
 {
+    msm_strmap_init(m);
     for (int i = 0; i < u->n; i++) {
-        if (!strcmp(u->resources[i].name, name)) {
-            return true;
-        }
+        msm_strmap_put(m, u->resources[i].name, NULL, NULL);
     }
-    return false;
 }
 
 static void set_str(char **dst, const char *v)
@@ -104,11 +105,14 @@ static int apply_cds(struct msm_server *srv, const struct msm_xds_update *u, str
     if (u->sotw) {
         int n = 0;
         char **names = msm_cm_dynamic_names(srv->cm, &n);
+        struct msm_strmap keep;
+        update_names(u, &keep);
         for (int i = 0; i < n; i++) {
-            if (!in_update(u, names[i]) && msm_cm_remove(srv->cm, names[i]) == 0) {
+            if (!msm_strmap_has(&keep, names[i]) && msm_cm_remove(srv->cm, names[i]) == 0) {
                 changes++;
             }
         }
+        msm_strmap_deinit(&keep);
         msm_strv_free(names, n);
     }
     for (int i = 0; i < u->n_removed; i++) {
@@ -118,7 +122,11 @@ static int apply_cds(struct msm_server *srv, const struct msm_xds_update *u, str
     }
     set_str(&srv->cds_version, u->version_info);
     srv->cds_received = true;
-    subscribe_eds(srv);
+    /* Only when the set of EDS service names changed: a one-cluster change on top of 10k
+     * clusters must not resend (and re-diff) a 10k-name subscription. */
+    if (msm_cm_eds_names_changed(srv->cm)) {
+        subscribe_eds(srv);
+    }
     return changes;
 }
 
@@ -138,11 +146,14 @@ static int apply_lds(struct msm_server *srv, const struct msm_xds_update *u, str
     if (u->sotw) {
         int n = 0;
         char **names = msm_lm_dynamic_names(srv->lmgr, &n);
+        struct msm_strmap keep;
+        update_names(u, &keep);
         for (int i = 0; i < n; i++) {
-            if (!in_update(u, names[i]) && msm_lm_remove(srv->lmgr, names[i]) == 0) {
+            if (!msm_strmap_has(&keep, names[i]) && msm_lm_remove(srv->lmgr, names[i]) == 0) {
                 changes++;
             }
         }
+        msm_strmap_deinit(&keep);
         msm_strv_free(names, n);
     }
     for (int i = 0; i < u->n_removed; i++) {
@@ -375,6 +386,7 @@ int msm_dynamic_start(struct msm_server *srv, struct msm_err *err)
         return msm_err_set(err, "cannot start the xDS client");
     }
     srv->dyn_phase = MSM_DYN_CDS;
+    msm_cm_eds_names_changed(srv->cm);
     subscribe_eds(srv); /* static EDS clusters */
     subscribe_rds(srv); /* static listeners with rds */
     if (!d->cds_config) {

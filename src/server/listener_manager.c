@@ -92,8 +92,8 @@ int msm_lm_count(const struct msm_listener_manager *lm)
 
 /* ---- sockets ------------------------------------------------------------------------------- */
 
-static int bind_one(const struct msm_address *a, bool reuse_port, uint32_t backlog, int *out,
-                    struct msm_err *err)
+static int bind_one(const struct msm_address *a, bool reuse_port, uint32_t backlog,
+                    bool listen_now, int *out, struct msm_err *err)
 {
     int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -129,7 +129,7 @@ static int bind_one(const struct msm_address *a, bool reuse_port, uint32_t backl
             return msm_err_set(err, "chmod '%s': %s", un->sun_path, strerror(e));
         }
     }
-    if (listen(fd, (int)backlog) < 0) {
+    if (listen_now && listen(fd, (int)backlog) < 0) {
         int e = errno;
         close(fd);
         return msm_err_set(err, "listen: %s", strerror(e));
@@ -138,9 +138,11 @@ static int bind_one(const struct msm_address *a, bool reuse_port, uint32_t backl
     return 0;
 }
 
-/* One fd per worker with SO_REUSEPORT (IP), else one shared fd. */
+/* One fd per worker with SO_REUSEPORT (IP), else one shared fd. Bound at once (an address
+ * in use is a NACK); listen() only with <listen_now>: a warming listener refuses connections
+ * until it becomes active (start_listening), as Envoy defers its listen(). */
 static struct msm_listen_socket *open_listener(const struct msm_listener_cfg *l, int nworkers,
-                                               struct msm_err *err)
+                                               bool listen_now, struct msm_err *err)
 {
     struct msm_listen_socket *ls = MSM_NEW(struct msm_listen_socket);
     atomic_init(&ls->refs, 1);
@@ -149,7 +151,7 @@ static struct msm_listen_socket *open_listener(const struct msm_listener_cfg *l,
     ls->fds = msm_xcalloc((size_t)n, sizeof(int));
     ls->addr = l->addr;
     for (int i = 0; i < n; i++) {
-        if (bind_one(&ls->addr, l->reuse_port, l->backlog, &ls->fds[i], err) < 0) {
+        if (bind_one(&ls->addr, l->reuse_port, l->backlog, listen_now, &ls->fds[i], err) < 0) {
             ls->nfds = i;
             msm_listen_socket_unref(ls);
             return NULL;
@@ -165,6 +167,18 @@ static struct msm_listen_socket *open_listener(const struct msm_listener_cfg *l,
         }
     }
     return ls;
+}
+
+/* The listener becomes active: listen() on its sockets (again, harmlessly, when they already
+ * listen for the version it replaces). */
+static void start_listening(const struct msm_listener_cfg *l, struct msm_listen_socket *ls)
+{
+    for (int i = 0; ls && i < ls->nfds; i++) {
+        if (listen(ls->fds[i], (int)l->backlog) < 0) {
+            msm_log(MSM_LOG_ERROR, MSM_LC_CONFIG, "listener '%s': listen: %s", l->name,
+                    strerror(errno));
+        }
+    }
 }
 
 /* ---- add / remove ------------------------------------------------------------------------- */
@@ -298,11 +312,15 @@ int msm_lm_add(struct msm_listener_manager *lm, const void *proto, const char *v
         }
     }
     struct msm_listen_socket *sock = NULL;
+    bool warm = validate_only || cfg_warm(lm, l);
     if (l->bind_to_port && !validate_only) {
         if (old && old->sock && msm_address_eq(&old->cfg->addr, &l->addr)) {
             sock = msm_listen_socket_ref(old->sock);
+            if (warm) {
+                start_listening(l, sock); /* it may still be a warming predecessor's */
+            }
         } else {
-            sock = open_listener(l, lm->n_workers, err);
+            sock = open_listener(l, lm->n_workers, warm, err);
             if (!sock) {
                 msm_err_prefix(err, "listener '%s'", l->name);
                 goto fail;
@@ -330,7 +348,7 @@ int msm_lm_add(struct msm_listener_manager *lm, const void *proto, const char *v
         msm_listen_socket_unref(e->sock);
         e->sock = NULL;
     }
-    if (!validate_only && !cfg_warm(lm, l)) {
+    if (!warm) {
         /* TLS secrets pending: serve the previous version until they arrive. */
         e->warming = true;
         if (old) {
@@ -411,6 +429,9 @@ int msm_lm_secrets_changed(struct msm_listener_manager *lm)
         struct lm_entry *e = lm->e[i];
         if (e->warming && cfg_warm(lm, e->cfg)) {
             e->warming = false;
+            if (!e->stopped) {
+                start_listening(e->cfg, e->sock);
+            }
             msm_listener_cfg_unref(e->active);
             msm_listen_socket_unref(e->active_sock);
             e->active = NULL;

@@ -27,6 +27,7 @@
 #include "server/listener_manager.h"
 #include "server/worker.h"
 #include "tls/secrets.h"
+#include "tls/tls_certs.h"
 #include "upstream/cluster_manager.h"
 
 const char *msm_server_state_name(enum msm_server_state s)
@@ -366,6 +367,7 @@ static struct msm_server *server_new(const struct msm_options *opts, struct msm_
     srv->stats = msm_stats_store_new();
     msm_stats = srv->stats;
     msm_secrets = msm_secrets_new(srv->stats);
+    msm_admin_set_certs_provider(msm_tls_admin_certs, NULL);
     srv->n_workers = opts->concurrency ? (int)opts->concurrency : 1;
     server_init_stats(srv);
     srv->lmgr = msm_lm_new(srv, srv->n_workers);

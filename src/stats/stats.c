@@ -31,6 +31,7 @@ enum matcher_mode {
 struct msm_stats_store {
     pthread_mutex_t mu;
     struct msm_stat **slots;
+    uint32_t *htags; /* high half of each live slot's name hash: probes stay in two arrays */
     size_t cap; /* power of two */
     size_t used; /* live + tombstones */
     size_t live;
@@ -68,6 +69,7 @@ struct msm_stats_store *msm_stats_store_new(void)
     pthread_mutex_init(&st->intern_mu, NULL);
     st->cap = 1024;
     st->slots = msm_xcalloc(st->cap, sizeof(*st->slots));
+    st->htags = msm_xcalloc(st->cap, sizeof(*st->htags));
     return st;
 }
 
@@ -86,9 +88,13 @@ static void export_free(struct msm_stat_export *e)
     free(e);
 }
 
+static char detached_name[] = "";
+
 static void stat_destroy(struct msm_stat *s)
 {
-    free(s->name);
+    if (!s->detached) {
+        free(s->name);
+    }
     free(s->buckets);
     free(s->text);
     export_free(s->exp);
@@ -119,6 +125,7 @@ void msm_stats_store_free(struct msm_stats_store *st)
         }
     }
     free(st->slots);
+    free(st->htags);
     for (int i = 0; i < MSM_STATS_ORDERS; i++) {
         free(st->orders[i].v);
     }
@@ -133,11 +140,21 @@ void msm_stats_store_free(struct msm_stats_store *st)
     free(st);
 }
 
-static size_t slot_of(const struct msm_stats_store *st, const char *name, bool *found)
+static uint64_t name_hash(const char *name)
+{
+    return XXH3_64bits(name, strlen(name));
+}
+
+/* Probes compare a tag array, then the stored hash, before the name: with 1M+ stats (10k
+ * clusters) a probe sequence of a few slots would otherwise be a few cache-missing
+ * dereferences and strcmp()s per stat created. */
+static size_t slot_of(const struct msm_stats_store *st, const char *name, uint64_t h,
+                      bool *found)
 {
     size_t mask = st->cap - 1;
-    size_t i = (size_t)XXH3_64bits(name, strlen(name)) & mask;
+    size_t i = (size_t)h & mask;
     size_t first_free = (size_t)-1;
+    uint32_t tag = (uint32_t)(h >> 32);
     for (;;) {
         struct msm_stat *s = st->slots[i];
         if (!s) {
@@ -148,7 +165,7 @@ static size_t slot_of(const struct msm_stats_store *st, const char *name, bool *
             if (first_free == (size_t)-1) {
                 first_free = i;
             }
-        } else if (!strcmp(s->name, name)) {
+        } else if (st->htags[i] == tag && s->hash == h && !strcmp(s->name, name)) {
             *found = true;
             return i;
         }
@@ -164,12 +181,17 @@ static void rehash(struct msm_stats_store *st)
         st->cap *= 2;
     }
     st->slots = msm_xcalloc(st->cap, sizeof(*st->slots));
+    free(st->htags);
+    st->htags = msm_xcalloc(st->cap, sizeof(*st->htags));
     st->used = 0;
     for (size_t i = 0; i < oldcap; i++) {
         if (old[i] && old[i] != &tombstone) {
-            bool found;
-            size_t j = slot_of(st, old[i]->name, &found);
+            size_t j = (size_t)old[i]->hash & (st->cap - 1);
+            while (st->slots[j]) {
+                j = (j + 1) & (st->cap - 1);
+            }
             st->slots[j] = old[i];
+            st->htags[j] = (uint32_t)(old[i]->hash >> 32);
             st->used++;
         }
     }
@@ -185,7 +207,8 @@ static struct msm_stat *get_locked(struct msm_stats_store *st, enum msm_stat_typ
                                    const char *name, struct msm_stat_export *exp)
 {
     bool found;
-    size_t i = slot_of(st, name, &found);
+    uint64_t h = name_hash(name);
+    size_t i = slot_of(st, name, h, &found);
     struct msm_stat *s;
     if (found) {
         s = st->slots[i];
@@ -193,20 +216,31 @@ static struct msm_stat *get_locked(struct msm_stats_store *st, enum msm_stat_typ
         export_free(exp);
         return s;
     }
+    bool hidden = msm_stats_rejects(st, name);
     s = MSM_NEW(struct msm_stat);
-    s->name = msm_xstrdup(name);
     s->type = type;
     s->store = st;
-    s->hidden = msm_stats_rejects(st, name);
-    s->exp = exp;
+    s->hidden = hidden;
     atomic_init(&s->refs, 1);
     if (type == MSM_STAT_HISTOGRAM) {
         s->buckets = msm_xcalloc(MSM_HIST_BUCKETS + 1, sizeof(*s->buckets));
     }
+    /* Rejected counters and histograms stay out of the store (see struct msm_stat). Gauges
+     * stay shared by name: some are read back (server.total_connections sums listeners'). */
+    if (hidden && (type == MSM_STAT_COUNTER || type == MSM_STAT_HISTOGRAM)) {
+        s->detached = true;
+        s->name = detached_name;
+        export_free(exp);
+        return s;
+    }
+    s->name = msm_xstrdup(name);
+    s->hash = h;
+    s->exp = exp;
     if (st->slots[i] != &tombstone) {
         st->used++;
     }
     st->slots[i] = s;
+    st->htags[i] = (uint32_t)(h >> 32);
     st->live++;
     st->generation++;
     if (st->used * 4 >= st->cap * 3) {
@@ -277,10 +311,16 @@ void msm_stat_unref(struct msm_stat *s)
     /* Under the store lock, so a concurrent get of the same name either sees the stat alive or
      * not at all. Unref is rare (config objects going away), never on the data path. */
     struct msm_stats_store *st = s->store;
+    if (s->detached) {
+        if (atomic_fetch_sub(&s->refs, 1) == 1) {
+            stat_destroy(s);
+        }
+        return;
+    }
     pthread_mutex_lock(&st->mu);
     if (atomic_fetch_sub(&s->refs, 1) == 1) {
         bool found;
-        size_t i = slot_of(st, s->name, &found);
+        size_t i = slot_of(st, s->name, s->hash, &found);
         if (found && st->slots[i] == s) {
             st->slots[i] = &tombstone;
             st->live--;
@@ -295,7 +335,7 @@ struct msm_stat *msm_stats_find(struct msm_stats_store *st, const char *name)
 {
     pthread_mutex_lock(&st->mu);
     bool found;
-    size_t i = slot_of(st, name, &found);
+    size_t i = slot_of(st, name, name_hash(name), &found);
     struct msm_stat *s = found ? st->slots[i] : NULL;
     pthread_mutex_unlock(&st->mu);
     return s;
@@ -347,7 +387,7 @@ void msm_stats_list_free(struct msm_stat **v, size_t n)
         struct msm_stat *s = v[i];
         if (atomic_fetch_sub(&s->refs, 1) == 1) {
             bool found;
-            size_t j = slot_of(st, s->name, &found);
+            size_t j = slot_of(st, s->name, s->hash, &found);
             if (found && st->slots[j] == s) {
                 st->slots[j] = &tombstone;
                 st->live--;
@@ -555,6 +595,14 @@ static char *prom_name(const char *tag_name)
         }
         char *out = msm_xmalloc(strlen(rest) + 1);
         sanitize_into(out, rest);
+        return out;
+    }
+    if (!strncmp(tag_name, "rtsp.", 5)) {
+        /* msm's media stats are msm_* in Prometheus (msm_rtsp_..., labels msm_rtsp_prefix and
+         * msm_rtsp_stream from the extractors in tags.c), not envoy_*. */
+        char *out = msm_xmalloc(strlen(tag_name) + 5);
+        memcpy(out, "msm_", 4);
+        sanitize_into(out + 4, tag_name);
         return out;
     }
     char *out = msm_xmalloc(strlen(tag_name) + 7);

@@ -12,7 +12,10 @@
  * - stats_matcher (bootstrap stats_config) is decided once per stat, when it is created (and
  *   again for every existing stat when the matcher is installed): a rejected stat still exists
  *   and counts, so code never has to check, but it is <hidden>: no admin output, no Prometheus.
- *   Envoy does not create rejected stats at all; the visible behaviour is the same.
+ *   Envoy does not create rejected stats at all; the visible behaviour is the same. A rejected
+ *   counter or histogram created after the matcher is installed is not even kept in the store
+ *   (<detached>: not shared by name, not found, freed with its owner's last reference); gauges
+ *   stay shared because some are read back.
  * - Stats created with explicit tags (msm_stats_get_tagged: Istio's istio_* metrics) carry their
  *   tags instead of having them extracted; their full name is Envoy's joined name
  *   "<name>.<tag1>.<value1>...". Names in the "istiocustom." namespace are exported without the
@@ -78,9 +81,14 @@ struct msm_stat {
     atomic_uint_fast64_t hcount;
     char *text;                     /* text readout (main thread only) */
     bool hidden;                    /* rejected by stats_matcher: never exported */
+    /* A counter or histogram created while stats_matcher rejects its name: it counts for its
+     * owner but is not in the store (no name, no lookup, not shared by name), as Envoy does
+     * not create rejected stats. With Istio's inclusion list that is most per-cluster stats. */
+    bool detached;
     struct msm_stat_export *exp;    /* export cache (msm_stat_export); main thread */
     uint64_t *hist_prev;            /* histogram: cumulative counts at the last flush */
     uint64_t *hist_interval;        /* histogram: counts of the last complete interval */
+    uint64_t hash;                  /* XXH3 of <name>: the store's probes compare it first */
 };
 
 struct msm_stats_store *msm_stats_store_new(void);

@@ -116,6 +116,14 @@ static const struct tok_desc default_tokens[] = {
     {"envoy.dns_filter_prefix", "dns_filter.$.**"},
 };
 
+/* msm's own extractors, always on (whatever use_all_default_tags says: Istio's bootstrap turns
+ * Envoy's defaults off, and our media stats must still reach Prometheus as one family per
+ * metric). The stream extractor runs first: it needs the prefix token still in the name. */
+static const struct tok_desc msm_tokens[] = {
+    {"msm.rtsp_stream", "rtsp.*.stream.$.**"},
+    {"msm.rtsp_prefix", "rtsp.$.**"},
+};
+
 /* ---- building ------------------------------------------------------------------------------- */
 
 /* Envoy's extractRegexPrefix: "^word\." (or "^word(?=\.)", or "^word$") limits a regex to names
@@ -236,6 +244,9 @@ struct msm_tag_producer *msm_tag_producer_new(const void *stats_config,
     struct msm_tag_producer *p = MSM_NEW(struct msm_tag_producer);
     if (!sc || !sc->use_all_default_tags || sc->use_all_default_tags->value) {
         add_defaults_named(p, NULL);
+    }
+    for (size_t i = 0; i < MSM_ARRAY_SIZE(msm_tokens); i++) {
+        add_tokens(p, msm_tokens[i].name, msm_tokens[i].pattern);
     }
     for (int i = 0; i < n_cli; i++) {
         add_fixed(p, cli[i].name, cli[i].value);

@@ -59,28 +59,36 @@ void msm_secrets_free(struct msm_secret_manager *sm)
     free(sm);
 }
 
-void msm_secret_watch_add(struct msm_secret_provider *p, struct msm_tls_factory *f)
+struct msm_secret_watch *msm_secret_watch_add(struct msm_secret_provider *p,
+                                              struct msm_tls_factory *f)
 {
     struct msm_secret_watch *w = MSM_NEW(struct msm_secret_watch);
     w->f = f;
     pthread_mutex_lock(&msm_tls_lock);
     w->next = p->watch;
+    if (p->watch) {
+        p->watch->prev = w;
+    }
     p->watch = w;
     pthread_mutex_unlock(&msm_tls_lock);
+    return w;
 }
 
-void msm_secret_watch_remove(struct msm_secret_provider *p, struct msm_tls_factory *f)
+/* O(1): every cluster of an Istio sidecar watches the same two secrets, so a scan of the list
+ * per removed factory made replacing N clusters O(N^2). */
+void msm_secret_watch_remove(struct msm_secret_provider *p, struct msm_secret_watch *w)
 {
     pthread_mutex_lock(&msm_tls_lock);
-    for (struct msm_secret_watch **pp = &p->watch; *pp; pp = &(*pp)->next) {
-        if ((*pp)->f == f) {
-            struct msm_secret_watch *w = *pp;
-            *pp = w->next;
-            free(w);
-            break;
-        }
+    if (w->prev) {
+        w->prev->next = w->next;
+    } else {
+        p->watch = w->next;
+    }
+    if (w->next) {
+        w->next->prev = w->prev;
     }
     pthread_mutex_unlock(&msm_tls_lock);
+    free(w);
 }
 
 static bool same_source(const struct msm_secret_provider *p, const uint8_t *src, size_t len)

@@ -49,3 +49,8 @@ void msm_tls_factory_describe(struct msm_tls_factory *f, char *out, size_t n);
 /* A TLS transport for a new connection (worker thread); install it with
  * msm_conn_set_transport. Never NULL. */
 struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f);
+/* The same for a client connection that offers <alpn> (wire format: length-prefixed names,
+ * <len> bytes) instead of the context's alpn_protocols (Envoy's application protocol override,
+ * set by istio.alpn). len 0: the context's list. */
+struct msm_transport *msm_tls_transport_new_alpn(struct msm_tls_factory *f, const uint8_t *alpn,
+                                                 size_t len);

@@ -106,6 +106,16 @@ static int hexval(int c)
     return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
+/* The file of a DataSource, NULL when inline or unset (for /certs). */
+static char *datasource_path(const Envoy__Config__Core__V3__DataSource *ds)
+{
+    if (ds && ds->specifier_case == ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_FILENAME &&
+        ds->filename) {
+        return msm_xstrdup(ds->filename);
+    }
+    return NULL;
+}
+
 /* verify_certificate_hash: 64 hex digits, or 95 with colons. */
 static int parse_hash(const char *s, uint8_t out[32], struct msm_err *err)
 {
@@ -155,6 +165,7 @@ static int parse_spki(const char *s, uint8_t out[32], struct msm_err *err)
 void msm_tls_validation_deinit(struct msm_tls_validation *v)
 {
     free(v->trusted_ca);
+    free(v->trusted_ca_path);
     free(v->crl);
     for (int i = 0; i < v->n_sans; i++) {
         msm_str_matcher_deinit(&v->sans[i].m);
@@ -200,6 +211,8 @@ void msm_tls_validation_merge(struct msm_tls_validation *dst, const struct msm_t
     if (src->trusted_ca) {
         free(dst->trusted_ca);
         dst->trusted_ca = msm_xstrdup(src->trusted_ca);
+        free(dst->trusted_ca_path);
+        dst->trusted_ca_path = src->trusted_ca_path ? msm_xstrdup(src->trusted_ca_path) : NULL;
     }
     if (src->crl) {
         free(dst->crl);
@@ -263,6 +276,7 @@ int msm_tls_validation_from_proto(const void *proto, struct msm_tls_validation *
         msm_err_prefix(err, "trusted_ca");
         goto fail;
     }
+    v->trusted_ca_path = datasource_path(p->trusted_ca);
     if (v->trusted_ca && msm_tls_check_ca(v->trusted_ca, "trusted_ca", err) < 0) {
         goto fail;
     }
@@ -341,6 +355,7 @@ fail:
 void msm_tls_cert_deinit(struct msm_tls_cert *c)
 {
     free(c->chain);
+    free(c->chain_path);
     if (c->key) {
         OPENSSL_cleanse(c->key, strlen(c->key));
     }
@@ -374,6 +389,7 @@ int msm_tls_cert_from_proto(const void *proto, struct msm_tls_cert *c, struct ms
         msm_err_prefix(err, "certificate_chain");
         goto fail;
     }
+    c->chain_path = datasource_path(p->certificate_chain);
     if (datasource(p->private_key, &c->key, err) < 0) {
         msm_err_prefix(err, "private_key");
         goto fail;
@@ -759,8 +775,9 @@ static int upstream(const Envoy__Extensions__TransportSockets__Tls__V3__Upstream
         }
         p->sni = msm_xstrdup(u->sni);
     }
-    /* max_session_keys (client session resumption) and enforce_rsa_key_usage only change
-     * performance and OpenSSL's own checks; they are accepted. */
+    /* max_session_keys: Envoy's default is 1. enforce_rsa_key_usage only changes OpenSSL's
+     * own checks; it is accepted. */
+    p->max_session_keys = msm_pb_u32(u->max_session_keys, 1);
     if (!u->common_tls_context) {
         static const common_pb empty = TLSV3(COMMON_TLS_CONTEXT__INIT);
         return common_from_proto(&empty, p, err);

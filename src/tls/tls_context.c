@@ -6,13 +6,35 @@
 #include <openssl/rsa.h>
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
 #include "tls/tls_private.h"
+
+#include <xxhash.h>
+
+/* Memos for what every cluster of an Istio sidecar repeats with the same inputs (thousands of
+ * times in one CDS response): the check of a TLS parameter set and the cipher names of the
+ * ssl.ciphers.* stats. Each builds throwaway SSL_CTXs; the last inputs and result are kept. */
+static pthread_mutex_t memo_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *params_ok_key;  /* the last parameter set that passed msm_tls_check_params */
+static char *ciphers_key;    /* versions + cipher list of <ciphers_names> */
+static char **ciphers_names; /* NULL-terminated */
+
+static char *params_key(const struct msm_tls_params *p)
+{
+    size_t n = strlen(p->cipher_list) + strlen(p->curves) + (p->sigalgs ? strlen(p->sigalgs) : 0) +
+               64;
+    char *k = msm_xmalloc(n);
+    snprintf(k, n, "%d|%d|%s|%s|%d%s", p->min_version, p->max_version, p->cipher_list, p->curves,
+             p->sigalgs != NULL, p->sigalgs ? p->sigalgs : "");
+    return k;
+}
 
 /* ---- stats -------------------------------------------------------------------------------- */
 
@@ -60,18 +82,21 @@ void msm_named_inc(const struct msm_named_stats *ns, const char *value)
     msm_stat_inc(ns->fallback);
 }
 
-/* The ciphers a context built from <p> can negotiate (TLS 1.3 suites included). */
-static void cipher_stats(struct msm_named_stats *ns, const char *prefix,
-                         const struct msm_tls_params *p)
+/* The ciphers a context built from <p> can negotiate (TLS 1.3 suites included), as a new
+ * NULL-terminated array. */
+static char **negotiable_ciphers(const struct msm_tls_params *p)
 {
+    size_t n = 0;
+    char **out = msm_xcalloc(1, sizeof(*out));
     SSL_CTX *ctx = SSL_CTX_new(TLS_method());
     if (!ctx) {
-        return;
+        return out;
     }
     SSL_CTX_set_min_proto_version(ctx, p->min_version);
     SSL_CTX_set_max_proto_version(ctx, p->max_version);
     if (SSL_CTX_set_cipher_list(ctx, p->cipher_list) == 1) {
         STACK_OF(SSL_CIPHER) *v = SSL_CTX_get_ciphers(ctx);
+        out = msm_xrealloc(out, ((size_t)sk_SSL_CIPHER_num(v) + 1) * sizeof(*out));
         for (int i = 0; i < sk_SSL_CIPHER_num(v); i++) {
             const char *name = SSL_CIPHER_get_name(sk_SSL_CIPHER_value(v, i));
             bool v13 = !strncmp(name, "TLS_", 4);
@@ -79,11 +104,37 @@ static void cipher_stats(struct msm_named_stats *ns, const char *prefix,
                 (!v13 && p->min_version > TLS1_2_VERSION)) {
                 continue;
             }
-            named_add(ns, prefix, name);
+            out[n++] = msm_xstrdup(name);
         }
     }
+    out[n] = NULL;
     SSL_CTX_free(ctx);
     ERR_clear_error();
+    return out;
+}
+
+static void cipher_stats(struct msm_named_stats *ns, const char *prefix,
+                         const struct msm_tls_params *p)
+{
+    size_t kl = strlen(p->cipher_list) + 32;
+    char *key = msm_xmalloc(kl);
+    snprintf(key, kl, "%d|%d|%s", p->min_version, p->max_version, p->cipher_list);
+    pthread_mutex_lock(&memo_mu);
+    if (!ciphers_key || strcmp(ciphers_key, key) != 0) {
+        for (size_t i = 0; ciphers_names && ciphers_names[i]; i++) {
+            free(ciphers_names[i]);
+        }
+        free(ciphers_names);
+        free(ciphers_key);
+        ciphers_names = negotiable_ciphers(p);
+        ciphers_key = key;
+        key = NULL;
+    }
+    for (size_t i = 0; ciphers_names[i]; i++) {
+        named_add(ns, prefix, ciphers_names[i]);
+    }
+    pthread_mutex_unlock(&memo_mu);
+    free(key);
 }
 
 struct msm_tls_stats *msm_tls_stats_new(const char *scope, bool server,
@@ -152,7 +203,31 @@ static const char *ssl_err(char *buf, size_t n)
     return buf;
 }
 
+static int check_params(const struct msm_tls_params *p, struct msm_err *err);
+
 int msm_tls_check_params(const struct msm_tls_params *p, struct msm_err *err)
+{
+    char *key = params_key(p);
+    pthread_mutex_lock(&memo_mu);
+    bool known = params_ok_key && !strcmp(params_ok_key, key);
+    pthread_mutex_unlock(&memo_mu);
+    if (known) {
+        free(key);
+        return 0;
+    }
+    int rc = check_params(p, err);
+    if (rc == 0) {
+        pthread_mutex_lock(&memo_mu);
+        free(params_ok_key);
+        params_ok_key = key;
+        key = NULL;
+        pthread_mutex_unlock(&memo_mu);
+    }
+    free(key);
+    return rc;
+}
+
+static int check_params(const struct msm_tls_params *p, struct msm_err *err)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_method());
     if (!ctx) {
@@ -343,10 +418,16 @@ static bool hash_ok(const struct msm_tls_validation *v, X509 *leaf)
  * failed; without: something was positively checked). */
 static int verify_cb(X509_STORE_CTX *x, void *arg)
 {
-    struct msm_tls_ctx *t = arg;
     SSL *ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+    /* A shared SSL_CTX has no callback argument: the context is the connection's. */
+    struct msm_tls_ctx *t = arg ? arg : msm_tls_ssl_ctx(ssl);
+    if (!t) {
+        X509_STORE_CTX_set_error(x, X509_V_ERR_APPLICATION_VERIFICATION);
+        return 0;
+    }
     X509 *leaf = X509_STORE_CTX_get0_cert(x);
     if (t->verify_mode == SSL_VERIFY_NONE) {
+        msm_tls_note_verified(ssl);
         return 1; /* a client without validation context accepts any server */
     }
     if (!leaf) {
@@ -391,8 +472,13 @@ static int verify_cb(X509_STORE_CTX *x, void *arg)
         X509_STORE_CTX_set_error(x, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
         return 0;
     }
-    X509_STORE_CTX_set_error(x, X509_V_OK);
+    /* The verify result is kept in the session: a resumed connection (no verify callback)
+     * reads it back as "chain validated against a CA". */
+    X509_STORE_CTX_set_error(x, trusted ? X509_V_OK : X509_V_ERR_CERT_UNTRUSTED);
     msm_tls_note_validated(ssl, trusted);
+    if (!v->accept_untrusted || trusted) {
+        msm_tls_note_verified(ssl);
+    }
     return 1;
 }
 
@@ -598,7 +684,7 @@ static void session_id(SSL_CTX *ctx, const struct msm_tls_cert *cert,
 }
 
 static int configure(struct msm_tls_ctx *t, const struct msm_tls_params *p,
-                     const struct msm_tls_cert *cert, struct msm_err *err)
+                     const struct msm_tls_cert *cert, bool shared, struct msm_err *err)
 {
     SSL_CTX *ctx = t->ssl;
     SSL_CTX_set_min_proto_version(ctx, p->min_version);
@@ -625,7 +711,7 @@ static int configure(struct msm_tls_ctx *t, const struct msm_tls_params *p,
     }
     t->verify_mode = verify_mode(p, t);
     SSL_CTX_set_verify(ctx, t->verify_mode, NULL);
-    SSL_CTX_set_cert_verify_callback(ctx, verify_cb, t);
+    SSL_CTX_set_cert_verify_callback(ctx, verify_cb, shared ? NULL : t);
     if (p->alpn_len) {
         if (p->server) {
             server_alpn(ctx, p);
@@ -645,9 +731,153 @@ static int configure(struct msm_tls_ctx *t, const struct msm_tls_params *p,
             SSL_CTX_set_client_hello_cb(ctx, require_sni_cb, NULL);
         }
     } else {
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        /* Sessions go to the connection's msm_tls_ctx (the SSL_CTX may be shared by contexts
+         * of several clusters), never to OpenSSL's internal cache. */
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
+                                                SSL_SESS_CACHE_NO_INTERNAL_STORE);
+        SSL_CTX_sess_set_new_cb(ctx, msm_tls_new_session_cb);
     }
     return 0;
+}
+
+/* ---- shared client SSL_CTXs ---------------------------------------------------------------- */
+
+/* An Istio sidecar has one UpstreamTlsContext per cluster that differs from the others only in
+ * the SNI and the SAN matchers: the SSL_CTX (parameters, certificate and key, trust store) is
+ * the same, and building it is most of the cost of a cluster (time and memory). Client
+ * contexts with equal inputs share it; the table is keyed by those inputs, serialized. Server
+ * contexts are not shared (their session id context covers the SAN matchers). */
+struct msm_tls_shared_ssl {
+    struct msm_tls_shared_ssl *next;
+    uint64_t hash;
+    char *key;
+    size_t klen;
+    int refs; /* under shared_mu */
+    SSL_CTX *ssl;
+    bool has_ca;
+    int verify_mode;
+};
+
+static pthread_mutex_t shared_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct msm_tls_shared_ssl **shared_tab;
+static size_t shared_cap, shared_n;
+
+struct kbuf {
+    char *b;
+    size_t n, cap;
+};
+
+static void kadd(struct kbuf *k, const void *d, size_t l, bool present)
+{
+    k->b = msm_xgrow(k->b, 1, &k->cap, k->n + l + 9);
+    k->b[k->n++] = present ? 1 : 0;
+    memcpy(k->b + k->n, &l, sizeof(l));
+    k->n += sizeof(l);
+    if (l) {
+        memcpy(k->b + k->n, d, l);
+        k->n += l;
+    }
+}
+
+static void kstr(struct kbuf *k, const char *s)
+{
+    kadd(k, s, s ? strlen(s) : 0, s != NULL);
+}
+
+static void kint(struct kbuf *k, long v)
+{
+    kadd(k, &v, sizeof(v), true);
+}
+
+/* Everything configure() reads for a client context except what stays per context. */
+static void shared_key(struct kbuf *k, const struct msm_tls_params *p,
+                       const struct msm_tls_cert *cert, const struct msm_tls_validation *v)
+{
+    kint(k, p->min_version);
+    kint(k, p->max_version);
+    kstr(k, p->cipher_list);
+    kstr(k, p->curves);
+    kstr(k, p->sigalgs);
+    kadd(k, p->alpn, p->alpn_len, p->alpn != NULL);
+    kint(k, p->no_tickets);
+    kstr(k, cert ? cert->chain : NULL);
+    kstr(k, cert ? cert->key : NULL);
+    kstr(k, cert ? cert->password : NULL);
+    kstr(k, v->trusted_ca);
+    kstr(k, v->crl);
+    kint(k, v->system_roots);
+    kint(k, v->allow_expired);
+    kint(k, v->accept_untrusted);
+    kint(k, v->only_leaf_crl);
+    kint(k, (long)v->max_depth);
+    kint(k, v->n_sans > 0);
+    kint(k, v->n_hashes > 0);
+    kint(k, v->n_spkis > 0);
+}
+
+/* A new reference to the shared SSL_CTX for <k>, or NULL. Under shared_mu. */
+static struct msm_tls_shared_ssl *shared_find(const struct kbuf *k, uint64_t h)
+{
+    if (!shared_cap) {
+        return NULL;
+    }
+    for (struct msm_tls_shared_ssl *e = shared_tab[h & (shared_cap - 1)]; e; e = e->next) {
+        if (e->hash == h && e->klen == k->n && !memcmp(e->key, k->b, k->n)) {
+            e->refs++;
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static void shared_insert(struct msm_tls_shared_ssl *e)
+{
+    if (shared_n + 1 > shared_cap) {
+        size_t cap = shared_cap ? shared_cap * 2 : 64;
+        struct msm_tls_shared_ssl **tab = msm_xcalloc(cap, sizeof(*tab));
+        for (size_t i = 0; i < shared_cap; i++) {
+            for (struct msm_tls_shared_ssl *x = shared_tab[i], *next; x; x = next) {
+                next = x->next;
+                x->next = tab[x->hash & (cap - 1)];
+                tab[x->hash & (cap - 1)] = x;
+            }
+        }
+        free(shared_tab);
+        shared_tab = tab;
+        shared_cap = cap;
+    }
+    e->next = shared_tab[e->hash & (shared_cap - 1)];
+    shared_tab[e->hash & (shared_cap - 1)] = e;
+    shared_n++;
+}
+
+/* Any thread (a context may be released by the last connection using it). */
+static void shared_release(struct msm_tls_shared_ssl *e)
+{
+    pthread_mutex_lock(&shared_mu);
+    bool last = --e->refs == 0;
+    if (last) {
+        struct msm_tls_shared_ssl **pp = &shared_tab[e->hash & (shared_cap - 1)];
+        while (*pp != e) {
+            pp = &(*pp)->next;
+        }
+        *pp = e->next;
+        shared_n--;
+    }
+    pthread_mutex_unlock(&shared_mu);
+    if (last) {
+        SSL_CTX_free(e->ssl);
+        free(e->key);
+        free(e);
+    }
+}
+
+static void use_shared(struct msm_tls_ctx *t, struct msm_tls_shared_ssl *e)
+{
+    t->shared = e;
+    t->ssl = e->ssl;
+    t->has_ca = e->has_ca;
+    t->verify_mode = e->verify_mode;
 }
 
 struct msm_tls_ctx *msm_tls_ctx_new(const struct msm_tls_params *p, const struct msm_tls_cert *cert,
@@ -658,22 +888,54 @@ struct msm_tls_ctx *msm_tls_ctx_new(const struct msm_tls_params *p, const struct
     atomic_init(&t->refs, 1);
     t->server = p->server;
     t->sni = p->sni ? msm_xstrdup(p->sni) : NULL;
+    pthread_mutex_init(&t->sess_mu, NULL);
+    t->max_sessions = p->server ? 0 : p->max_session_keys;
     atomic_fetch_add(&stats->refs, 1);
     t->stats = stats;
     if (val) {
         msm_tls_validation_copy(&t->val, val);
+    }
+    struct kbuf k = {0};
+    uint64_t h = 0;
+    if (!p->server) {
+        shared_key(&k, p, cert, &t->val);
+        h = XXH3_64bits(k.b, k.n);
+        pthread_mutex_lock(&shared_mu);
+        struct msm_tls_shared_ssl *e = shared_find(&k, h);
+        pthread_mutex_unlock(&shared_mu);
+        if (e) {
+            use_shared(t, e);
+            free(k.b);
+            return t;
+        }
     }
     t->ssl = SSL_CTX_new(TLS_method());
     if (!t->ssl) {
         msm_err_set(err, "cannot create an SSL_CTX");
         goto fail;
     }
-    if (configure(t, p, cert, err) < 0) {
+    if (configure(t, p, cert, !p->server, err) < 0) {
         goto fail;
     }
     ERR_clear_error();
+    if (!p->server) {
+        struct msm_tls_shared_ssl *e = MSM_NEW(struct msm_tls_shared_ssl);
+        e->hash = h;
+        e->key = k.b;
+        e->klen = k.n;
+        e->refs = 1;
+        e->ssl = t->ssl;
+        e->has_ca = t->has_ca;
+        e->verify_mode = t->verify_mode;
+        k.b = NULL;
+        pthread_mutex_lock(&shared_mu);
+        shared_insert(e);
+        pthread_mutex_unlock(&shared_mu);
+        t->shared = e;
+    }
     return t;
 fail:
+    free(k.b);
     ERR_clear_error();
     msm_tls_ctx_unref(t);
     return NULL;
@@ -684,9 +946,80 @@ void msm_tls_ctx_unref(struct msm_tls_ctx *t)
     if (!t || atomic_fetch_sub(&t->refs, 1) != 1) {
         return;
     }
-    SSL_CTX_free(t->ssl);
+    if (t->shared) {
+        shared_release(t->shared);
+    } else {
+        SSL_CTX_free(t->ssl);
+    }
+    for (uint32_t i = 0; i < t->n_sessions; i++) {
+        SSL_SESSION_free(t->sessions[i].s);
+        free(t->sessions[i].sni);
+    }
+    free(t->sessions);
+    pthread_mutex_destroy(&t->sess_mu);
     msm_tls_validation_deinit(&t->val);
     msm_tls_stats_unref(t->stats);
     free(t->sni);
     free(t);
+}
+
+/* ---- client session resumption ------------------------------------------------------------- */
+
+static bool same_sni(const char *a, const char *b)
+{
+    return a ? (b && !strcmp(a, b)) : !b;
+}
+
+static void session_drop(struct msm_tls_ctx *t, uint32_t i)
+{
+    SSL_SESSION_free(t->sessions[i].s);
+    free(t->sessions[i].sni);
+    memmove(&t->sessions[i], &t->sessions[i + 1],
+            (t->n_sessions - i - 1) * sizeof(*t->sessions));
+    t->n_sessions--;
+}
+
+void msm_tls_ctx_offer_session(struct msm_tls_ctx *t, SSL *ssl, const char *sni)
+{
+    if (!t->max_sessions) {
+        return;
+    }
+    time_t now = time(NULL);
+    pthread_mutex_lock(&t->sess_mu);
+    for (uint32_t i = 0; i < t->n_sessions;) {
+        struct msm_tls_session *e = &t->sessions[i];
+        if (now >= (time_t)(SSL_SESSION_get_time(e->s) + SSL_SESSION_get_timeout(e->s))) {
+            session_drop(t, i); /* expired: no server takes it */
+            continue;
+        }
+        if (!same_sni(e->sni, sni)) {
+            i++;
+            continue;
+        }
+        if (SSL_set_session(ssl, e->s) != 1) {
+            ERR_clear_error();
+        } else if (SSL_SESSION_get_protocol_version(e->s) >= TLS1_3_VERSION) {
+            session_drop(t, i); /* TLS 1.3 tickets are single use (RFC 8446 C.4), as Envoy */
+        }
+        break;
+    }
+    pthread_mutex_unlock(&t->sess_mu);
+}
+
+bool msm_tls_ctx_store_session(struct msm_tls_ctx *t, SSL_SESSION *sess, const char *sni)
+{
+    if (!t->max_sessions || !SSL_SESSION_is_resumable(sess)) {
+        return false;
+    }
+    pthread_mutex_lock(&t->sess_mu);
+    if (t->n_sessions == t->max_sessions) {
+        session_drop(t, t->n_sessions - 1); /* the oldest */
+    }
+    t->sessions = msm_xrealloc(t->sessions, (t->n_sessions + 1) * sizeof(*t->sessions));
+    memmove(&t->sessions[1], &t->sessions[0], t->n_sessions * sizeof(*t->sessions));
+    t->sessions[0].s = sess;
+    t->sessions[0].sni = sni ? msm_xstrdup(sni) : NULL;
+    t->n_sessions++;
+    pthread_mutex_unlock(&t->sess_mu);
+    return true;
 }

@@ -70,6 +70,7 @@ struct msm_san_matcher {
 /* A certificate validation context (inline, static/SDS secret, or both merged). */
 struct msm_tls_validation {
     char *trusted_ca; /* PEM bundle (certificates and CRLs), NULL = none */
+    char *trusted_ca_path; /* its file, NULL when inline (/certs shows "<inline>") */
     char *crl;
     bool system_roots;
     struct msm_san_matcher *sans;
@@ -87,6 +88,7 @@ struct msm_tls_validation {
 /* A certificate and its key (PEM). */
 struct msm_tls_cert {
     char *chain;
+    char *chain_path; /* its file, NULL when inline (/certs shows "<inline>") */
     char *key;
     char *password; /* NULL = none */
 };
@@ -108,7 +110,7 @@ struct msm_tls_factory;
 
 /* A factory waiting on a provider. */
 struct msm_secret_watch {
-    struct msm_secret_watch *next;
+    struct msm_secret_watch *next, *prev; /* doubly linked: removal is O(1) with 10k watchers */
     struct msm_tls_factory *f;
 };
 
@@ -142,6 +144,7 @@ struct msm_tls_params {
     char *sni;     /* client */
     bool require_client_cert, require_sni, no_tickets, no_session_cache;
     uint32_t session_timeout_s; /* 0 = default */
+    uint32_t max_session_keys;  /* client: sessions kept for resumption (0 = none) */
     struct msm_tls_cert *certs; /* inline tls_certificates */
     int n_certs;
     struct msm_secret_provider *cert_provider; /* tls_certificate_sds_secret_configs[0] */
@@ -160,6 +163,23 @@ struct msm_tls_ctx {
     bool has_ca;
     int verify_mode;
     struct msm_tls_stats *stats;
+    /* Client contexts with the same TLS parameters, certificate and trust share one SSL_CTX
+     * (<ssl> then belongs to <shared>); what differs per cluster (SNI, SAN matchers, stats)
+     * stays here and the verify callback finds it through the connection's SSL. */
+    struct msm_tls_shared_ssl *shared;
+    /* Client session resumption (Envoy's max_session_keys): the newest sessions of
+     * connections made from this context whose server passed full verification, newest
+     * first, at most <max_sessions>; any worker, under <sess_mu>. A new context (SDS
+     * rotation) starts empty. */
+    pthread_mutex_t sess_mu;
+    uint32_t max_sessions;
+    struct msm_tls_session *sessions;
+    uint32_t n_sessions;
+};
+
+struct msm_tls_session {
+    SSL_SESSION *s;
+    char *sni; /* the server name it was made with, NULL = none */
 };
 
 struct msm_tls_factory {
@@ -169,10 +189,14 @@ struct msm_tls_factory {
     struct msm_tls_stats *stats;
     pthread_mutex_t mu; /* guards cur */
     struct msm_tls_ctx *cur;
+    struct msm_secret_watch *watch[2]; /* its nodes in the cert / validation providers' lists */
+    struct msm_tls_factory *all_next, *all_prev; /* every live factory (msm_tls_lock), /certs */
 };
 
-/* Guards every provider's watch list (factories may be freed on any thread). */
+/* Guards every provider's watch list and the list of live factories (factories may be freed on
+ * any thread). */
 extern pthread_mutex_t msm_tls_lock;
+extern struct msm_tls_factory *msm_tls_factories;
 
 /* tls_config.c */
 int msm_tls_params_from_proto(const void *ctx_proto, bool server, struct msm_tls_params *p,
@@ -206,6 +230,12 @@ struct msm_tls_ctx *msm_tls_ctx_new(const struct msm_tls_params *p, const struct
                                     const struct msm_tls_validation *val,
                                     struct msm_tls_stats *stats, struct msm_err *err);
 void msm_tls_ctx_unref(struct msm_tls_ctx *c);
+/* Client resumption: offer the newest stored session for <sni> on <ssl> (TLS 1.3 sessions are
+ * single use: taken out of the store). Any thread. */
+void msm_tls_ctx_offer_session(struct msm_tls_ctx *t, SSL *ssl, const char *sni);
+/* Store <sess> (the caller's reference moves to the store) made with <sni>; false when not
+ * stored (max_session_keys 0, or not resumable). Any thread. */
+bool msm_tls_ctx_store_session(struct msm_tls_ctx *t, SSL_SESSION *sess, const char *sni);
 /* Check cipher list, curves and signature algorithms without building a context. */
 int msm_tls_check_params(const struct msm_tls_params *p, struct msm_err *err);
 /* Parse PEM material; the key must match the first certificate. */
@@ -218,12 +248,21 @@ int msm_tls_check_ca(const char *pem, const char *what, struct msm_err *err);
 int msm_secrets_provider(struct msm_secret_manager *sm, const char *name, const void *src,
                          struct msm_secret_provider **out, struct msm_err *err);
 void msm_secret_provider_unref(struct msm_secret_provider *p);
-void msm_secret_watch_add(struct msm_secret_provider *p, struct msm_tls_factory *f);
-void msm_secret_watch_remove(struct msm_secret_provider *p, struct msm_tls_factory *f);
+struct msm_secret_watch *msm_secret_watch_add(struct msm_secret_provider *p,
+                                              struct msm_tls_factory *f);
+void msm_secret_watch_remove(struct msm_secret_provider *p, struct msm_secret_watch *w);
 
 /* tls_socket.c */
 /* The verify callback's verdict for the connection of <ssl>: chain verified against a CA. */
 void msm_tls_note_validated(SSL *ssl, bool validated);
+/* The verify callback accepted the peer without leniency (accept_untrusted): a session of
+ * this connection may be stored for resumption. */
+void msm_tls_note_verified(SSL *ssl);
+/* SSL_CTX_sess_set_new_cb of client contexts: store the session in the connection's context
+ * when its server was verified. */
+int msm_tls_new_session_cb(SSL *ssl, SSL_SESSION *sess);
+/* The context the connection of <ssl> was made from (NULL if it is not one of ours). */
+struct msm_tls_ctx *msm_tls_ssl_ctx(SSL *ssl);
 /* (Re)build the factory's context from its current secrets. 1 when a new context was
  * installed, 0 when secrets are missing, MSM_EINVAL with <err> when building failed (the
  * previous context stays). Main thread. */

@@ -36,6 +36,7 @@ struct tls_sock {
     bool done;          /* handshake completed */
     bool shutdown_sent; /* close_notify written */
     bool validated;     /* set by the verify callback */
+    bool verified;      /* the verify callback accepted the peer without leniency */
     struct msm_tls_info info;
 };
 
@@ -53,6 +54,32 @@ void msm_tls_note_validated(SSL *ssl, bool validated)
     if (s) {
         s->validated = validated;
     }
+}
+
+void msm_tls_note_verified(SSL *ssl)
+{
+    struct tls_sock *s = ssl ? SSL_get_ex_data(ssl, sock_idx) : NULL;
+    if (s) {
+        s->verified = true;
+    }
+}
+
+int msm_tls_new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    struct tls_sock *s = SSL_get_ex_data(ssl, sock_idx);
+    /* Only sessions whose server passed verification: resumption skips it. A resumed
+     * connection's new tickets continue a verified session. */
+    if (!s || !s->ctx || s->ctx->server ||
+        !(s->verified || SSL_session_reused(ssl) || s->ctx->verify_mode == SSL_VERIFY_NONE)) {
+        return 0;
+    }
+    return msm_tls_ctx_store_session(s->ctx, sess, s->ctx->sni) ? 1 : 0;
+}
+
+struct msm_tls_ctx *msm_tls_ssl_ctx(SSL *ssl)
+{
+    struct tls_sock *s = ssl && sock_idx >= 0 ? SSL_get_ex_data(ssl, sock_idx) : NULL;
+    return s ? s->ctx : NULL;
 }
 
 /* ---- errors ------------------------------------------------------------------------------- */
@@ -211,11 +238,27 @@ static void handshake_done(struct tls_sock *s, struct msm_conn *c)
     }
     struct msm_tls_info *in = &s->info;
     X509 *peer = SSL_get0_peer_certificate(ssl);
+    if (SSL_session_reused(ssl)) {
+        /* No verify callback ran: the session carries the original verdict (X509_V_OK only
+         * when the chain was validated against a CA, see verify_cb). */
+        s->validated = peer && s->ctx->has_ca && s->ctx->verify_mode != SSL_VERIFY_NONE &&
+                       SSL_get_verify_result(ssl) == X509_V_OK;
+    }
     if (peer) {
         peer_info(s, peer);
     } else {
         msm_stat_inc(st->ssl.no_certificate);
     }
+    X509 *own = SSL_get_certificate(ssl);
+    GENERAL_NAMES *own_names = own ? X509_get_ext_d2i(own, NID_subject_alt_name, NULL, NULL)
+                                   : NULL;
+    for (int i = 0; own_names && i < sk_GENERAL_NAME_num(own_names) && !in->local_uri_san; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(own_names, i);
+        if (g->type == GEN_URI) {
+            in->local_uri_san = asn1_dup(g->d.uniformResourceIdentifier);
+        }
+    }
+    GENERAL_NAMES_free(own_names);
     const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
     if (sni) {
         in->sni = msm_xstrdup(sni);
@@ -401,6 +444,7 @@ static void tls_free(struct msm_transport *t)
     free(in->uri_sans);
     free(in->dns_sans);
     free(in->peer_subject);
+    free(in->local_uri_san);
     free(in->sni);
     free(in->alpn);
     SSL_free(s->ssl);
@@ -452,13 +496,49 @@ struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f)
         if (s->ctx->sni) {
             SSL_set_tlsext_host_name(s->ssl, s->ctx->sni);
         }
+        msm_tls_ctx_offer_session(s->ctx, s->ssl, s->ctx->sni);
     }
     return &s->base;
+}
+
+struct msm_transport *msm_tls_transport_new_alpn(struct msm_tls_factory *f, const uint8_t *alpn,
+                                                 size_t len)
+{
+    struct msm_transport *t = msm_tls_transport_new(f);
+    struct tls_sock *s = (struct tls_sock *)t;
+    if (len && s->ssl && !f->p.server && SSL_set_alpn_protos(s->ssl, alpn, (unsigned)len) != 0) {
+        ERR_clear_error(); /* keeps the context's list */
+    }
+    return t;
 }
 
 /* ---- the factory -------------------------------------------------------------------------- */
 
 pthread_mutex_t msm_tls_lock = PTHREAD_MUTEX_INITIALIZER;
+struct msm_tls_factory *msm_tls_factories;
+
+static void list_factory(struct msm_tls_factory *f, bool on)
+{
+    pthread_mutex_lock(&msm_tls_lock);
+    if (on) {
+        f->all_next = msm_tls_factories;
+        if (msm_tls_factories) {
+            msm_tls_factories->all_prev = f;
+        }
+        msm_tls_factories = f;
+    } else {
+        if (f->all_prev) {
+            f->all_prev->all_next = f->all_next;
+        } else if (msm_tls_factories == f) {
+            msm_tls_factories = f->all_next;
+        }
+        if (f->all_next) {
+            f->all_next->all_prev = f->all_prev;
+        }
+        f->all_next = f->all_prev = NULL;
+    }
+    pthread_mutex_unlock(&msm_tls_lock);
+}
 
 static void install(struct msm_tls_factory *f, struct msm_tls_ctx *t)
 {
@@ -561,9 +641,10 @@ static void watch(struct msm_tls_factory *f, bool on)
     for (int i = 0; i < 2; i++) {
         if (v[i] && (i == 0 || v[i] != v[0])) {
             if (on) {
-                msm_secret_watch_add(v[i], f);
-            } else {
-                msm_secret_watch_remove(v[i], f);
+                f->watch[i] = msm_secret_watch_add(v[i], f);
+            } else if (f->watch[i]) {
+                msm_secret_watch_remove(v[i], f->watch[i]);
+                f->watch[i] = NULL;
             }
         }
     }
@@ -603,6 +684,7 @@ int msm_tls_factory_from_proto(const void *tsp, bool server, const char *scope,
         return MSM_EINVAL;
     }
     watch(f, true);
+    list_factory(f, true);
     *out = f;
     return 0;
 }
@@ -619,6 +701,7 @@ void msm_tls_factory_unref(struct msm_tls_factory *f)
         return;
     }
     watch(f, false);
+    list_factory(f, false);
     msm_tls_ctx_unref(f->cur);
     msm_tls_params_deinit(&f->p);
     msm_tls_stats_unref(f->stats);

@@ -15,6 +15,7 @@
 #include "config/types.h"
 #include "filter/upstream.h"
 #include "stats/istio_stats.h"
+#include "upstream/priority.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define DEFAULT_BUFFER_LIMIT (1024 * 1024)
@@ -35,6 +36,7 @@ void msm_cluster_cfg_unref(struct msm_cluster_cfg *c)
     free(c->dns_eps);
     free(c->static_addrs);
     free(c->static_weights);
+    msm_topology_deinit(&c->static_topo);
     free(c->eds_service_name);
     free(c->istio_service_host);
     free(c->istio_service_name);
@@ -153,6 +155,28 @@ static int lb_from_proto(const Envoy__Config__Cluster__V3__Cluster *p, struct ms
     }
 }
 
+/* common_lb_config: the panic threshold and locality weighting (priority.h). */
+static int common_lb_from_proto(const Envoy__Config__Cluster__V3__Cluster__CommonLbConfig *p,
+                                struct msm_cluster_cfg *c, struct msm_err *err)
+{
+    c->panic_threshold = 50;
+    if (!p) {
+        return 0;
+    }
+    if (p->healthy_panic_threshold) {
+        double v = p->healthy_panic_threshold->value;
+        if (!(v >= 0 && v <= 100)) {
+            return msm_err_set(err, "common_lb_config.healthy_panic_threshold: must be in "
+                                    "[0, 100]");
+        }
+        c->panic_threshold = (double)(uint32_t)v; /* truncated to whole percent, as Envoy */
+    }
+    c->locality_weighted =
+        p->locality_config_specifier_case ==
+        ENVOY__CONFIG__CLUSTER__V3__CLUSTER__COMMON_LB_CONFIG__LOCALITY_CONFIG_SPECIFIER_LOCALITY_WEIGHTED_LB_CONFIG;
+    return 0;
+}
+
 static int breakers_from_proto(const Envoy__Config__Cluster__V3__CircuitBreakers *cb,
                                struct msm_cluster_cfg *c, struct msm_err *err)
 {
@@ -188,9 +212,9 @@ static int endpoints_from_proto(const Envoy__Config__Cluster__V3__Cluster *p,
     size_t cap_s = 0, cap_d = 0;
     for (size_t i = 0; i < la->n_endpoints; i++) {
         const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *lle = la->endpoints[i];
-        if (lle->priority != 0) {
+        if (lle->priority != 0 && c->type != MSM_CLUSTER_STATIC) {
             return msm_err_set(err, "load_assignment.endpoints[%zu].priority: only priority 0 is "
-                                    "supported for static endpoints yet", i);
+                                    "supported for DNS clusters yet", i);
         }
         for (size_t j = 0; j < lle->n_lb_endpoints; j++) {
             const Envoy__Config__Endpoint__V3__LbEndpoint *lbe = lle->lb_endpoints[j];
@@ -247,6 +271,13 @@ static int endpoints_from_proto(const Envoy__Config__Cluster__V3__Cluster *p,
             }
             c->static_meta[c->n_static] = msm_tsm_meta_from_proto(lbe->metadata, lle->metadata);
             c->static_weights[c->n_static++] = w;
+        }
+    }
+    if (c->type == MSM_CLUSTER_STATIC) {
+        int n = 0;
+        if (msm_topology_from_cla(la, &c->static_topo, &n, err) < 0) {
+            msm_err_prefix(err, "load_assignment");
+            return MSM_EINVAL;
         }
     }
     if (c->type == MSM_CLUSTER_LOGICAL_DNS && c->n_dns_eps != 1) {
@@ -322,7 +353,8 @@ struct msm_cluster_cfg *msm_cluster_cfg_from_proto(const void *proto, bool valid
     }
     c->connect_timeout_ms = (uint32_t)ct;
     if (type_from_proto(p, c, err) < 0 || lb_from_proto(p, c, err) < 0 ||
-        breakers_from_proto(p->circuit_breakers, c, err) < 0) {
+        breakers_from_proto(p->circuit_breakers, c, err) < 0 ||
+        common_lb_from_proto(p->common_lb_config, c, err) < 0) {
         goto fail;
     }
     if (p->upstream_bind_config && p->upstream_bind_config->source_address) {
@@ -506,11 +538,43 @@ struct msm_host_set *msm_host_set_new(struct msm_host **hosts, int n)
     return hs;
 }
 
+void msm_topology_deinit(struct msm_topology *t)
+{
+    free(t->attr);
+    free(t->loc_weight);
+    memset(t, 0, sizeof(*t));
+}
+
+void msm_host_set_set_topology(struct msm_host_set *hs, const struct msm_topology *t)
+{
+    msm_topology_deinit(&hs->topo);
+    if (!t || !t->attr) {
+        return;
+    }
+    hs->topo = *t;
+    hs->topo.attr = msm_xcalloc((size_t)hs->n + 1, sizeof(*t->attr));
+    memcpy(hs->topo.attr, t->attr, (size_t)hs->n * sizeof(*t->attr));
+    hs->topo.loc_weight = msm_xcalloc((size_t)t->n_loc + 1, sizeof(uint32_t));
+    memcpy(hs->topo.loc_weight, t->loc_weight, (size_t)t->n_loc * sizeof(uint32_t));
+}
+
+static struct msm_host_attr host_attr(const struct msm_host_set *hs, int i)
+{
+    return hs->topo.attr ? hs->topo.attr[i] : (struct msm_host_attr){0};
+}
+
+static uint32_t locality_weight(const struct msm_host_set *hs, int i)
+{
+    uint32_t l = host_attr(hs, i).locality;
+    return hs->topo.loc_weight && (int)l < hs->topo.n_loc ? hs->topo.loc_weight[l] : 0;
+}
+
 void msm_host_set_unref(struct msm_host_set *hs)
 {
     if (!hs || atomic_fetch_sub(&hs->refs, 1) != 1) {
         return;
     }
+    msm_topology_deinit(&hs->topo);
     for (int i = 0; i < hs->n; i++) {
         msm_host_unref(hs->hosts[i]);
     }
@@ -521,15 +585,22 @@ void msm_host_set_unref(struct msm_host_set *hs)
 
 bool msm_host_set_same(const struct msm_host_set *a, const struct msm_host_set *b)
 {
-    if (a->n != b->n) {
+    if (a->n != b->n || a->topo.overprov != b->topo.overprov ||
+        a->topo.weighted_health != b->topo.weighted_health) {
         return false;
     }
     for (int i = 0; i < a->n; i++) {
         bool found = false;
+        struct msm_host_attr x = host_attr(a, i);
         for (int j = 0; j < b->n && !found; j++) {
+            struct msm_host_attr y = host_attr(b, j);
             found = msm_address_eq(&a->hosts[i]->addr, &b->hosts[j]->addr) &&
                     a->hosts[i]->weight == b->hosts[j]->weight &&
-                    msm_host_tsm_hash(a->hosts[i]) == msm_host_tsm_hash(b->hosts[j]);
+                    msm_host_tsm_hash(a->hosts[i]) == msm_host_tsm_hash(b->hosts[j]) &&
+                    x.priority == y.priority && x.health == y.health &&
+                    x.eds_status == y.eds_status &&
+                    x.locality == y.locality &&
+                    locality_weight(a, i) == locality_weight(b, j);
         }
         if (!found) {
             return false;
@@ -549,7 +620,10 @@ struct msm_cluster *msm_cluster_new(struct msm_cluster_cfg *cfg, struct msm_clus
     c->cfg = cfg;
     c->sh = sh;
     c->hosts = hosts;
-    if (cfg->lb == MSM_LB_RING_HASH) {
+    c->prio = msm_prio_new(cfg, hosts);
+    if (c->prio) {
+        /* the levels have their own tables */
+    } else if (cfg->lb == MSM_LB_RING_HASH) {
         c->ring = msm_ring_new(hosts, cfg->ring_min, cfg->ring_max);
     } else if (cfg->lb == MSM_LB_MAGLEV) {
         c->maglev = msm_maglev_new(hosts, cfg->maglev_size);
@@ -570,6 +644,7 @@ void msm_cluster_unref(struct msm_cluster *c)
     }
     msm_ring_free(c->ring);
     msm_maglev_free(c->maglev);
+    msm_prio_free(c->prio);
     msm_host_set_unref(c->hosts);
     msm_cluster_shared_unref(c->sh);
     msm_cluster_cfg_unref(c->cfg);
@@ -652,13 +727,20 @@ static struct msm_host *pick_weighted_random(const struct msm_host_set *hs)
     return hs->hosts[hs->n - 1];
 }
 
-static struct msm_host *lb_pick(struct msm_cluster *c, uint64_t hash);
+static struct msm_host *lb_pick(struct msm_cluster *c, uint64_t hash)
+{
+    struct msm_lb_source src = {.hs = c->hosts, .ring = c->ring, .maglev = c->maglev};
+    return msm_lb_pick_in(c, &src, hash);
+}
 
 /* Pick with the load balancer, skipping hosts ejected by outlier detection or failing active
  * health checks; when every try lands on such a host the last pick is used (Envoy's panic
  * mode). */
 struct msm_host *msm_lb_choose(struct msm_cluster *c, uint64_t hash)
 {
+    if (c->prio) {
+        return msm_prio_choose(c, hash);
+    }
     struct msm_host *h = lb_pick(c, hash);
     bool outlier = c->cfg->outlier.enabled && atomic_load(&c->sh->ejected);
     if (!h || (!outlier && !c->cfg->hc)) {
@@ -678,9 +760,10 @@ struct msm_host *msm_lb_choose(struct msm_cluster *c, uint64_t hash)
     return h;
 }
 
-static struct msm_host *lb_pick(struct msm_cluster *c, uint64_t hash)
+struct msm_host *msm_lb_pick_in(struct msm_cluster *c, const struct msm_lb_source *src,
+                                uint64_t hash)
 {
-    const struct msm_host_set *hs = c->hosts;
+    const struct msm_host_set *hs = src->hs;
     if (!hs->n) {
         return NULL;
     }
@@ -713,7 +796,10 @@ static struct msm_host *lb_pick(struct msm_cluster *c, uint64_t hash)
         if (!hash) {
             return pick_weighted_random(hs);
         }
-        int k = c->ring ? msm_ring_pick(c->ring, hash) : msm_maglev_pick(c->maglev, hash);
+        if (!src->ring && !src->maglev) {
+            return pick_weighted_random(hs);
+        }
+        int k = src->ring ? msm_ring_pick(src->ring, hash) : msm_maglev_pick(src->maglev, hash);
         return k >= 0 ? hs->hosts[k] : NULL;
     }
     case MSM_LB_RANDOM:

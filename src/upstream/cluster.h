@@ -94,6 +94,30 @@ struct msm_tsm {
     struct msm_tls_factory *tls; /* NULL = raw_buffer */
 };
 
+/* An endpoint's place in its cluster's priority set (EDS LocalityLbEndpoints.priority, the
+ * index of its locality in the assignment) and its EDS health_status. */
+enum msm_host_health {
+    MSM_HOST_HEALTHY = 0,   /* HEALTHY, UNKNOWN */
+    MSM_HOST_DEGRADED = 1,  /* DEGRADED */
+    MSM_HOST_UNHEALTHY = 2, /* UNHEALTHY, DRAINING, TIMEOUT */
+};
+
+struct msm_host_attr {
+    uint32_t priority;
+    uint32_t locality;
+    uint8_t health; /* enum msm_host_health */
+    uint8_t eds_status; /* the envoy.config.core.v3.HealthStatus sent (/clusters shows it) */
+};
+
+/* The topology of a load assignment (EDS or a cluster's load_assignment), beside its hosts. */
+struct msm_topology {
+    struct msm_host_attr *attr; /* per endpoint */
+    uint32_t *loc_weight;       /* per locality: load_balancing_weight, 0 = unset */
+    int n_loc;
+    uint32_t overprov;          /* policy.overprovisioning_factor, default 140 */
+    bool weighted_health;       /* policy.weighted_priority_health */
+};
+
 struct msm_dns_endpoint {
     char *hostname;
     uint32_t port;
@@ -145,6 +169,10 @@ struct msm_cluster_cfg {
     struct msm_tsm *tsm;
     int n_tsm;
     struct msm_tsm_meta **static_meta; /* per STATIC endpoint (n_static), entries may be NULL */
+    struct msm_topology static_topo;   /* priorities/localities/health of the STATIC endpoints */
+    /* common_lb_config */
+    double panic_threshold;  /* healthy_panic_threshold, percent, default 50 (0 = never panic) */
+    bool locality_weighted;  /* locality_weighted_lb_config is set */
     /* HTTP protocol options (upstream/cluster_http.c); NULL = HTTP/1.1 with defaults */
     struct msm_cluster_http_cfg *http;
     /* `filters`: upstream network filters on each TCP proxy connection (filter/upstream.h);
@@ -189,6 +217,9 @@ struct msm_host_set {
     bool weighted;       /* some weight differs from the others */
     uint16_t *schedule;  /* weighted round-robin wheel: host indexes, smooth interleaving */
     uint32_t sched_len;
+    /* Priorities, localities and EDS health (msm_host_set_set_topology); attr NULL = every host
+     * healthy in priority 0, locality 0. */
+    struct msm_topology topo;
 };
 
 struct msm_cluster {
@@ -198,6 +229,9 @@ struct msm_cluster {
     struct msm_host_set *hosts;
     struct msm_ring *ring;     /* RING_HASH: built with this version */
     struct msm_maglev *maglev; /* MAGLEV */
+    struct msm_prio *prio;     /* priority levels and localities (upstream/priority.h), or NULL
+                                * when every host is healthy in one level and nothing can
+                                * change that (no outlier detection, no health checks) */
 };
 
 /* Build a cluster config from an envoy.config.cluster.v3.Cluster. Returns NULL with <err>
@@ -217,7 +251,12 @@ void msm_host_unref(struct msm_host *h);
 /* Takes ownership of the references in <hosts> (array copied). */
 struct msm_host_set *msm_host_set_new(struct msm_host **hosts, int n);
 void msm_host_set_unref(struct msm_host_set *hs);
-/* True when both sets hold the same addresses with the same weights, in any order. */
+/* Give <hs> (just created, not yet shared) the topology <t> (copied; its attr has hs->n
+ * entries). */
+void msm_host_set_set_topology(struct msm_host_set *hs, const struct msm_topology *t);
+void msm_topology_deinit(struct msm_topology *t);
+/* True when both sets hold the same addresses with the same weights, in any order (and the same
+ * priorities, localities and health). */
 bool msm_host_set_same(const struct msm_host_set *a, const struct msm_host_set *b);
 
 /* New cluster version; takes new references to all three parts. */

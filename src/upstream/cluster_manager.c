@@ -13,6 +13,8 @@
 #include "common/log.h"
 #include "config/pbutil.h"
 #include "upstream/cluster.h"
+#include "xds/strmap.h"
+#include "upstream/priority.h"
 
 struct ep_state {
     struct msm_address *addrs;
@@ -45,6 +47,13 @@ struct cm_entry {
     bool round_failed;
     uint32_t round_ttl;
     uint32_t failures;
+    /* Indexes (so that applying N clusters or N assignments is O(N), not O(N^2)): position in
+     * cm->e; whether the entry is counted in cm->n_warming (see account); for EDS clusters, the
+     * other users of the same service name (list headed in cm->eds_users). */
+    int idx;
+    bool counted_warming;
+    bool eds_linked;
+    struct cm_entry *eds_prev, *eds_next;
 };
 
 /* The last ClusterLoadAssignment per EDS service name. */
@@ -54,6 +63,7 @@ struct eds_cache {
     size_t len;
     char *version;
     double last_updated;
+    int idx; /* in cm->eds */
 };
 
 struct msm_cluster_manager {
@@ -62,8 +72,15 @@ struct msm_cluster_manager {
     struct msm_dns *dns;
     struct cm_entry **e;
     int n;
-    struct eds_cache *eds;
+    size_t cap;
+    struct msm_strmap by_name; /* cluster name -> struct cm_entry * */
+    int n_warming;             /* entries that are warming (kept by account) */
+    struct eds_cache **eds;    /* in arrival order (config_dump) */
     int n_eds;
+    size_t eds_cap;
+    struct msm_strmap eds_by_service; /* service -> struct eds_cache * */
+    struct msm_strmap eds_users;      /* service -> first struct cm_entry * using it */
+    uint64_t eds_gen, eds_gen_seen;   /* bumped when the set of EDS service names changes */
     struct msm_cm_stats stats;
     msm_cm_cb *changed;
     void *changed_arg;
@@ -113,8 +130,71 @@ static void entry_stop_dns(struct cm_entry *e)
     }
 }
 
+static const char *eds_name(const struct cm_entry *e);
+
+/* Keep cm->n_warming in step with the entry's state; call after changing <initialized> or
+ * <held>. */
+static void account(struct cm_entry *e)
+{
+    bool w = !e->initialized || e->held;
+    if (w != e->counted_warming) {
+        e->cm->n_warming += w ? 1 : -1;
+        e->counted_warming = w;
+    }
+}
+
+static void eds_link(struct cm_entry *e)
+{
+    if (e->cfg->type != MSM_CLUSTER_EDS) {
+        return;
+    }
+    bool added;
+    void **slot = msm_strmap_put(&e->cm->eds_users, eds_name(e), e, &added);
+    if (added) {
+        e->cm->eds_gen++;
+    } else {
+        struct cm_entry *head = *slot;
+        e->eds_next = head;
+        head->eds_prev = e;
+        *slot = e;
+    }
+    e->eds_linked = true;
+}
+
+static void eds_unlink(struct cm_entry *e)
+{
+    if (!e->eds_linked) {
+        return;
+    }
+    if (e->eds_prev) {
+        e->eds_prev->eds_next = e->eds_next;
+    } else if (e->eds_next) {
+        *msm_strmap_find(&e->cm->eds_users, eds_name(e)) = e->eds_next;
+    } else {
+        msm_strmap_del(&e->cm->eds_users, eds_name(e), NULL);
+        e->cm->eds_gen++;
+    }
+    if (e->eds_next) {
+        e->eds_next->eds_prev = e->eds_prev;
+    }
+    e->eds_prev = e->eds_next = NULL;
+    e->eds_linked = false;
+}
+
+/* The EDS clusters using <service> (a list through eds_next). */
+static struct cm_entry *eds_users(const struct msm_cluster_manager *cm, const char *service)
+{
+    void **slot = msm_strmap_find(&cm->eds_users, service);
+    return slot ? *slot : NULL;
+}
+
 static void entry_free(struct cm_entry *e)
 {
+    if (e->counted_warming) {
+        e->cm->n_warming--;
+        e->counted_warming = false;
+    }
+    eds_unlink(e);
     entry_stop_dns(e);
     msm_hc_free(e->hc);
     msm_host_set_unref(e->held);
@@ -139,11 +219,15 @@ void msm_cm_free(struct msm_cluster_manager *cm)
     }
     free(cm->e);
     for (int i = 0; i < cm->n_eds; i++) {
-        free(cm->eds[i].service);
-        free(cm->eds[i].cla);
-        free(cm->eds[i].version);
+        free(cm->eds[i]->service);
+        free(cm->eds[i]->cla);
+        free(cm->eds[i]->version);
+        free(cm->eds[i]);
     }
     free(cm->eds);
+    msm_strmap_deinit(&cm->by_name);
+    msm_strmap_deinit(&cm->eds_by_service);
+    msm_strmap_deinit(&cm->eds_users);
     msm_cm_stats_deinit(&cm->stats);
     free(cm);
 }
@@ -155,11 +239,7 @@ int msm_cm_count(const struct msm_cluster_manager *cm)
 
 int msm_cm_warming(const struct msm_cluster_manager *cm)
 {
-    int w = 0;
-    for (int i = 0; i < cm->n; i++) {
-        w += !cm->e[i]->initialized || cm->e[i]->held;
-    }
-    return w;
+    return cm->n_warming;
 }
 
 static void update_gauges(struct msm_cluster_manager *cm)
@@ -177,6 +257,7 @@ static void publish(struct cm_entry *e, struct msm_host_set *hs)
     if (!msm_cluster_cfg_warm(e->cfg)) {
         msm_host_set_unref(e->held);
         e->held = hs;
+        account(e);
         return;
     }
     struct msm_cluster *old = e->cur;
@@ -188,9 +269,15 @@ static void publish(struct cm_entry *e, struct msm_host_set *hs)
     for (int i = 0; i < hs->n; i++) {
         maxw = hs->hosts[i]->weight > maxw ? hs->hosts[i]->weight : maxw;
     }
-    healthy = hs->n;
+    int degraded = 0;
+    for (int i = 0; i < hs->n; i++) {
+        uint8_t st = hs->topo.attr ? hs->topo.attr[i].health : MSM_HOST_HEALTHY;
+        healthy += st == MSM_HOST_HEALTHY;
+        degraded += st == MSM_HOST_DEGRADED;
+    }
     msm_stat_set(e->sh->stats.membership_total, (uint64_t)(hs->n + hs->n_excluded));
     msm_stat_set(e->sh->stats.membership_healthy, (uint64_t)healthy);
+    msm_stat_set(e->sh->stats.membership_degraded, (uint64_t)degraded);
     msm_stat_set(e->sh->stats.membership_excluded, (uint64_t)hs->n_excluded);
     msm_stat_set(e->sh->stats.max_host_weight, maxw);
     if (e->cfg->hc && e->cm->loop) {
@@ -220,6 +307,7 @@ static void warmed(struct cm_entry *e, bool async_change)
 {
     bool first = !e->initialized;
     e->initialized = true;
+    account(e);
     struct msm_cluster_manager *cm = e->cm;
     if (first) {
         check_init(cm);
@@ -343,15 +431,15 @@ struct dns_req {
 
 static struct cm_entry *find_entry(const struct msm_cluster_manager *cm, const char *name, int *idx)
 {
-    for (int i = 0; i < cm->n; i++) {
-        if (!strcmp(cm->e[i]->name, name)) {
-            if (idx) {
-                *idx = i;
-            }
-            return cm->e[i];
-        }
+    void **slot = msm_strmap_find(&cm->by_name, name);
+    if (!slot) {
+        return NULL;
     }
-    return NULL;
+    struct cm_entry *e = *slot;
+    if (idx) {
+        *idx = e->idx;
+    }
+    return e;
 }
 
 static void on_dns(void *arg, int status, const char *errmsg, const struct msm_address *addrs,
@@ -422,86 +510,49 @@ static void on_refresh(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- EDS ---------------------------------------------------------------------------------- */
 
-static bool healthy_status(Envoy__Config__Core__V3__HealthStatus s)
-{
-    return s == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__UNKNOWN ||
-           s == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__HEALTHY ||
-           s == ENVOY__CONFIG__CORE__V3__HEALTH_STATUS__DEGRADED;
-}
-
-/* Hosts from a ClusterLoadAssignment. Priorities: traffic goes to the lowest priority level
- * that has healthy hosts; when fewer than half of that level's hosts are healthy (Envoy's
- * default panic threshold) all of its hosts are used. Hosts that are not chosen count as
- * excluded. Locality weights are not applied yet (all localities of a level share load by
- * host weight). */
+/* Hosts from a ClusterLoadAssignment: every endpoint of every priority, with its priority,
+ * locality and EDS health as the set's topology; the load balancer spreads load over the
+ * levels and localities (upstream/priority.c). */
 static int hosts_from_cla(struct cm_entry *e, const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla,
                           struct msm_host_set **out, struct msm_err *err)
 {
-    uint32_t best_prio = UINT32_MAX;
-    size_t total = 0;
+    struct msm_topology topo;
+    int total = 0;
+    if (msm_topology_from_cla(cla, &topo, &total, err) < 0) {
+        return MSM_EINVAL;
+    }
+    struct msm_host **hv = msm_xcalloc((size_t)total + 1, sizeof(*hv));
+    int k = 0;
     for (size_t i = 0; i < cla->n_endpoints; i++) {
         const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *l = cla->endpoints[i];
         for (size_t j = 0; j < l->n_lb_endpoints; j++) {
             const Envoy__Config__Endpoint__V3__LbEndpoint *lb = l->lb_endpoints[j];
-            total++;
+            struct msm_address a;
             if (lb->host_identifier_case !=
                 ENVOY__CONFIG__ENDPOINT__V3__LB_ENDPOINT__HOST_IDENTIFIER_ENDPOINT) {
-                return msm_err_set(err, "endpoints[%zu].lb_endpoints[%zu]: endpoint_name is not "
-                                        "supported", i, j);
-            }
-            if (healthy_status(lb->health_status) && l->priority < best_prio) {
-                best_prio = l->priority;
-            }
-        }
-    }
-    if (best_prio == UINT32_MAX) {
-        best_prio = 0;
-    }
-    struct msm_host **hv = msm_xcalloc(total + 1, sizeof(*hv));
-    int k = 0, level_total = 0, level_healthy = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < cla->n_endpoints; i++) {
-            const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *l = cla->endpoints[i];
-            if (l->priority != best_prio) {
+                msm_err_set(err, "endpoints[%zu].lb_endpoints[%zu]: endpoint_name is not "
+                                 "supported", i, j);
+            } else if (msm_pb_address(lb->endpoint->address, &a, err) < 0) {
+                msm_err_prefix(err, "endpoints[%zu].lb_endpoints[%zu].endpoint.address", i, j);
+            } else {
+                uint32_t w = msm_pb_u32(lb->load_balancing_weight, 1);
+                struct msm_tsm_meta *m = msm_tsm_meta_from_proto(lb->metadata, l->metadata);
+                hv[k++] = get_host(e->cur ? e->cur->hosts : NULL, &a, lb->endpoint->hostname,
+                                   w ? w : 1, m);
+                msm_tsm_meta_free(m);
                 continue;
             }
-            for (size_t j = 0; j < l->n_lb_endpoints; j++) {
-                const Envoy__Config__Endpoint__V3__LbEndpoint *lb = l->lb_endpoints[j];
-                bool ok = healthy_status(lb->health_status);
-                if (pass == 0) {
-                    level_total++;
-                    level_healthy += ok;
-                    continue;
-                }
-                bool panic = level_healthy * 2 < level_total;
-                if (!ok && !panic) {
-                    continue;
-                }
-                struct msm_address a;
-                if (msm_pb_address(lb->endpoint->address, &a, err) < 0) {
-                    msm_err_prefix(err, "endpoints[%zu].lb_endpoints[%zu].endpoint.address", i, j);
-                    for (int x = 0; x < k; x++) {
-                        msm_host_unref(hv[x]);
-                    }
-                    free(hv);
-                    return MSM_EINVAL;
-                }
-                uint32_t w = msm_pb_u32(lb->load_balancing_weight, 1);
-                if (!w) {
-                    w = 1;
-                }
-                struct msm_tsm_meta *m = msm_tsm_meta_from_proto(lb->metadata, l->metadata);
-                hv[k++] = get_host(e->cur ? e->cur->hosts : NULL, &a, lb->endpoint->hostname, w,
-                                   m);
-                msm_tsm_meta_free(m);
+            for (int x = 0; x < k; x++) {
+                msm_host_unref(hv[x]);
             }
+            free(hv);
+            msm_topology_deinit(&topo);
+            return MSM_EINVAL;
         }
     }
-    if (level_healthy * 2 < level_total) {
-        msm_stat_inc(e->sh->stats.lb_healthy_panic);
-    }
     struct msm_host_set *hs = msm_host_set_new(hv, k);
-    hs->n_excluded = (int)total - k;
+    msm_host_set_set_topology(hs, &topo);
+    msm_topology_deinit(&topo);
     free(hv);
     *out = hs;
     return 0;
@@ -514,12 +565,8 @@ static const char *eds_name(const struct cm_entry *e)
 
 static struct eds_cache *find_eds(const struct msm_cluster_manager *cm, const char *service)
 {
-    for (int i = 0; i < cm->n_eds; i++) {
-        if (!strcmp(cm->eds[i].service, service)) {
-            return &cm->eds[i];
-        }
-    }
-    return NULL;
+    void **slot = msm_strmap_find(&cm->eds_by_service, service);
+    return slot ? *slot : NULL;
 }
 
 /* Apply a CLA to one EDS entry. */
@@ -544,6 +591,7 @@ static int apply_cla(struct cm_entry *e, const Envoy__Config__Endpoint__V3__Clus
     }
     bool first = !e->initialized;
     e->initialized = true;
+    account(e);
     if (first) {
         check_init(e->cm);
     }
@@ -557,12 +605,8 @@ int msm_cm_apply_eds(struct msm_cluster_manager *cm, const void *proto, const ch
     if (!cla->cluster_name[0]) {
         return msm_err_set(err, "ClusterLoadAssignment: cluster_name is required");
     }
-    /* Validate against a scratch entry first, so a bad assignment changes nothing. */
-    for (int i = 0; i < cm->n; i++) {
-        struct cm_entry *e = cm->e[i];
-        if (e->cfg->type != MSM_CLUSTER_EDS || strcmp(eds_name(e), cla->cluster_name) != 0) {
-            continue;
-        }
+    for (struct cm_entry *e = eds_users(cm, cla->cluster_name), *next; e; e = next) {
+        next = e->eds_next;
         if (apply_cla(e, cla, err) < 0) {
             msm_err_prefix(err, "ClusterLoadAssignment '%s'", cla->cluster_name);
             return MSM_EINVAL;
@@ -570,10 +614,12 @@ int msm_cm_apply_eds(struct msm_cluster_manager *cm, const void *proto, const ch
     }
     struct eds_cache *c = find_eds(cm, cla->cluster_name);
     if (!c) {
-        cm->eds = msm_xrealloc(cm->eds, (size_t)(cm->n_eds + 1) * sizeof(*cm->eds));
-        c = &cm->eds[cm->n_eds++];
-        memset(c, 0, sizeof(*c));
+        cm->eds = msm_xgrow(cm->eds, sizeof(*cm->eds), &cm->eds_cap, (size_t)cm->n_eds + 1);
+        c = MSM_NEW(struct eds_cache);
         c->service = msm_xstrdup(cla->cluster_name);
+        c->idx = cm->n_eds;
+        cm->eds[cm->n_eds++] = c;
+        msm_strmap_put(&cm->eds_by_service, c->service, c, NULL);
     }
     free(c->cla);
     free(c->version);
@@ -587,34 +633,34 @@ int msm_cm_apply_eds(struct msm_cluster_manager *cm, const void *proto, const ch
 
 void msm_cm_remove_eds(struct msm_cluster_manager *cm, const char *service)
 {
-    for (int i = 0; i < cm->n_eds; i++) {
-        if (!strcmp(cm->eds[i].service, service)) {
-            free(cm->eds[i].service);
-            free(cm->eds[i].cla);
-            free(cm->eds[i].version);
-            cm->eds[i] = cm->eds[--cm->n_eds];
-            break;
-        }
+    struct eds_cache *c = find_eds(cm, service);
+    if (c) {
+        msm_strmap_del(&cm->eds_by_service, service, NULL);
+        cm->eds[c->idx] = cm->eds[--cm->n_eds];
+        cm->eds[c->idx]->idx = c->idx;
+        free(c->service);
+        free(c->cla);
+        free(c->version);
+        free(c);
     }
-    for (int i = 0; i < cm->n; i++) {
-        struct cm_entry *e = cm->e[i];
-        if (e->cfg->type == MSM_CLUSTER_EDS && !strcmp(eds_name(e), service)) {
-            publish(e, msm_host_set_new(NULL, 0));
-            msm_stat_inc(e->sh->stats.update_empty);
-            bool first = !e->initialized;
-            e->initialized = true;
-            if (first) {
-                check_init(cm);
-            }
+    for (struct cm_entry *e = eds_users(cm, service), *next; e; e = next) {
+        next = e->eds_next;
+        publish(e, msm_host_set_new(NULL, 0));
+        msm_stat_inc(e->sh->stats.update_empty);
+        bool first = !e->initialized;
+        e->initialized = true;
+        account(e);
+        if (first) {
+            check_init(cm);
         }
     }
 }
 
 void msm_cm_eds_timeout(struct msm_cluster_manager *cm, const char *service)
 {
-    for (int i = 0; i < cm->n; i++) {
-        struct cm_entry *e = cm->e[i];
-        if (e->cfg->type == MSM_CLUSTER_EDS && !e->initialized && !strcmp(eds_name(e), service)) {
+    for (struct cm_entry *e = eds_users(cm, service), *next; e; e = next) {
+        next = e->eds_next;
+        if (!e->initialized) {
             msm_stat_inc(e->sh->stats.assignment_timeout_received);
             publish(e, msm_host_set_new(NULL, 0));
             warmed(e, true);
@@ -643,7 +689,9 @@ static void entry_start(struct cm_entry *e, bool validate_only)
                              cfg->static_weights[i],
                              cfg->static_meta ? cfg->static_meta[i] : NULL);
         }
-        publish(e, msm_host_set_new(hv, cfg->n_static));
+        struct msm_host_set *hs = msm_host_set_new(hv, cfg->n_static);
+        msm_host_set_set_topology(hs, &cfg->static_topo);
+        publish(e, hs);
         free(hv);
         e->initialized = true;
         return;
@@ -709,21 +757,33 @@ int msm_cm_add(struct msm_cluster_manager *cm, const void *proto, const char *ve
     e->proto_len = len;
     e->hash = hash;
     ev_timer_init(&e->refresh, on_refresh, 0, 0);
+    eds_link(e); /* before the old entry goes: a replaced cluster keeps its service name set */
     if (old) {
         /* Same name: keep stats and serve the previous version until this one is warm. */
         e->sh = old->sh;
         atomic_fetch_add(&e->sh->refs, 1);
         e->cur = old->cur ? msm_cluster_ref(old->cur) : NULL;
+        if (old->cfg->eds_source_len != cfg->eds_source_len ||
+            (cfg->eds_source_len &&
+             memcmp(old->cfg->eds_source, cfg->eds_source, cfg->eds_source_len) != 0)) {
+            cm->eds_gen++; /* another EDS config source: subscribe again */
+        }
         entry_free(old);
+        e->idx = idx;
         cm->e[idx] = e;
+        *msm_strmap_find(&cm->by_name, e->name) = e;
         msm_stat_inc(cm->stats.cluster_modified);
     } else {
         e->sh = msm_cluster_shared_new(cfg, cm->st);
-        cm->e = msm_xrealloc(cm->e, (size_t)(cm->n + 1) * sizeof(*cm->e));
+        cm->e = msm_xgrow(cm->e, sizeof(*cm->e), &cm->cap, (size_t)cm->n + 1);
+        e->idx = cm->n;
         cm->e[cm->n++] = e;
+        msm_strmap_put(&cm->by_name, e->name, e, NULL);
         msm_stat_inc(cm->stats.cluster_added);
     }
+    account(e);
     entry_start(e, validate_only);
+    account(e);
     update_gauges(cm);
     return old ? MSM_CM_MODIFIED : MSM_CM_ADDED;
 }
@@ -738,7 +798,9 @@ int msm_cm_remove(struct msm_cluster_manager *cm, const char *name)
     if (e->is_static) {
         return MSM_EINVAL;
     }
+    msm_strmap_del(&cm->by_name, e->name, NULL);
     cm->e[idx] = cm->e[--cm->n];
+    cm->e[idx]->idx = idx;
     entry_free(e);
     msm_stat_inc(cm->stats.cluster_removed);
     update_gauges(cm);
@@ -771,6 +833,7 @@ int msm_cm_secrets_changed(struct msm_cluster_manager *cm)
         struct msm_host_set *hs = e->held;
         e->held = NULL;
         publish(e, hs);
+        account(e);
         msm_log(MSM_LOG_DEBUG, MSM_LC_UPSTREAM, "cluster '%s': TLS secrets ready, warm",
                 e->name);
         n++;
@@ -819,6 +882,13 @@ char **msm_cm_eds_names(const struct msm_cluster_manager *cm, int *n)
     return v;
 }
 
+bool msm_cm_eds_names_changed(struct msm_cluster_manager *cm)
+{
+    bool changed = cm->eds_gen != cm->eds_gen_seen || !cm->eds_gen_seen;
+    cm->eds_gen_seen = cm->eds_gen;
+    return changed;
+}
+
 const uint8_t *msm_cm_eds_source(const struct msm_cluster_manager *cm, size_t *len)
 {
     for (int i = 0; i < cm->n; i++) {
@@ -858,7 +928,7 @@ void msm_cm_dump(const struct msm_cluster_manager *cm, msm_cm_dump_fn *fn, void 
 void msm_cm_dump_eds(const struct msm_cluster_manager *cm, msm_cm_eds_dump_fn *fn, void *arg)
 {
     for (int i = 0; i < cm->n_eds; i++) {
-        fn(arg, cm->eds[i].service, cm->eds[i].cla, cm->eds[i].len, cm->eds[i].version,
-           cm->eds[i].last_updated);
+        fn(arg, cm->eds[i]->service, cm->eds[i]->cla, cm->eds[i]->len, cm->eds[i]->version,
+           cm->eds[i]->last_updated);
     }
 }

@@ -66,6 +66,9 @@ int msm_cm_warming(const struct msm_cluster_manager *cm);
 /* EDS service names needed by the current clusters (sorted, unique); free with
  * msm_strv_free. */
 char **msm_cm_eds_names(const struct msm_cluster_manager *cm, int *n);
+/* Whether the set of EDS service names changed since the last call (true on the first call):
+ * a CDS update that only modifies clusters needs no new EDS subscription. */
+bool msm_cm_eds_names_changed(struct msm_cluster_manager *cm);
 /* The eds_config of the first EDS cluster (packed ConfigSource), for the EDS subscription; NULL
  * when no EDS cluster has one. Borrowed. */
 const uint8_t *msm_cm_eds_source(const struct msm_cluster_manager *cm, size_t *len);

@@ -11,6 +11,7 @@
 #include "config/pbutil.h"
 #include "net/conn.h"
 #include "upstream/cluster.h"
+#include "upstream/priority.h"
 
 struct hc_host;
 
@@ -194,6 +195,7 @@ static void result(struct hc_host *h, bool ok, bool network)
         if (++h->ok_streak >= hc->cfg->healthy_threshold &&
             atomic_exchange(&h->host->hc_unhealthy, false)) {
             msm_log(MSM_LOG_INFO, MSM_LC_HC, "cluster '%s': host %s is healthy", hc->name, a);
+            msm_health_changed();
         }
     } else {
         msm_stat_inc(hc->stats.failure);
@@ -204,6 +206,7 @@ static void result(struct hc_host *h, bool ok, bool network)
         if (++h->fail_streak >= hc->cfg->unhealthy_threshold &&
             !atomic_exchange(&h->host->hc_unhealthy, true)) {
             msm_log(MSM_LOG_INFO, MSM_LC_HC, "cluster '%s': host %s is unhealthy", hc->name, a);
+            msm_health_changed();
         }
     }
     update_healthy_gauge(hc);

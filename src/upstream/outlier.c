@@ -7,6 +7,7 @@
 #include "common/log.h"
 #include "config/pbutil.h"
 #include "upstream/cluster.h"
+#include "upstream/priority.h"
 
 uint64_t msm_mono_ms(void)
 {
@@ -99,6 +100,7 @@ static void eject(struct msm_cluster *c, struct msm_host *h, bool enforced,
         return; /* another worker ejected it first */
     }
     atomic_fetch_add(&c->sh->ejected, 1);
+    msm_health_changed();
     msm_stat_inc(st->ejections_active);
     msm_stat_inc(st->ejections_total);
     msm_stat_inc(st->ejections_enforced_total);
@@ -155,6 +157,7 @@ bool msm_outlier_host_ok(struct msm_cluster *c, struct msm_host *h, uint64_t now
     /* Time served: un-eject once (whoever wins the exchange does the accounting). */
     if (atomic_compare_exchange_strong(&h->ejected_until, &until, 0)) {
         atomic_fetch_sub(&c->sh->ejected, 1);
+        msm_health_changed();
         msm_stat_dec(c->sh->outlier.ejections_active);
         atomic_store(&h->cons_5xx, 0);
         atomic_store(&h->cons_gw, 0);

@@ -576,3 +576,65 @@ def make_cert(dirname, name="localhost"):
                     "-addext", "subjectAltName=DNS:%s,IP:127.0.0.1" % name],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return key, cert
+
+
+def istio_secrets(types, cert_pem, key_pem, ca_pem):
+    """SDS `default` (the workload's certificate and key) and `ROOTCA` (the mesh CA), as
+    istio-agent serves them (inline_bytes). PEMs as str or bytes."""
+    import base64
+
+    def b64(pem):
+        return base64.b64encode(pem.encode() if isinstance(pem, str) else pem).decode()
+    secret = "envoy.extensions.transport_sockets.tls.v3.Secret"
+    return [types.parse_json(secret, {"name": "default", "tls_certificate": {
+                "certificate_chain": {"inline_bytes": b64(cert_pem)},
+                "private_key": {"inline_bytes": b64(key_pem)}}}),
+            types.parse_json(secret, {"name": "ROOTCA", "validation_context": {
+                "trusted_ca": {"inline_bytes": b64(ca_pem)}}})]
+
+
+def make_istio_secrets(types, tmp, sa):
+    """A fresh mesh CA and a SPIFFE leaf for spiffe://cluster.local/ns/default/sa/<sa> made with
+    openssl in <tmp> (ca.pem, leaf.pem, leaf.key, ...); istio_secrets() of them."""
+    def run(*a):
+        subprocess.run(("openssl",) + a, check=True, capture_output=True, timeout=30)
+
+    def p(n):
+        return os.path.join(tmp, n)
+
+    def read(n):
+        with open(p(n), "rb") as f:
+            return f.read()
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", p("ca.key"), "-out", p("ca.pem"), "-days", "2", "-subj", "/O=cluster.local",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    with open(p("ext"), "w") as f:
+        f.write("subjectAltName=URI:spiffe://cluster.local/ns/default/sa/%s\n" % sa)
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", p("leaf.key"), "-out", p("leaf.csr"), "-subj", "/O=" + sa)
+    run("x509", "-req", "-in", p("leaf.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
+        "-CAcreateserial", "-out", p("leaf.pem"), "-days", "2", "-extfile", p("ext"))
+    return istio_secrets(types, read("leaf.pem"), read("leaf.key"), read("ca.pem"))
+
+
+def pipe_cluster(name, path):
+    """A bootstrap's STATIC HTTP/2 cluster <name> to this control plane's unix socket <path>
+    (xds-grpc, sds-grpc)."""
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"pipe": {"path": path}}}}]}]},
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                             "HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}}}
+
+
+def ads_dynamic_resources(api_type="DELTA_GRPC"):
+    """A bootstrap's dynamic_resources: LDS and CDS over ADS (<api_type>: DELTA_GRPC or GRPC)
+    through cluster xds-grpc."""
+    src = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
+    return {"lds_config": src, "cds_config": src,
+            "ads_config": {"api_type": api_type, "set_node_on_first_message_only": True,
+                           "transport_api_version": "V3",
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}}

@@ -4,6 +4,7 @@
   with its live session count read from a status file.
 - Players: ffprobe (decodes and counts frames, transport forced) and GStreamer's rtspsrc.
 - RawRtsp: a scripted RTSP client on a socket, for error paths and precise state checks.
+Also the base of istio-integration/e2e/peers.py (the same peers inside network namespaces).
 - rtsp_proxy_config(): a static bootstrap with rtsp_proxy (before tcp_proxy, or alone).
 Every process started here is stopped in a cleanup; every wait is bounded.
 """
@@ -35,26 +36,34 @@ def missing_peers():
 
 
 class Camera:
-    def __init__(self, workdir, port=0, paths=("/cam",), extra=()):
-        self.status = os.path.join(workdir, "camera-%d.json" % id(self))
-        self.log = os.path.join(workdir, "camera-%d.log" % id(self))
-        args = ["/usr/bin/python3", CAMERA, "--port", str(port), "--status", self.status]
+    """examples/rtsp_camera.py, started with <spawn> (default: a child that dies with this
+    process) behind argv <prefix> (e.g. `ip netns exec <pod>`); status and log files named by
+    <tag>. Raises AssertionError (after stopping it) if it is not READY in <ready_timeout> s."""
+
+    def __init__(self, workdir, port=0, paths=("/cam",), extra=(), prefix=(), tag=None,
+                 spawn=None, ready_timeout=15):
+        tag = tag or "%d" % id(self)
+        self.status = os.path.join(workdir, "camera-%s.json" % tag)
+        self.log = os.path.join(workdir, "camera-%s.log" % tag)
+        args = list(prefix) + ["/usr/bin/python3", CAMERA, "--port", str(port),
+                               "--status", self.status]
         for p in paths:
             args += ["--path", p]
         args += list(extra)
         self._log = open(self.log, "w")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL, text=True,
-                                     preexec_fn=H._die_with_parent)
+        spawn = spawn or _popen_child
+        self.proc = spawn(args, stdout=subprocess.PIPE, stderr=self._log,
+                          stdin=subprocess.DEVNULL, text=True)
         line = ""
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if line.startswith("READY") or not line:
                 break
         if not line.startswith("READY"):
             self.stop()
-            raise AssertionError("camera did not start: %r\n%s" % (line, self.read_log()))
+            raise AssertionError("camera %s did not start: %r\n%s" % (tag, line,
+                                                                     self.read_log()))
         self.port = int(line.split()[1])
 
     def read_log(self):
@@ -71,6 +80,9 @@ class Camera:
     def sessions(self):
         return self.state().get("sessions")
 
+    def connected_total(self):
+        return self.state().get("connected_total", 0)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -82,6 +94,30 @@ class Camera:
         if self.proc.stdout:
             self.proc.stdout.close()
         self._log.close()
+
+
+def _popen_child(argv, **kw):
+    return subprocess.Popen(argv, preexec_fn=H._die_with_parent, **kw)
+
+
+def ffprobe_argv(u, transport, seconds):
+    """ffprobe decoding <seconds> of video through <u> with the transport forced; prints the
+    number of frames read."""
+    return ["ffprobe", "-v", "error", "-rtsp_transport", transport, "-count_frames",
+            "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames",
+            "-of", "csv=p=0", "-read_intervals", "%%+%g" % seconds, u]
+
+
+def frames_of(ffprobe_out):
+    m = re.search(r"(\d+)", ffprobe_out)
+    return int(m.group(1)) if m else 0
+
+
+def gst_argv(u, protocol, frames):
+    """GStreamer rtspsrc decoding <frames> H.264 frames of <u> (protocol: udp | tcp)."""
+    return ["gst-launch-1.0", "-q", "rtspsrc", "location=" + u, "protocols=" + protocol,
+            "latency=100", "!", "rtph264depay", "!", "avdec_h264", "!", "identity",
+            "eos-after=%d" % frames, "!", "fakesink"]
 
 
 def rtsp_filter(**cfg):
@@ -110,9 +146,7 @@ class Player:
     """ffprobe decoding <seconds> of video through <u> with the transport forced."""
 
     def __init__(self, u, transport, seconds=2.0, timeout=20):
-        self.cmd = ["ffprobe", "-v", "error", "-rtsp_transport", transport, "-count_frames",
-                    "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames",
-                    "-of", "csv=p=0", "-read_intervals", "%%+%g" % seconds, u]
+        self.cmd = ffprobe_argv(u, transport, seconds)
         self.timeout = timeout
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, text=True,
@@ -128,8 +162,7 @@ class Player:
         return self
 
     def frames(self):
-        m = re.search(r"(\d+)", self.out)
-        return int(m.group(1)) if m else 0
+        return frames_of(self.out)
 
     def kill(self):
         if self.proc.poll() is None:
@@ -144,9 +177,7 @@ def ffprobe_frames(u, transport, seconds=2.0):
 
 def gst_frames_ok(u, protocol, frames=15, timeout=20):
     """GStreamer rtspsrc decoding <frames> H.264 frames: (ok, output)."""
-    cmd = ["gst-launch-1.0", "-q", "rtspsrc", "location=" + u, "protocols=" + protocol,
-           "latency=100", "!", "rtph264depay", "!", "avdec_h264", "!", "identity",
-           "eos-after=%d" % frames, "!", "fakesink"]
+    cmd = gst_argv(u, protocol, frames)
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                            stdin=subprocess.DEVNULL, preexec_fn=H._die_with_parent)
@@ -183,14 +214,19 @@ def proxy_fds(proxy):
 
 class RawRtsp:
     """A scripted RTSP client: request() sends one request and returns (status, headers, body);
-    interleaved frames that arrive meanwhile are counted and skipped."""
+    interleaved frames that arrive meanwhile are counted (on_frame()) and skipped. <sock>: an
+    already connected socket to use instead of connecting to 127.0.0.1:<port>."""
 
-    def __init__(self, port, timeout=H.IO_TIMEOUT, rcvbuf=None):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
+    def __init__(self, port, timeout=H.IO_TIMEOUT, rcvbuf=None, sock=None):
+        if sock is None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.settimeout(timeout)
+            sock.connect(("127.0.0.1", port))
+        else:
+            sock.settimeout(timeout)
+        self.sock = sock
         self.buf = b""
         self.cseq = 0
         self.frames = 0
@@ -211,6 +247,9 @@ class RawRtsp:
             raise EOFError("connection closed")
         self.buf += b
 
+    def on_frame(self):
+        self.frames += 1
+
     def read_response(self):
         while True:
             while self.buf[:1] == b"$":
@@ -220,7 +259,7 @@ class RawRtsp:
                 while len(self.buf) < 4 + n:
                     self._fill()
                 self.buf = self.buf[4 + n:]
-                self.frames += 1
+                self.on_frame()
             i = self.buf.find(b"\r\n\r\n")
             if i >= 0 and self.buf[:1] != b"$":
                 break

@@ -9,58 +9,16 @@ uid 1337. Without root they are skipped with a message."""
 import os
 import socket
 import subprocess
-import sys
-import threading
 import time
 import unittest
 
 import harness as H
+import netns_pods as N
 
 POD_IP = "10.77.0.2"       # the pod's own address (inbound destination)
 VIP = "10.77.0.99"         # a "service VIP": nothing listens there, only a listener exists
 OTHER = "10.77.0.50"       # an address outside the mesh config (passthrough)
-NETNS_FLAG = "--in-netns"
-
-
-def in_netns():
-    return NETNS_FLAG in sys.argv
-
-
-class IdServer:
-    """Accepts on (ip, port), answers each connection with '<name> <peer ip>\\n' then echoes."""
-
-    def __init__(self, ip, port, name):
-        self.name = name
-        self.s = socket.socket()
-        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.s.bind((ip, port))
-        self.s.listen(64)
-        self.s.settimeout(0.2)
-        self.stop_ev = threading.Event()
-        threading.Thread(target=self.loop, daemon=True).start()
-
-    def loop(self):
-        while not self.stop_ev.is_set():
-            try:
-                c, peer = self.s.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            c.sendall(("%s %s\n" % (self.name, peer[0])).encode())
-            threading.Thread(target=self.echo, args=(c,), daemon=True).start()
-
-    def echo(self, c):
-        with c:
-            while True:
-                d = c.recv(4096)
-                if not d:
-                    return
-                c.sendall(d)
-
-    def stop(self):
-        self.stop_ev.set()
-        self.s.close()
+in_netns = N.in_test_netns
 
 
 def tcp_proxy(prefix, cluster):
@@ -136,8 +94,10 @@ class CaptureTest(H.ProxyTestCase):
         sh(*ipt, "-A", "ISTIO_OUTPUT", "-d", POD_IP + "/32", "-p", "tcp", "--dport", "8080",
            "-j", "REDIRECT", "--to-ports", "15006")
         sh(*ipt, "-A", "ISTIO_OUTPUT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15001")
-        cls.servers = [IdServer("127.0.0.1", 9001, "svc"), IdServer(POD_IP, 8080, "app"),
-                       IdServer(OTHER, 7777, "external")]
+        # The pod's applications, in this (the test's own) namespace.
+        cls.servers = [N.IdServer(None, 9001, "svc", ip="127.0.0.1"),
+                       N.IdServer(None, 8080, "app", ip=POD_IP),
+                       N.IdServer(None, 7777, "external", ip=OTHER)]
 
     @classmethod
     def tearDownClass(cls):
@@ -259,22 +219,5 @@ class InspectorTest(H.ProxyTestCase):
                                      % self.port), 1)
 
 
-def reexec_in_netns():
-    ns = "msmit%d" % os.getpid()
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable] + sys.argv + [NETNS_FLAG])
-        return r.returncode
-    finally:
-        subprocess.run(["ip", "netns", "del", ns])
-
-
 if __name__ == "__main__":
-    if not in_netns() and os.geteuid() == 0:
-        sys.exit(reexec_in_netns())
-    if in_netns():
-        sys.argv.remove(NETNS_FLAG)
-        sys.argv.append(NETNS_FLAG)  # keep the marker visible to skipUnless
-    H.parse_args()
-    sys.argv = [a for a in sys.argv if a != NETNS_FLAG]
-    unittest.main(verbosity=2)
+    N.main_in_netns("msmit")

@@ -47,25 +47,21 @@ def cla(name, ports):
                                                          "port_value": p}}}} for p in ports]}]})
 
 
+def start_control_plane(test):
+    """The test control plane on <test.tmp>/xds.sock (test.cp, test.sock), stopped at <test>'s
+    cleanup."""
+    test.cp = C.ControlPlane(types())
+    test.addCleanup(test.cp.stop)
+    test.sock = os.path.join(test.tmp, "xds.sock")
+    test.cp.listen("unix:" + test.sock)
+
+
 def xds_bootstrap(sock_path, api_type):
-    src = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
     return H.bootstrap(
-        clusters=[{"name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-                   "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
-                       {"endpoint": {"address": {"pipe": {"path": sock_path}}}}]}]},
-                   "typed_extension_protocol_options": {
-                       "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                           "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                                    "HttpProtocolOptions",
-                           "explicit_http_config": {"http2_protocol_options": {}}}}}],
+        clusters=[C.pipe_cluster("xds-grpc", sock_path)],
         node={"id": "sidecar~10.0.0.1~test.default~default.svc.cluster.local",
               "cluster": "test.default"},
-        dynamic_resources={"lds_config": src, "cds_config": src,
-                           "ads_config": {"api_type": api_type,
-                                          "set_node_on_first_message_only": True,
-                                          "transport_api_version": "V3",
-                                          "grpc_services": [{"envoy_grpc": {
-                                              "cluster_name": "xds-grpc"}}]}})
+        dynamic_resources=C.ads_dynamic_resources(api_type))
 
 
 class DynamicBase(H.ProxyTestCase):
@@ -73,10 +69,7 @@ class DynamicBase(H.ProxyTestCase):
 
     def setUp(self):
         super().setUp()
-        self.cp = C.ControlPlane(types())
-        self.addCleanup(self.cp.stop)
-        self.sock = os.path.join(self.tmp, "xds.sock")
-        self.cp.listen("unix:" + self.sock)
+        start_control_plane(self)
         self.up1 = self.upstream("identify", name="one")
         self.up2 = self.upstream("identify", name="two")
         self.port = H.free_port()

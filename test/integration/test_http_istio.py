@@ -16,6 +16,7 @@ import http_peers as P
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "controlplane"))
 import controlplane as C  # noqa: E402
+from test_dynamic import start_control_plane, xds_bootstrap  # noqa: E402
 
 TYPES = None
 HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -97,24 +98,7 @@ class BootstrapTest(H.ProxyTestCase):
 
 
 def ads_bootstrap(sock_path):
-    src = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
-    return H.bootstrap(
-        clusters=[{"name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-                   "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
-                       {"endpoint": {"address": {"pipe": {"path": sock_path}}}}]}]},
-                   "typed_extension_protocol_options": {
-                       "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                           "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                                    "HttpProtocolOptions",
-                           "explicit_http_config": {"http2_protocol_options": {}}}}}],
-        node={"id": "sidecar~10.0.0.1~test.default~default.svc.cluster.local",
-              "cluster": "test.default"},
-        dynamic_resources={"lds_config": src, "cds_config": src,
-                           "ads_config": {"api_type": "DELTA_GRPC",
-                                          "set_node_on_first_message_only": True,
-                                          "transport_api_version": "V3",
-                                          "grpc_services": [{"envoy_grpc": {
-                                              "cluster_name": "xds-grpc"}}]}})
+    return xds_bootstrap(sock_path, "DELTA_GRPC")
 
 
 def istio_http_filters():
@@ -198,10 +182,7 @@ def route_config(name, cluster, extra_routes=()):
 class RdsTest(H.ProxyTestCase):
     def setUp(self):
         super().setUp()
-        self.cp = C.ControlPlane(types())
-        self.addCleanup(self.cp.stop)
-        self.sock = os.path.join(self.tmp, "xds.sock")
-        self.cp.listen("unix:" + self.sock)
+        start_control_plane(self)
         self.a = P.HttpUpstream("a")
         self.b = P.HttpUpstream("b")
         self.addCleanup(self.a.stop)

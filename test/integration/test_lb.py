@@ -19,15 +19,17 @@ def who(proxy, listener="main"):
         s.close()
 
 
-def who_many(proxy, n, workers=8, listener="main"):
-    """<n> connections from <workers> threads; returns the list of names (order unspecified)."""
+def who_many(proxy, n, workers=8, listener="main", one=None, timeout=60):
+    """<n> connections from <workers> threads; returns the list of names (order unspecified).
+    <one>: what makes one connection and returns the name (default: who(proxy, listener))."""
+    one = one or (lambda: who(proxy, listener))
     out = []
     lock = threading.Lock()
     errors = []
 
     def run(k):
         try:
-            local = [who(proxy, listener) for _ in range(k)]
+            local = [one() for _ in range(k)]
         except OSError as e:
             errors.append(e)
             return
@@ -38,7 +40,7 @@ def who_many(proxy, n, workers=8, listener="main"):
     for t in ts:
         t.start()
     for t in ts:
-        t.join(60)
+        t.join(timeout)
     if errors:
         raise errors[0]
     return out

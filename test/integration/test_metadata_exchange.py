@@ -492,13 +492,18 @@ class MetadataExchangeTest(H.ProxyTestCase):
         self.assertRegex(body, r'istio_tcp_connections_opened_total\{reporter="destination",'
                          r'source_workload="client",source_canonical_service="client",'
                          r'source_canonical_revision="v1",source_workload_namespace="default",'
-                         r'source_principal="[^"]*",source_app="client",source_version="v1",'
-                         r'source_cluster="Kubernetes",destination_workload="server",')
+                         r'source_principal="%s",source_app="client",source_version="v1",'
+                         r'source_cluster="Kubernetes",destination_workload="server",'
+                         % re.escape(CLIENT_ID))
+        self.assertIn('destination_principal="%s"' % SERVER_ID, body)
         body = "\n".join(l for l in self.prom(cli).splitlines() if l.startswith("istio_tcp"))
         self.assertRegex(body, r'istio_tcp_connections_opened_total\{reporter="source",'
                          r'source_workload="client",.*destination_workload="server",'
-                         r'destination_workload_namespace="prod",destination_principal="[^"]*",'
-                         r'destination_app="server",destination_version="v2",')
+                         r'destination_workload_namespace="prod",destination_principal="%s",'
+                         r'destination_app="server",destination_version="v2",'
+                         % re.escape(SERVER_ID))
+        # Client side: the principals come from the upstream handshake (peer's and our SAN).
+        self.assertIn('source_principal="%s"' % CLIENT_ID, body)
 
     def test_interop_envoy_server(self):
         """Our client sidecar against a scripted Envoy server sidecar: our preamble is exactly

@@ -1,15 +1,17 @@
 """Admin API and observability (issue 6): /stats formats, /stats/prometheus with Istio's
 stats_config, /clusters, /listeners, /logging, /memory, /runtime, /certs, /reset_counters,
-/drain_listeners, /config_dump mask and resource, tcp_proxy access logs, istio.stats metrics,
-and bad input on the admin port (limits, slow clients, the main loop never stalls)."""
+/drain_listeners, /config_dump mask and resource, tcp_proxy and http_connection_manager access
+logs, istio.stats metrics, and bad input on the admin port (limits, slow clients, the main loop never stalls)."""
 import json
 import os
 import re
 import signal
 import socket
+import subprocess
 import time
 
 import harness as H
+import http_peers as P
 
 GOLDEN = None  # Istio's default bootstrap golden (stats_config), loaded on first use
 
@@ -401,6 +403,151 @@ class ObservabilityTest(H.ProxyTestCase):
         self.assertLess(time.monotonic() - t0, 5.0)
 
 
+class HcmAccessLogTest(H.ProxyTestCase):
+    """http_connection_manager access_log: one line per request, Istio's text format and a
+    json_format, for a routed 200, a 404 without a route and a 503 after connect failures."""
+
+    OUT = "outbound|9080||ratings.default.svc.cluster.local"
+    JSON_FORMAT = {"method": "%REQ(:METHOD)%", "path": "%REQ(:PATH)%", "protocol": "%PROTOCOL%",
+                   "code": "%RESPONSE_CODE%", "flags": "%RESPONSE_FLAGS%",
+                   "details": "%RESPONSE_CODE_DETAILS%", "rx": "%BYTES_RECEIVED%",
+                   "tx": "%BYTES_SENT%", "cluster": "%UPSTREAM_CLUSTER%",
+                   "host": "%UPSTREAM_HOST%", "route": "%ROUTE_NAME%",
+                   "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+                   "clen": "%RESP(CONTENT-LENGTH)%", "listener_port": "%DOWNSTREAM_LOCAL_PORT%",
+                   "duration": "%DURATION%", "req_ms": "%REQUEST_DURATION%"}
+
+    def setUp(self):
+        super().setUp()
+        self.up = P.HttpUpstream("ratings")
+        self.addCleanup(self.up.stop)
+        self.dead = H.free_port()
+        self.text_path = os.path.join(self.tmp, "access.log")
+        self.json_path = os.path.join(self.tmp, "access.json")
+
+        def file_log(path, log_format):
+            return {"name": "envoy.access_loggers.file", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+                         "FileAccessLog", "path": path, "log_format": log_format}}
+
+        def cfg():
+            routes = [
+                {"name": "ratings-route", "match": {"prefix": "/ok"},
+                 "route": {"cluster": self.OUT}},
+                {"name": "sleep-route", "match": {"prefix": "/sleep"},
+                 "route": {"cluster": self.OUT}},
+                {"name": "dead-route", "match": {"prefix": "/dead"},
+                 "route": {"cluster": "dead", "retry_policy": {
+                     "retry_on": "connect-failure", "num_retries": 1,
+                     "retry_back_off": {"base_interval": "0.001s"}}}}]
+            hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                         "http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "outbound_0.0.0.0_9080",
+                "http_protocol_options": {"accept_http_10": True},
+                "route_config": {"name": "9080", "virtual_hosts": [
+                    {"name": "ratings", "domains": ["*"], "routes": routes}]},
+                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3."
+                             "Router"}}],
+                "access_log": [
+                    file_log(self.text_path, {"text_format_source": {
+                        "inline_string": istio_access_log_format()}}),
+                    file_log(self.json_path, {"json_format": self.JSON_FORMAT})]}}
+            return H.bootstrap(
+                listeners=[H.listener("main", H.sock_addr(H.free_port()), [hcm])],
+                clusters=[H.cluster(self.OUT, [self.up.address], alt_stat_name=self.OUT + ";"),
+                          H.cluster("dead", [H.sock_addr(self.dead)])])
+        self.p = self.start_proxy(cfg, args=["--file-flush-interval-msec", "100"])
+        self.port = self.p.listener_port("main")
+
+    def curl(self, path, *extra):
+        r = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code} %{size_download}",
+                            "-H", "x-request-id: rid-" + path.strip("/")] + list(extra) +
+                           ["http://127.0.0.1:%d%s" % (self.port, path)],
+                           capture_output=True, timeout=10)
+        body, _, tail = r.stdout.rpartition(b"\n")
+        code, size = tail.decode().split()
+        return int(code), int(size)
+
+    def lines(self, path, n):
+        H.wait_for(lambda: read_file(path).count("\n") >= n, what="%d access log lines" % n)
+        time.sleep(0.3)  # nothing more comes
+        out = read_file(path).splitlines()
+        self.assertEqual(len(out), n, out)
+        return out
+
+    def test_istio_text_and_json_lines(self):
+        ver = subprocess.run(["curl", "--version"], capture_output=True).stdout.split()[1]
+        ua = "curl/" + ver.decode()
+        code, ok_size = self.curl("/ok/1", "--data-binary", "hello")
+        self.assertEqual(code, 200)
+        self.assertGreater(ok_size, 0)
+        self.assertEqual(self.curl("/missing"), (404, 0))
+        code, dead_size = self.curl("/dead")
+        self.assertEqual(code, 503)
+        self.assertEqual(self.curl("/ok/h2", "--http2-prior-knowledge")[0], 200)
+        self.assertEqual(self.curl("/ok/h10", "-0")[0], 200)
+        text = self.lines(self.text_path, 5)
+        ts = r"\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "
+        addr = re.escape("127.0.0.1:%d" % self.port)
+        up = re.escape("127.0.0.1:%d" % self.up.port)
+        tail = r' - %s 127\.0\.0\.1:\d+ - ' % addr
+        cl = re.escape(self.OUT + ";")
+        expect = [
+            ts + r'"POST /ok/1 HTTP/1\.1" 200 - via_upstream - "-" 5 %d \d+ \d+ "-" "%s" '
+                 r'"rid-ok/1" "%s" "%s" %s%s' % (ok_size, re.escape(ua), addr, up, cl, tail)
+            + "ratings-route",
+            ts + r'"GET /missing HTTP/1\.1" 404 NR route_not_found - "-" 0 0 \d+ - "-" "%s" '
+                 r'"rid-missing" "%s" "-" - -%s-' % (re.escape(ua), addr, tail[2:]),
+            ts + r'"GET /dead HTTP/1\.1" 503 UF,URX upstream_reset_before_response_started - '
+                 r'"-" 0 %d \d+ - "-" "%s" "rid-dead" "%s" "-" dead -%s' % (
+                     dead_size, re.escape(ua), addr, tail[2:]) + "dead-route",
+            ts + r'"GET /ok/h2 HTTP/2" 200 - via_upstream - "-" 0 \d+ \d+ \d+ "-" "%s" '
+                 r'"rid-ok/h2" "%s" "%s" %s%s' % (re.escape(ua), addr, up, cl, tail)
+            + "ratings-route",
+            ts + r'"GET /ok/h10 HTTP/1\.0" 200 - via_upstream - "-" 0 \d+ \d+ \d+ "-" "%s" '
+                 r'"rid-ok/h10" "[^"]*" "%s" %s%s' % (re.escape(ua), up, cl, tail)
+            + "ratings-route"]
+        for line, rx in zip(text, expect):
+            self.assertRegex(line, "^" + rx + "$")
+        js = [json.loads(x) for x in self.lines(self.json_path, 5)]
+        for j in js:
+            self.assertIsInstance(j.pop("duration"), int)
+            self.assertIsInstance(j.pop("req_ms"), int)
+            self.assertEqual(j.pop("listener_port"), self.port)
+        self.assertEqual(js[0], {
+            "method": "POST", "path": "/ok/1", "protocol": "HTTP/1.1", "code": 200,
+            "flags": None, "details": "via_upstream", "rx": 5, "tx": ok_size,
+            "cluster": self.OUT + ";", "host": "127.0.0.1:%d" % self.up.port,
+            "route": "ratings-route", "attempts": 1, "clen": str(ok_size)})
+        self.assertEqual(js[1], {
+            "method": "GET", "path": "/missing", "protocol": "HTTP/1.1", "code": 404,
+            "flags": "NR", "details": "route_not_found", "rx": 0, "tx": 0, "cluster": None,
+            "host": None, "route": None, "attempts": 0, "clen": "0"})
+        self.assertEqual(js[2], {
+            "method": "GET", "path": "/dead", "protocol": "HTTP/1.1", "code": 503,
+            "flags": "UF,URX", "details": "upstream_reset_before_response_started",
+            "rx": 0, "tx": dead_size, "cluster": "dead", "host": None, "route": "dead-route",
+            "attempts": 2, "clen": str(dead_size)})
+        self.assertEqual(js[3]["protocol"], "HTTP/2")
+        self.assertEqual(js[4]["protocol"], "HTTP/1.0")
+
+    def test_downstream_disconnect_is_logged_once(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=H.IO_TIMEOUT)
+        s.sendall(b"GET /sleep/3000 HTTP/1.1\r\nhost: ratings\r\nx-request-id: gone\r\n\r\n")
+        H.wait_for(lambda: self.up.requests >= 1, what="the request upstream")
+        s.close()
+        line = self.lines(self.text_path, 1)[0]
+        self.assertRegex(line, r'^\[[^]]+\] "GET /sleep/3000 HTTP/1\.1" 0 DC '
+                               r'downstream_remote_disconnect - "-" 0 0 \d+ - "-" "-" "gone" '
+                               r'"ratings" "127\.0\.0\.1:%d" %s; - 127\.0\.0\.1:%d '
+                               r'127\.0\.0\.1:\d+ - sleep-route$' % (
+                                   self.up.port, re.escape(self.OUT), self.port))
+        j = json.loads(self.lines(self.json_path, 1)[0])
+        self.assertEqual((j["code"], j["flags"], j["attempts"], j["clen"]), (0, "DC", 1, None))
+
+
 class SlowClientTimeoutTest(H.ProxyTestCase):
     """The request, idle and write timeouts (shortened through MSM_ADMIN_TIMEOUTS_MS)."""
 
@@ -468,6 +615,27 @@ class BadConfigTest(H.ProxyTestCase):
         r = self.validate(b)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("Not supported field in StreamInfo: NOT_AN_OPERATOR", r.stdout + r.stderr)
+
+    def test_bad_hcm_access_log_is_rejected(self):
+        hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                     "http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "in", "route_config": {"name": "rc", "virtual_hosts": []},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+            "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3."
+                         "StdoutAccessLog"}}, {
+                "name": "envoy.access_loggers.file", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+                             "FileAccessLog", "path": "/dev/null",
+                    "log_format": {"text_format": "%REQ(:METHOD)% %NOT_AN_OPERATOR%"}}}]}}
+        b = H.bootstrap(listeners=[H.listener("main", H.sock_addr(H.free_port()), [hcm])])
+        r = self.validate(b)
+        self.assertNotEqual(r.returncode, 0)
+        out = r.stdout + r.stderr
+        self.assertIn("access_log[1]", out)
+        self.assertIn("Not supported field in StreamInfo: NOT_AN_OPERATOR", out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ and show them in /config_dump. The configuration Envoy itself rejected (the Deat
 filter) must be NACKed too, with the reason, while the accepted config keeps serving.
 
 Runs in its own network namespace (the dumps bind 15001/15006); needs root, else skipped."""
-import base64
 import json
 import os
 import shutil
@@ -16,11 +15,11 @@ import time
 import unittest
 
 import harness as H
+import netns_pods as N
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "controlplane"))
 import controlplane as C  # noqa: E402
 
-NETNS_FLAG = "--in-netns"
 DUMPS = ("ossm_hello-openshift_sidecar_1.20.8_config-dump.json",
          "deathstarbench_geo_sidecar_1.18.2_config_dump.json",
          "sidecar-listeners_authz_configdump.json")
@@ -36,27 +35,7 @@ def types():
 
 def make_secrets(tmp):
     """default (SPIFFE leaf) and ROOTCA, as istio-agent serves them."""
-    def run(*a):
-        subprocess.run(("openssl",) + a, check=True, capture_output=True, timeout=30)
-    p = lambda n: os.path.join(tmp, n)  # noqa: E731
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", p("ca.key"), "-out", p("ca.pem"), "-days", "2", "-subj", "/O=cluster.local",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
-    with open(p("ext"), "w") as f:
-        f.write("subjectAltName=URI:spiffe://cluster.local/ns/default/sa/replay\n")
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", p("leaf.key"), "-out", p("leaf.csr"), "-subj", "/O=replay")
-    run("x509", "-req", "-in", p("leaf.csr"), "-CA", p("ca.pem"), "-CAkey", p("ca.key"),
-        "-CAcreateserial", "-out", p("leaf.pem"), "-days", "2", "-extfile", p("ext"))
-    b64 = lambda f: base64.b64encode(open(p(f), "rb").read()).decode()  # noqa: E731
-    t = types()
-    return [t.parse_json("envoy.extensions.transport_sockets.tls.v3.Secret", {
-                "name": "default", "tls_certificate": {
-                    "certificate_chain": {"inline_bytes": b64("leaf.pem")},
-                    "private_key": {"inline_bytes": b64("leaf.key")}}}),
-            t.parse_json("envoy.extensions.transport_sockets.tls.v3.Secret", {
-                "name": "ROOTCA", "validation_context": {
-                    "trusted_ca": {"inline_bytes": b64("ca.pem")}}})]
+    return C.make_istio_secrets(types(), tmp, "replay")
 
 
 def fill_gaps(cp, dump):
@@ -99,23 +78,11 @@ def fill_gaps(cp, dump):
 
 
 def bootstrap(sock, node):
-    src = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
-    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}}}}
-    clusters = [{"name": n, "type": "STATIC", "connect_timeout": "1s",
-                 "load_assignment": {"cluster_name": n, "endpoints": [{"lb_endpoints": [
-                     {"endpoint": {"address": {"pipe": {"path": sock}}}}]}]},
-                 "typed_extension_protocol_options": h2} for n in ("xds-grpc", "sds-grpc")]
-    return H.bootstrap(clusters=clusters, node=node,
-                       dynamic_resources={"lds_config": src, "cds_config": src, "ads_config": {
-                           "api_type": "DELTA_GRPC", "set_node_on_first_message_only": True,
-                           "transport_api_version": "V3",
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]}})
+    return H.bootstrap(clusters=[C.pipe_cluster(n, sock) for n in ("xds-grpc", "sds-grpc")],
+                       node=node, dynamic_resources=C.ads_dynamic_resources("DELTA_GRPC"))
 
 
-def in_netns():
-    return NETNS_FLAG in sys.argv
+in_netns = N.in_test_netns
 
 
 @unittest.skipUnless(in_netns(), "needs root: run as root to re-execute in a network namespace")
@@ -218,19 +185,5 @@ class ReplayTest(H.ProxyTestCase):
         self.assertEqual(p.stat("listener_manager.lds.update_rejected"), 1)
 
 
-def reexec_in_netns():
-    ns = "msmrp%d" % os.getpid()
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable] + sys.argv + [NETNS_FLAG])
-        return r.returncode
-    finally:
-        subprocess.run(["ip", "netns", "del", ns])
-
-
 if __name__ == "__main__":
-    if not in_netns() and os.geteuid() == 0:
-        sys.exit(reexec_in_netns())
-    H.parse_args()
-    sys.argv = [a for a in sys.argv if a != NETNS_FLAG]
-    unittest.main(verbosity=2)
+    N.main_in_netns("msmrp")

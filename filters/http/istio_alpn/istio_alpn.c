@@ -80,12 +80,15 @@ static enum msm_hf_status decode_headers(void *p, struct msm_hdrs *h, bool end_s
         return MSM_HF_CONTINUE;
     }
     const struct msm_cluster_http_cfg *hc = msm_cluster_http_cfg_of(c->cfg);
+    /* The list for the protocol the upstream request will use (Envoy's
+     * upstreamHttpProtocol): HTTP/2 when the cluster says so, the downstream protocol with
+     * use_downstream_protocol_config, else HTTP/1.1. An HTTP/1.0 request goes out as HTTP/1.1
+     * even with use_downstream_protocol_config ("HTTP10 upstream is not supported"), so it
+     * gets the HTTP11 list: Envoy never selects the HTTP10 one. */
     int down = msm_hs_protocol(a->s);
-    int k = hc->proto == MSM_UPSTREAM_HTTP2 ||
-                    (hc->proto == MSM_UPSTREAM_HTTP_DOWNSTREAM && down == MSM_HTTP_2)
-                ? 2
-            : down == MSM_HTTP_10 ? 0
-                                  : 1;
+    int k = hc->proto == MSM_UPSTREAM_HTTP2                                      ? 2
+            : hc->proto == MSM_UPSTREAM_HTTP_DOWNSTREAM && down == MSM_HTTP_2 ? 2
+                                                                                  : 1;
     if (a->cfg->n[k]) {
         struct msm_hstream_info *info = msm_hs_info(a->s);
         info->alpn_override = (const char *const *)a->cfg->list[k];

@@ -163,8 +163,7 @@ static void apply_ops(struct router *r, struct msm_hdrs *h, bool request)
     }
     struct msm_hv_ctx vc = {.downstream_remote = remote, .downstream_local = local,
                             .upstream_remote = up,
-                            .protocol = msm_hs_protocol(r->s) == MSM_HTTP_2 ? "HTTP/2"
-                                                                             : "HTTP/1.1",
+                            .protocol = msm_http_proto_name(msm_hs_protocol(r->s)),
                             .request_id = msm_hdrs_get(msm_hs_request_headers(r->s),
                                                        "x-request-id")};
     bool most_specific_wins = rc && rc->most_specific_wins;
@@ -687,7 +686,9 @@ static void start_attempt(struct router *r)
     r->tried = msm_xrealloc(r->tried, (size_t)(r->n_tried + 1) * sizeof(*r->tried));
     atomic_fetch_add(&h->refs, 1);
     r->tried[r->n_tried++] = h;
-    struct msm_pool *p = msm_pool_get(r->loop, r->cluster, h, r->proto);
+    const struct msm_hstream_info *hi = msm_hs_info(r->s);
+    struct msm_pool *p = msm_pool_get_alpn(r->loop, r->cluster, h, r->proto, hi->alpn_override,
+                                           hi->n_alpn_override);
     a->pending = msm_pool_request(p, &pool_cbs, a);
 }
 

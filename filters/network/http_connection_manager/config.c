@@ -55,6 +55,7 @@ static void config_free(void *p)
         msm_http1_stats_deinit(&c->h1stats);
         msm_http2_stats_deinit(&c->h2stats);
     }
+    msm_access_logs_deinit(&c->logs);
     free(c->stat_prefix);
     free(c->server_name);
     free(c->via);
@@ -446,10 +447,9 @@ static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
         msm_err_set(err, "common_http_protocol_options.max_stream_duration: not supported yet");
         goto fail;
     }
-    if (p->n_access_log) {
-        msm_log(MSM_LOG_WARN, MSM_LC_HTTP, "http_connection_manager '%s' on listener '%s': "
-                "access_log is not implemented yet; ignored", p->stat_prefix,
-                ctx->listener_name ? ctx->listener_name : "?");
+    if (msm_access_logs_build((void *const *)p->access_log, p->n_access_log, &c->logs,
+                              err) < 0) {
+        goto fail;
     }
     /* tracing: spans are not produced yet; the config only names tags and sampling. */
     if (c->rds_name) {

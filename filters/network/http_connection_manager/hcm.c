@@ -21,6 +21,18 @@
 
 #define PIPELINE_LIMIT (64 * 1024)
 
+/* The connection (and its codec) goes away with <st> still open: leave the codec stream to
+ * the codec, which frees the streams nobody owns when it is freed (without this an HTTP/1
+ * request in flight at exit leaked its stream). */
+static void detach_codec_stream(struct hstream *st)
+{
+    if (st->cs) {
+        st->cs->cbs = NULL;
+        st->cs->ctx = NULL;
+        st->cs = NULL;
+    }
+}
+
 static void hc_dispatch(struct hcm_conn *hc);
 
 /* ---- codec callbacks ------------------------------------------------------------------------------ */
@@ -380,9 +392,12 @@ void msm_hcm_on_event(void *f, enum msm_conn_event ev)
     }
     while (hc->streams) {
         struct hstream *st = hc->streams;
-        st->cs = NULL; /* the codec goes with the connection */
+        detach_codec_stream(st); /* the codec goes with the connection */
         if (remote) {
             st->info.flags |= MSM_RF(DOWNSTREAM_CONNECTION_TERMINATION);
+            if (!st->info.details) {
+                st->info.details = "downstream_remote_disconnect";
+            }
         }
         msm_hcm_stream_destroy(st, true);
     }
@@ -418,7 +433,7 @@ void msm_hcm_filter_free(void *f)
     hc->gone = true;
     while (hc->streams) {
         struct hstream *st = hc->streams;
-        st->cs = NULL;
+        detach_codec_stream(st);
         msm_hcm_stream_destroy(st, true);
     }
     ev_timer_stop(hc->loop, &hc->idle);

@@ -6,11 +6,13 @@
  * HTTP filter chain (src/filter/http.h) ending in the router.
  *
  * Files: config.c (proto -> struct msm_hcm_config), hcm.c (connection and streams),
- * hcm_stream.c (filter chain iteration and the filter-facing API), hcm_headers.c (request and
- * response header mutations, path normalization, local replies). */
+ * hcm_stream.c (filter chain iteration, the filter-facing API, and the access_log entry of
+ * each request when its stream is destroyed), hcm_headers.c (request and response header
+ * mutations, path normalization, local replies). */
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "accesslog/access_log.h"
 #include "filter/http.h"
 #include "filter/network.h"
 #include "http/codec.h"
@@ -113,6 +115,7 @@ struct msm_hcm_config {
     uint32_t delayed_close_timeout_ms;  /* default 1 s */
     uint32_t max_requests_per_connection;
     uint32_t buffer_limit;              /* per-request body buffering, 1 MiB */
+    struct msm_access_logs logs;        /* access_log: one entry per request (hcm_stream.c) */
 };
 
 extern const struct msm_network_filter_ops msm_hcm_ops;

@@ -56,6 +56,7 @@ struct hstream {
     struct hstream *next, *prev;
     struct hcm_conn *hc;
     struct msm_hstream *cs; /* codec stream; NULL after it ended or was reset */
+    enum msm_http_proto proto; /* this request's: HTTP/1.0 and 1.1 share a connection type */
     struct msm_hdrs req;
     struct msm_hstream_info info;
     struct msm_route_config *rc; /* referenced while the stream lives */
@@ -72,6 +73,7 @@ struct hstream {
     bool dec_buf_end;
     struct msm_hdrs *dec_trailers;
     bool remote_end;
+    double remote_end_at; /* ev_now when the request was complete, 0 before */
     /* Encoding (response), symmetric: enc_pos is the lowest filter index still to run. */
     int enc_pos;
     bool enc_headers_done;
@@ -80,6 +82,8 @@ struct hstream {
     struct msm_buf enc_buf;
     bool enc_buf_end;
     struct msm_hdrs *enc_trailers;
+    /* Access log (cfg->logs set): copies of what went to the client, freed with the stream. */
+    struct msm_hdrs *log_resp_headers, *log_resp_trailers;
     bool resp_started; /* response headers entered the encoder chain */
     bool local_end;    /* the response end went to the codec */
     bool is_head, is_grpc;

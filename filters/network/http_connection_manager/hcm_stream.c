@@ -11,16 +11,19 @@
  * unfinished request is abandoned, as Envoy does), or on a reset from either side. Destroying
  * tells every filter (on_destroy), releases the codec stream and the route configuration, and
  * frees the memory later (msm_defer): a filter's own call may be on the stack. */
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "config/snapshot.h"
 #include "event/deferred.h"
 #include "filter/manager.h"
 #include "filters/network/http_connection_manager/hcm_private.h"
 #include "server/worker.h"
+#include "upstream/cluster.h"
 
 static void encode_headers_from(struct hstream *st, int from, struct msm_hdrs *h, bool end);
 static void encode_data_from(struct hstream *st, int from, struct msm_buf *b, bool end);
@@ -45,8 +48,137 @@ static void stream_free(void *p)
     msm_hdrs_free(st->dec_trailers);
     msm_hdrs_free(st->enc_headers);
     msm_hdrs_free(st->enc_trailers);
+    msm_hdrs_free(st->log_resp_headers);
+    msm_hdrs_free(st->log_resp_trailers);
     msm_route_config_unref(st->rc);
     free(st);
+}
+
+/* ---- access log ------------------------------------------------------------------------------------ */
+
+/* The stream's MSM_RF bits as the access log's enum msm_response_flag bits (matched by short
+ * name: the two lists share their order today, but nothing ties them). */
+static uint64_t log_flags(uint32_t flags)
+{
+    static const char *const names[] = {
+#define MSM__RF_NAME(e, s) s,
+        MSM_RF_LIST(MSM__RF_NAME)
+#undef MSM__RF_NAME
+    };
+    uint64_t out = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (flags & (1u << i)) {
+            int f = msm_response_flag_parse(names[i]);
+            if (f >= 0) {
+                out |= 1ull << f;
+            }
+        }
+    }
+    return out;
+}
+
+/* <a> and <b> are the same IP and port (binary compare: no formatting per host). */
+static bool same_ip_port(const struct msm_address *a, const struct msm_address *b)
+{
+    if (a->sa.ss_family != b->sa.ss_family) {
+        return false;
+    }
+    if (a->sa.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)&a->sa, *y = (const void *)&b->sa;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->sa.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)&a->sa, *y = (const void *)&b->sa;
+        return x->sin6_port == y->sin6_port &&
+               !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr));
+    }
+    return false;
+}
+
+/* The host the router connected to, named <peer> ("10.0.0.1:8080", "[::1]:80", a pipe path),
+ * among <c>'s hosts, or NULL. */
+static struct msm_host *log_find_host(const struct msm_cluster *c, const char *peer)
+{
+    if (!c->hosts || !peer[0]) {
+        return NULL;
+    }
+    const char *colon = strrchr(peer, ':');
+    struct msm_address want;
+    bool ip = false;
+    if (colon && peer[0] != '/' && peer[0] != '@') {
+        char host[64];
+        const char *b = peer[0] == '[' ? peer + 1 : peer;
+        size_t n = (size_t)(colon - b) - (peer[0] == '[' ? 1 : 0);
+        if (n < sizeof(host)) {
+            memcpy(host, b, n);
+            host[n] = 0;
+            ip = msm_address_from_ip(host, (uint32_t)strtoul(colon + 1, NULL, 10), &want,
+                                     NULL) == 0;
+        }
+    }
+    char buf[MSM_ADDRSTRLEN + 8];
+    for (int i = 0; i < c->hosts->n; i++) {
+        const struct msm_address *a = &c->hosts->hosts[i]->addr;
+        if (ip ? same_ip_port(a, &want)
+               : (msm_address_str(a, buf, sizeof(buf)), !strcmp(buf, peer))) {
+            return c->hosts->hosts[i];
+        }
+    }
+    return NULL;
+}
+
+/* One access log entry for the request (Envoy logs each stream when it is destroyed). */
+static void log_stream(struct hstream *st)
+{
+    struct hcm_conn *hc = st->hc;
+    const struct msm_hcm_config *cfg = hc->cfg;
+    double now = ev_now(hc->loop);
+    struct msm_stream_info si;
+    msm_si_init(&si, st->info.start, st->info.start);
+    const struct msm_stream_info *ci = msm_filter_stream_info(hc->h);
+    if (ci) {
+        /* the connection's downstream part (addresses after original_dst, TLS, listener) */
+        si.connection_id = ci->connection_id;
+        si.downstream_local = ci->downstream_local;
+        si.downstream_remote = ci->downstream_remote;
+        si.downstream_direct_remote = ci->downstream_direct_remote;
+        si.has_downstream = ci->has_downstream;
+        si.requested_server_name = ci->requested_server_name;
+        si.downstream_peer_uri_san = ci->downstream_peer_uri_san;
+        si.downstream_local_uri_san = ci->downstream_local_uri_san;
+        si.downstream_tls_version = ci->downstream_tls_version;
+        si.downstream_tls_cipher = ci->downstream_tls_cipher;
+        si.listener_name = ci->listener_name;
+        si.downstream_peer = ci->downstream_peer;
+        si.downstream_peer_done = ci->downstream_peer_done;
+        si.downstream_peer_metadata = ci->downstream_peer_metadata;
+        si.downstream_peer_state = ci->downstream_peer_state;
+    }
+    si.end = now;
+    si.last_downstream_rx = st->remote_end_at; /* REQUEST_DURATION */
+    si.last_downstream_tx = st->local_end ? now : 0;
+    si.protocol = msm_http_proto_name(st->proto);
+    si.response_code = st->info.status > 0 ? (uint32_t)st->info.status : 0;
+    si.response_code_details = st->info.details;
+    si.response_flags = log_flags(st->info.flags);
+    si.request_headers = &st->req;
+    si.response_headers = st->log_resp_headers;
+    si.response_trailers = st->log_resp_trailers;
+    si.bytes_received = st->info.rx_body;
+    si.bytes_sent = st->info.tx_body;
+    si.attempt_count = st->info.attempts;
+    si.route_name = st->route && st->route->name && st->route->name[0] ? st->route->name : NULL;
+    /* The router records the cluster and host by name; the log wants the objects (the cluster's
+     * alt_stat_name, the host's address). Both may have left the snapshot since: then "-". */
+    struct msm_worker *w = hc->w;
+    struct msm_cluster *c = st->info.upstream_cluster[0] && w && w->snap
+                                ? msm_snapshot_cluster(w->snap, st->info.upstream_cluster)
+                                : NULL;
+    if (c) {
+        msm_si_set_upstream(&si, c->cfg, log_find_host(c, st->info.upstream_host));
+    }
+    msm_access_logs_emit(&cfg->logs, &si, now);
+    msm_si_deinit(&si);
 }
 
 static void touch(struct hstream *st)
@@ -77,6 +209,9 @@ void msm_hcm_stream_destroy(struct hstream *st, bool reset)
         if (st->f[i].inst && st->f[i].f->ops->on_destroy) {
             st->f[i].f->ops->on_destroy(st->f[i].inst);
         }
+    }
+    if (cfg->logs.n) {
+        log_stream(st);
     }
     msm_stat_dec(cfg->stats.downstream_rq_active);
     if (!reset) {
@@ -127,6 +262,7 @@ struct hstream *msm_hcm_stream_new(struct hcm_conn *hc, struct msm_hstream *cs)
     struct hstream *st = MSM_NEW(struct hstream);
     st->hc = hc;
     st->cs = cs;
+    st->proto = hc->proto == MSM_HTTP_11 && cs && cs->http10 ? MSM_HTTP_10 : hc->proto;
     st->wc = -1;
     st->info.start = ev_now(hc->loop);
     st->last_activity = st->info.start;
@@ -191,7 +327,14 @@ static void codec_headers(struct hstream *st, struct msm_hdrs *h, bool end)
     msm_hcm_finalize_response(st, h);
     const char *sv = msm_hdrs_get(h, ":status");
     count_status(st, sv ? atoi(sv) : 0);
+    if (!st->info.details) {
+        st->info.details = "via_upstream"; /* local replies and the router set their own */
+    }
     touch(st);
+    if (st->hc->cfg->logs.n && !st->log_resp_headers) {
+        st->log_resp_headers = msm_hdrs_new();
+        msm_hdrs_copy(st->log_resp_headers, h);
+    }
     if (st->cs) {
         st->cs->codec->ops->encode_headers(st->cs, h, end);
     }
@@ -217,6 +360,10 @@ static void codec_data(struct hstream *st, struct msm_buf *b, bool end)
 static void codec_trailers(struct hstream *st, struct msm_hdrs *t)
 {
     touch(st);
+    if (st->hc->cfg->logs.n && !st->log_resp_trailers) {
+        st->log_resp_trailers = msm_hdrs_new();
+        msm_hdrs_copy(st->log_resp_trailers, t);
+    }
     if (st->cs) {
         st->cs->codec->ops->encode_trailers(st->cs, t);
     }
@@ -468,6 +615,7 @@ static void s_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     const struct msm_hcm_config *cfg = hc->cfg;
     msm_hdrs_move(&st->req, h);
     st->remote_end = end_stream;
+    st->remote_end_at = end_stream ? ev_now(st->hc->loop) : 0;
     touch(st);
     const char *details = NULL;
     int status = msm_hcm_prepare_request(st, &details);
@@ -510,6 +658,7 @@ static void s_on_data(void *ctx, struct msm_buf *data, bool end_stream)
     st->info.rx_body += data->len;
     if (end_stream) {
         st->remote_end = true;
+        st->remote_end_at = ev_now(st->hc->loop);
         ev_timer_stop(st->hc->loop, &st->req_timer);
     }
     decode_data_from(st, 0, data, end_stream);
@@ -523,6 +672,7 @@ static void s_on_trailers(void *ctx, struct msm_hdrs *t)
     }
     touch(st);
     st->remote_end = true;
+    st->remote_end_at = ev_now(st->hc->loop);
     ev_timer_stop(st->hc->loop, &st->req_timer);
     decode_trailers_from(st, 0, t);
 }
@@ -725,7 +875,7 @@ const struct msm_conn *msm_hs_conn(struct msm_http_stream *s)
 
 int msm_hs_protocol(struct msm_http_stream *s)
 {
-    return (int)s->st->hc->proto;
+    return (int)s->st->proto;
 }
 
 uint32_t msm_hs_buffer_limit(struct msm_http_stream *s)

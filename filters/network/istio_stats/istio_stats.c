@@ -74,8 +74,21 @@ static void conn_view(const struct isf *f, struct msm_istio_conn *v, char *flags
     v->service_host = si->upstream_cluster ? si->upstream_cluster->istio_service_host : NULL;
     v->service_name = si->upstream_cluster ? si->upstream_cluster->istio_service_name : NULL;
     v->route_name = si->route_name;
-    v->peer_san = client ? NULL : si->downstream_peer_uri_san;
-    v->local_san = client ? NULL : si->downstream_local_uri_san;
+    /* Client side: the upstream connection's certificates (as istio_stats.cc's ClientSidecar). */
+    v->peer_san = client ? si->upstream_peer_uri_san : si->downstream_peer_uri_san;
+    v->local_san = client ? si->upstream_local_uri_san : si->downstream_local_uri_san;
+    if (!client && !v->peer_san && !v->local_san) {
+        /* The downstream TLS handshake's identities (Envoy: the connection's ssl() URI SANs):
+         * source/destination_principal and connection_security_policy on the server side. */
+        const struct msm_conn *c = msm_filter_conn(f->h);
+        const struct msm_tls_info *t = c ? msm_conn_tls_info(c) : NULL;
+        if (t && t->peer_cert_validated && t->n_uri_sans) {
+            v->peer_san = t->uri_sans[0];
+        }
+        if (t) {
+            v->local_san = t->local_uri_san;
+        }
+    }
     msm_si_flags_str(si, false, flags, fn);
     v->response_flags = flags;
     v->request_protocol = "tcp";

@@ -1028,6 +1028,7 @@ void msm_rtsp_filter_free(void *f)
     }
     ev_timer_stop(c->loop, &c->kick);
     ev_timer_stop(c->loop, &c->session_timer);
+    rtsp_upeer_detach(c); /* the stream info is freed after us: no pointer into it may stay */
     free(c->cluster);
     free(c->fail_headers);
     free(c);

@@ -1,6 +1,7 @@
 #pragma once
-/* Internals shared by rtsp_client.c (downstream), rtsp_source.c (upstream), rtsp_relay.c (media)
- * and rtsp_xworker.c (fan-out across workers).
+/* Internals shared by rtsp_client.c (downstream), rtsp_source.c (upstream), rtsp_relay.c (media),
+ * rtsp_xworker.c (fan-out across workers) and rtsp_upeer.c (the server side's identity for the
+ * clients' stream infos).
  *
  * Object model:
  *   struct rtsp_client   one downstream connection and its RTSP session (filter instance), on
@@ -38,14 +39,17 @@
  * across a wait.
  */
 #include <ev.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "accesslog/stream_info.h"
 #include "filters/network/rtsp_proxy/rtsp_proxy.h"
 #include "filters/network/rtsp_proxy/rtsp_sdp.h"
 #include "filters/network/rtsp_proxy/rtsp_transport.h"
 #include "net/conn.h"
+#include "stats/istio_stats.h"
 #include "upstream/cluster.h"
 
 #define RTSP_MAX_TRACKS MSM_SDP_MAX_MEDIA
@@ -57,6 +61,25 @@ struct rtsp_track;
 struct rtsp_peer;   /* hub side: an attached mirror of another worker (rtsp_xworker.c) */
 struct rtsp_ring;   /* handoff of interleaved media from one worker to another */
 struct rtsp_stream; /* an entry of the process-wide fan-out registry */
+struct json_t;
+
+/* What the upstream leg of a hub learnt about the server side once the cluster's upstream
+ * filters are past the peer exchange (rtsp_upeer.c): the peer workload istio.metadata_exchange
+ * read (<has_peer> false: decidedly none), the first URI SANs of the server's certificate and
+ * of ours, the host. It is what every client of the session reports as its upstream (Envoy's
+ * tcp_proxy gets it for free: its upstream filters write into the client's own stream info).
+ * Immutable once made and owned by its references: the hub, each mirror, each client whose
+ * stream info points into it, the messages carrying it to mirrors. Any thread may take or drop
+ * a reference (atomic count); the last one frees it. */
+struct rtsp_upeer {
+    atomic_int refs;
+    bool has_peer;
+    struct msm_istio_peer peer; /* strings in <strs>, NULL for absent ones */
+    char *strs;
+    struct json_t *metadata, *state; /* deep copies (NULL: none), never modified */
+    char *peer_san, *local_san;      /* NULL: none */
+    struct msm_host *host;           /* reference, NULL: unknown */
+};
 
 struct rtsp_subtrack {
     struct rtsp_client *c; /* NULL for a record of a client of another worker */
@@ -191,6 +214,21 @@ struct rtsp_source {
     struct msm_host *host;       /* reference */
     bool cx_reserved;
     struct msm_conn *up;
+    /* The cluster's upstream network filters on <up> (filter/upstream.h): Istio's
+     * istio.metadata_exchange writes and strips the istio-peer-exchange preamble on mTLS legs
+     * between sidecars. The chain reads <up> and <upf_si> through pointers to these fields. */
+    struct msm_upstream_chain *upf;
+    struct msm_stream_info *upf_si;
+    /* What the chain writes into (<upf_si> points here): the upstream leg's peer, read by
+     * rtsp_upeer_capture() into <upeer> once the exchange is over. */
+    struct msm_stream_info up_si;
+    /* The server side of the session (hub: captured; mirror: published by the hub); NULL until
+     * known. Reference; attached to every bound client (rtsp_upeer_attach). */
+    struct rtsp_upeer *upeer;
+    /* The original destination of the connection of the client that opened the hub: the host
+     * of an ORIGINAL_DST cluster (Istio's inbound|<port>|| on virtualInbound). Clients sharing
+     * the hub come in on the same chain, i.e. to the same pod address and port. */
+    struct msm_address orig_dst;
     bool up_tls; /* the control connection to the host is TLS: media goes interleaved */
     bool connected;
     char up_authority[96]; /* host:port of the chosen upstream */
@@ -276,6 +314,7 @@ struct rtsp_client {
     uint32_t x_ssrc;
     struct rtsp_seqinfo x_info[RTSP_MAX_TRACKS];
     bool x_subs; /* has subscriber records at the hub */
+    struct rtsp_upeer *upeer; /* reference: what the stream info's upstream peer points into */
 };
 
 /* ---- rtsp_source.c ------------------------------------------------------------------------- */
@@ -305,6 +344,9 @@ void rtsp_source_play(struct rtsp_source *s, struct rtsp_client *initiator,
 void rtsp_source_verify(struct rtsp_source *s, struct rtsp_client *c,
                         const struct msm_rtsp_msg *req);
 /* A source struct with nothing started (hub or mirror), linked in <ws>; takes <key>. */
+/* Write <b> (all of it is moved) on the source's upstream control connection, through the
+ * cluster's upstream filters. No-op without a connection. */
+void rtsp_source_up_write(struct rtsp_source *s, struct msm_buf *b);
 struct rtsp_source *rtsp_source_alloc(struct rtsp_wstate *ws, struct msm_rtsp_config *cfg,
                                       char *key, const char *cluster,
                                       const struct msm_rtsp_msg *req);
@@ -399,6 +441,22 @@ void rtsp_hub_drop_peers(struct rtsp_source *s);
 void rtsp_hub_handoff(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool rtcp);
 /* A packet came from a client of another worker on a shared downstream socket. */
 void rtsp_hub_remote_activity(struct rtsp_source *s, struct rtsp_subtrack *sub);
+
+/* ---- rtsp_upeer.c: the server side of a session, for the clients' stream infos ------------ */
+
+struct rtsp_upeer *rtsp_upeer_ref(struct rtsp_upeer *u);
+void rtsp_upeer_unref(struct rtsp_upeer *u);
+/* Hub: once its upstream chain says the exchange is over (up_si.upstream_peer_done), make
+ * <upeer> from it and the connection's TLS identities, attach it to the bound clients and
+ * publish it to the mirrors. No-op before, and after the first time. */
+void rtsp_upeer_capture(struct rtsp_source *s);
+/* Mirror: the hub's <u> (NULL: not known yet) becomes the source's; its clients get it. */
+void rtsp_upeer_set(struct rtsp_source *s, struct rtsp_upeer *u);
+/* Point <c>'s stream info at <u> (its upstream peer, URI SANs, host; upstream_peer_done), taking
+ * a reference and dropping the one of what it pointed at before. */
+void rtsp_upeer_attach(struct rtsp_client *c, struct rtsp_upeer *u);
+/* The client goes: its stream info no longer points into its reference, which is dropped. */
+void rtsp_upeer_detach(struct rtsp_client *c);
 
 /* ---- rtsp_relay.c -------------------------------------------------------------------------- */
 

@@ -578,7 +578,7 @@ void rtsp_track_send_rr(struct rtsp_source *s, struct rtsp_track *t)
         uint8_t hdr[4] = {'$', t->up_ch[1], (uint8_t)(n >> 8), (uint8_t)n};
         msm_buf_append(&b, hdr, 4);
         msm_buf_append(&b, buf, n);
-        msm_conn_write(s->up, &b, false);
+        rtsp_source_up_write(s, &b);
         msm_buf_deinit(&b);
     } else if (t->up_rtcp.fd >= 0 && s->host) {
         struct sockaddr_storage to;

@@ -23,9 +23,11 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "accesslog/stream_info.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "event/deferred.h"
+#include "filter/upstream.h"
 #include "filter/manager.h"
 #include "filters/network/rtsp_proxy/rtsp_private.h"
 #include "server/worker.h"
@@ -116,6 +118,23 @@ static void rq_timer_arm(struct rtsp_source *s)
     }
 }
 
+void rtsp_source_up_write(struct rtsp_source *s, struct msm_buf *b)
+{
+    if (!s->up) {
+        msm_buf_drain(b, b->len);
+        return;
+    }
+    if (s->upf) {
+        msm_upstream_chain_on_write(s->upf, b, false);
+        rtsp_upeer_capture(s); /* the exchange may be over at once (no ALPN: no peer) */
+    }
+    if (s->up) {
+        msm_conn_write(s->up, b, false);
+    } else {
+        msm_buf_drain(b, b->len);
+    }
+}
+
 /* Send a request upstream. <extra>: more header lines ("Name: value\r\n"...). */
 static void src_send(struct rtsp_source *s, enum msm_rtsp_method m, const char *url,
                      const char *extra, int track, bool tcp, const struct rtsp_who *who)
@@ -156,7 +175,7 @@ static void src_send(struct rtsp_source *s, enum msm_rtsp_method m, const char *
     msm_stat_inc(s->cfg->stats.upstream_rq_total);
     msm_log(MSM_LOG_DEBUG, MSM_LC_RTSP, "[C%llu] rtsp upstream: %s %s (CSeq %u)", s->up->id,
             msm_rtsp_method_name(m), url, cseq);
-    msm_conn_write(s->up, &b, false);
+    rtsp_source_up_write(s, &b);
     msm_buf_deinit(&b);
 }
 
@@ -235,6 +254,9 @@ static void src_fail(struct rtsp_source *s, int status, const char *why)
 static void src_free(void *p)
 {
     struct rtsp_source *s = p;
+    msm_upstream_chain_free(s->upf);
+    msm_si_deinit(&s->up_si);
+    rtsp_upeer_unref(s->upeer);
     free(s->key);
     free(s->cluster_name);
     free(s->fwd_headers);
@@ -398,13 +420,19 @@ static void src_connect(struct rtsp_source *s, struct msm_worker *w)
     }
     s->cx_reserved = true;
     struct msm_cluster_stats *cs = &c->sh->stats;
-    struct msm_host *host = msm_lb_choose(c, 0);
-    if (!host) {
-        msm_stat_inc(cs->upstream_cx_none_healthy);
-        src_fail(s, 503, "no healthy upstream");
-        return;
+    struct msm_host *host;
+    if (c->cfg->type == MSM_CLUSTER_ORIGINAL_DST) {
+        /* CLUSTER_PROVIDED: where the client connected to, as tcp_proxy does. */
+        host = msm_host_new(&s->orig_dst, NULL, 1);
+    } else {
+        host = msm_lb_choose(c, 0);
+        if (!host) {
+            msm_stat_inc(cs->upstream_cx_none_healthy);
+            src_fail(s, 503, "no healthy upstream");
+            return;
+        }
+        atomic_fetch_add(&host->refs, 1);
     }
-    atomic_fetch_add(&host->refs, 1);
     s->host = host;
     atomic_fetch_add(&host->active_cx, 1);
     atomic_fetch_add(&host->active_rq, 1);
@@ -428,6 +456,9 @@ static void src_connect(struct rtsp_source *s, struct msm_worker *w)
      * (interleaved), so nothing crosses the mesh in clear. */
     s->up_tls = msm_cluster_transport(c->cfg, host) != NULL;
     msm_cluster_attach_transport(c->cfg, host, s->up);
+    msm_upstream_chain_free(s->upf);
+    s->upf_si = &s->up_si;
+    s->upf = c->cfg->filters ? msm_upstream_chain_new(c->cfg->filters, &s->up, &s->upf_si) : NULL;
 }
 
 struct rtsp_source *rtsp_source_alloc(struct rtsp_wstate *ws, struct msm_rtsp_config *cfg,
@@ -444,6 +475,7 @@ struct rtsp_source *rtsp_source_alloc(struct rtsp_wstate *ws, struct msm_rtsp_co
     s->created = ev_now(ws->loop);
     snprintf(s->url, sizeof(s->url), "%.*s", (int)req->uri.n, req->uri.p);
     snprintf(s->base, sizeof(s->base), "%s", s->url);
+    msm_si_init(&s->up_si, s->created, s->created);
     for (int i = 0; i < RTSP_MAX_TRACKS; i++) {
         s->tracks[i].src = s;
         s->tracks[i].idx = i;
@@ -486,6 +518,7 @@ static struct rtsp_source *hub_new(struct rtsp_client *c, char *key, const char 
         rtsp_registry_add(s);
     }
     s->state = RTSP_SRC_CONNECTING;
+    s->orig_dst = msm_filter_conn(c->h)->local;
     src_connect(s, msm_filter_worker(c->h));
     return s;
 }
@@ -534,6 +567,18 @@ struct rtsp_source *rtsp_source_bind(struct rtsp_client *c, const char *cluster,
         s->clients->bprev = c;
     }
     s->clients = c;
+    /* The client's connection now follows <cluster>: its stream info names it and the host a
+     * hub of this worker chose, as tcp_proxy's would (istio.stats' destination_service labels,
+     * access logs' %UPSTREAM_CLUSTER% and %UPSTREAM_HOST%). */
+    struct msm_worker *w = msm_filter_worker(c->h);
+    struct msm_cluster *cl = w && w->snap ? msm_snapshot_cluster(w->snap, cluster) : NULL;
+    struct msm_stream_info *si = msm_filter_stream_info(c->h);
+    struct msm_host *host = s->remote ? NULL : s->host;
+    if (cl && si && (si->upstream_cluster != cl->cfg || (host && si->upstream_host != host))) {
+        msm_si_set_upstream(si, cl->cfg, host ? host : si->upstream_host);
+    }
+    /* The server side, when the session's exchange is over already (else at capture). */
+    rtsp_upeer_attach(c, s->upeer);
     return s;
 }
 
@@ -899,7 +944,7 @@ static void on_server_request(struct rtsp_source *s, const struct msm_rtsp_msg *
     msm_buf_init(&b);
     msm_buf_appendf(&b, "RTSP/%d.0 %d %s\r\nCSeq: %u\r\n\r\n", m->ver_major, status,
                     msm_rtsp_reason(status), cseq);
-    msm_conn_write(s->up, &b, false);
+    rtsp_source_up_write(s, &b);
     msm_buf_deinit(&b);
     if (m->method == MSM_RTSP_M_TEARDOWN || m->method == MSM_RTSP_M_REDIRECT) {
         src_fail(s, 503, "the server ended the session");
@@ -927,7 +972,13 @@ static void up_frame(struct rtsp_source *s, uint8_t ch, const uint8_t *p, size_t
 static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream)
 {
     struct rtsp_source *s = ctx;
-    (void)end_stream;
+    if (s->upf && s->up == c) {
+        enum msm_filter_status st = msm_upstream_chain_on_data(s->upf, &c->in, end_stream);
+        rtsp_upeer_capture(s); /* the server's peer metadata was read (or found absent) */
+        if (st == MSM_FILTER_STOP) {
+            return; /* a filter keeps the bytes for now (the peer's preamble), or closed */
+        }
+    }
     const struct msm_rtsp_limits lim = {.max_head = 64 * 1024, .max_headers = 64,
                                         .max_body = 256 * 1024};
     while (s->up == c && c->in.len && !s->dead) {

@@ -15,7 +15,8 @@
  *                  the mirror needs (failures come back as ANSWERs to that client);
  *                  SUB_SETUP, SUB_PLAY, SUB_PAUSE, SUB_REMOVE: the client's subscriber records
  *                  at the hub.
- *   hub -> mirror: PUBLISH: the hub's state (SDP, tracks, play, failure), after every progress
+ *   hub -> mirror: PUBLISH: the hub's state (SDP, tracks, play, failure, the server side's
+ *                  identity once known: a reference to its struct rtsp_upeer), after every progress
  *                  and in answer to every operation; ANSWER: a failure, or the server's verdict
  *                  on a DESCRIBE, for one client; SETUP_DONE, PLAY_INFO: answers to SUB_SETUP
  *                  and SUB_PLAY; ACTIVITY: RTCP of a client reached the hub's sockets (its
@@ -157,6 +158,7 @@ struct pub {
     struct pub_track tracks[RTSP_MAX_TRACKS];
     enum rtsp_play_state play;
     char *range;
+    struct rtsp_upeer *upeer; /* reference: the server side, once the hub knows it */
 };
 
 struct rtsp_xmsg {
@@ -191,6 +193,7 @@ static void pub_free(struct pub *p)
     free(p->sdp);
     free(p->describe_headers);
     free(p->range);
+    rtsp_upeer_unref(p->upeer);
     free(p);
 }
 
@@ -753,6 +756,7 @@ static void mirror_apply(struct rtsp_source *s, struct pub *p)
     if (s->state == RTSP_SRC_FAILED) {
         return;
     }
+    rtsp_upeer_set(s, p->upeer); /* clients of this worker report the hub's upstream peer */
     if (p->state == RTSP_SRC_FAILED) {
         s->state = RTSP_SRC_FAILED;
         s->fail_status = p->fail_status ? p->fail_status : 503;
@@ -886,6 +890,7 @@ static struct pub *pub_make(const struct rtsp_source *s)
     }
     p->play = s->play;
     p->range = dup_or_null(s->range);
+    p->upeer = rtsp_upeer_ref(s->upeer);
     return p;
 }
 

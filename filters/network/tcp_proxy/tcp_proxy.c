@@ -58,6 +58,10 @@ struct tp {
      * wait in its read buffer (<held>). */
     struct msm_upstream_chain *upf;
     bool held;
+    /* The upstream TLS handshake's identities (peer's first URI SAN, ours), copied: the stream
+     * info points at them for istio.stats (client-side destination/source_principal) and they
+     * must outlive the upstream connection. */
+    char *up_peer_san, *up_local_san;
 };
 
 static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream);
@@ -93,6 +97,8 @@ static struct ev_loop *loop_of(struct tp *t)
 static void tp_free(struct tp *t)
 {
     msm_upstream_chain_free(t->upf);
+    free(t->up_peer_san);
+    free(t->up_local_san);
     free(t);
 }
 
@@ -191,6 +197,14 @@ void msm_tcp_proxy_filter_free(void *f)
     /* Envoy logs when the filter goes away: the downstream is closed, its counts are final. */
     if (t->cfg->logs.n && t->started) {
         msm_access_logs_emit(&t->cfg->logs, t->si, ev_now(t->loop));
+    }
+    if (t->si) {
+        if (t->si->upstream_peer_uri_san == t->up_peer_san) {
+            t->si->upstream_peer_uri_san = NULL;
+        }
+        if (t->si->upstream_local_uri_san == t->up_local_san) {
+            t->si->upstream_local_uri_san = NULL;
+        }
     }
     t->si = NULL;
     t->session_gone = true;
@@ -423,6 +437,17 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
             t->si->has_upstream_local = true;
             t->si->upstream_connection_id = c->id;
             t->si->upstream_connected = now;
+            const struct msm_tls_info *ti = msm_conn_tls_info(c);
+            if (ti) {
+                free(t->up_peer_san);
+                free(t->up_local_san);
+                t->up_peer_san = ti->peer_cert_validated && ti->n_uri_sans
+                                     ? msm_xstrdup(ti->uri_sans[0])
+                                     : NULL;
+                t->up_local_san = ti->local_uri_san ? msm_xstrdup(ti->local_uri_san) : NULL;
+                t->si->upstream_peer_uri_san = t->up_peer_san;
+                t->si->upstream_local_uri_san = t->up_local_san;
+            }
         }
         msm_outlier_report(t->cluster, t->host, MSM_OUTLIER_SUCCESS);
         msm_stat_record(cs->upstream_cx_connect_ms, (uint64_t)((now - c->connect_start) * 1000.0));

@@ -9,8 +9,12 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "envoy/config/metrics/v3/stats.pb-c.h"
+
+#include "config/pbjson.h"
 #include "stats/stats.h"
 
 #define DEMO_STATS(C, G, H) C(rx_total) G(active) H(length_ms)
@@ -95,6 +99,77 @@ static void *bump(void *arg)
     return NULL;
 }
 
+/* With a stats_matcher (Istio's inclusion list), rejected counters and histograms are not kept
+ * in the store: each owner counts on its own, nothing lists or finds them, the last unref frees
+ * them. Gauges stay shared by name (some are read back). Hash probes stay right with many
+ * names (1M+ at 10k clusters). */
+static void test_rejected_not_stored(void **state)
+{
+    (void)state;
+    struct msm_stats_store *st = msm_stats_store_new();
+    const char *cfg = "{\"stats_matcher\": {\"inclusion_list\": {\"patterns\": "
+                      "[{\"prefix\": \"cluster_manager\"}]}}}";
+    struct msm_err err = {{0}};
+    ProtobufCMessage *sc = msm_pbjson_decode_text(
+        &envoy__config__metrics__v3__stats_config__descriptor, cfg, strlen(cfg), NULL, &err);
+    assert_non_null(sc);
+    assert_int_equal(msm_stats_configure(st, sc, NULL, 0, &err), 0);
+    protobuf_c_message_free_unpacked(sc, NULL);
+    struct msm_stat *c1 = msm_stats_get(st, MSM_STAT_COUNTER, "cluster.a.upstream_cx_total");
+    struct msm_stat *c2 = msm_stats_get(st, MSM_STAT_COUNTER, "cluster.a.upstream_cx_total");
+    struct msm_stat *h = msm_stats_get(st, MSM_STAT_HISTOGRAM, "cluster.a.upstream_cx_length_ms");
+    struct msm_stat *g1 = msm_stats_get(st, MSM_STAT_GAUGE, "listener.x.downstream_cx_active");
+    struct msm_stat *g2 = msm_stats_get(st, MSM_STAT_GAUGE, "listener.x.downstream_cx_active");
+    struct msm_stat *v = msm_stats_get(st, MSM_STAT_COUNTER, "cluster_manager.cluster_added");
+    assert_true(c1->hidden && c1->detached);
+    assert_ptr_not_equal(c1, c2);
+    msm_stat_add(c1, 3);
+    msm_stat_inc(c2);
+    assert_int_equal(msm_stat_value(c1), 3);
+    assert_int_equal(msm_stat_value(c2), 1);
+    msm_stat_record(h, 7);
+    assert_true(h->detached);
+    assert_null(msm_stats_find(st, "cluster.a.upstream_cx_total"));
+    assert_ptr_equal(g1, g2); /* gauges: shared, hidden */
+    assert_true(g1->hidden && !g1->detached);
+    assert_ptr_equal(msm_stats_find(st, "listener.x.downstream_cx_active"), g1);
+    assert_false(v->hidden || v->detached);
+    size_t n;
+    struct msm_stat **all = msm_stats_list_all(st, true, true, &n);
+    assert_int_equal(n, 2); /* the gauge and cluster_manager.cluster_added */
+    msm_stats_list_free(all, n);
+    msm_stat_unref(c1);
+    msm_stat_unref(c2);
+    msm_stat_unref(h);
+    msm_stat_unref(g1);
+    msm_stat_unref(g2);
+    /* Many visible names: every one found again through the probes. */
+    char name[64];
+    enum { N = 20000 };
+    struct msm_stat **keep = calloc(N, sizeof(*keep));
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "cluster_manager.x%d", i);
+        keep[i] = msm_stats_get(st, MSM_STAT_COUNTER, name);
+    }
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof(name), "cluster_manager.x%d", i);
+        assert_ptr_equal(msm_stats_find(st, name), keep[i]);
+        if (i % 2) {
+            msm_stat_unref(keep[i]);
+        }
+    }
+    for (int i = 0; i < N; i += 2) {
+        snprintf(name, sizeof(name), "cluster_manager.x%d", i);
+        assert_ptr_equal(msm_stats_find(st, name), keep[i]);
+        snprintf(name, sizeof(name), "cluster_manager.x%d", i + 1);
+        assert_null(msm_stats_find(st, name));
+        msm_stat_unref(keep[i]);
+    }
+    free(keep);
+    msm_stat_unref(v);
+    msm_stats_store_free(st);
+}
+
 static void test_concurrent(void **state)
 {
     (void)state;
@@ -132,6 +207,7 @@ int main(void)
         cmocka_unit_test(test_many_and_list),
         cmocka_unit_test(test_histogram_and_block),
         cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_rejected_not_stored),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -72,8 +72,13 @@ static void test_istio_golden_tags(void **state)
     if (!p) {
         fail_msg("%s", err.msg);
     }
-    /* Istio's 16 regexes, no defaults. */
-    assert_int_equal(msm_tag_producer_count(p), 16);
+    /* Istio's 16 regexes, no Envoy defaults, and msm's two media extractors (always on). */
+    assert_int_equal(msm_tag_producer_count(p), 18);
+    /* Media stats: one family per metric, the filter's stat_prefix and the stream as tags. */
+    expect(p, "rtsp.inbound.downstream_rtp_tx_packets", "rtsp.downstream_rtp_tx_packets",
+           "msm.rtsp_prefix=inbound");
+    expect(p, "rtsp.fan.stream.cam.subscribers", "rtsp.stream.subscribers",
+           "msm.rtsp_stream=cam,msm.rtsp_prefix=fan");
     /* The ';' delimiter from alt_stat_name: the dashboards' xds-grpc series. */
     expect(p, "cluster.xds-grpc;.upstream_cx_active", "cluster.upstream_cx_active",
            "cluster_name=xds-grpc");

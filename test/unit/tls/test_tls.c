@@ -507,6 +507,53 @@ static void test_verify_failures(void **state)
     msm_tls_factory_unref(sf);
 }
 
+/* Client contexts that differ only in SNI and SAN matchers (one per cluster in an Istio
+ * sidecar) share one SSL_CTX; each connection is still verified against its own cluster's
+ * matchers and counted in its own stats. Server contexts are not shared. */
+static void test_shared_client_ctx(void **state)
+{
+    (void)state;
+    struct msm_tls_factory *sf = must(true, server_ctx(&server, "spiffe://cluster.local/", true),
+                                      "shs.");
+    struct msm_tls_factory *sf2 = must(true, server_ctx(&server, "spiffe://cluster.local/", true),
+                                       "shs2.");
+    struct msm_tls_factory *good = must(false, client_ctx(&client, SPIFFE_SERVER, ca.cert_pem),
+                                        "shg.");
+    struct msm_tls_factory *bad = must(false, client_ctx(&client, SPIFFE_CLIENT, ca.cert_pem),
+                                       "shb.");
+    struct msm_tls_factory *other = must(false, client_ctx(&client, SPIFFE_SERVER,
+                                                           other_ca.cert_pem), "sho.");
+    assert_ptr_equal(good->cur->ssl, bad->cur->ssl);
+    assert_ptr_not_equal(good->cur->ssl, other->cur->ssl); /* another trust store */
+    assert_ptr_not_equal(sf->cur->ssl, sf2->cur->ssl);
+    for (int round = 0; round < 2; round++) {
+        struct pair p;
+        pair_run(&p, bad, sf);
+        assert_true(p.rc_cl < 0);
+        pair_free(&p);
+        pair_run(&p, good, sf);
+        assert_int_equal(p.rc_cl, 0);
+        assert_int_equal(p.rc_sv, 0);
+        send_recv(&p.cl, &p.sv, "shared");
+        pair_free(&p);
+    }
+    assert_int_equal(stat_of("shb.ssl.fail_verify_san"), 2);
+    assert_int_equal(stat_of("shg.ssl.fail_verify_san"), 0);
+    assert_int_equal(stat_of("shg.ssl.handshake"), 2);
+    assert_int_equal(stat_of("shb.ssl.handshake"), 0);
+    /* The shared SSL_CTX outlives the factory that built it. */
+    msm_tls_factory_unref(good);
+    struct pair p;
+    pair_run(&p, bad, sf);
+    assert_true(p.rc_cl < 0);
+    pair_free(&p);
+    assert_int_equal(stat_of("shb.ssl.fail_verify_san"), 3);
+    msm_tls_factory_unref(bad);
+    msm_tls_factory_unref(other);
+    msm_tls_factory_unref(sf2);
+    msm_tls_factory_unref(sf);
+}
+
 /* ---- SDS ---------------------------------------------------------------------------------- */
 
 static ProtobufCMessage *secret_cert(const char *name, const struct test_cert *c,
@@ -647,6 +694,7 @@ int main(void)
         cmocka_unit_test(test_context_errors),
         cmocka_unit_test(test_mtls_alpn_sni),
         cmocka_unit_test(test_verify_failures),
+        cmocka_unit_test(test_shared_client_ctx),
         cmocka_unit_test(test_sds_warming_rotation),
         cmocka_unit_test(test_static_secret),
     };

@@ -12,36 +12,19 @@
 
 #include "common/alloc.h"
 #include "upstream/cluster.h"
+#include "upstream_fixtures.h"
 
 /* A cluster of <n> hosts 10.0.0.<first+1>.. with <weights> (NULL = all 1). */
 static struct msm_cluster *make_at(enum msm_lb_policy lb, const uint32_t *weights, int n,
                                    uint32_t max_cx, int first)
 {
-    struct msm_cluster_cfg *cfg = MSM_NEW(struct msm_cluster_cfg);
-    atomic_init(&cfg->refs, 1);
-    cfg->name = msm_xstrdup("c");
-    cfg->stat_name = msm_xstrdup("c");
-    cfg->lb = lb;
-    cfg->lr_choice_count = 2;
-    cfg->ring_min = 1024;
-    cfg->ring_max = 8 * 1024 * 1024;
-    cfg->maglev_size = 65537;
-    cfg->max_connections = max_cx;
-    struct msm_cluster_shared *sh = msm_cluster_shared_new(cfg, msm_stats);
     struct msm_host *hv[16];
     for (int i = 0; i < n; i++) {
-        struct msm_address a;
         char ip[32];
         snprintf(ip, sizeof(ip), "10.0.0.%d", first + i + 1);
-        assert_int_equal(msm_address_from_ip(ip, 80, &a, NULL), 0);
-        hv[i] = msm_host_new(&a, NULL, weights ? weights[i] : 1);
+        hv[i] = msm_test_host(ip, weights ? weights[i] : 1);
     }
-    struct msm_host_set *hs = msm_host_set_new(hv, n);
-    struct msm_cluster *c = msm_cluster_new(cfg, sh, hs);
-    msm_host_set_unref(hs);
-    msm_cluster_shared_unref(sh);
-    msm_cluster_cfg_unref(cfg);
-    return c;
+    return msm_test_cluster(msm_test_cluster_cfg("c", lb, max_cx), msm_host_set_new(hv, n));
 }
 
 static struct msm_cluster *make(enum msm_lb_policy lb, const uint32_t *weights, int n,
@@ -52,12 +35,7 @@ static struct msm_cluster *make(enum msm_lb_policy lb, const uint32_t *weights, 
 
 static int index_of(struct msm_cluster *c, struct msm_host *h)
 {
-    for (int i = 0; i < c->hosts->n; i++) {
-        if (c->hosts->hosts[i] == h) {
-            return i;
-        }
-    }
-    return -1;
+    return msm_test_host_index(c, h);
 }
 
 static void test_round_robin(void **state)
@@ -236,20 +214,6 @@ static void test_empty(void **state)
     msm_cluster_unref(c);
 }
 
-static int setup(void **state)
-{
-    (void)state;
-    msm_stats = msm_stats_store_new();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    msm_stats_store_free(msm_stats);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -259,5 +223,5 @@ int main(void)
         cmocka_unit_test(test_ring_hash),         cmocka_unit_test(test_maglev),
         cmocka_unit_test(test_outlier_ejection),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, msm_test_stats_setup, msm_test_stats_teardown);
 }
