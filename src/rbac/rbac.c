@@ -11,6 +11,7 @@
 #include "config/pbutil.h"
 #include "http/route.h"
 #include "net/listener.h"
+#include "stats/stats.h"
 
 enum kind {
     K_ANY = 0,
@@ -463,4 +464,47 @@ bool msm_rbac_allowed(const struct msm_rbac *r, const struct msm_rbac_ctx *c, co
     default:
         return true;
     }
+}
+
+/* ---- filter configs ------------------------------------------------------------------------- */
+
+int msm_rbac_filter_cfg_build(struct msm_rbac_filter_cfg *c, const void *rules,
+                              const void *shadow, bool has_matcher, bool http,
+                              struct msm_err *err)
+{
+    memset(c, 0, sizeof(*c));
+    if (has_matcher) {
+        return msm_err_set(err, "matcher/shadow_matcher: the xDS matcher API is not supported "
+                                "(use rules/shadow_rules)");
+    }
+    if (rules && !(c->rules = msm_rbac_from_proto(rules, http, err))) {
+        msm_err_prefix(err, "rules");
+        return MSM_EINVAL;
+    }
+    if (shadow && !(c->shadow = msm_rbac_from_proto(shadow, http, err))) {
+        msm_err_prefix(err, "shadow_rules");
+        msm_rbac_filter_cfg_deinit(c);
+        return MSM_EINVAL;
+    }
+    return 0;
+}
+
+void msm_rbac_filter_cfg_stats(struct msm_rbac_filter_cfg *c, struct msm_stats_store *st,
+                               const char *sp, const char *rp, const char *shp)
+{
+    c->allowed = msm_stats_getf(st, MSM_STAT_COUNTER, "%srbac.%sallowed", sp, rp);
+    c->denied = msm_stats_getf(st, MSM_STAT_COUNTER, "%srbac.%sdenied", sp, rp);
+    c->shadow_allowed = msm_stats_getf(st, MSM_STAT_COUNTER, "%srbac.%sshadow_allowed", sp, shp);
+    c->shadow_denied = msm_stats_getf(st, MSM_STAT_COUNTER, "%srbac.%sshadow_denied", sp, shp);
+}
+
+void msm_rbac_filter_cfg_deinit(struct msm_rbac_filter_cfg *c)
+{
+    msm_rbac_free(c->rules);
+    msm_rbac_free(c->shadow);
+    msm_stat_unref(c->allowed);
+    msm_stat_unref(c->denied);
+    msm_stat_unref(c->shadow_allowed);
+    msm_stat_unref(c->shadow_denied);
+    memset(c, 0, sizeof(*c));
 }

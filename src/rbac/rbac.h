@@ -50,6 +50,26 @@ struct msm_rbac;
 struct msm_rbac *msm_rbac_from_proto(const void *proto, bool http, struct msm_err *err);
 void msm_rbac_free(struct msm_rbac *r);
 enum msm_rbac_action msm_rbac_action(const struct msm_rbac *r);
+
+/* What the network and the HTTP RBAC filters (and HTTP's per-route override) share: the rules,
+ * the shadow rules and Envoy's four counters. One owner: the filter config. */
+struct msm_stat;
+struct msm_stats_store;
+struct msm_rbac_filter_cfg {
+    struct msm_rbac *rules;  /* NULL: no enforcement */
+    struct msm_rbac *shadow; /* NULL: none */
+    struct msm_stat *allowed, *denied, *shadow_allowed, *shadow_denied; /* NULL per route */
+};
+/* <rules>/<shadow> are Envoy__Config__Rbac__V3__RBAC (either may be NULL); <has_matcher>: the
+ * config uses matcher/shadow_matcher, which is refused. MSM_EINVAL with "rules: ..." or
+ * "shadow_rules: ..." in <err>, <c> left empty. */
+int msm_rbac_filter_cfg_build(struct msm_rbac_filter_cfg *c, const void *rules,
+                              const void *shadow, bool has_matcher, bool http,
+                              struct msm_err *err);
+/* Envoy's names: <sp>rbac.<rp>allowed / denied, <sp>rbac.<shp>shadow_allowed / shadow_denied. */
+void msm_rbac_filter_cfg_stats(struct msm_rbac_filter_cfg *c, struct msm_stats_store *st,
+                               const char *sp, const char *rp, const char *shp);
+void msm_rbac_filter_cfg_deinit(struct msm_rbac_filter_cfg *c);
 /* Evaluate; returns true when allowed. <policy> gets the name of the matched policy (or NULL). */
 bool msm_rbac_allowed(const struct msm_rbac *r, const struct msm_rbac_ctx *c,
                       const char **policy);

@@ -13,9 +13,7 @@
 #include "rbac/rbac.h"
 
 struct cfg {
-    struct msm_rbac *rules;  /* NULL: no enforcement */
-    struct msm_rbac *shadow;
-    struct msm_stat *allowed, *denied, *shadow_allowed, *shadow_denied;
+    struct msm_rbac_filter_cfg r;
 };
 
 struct inst {
@@ -23,30 +21,17 @@ struct inst {
     struct msm_http_stream *s;
 };
 
-/* Per-route: an RBAC that replaces the filter's rules (its stats stay the filter's). */
+/* Per-route: an RBAC that replaces the filter's rules (its stats stay the filter's: the
+ * route's counters are NULL). */
 struct route_cfg {
-    struct msm_rbac *rules;
-    struct msm_rbac *shadow;
+    struct msm_rbac_filter_cfg r;
 };
 
-static int build(const Envoy__Extensions__Filters__Http__Rbac__V3__RBAC *p, struct msm_rbac **rules,
-                 struct msm_rbac **shadow, struct msm_err *err)
+static int build(const Envoy__Extensions__Filters__Http__Rbac__V3__RBAC *p,
+                 struct msm_rbac_filter_cfg *r, struct msm_err *err)
 {
-    if (p->matcher || p->shadow_matcher) {
-        return msm_err_set(err, "matcher/shadow_matcher: the xDS matcher API is not supported "
-                                "(use rules/shadow_rules)");
-    }
-    if (p->rules && !(*rules = msm_rbac_from_proto(p->rules, true, err))) {
-        msm_err_prefix(err, "rules");
-        return MSM_EINVAL;
-    }
-    if (p->shadow_rules && !(*shadow = msm_rbac_from_proto(p->shadow_rules, true, err))) {
-        msm_err_prefix(err, "shadow_rules");
-        msm_rbac_free(*rules);
-        *rules = NULL;
-        return MSM_EINVAL;
-    }
-    return 0;
+    return msm_rbac_filter_cfg_build(r, p->rules, p->shadow_rules,
+                                     p->matcher || p->shadow_matcher, true, err);
 }
 
 static void cfg_free(void *p)
@@ -55,12 +40,7 @@ static void cfg_free(void *p)
     if (!c) {
         return;
     }
-    msm_rbac_free(c->rules);
-    msm_rbac_free(c->shadow);
-    msm_stat_unref(c->allowed);
-    msm_stat_unref(c->denied);
-    msm_stat_unref(c->shadow_allowed);
-    msm_stat_unref(c->shadow_denied);
+    msm_rbac_filter_cfg_deinit(&c->r);
     free(c);
 }
 
@@ -69,19 +49,12 @@ static int cfg_new(const ProtobufCMessage *msg, struct msm_http_factory_ctx *ctx
 {
     const Envoy__Extensions__Filters__Http__Rbac__V3__RBAC *p = (const void *)msg;
     struct cfg *c = MSM_NEW(struct cfg);
-    if (build(p, &c->rules, &c->shadow, err) < 0) {
+    if (build(p, &c->r, err) < 0) {
         free(c);
         return MSM_EINVAL;
     }
-    const char *sp = ctx->stat_prefix;
-    c->allowed = msm_stats_getf(ctx->stats, MSM_STAT_COUNTER, "%srbac.%sallowed", sp,
-                                p->rules_stat_prefix);
-    c->denied = msm_stats_getf(ctx->stats, MSM_STAT_COUNTER, "%srbac.%sdenied", sp,
-                               p->rules_stat_prefix);
-    c->shadow_allowed = msm_stats_getf(ctx->stats, MSM_STAT_COUNTER, "%srbac.%sshadow_allowed",
-                                       sp, p->shadow_rules_stat_prefix);
-    c->shadow_denied = msm_stats_getf(ctx->stats, MSM_STAT_COUNTER, "%srbac.%sshadow_denied", sp,
-                                      p->shadow_rules_stat_prefix);
+    msm_rbac_filter_cfg_stats(&c->r, ctx->stats, ctx->stat_prefix, p->rules_stat_prefix,
+                              p->shadow_rules_stat_prefix);
     *out = c;
     return 0;
 }
@@ -92,8 +65,7 @@ static void route_cfg_free(void *p)
     if (!r) {
         return;
     }
-    msm_rbac_free(r->rules);
-    msm_rbac_free(r->shadow);
+    msm_rbac_filter_cfg_deinit(&r->r);
     free(r);
 }
 
@@ -101,7 +73,7 @@ static int route_cfg_new(const ProtobufCMessage *msg, void **out, struct msm_err
 {
     const Envoy__Extensions__Filters__Http__Rbac__V3__RBACPerRoute *p = (const void *)msg;
     struct route_cfg *r = MSM_NEW(struct route_cfg);
-    if (p->rbac && build(p->rbac, &r->rules, &r->shadow, err) < 0) {
+    if (p->rbac && build(p->rbac, &r->r, err) < 0) {
         msm_err_prefix(err, "rbac");
         free(r);
         return MSM_EINVAL;
@@ -127,15 +99,15 @@ static enum msm_hf_status decode_headers(void *p, struct msm_hdrs *h, bool end_s
 {
     (void)end_stream;
     struct inst *f = p;
-    const struct msm_rbac *rules = f->cfg->rules, *shadow = f->cfg->shadow;
+    const struct msm_rbac *rules = f->cfg->r.rules, *shadow = f->cfg->r.shadow;
     bool disabled = false;
     const struct route_cfg *rc = msm_hs_per_route_config(f->s, &disabled);
     if (disabled) {
         return MSM_HF_CONTINUE;
     }
     if (rc) {
-        rules = rc->rules;
-        shadow = rc->shadow;
+        rules = rc->r.rules;
+        shadow = rc->r.shadow;
     }
     const struct msm_conn *conn = msm_hs_conn(f->s);
     struct msm_rbac_ctx c;
@@ -168,17 +140,17 @@ static enum msm_hf_status decode_headers(void *p, struct msm_hdrs *h, bool end_s
     }
     const char *policy = NULL;
     if (shadow) {
-        msm_stat_inc(msm_rbac_allowed(shadow, &c, &policy) ? f->cfg->shadow_allowed
-                                                            : f->cfg->shadow_denied);
+        msm_stat_inc(msm_rbac_allowed(shadow, &c, &policy) ? f->cfg->r.shadow_allowed
+                                                            : f->cfg->r.shadow_denied);
     }
     if (!rules) {
         return MSM_HF_CONTINUE;
     }
     if (msm_rbac_allowed(rules, &c, &policy)) {
-        msm_stat_inc(f->cfg->allowed);
+        msm_stat_inc(f->cfg->r.allowed);
         return MSM_HF_CONTINUE;
     }
-    msm_stat_inc(f->cfg->denied);
+    msm_stat_inc(f->cfg->r.denied);
     msm_log(MSM_LOG_DEBUG, MSM_LC_RBAC, "[C%llu] rbac: request denied%s%s", conn->id,
             policy ? ", matched policy " : "", policy ? policy : "");
     msm_hs_send_local_reply(f->s, 403, "RBAC: access denied", "rbac_access_denied", 0);

@@ -26,10 +26,8 @@
 #include "rbac/rbac.h"
 
 struct rbac_cfg {
-    struct msm_rbac *rules;  /* NULL: no enforcement */
-    struct msm_rbac *shadow; /* NULL: none */
+    struct msm_rbac_filter_cfg r;
     bool continuous;
-    struct msm_stat *allowed, *denied, *shadow_allowed, *shadow_denied;
 };
 
 struct rbac_f {
@@ -43,12 +41,7 @@ static void cfg_free(void *p)
     if (!c) {
         return;
     }
-    msm_rbac_free(c->rules);
-    msm_rbac_free(c->shadow);
-    msm_stat_unref(c->allowed);
-    msm_stat_unref(c->denied);
-    msm_stat_unref(c->shadow_allowed);
-    msm_stat_unref(c->shadow_denied);
+    msm_rbac_filter_cfg_deinit(&c->r);
     free(c);
 }
 
@@ -59,32 +52,18 @@ static int cfg_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, voi
     if (!p->stat_prefix[0]) {
         return msm_err_set(err, "stat_prefix: must not be empty");
     }
-    if (p->matcher || p->shadow_matcher) {
-        return msm_err_set(err, "matcher/shadow_matcher: the xDS matcher API is not supported "
-                                "(use rules/shadow_rules)");
-    }
     struct rbac_cfg *c = MSM_NEW(struct rbac_cfg);
-    if (p->rules && !(c->rules = msm_rbac_from_proto(p->rules, false, err))) {
-        msm_err_prefix(err, "rules");
-        cfg_free(c);
-        return MSM_EINVAL;
-    }
-    if (p->shadow_rules && !(c->shadow = msm_rbac_from_proto(p->shadow_rules, false, err))) {
-        msm_err_prefix(err, "shadow_rules");
-        cfg_free(c);
+    if (msm_rbac_filter_cfg_build(&c->r, p->rules, p->shadow_rules,
+                                  p->matcher || p->shadow_matcher, false, err) < 0) {
+        free(c);
         return MSM_EINVAL;
     }
     c->continuous = p->enforcement_type ==
                     ENVOY__EXTENSIONS__FILTERS__NETWORK__RBAC__V3__RBAC__ENFORCEMENT_TYPE__CONTINUOUS;
     /* Envoy's names: <stat_prefix>rbac.allowed, ... and <stat_prefix>rbac.<shadow
      * prefix>shadow_allowed (Istio: "tcp.rbac.allowed", "tcp.rbac.istio_dry_run_allow_..."). */
-    const char *sp = p->stat_prefix, *shp = p->shadow_rules_stat_prefix;
-    c->allowed = msm_stats_getf(ctx->stats, MSM_STAT_COUNTER, "%srbac.allowed", sp);
-    c->denied = msm_stats_getf(ctx->stats, MSM_STAT_COUNTER, "%srbac.denied", sp);
-    c->shadow_allowed = msm_stats_getf(ctx->stats, MSM_STAT_COUNTER, "%srbac.%sshadow_allowed",
-                                       sp, shp);
-    c->shadow_denied = msm_stats_getf(ctx->stats, MSM_STAT_COUNTER, "%srbac.%sshadow_denied", sp,
-                                      shp);
+    msm_rbac_filter_cfg_stats(&c->r, ctx->stats, p->stat_prefix, "",
+                              p->shadow_rules_stat_prefix);
     *out = c;
     return 0;
 }
@@ -128,18 +107,18 @@ static bool check(struct rbac_f *f)
     struct msm_rbac_ctx c;
     ctx_of(conn, &c);
     const char *policy = NULL;
-    if (f->cfg->shadow) {
-        bool ok = msm_rbac_allowed(f->cfg->shadow, &c, &policy);
-        msm_stat_inc(ok ? f->cfg->shadow_allowed : f->cfg->shadow_denied);
+    if (f->cfg->r.shadow) {
+        bool ok = msm_rbac_allowed(f->cfg->r.shadow, &c, &policy);
+        msm_stat_inc(ok ? f->cfg->r.shadow_allowed : f->cfg->r.shadow_denied);
     }
-    if (!f->cfg->rules) {
+    if (!f->cfg->r.rules) {
         return true;
     }
-    if (msm_rbac_allowed(f->cfg->rules, &c, &policy)) {
-        msm_stat_inc(f->cfg->allowed);
+    if (msm_rbac_allowed(f->cfg->r.rules, &c, &policy)) {
+        msm_stat_inc(f->cfg->r.allowed);
         return true;
     }
-    msm_stat_inc(f->cfg->denied);
+    msm_stat_inc(f->cfg->r.denied);
     msm_log(MSM_LOG_DEBUG, MSM_LC_RBAC, "[C%llu] rbac: connection denied%s%s", conn->id,
             policy ? ", matched policy " : "", policy ? policy : "");
     msm_filter_close(f->h, MSM_CLOSE_NOFLUSH);
