@@ -58,6 +58,8 @@ enum op {
     OP_CONST, /* HOSTNAME, ENVIRONMENT(X): resolved at config time into <arg> */
     OP_PEER_URI_SAN,
     OP_LOCAL_URI_SAN,
+    OP_UP_PEER_URI_SAN,
+    OP_UP_LOCAL_URI_SAN,
     OP_TLS_VERSION,
     OP_TLS_CIPHER,
     OP_DOWNSTREAM_TRANSPORT_FAILURE_REASON,
@@ -163,8 +165,8 @@ static const struct op_desc ops[] = {
     {"DOWNSTREAM_PEER_CERT", OP_DASH, ARG_ANY},
     {"DOWNSTREAM_LOCAL_SUBJECT", OP_DASH, ARG_ANY},
     {"DOWNSTREAM_TLS_SESSION_ID", OP_DASH, ARG_ANY},
-    {"UPSTREAM_PEER_URI_SAN", OP_DASH, ARG_ANY},
-    {"UPSTREAM_LOCAL_URI_SAN", OP_DASH, ARG_ANY},
+    {"UPSTREAM_PEER_URI_SAN", OP_UP_PEER_URI_SAN, ARG_NONE},
+    {"UPSTREAM_LOCAL_URI_SAN", OP_UP_LOCAL_URI_SAN, ARG_NONE},
     {"UPSTREAM_TLS_VERSION", OP_DASH, ARG_ANY},
     {"UPSTREAM_TLS_CIPHER", OP_DASH, ARG_ANY},
     {"LOCAL_REPLY_BODY", OP_DASH, ARG_ANY},
@@ -615,6 +617,8 @@ static void eval(const struct token *t, const struct msm_stream_info *si, double
     case OP_CONST: set_str(v, t->lit); break;
     case OP_PEER_URI_SAN: set_str(v, si->downstream_peer_uri_san); break;
     case OP_LOCAL_URI_SAN: set_str(v, si->downstream_local_uri_san); break;
+    case OP_UP_PEER_URI_SAN: set_str(v, si->upstream_peer_uri_san); break;
+    case OP_UP_LOCAL_URI_SAN: set_str(v, si->upstream_local_uri_san); break;
     case OP_TLS_VERSION: set_str(v, si->downstream_tls_version); break;
     case OP_TLS_CIPHER: set_str(v, si->downstream_tls_cipher); break;
     case OP_DOWNSTREAM_TRANSPORT_FAILURE_REASON:

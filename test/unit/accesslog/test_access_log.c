@@ -151,6 +151,16 @@ static void test_istio_default_tcp(void **state)
         strstr(got, "\"- - -\" 0 UF - - \"delayed_connect_error:_Connection_refused\""));
     assert_non_null(strstr(got, "outbound|9080||reviews.default.svc.cluster.local; - 10.0.0.5"));
     free(got);
+    /* The upstream mTLS identities (tcp_proxy and rtsp_proxy record them at connect). */
+    got = fmt_one("%UPSTREAM_PEER_URI_SAN% %UPSTREAM_LOCAL_URI_SAN%", &si);
+    assert_string_equal(got, "- -");
+    free(got);
+    si.upstream_peer_uri_san = "spiffe://cluster.local/ns/prod/sa/server";
+    si.upstream_local_uri_san = "spiffe://cluster.local/ns/default/sa/client";
+    got = fmt_one("%UPSTREAM_PEER_URI_SAN% %UPSTREAM_LOCAL_URI_SAN%", &si);
+    assert_string_equal(got, "spiffe://cluster.local/ns/prod/sa/server "
+                             "spiffe://cluster.local/ns/default/sa/client");
+    free(got);
     msm_si_deinit(&si);
     msm_host_unref(h);
     msm_cluster_cfg_unref(cfg);
