@@ -767,33 +767,34 @@ def template_params(node, log_json=False, compliance_policy="", delta_xds=True,
         ts = _transport_socket(tracing.get("tls_settings"), "tracer", meta, is_h2)
         if ts:
             p["tracing_tls"] = ts
-    ems = pc.get("envoy_metrics_service") or {}
-    if ems.get("address"):
-        p["envoy_metrics_service_address"] = _address(ems["address"])
-        ts = _transport_socket(ems.get("tls_settings"), "envoy_metrics_service", meta, True)
-        if ts:
-            p["envoy_metrics_service_tls"] = ts
-        ka = _keepalive(ems.get("tcp_keepalive"))
-        if ka:
-            p["envoy_metrics_service_tcp_keepalive"] = ka
-    elif pc.get("envoy_metrics_service_address"):
+    if (not _remote_service(p, pc.get("envoy_metrics_service"), "envoy_metrics_service", meta)
+            and pc.get("envoy_metrics_service_address")):
         p["envoy_metrics_service_address"] = _address(pc["envoy_metrics_service_address"])
     sc = pc.get("stats_compression")
     if isinstance(sc, dict):
         sc = sc.get("value", False)
     p["envoy_metrics_stats_compression"] = True if sc is None else bool(sc)
-    als = pc.get("envoy_access_log_service") or {}
-    if als.get("address"):
-        p["envoy_accesslog_service_address"] = _address(als["address"])
-        ts = _transport_socket(als.get("tls_settings"), "envoy_accesslog_service", meta, True)
-        if ts:
-            p["envoy_accesslog_service_tls"] = ts
-        ka = _keepalive(als.get("tcp_keepalive"))
-        if ka:
-            p["envoy_accesslog_service_tcp_keepalive"] = ka
+    _remote_service(p, pc.get("envoy_access_log_service"), "envoy_accesslog_service", meta)
     if isinstance(node.raw.get("LOAD_STATS_CONFIG_JSON"), str):
         p["load_stats_config_json_str"] = node.raw["LOAD_STATS_CONFIG_JSON"]
     return p
+
+
+def _remote_service(p, svc, key, meta):
+    """ProxyConfig's RemoteService <svc> (metrics or access-log service) into the template
+    values <key>_address, <key>_tls (cluster <key>), <key>_tcp_keepalive; False when it has no
+    address."""
+    svc = svc or {}
+    if not svc.get("address"):
+        return False
+    p[key + "_address"] = _address(svc["address"])
+    ts = _transport_socket(svc.get("tls_settings"), key, meta, True)
+    if ts:
+        p[key + "_tls"] = ts
+    ka = _keepalive(svc.get("tcp_keepalive"))
+    if ka:
+        p[key + "_tcp_keepalive"] = ka
+    return True
 
 
 def render(template_text, node, **kw):

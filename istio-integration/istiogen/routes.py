@@ -142,6 +142,21 @@ def _weighted(world, vs, dests, svc_port):
     return [o for o in out if o[1] > 0 or len(out) == 1]
 
 
+def _match_applies(vs, m, allowed, kind, port, proxy):
+    """Whether VirtualService match <m> (a <kind> route's) applies to this sidecar on <port>:
+    its gateways include "mesh", its port and sourceLabels fit. Fields outside <allowed> are
+    refused, never ignored."""
+    if set(m) - allowed:
+        raise IstiogenError(
+            "%s: %s match fields %s not supported" % (_name(vs), kind, sorted(set(m) - allowed))
+        )
+    if m.get("gateways") and "mesh" not in m["gateways"]:
+        return False
+    if "port" in m and m["port"] != port["port"]:
+        return False
+    return labels_match(m.get("sourceLabels"), proxy.pod.labels)
+
+
 def tcp_destinations(world, proxy, svc, port):
     """(stat_prefix, cluster, weighted) for a TCP port: the first matching tcp route of the
     service's VirtualService, else the service cluster."""
@@ -155,18 +170,8 @@ def tcp_destinations(world, proxy, svc, port):
             )
         ok = not r.get("match")
         for m in r.get("match") or []:
-            if set(m) - TCP_MATCH_KEYS:
-                raise IstiogenError(
-                    "%s: tcp match fields %s not supported"
-                    % (_name(vs), sorted(set(m) - TCP_MATCH_KEYS))
-                )
-            if m.get("gateways") and "mesh" not in m["gateways"]:
-                continue
-            if "port" in m and m["port"] != port["port"]:
-                continue
-            if not labels_match(m.get("sourceLabels"), proxy.pod.labels):
-                continue
-            ok = True
+            if _match_applies(vs, m, TCP_MATCH_KEYS, "tcp", port, proxy):
+                ok = True
         if not ok:
             continue
         dests = _weighted(world, vs, r.get("route") or [], port["port"])
@@ -299,18 +304,8 @@ def http_routes(world, proxy, svc, port):
         if not dests:
             raise IstiogenError("%s: http route without destination" % _name(vs))
         for m in r.get("match") or [None]:
-            if m is not None:
-                if set(m) - MATCH_KEYS:
-                    raise IstiogenError(
-                        "%s: http match fields %s not supported"
-                        % (_name(vs), sorted(set(m) - MATCH_KEYS))
-                    )
-                if m.get("gateways") and "mesh" not in m["gateways"]:
-                    continue
-                if "port" in m and m["port"] != port["port"]:
-                    continue
-                if not labels_match(m.get("sourceLabels"), proxy.pod.labels):
-                    continue
+            if m is not None and not _match_applies(vs, m, MATCH_KEYS, "http", port, proxy):
+                continue
             action = {}
             if len(dests) == 1:
                 action["cluster"] = dests[0][0]
