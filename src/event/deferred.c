@@ -11,6 +11,59 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     msm_defer_run(loop);
 }
 
+static void run_queue(struct msm_ready **q)
+{
+    while (*q) {
+        struct msm_ready *r = *q;
+        *q = r->next;
+        r->next = NULL;
+        r->fn(r);
+    }
+}
+
+/* One round of libev callbacks (after a poll, or the prepare watchers before it: events fed
+ * during a round are invoked with the next prepare, before the loop blocks). */
+static void invoke_pending(struct ev_loop *loop)
+{
+    struct msm_loop_ctx *c = msm_loop_ctx(loop);
+    /* Until nothing is pending: an event fed by the queued work (a TLS connection with records
+     * already decrypted, a flush that re-enabled reading) must run before the loop blocks, as
+     * libev's own invoke loop would run it; the prepare round is followed by the poll. */
+    do {
+        c->in_round = true;
+        do {
+            ev_invoke_pending(loop);
+            /* The io callbacks ran last-in first-out and each pushed itself at the head: the
+             * queue is in readiness order. */
+            run_queue(&c->ready);
+        } while (ev_pending_count(loop));
+        c->in_round = false;
+        run_queue(&c->flush);
+    } while (ev_pending_count(loop));
+}
+
+bool msm_ready_defer(struct ev_loop *loop, struct msm_ready *r)
+{
+    struct msm_loop_ctx *c = msm_loop_ctx(loop);
+    if (!c || !c->in_round) {
+        return false;
+    }
+    r->next = c->ready;
+    c->ready = r;
+    return true;
+}
+
+bool msm_flush_defer(struct ev_loop *loop, struct msm_ready *r)
+{
+    struct msm_loop_ctx *c = msm_loop_ctx(loop);
+    if (!c || !c->in_round) {
+        return false;
+    }
+    r->next = c->flush;
+    c->flush = r;
+    return true;
+}
+
 struct ev_loop *msm_loop_new(void *owner, int is_default)
 {
     struct ev_loop *loop = is_default ? ev_default_loop(EVFLAG_AUTO) : ev_loop_new(EVFLAG_AUTO);
@@ -24,6 +77,7 @@ struct ev_loop *msm_loop_new(void *owner, int is_default)
     ev_prepare_start(loop, &c->prep);
     ev_unref(loop);
     ev_set_userdata(loop, c);
+    ev_set_invoke_pending_cb(loop, invoke_pending);
     return loop;
 }
 
@@ -40,6 +94,7 @@ void msm_loop_free(struct ev_loop *loop)
     }
     ev_ref(loop);
     ev_prepare_stop(loop, &c->prep);
+    ev_set_invoke_pending_cb(loop, ev_invoke_pending);
     free(c);
     ev_set_userdata(loop, NULL);
     if (!ev_is_default_loop(loop)) {

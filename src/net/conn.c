@@ -20,6 +20,8 @@
 #define FLUSH_CLOSE_TIMEOUT 30.0
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
+static void on_ready(struct msm_ready *r);
+static void on_flush(struct msm_ready *r);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 
 /* ---- raw_buffer transport ------------------------------------------------------------------ */
@@ -69,6 +71,8 @@ static struct msm_conn *conn_new(struct ev_loop *loop, int fd)
     msm_buf_init(&c->in);
     msm_buf_init(&c->out);
     ev_io_init(&c->io, on_io, fd, 0);
+    c->ready.fn = on_ready;
+    c->flush.fn = on_flush;
     ev_timer_init(&c->timer, on_timer, 0, 0);
     return c;
 }
@@ -105,6 +109,7 @@ static void update_io(struct msm_conn *c)
         return;
     }
     int ev = 0;
+    bool feed = false;
     if (c->flags & MSM_CONN_F_CONNECTING) {
         ev = EV_WRITE;
     } else if (c->flags & MSM_CONN_F_HANDSHAKE) {
@@ -120,17 +125,19 @@ static void update_io(struct msm_conn *c)
         ev |= c->tr->want;
         /* Bytes the transport already holds (TLS records read ahead of a paused or
          * budget-limited read) never make the fd readable again: read them next round. */
-        if (can_read(c) && c->tr->ops->has_pending && c->tr->ops->has_pending(c->tr)) {
-            ev_feed_event(c->loop, &c->io, EV_READ);
+        feed = can_read(c) && c->tr->ops->has_pending && c->tr->ops->has_pending(c->tr);
+    }
+    if (ev != (c->io.events & (EV_READ | EV_WRITE)) || !ev_is_active(&c->io)) {
+        ev_io_stop(c->loop, &c->io);
+        if (ev) {
+            ev_io_set(&c->io, c->fd, ev);
+            ev_io_start(c->loop, &c->io);
         }
     }
-    if (ev == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io)) {
-        return;
-    }
-    ev_io_stop(c->loop, &c->io);
-    if (ev) {
-        ev_io_set(&c->io, c->fd, ev);
-        ev_io_start(c->loop, &c->io);
+    /* After any restart: stopping a watcher drops its pending events, a fed one included (the
+     * read would be lost, and the connection stall with the bytes in the transport). */
+    if (feed) {
+        ev_feed_event(c->loop, &c->io, EV_READ);
     }
 }
 
@@ -342,7 +349,23 @@ void msm_conn_write(struct msm_conn *c, struct msm_buf *data, bool end_stream)
         check_watermarks(c);
         return;
     }
+    if (c->flush_queued || msm_flush_defer(c->loop, &c->flush)) {
+        /* Coalesced with the round's other writes (event/deferred.h). */
+        c->flush_queued = true;
+        check_watermarks(c);
+        return;
+    }
     do_write(c);
+}
+
+/* The round's writes to <c>, in one go. */
+static void on_flush(struct msm_ready *r)
+{
+    struct msm_conn *c = MSM_CONTAINER_OF(r, struct msm_conn, flush);
+    c->flush_queued = false;
+    if (!(c->flags & (MSM_CONN_F_CLOSED | MSM_CONN_F_CONNECTING | MSM_CONN_F_HANDSHAKE))) {
+        do_write(c);
+    }
 }
 
 void msm_conn_close(struct msm_conn *c, enum msm_close_type how)
@@ -361,6 +384,12 @@ void msm_conn_close(struct msm_conn *c, enum msm_close_type how)
         ev_timer_start(c->loop, &c->timer);
         update_io(c);
         return;
+    }
+    if (c->flush_queued && c->out.len &&
+        !(c->flags & (MSM_CONN_F_CONNECTING | MSM_CONN_F_HANDSHAKE))) {
+        /* What this round wrote leaves before the close, as it did when writes were not
+         * coalesced (a hard close after a last message still sends it if the socket takes it). */
+        (void)c->tr->ops->write(c->tr, c);
     }
     close_now(c, MSM_CONN_LOCAL_CLOSE);
 }
@@ -498,10 +527,41 @@ static void do_read(struct msm_conn *c)
     }
 }
 
+static void handle_io(struct msm_conn *c, int revents);
+
+/* This round's events of <c>, in readiness order: only those the watcher still waits for (a
+ * connection served earlier in the round may have paused reading this one, or closed it; its
+ * memory stays until the deferred free, which comes after the round). */
+static void on_ready(struct msm_ready *r)
+{
+    struct msm_conn *c = MSM_CONTAINER_OF(r, struct msm_conn, ready);
+    int revents = c->ready_revents;
+    c->ready_revents = 0;
+    if ((c->flags & MSM_CONN_F_CLOSED) || !ev_is_active(&c->io)) {
+        return;
+    }
+    revents &= c->io.events;
+    if (revents) {
+        handle_io(c, revents);
+    }
+}
+
 static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
-    (void)loop;
     struct msm_conn *c = MSM_CONTAINER_OF(w, struct msm_conn, io);
+    if (c->ready_revents) {
+        c->ready_revents |= revents;
+        return;
+    }
+    if (msm_ready_defer(loop, &c->ready)) {
+        c->ready_revents = revents;
+        return;
+    }
+    handle_io(c, revents);
+}
+
+static void handle_io(struct msm_conn *c, int revents)
+{
     if (c->flags & MSM_CONN_F_CONNECTING) {
         finish_connect(c);
         return;

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "buffer/buf.h"
+#include "event/deferred.h"
 #include "net/address.h"
 #include "net/transport.h"
 
@@ -69,6 +70,10 @@ struct msm_conn {
     uint32_t flags;
     int read_disable; /* nesting count; reading resumes at 0 */
     ev_io io;
+    struct msm_ready ready; /* this round's io events, queued (event/deferred.h) */
+    int ready_revents;      /* their events; 0 = not queued */
+    struct msm_ready flush; /* this round's writes, coalesced */
+    bool flush_queued;
     ev_timer timer; /* connect timeout, then flush-close timeout */
     struct msm_buf in, out;
     uint32_t high_wm, low_wm; /* 0 = no watermarks */
