@@ -35,6 +35,9 @@ set_test="$set_test tshark"
 # schema validator (npm is checked below).
 set_test="$set_test python3-yaml patchelf"
 set_bench="haproxy"
+# bench/http: wrk (HTTP/1.1 load), nginx (upstream and peer proxy), perf (profile of the proxy);
+# h2load comes with nghttp2-client above.
+set_bench="$set_bench wrk nginx linux-perf"
 
 what=${1:-test}
 case "$what" in

@@ -33,13 +33,23 @@ void msm__xds_cmd_free(struct msm_xds_cmd *c)
 
 /* ---- stats and subscriptions ---------------------------------------------------------------- */
 
+#define SINK_OF(n) && b->s.n->sink
+/* NULL when the stats_matcher rejects every stat of the block (10k EDS clusters' "cluster.<name>."
+ * stats under Istio's matcher): nothing to count, nothing kept. */
 static struct msm_xds_stat_block *block_new(struct msm_stats_store *st, const char *prefix)
 {
     struct msm_xds_stat_block *b = MSM_NEW(struct msm_xds_stat_block);
+    bool was = msm_stats_sink_rejected(true);
     msm_xds_sub_stats_init(st, prefix, &b->s);
     b->version_text = msm_stats_getf(st, MSM_STAT_TEXT, "%sversion_text", prefix);
+    msm_stats_sink_rejected(was);
+    if (b->version_text->sink MSM_XDS_SUB_STATS(SINK_OF, SINK_OF, SINK_OF)) {
+        free(b);
+        return NULL;
+    }
     return b;
 }
+#undef SINK_OF
 
 static void block_free(struct msm_xds_stat_block *b)
 {
@@ -136,12 +146,18 @@ static size_t ptr_slot(const void *const *seen, size_t cap, const void *p)
     return i;
 }
 
+/* Blocks with the same stats are one; a shared sink stat says nothing about that. */
+static const void *block_key(const struct msm_xds_stat_block *b)
+{
+    return b->s.update_attempt->sink ? (const void *)b : (const void *)b->s.update_attempt;
+}
+
 static void block_set_add(struct block_set *bs, struct msm_xds_stat_block *b)
 {
     if (!b) {
         return;
     }
-    const void *key = b->s.update_attempt;
+    const void *key = block_key(b);
     if (bs->seen_cap && bs->seen[ptr_slot(bs->seen, bs->seen_cap, key)]) {
         return;
     }
@@ -150,7 +166,7 @@ static void block_set_add(struct block_set *bs, struct msm_xds_stat_block *b)
         bs->seen_cap = bs->seen_cap ? bs->seen_cap * 2 : 16;
         bs->seen = msm_xcalloc(bs->seen_cap, sizeof(*bs->seen));
         for (size_t i = 0; i < bs->n; i++) {
-            const void *k = bs->v[i]->s.update_attempt;
+            const void *k = block_key(bs->v[i]);
             bs->seen[ptr_slot(bs->seen, bs->seen_cap, k)] = k;
         }
     }
@@ -775,6 +791,27 @@ static void count_stats(struct block_set *bs, bool accepted, const char *version
     }
 }
 
+/* What msm_xds_update_release needs: the update's resources are a filtered copy of the
+ * decoded response's. */
+struct update_rel {
+    struct msm_xds_decoded *d;
+    struct msm_xds_resource *res;
+    const int *map;
+    int n;
+};
+
+void msm_xds_update_release(const struct msm_xds_update *u, int i)
+{
+    struct update_rel *rel = u->priv_;
+    if (!rel || i < 0 || i >= rel->n) {
+        return;
+    }
+    rel->res[i].msg = NULL;
+    rel->res[i].bytes = NULL;
+    rel->res[i].len = 0;
+    msm_xds_decoded_release(rel->d, rel->map[i]);
+}
+
 static void handle_response(struct msm_xds *x, struct msm_xds_event *ev)
 {
     struct msm_xds_decoded *d = ev->d;
@@ -787,10 +824,12 @@ static void handle_response(struct msm_xds *x, struct msm_xds_event *ev)
     }
     /* The update: only what is subscribed. */
     struct msm_xds_resource *res = msm_xcalloc((size_t)d->n + 1, sizeof(*res));
+    int *map = msm_xcalloc((size_t)d->n + 1, sizeof(*map));
     const char **removed = msm_xcalloc((size_t)d->n_removed + 1, sizeof(*removed));
     int nres = 0, nrem = 0;
     for (int i = 0; i < d->n; i++) {
         if (ts->wildcard || msm_strmap_has(&ts->names, d->res[i].name)) {
+            map[nres] = i;
             res[nres++] = d->res[i];
         } else {
             msm_log(MSM_LOG_DEBUG, MSM_LC_XDS, "xds: %s '%s' was not subscribed: ignored",
@@ -806,6 +845,7 @@ static void handle_response(struct msm_xds *x, struct msm_xds_event *ev)
         /* Nothing this client asked for (e.g. a SotW push for names dropped meanwhile): as
          * Envoy, no watch is called and the response is ACKed. */
         free(res);
+        free(map);
         free(removed);
         post_decision(x, ev, d, true, NULL);
         return;
@@ -826,6 +866,7 @@ static void handle_response(struct msm_xds *x, struct msm_xds_event *ev)
     if (d->error) {
         rc = msm_err_set(&err, "%s", d->error);
     } else {
+        struct update_rel rel = {.d = d, .res = res, .map = map, .n = nres};
         struct msm_xds_update u = {
             .type_url = d->type_url,
             .sotw = !d->delta,
@@ -834,6 +875,7 @@ static void handle_response(struct msm_xds *x, struct msm_xds_event *ev)
             .removed = removed,
             .n_removed = nrem,
             .version_info = d->version_info,
+            .priv_ = &rel,
         };
         rc = x->apply(x->apply_arg, &u, &err);
         if (rc < 0 && !err.msg[0]) {
@@ -891,6 +933,7 @@ static void handle_response(struct msm_xds *x, struct msm_xds_event *ev)
     }
     free(touched);
     free(res);
+    free(map);
     free(removed);
 }
 

@@ -9,6 +9,8 @@
  * to the xDS thread, which sends it. The callbacks below are always called on the main thread,
  * never from inside msm_xds_subscribe. */
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include <ev.h>
 #include <protobuf-c/protobuf-c.h>
@@ -36,6 +38,10 @@ struct msm_xds_resource {
     /* The decoded resource: the Any unpacked into the type's message (TypedStruct payloads are
      * not involved at this level). Never NULL. */
     const ProtobufCMessage *msg;
+    /* The bytes <msg> was decoded from (a serialization of it), <len> of them; NULL for types
+     * whose consumers do not keep them (only clusters and route configurations have them). */
+    const uint8_t *bytes;
+    size_t len;
 };
 
 struct msm_xds_update {
@@ -52,7 +58,13 @@ struct msm_xds_update {
     int n_removed;
     /* SotW version_info / Delta system_version_info ("" when absent). */
     const char *version_info;
+    void *priv_; /* msm_xds_update_release's bookkeeping */
 };
+
+/* The apply callback is done with resources[<i>]: its decoded message is freed now (msg becomes
+ * NULL; name and version stay valid until the callback returns), so a 10k-resource response
+ * gives its memory back while it is applied. Optional. */
+void msm_xds_update_release(const struct msm_xds_update *u, int i);
 
 /* Called on the main thread for every response of a subscribed type. Return 0 to ACK, or a
  * negative code with <err> set to NACK the whole response: the NACK carries error_detail

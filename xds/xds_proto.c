@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "envoy/service/discovery/v3/discovery.pb-c.h"
 #include "google/rpc/status.pb-c.h"
@@ -14,6 +15,155 @@
 #include "xds/strmap.h"
 
 #define RESOURCE_WRAPPER_URL "type.googleapis.com/envoy.service.discovery.v3.Resource"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define ARENA_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ARENA_MALLOC 1
+#endif
+#endif
+
+/* ---- decode arenas ----------------------------------------------------------------------------
+ * A response is decoded into bump arenas of mmap'ed blocks instead of one malloc per field: a
+ * 10k-cluster CDS response is some 500k allocations, and its memory would stay in the xDS
+ * thread's malloc arena after it is freed (glibc keeps per-thread arenas), on top of the
+ * clusters built from it. Blocks go back to the system as soon as every resource with data in
+ * them is released (msm_xds_decoded_release, once applied) or the response is freed. Under
+ * AddressSanitizer every allocation is its own malloc'ed "block", so overflows stay visible. */
+#define ARENA_BLOCK ((size_t)1 << 20)
+
+struct arena_block {
+    uint8_t *base; /* NULL once released */
+    size_t size, used;
+    int users; /* resources with data in it; released at 0 */
+};
+
+struct msm_xds_arena {
+    struct arena_block *b;
+    size_t n, cap;
+};
+
+static void block_drop(struct arena_block *b)
+{
+    if (!b->base) {
+        return;
+    }
+#ifdef ARENA_MALLOC
+    free(b->base);
+#else
+    munmap(b->base, b->size);
+#endif
+    b->base = NULL;
+}
+
+static void *arena_alloc(void *data, size_t size)
+{
+    struct msm_xds_arena *a = data;
+    size = (size + 15) & ~(size_t)15;
+    struct arena_block *cur = a->n ? &a->b[a->n - 1] : NULL;
+#ifdef ARENA_MALLOC
+    cur = NULL;
+#endif
+    if (!cur || !cur->base || cur->size - cur->used < size) {
+        a->b = msm_xgrow(a->b, sizeof(*a->b), &a->cap, a->n + 1);
+        cur = &a->b[a->n++];
+        memset(cur, 0, sizeof(*cur));
+#ifdef ARENA_MALLOC
+        cur->size = size ? size : 1;
+        cur->base = msm_xmalloc(cur->size);
+#else
+        cur->size = size > ARENA_BLOCK ? (size + 4095) & ~(size_t)4095 : ARENA_BLOCK;
+        void *p = mmap(NULL, cur->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        if (p == MAP_FAILED) {
+            fprintf(stderr, "msm-proxy: out of memory mapping %zu bytes, aborting\n", cur->size);
+            abort(); /* as msm_xmalloc */
+        }
+        cur->base = p;
+#endif
+    }
+    void *r = cur->base + cur->used;
+    cur->used += size;
+    return r;
+}
+
+static void arena_free(void *data, void *p)
+{
+    (void)data;
+    (void)p; /* everything goes with its block */
+}
+
+static void arena_deinit(struct msm_xds_arena *a)
+{
+    for (size_t i = 0; i < a->n; i++) {
+        block_drop(&a->b[i]);
+    }
+    free(a->b);
+    memset(a, 0, sizeof(*a));
+}
+
+/* The block of <a> holding <p>, or a->n. */
+static size_t block_of(const struct msm_xds_arena *a, const void *p)
+{
+    const uint8_t *q = p;
+    for (size_t i = 0; i < a->n; i++) {
+        if (a->b[i].base && q >= a->b[i].base && q < a->b[i].base + a->b[i].size) {
+            return i;
+        }
+    }
+    return a->n;
+}
+
+/* The response's own arena while its resources are decoded in order: protobuf-c allocated each
+ * resource's data after the previous one's (the Resource or Any struct first), so the blocks
+ * between <keep> (the response struct and its resources array) and the one holding <next>
+ * (the next resource to decode) only hold resources already decoded. */
+static void outer_progress(struct msm_xds_arena *outer, size_t keep, const void *next)
+{
+#ifndef ARENA_MALLOC
+    size_t upto = block_of(outer, next);
+    for (size_t j = keep + 1; j < upto; j++) {
+        block_drop(&outer->b[j]);
+    }
+#else
+    (void)outer;
+    (void)keep;
+    (void)next;
+#endif
+}
+
+static ProtobufCAllocator arena_allocator(struct msm_xds_arena *a)
+{
+    ProtobufCAllocator al = {.alloc = arena_alloc, .free = arena_free, .allocator_data = a};
+    return al;
+}
+
+static char *arena_strdup(struct msm_xds_arena *a, const char *s)
+{
+    size_t n = strlen(s ? s : "") + 1;
+    return memcpy(arena_alloc(a, n), s ? s : "", n);
+}
+
+/* Where a decoded response keeps its memory (private to this file). */
+struct msm_xds_mem {
+    struct msm_xds_arena strs; /* names, versions, nonce, type URL, SotW wrappers */
+    struct msm_xds_arena res;  /* the resources */
+    size_t *first, *last;      /* per resource: its blocks in <res> */
+    const uint8_t *bytes;      /* the bytes of the resource unpack_one just decoded */
+    size_t len;
+    bool keep_bytes;           /* see keeps_bytes */
+};
+
+/* Types whose consumers keep the resources packed and are worth the copy: clusters (their
+ * packing is 8% of applying 10k) and route configurations. Not assignments: packing one is
+ * cheap, and an EDS response arrives while the clusters' memory peaks. */
+static bool keeps_bytes(const char *type_url)
+{
+    return !strcmp(type_url, MSM_XDS_TYPE_CLUSTER) || !strcmp(type_url, MSM_XDS_TYPE_ROUTE);
+}
+
+/* ---- decoding ------------------------------------------------------------------------------ */
 
 static const char *str_or_empty(const char *s)
 {
@@ -41,15 +191,11 @@ const char *msm_xds_resource_name(const ProtobufCMessage *m)
     return "";
 }
 
-static char *errdup(const struct msm_err *e)
-{
-    return msm_xstrdup(e->msg);
-}
-
-/* Unpack <any> as a resource of type <desc> (the response's type). SotW resources may come
- * wrapped in envoy.service.discovery.v3.Resource (Envoy accepts that for TTLs): then <*name>
- * and <*version> are taken from the wrapper and <*wrapper> owns them. */
-static ProtobufCMessage *unpack_one(const Google__Protobuf__Any *any,
+/* Unpack <any> as a resource of type <desc> (the response's type) into the resource arena.
+ * SotW resources may come wrapped in envoy.service.discovery.v3.Resource (Envoy accepts that
+ * for TTLs): then <*wrapper> is set to the wrapper (in the strings arena), which carries the
+ * name and version. */
+static ProtobufCMessage *unpack_one(struct msm_xds_mem *mem, const Google__Protobuf__Any *any,
                                     const ProtobufCMessageDescriptor *desc, const char *type_url,
                                     ProtobufCMessage **wrapper, struct msm_err *err)
 {
@@ -59,23 +205,21 @@ static ProtobufCMessage *unpack_one(const Google__Protobuf__Any *any,
     }
     const char *url = str_or_empty(any->type_url);
     if (wrapper && !strcmp(url, RESOURCE_WRAPPER_URL)) {
-        ProtobufCMessage *w = msm_pb_unpack(&envoy__service__discovery__v3__resource__descriptor,
-                                            any->value.data, any->value.len, err);
+        ProtobufCAllocator al = arena_allocator(&mem->strs);
+        const ProtobufCMessageDescriptor *rd = &envoy__service__discovery__v3__resource__descriptor;
+        ProtobufCMessage *w = msm_pb_unpack_with(rd, &al, any->value.data, any->value.len, err);
         if (!w) {
             return NULL;
         }
         const Envoy__Service__Discovery__V3__Resource *r = (const void *)w;
         if (!r->resource) {
-            /* A TTL heartbeat: nothing to decode. */
+            *wrapper = w; /* a TTL heartbeat: nothing to decode */
+            return NULL;
+        }
+        ProtobufCMessage *m = unpack_one(mem, r->resource, desc, type_url, NULL, err);
+        if (m) {
             *wrapper = w;
-            return NULL;
         }
-        ProtobufCMessage *m = unpack_one(r->resource, desc, type_url, NULL, err);
-        if (!m) {
-            protobuf_c_message_free_unpacked(w, NULL);
-            return NULL;
-        }
-        *wrapper = w;
         return m;
     }
     if (strcmp(url, type_url) != 0) {
@@ -84,7 +228,19 @@ static ProtobufCMessage *unpack_one(const Google__Protobuf__Any *any,
                     url, type_url);
         return NULL;
     }
-    return msm_pb_unpack(desc, any->value.data, any->value.len, err);
+    ProtobufCAllocator al = arena_allocator(&mem->res);
+    ProtobufCMessage *m = msm_pb_unpack_with(desc, &al, any->value.data, any->value.len, err);
+    mem->bytes = NULL;
+    mem->len = 0;
+    if (m && mem->keep_bytes) {
+        /* The resource's own bytes, beside it: consumers that keep resources packed (the
+         * cluster manager, for config_dump) copy them instead of packing the message again. */
+        uint8_t *b = arena_alloc(&mem->res, any->value.len + 1);
+        memcpy(b, any->value.data ? any->value.data : (const uint8_t *)"", any->value.len);
+        mem->bytes = b;
+        mem->len = any->value.len;
+    }
+    return m;
 }
 
 static void set_error(struct msm_xds_decoded *d, const char *fmt, ...)
@@ -97,39 +253,50 @@ static void set_error(struct msm_xds_decoded *d, const char *fmt, ...)
     msm_err_vset(&e, fmt, ap);
     va_end(ap);
     free(d->error);
-    d->error = errdup(&e);
+    d->error = msm_xstrdup(e.msg);
 }
 
-/* Drop the decoded resources: a response is applied whole or not at all. */
-static void drop_resources(struct msm_xds_decoded *d)
+/* Record resource <m> (just unpacked into mem->res) as d->res[d->n]. */
+static struct msm_xds_resource *add_resource(struct msm_xds_decoded *d, ProtobufCMessage *m,
+                                             size_t first)
 {
-    for (int i = 0; i < d->n; i++) {
-        protobuf_c_message_free_unpacked((ProtobufCMessage *)d->res[i].msg, NULL);
+    struct msm_xds_mem *mem = d->mem;
+    size_t last = mem->res.n - 1;
+    for (size_t b = first; b <= last; b++) {
+        mem->res.b[b].users++;
     }
-    d->n = 0;
+    mem->first[d->n] = first;
+    mem->last[d->n] = last;
+    struct msm_xds_resource *res = &d->res[d->n++];
+    res->msg = m;
+    res->bytes = mem->bytes;
+    res->len = mem->len;
+    return res;
 }
 
-/* SotW wrappers must stay alive as long as the names point into them. */
-struct wrappers {
-    ProtobufCMessage **v;
-    size_t n, cap;
-};
-
-static void decode_sotw(struct msm_xds_decoded *d, const ProtobufCMessageDescriptor *desc,
-                        struct wrappers *wr)
+/* The first block resource data may land in: the current one, or the next. */
+static size_t next_block(const struct msm_xds_arena *a)
 {
-    const Envoy__Service__Discovery__V3__DiscoveryResponse *r = (const void *)d->resp;
-    d->version_info = str_or_empty(r->version_info);
-    d->nonce = str_or_empty(r->nonce);
+    return a->n ? a->n - 1 : 0;
+}
+
+static void decode_sotw(struct msm_xds_decoded *d, const ProtobufCMessage *resp,
+                        const ProtobufCMessageDescriptor *desc, struct msm_xds_arena *outer)
+{
+    struct msm_xds_mem *mem = d->mem;
+    const Envoy__Service__Discovery__V3__DiscoveryResponse *r = (const void *)resp;
     d->res = msm_xcalloc(r->n_resources + 1, sizeof(*d->res));
+    mem->first = msm_xcalloc(r->n_resources + 1, sizeof(size_t));
+    mem->last = msm_xcalloc(r->n_resources + 1, sizeof(size_t));
+    size_t keep = r->n_resources ? block_of(outer, r->resources) : 0;
     for (size_t i = 0; i < r->n_resources; i++) {
+        if (i) {
+            outer_progress(outer, keep, r->resources[i]);
+        }
         struct msm_err e;
         ProtobufCMessage *w = NULL;
-        ProtobufCMessage *m = unpack_one(r->resources[i], desc, d->type_url, &w, &e);
-        if (w) {
-            wr->v = msm_xgrow(wr->v, sizeof(*wr->v), &wr->cap, wr->n + 1);
-            wr->v[wr->n++] = w;
-        }
+        size_t first = next_block(&mem->res);
+        ProtobufCMessage *m = unpack_one(mem, r->resources[i], desc, d->type_url, &w, &e);
         if (!m && w) {
             continue; /* heartbeat */
         }
@@ -137,45 +304,43 @@ static void decode_sotw(struct msm_xds_decoded *d, const ProtobufCMessageDescrip
             set_error(d, "resources[%zu]: %s", i, e.msg);
             return;
         }
-        struct msm_xds_resource *res = &d->res[d->n++];
-        res->msg = m;
-        res->version = d->version_info;
-        if (w) {
-            const Envoy__Service__Discovery__V3__Resource *rw = (const void *)w;
-            res->name = rw->name && rw->name[0] ? rw->name : msm_xds_resource_name(m);
-            res->version = rw->version && rw->version[0] ? rw->version : d->version_info;
-        } else {
-            res->name = msm_xds_resource_name(m);
-        }
+        struct msm_xds_resource *res = add_resource(d, m, first);
+        const Envoy__Service__Discovery__V3__Resource *rw = (const void *)w;
+        const char *name = rw && rw->name && rw->name[0] ? rw->name : msm_xds_resource_name(m);
+        /* Names outlive the resource (msm_xds_decoded_release): kept with the strings. */
+        res->name = arena_strdup(&mem->strs, name);
+        res->version = rw && rw->version && rw->version[0] ? rw->version : d->version_info;
     }
 }
 
-static void decode_delta(struct msm_xds_decoded *d, const ProtobufCMessageDescriptor *desc)
+static void decode_delta(struct msm_xds_decoded *d, const ProtobufCMessage *resp,
+                         const ProtobufCMessageDescriptor *desc, struct msm_xds_arena *outer)
 {
-    const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *r = (const void *)d->resp;
-    d->version_info = str_or_empty(r->system_version_info);
-    d->nonce = str_or_empty(r->nonce);
-    d->removed = msm_xcalloc(r->n_removed_resources + 1, sizeof(*d->removed));
-    for (size_t i = 0; i < r->n_removed_resources; i++) {
-        d->removed[d->n_removed++] = str_or_empty(r->removed_resources[i]);
-    }
+    struct msm_xds_mem *mem = d->mem;
+    const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *r = (const void *)resp;
     d->res = msm_xcalloc(r->n_resources + 1, sizeof(*d->res));
+    mem->first = msm_xcalloc(r->n_resources + 1, sizeof(size_t));
+    mem->last = msm_xcalloc(r->n_resources + 1, sizeof(size_t));
+    size_t keep = r->n_resources ? block_of(outer, r->resources) : 0;
     for (size_t i = 0; i < r->n_resources; i++) {
         const Envoy__Service__Discovery__V3__Resource *rr = r->resources[i];
+        if (i) {
+            outer_progress(outer, keep, rr);
+        }
         const char *name = str_or_empty(rr->name);
         if (!rr->resource) {
             continue; /* TTL heartbeat: refreshes, never updates */
         }
         struct msm_err e;
-        ProtobufCMessage *m = unpack_one(rr->resource, desc, d->type_url, NULL, &e);
+        size_t first = next_block(&mem->res);
+        ProtobufCMessage *m = unpack_one(mem, rr->resource, desc, d->type_url, NULL, &e);
         if (!m) {
             set_error(d, "resource '%s': %s", name, e.msg);
             return;
         }
-        struct msm_xds_resource *res = &d->res[d->n++];
-        res->msg = m;
-        res->name = name[0] ? name : msm_xds_resource_name(m);
-        res->version = str_or_empty(rr->version);
+        struct msm_xds_resource *res = add_resource(d, m, first);
+        res->name = arena_strdup(&mem->strs, name[0] ? name : msm_xds_resource_name(m));
+        res->version = arena_strdup(&mem->strs, str_or_empty(rr->version));
     }
 }
 
@@ -194,56 +359,99 @@ static void check_duplicates(struct msm_xds_decoded *d)
     msm_strmap_deinit(&seen);
 }
 
+/* A response is applied whole or not at all: an error drops every decoded resource. */
+static void drop_resources(struct msm_xds_decoded *d)
+{
+    arena_deinit(&d->mem->res);
+    d->n = 0;
+}
+
 struct msm_xds_decoded *msm_xds_decode(bool delta, const uint8_t *data, size_t len,
                                        struct msm_err *err)
+{
+    return msm_xds_decode_ex(delta, data, len, NULL, NULL, err);
+}
+
+struct msm_xds_decoded *msm_xds_decode_ex(bool delta, const uint8_t *data, size_t len,
+                                          void (*release)(void *arg), void *arg,
+                                          struct msm_err *err)
 {
     const ProtobufCMessageDescriptor *rdesc =
         delta ? &envoy__service__discovery__v3__delta_discovery_response__descriptor
               : &envoy__service__discovery__v3__discovery_response__descriptor;
-    ProtobufCMessage *resp = msm_pb_unpack(rdesc, data, len, err);
+    /* The response itself (with a copy of every resource's bytes) is only needed while its
+     * resources are decoded: its own arena, dropped before returning. */
+    struct msm_xds_arena outer = {0};
+    ProtobufCAllocator oal = arena_allocator(&outer);
+    ProtobufCMessage *resp = msm_pb_unpack_with(rdesc, &oal, data, len, err);
+    if (release) {
+        release(arg); /* everything is in <outer> now */
+    }
     if (!resp) {
+        arena_deinit(&outer);
         msm_err_prefix(err, "malformed %s", rdesc->name);
         return NULL;
     }
     struct msm_xds_decoded *d = MSM_NEW(struct msm_xds_decoded);
+    struct msm_xds_mem *mem = MSM_NEW(struct msm_xds_mem);
+    d->mem = mem;
     d->delta = delta;
-    d->resp = resp;
-    d->type_url = str_or_empty(delta ? ((Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *)
-                                            resp)->type_url
-                                     : ((Envoy__Service__Discovery__V3__DiscoveryResponse *)
-                                            resp)->type_url);
-    d->nonce = d->version_info = "";
-    const ProtobufCMessageDescriptor *desc = msm_types_find_url(d->type_url);
-    struct wrappers wr = {0};
-    d->wrappers = NULL;
-    if (!desc) {
-        /* Still fill nonce/version so the NACK can name the response. */
-        if (delta) {
-            const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *r = (const void *)resp;
-            d->nonce = str_or_empty(r->nonce);
-            d->version_info = str_or_empty(r->system_version_info);
-        } else {
-            const Envoy__Service__Discovery__V3__DiscoveryResponse *r = (const void *)resp;
-            d->nonce = str_or_empty(r->nonce);
-            d->version_info = str_or_empty(r->version_info);
-        }
-        set_error(d, "unknown type URL '%s'", d->type_url);
-        return d;
-    }
+    const char *type_url, *nonce, *version;
+    size_t n_removed = 0;
+    char **removed = NULL;
     if (delta) {
-        decode_delta(d, desc);
+        const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *r = (const void *)resp;
+        type_url = r->type_url;
+        nonce = r->nonce;
+        version = r->system_version_info;
+        n_removed = r->n_removed_resources;
+        removed = r->removed_resources;
     } else {
-        decode_sotw(d, desc, &wr);
+        const Envoy__Service__Discovery__V3__DiscoveryResponse *r = (const void *)resp;
+        type_url = r->type_url;
+        nonce = r->nonce;
+        version = r->version_info;
     }
+    d->type_url = arena_strdup(&mem->strs, type_url);
+    d->nonce = arena_strdup(&mem->strs, nonce);
+    d->version_info = arena_strdup(&mem->strs, version);
+    d->removed = msm_xcalloc(n_removed + 1, sizeof(*d->removed));
+    for (size_t i = 0; i < n_removed; i++) {
+        d->removed[d->n_removed++] = arena_strdup(&mem->strs, removed[i]);
+    }
+    const ProtobufCMessageDescriptor *desc = msm_types_find_url(d->type_url);
+    mem->keep_bytes = keeps_bytes(d->type_url);
+    if (!desc) {
+        set_error(d, "unknown type URL '%s'", d->type_url);
+    } else if (delta) {
+        decode_delta(d, resp, desc, &outer);
+    } else {
+        decode_sotw(d, resp, desc, &outer);
+    }
+    arena_deinit(&outer);
     if (!d->error) {
         check_duplicates(d);
     }
     if (d->error) {
         drop_resources(d);
     }
-    d->wrappers = wr.v;
-    d->n_wrappers = wr.n;
     return d;
+}
+
+void msm_xds_decoded_release(struct msm_xds_decoded *d, int i)
+{
+    struct msm_xds_mem *mem = d->mem;
+    if (i < 0 || i >= d->n || !d->res[i].msg) {
+        return;
+    }
+    d->res[i].msg = NULL;
+    d->res[i].bytes = NULL;
+    d->res[i].len = 0;
+    for (size_t b = mem->first[i]; b <= mem->last[i] && b < mem->res.n; b++) {
+        if (--mem->res.b[b].users == 0) {
+            block_drop(&mem->res.b[b]);
+        }
+    }
 }
 
 void msm_xds_decoded_free(struct msm_xds_decoded *d)
@@ -251,15 +459,14 @@ void msm_xds_decoded_free(struct msm_xds_decoded *d)
     if (!d) {
         return;
     }
-    drop_resources(d);
+    arena_deinit(&d->mem->res);
+    arena_deinit(&d->mem->strs);
+    free(d->mem->first);
+    free(d->mem->last);
+    free(d->mem);
     free(d->res);
     free(d->removed);
-    for (size_t i = 0; i < d->n_wrappers; i++) {
-        protobuf_c_message_free_unpacked(d->wrappers[i], NULL);
-    }
-    free(d->wrappers);
     free(d->error);
-    protobuf_c_message_free_unpacked(d->resp, NULL);
     free(d);
 }
 

@@ -16,26 +16,26 @@
 /* Envoy's limit for error_detail.message (Config::Utility::truncateGrpcStatusMessage). */
 #define MSM_XDS_MAX_ERROR_DETAIL 4096
 
+struct msm_xds_mem;
+
 struct msm_xds_decoded {
     bool delta;
     /* Borrowed from <resp> (never NULL; "" when absent). */
     const char *type_url;
     const char *nonce;
     const char *version_info; /* SotW version_info / Delta system_version_info */
-    /* Decoded resources, in response order (TTL heartbeats without a body are skipped). The
-     * names and versions point into <resp>; the messages are owned by this struct. */
+    /* Decoded resources, in response order (TTL heartbeats without a body are skipped). Names,
+     * versions and messages are owned by this struct (decode arenas: never free a message
+     * yourself). A released resource (msm_xds_decoded_release) has msg NULL; its name and
+     * version stay. */
     struct msm_xds_resource *res;
     int n;
-    const char **removed; /* Delta removed_resources, borrowed from <resp> */
+    const char **removed; /* Delta removed_resources */
     int n_removed;
     /* NULL, or why the response must be NACKed (a resource that does not decode, a type URL
      * mismatch, a duplicate name): then <n> is 0. Owned. */
     char *error;
-    ProtobufCMessage *resp; /* the unpacked response, owned */
-    /* SotW resources wrapped in envoy.service.discovery.v3.Resource: the unpacked wrappers
-     * (names and versions point into them), owned. */
-    ProtobufCMessage **wrappers;
-    size_t n_wrappers;
+    struct msm_xds_mem *mem; /* private (xds_proto.c) */
 };
 
 /* Decode <len> bytes of a DiscoveryResponse (<delta> false) or DeltaDiscoveryResponse. Returns
@@ -46,7 +46,15 @@ struct msm_xds_decoded {
  * bounded). An unknown response type_url is an <error>. */
 struct msm_xds_decoded *msm_xds_decode(bool delta, const uint8_t *data, size_t len,
                                        struct msm_err *err);
+/* Same; <release>(<arg>), when not NULL, is called as soon as <data> is not needed any more
+ * (before the resources are decoded), so the caller's buffer goes early. */
+struct msm_xds_decoded *msm_xds_decode_ex(bool delta, const uint8_t *data, size_t len,
+                                          void (*release)(void *arg), void *arg,
+                                          struct msm_err *err);
 void msm_xds_decoded_free(struct msm_xds_decoded *d);
+/* Free resource <i>'s message now (its memory returns to the system once every resource
+ * sharing its arena blocks is released): an applied resource of a big response. */
+void msm_xds_decoded_release(struct msm_xds_decoded *d, int i);
 
 /* Name of a decoded resource as Envoy derives it for SotW responses: the message's `name`
  * field, or `cluster_name` (ClusterLoadAssignment). "" when it has neither. Borrowed. */

@@ -14,6 +14,7 @@
  * thread, the accepted SotW version, the nonces, Delta's known resource versions and what the
  * server was told on the current stream, and the responses still waiting for the main thread's
  * decision. See xds/README.md for the request rules. */
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -812,6 +813,14 @@ static void stream_closed(struct msm_xds_thread *t, struct tcall *c)
     post_event(t, MSM_XDS_EV_STREAM_DOWN, s->id, c->gen, NULL);
 }
 
+static void release_slice(void *arg)
+{
+    grpc_slice_unref(*(grpc_slice *)arg);
+}
+
+/* Responses at least this big are followed by malloc_trim (see on_message). */
+#define TRIM_AFTER ((size_t)1 << 20)
+
 static void on_message(struct msm_xds_thread *t, struct tcall *c)
 {
     struct tsource *s = c->s;
@@ -824,10 +833,19 @@ static void on_message(struct msm_xds_thread *t, struct tcall *c)
     }
     grpc_slice sl = grpc_byte_buffer_reader_readall(&rd);
     grpc_byte_buffer_reader_destroy(&rd);
+    /* The message is in <sl> now: its slices go before decoding (a 10 MB response would
+     * otherwise be held three times: slices, contiguous copy, decode). */
+    grpc_byte_buffer_destroy(c->rbuf);
+    c->rbuf = NULL;
     struct msm_err err;
-    struct msm_xds_decoded *d = msm_xds_decode(s->delta, GRPC_SLICE_START_PTR(sl),
-                                               GRPC_SLICE_LENGTH(sl), &err);
-    grpc_slice_unref(sl);
+    size_t len = GRPC_SLICE_LENGTH(sl);
+    struct msm_xds_decoded *d =
+        msm_xds_decode_ex(s->delta, GRPC_SLICE_START_PTR(sl), len, release_slice, &sl, &err);
+    if (len >= TRIM_AFTER) {
+        /* gRPC's buffers for it are free again: give them back to the system rather than
+         * keep them in this thread's malloc arena while the main thread builds the config. */
+        malloc_trim(0);
+    }
     if (!d) {
         /* Nothing to NACK without a nonce: as Envoy when a message does not parse, end the
          * stream and reconnect with backoff. */

@@ -489,6 +489,10 @@ def run_rep(args, types, gen, size, api, rep, secrets, big):
         rec["hwm_kb"] = proc_status(pid, "VmHWM")
         rec["rss_after_kb"] = proc_status(pid, "VmRSS")
         rec["window"] = (t0, t_end)
+        if args.hold:
+            print("xds_bench: applied; proxy pid %d held %.0fs" % (pid, args.hold),
+                  file=sys.stderr, flush=True)
+            time.sleep(args.hold)
         if args.change_on == size:
             rec["change"] = change_bench(args, run, gen, size, api)
             rec["hwm_after_change_kb"] = proc_status(pid, "VmHWM")
@@ -645,6 +649,9 @@ def main():
                     help="clusters without transport_socket_matches (to see what TLS costs)")
     ap.add_argument("--perf", default=None,
                     help="perf record -g the proxy during each apply into PREFIX.API.SIZE.REP")
+    ap.add_argument("--hold", type=float, default=0,
+                    help="keep each proxy this many seconds after the apply (to attach gdb, "
+                         "perf, /proc readers)")
     ap.add_argument("--raw", default=None, help="append one JSON line per repetition here")
     ap.add_argument("--out", default=None, help="write the markdown table here")
     args = ap.parse_args()

@@ -2,7 +2,18 @@
 from . import xds
 from .world import IstiogenError, labels_match
 
-HTTP_ROUTE_KEYS = {"name", "match", "route", "headers", "timeout", "retries", "rewrite"}
+HTTP_ROUTE_KEYS = {
+    "name",
+    "match",
+    "route",
+    "headers",
+    "timeout",
+    "retries",
+    "rewrite",
+    "mirror",
+    "mirrorPercentage",
+    "mirrors",
+}
 MATCH_KEYS = {
     "name",
     "uri",
@@ -72,7 +83,7 @@ def _validate(vs):
     for r in vs["spec"].get("http") or []:
         if set(r) - HTTP_ROUTE_KEYS:
             raise IstiogenError(
-                "%s: http route fields %s not supported (fault, mirror, redirect, "
+                "%s: http route fields %s not supported (fault, redirect, "
                 "corsPolicy, directResponse...)" % (_name(vs), sorted(set(r) - HTTP_ROUTE_KEYS))
             )
         for m in r.get("match") or []:
@@ -140,6 +151,43 @@ def _weighted(world, vs, dests, svc_port):
     if len(out) > 1 and sum(w for _, w, _, _ in out) != 100:
         raise IstiogenError("%s: route weights must add up to 100" % _name(vs))
     return [o for o in out if o[1] > 0 or len(out) == 1]
+
+
+def _mirror_fraction(vs, pct):
+    """istiod's mirrorPercent: absent = 100 % (numerator 100 of HUNDRED); a value = that percent
+    in millionths; an explicit 0 = no mirror (None)."""
+    if pct is None:
+        return {"default_value": {"numerator": 100}}
+    if set(pct) - {"value"}:
+        raise IstiogenError("%s: mirror percentage fields %s" % (_name(vs), sorted(pct)))
+    v = float(pct.get("value", 0))
+    if v < 0 or v > 100:
+        raise IstiogenError("%s: mirror percentage %s out of [0, 100]" % (_name(vs), v))
+    if v == 0:
+        return None
+    return {"default_value": {"numerator": int(v * 10000), "denominator": "MILLION"}}
+
+
+def _mirrors(world, vs, r, svc_port):
+    """RouteAction.request_mirror_policies from mirror/mirrorPercentage and mirrors[] (istiod:
+    the legacy pair first, then each HTTPMirrorPolicy; trace_sampled false)."""
+    out = []
+    pairs = []
+    if r.get("mirror"):
+        pairs.append((r["mirror"], r.get("mirrorPercentage")))
+    elif "mirrorPercentage" in r:
+        raise IstiogenError("%s: mirrorPercentage without mirror" % _name(vs))
+    for m in r.get("mirrors") or []:
+        if set(m) - {"destination", "percentage"} or "destination" not in m:
+            raise IstiogenError("%s: mirrors entry %s not supported" % (_name(vs), sorted(m)))
+        pairs.append((m["destination"], m.get("percentage")))
+    for dest, pct in pairs:
+        frac = _mirror_fraction(vs, pct)
+        if frac is None:
+            continue
+        name, _, _ = destination_cluster(world, vs, dest, svc_port)
+        out.append({"cluster": name, "runtime_fraction": frac, "trace_sampled": False})
+    return out
 
 
 def _match_applies(vs, m, allowed, kind, port, proxy):
@@ -297,7 +345,7 @@ def http_routes(world, proxy, svc, port):
     for r in vs["spec"]["http"]:
         if set(r) - HTTP_ROUTE_KEYS:
             raise IstiogenError(
-                "%s: http route fields %s not supported (fault, mirror, redirect, "
+                "%s: http route fields %s not supported (fault, redirect, "
                 "corsPolicy, directResponse...)" % (_name(vs), sorted(set(r) - HTTP_ROUTE_KEYS))
             )
         dests = _weighted(world, vs, r.get("route") or [], port["port"])
@@ -317,6 +365,9 @@ def http_routes(world, proxy, svc, port):
             rp = _retry(vs, r.get("retries"))
             if rp:
                 action["retry_policy"] = rp
+            mirrors = _mirrors(world, vs, r, port["port"])
+            if mirrors:
+                action["request_mirror_policies"] = mirrors
             action["max_grpc_timeout"] = r.get("timeout", "0s")
             rw = r.get("rewrite")
             if rw:

@@ -25,6 +25,7 @@ enum op {
     OP_REQUEST_DURATION,
     OP_RESPONSE_DURATION,
     OP_RESPONSE_TX_DURATION,
+    OP_REQUEST_TX_DURATION,
     OP_BYTES_RECEIVED,
     OP_BYTES_SENT,
     OP_PROTOCOL,
@@ -88,6 +89,7 @@ static const struct op_desc ops[] = {
     {"REQUEST_DURATION", OP_REQUEST_DURATION, ARG_NONE},
     {"RESPONSE_DURATION", OP_RESPONSE_DURATION, ARG_NONE},
     {"RESPONSE_TX_DURATION", OP_RESPONSE_TX_DURATION, ARG_NONE},
+    {"REQUEST_TX_DURATION", OP_REQUEST_TX_DURATION, ARG_NONE},
     {"BYTES_RECEIVED", OP_BYTES_RECEIVED, ARG_NONE},
     {"BYTES_SENT", OP_BYTES_SENT, ARG_NONE},
     {"PROTOCOL", OP_PROTOCOL, ARG_NONE},
@@ -181,6 +183,7 @@ static bool numeric(enum op o)
     case OP_REQUEST_DURATION:
     case OP_RESPONSE_DURATION:
     case OP_RESPONSE_TX_DURATION:
+    case OP_REQUEST_TX_DURATION:
     case OP_BYTES_RECEIVED:
     case OP_BYTES_SENT:
     case OP_RESPONSE_CODE:
@@ -544,6 +547,7 @@ static void eval(const struct token *t, const struct msm_stream_info *si, double
     case OP_REQUEST_DURATION: set_ms(v, si->start, si->last_downstream_rx); break;
     case OP_RESPONSE_DURATION: set_ms(v, si->start, si->first_upstream_rx); break;
     case OP_RESPONSE_TX_DURATION: set_ms(v, si->first_upstream_rx, si->last_downstream_tx); break;
+    case OP_REQUEST_TX_DURATION: set_ms(v, si->start, si->last_upstream_tx); break;
     case OP_BYTES_RECEIVED: set_u64(v, si->bytes_received); break;
     case OP_BYTES_SENT: set_u64(v, si->bytes_sent); break;
     case OP_PROTOCOL: set_str(v, si->protocol); break;
@@ -578,7 +582,14 @@ static void eval(const struct token *t, const struct msm_stream_info *si, double
         }
         break;
     case OP_UPSTREAM_TRANSPORT_FAILURE_REASON:
-        set_str(v, si->upstream_transport_failure_reason);
+        /* Envoy's formatter writes the reason with '_' for spaces. */
+        if (si->upstream_transport_failure_reason) {
+            snprintf(tmp, tn, "%s", si->upstream_transport_failure_reason);
+            for (char *p = tmp; *p; p++) {
+                *p = *p == ' ' ? '_' : *p;
+            }
+            set_str(v, tmp);
+        }
         break;
     case OP_UPSTREAM_REQUEST_ATTEMPT_COUNT: set_u64(v, si->attempt_count); break;
     case OP_UPSTREAM_CONNECTION_ID:

@@ -1,5 +1,6 @@
 #include "accesslog/stream_info.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +23,15 @@ void msm_si_init(struct msm_stream_info *si, double now, double wall)
     memset(si, 0, sizeof(*si));
     si->start = now;
     si->start_wall = wall;
+}
+
+void msm_si_set_termination_details(struct msm_stream_info *si, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(si->termination_buf, sizeof(si->termination_buf), fmt, ap);
+    va_end(ap);
+    si->connection_termination_details = si->termination_buf;
 }
 
 void msm_si_deinit(struct msm_stream_info *si)

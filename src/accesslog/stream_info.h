@@ -74,6 +74,7 @@ struct msm_stream_info {
     double end;            /* ev_now at the end (0 = not ended: DURATION uses "now") */
     double upstream_connected; /* ev_now when the upstream connection was up, 0 = never */
     double first_upstream_rx, last_upstream_rx; /* HTTP: response timing, 0 = unset */
+    double last_upstream_tx;                    /* HTTP: request sent upstream, 0 = unset */
     double last_downstream_rx;                  /* HTTP: request complete, 0 = unset */
     double last_downstream_tx;
     /* downstream */
@@ -97,7 +98,8 @@ struct msm_stream_info {
     uint32_t attempt_count;
     /* outcome */
     uint64_t response_flags; /* 1 << enum msm_response_flag */
-    const char *connection_termination_details;
+    const char *connection_termination_details; /* see msm_si_set_termination_details */
+    char termination_buf[160];
     const char *response_code_details;
     const char *route_name;
     const char *listener_name;
@@ -143,5 +145,10 @@ static inline bool msm_si_has_flag(const struct msm_stream_info *si, enum msm_re
 /* "UF,URX" (short) or "UpstreamConnectionFailure,..." (long); "-" when no flag. Returns the
  * length written (truncated to <n> - 1). */
 int msm_si_flags_str(const struct msm_stream_info *si, bool long_names, char *out, size_t n);
+/* Why a filter ended the connection (%CONNECTION_TERMINATION_DETAILS%, e.g. network RBAC's
+ * "rbac_access_denied_matched_policy[<policy>]"): formatted into <si>'s own buffer, so it lives
+ * as long as the stream info whatever the caller's lifetime. */
+void msm_si_set_termination_details(struct msm_stream_info *si, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Parse one short flag ("NR") for response_flag_filter; -1 when unknown. */
 int msm_response_flag_parse(const char *s);

@@ -333,6 +333,8 @@ static const struct endpoint endpoints[] = {
     {"/quitquitquit", "exit the server", M_POST, h_quit},
     {"/ready", "print server state, return 200 if LIVE, otherwise return 503", M_ANY, h_ready},
     {"/reset_counters", "reset all counters to zero", M_POST, msm_admin_reset_counters},
+    {"/rtsp/sessions", "live RTSP sessions with their media counters (JSON)", M_ANY,
+     msm_admin_rtsp_sessions},
     {"/runtime", "print runtime values", M_ANY, msm_admin_runtime},
     {"/server_info", "print server version/status information", M_ANY, h_server_info},
     {"/stats", "print server stats", M_ANY, msm_admin_stats},

@@ -57,3 +57,9 @@ void msm_admin_handle(struct msm_server *srv, const struct msm_admin_req *rq,
 typedef void msm_admin_certs_fn(void *arg, json_t *certificates);
 void msm_admin_set_certs_provider(msm_admin_certs_fn *fn, void *arg);
 void msm_admin_get_certs(json_t *certificates);
+
+/* /rtsp/sessions: the RTSP proxy registers a provider that appends one JSON object per live
+ * RTSP session (client and upstream) to <sessions> (a JSON array); without one the list is
+ * empty. Main thread; <arg> is passed back. */
+typedef void msm_admin_sessions_fn(void *arg, json_t *sessions);
+void msm_admin_set_rtsp_sessions_provider(msm_admin_sessions_fn *fn, void *arg);

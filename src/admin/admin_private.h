@@ -23,6 +23,8 @@ msm_admin_handler msm_admin_memory;
 msm_admin_handler msm_admin_runtime;
 msm_admin_handler msm_admin_certs;
 msm_admin_handler msm_admin_drain_listeners;
+/* admin_rtsp.c: /rtsp/sessions */
+msm_admin_handler msm_admin_rtsp_sessions;
 /* Stop the graceful-drain timer (admin teardown). */
 void msm_admin_drain_stop(struct msm_server *srv);
 

@@ -10,6 +10,52 @@
 #include "common/alloc.h"
 #include "http/regex.h"
 
+/* The literal text every full match of <p> starts with, NULL when there is none. The stats
+ * matcher of Istio's bootstrap runs its regex on every stat name created (1.5M at 10k clusters):
+ * the prefix settles nearly all of them without PCRE2. Conservative: only plain or escaped ASCII
+ * punctuation/alphanumerics count, a literal followed by a quantifier is dropped with everything
+ * after it, and a pattern with an alternation anywhere has none. */
+static char *regex_literal_prefix(const char *p, size_t *n)
+{
+    *n = 0;
+    if (strchr(p, '|')) {
+        return NULL;
+    }
+    size_t cap = strlen(p) + 1, k = 0;
+    char *out = msm_xmalloc(cap);
+    for (const char *q = p; *q;) {
+        char c;
+        const char *next;
+        unsigned char u = (unsigned char)*q;
+        if (u == '\\') {
+            unsigned char e = (unsigned char)q[1];
+            if (!e || e >= 0x80 || (e >= '0' && e <= '9') || (e >= 'a' && e <= 'z') ||
+                (e >= 'A' && e <= 'Z') || e == ' ' || e < 0x20) {
+                break; /* \d, \x.., \Q, end of pattern... */
+            }
+            c = (char)e;
+            next = q + 2;
+        } else if (u >= 0x80 || u <= 0x20 || strchr("^$.[]()?*+{}#", u)) {
+            break;
+        } else {
+            c = (char)u;
+            next = q + 1;
+        }
+        if (*next == '*' || *next == '?' || *next == '{' || *next == '+') {
+            break; /* quantified: maybe absent or repeated */
+        }
+        out[k++] = c;
+        q = next;
+    }
+    if (!k) {
+        free(out);
+        return NULL;
+    }
+    out[k] = '\0';
+    *n = k;
+    return out;
+}
+
 int msm_str_matcher_regex(struct msm_str_matcher *out, const char *pattern, struct msm_err *err)
 {
     memset(out, 0, sizeof(*out));
@@ -20,6 +66,7 @@ int msm_str_matcher_regex(struct msm_str_matcher *out, const char *pattern, stru
     }
     out->s = msm_xstrdup(pattern);
     out->len = strlen(pattern);
+    out->re_prefix = regex_literal_prefix(pattern, &out->re_prefix_len);
     return 0;
 }
 
@@ -103,6 +150,7 @@ void msm_str_matcher_copy(struct msm_str_matcher *dst, const struct msm_str_matc
 void msm_str_matcher_deinit(struct msm_str_matcher *m)
 {
     free(m->s);
+    free(m->re_prefix);
     msm_regex_free(m->re);
     memset(m, 0, sizeof(*m));
 }
@@ -115,13 +163,18 @@ static bool eq(const char *a, const char *b, size_t n, bool icase)
 bool msm_str_matcher_match(const struct msm_str_matcher *m, const char *s, size_t len)
 {
     size_t pl = m->len;
+    /* A first-byte test settles most mismatches without a call (the stats matcher tests every
+     * new stat name against a dozen literals). */
     switch (m->kind) {
     case MSM_STR_EXACT:
-        return len == pl && eq(s, m->s, pl, m->ignore_case);
+        return len == pl && (!pl || m->ignore_case || s[0] == m->s[0]) &&
+               eq(s, m->s, pl, m->ignore_case);
     case MSM_STR_PREFIX:
-        return len >= pl && eq(s, m->s, pl, m->ignore_case);
+        return len >= pl && (!pl || m->ignore_case || s[0] == m->s[0]) &&
+               eq(s, m->s, pl, m->ignore_case);
     case MSM_STR_SUFFIX:
-        return len >= pl && eq(s + len - pl, m->s, pl, m->ignore_case);
+        return len >= pl && (!pl || m->ignore_case || s[len - 1] == m->s[pl - 1]) &&
+               eq(s + len - pl, m->s, pl, m->ignore_case);
     case MSM_STR_CONTAINS:
         if (!m->ignore_case) {
             return pl <= len && memmem(s, len, m->s, pl) != NULL;
@@ -133,6 +186,9 @@ bool msm_str_matcher_match(const struct msm_str_matcher *m, const char *s, size_
         }
         return false;
     case MSM_STR_REGEX:
+        if (m->re_prefix && (len < m->re_prefix_len || memcmp(s, m->re_prefix, m->re_prefix_len))) {
+            return false;
+        }
         return m->re && msm_regex_full_match(m->re, s, len);
     }
     return false;

@@ -25,6 +25,10 @@ struct msm_str_matcher {
     char *s;               /* the pattern (the regex source for MSM_STR_REGEX) */
     size_t len;            /* strlen(s) */
     struct msm_regex *re;  /* MSM_STR_REGEX */
+    /* MSM_STR_REGEX: literal text every match starts with ("vhost." for "vhost\\..*"), so most
+     * subjects are rejected without running the regex; NULL when none is known. */
+    char *re_prefix;
+    size_t re_prefix_len;
 };
 
 /* From an Envoy__Type__Matcher__V3__StringMatcher (<proto>). MSM_EINVAL with <err> naming the

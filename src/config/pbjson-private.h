@@ -50,10 +50,6 @@ void msm__duration_format(int64_t secs, int32_t nanos, char *buf, size_t cap);
 /* Timestamp RFC 3339 <-> seconds/nanos. Parse returns 0 or -1. */
 int msm__timestamp_parse(const char *s, int64_t *secs, int32_t *nanos);
 void msm__timestamp_format(int64_t secs, int32_t nanos, char *buf, size_t cap);
-/* Base64 (standard or URL-safe, padded or not) -> malloc'ed bytes. Returns 0 or -1. */
-int msm__base64_decode(const char *s, size_t len, uint8_t **out, size_t *outlen);
-/* Standard padded base64 of <len> bytes; malloc'ed NUL-terminated. */
-char *msm__base64_encode(const uint8_t *data, size_t len);
 /* Shortest decimal forms used by protobuf's printer (SimpleDtoa / SimpleFtoa). */
 void msm__format_double(double v, char *buf, size_t cap);
 void msm__format_float(float v, char *buf, size_t cap);

@@ -79,6 +79,10 @@ char *msm_pbjson_encode_text(const ProtobufCMessage *msg, const struct msm_pbjso
  * with <err> set. */
 ProtobufCMessage *msm_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                                 size_t len, struct msm_err *err);
+/* Same with protobuf-c <allocator> (NULL = malloc); free the result with the same one. */
+ProtobufCMessage *msm_pb_unpack_with(const ProtobufCMessageDescriptor *desc,
+                                     ProtobufCAllocator *allocator, const uint8_t *data,
+                                     size_t len, struct msm_err *err);
 
 /* Unpack <any> into a new message owned by the caller. udpa.type.v1.TypedStruct and
  * xds.type.v3.TypedStruct are unwrapped: their type_url names the message and their Struct

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/base64.h"
 #include "common/log.h"
 #include "config/pbjson-private.h"
 #include "config/pbjson.h"
@@ -380,7 +381,8 @@ static int dec_bytes(struct dec *d, const json_t *j, ProtobufCBinaryData *out)
     if (!json_is_string(j)) {
         return fail(d, "expected a base64 string, got %s", jtype(j));
     }
-    if (msm__base64_decode(json_string_value(j), json_string_length(j), &out->data, &out->len)) {
+    if (msm_base64_decode(json_string_value(j), json_string_length(j), MSM_BASE64_URL,
+                          &out->data, &out->len)) {
         char txt[64];
         jtext(j, txt, sizeof(txt));
         return fail(d, "invalid base64 %s", txt);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/base64.h"
 #include "config/pbjson-private.h"
 #include "config/pbjson.h"
 #include "config/types.h"
@@ -226,7 +227,7 @@ static json_t *enc_scalar(struct enc *e, const ProtobufCFieldDescriptor *f, cons
         return jstr(*(char *const *)p);
     case PROTOBUF_C_TYPE_BYTES: {
         const ProtobufCBinaryData *b = p;
-        char *s = msm__base64_encode(b->data, b->len);
+        char *s = msm_base64_encode(b->data, b->len);
         json_t *j = json_string(s);
         free(s);
         return j;

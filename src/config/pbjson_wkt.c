@@ -1,4 +1,4 @@
-/* proto3 JSON helpers: well-known type detection, JSON field names, Duration/Timestamp/base64/
+/* proto3 JSON helpers: well-known type detection, JSON field names, Duration/Timestamp/
  * FieldMask text forms, protobuf's number formatting, depth-checked unpack and Any unpacking
  * (with TypedStruct). */
 #include <ctype.h>
@@ -477,84 +477,6 @@ void msm__timestamp_format(int64_t secs, int32_t nanos, char *buf, size_t cap)
              (unsigned)(rem / 3600), (unsigned)(rem % 3600 / 60), (unsigned)(rem % 60), frac);
 }
 
-/* ---- base64 ------------------------------------------------------------------------------- */
-
-static int b64_val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z') {
-        return c - 'A';
-    }
-    if (c >= 'a' && c <= 'z') {
-        return c - 'a' + 26;
-    }
-    if (c >= '0' && c <= '9') {
-        return c - '0' + 52;
-    }
-    if (c == '+' || c == '-') {
-        return 62;
-    }
-    if (c == '/' || c == '_') {
-        return 63;
-    }
-    return -1;
-}
-
-int msm__base64_decode(const char *s, size_t len, uint8_t **out, size_t *outlen)
-{
-    size_t n = len;
-    size_t pad = 0;
-    while (n > 0 && s[n - 1] == '=' && pad < 2) {
-        n--;
-        pad++;
-    }
-    if ((pad && len % 4 != 0) || n % 4 == 1) {
-        return -1;
-    }
-    size_t cap = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
-    uint8_t *buf = cap ? msm_xmalloc(cap) : NULL;
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_val((unsigned char)s[i]);
-        if (v < 0) {
-            free(buf);
-            return -1;
-        }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            buf[o++] = (uint8_t)(acc >> bits);
-        }
-    }
-    *out = buf;
-    *outlen = o;
-    return 0;
-}
-
-char *msm__base64_encode(const uint8_t *data, size_t len)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    char *out = msm_xmalloc((len + 2) / 3 * 4 + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)data[i] << 16;
-        if (i + 1 < len) {
-            v |= (uint32_t)data[i + 1] << 8;
-        }
-        if (i + 2 < len) {
-            v |= data[i + 2];
-        }
-        out[o++] = tbl[(v >> 18) & 63];
-        out[o++] = tbl[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? tbl[v & 63] : '=';
-    }
-    out[o] = '\0';
-    return out;
-}
-
 /* ---- numbers ------------------------------------------------------------------------------ */
 
 void msm__format_double(double v, char *buf, size_t cap)
@@ -722,12 +644,19 @@ static bool wire_depth_ok(const ProtobufCMessageDescriptor *desc, const uint8_t 
 ProtobufCMessage *msm_pb_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data,
                                 size_t len, struct msm_err *err)
 {
+    return msm_pb_unpack_with(desc, NULL, data, len, err);
+}
+
+ProtobufCMessage *msm_pb_unpack_with(const ProtobufCMessageDescriptor *desc,
+                                     ProtobufCAllocator *allocator, const uint8_t *data,
+                                     size_t len, struct msm_err *err)
+{
     if (!wire_depth_ok(desc, data, len, 1)) {
         msm_err_set(err, "%s: messages nested deeper than %d levels", desc->name,
                     MSM_PBJSON_MAX_DEPTH);
         return NULL;
     }
-    ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, data);
+    ProtobufCMessage *m = protobuf_c_message_unpack(desc, allocator, len, data);
     if (!m) {
         msm_err_set(err, "%s: cannot parse %zu bytes of protobuf", desc->name, len);
     }

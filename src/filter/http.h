@@ -30,6 +30,7 @@
 #include "buffer/buf.h"
 #include "common/err.h"
 #include "http/headers.h"
+#include "net/address.h"
 #include "stats/stats.h"
 
 enum msm_hf_status {
@@ -39,12 +40,17 @@ enum msm_hf_status {
 
 struct msm_hstream_info;
 struct msm_http_stream; /* the connection manager's stream: what filters act on */
+struct msm_istio_peer;
+struct msm_host;
 
 struct msm_http_factory_ctx {
     struct msm_stats_store *stats;
     const char *stat_prefix; /* "http.<hcm stat_prefix>." */
     const char *filter_name; /* http_filters[].name */
     bool allow_unknown_fields;
+    /* The listener's envoy.config.core.v3.TrafficDirection (0 unspecified, 1 inbound, 2
+     * outbound): istio.stats's reporter, the Wasm metadata exchange's propagation. */
+    int traffic_direction;
 };
 
 struct msm_http_filter_ops {
@@ -75,9 +81,20 @@ const struct msm_http_filter_ops *msm_http_filter_find(const char *config_type, 
                                                        bool *known);
 /* The filter whose route_config_type is <type> (typed_per_filter_config entries), or NULL. */
 const struct msm_http_filter_ops *msm_http_filter_find_route_type(const char *type);
-/* Telemetry-only HTTP filters accepted as no-ops until the observability issue lands, by config
- * type (see http_registry.c); NULL when <type> is not one of them. */
+/* Telemetry-only HTTP filters accepted as no-ops, by config type (see http_registry.c); NULL
+ * when <type> is not one of them. */
 const char *msm_http_filter_noop_reason(const char *config_type);
+/* An envoy.extensions.filters.http.wasm.v3.Wasm <msg>: Istio's null-VM plugins (<= 1.18) map
+ * onto native filters: envoy.wasm.stats -> istio.stats (its configuration, a StringValue of
+ * JSON or a PluginConfig, as stats.PluginConfig), envoy.wasm.metadata_exchange -> the HTTP peer
+ * metadata filter (istio_headers discovery both ways, propagation as the plugin did for
+ * <traffic_direction>). Returns the filter and *<native>, a new config message for it (free
+ * with protobuf_c_message_free_unpacked), or NULL with <err> for any other Wasm module or an
+ * unusable configuration. */
+const struct msm_http_filter_ops *msm_http_filter_wasm(const ProtobufCMessage *msg,
+                                                       int traffic_direction,
+                                                       ProtobufCMessage **native,
+                                                       struct msm_err *err);
 
 /* --- what an HTTP filter instance may call (worker thread) ------------------------------------ *
  * <s> is the filter's own handle (given to filter_new): calls that move frames start from this
@@ -121,10 +138,29 @@ struct msm_hstream_info {
     char upstream_cluster[256];
     uint32_t attempts;    /* upstream requests made (x-envoy-attempt-count) */
     uint64_t rx_body, tx_body;
+    /* Response headers and trailers sent downstream, names + values (Envoy's byteSize). */
+    uint64_t tx_header_bytes;
     double start;         /* ev_now at the first request byte */
     /* istio.alpn: ALPN to offer upstream (the router passes it to TLS pools). */
     const char *const *alpn_override;
     int n_alpn_override;
+    /* Istio peer metadata (filters/http/peer_metadata): the workloads read from the request's
+     * (downstream) and the response's (upstream) x-envoy-peer-metadata headers; NULL = none.
+     * Owned by the filter that set them, valid until its filter_free (istio.stats reads them in
+     * on_destroy). */
+    const struct msm_istio_peer *downstream_peer, *upstream_peer;
+    /* Set by the router when an attempt gets its connection: the chosen endpoint (borrowed, the
+     * router holds a reference until its filter_free) and the first URI SANs of the upstream
+     * TLS connection's peer and local certificates ("" = none or plaintext). */
+    const struct msm_host *upstream_endpoint;
+    char upstream_peer_san[256], upstream_local_san[256];
+    /* Access log (set by the router): the local address of the last attempt's upstream
+     * connection (len 0 = none), when the request's last byte went upstream and the response's
+     * first byte came (ev_now, 0 = never), and why the upstream transport failed ("" = it did
+     * not). */
+    struct msm_address upstream_local;
+    double last_upstream_tx, first_upstream_rx;
+    char upstream_failure[128];
 };
 
 struct msm_hdrs *msm_hs_request_headers(struct msm_http_stream *s);

@@ -105,6 +105,9 @@ struct msm_hstream {
     bool local_end;  /* the owner encoded end_stream */
     bool remote_end; /* the codec delivered end_stream */
     bool http10;     /* HTTP/1 server: the request line said HTTP/1.0 (known at on_new_stream) */
+    /* The exchange became a tunnel (an Upgrade answered 101, a CONNECT answered 2xx, a raw TCP
+     * leg): data is opaque bytes both ways and end_stream is a half-close (FIN). */
+    bool tunnel;
 };
 
 /* Codec -> connection owner. */
@@ -120,6 +123,9 @@ struct msm_hcodec_cbs {
     /* HTTP/1: a stream asked to stop (true) / resume (false) reading: the owner read-disables
      * the socket, and on resume dispatches what is still buffered. Optional. */
     void (*read_disable)(void *owner, bool disable);
+    /* A tunnel's output ended (HTTP/1 upgrade or CONNECT, raw TCP): half-close the connection
+     * (FIN) once what was written is flushed. Optional (without it the end is not signalled). */
+    void (*shutdown_write)(void *owner);
 };
 
 struct msm_hcodec_ops {
@@ -165,6 +171,9 @@ struct msm_hcodec_opts {
     uint32_t initial_connection_window_size;
     uint32_t max_outbound_frames;           /* flood protection, default 10000 */
     uint32_t max_consecutive_inbound_frames_with_empty_payload; /* default 1 */
+    /* HTTP/2 server: SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441); an extended CONNECT
+     * (:protocol) is handed on as an HTTP/1.1-style upgrade (GET + upgrade: <protocol>). */
+    bool allow_connect;
     /* Stats to update (may be NULL: tests, upstream pools). Borrowed: the config that owns the
      * options owns them. */
     struct msm_http2_stats *h2stats;
@@ -201,6 +210,10 @@ struct msm_hcodec *msm_http2_server_new(const struct msm_hcodec_opts *o,
                                         const struct msm_hcodec_cbs *cbs, void *owner);
 struct msm_hcodec *msm_http2_client_new(const struct msm_hcodec_opts *o,
                                         const struct msm_hcodec_cbs *cbs, void *owner);
+/* A raw TCP leg behind the codec vtable (tunnel.c), client only: one stream; its request
+ * headers are not sent (a CONNECT terminated here) and a 200 response is reported at once;
+ * data are the bytes of the connection, end_stream a half-close. */
+struct msm_hcodec *msm_tcp_tunnel_client_new(const struct msm_hcodec_cbs *cbs, void *owner);
 /* The HTTP/2 client connection preface, for codec_type AUTO sniffing. */
 #define MSM_H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define MSM_H2_PREFACE_LEN 24

@@ -36,7 +36,14 @@ struct h1_stream {
     bool released;        /* the owner let go: no callbacks; freed once done */
     bool reset;
     struct h1_stream *znext;
+    struct h1_stream *rnext; /* on the codec's retired list: done, not yet released */
     int status;           /* client: final response status */
+    /* Tunnels: the request is an Upgrade (Connection: upgrade + Upgrade) or a CONNECT; once the
+     * answer is 101 / 2xx our output is raw bytes (tunnel_out) and end_stream a FIN. */
+    bool upgrade_req;
+    bool connect_req;
+    bool tunnel_out;
+    char *upgrade;        /* server: the request's Upgrade value, for the 101 */
 };
 
 struct h1 {
@@ -45,6 +52,9 @@ struct h1 {
     http_parser p;
     struct h1_stream *active;
     struct h1_stream *zombies; /* done and released during dispatch: freed when it returns */
+    /* Done but not released: the codec frees those whose owner detached when it goes, and
+     * tells the others (their release frees them). */
+    struct h1_stream *retired;
     /* Body bytes parsed in the current dispatch, delivered together (with end_stream when the
      * message ends in the same read, so an HTTP/2 peer gets one final DATA frame). */
     struct msm_buf body;
@@ -64,6 +74,7 @@ struct h1 {
     bool goaway;
     const char *chunk;     /* the buffer http-parser is executing (obs-fold detection) */           /* server: close after the current exchange */
     bool broken;           /* after a dispatch error: no more parsing */
+    bool tunnel;           /* the parser is done: every byte in is the active stream's data */
     const char *err;
     int err_status;
 };
@@ -225,6 +236,7 @@ static int on_url(http_parser *p, const char *at, size_t n)
 
 static void stream_free(struct h1_stream *st)
 {
+    free(st->upgrade);
     free(st);
 }
 
@@ -248,6 +260,20 @@ static void retire(struct h1 *c, struct h1_stream *st)
     }
     if (st->released) {
         dispose(c, st);
+    } else {
+        st->rnext = c->retired;
+        c->retired = st;
+    }
+}
+
+static void unretire(struct h1 *c, struct h1_stream *st)
+{
+    for (struct h1_stream **p = &c->retired; *p; p = &(*p)->rnext) {
+        if (*p == st) {
+            *p = st->rnext;
+            st->rnext = NULL;
+            return;
+        }
     }
 }
 
@@ -365,9 +391,16 @@ static int srv_headers_complete(http_parser *p)
     if (c->have_cl && msm_hdrs_count(&c->hdrs, "content-length") > 1) {
         return fail(c, "http1.content_length_not_allowed", 400);
     }
-    if (p->upgrade) {
-        /* Upgrade (websocket) and CONNECT tunnels are not supported yet. */
-        return fail(c, "http1.upgrade_not_supported", 403);
+    bool connect = p->method == HTTP_CONNECT;
+    bool upgrade = p->upgrade && !connect;
+    const char *offer = msm_hdrs_get(&c->hdrs, "upgrade");
+    if (upgrade && offer && !strcasecmp(offer, "h2c")) {
+        /* An h2c offer is ignored, as Envoy does: a plain HTTP/1.1 request (Upgrade and
+         * HTTP2-Settings go here, the connection manager drops Connection). */
+        msm_hdrs_remove(&c->hdrs, "http2-settings");
+        msm_hdrs_remove(&c->hdrs, "upgrade");
+        upgrade = false;
+        p->upgrade = 0;
     }
     struct msm_hdrs h;
     msm_hdrs_init(&h);
@@ -382,15 +415,25 @@ static int srv_headers_complete(http_parser *p)
             msm_hdrs_add(&h, e->name, e->nlen, e->value, e->vlen);
         }
     }
-    msm_hdrs_deinit(&c->hdrs);
     c->keep_alive = http_should_keep_alive(p) != 0;
-    bool body = (p->flags & F_CHUNKED) || (c->have_cl && p->content_length > 0);
+    bool body = !connect && ((p->flags & F_CHUNKED) || (c->have_cl && p->content_length > 0));
     struct h1_stream *st = MSM_NEW(struct h1_stream);
     st->c = c;
     st->s.codec = &c->base;
     st->s.id = (uint32_t)++c->base.streams_total;
     st->head = p->method == HTTP_HEAD;
     st->headers_in = true;
+    st->upgrade_req = upgrade;
+    st->connect_req = connect;
+    if (upgrade || connect) {
+        /* The request's body is the tunnel: it ends with the client's FIN, and the connection
+         * carries nothing after it. */
+        const char *uv = msm_hdrs_get(&c->hdrs, "upgrade");
+        st->upgrade = uv ? msm_xstrdup(uv) : NULL;
+        c->keep_alive = false;
+        body = true;
+    }
+    msm_hdrs_deinit(&c->hdrs);
     st->s.remote_end = !body;
     st->s.http10 = p->http_minor == 0;
     c->active = st;
@@ -474,6 +517,9 @@ static int srv_message_complete(http_parser *p)
     if (!st) {
         return 0; /* the exchange already finished (response sent before the body ended) */
     }
+    if (st->upgrade_req || st->connect_req) {
+        return 0; /* the parser stops here: what follows is tunnel data (h1_dispatch) */
+    }
     if (!st->s.remote_end) {
         deliver_end(c, st);
         if (c->err) {
@@ -533,6 +579,25 @@ static int cli_headers_complete(http_parser *p)
     msm_hdrs_addz(&h, ":status", code);
     msm_hdrs_copy(&h, &c->hdrs);
     msm_hdrs_deinit(&c->hdrs);
+    if (status == 101 && !st->upgrade_req) {
+        msm_hdrs_deinit(&h);
+        return fail(c, "http1.unexpected_101", 0);
+    }
+    if ((st->upgrade_req && status == 101) ||
+        (st->connect_req && status >= 200 && status < 300)) {
+        /* The tunnel is up: no body, no further response; every byte after the header block is
+         * the tunnel's (return 2 tells http-parser to stop there). */
+        c->interim = false;
+        st->status = status;
+        st->headers_in = true;
+        st->s.tunnel = true;
+        c->keep_alive = false;
+        if (owned(st)) {
+            st->s.cbs->on_headers(st->s.ctx, &h, false);
+        }
+        msm_hdrs_deinit(&h);
+        return c->err ? 1 : 2;
+    }
     if (status >= 100 && status < 200 && status != 101) {
         /* Interim response: no body; the final response follows. */
         c->interim = true;
@@ -569,11 +634,14 @@ static int cli_message_complete(http_parser *p)
 {
     struct h1 *c = p->data;
     struct h1_stream *st = c->active;
+    if (c->err) {
+        return 1; /* headers_complete failed (its 1 only skipped the body) */
+    }
     if (c->interim) {
         c->interim = false;
         return 0;
     }
-    if (!st) {
+    if (!st || st->s.tunnel) {
         return 0;
     }
     if (!st->s.remote_end) {
@@ -703,6 +771,21 @@ static void end_dispatch(struct h1 *c)
     }
 }
 
+/* Tunnel bytes in: all of <in> to the active stream (dropped once it is over). */
+static void tunnel_input(struct h1 *c, struct msm_buf *in)
+{
+    struct h1_stream *st = c->active;
+    if (!st || st->done || !owned(st) || st->s.remote_end) {
+        msm_buf_drain(in, in->len);
+        return;
+    }
+    struct msm_buf b;
+    msm_buf_init(&b);
+    msm_buf_move(&b, in);
+    st->s.cbs->on_data(st->s.ctx, &b, false);
+    msm_buf_deinit(&b);
+}
+
 static int h1_dispatch(struct msm_hcodec *base, struct msm_buf *in)
 {
     struct h1 *c = (struct h1 *)base;
@@ -714,6 +797,10 @@ static int h1_dispatch(struct msm_hcodec *base, struct msm_buf *in)
     const http_parser_settings *set = base->server ? &server_settings : &client_settings;
     int rc = 0;
     while (in->len && !c->paused && !c->read_disabled && !c->base.close_connection) {
+        if (c->tunnel) {
+            tunnel_input(c, in);
+            continue;
+        }
         struct iovec iov;
         if (msm_buf_iov(in, &iov, 1) < 1) {
             break;
@@ -738,6 +825,11 @@ static int h1_dispatch(struct msm_hcodec *base, struct msm_buf *in)
             break;
         }
         msm_buf_drain(in, n);
+        if (c->p.upgrade) {
+            /* An Upgrade or CONNECT message is complete: the rest is not HTTP/1.1 any more. */
+            c->tunnel = true;
+            continue;
+        }
         if (n < iov.iov_len) {
             msm_buf_drain(in, in->len);
             c->err = "http1.codec_error";
@@ -760,6 +852,24 @@ static int h1_dispatch_eof(struct msm_hcodec *base)
         return MSM_EINVAL;
     }
     c->in_dispatch = true;
+    if (c->tunnel) {
+        /* The peer's FIN ends the tunnel's input: a half-close. */
+        struct h1_stream *st = c->active;
+        if (st && !st->done && !st->s.remote_end) {
+            st->s.remote_end = true;
+            if (owned(st)) {
+                struct msm_buf b;
+                msm_buf_init(&b);
+                st->s.cbs->on_data(st->s.ctx, &b, true);
+                msm_buf_deinit(&b);
+            }
+            if (c->active == st) {
+                maybe_complete(c, st);
+            }
+        }
+        end_dispatch(c);
+        return 0;
+    }
     const http_parser_settings *set = base->server ? &server_settings : &client_settings;
     if (c->paused) {
         c->paused = false;
@@ -770,6 +880,18 @@ static int h1_dispatch_eof(struct msm_hcodec *base)
     enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
     if ((e != HPE_OK && e != HPE_PAUSED) || c->err) {
         rc = dispatch_failed(c);
+    }
+    struct h1_stream *st = c->active;
+    if (!rc && !base->server && st && !st->done && !c->tunnel) {
+        /* A half-closed peer (tunnel pools) ended before the exchange did: nothing more can
+         * come. A closed connection resets the stream the same way (close_streams). */
+        base->close_connection = true;
+        st->done = true;
+        c->active = NULL;
+        if (owned(st)) {
+            st->s.cbs->on_reset(st->s.ctx, MSM_RESET_CONNECTION_TERMINATION);
+        }
+        retire(c, st);
     }
     end_dispatch(c);
     return rc;
@@ -806,11 +928,52 @@ static void put_headers(struct msm_buf *b, const struct msm_hdrs *h, bool server
     }
 }
 
+/* The answer that opens a tunnel: 101 to an Upgrade, 2xx to a CONNECT. */
+static bool opens_tunnel(const struct h1_stream *st, int status)
+{
+    return (st->upgrade_req && status == 101) ||
+           (st->connect_req && status >= 200 && status < 300);
+}
+
+/* A 101 or a CONNECT's 2xx: no body framing; afterwards our output is raw bytes. */
+static void srv_encode_tunnel_headers(struct h1_stream *st, struct msm_hdrs *h, int status)
+{
+    struct h1 *c = st->c;
+    struct msm_buf b;
+    msm_buf_init(&b);
+    msm_buf_appendf(&b, "HTTP/1.1 %d %s\r\n", status, msm_http_reason(status));
+    for (uint32_t i = 0; i < h->n; i++) {
+        const struct msm_hdr *e = &h->v[i];
+        if (skip_on_wire(e) || !strcmp(e->name, "content-length")) {
+            continue;
+        }
+        msm_buf_append(&b, e->name, e->nlen);
+        msm_buf_append(&b, ": ", 2);
+        msm_buf_append(&b, e->value, e->vlen);
+        msm_buf_append(&b, "\r\n", 2);
+    }
+    if (st->upgrade_req) {
+        const char *up = msm_hdrs_get(h, "upgrade");
+        msm_buf_appendf(&b, "connection: upgrade\r\nupgrade: %s\r\n",
+                        up ? up : st->upgrade ? st->upgrade : "");
+    }
+    msm_buf_append(&b, "\r\n", 2);
+    st->tunnel_out = true;
+    st->s.tunnel = true;
+    c->keep_alive = false;
+    out(c, &b);
+    msm_buf_deinit(&b);
+}
+
 static void srv_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool end_stream)
 {
     struct h1 *c = st->c;
     const char *sv = msm_hdrs_get(h, ":status");
     int status = sv ? atoi(sv) : 500;
+    if (opens_tunnel(st, status)) {
+        srv_encode_tunnel_headers(st, h, status);
+        return;
+    }
     struct msm_buf b;
     msm_buf_init(&b);
     /* HTTP/1.0 only for an accepted HTTP/1.0 request; errors and 426 answer in HTTP/1.1. */
@@ -855,9 +1018,12 @@ static void cli_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool en
         method = "GET";
     }
     st->head = !strcmp(method, "HEAD");
+    st->connect_req = !strcmp(method, "CONNECT");
+    const char *up = msm_hdrs_get(h, "upgrade");
+    st->upgrade_req = up && !st->connect_req;
     struct msm_buf b;
     msm_buf_init(&b);
-    if (!strcmp(method, "CONNECT")) {
+    if (st->connect_req) {
         msm_buf_appendf(&b, "CONNECT %s HTTP/1.1\r\n", auth ? auth : "");
     } else {
         msm_buf_appendf(&b, "%s %s HTTP/1.1\r\n", method, path ? path : "/");
@@ -867,7 +1033,13 @@ static void cli_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool en
     }
     put_headers(&b, h, auth != NULL);
     bool has_cl = msm_hdrs_find(h, "content-length") != NULL;
-    if (!end_stream && !has_cl) {
+    if (st->upgrade_req) {
+        msm_buf_appendf(&b, "connection: upgrade\r\nupgrade: %s\r\n", up);
+    }
+    if (st->upgrade_req || st->connect_req) {
+        /* What follows the request is the tunnel's payload: raw, never chunked. */
+        st->tunnel_out = true;
+    } else if (!end_stream && !has_cl) {
         st->chunked_out = true;
         msm_buf_append(&b, "transfer-encoding: chunked\r\n", 28);
     } else if (end_stream && !has_cl &&
@@ -879,10 +1051,20 @@ static void cli_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool en
     msm_buf_deinit(&b);
 }
 
+/* A tunnel's output ended: FIN after what was written. */
+static void shutdown_out(struct h1 *c)
+{
+    if (c->base.cbs->shutdown_write) {
+        c->base.cbs->shutdown_write(c->base.owner);
+    }
+}
+
 static void local_end(struct h1 *c, struct h1_stream *st)
 {
     st->s.local_end = true;
-    if (c->base.server && !st->s.remote_end) {
+    if (st->tunnel_out) {
+        shutdown_out(c); /* a half-close: the other direction goes on */
+    } else if (c->base.server && !st->s.remote_end) {
         /* Response complete before the request: finish now, close the connection after. */
         c->keep_alive = false;
         st->s.remote_end = true;
@@ -933,14 +1115,16 @@ static void h1_encode_data(struct msm_hstream *s, struct msm_buf *data, bool end
     }
     struct msm_buf b;
     msm_buf_init(&b);
-    if (st->chunked_out && data->len) {
+    if (st->tunnel_out) {
+        msm_buf_move(&b, data);
+    } else if (st->chunked_out && data->len) {
         msm_buf_appendf(&b, "%zx\r\n", data->len);
         msm_buf_move(&b, data);
         msm_buf_append(&b, "\r\n", 2);
     } else {
         msm_buf_move(&b, data);
     }
-    if (end_stream && st->chunked_out) {
+    if (end_stream && st->chunked_out && !st->tunnel_out) {
         msm_buf_append(&b, "0\r\n\r\n", 5);
     }
     out(c, &b);
@@ -1001,6 +1185,7 @@ static void h1_release(struct msm_hstream *s)
     if (!st->c) {
         stream_free(st); /* the codec went first */
     } else if (st->done) {
+        unretire(st->c, st);
         dispose(st->c, st);
     }
 }
@@ -1096,6 +1281,17 @@ static void h1_free(struct msm_hcodec *base)
     } else if (c->active) {
         c->active->done = true; /* the owner's release frees it */
         c->active->c = NULL;
+    }
+    /* Finished exchanges the owner still holds, or detached from (the connection closed in the
+     * middle of writing the response, so the owner never got to release them). */
+    while (c->retired) {
+        struct h1_stream *st = c->retired;
+        c->retired = st->rnext;
+        if (!st->s.cbs) {
+            stream_free(st);
+        } else {
+            st->c = NULL;
+        }
     }
     end_dispatch(c);
     msm_hdrs_deinit(&c->hdrs);

@@ -52,6 +52,8 @@ struct h2_stream {
     bool reset;                    /* reset by the owner */
     bool notified;                 /* on_reset or a complete exchange: no more callbacks */
     bool active;                   /* counted in http2.streams_active */
+    bool ext_connect;              /* server: an RFC 8441 extended CONNECT, handed on as an
+                                    * HTTP/1.1-style upgrade; its 101 goes out as 200 */
     bool disposed;                 /* freed or queued for freeing (maybe_free ran) */
     int read_disabled;
     size_t unconsumed;
@@ -230,11 +232,33 @@ static void deliver_end_data(struct h2_stream *st)
     }
 }
 
+/* Server, allow_connect: an extended CONNECT (RFC 8441: :method CONNECT with :protocol) becomes
+ * the HTTP/1.1 upgrade it stands for (Envoy's transformUpgradeRequestFromH2toH1): GET with
+ * Upgrade: <protocol> and Connection: upgrade, same :path, :scheme and :authority. */
+static void ext_connect_to_upgrade(struct h2_stream *st, struct msm_hdrs *h)
+{
+    const char *proto = msm_hdrs_get(h, ":protocol");
+    const char *method = msm_hdrs_get(h, ":method");
+    if (!proto || !method || strcmp(method, "CONNECT") != 0) {
+        return;
+    }
+    char *up = msm_xstrdup(proto);
+    msm_hdrs_set(h, ":method", "GET");
+    msm_hdrs_remove(h, ":protocol");
+    msm_hdrs_set(h, "upgrade", up);
+    msm_hdrs_set(h, "connection", "upgrade");
+    free(up);
+    st->ext_connect = true;
+}
+
 static void deliver_headers(struct h2 *c, struct h2_stream *st, bool end)
 {
     struct msm_hdrs h;
     msm_hdrs_init(&h);
     msm_hdrs_move(&h, &st->in);
+    if (c->base.server && !st->headers_in && c->o.allow_connect) {
+        ext_connect_to_upgrade(st, &h);
+    }
     if (!st->headers_in) {
         const char *status = msm_hdrs_get(&h, ":status");
         if (!c->base.server && status && status[0] == '1' && strcmp(status, "101") != 0) {
@@ -608,6 +632,16 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
     }
     size_t n;
     nghttp2_nv *nv = make_nv(h, &n, !c->base.server);
+    if (st->ext_connect) {
+        /* The upstream's 101 opens the extended CONNECT's tunnel: 200 on HTTP/2. */
+        for (size_t i = 0; i < n; i++) {
+            if (nv[i].namelen == 7 && !memcmp(nv[i].name, ":status", 7) && nv[i].valuelen == 3 &&
+                !memcmp(nv[i].value, "101", 3)) {
+                nv[i].value = (uint8_t *)"200";
+                s->tunnel = true;
+            }
+        }
+    }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_body};
     st->submitted = true;
     if (end_stream) {
@@ -918,7 +952,15 @@ static struct msm_hcodec *h2_new(const struct msm_hcodec_opts *o, const struct m
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, c->o.max_headers_kb * 1024},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
     };
-    nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, server ? 3 : 4);
+    size_t niv = 3;
+    if (!server) {
+        niv = 4;
+    } else if (c->o.allow_connect) {
+        iv[3].settings_id = NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL; /* RFC 8441 */
+        iv[3].value = 1;
+        niv = 4;
+    }
+    nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, niv);
     nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
                                           (int32_t)c->o.initial_connection_window_size);
     flush(c);

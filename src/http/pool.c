@@ -41,6 +41,7 @@ struct msm_pool {
     char *cluster_name;
     struct msm_address addr;
     enum msm_http_proto proto;
+    enum msm_pool_kind kind; /* tunnel pools: one stream per connection, never reused */
     uint8_t *alpn; /* ALPN override, wire format (NULL = the cluster's) */
     size_t alpn_len;
     struct msm_cluster *cluster; /* the newest version that asked (reference) */
@@ -63,6 +64,8 @@ struct msm_upconn {
     bool closed;
     bool cx_reserved;
     bool protocol_error; /* closed on a codec error: streams reset with PROTOCOL_ERROR */
+    bool eof;            /* tunnel pools: the peer's FIN arrived (half-close) */
+    bool eof_done;       /* ... and went to the codec, after every byte before it */
     uint32_t streams_total;
     int read_disabled;
     ev_timer idle;
@@ -126,27 +129,54 @@ struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struc
     return msm_pool_get_alpn(loop, c, h, proto, NULL, 0);
 }
 
+static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
+                                 enum msm_http_proto proto, enum msm_pool_kind kind,
+                                 const char *const *alpn, int n);
+
 struct msm_pool *msm_pool_get_alpn(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
                                    enum msm_http_proto proto, const char *const *alpn, int n)
 {
+    return pool_get(loop, c, h, proto, MSM_POOL_PLAIN, alpn, n);
+}
+
+struct msm_pool *msm_pool_get_tunnel(struct ev_loop *loop, struct msm_cluster *c,
+                                     struct msm_host *h, enum msm_pool_kind kind,
+                                     const char *const *alpn, int n)
+{
+    return pool_get(loop, c, h, MSM_HTTP_11, kind, alpn, n);
+}
+
+static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
+                                 enum msm_http_proto proto, enum msm_pool_kind kind,
+                                 const char *const *alpn, int n)
+{
     struct pool_reg *reg = msm_loop_local(loop, &reg_key, reg_create, reg_destroy);
-    if (proto != MSM_HTTP_2) {
+    if (proto != MSM_HTTP_2 || kind != MSM_POOL_PLAIN) {
         proto = MSM_HTTP_11;
     }
     /* The override in wire format; names that do not fit (empty, > 255 bytes) are left out. */
     uint8_t wire[512];
     size_t wlen = 0;
     for (int i = 0; i < n; i++) {
-        size_t l = strlen(alpn[i]);
+        const char *name = alpn[i];
+        if (kind == MSM_POOL_TUNNEL_HTTP1) {
+            /* istio.alpn picked the list by the cluster's protocol, but a tunnel speaks
+             * HTTP/1.1: never offer h2 on it (the peer would pick HTTP/2). */
+            name = !strcmp(name, "h2") ? "http/1.1"
+                   : !strcmp(name, "istio-h2") ? "istio-http/1.1"
+                                               : name;
+        }
+        size_t l = strlen(name);
         if (!l || l > 255 || wlen + 1 + l > sizeof(wire)) {
             continue;
         }
         wire[wlen++] = (uint8_t)l;
-        memcpy(wire + wlen, alpn[i], l);
+        memcpy(wire + wlen, name, l);
         wlen += l;
     }
     for (struct msm_pool *p = reg->pools; p; p = p->next) {
-        if (p->proto == proto && msm_address_eq(&p->addr, &h->addr) && p->alpn_len == wlen &&
+        if (p->proto == proto && p->kind == kind && msm_address_eq(&p->addr, &h->addr) &&
+            p->alpn_len == wlen &&
             (!wlen || !memcmp(p->alpn, wire, wlen)) && !strcmp(p->cluster_name, c->cfg->name)) {
             if (p->cluster != c) {
                 msm_cluster_unref(p->cluster);
@@ -160,6 +190,7 @@ struct msm_pool *msm_pool_get_alpn(struct ev_loop *loop, struct msm_cluster *c, 
     p->cluster_name = msm_xstrdup(c->cfg->name);
     p->addr = h->addr;
     p->proto = proto;
+    p->kind = kind;
     if (wlen) {
         p->alpn = msm_xmalloc(wlen);
         memcpy(p->alpn, wire, wlen);
@@ -198,6 +229,9 @@ static bool has_room(const struct msm_upconn *uc)
 {
     if (!uc->connected || uc->closed || !uc->codec) {
         return false;
+    }
+    if (uc->pool->kind != MSM_POOL_PLAIN && uc->streams_total) {
+        return false; /* a tunnel's connection is its own */
     }
     uint32_t max = hcfg(uc)->max_requests_per_connection;
     if (max && uc->streams_total >= max) {
@@ -241,11 +275,20 @@ static void up_read_disable(void *owner, bool disable)
     msm_upconn_read_disable(owner, disable);
 }
 
+static void up_shutdown_write(void *owner)
+{
+    struct msm_upconn *uc = owner;
+    if (!uc->closed) {
+        msm_conn_write(uc->conn, NULL, true);
+    }
+}
+
 static const struct msm_hcodec_cbs up_codec_cbs = {
     .write = up_write,
     .on_goaway = up_goaway,
     .on_stream_done = up_stream_done,
     .read_disable = up_read_disable,
+    .shutdown_write = up_shutdown_write,
 };
 
 static void uc_free(void *arg)
@@ -344,7 +387,9 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
         p->n_connecting--;
         msm_stat_record(cs->upstream_cx_connect_ms,
                         (uint64_t)((ev_now(c->loop) - c->connect_start) * 1000.0));
-        if (p->proto == MSM_HTTP_2) {
+        if (p->kind == MSM_POOL_TUNNEL_TCP) {
+            uc->codec = msm_tcp_tunnel_client_new(&up_codec_cbs, uc);
+        } else if (p->proto == MSM_HTTP_2) {
             uc->codec = msm_http2_client_new(&h->h2, &up_codec_cbs, uc);
             msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_http2_total);
         } else {
@@ -389,14 +434,29 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
     }
 }
 
+/* Tunnel pools (half-close on): the peer's FIN goes to the codec once every byte before it
+ * did (a read-disabled tunnel leaves bytes in the connection). A connection whose streams are
+ * all over by then closes. */
+static void deliver_eof(struct msm_upconn *uc)
+{
+    if (!uc->eof || uc->eof_done || uc->closed || uc->conn->in.len) {
+        return;
+    }
+    uc->eof_done = true;
+    uc->codec->ops->dispatch_eof(uc->codec);
+    if (!uc->closed && !uc->codec->ops->active_streams(uc->codec)) {
+        conn_close(uc, MSM_CLOSE_FLUSH);
+    }
+}
+
 static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream)
 {
     struct msm_upconn *uc = ctx;
-    (void)end_stream;
     if (uc->closed || !uc->codec) {
         msm_buf_drain(&c->in, c->in.len);
         return;
     }
+    uc->eof = uc->eof || end_stream;
     msm_stat_add(uc->cluster->sh->stats.upstream_cx_rx_bytes_total, c->in.len);
     if (msm_hcodec_dispatch(uc->codec, &c->in) < 0) {
         msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_protocol_error);
@@ -406,7 +466,9 @@ static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream)
     }
     if (uc->codec->close_connection && !uc->codec->ops->active_streams(uc->codec)) {
         conn_close(uc, MSM_CLOSE_FLUSH);
+        return;
     }
+    deliver_eof(uc);
 }
 
 static void up_on_watermark(struct msm_conn *c, void *ctx, bool above)
@@ -460,6 +522,10 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
         if (uc->closed) {
             return;
         }
+    }
+    deliver_eof(uc);
+    if (uc->closed) {
+        return;
     }
     int active = uc->codec->ops->active_streams(uc->codec);
     uint32_t max = hcfg(uc)->max_requests_per_connection;
@@ -520,6 +586,9 @@ static void start_conn(struct msm_pool *p)
         msm_cluster_attach_transport(c->cfg, p->host, uc->conn);
     }
     msm_conn_set_watermarks(uc->conn, c->cfg->per_connection_buffer_limit);
+    if (p->kind != MSM_POOL_PLAIN) {
+        msm_conn_enable_half_close(uc->conn, true); /* a tunnel passes half-closes through */
+    }
     msm_stat_inc(cs->upstream_cx_active);
     atomic_fetch_add(&uc->host->active_cx, 1);
     uc->start = ev_now(p->reg->loop);
@@ -677,6 +746,16 @@ struct msm_hstream *msm_upconn_new_stream(struct msm_upconn *uc, const struct ms
 const char *msm_upconn_peer(const struct msm_upconn *uc)
 {
     return uc->peer;
+}
+
+const struct msm_tls_info *msm_upconn_tls_info(const struct msm_upconn *uc)
+{
+    return uc->conn ? msm_conn_tls_info(uc->conn) : NULL;
+}
+
+const struct msm_address *msm_upconn_local_address(const struct msm_upconn *uc)
+{
+    return uc->conn && uc->conn->local.len ? &uc->conn->local : NULL;
 }
 
 void msm_upconn_read_disable(struct msm_upconn *uc, bool disable)

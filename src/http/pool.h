@@ -18,11 +18,13 @@
 #include "http/codec.h"
 
 struct ev_loop;
+struct msm_address;
 struct msm_cluster;
 struct msm_host;
 struct msm_pool;
 struct msm_pool_req;
 struct msm_upconn;
+struct msm_tls_info;
 
 enum msm_pool_failure {
     MSM_POOL_CONNECT_FAILURE = 0,
@@ -47,6 +49,19 @@ struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struc
  * with different lists are never shared. Plaintext connections ignore the list. */
 struct msm_pool *msm_pool_get_alpn(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
                                    enum msm_http_proto proto, const char *const *alpn, int n);
+/* Tunnel pools (upgrades and CONNECT, Envoy's upgrade path): every stream gets a fresh
+ * connection of its own, never reused, with half-close passed through both ways.
+ * MSM_POOL_TUNNEL_HTTP1 runs an HTTP/1.1 client codec (the Upgrade or CONNECT request, then
+ * opaque bytes after the 101 / 2xx); MSM_POOL_TUNNEL_TCP is a raw TCP leg for a CONNECT
+ * terminated here (codec.h msm_tcp_tunnel_client_new: a 200 as soon as the leg is up). */
+enum msm_pool_kind {
+    MSM_POOL_PLAIN = 0,
+    MSM_POOL_TUNNEL_HTTP1 = 1,
+    MSM_POOL_TUNNEL_TCP = 2,
+};
+struct msm_pool *msm_pool_get_tunnel(struct ev_loop *loop, struct msm_cluster *c,
+                                     struct msm_host *h, enum msm_pool_kind kind,
+                                     const char *const *alpn, int n);
 /* Ask for a stream. Returns NULL when on_ready or on_failure already ran, else a handle that
  * stays valid until one of them runs or msm_pool_cancel is called. */
 struct msm_pool_req *msm_pool_request(struct msm_pool *p, const struct msm_pool_cbs *cbs,
@@ -57,6 +72,10 @@ struct msm_hstream *msm_upconn_new_stream(struct msm_upconn *uc, const struct ms
                                           void *ctx);
 /* The peer address of the connection, "ip:port". */
 const char *msm_upconn_peer(const struct msm_upconn *uc);
+/* The connection's TLS details (net/transport.h), NULL when it is plaintext. */
+const struct msm_tls_info *msm_upconn_tls_info(const struct msm_upconn *uc);
+/* The connection's local address (%UPSTREAM_LOCAL_ADDRESS%), NULL when unknown. */
+const struct msm_address *msm_upconn_local_address(const struct msm_upconn *uc);
 /* The stream's owner read-disables the connection (HTTP/1 back-pressure). */
 void msm_upconn_read_disable(struct msm_upconn *uc, bool disable);
 /* Number of pools and connections on <loop> (tests). */

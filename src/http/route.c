@@ -428,6 +428,64 @@ static int ms_field(const Google__Protobuf__Duration *d, int64_t dflt, const cha
     return 0;
 }
 
+/* ---- request mirror policies ----------------------------------------------------------------- */
+
+typedef Envoy__Config__Route__V3__RouteAction__RequestMirrorPolicy PbMirror;
+
+static void mirrors_free(struct msm_mirror_policies *m)
+{
+    for (int i = 0; i < m->n; i++) {
+        free(m->v[i].cluster);
+        free(m->v[i].cluster_header);
+    }
+    free(m->v);
+    memset(m, 0, sizeof(*m));
+}
+
+/* Envoy's ShadowPolicyImpl: exactly one of cluster and cluster_header; without runtime_fraction
+ * every request is mirrored, with one its default_value decides (0 when unset: none).
+ * trace_sampled only concerns tracing. */
+static int mirrors_from_proto(PbMirror *const *p, size_t n, struct msm_mirror_policies *out,
+                              struct msm_err *err)
+{
+    static const uint64_t dens[] = {100, 10000, 1000000};
+    out->v = n ? msm_xcalloc(n, sizeof(*out->v)) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        struct msm_mirror_policy *m = &out->v[out->n++];
+        const char *cl = p[i]->cluster, *ch = p[i]->cluster_header;
+        if (cl[0] && ch[0]) {
+            return msm_err_set(err, "request_mirror_policies[%zu]: only one of cluster '%s' or "
+                                    "cluster_header '%s' can be specified", i, cl, ch);
+        }
+        if (!cl[0] && !ch[0]) {
+            return msm_err_set(err, "request_mirror_policies[%zu]: exactly one of cluster or "
+                                    "cluster_header is required", i);
+        }
+        if (cl[0]) {
+            m->cluster = msm_xstrdup(cl);
+        } else {
+            m->cluster_header = msm_xstrdup(ch);
+            for (char *c = m->cluster_header; *c; c++) {
+                *c = (char)tolower((unsigned char)*c);
+            }
+        }
+        m->num = 100;
+        m->den = 100;
+        const Envoy__Config__Core__V3__RuntimeFractionalPercent *rf = p[i]->runtime_fraction;
+        if (rf) {
+            const Envoy__Type__V3__FractionalPercent *f = rf->default_value;
+            m->num = f ? f->numerator : 0;
+            if (f && ((int)f->denominator < 0 || (size_t)f->denominator >= MSM_ARRAY_SIZE(dens))) {
+                return msm_err_set(err, "request_mirror_policies[%zu].runtime_fraction."
+                                        "default_value.denominator: unknown", i);
+            }
+            m->den = f ? dens[f->denominator] : 100;
+        }
+        m->keep_host = p[i]->disable_shadow_host_suffix_append;
+    }
+    return 0;
+}
+
 static int retry_from_proto(const PbRetry *p, struct msm_retry_policy **out, struct msm_err *err)
 {
     struct msm_retry_policy *r = MSM_NEW(struct msm_retry_policy);
@@ -549,7 +607,8 @@ static int match_from_proto(const PbMatch *p, struct msm_route_match *m, struct 
         }
         break;
     case ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_CONNECT_MATCHER:
-        return msm_err_set(err, "match.connect_matcher: CONNECT is not supported yet");
+        m->kind = MSM_PATH_CONNECT;
+        break;
     case ENVOY__CONFIG__ROUTE__V3__ROUTE_MATCH__PATH_SPECIFIER_PATH_MATCH_POLICY:
         return msm_err_set(err, "match.path_match_policy: not supported");
     default:
@@ -645,6 +704,11 @@ static void route_free(struct msm_route *r)
     header_ops_free(&r->resp);
     per_filters_free(&r->pf);
     free(r->decorator);
+    mirrors_free(&r->own_mirrors);
+    for (int i = 0; i < r->n_upgrades; i++) {
+        free(r->upgrades[i].type);
+    }
+    free(r->upgrades);
 }
 
 static int weighted_from_proto(const Envoy__Config__Route__V3__WeightedCluster *p,
@@ -694,6 +758,61 @@ static int weighted_from_proto(const Envoy__Config__Route__V3__WeightedCluster *
     return 0;
 }
 
+/* RouteAction.upgrade_configs -> r->upgrades (Envoy: types lower-cased and unique; a
+ * connect_config only on "CONNECT", where it makes the CONNECT end here). */
+static int upgrades_from_proto(const PbAction *a, struct msm_route *r, struct msm_err *err)
+{
+    if (!a->n_upgrade_configs) {
+        return 0;
+    }
+    r->upgrades = msm_xcalloc(a->n_upgrade_configs, sizeof(*r->upgrades));
+    for (size_t i = 0; i < a->n_upgrade_configs; i++) {
+        const Envoy__Config__Route__V3__RouteAction__UpgradeConfig *u = a->upgrade_configs[i];
+        if (!u->upgrade_type || !u->upgrade_type[0]) {
+            return msm_err_set(err, "route.upgrade_configs[%zu].upgrade_type: must not be empty",
+                               i);
+        }
+        if (msm_route_upgrade_find(r, u->upgrade_type)) {
+            return msm_err_set(err, "route.upgrade_configs[%zu]: duplicate upgrade %s", i,
+                               u->upgrade_type);
+        }
+        struct msm_route_upgrade *e = &r->upgrades[r->n_upgrades++];
+        e->type = msm_xstrdup(u->upgrade_type);
+        for (char *c = e->type; *c; c++) {
+            *c = (char)tolower((unsigned char)*c);
+        }
+        e->enabled = msm_pb_bool(u->enabled, true);
+        if (!u->connect_config) {
+            continue;
+        }
+        if (strcmp(u->upgrade_type, "CONNECT") != 0) {
+            return msm_err_set(err, "route.upgrade_configs[%zu]: non-CONNECT upgrade type %s has "
+                                    "connect_config", i, u->upgrade_type);
+        }
+        if (u->connect_config->proxy_protocol_config) {
+            return msm_err_set(err, "route.upgrade_configs[%zu].connect_config."
+                                    "proxy_protocol_config: not supported", i);
+        }
+        if (u->connect_config->allow_post) {
+            return msm_err_set(err, "route.upgrade_configs[%zu].connect_config.allow_post: not "
+                                    "supported", i);
+        }
+        e->connect_terminate = true;
+    }
+    return 0;
+}
+
+const struct msm_route_upgrade *msm_route_upgrade_find(const struct msm_route *r,
+                                                       const char *type)
+{
+    for (int i = 0; i < r->n_upgrades; i++) {
+        if (!strcasecmp(r->upgrades[i].type, type)) {
+            return &r->upgrades[i];
+        }
+    }
+    return NULL;
+}
+
 static int action_from_proto(const PbAction *a, const struct msm_route_build_ctx *ctx,
                              struct msm_route *r, struct msm_err *err)
 {
@@ -739,6 +858,10 @@ static int action_from_proto(const PbAction *a, const struct msm_route_build_ctx
     r->has_timeout = true;
     if (ms_field(a->timeout, DEFAULT_ROUTE_TIMEOUT_MS, "route.timeout", &r->timeout_ms, err) < 0 ||
         ms_field(a->idle_timeout, 0, "route.idle_timeout", &r->idle_timeout_ms, err) < 0) {
+        return MSM_EINVAL;
+    }
+    r->has_idle_timeout = a->idle_timeout != NULL;
+    if (upgrades_from_proto(a, r, err) < 0) {
         return MSM_EINVAL;
     }
     if (a->max_stream_duration &&
@@ -795,9 +918,10 @@ static int action_from_proto(const PbAction *a, const struct msm_route_build_ctx
     if (a->retry_policy_typed_config) {
         return msm_err_set(err, "route.retry_policy_typed_config: not supported");
     }
-    if (a->n_request_mirror_policies) {
-        return msm_err_set(err, "route.request_mirror_policies: request mirroring is not "
-                                "supported yet");
+    if (mirrors_from_proto(a->request_mirror_policies, a->n_request_mirror_policies,
+                           &r->own_mirrors, err) < 0) {
+        msm_err_prefix(err, "route");
+        return MSM_EINVAL;
     }
     if (a->metadata_match) {
         return msm_err_set(err, "route.metadata_match: subset load balancing is not supported");
@@ -817,9 +941,8 @@ static int action_from_proto(const PbAction *a, const struct msm_route_build_ctx
         return msm_err_set(err, "route.cors: the deprecated route-level CORS policy is not "
                                 "supported (use typed_per_filter_config)");
     }
-    /* upgrade_configs: upgrades are refused by the connection manager for now, whatever the
-     * route says; hash_policy: no hashing load balancer; rate_limits: no rate-limit filter;
-     * priority: one priority level. None of them changes what this proxy does. */
+    /* hash_policy: no hashing load balancer; rate_limits: no rate-limit filter; priority: one
+     * priority level. None of them changes what this proxy does. */
     return 0;
 }
 
@@ -978,6 +1101,7 @@ static void vhost_free(struct msm_vhost *v)
     retry_free(v->retry);
     per_filters_free(&v->pf);
     free(v->stat_prefix);
+    mirrors_free(&v->mirrors);
 }
 
 static int vhost_from_proto(const PbVhost *p, const struct msm_route_build_ctx *ctx,
@@ -1014,8 +1138,9 @@ static int vhost_from_proto(const PbVhost *p, const struct msm_route_build_ctx *
     if (p->hedge_policy) {
         return msm_err_set(err, "hedge_policy: request hedging is not supported");
     }
-    if (p->n_request_mirror_policies) {
-        return msm_err_set(err, "request_mirror_policies: request mirroring is not supported yet");
+    if (mirrors_from_proto(p->request_mirror_policies, p->n_request_mirror_policies, &v->mirrors,
+                           err) < 0) {
+        return MSM_EINVAL;
     }
     if (p->retry_policy_typed_config) {
         return msm_err_set(err, "retry_policy_typed_config: not supported");
@@ -1131,8 +1256,24 @@ static void rc_free(struct msm_route_config *rc)
     }
     free(rc->internal_only);
     per_filters_free(&rc->pf);
+    mirrors_free(&rc->mirrors);
     free(rc->name);
     free(rc);
+}
+
+/* Each route's mirror policies: its own, else its virtual host's, else the configuration's. */
+static void resolve_mirrors(struct msm_route_config *rc)
+{
+    for (int i = 0; i < rc->n_vhosts; i++) {
+        struct msm_vhost *v = &rc->vhosts[i];
+        const struct msm_mirror_policies *dflt = v->mirrors.n ? &v->mirrors
+                                                 : rc->mirrors.n ? &rc->mirrors
+                                                                 : NULL;
+        for (int k = 0; k < v->n_routes; k++) {
+            struct msm_route *r = &v->routes[k];
+            r->mirrors = r->own_mirrors.n ? &r->own_mirrors : dflt;
+        }
+    }
 }
 
 struct msm_route_config *msm_route_config_new(const void *proto,
@@ -1155,8 +1296,8 @@ struct msm_route_config *msm_route_config_new(const void *proto,
         msm_err_set(err, "cluster_specifier_plugins: not supported");
         goto fail;
     }
-    if (p->n_request_mirror_policies) {
-        msm_err_set(err, "request_mirror_policies: request mirroring is not supported yet");
+    if (mirrors_from_proto(p->request_mirror_policies, p->n_request_mirror_policies, &rc->mirrors,
+                           err) < 0) {
         goto fail;
     }
     if (p->ignore_path_parameters_in_path_matching) {
@@ -1190,6 +1331,7 @@ struct msm_route_config *msm_route_config_new(const void *proto,
     if (index_domains(rc, err) < 0) {
         goto fail;
     }
+    resolve_mirrors(rc);
     return rc;
 fail:
     rc_free(rc);

@@ -51,6 +51,7 @@ enum msm_path_kind {
     MSM_PATH_EXACT = 1,
     MSM_PATH_REGEX = 2,
     MSM_PATH_SEP_PREFIX = 3,
+    MSM_PATH_CONNECT = 4, /* connect_matcher: CONNECT requests only (they have no :path) */
 };
 
 struct msm_route_match {
@@ -184,6 +185,28 @@ struct msm_redirect {
     bool strip_query;
 };
 
+/* RouteAction.RequestMirrorPolicy (Envoy's ShadowPolicy): a copy of the request goes to another
+ * cluster, fire and forget (filters/http/router/shadow.c). */
+struct msm_mirror_policy {
+    char *cluster;        /* NULL when cluster_header names it */
+    char *cluster_header; /* lower-case; the first value names the cluster */
+    uint64_t num, den;    /* runtime_fraction.default_value; 100/100 when absent */
+    bool keep_host;       /* disable_shadow_host_suffix_append */
+};
+
+struct msm_mirror_policies {
+    struct msm_mirror_policy *v;
+    int n;
+};
+
+/* RouteAction.upgrade_configs: per-route switch of an upgrade type (case-insensitive; "CONNECT"
+ * for CONNECT), overriding the connection manager's. */
+struct msm_route_upgrade {
+    char *type;
+    bool enabled;
+    bool connect_terminate; /* connect_config present: CONNECT ends here, raw TCP upstream */
+};
+
 struct msm_route {
     char *name;
     struct msm_route_match m;
@@ -198,6 +221,9 @@ struct msm_route {
     bool has_timeout;
     uint32_t timeout_ms;   /* default 15 s; 0 = none */
     uint32_t idle_timeout_ms;
+    bool has_idle_timeout; /* route.idle_timeout set: overrides stream_idle_timeout (0 = off) */
+    struct msm_route_upgrade *upgrades;
+    int n_upgrades;
     uint32_t max_stream_duration_ms;
     const struct msm_retry_policy *retry; /* route's, else the vhost's; NULL = none */
     struct msm_retry_policy *own_retry;
@@ -218,6 +244,10 @@ struct msm_route {
     char *decorator;
     uint32_t buffer_limit; /* per_request_buffer_limit_bytes, 0 = listener's */
     struct msm_vhost *vh;  /* back-pointer (the owning virtual host) */
+    struct msm_mirror_policies own_mirrors;
+    /* The mirror policies in force: the most specific non-empty list of the route, its
+     * virtual host, the route configuration (not merged, as Envoy); NULL = none. */
+    const struct msm_mirror_policies *mirrors;
 };
 
 enum msm_domain_kind {
@@ -241,6 +271,7 @@ struct msm_vhost {
     int require_tls; /* 0 none, 1 external only, 2 all */
     uint32_t buffer_limit;
     char *stat_prefix; /* "vhost.<name>." */
+    struct msm_mirror_policies mirrors;
 };
 
 struct msm_domain_entry {
@@ -265,6 +296,7 @@ struct msm_route_config {
     bool most_specific_wins;
     uint32_t max_direct_body;
     struct msm_per_filters pf;
+    struct msm_mirror_policies mirrors;
 };
 
 /* Filters of the HCM that will use this route config: per-filter configs are compiled by the
@@ -296,6 +328,9 @@ const struct msm_route *msm_route_match(const struct msm_vhost *vh, const struct
 const struct msm_route *msm_route_select(const struct msm_route_config *rc,
                                          const struct msm_hdrs *req, uint64_t rnd);
 bool msm_header_match(const struct msm_header_match *m, const struct msm_hdrs *h);
+/* The route's switch for upgrade type <type> (case-insensitive), or NULL. */
+const struct msm_route_upgrade *msm_route_upgrade_find(const struct msm_route *r,
+                                                       const char *type);
 /* Weighted cluster for random value <rnd> (index into route->wc). */
 int msm_route_pick_weighted(const struct msm_route *r, uint64_t rnd);
 

@@ -197,6 +197,8 @@ static bool path_match(const struct msm_route_match *m, const char *path)
     case MSM_PATH_SEP_PREFIX:
         return plen >= m->plen && eq_n(path, m->path, m->plen, ic) &&
                (plen == m->plen || path[m->plen] == '/');
+    case MSM_PATH_CONNECT:
+        return false; /* route_matches decides on the method */
     }
     return false;
 }
@@ -205,7 +207,17 @@ static bool route_matches(const struct msm_route *r, const struct msm_hdrs *req,
 {
     const struct msm_route_match *m = &r->m;
     const char *path = msm_hdrs_get(req, ":path");
-    if (!path || !path_match(m, path)) {
+    if (m->kind == MSM_PATH_CONNECT) {
+        /* connect_matcher: CONNECT requests only, which never match a path matcher (an
+         * extended CONNECT arrives as an upgrade GET with its path). */
+        const char *method = msm_hdrs_get(req, ":method");
+        if (!method || strcmp(method, "CONNECT") != 0) {
+            return false;
+        }
+        if (!path) {
+            path = "";
+        }
+    } else if (!path || !path_match(m, path)) {
         return false;
     }
     if (m->fraction_den && rnd % m->fraction_den >= m->fraction_num) {

@@ -84,6 +84,20 @@ socklen_t msm_sockaddr_len(const struct sockaddr_storage *a);
 
 /* ---- RTP / RTCP packets ----------------------------------------------------------------- */
 
+/* Network-order 32-bit fields of RTP/RTCP headers. */
+static inline uint32_t msm_rtp_rd32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void msm_rtp_wr32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
 struct msm_rtp_hdr {
     uint8_t pt;
     bool marker;
@@ -145,3 +159,38 @@ size_t msm_rtcp_build_rr(uint8_t *buf, size_t cap, uint32_t own_ssrc, const char
 /* Sum of the "cumulative number of packets lost" of the report blocks in an RR/SR compound
  * packet, and the highest interarrival jitter; false when it carries no report block. */
 bool msm_rtcp_report_summary(const uint8_t *p, size_t n, int64_t *lost, uint32_t *jitter);
+
+/* ---- RTCP feedback and retransmissions (rtcp.c) ------------------------------------------ */
+
+/* What an RTCP compound packet says, for statistics: its SR/RR report blocks (RFC 3550 §6.4)
+ * and its generic NACKs (RFC 4585 §6.2.1: PT 205, FMT 1; each FCI asks for its PID and for
+ * every bit set in its BLP). */
+struct msm_rtcp_summary {
+    bool sr;               /* a sender report */
+    int reports;           /* report blocks */
+    int64_t lost;          /* sum of their cumulative number of packets lost (24-bit signed) */
+    uint8_t fraction;      /* highest fraction lost, in 1/256 */
+    uint32_t jitter;       /* highest interarrival jitter, in timestamp units */
+    int nacks;             /* generic NACK FCI entries */
+    uint32_t nack_packets; /* packets they request */
+};
+
+/* Walk the compound packet <p> of <n> bytes (at most 64 sub-packets; a sub-packet whose header
+ * or length does not fit what is there ends the walk, padding is honoured). False (and an empty
+ * summary) when <p> is not RTCP. Never reads outside [p, p + n). */
+bool msm_rtcp_summarize(const uint8_t *p, size_t n, struct msm_rtcp_summary *out);
+/* Copy the generic NACK packets of compound <p> into <out> (at most <cap> bytes), each with its
+ * packet-sender SSRC replaced by <own_ssrc> and without padding: a relay that terminates RTCP
+ * per leg re-issues the feedback as its own. Returns the bytes written (0: none). */
+size_t msm_rtcp_copy_nacks(const uint8_t *p, size_t n, uint32_t own_ssrc, uint8_t *out,
+                           size_t cap);
+
+/* A set of RTP payload types (0..127), e.g. those an SDP maps to "rtx" (RFC 4588). */
+struct msm_rtp_pt_set {
+    uint8_t bits[16];
+};
+bool msm_rtp_pt_set_has(const struct msm_rtp_pt_set *set, uint8_t pt);
+void msm_rtp_pt_set_add(struct msm_rtp_pt_set *set, int pt); /* ignores values out of range */
+bool msm_rtp_pt_set_empty(const struct msm_rtp_pt_set *set);
+/* How many of the <n> RTP packets of <pk> have a payload type in <set>. */
+size_t msm_rtp_count_pt(const struct msm_rtp_pt_set *set, const struct msm_udp_pkt *pk, int n);

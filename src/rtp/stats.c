@@ -10,19 +10,6 @@
 #define MAX_MISORDER 100
 #define MIN_SEQUENTIAL 2
 
-static uint32_t rd32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
-static void wr32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
 bool msm_rtp_parse(const uint8_t *p, size_t n, struct msm_rtp_hdr *h)
 {
     if (n < 12 || (p[0] >> 6) != 2) {
@@ -41,8 +28,8 @@ bool msm_rtp_parse(const uint8_t *p, size_t n, struct msm_rtp_hdr *h)
     h->marker = (p[1] & 0x80) != 0;
     h->pt = p[1] & 0x7f;
     h->seq = (uint16_t)((p[2] << 8) | p[3]);
-    h->ts = rd32(p + 4);
-    h->ssrc = rd32(p + 8);
+    h->ts = msm_rtp_rd32(p + 4);
+    h->ssrc = msm_rtp_rd32(p + 8);
     return true;
 }
 
@@ -169,7 +156,7 @@ void msm_rtp_rx_note_sr(struct msm_rtp_rx *s, const uint8_t *p, size_t n, double
     if (n < 28 || p[1] != 200) {
         return;
     }
-    uint32_t msw = rd32(p + 8), lsw = rd32(p + 12);
+    uint32_t msw = msm_rtp_rd32(p + 8), lsw = msm_rtp_rd32(p + 12);
     s->lsr = (msw << 16) | (lsw >> 16);
     s->lsr_arrival = now;
 }
@@ -193,7 +180,7 @@ size_t msm_rtcp_build_rr(uint8_t *buf, size_t cap, uint32_t own_ssrc, const char
     buf[1] = 201;
     buf[2] = 0;
     buf[3] = (uint8_t)(rr_len / 4 - 1);
-    wr32(buf + 4, own_ssrc);
+    msm_rtp_wr32(buf + 4, own_ssrc);
     if (block) {
         uint8_t *b = buf + 8;
         uint64_t expected = msm_rtp_rx_expected(s);
@@ -212,67 +199,25 @@ size_t msm_rtcp_build_rr(uint8_t *buf, size_t cap, uint32_t own_ssrc, const char
         } else if (lost < -0x800000) {
             lost = -0x800000;
         }
-        wr32(b, s->ssrc);
-        wr32(b + 4, ((uint32_t)fraction << 24) | ((uint32_t)lost & 0xffffff));
-        wr32(b + 8, (uint32_t)(s->cycles + s->max_seq));
-        wr32(b + 12, msm_rtp_rx_jitter(s));
-        wr32(b + 16, s->lsr);
+        msm_rtp_wr32(b, s->ssrc);
+        msm_rtp_wr32(b + 4, ((uint32_t)fraction << 24) | ((uint32_t)lost & 0xffffff));
+        msm_rtp_wr32(b + 8, (uint32_t)(s->cycles + s->max_seq));
+        msm_rtp_wr32(b + 12, msm_rtp_rx_jitter(s));
+        msm_rtp_wr32(b + 16, s->lsr);
         uint32_t dlsr = 0;
         if (s->lsr) {
             dlsr = (uint32_t)((now - s->lsr_arrival) * 65536.0);
         }
-        wr32(b + 20, dlsr);
+        msm_rtp_wr32(b + 20, dlsr);
     }
     uint8_t *d = buf + rr_len;
     d[0] = 0x81;
     d[1] = 202;
     d[2] = (uint8_t)((sdes_len / 4 - 1) >> 8);
     d[3] = (uint8_t)(sdes_len / 4 - 1);
-    wr32(d + 4, own_ssrc);
+    msm_rtp_wr32(d + 4, own_ssrc);
     d[8] = 1; /* CNAME */
     d[9] = (uint8_t)cl;
     memcpy(d + 10, cname, cl);
     return rr_len + sdes_len;
-}
-
-bool msm_rtcp_report_summary(const uint8_t *p, size_t n, int64_t *lost, uint32_t *jitter)
-{
-    bool any = false;
-    *lost = 0;
-    *jitter = 0;
-    size_t off = 0;
-    for (int guard = 0; off + 4 <= n && guard < 64; guard++) {
-        const uint8_t *h = p + off;
-        if ((h[0] >> 6) != 2) {
-            break;
-        }
-        size_t len = 4 * (((size_t)h[2] << 8 | h[3]) + 1);
-        if (off + len > n) {
-            break;
-        }
-        size_t first = 0;
-        if (h[1] == 200) {
-            first = 28;
-        } else if (h[1] == 201) {
-            first = 8;
-        }
-        if (first) {
-            int rc = h[0] & 0x1f;
-            for (int i = 0; i < rc && first + 24 * (size_t)(i + 1) <= len; i++) {
-                const uint8_t *b = h + first + 24 * (size_t)i;
-                int32_t l = (int32_t)(((uint32_t)b[5] << 16) | ((uint32_t)b[6] << 8) | b[7]);
-                if (l & 0x800000) {
-                    l -= 0x1000000;
-                }
-                *lost += l;
-                uint32_t j = rd32(b + 12);
-                if (j > *jitter) {
-                    *jitter = j;
-                }
-                any = true;
-            }
-        }
-        off += len;
-    }
-    return any;
 }

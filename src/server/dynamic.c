@@ -66,27 +66,30 @@ static void set_str(char **dst, const char *v)
     *dst = msm_xstrdup(v ? v : "");
 }
 
+/* EDS for each EDS cluster, by its service name, through its own eds_config: the clusters on
+ * ADS (ads/self: Istio gives every one `ads {}`) share the ADS stream, each distinct
+ * api_config_source gets its own stream, and a stream left without EDS clusters is
+ * unsubscribed. The subscription stats are Envoy's cluster.<name>.update_* . */
 static void subscribe_eds(struct msm_server *srv)
 {
-    int n = 0;
-    char **names = msm_cm_eds_names(srv->cm, &n);
-    struct msm_err err;
-    /* EDS for each EDS cluster, by its service name, on the clusters' eds_config (Istio gives
-     * every EDS cluster the same `ads {}` source with initial_fetch_timeout 0s; clusters with
-     * different sources would need one subscription per source — the first one is used). The
-     * subscription stats are Envoy's cluster.<name>.update_* . */
-    size_t len = 0;
-    const uint8_t *b = msm_cm_eds_source(srv->cm, &len);
-    Envoy__Config__Core__V3__ConfigSource *src =
-        b ? envoy__config__core__v3__config_source__unpack(NULL, len, b) : NULL;
-    if (msm_xds_subscribe(srv->xds, src, T_CLA, (const char *const *)names, n, false,
-                          "cluster.{}.", &err) < 0) {
-        msm_log(MSM_LOG_ERROR, MSM_LC_XDS, "EDS subscription failed: %s", err.msg);
+    int ng = 0;
+    struct msm_cm_eds_group *g = msm_cm_eds_groups(srv->cm, &ng);
+    for (int i = 0; i < ng; i++) {
+        struct msm_err err;
+        Envoy__Config__Core__V3__ConfigSource *src =
+            g[i].source ? envoy__config__core__v3__config_source__unpack(NULL, g[i].source_len,
+                                                                         g[i].source)
+                        : NULL;
+        if (msm_xds_subscribe(srv->xds, src, T_CLA, (const char *const *)g[i].names, g[i].n,
+                              false, "cluster.{}.", &err) < 0) {
+            msm_log(MSM_LOG_ERROR, MSM_LC_XDS, "EDS subscription (%d name(s)) failed: %s",
+                    g[i].n, err.msg);
+        }
+        if (src) {
+            envoy__config__core__v3__config_source__free_unpacked(src, NULL);
+        }
     }
-    if (src) {
-        envoy__config__core__v3__config_source__free_unpacked(src, NULL);
-    }
-    msm_strv_free(names, n);
+    msm_cm_eds_groups_free(g, ng);
 }
 
 static int apply_cds(struct msm_server *srv, const struct msm_xds_update *u, struct errs *e)
@@ -94,8 +97,10 @@ static int apply_cds(struct msm_server *srv, const struct msm_xds_update *u, str
     int changes = 0;
     for (int i = 0; i < u->n; i++) {
         struct msm_err err = {{0}};
-        int r = msm_cm_add(srv->cm, u->resources[i].msg, u->resources[i].version, false, false,
-                           &err);
+        const struct msm_xds_resource *res = &u->resources[i];
+        int r = msm_cm_add_packed(srv->cm, res->msg, res->bytes, res->len, res->version, false,
+                                  false, &err);
+        msm_xds_update_release(u, i); /* built: its decoded message may go */
         if (r < 0) {
             add_err(e, u->resources[i].name, err.msg);
         } else if (r != MSM_CM_UNCHANGED) {
@@ -137,6 +142,7 @@ static int apply_lds(struct msm_server *srv, const struct msm_xds_update *u, str
         struct msm_err err = {{0}};
         int r = msm_lm_add(srv->lmgr, u->resources[i].msg, u->resources[i].version, false, false,
                            &err);
+        msm_xds_update_release(u, i);
         if (r < 0) {
             add_err(e, u->resources[i].name, err.msg);
         } else if (r != MSM_LM_UNCHANGED) {
@@ -170,7 +176,11 @@ static int apply_eds(struct msm_server *srv, const struct msm_xds_update *u, str
 {
     for (int i = 0; i < u->n; i++) {
         struct msm_err err = {{0}};
-        if (msm_cm_apply_eds(srv->cm, u->resources[i].msg, u->resources[i].version, &err) < 0) {
+        const struct msm_xds_resource *res = &u->resources[i];
+        int r = msm_cm_apply_eds_packed(srv->cm, res->msg, res->bytes, res->len, res->version,
+                                        &err);
+        msm_xds_update_release(u, i);
+        if (r < 0) {
             add_err(e, u->resources[i].name, err.msg);
         }
     }
@@ -260,11 +270,16 @@ static int apply_rds(struct msm_server *srv, const struct msm_xds_update *u, str
             continue;
         }
         changes += rc;
-        size_t len = protobuf_c_message_get_packed_size(r->msg);
-        uint8_t *b = msm_xmalloc(len + 1);
-        protobuf_c_message_pack(r->msg, b);
-        msm_rstore_put(&srv->routes, r->name, r->version, b, len);
-        free(b);
+        if (r->bytes) {
+            msm_rstore_put(&srv->routes, r->name, r->version, r->bytes, r->len);
+        } else {
+            size_t len = protobuf_c_message_get_packed_size(r->msg);
+            uint8_t *b = msm_xmalloc(len + 1);
+            protobuf_c_message_pack(r->msg, b);
+            msm_rstore_put(&srv->routes, r->name, r->version, b, len);
+            free(b);
+        }
+        msm_xds_update_release(u, i);
     }
     for (int i = 0; i < u->n_removed; i++) {
         changes += msm_rds_remove(srv->rds, u->removed[i]);
@@ -375,6 +390,14 @@ int msm_dynamic_init(struct msm_server *srv, struct msm_err *err)
     }
     msm_xds_set_ready_cb(srv->xds, on_ready, srv);
     msm_secrets_set_xds(msm_secrets, srv->xds); /* SDS secrets of static resources */
+    /* Static clusters may wait for SDS secrets or EDS assignments over ADS (as Envoy, CDS only
+     * starts once they are warm): their subscriptions go out now, not after a warm-up that
+     * cannot end without them. */
+    msm_cm_eds_names_changed(srv->cm);
+    subscribe_eds(srv);
+    if (msm_xds_start(srv->xds) < 0) {
+        return msm_err_set(err, "cannot start the xDS client");
+    }
     return 0;
 }
 
@@ -386,8 +409,9 @@ int msm_dynamic_start(struct msm_server *srv, struct msm_err *err)
         return msm_err_set(err, "cannot start the xDS client");
     }
     srv->dyn_phase = MSM_DYN_CDS;
-    msm_cm_eds_names_changed(srv->cm);
-    subscribe_eds(srv); /* static EDS clusters */
+    if (msm_cm_eds_names_changed(srv->cm)) {
+        subscribe_eds(srv); /* static EDS clusters changed meanwhile (not expected) */
+    }
     subscribe_rds(srv); /* static listeners with rds */
     if (!d->cds_config) {
         srv->cds_received = true;

@@ -221,6 +221,24 @@ void msm_istio_cluster_services(const void *proto, char **host, char **name)
     }
 }
 
+void msm_istio_cluster_flags(const void *proto, bool *external, bool *disable_mx)
+{
+    const Envoy__Config__Core__V3__Metadata *md = proto;
+    *external = *disable_mx = false;
+    for (size_t i = 0; md && i < md->n_filter_metadata; i++) {
+        const Envoy__Config__Core__V3__Metadata__FilterMetadataEntry *e = md->filter_metadata[i];
+        if (strcmp(e->key, "istio") != 0) {
+            continue;
+        }
+        const Google__Protobuf__Value *x = field(e->value, "external");
+        const Google__Protobuf__Value *d = field(e->value, "disable_mx");
+        *external = x && x->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE && x->bool_value;
+        *disable_mx = d && d->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE &&
+                      d->bool_value;
+        return;
+    }
+}
+
 /* ---- config --------------------------------------------------------------------------------- */
 
 #define OVR_NONE (-2)
@@ -239,11 +257,46 @@ struct metric_cfg {
     size_t cap_add;
 };
 
-struct msm_istio_tcp {
-    struct msm_istio_tcp *next;
+/* One label set's stats, created on first use and kept by the config. Its kind says which
+ * metrics (series_metrics); the public series types are this struct under another name. */
+enum series_kind {
+    SK_TCP = 0,
+    SK_HTTP = 1,
+    SK_GRPC = 2,
+};
+#define SERIES_STATS 4
+
+struct series {
+    struct series *next;
     uint64_t hash;
     char *key;
-    struct msm_stat *opened, *closed, *sent, *received;
+    struct msm_stat *st[SERIES_STATS]; /* NULL: the config drops that metric */
+};
+
+struct msm_istio_tcp {
+    struct series s;
+};
+
+struct msm_istio_http {
+    struct series s;
+};
+
+struct msm_istio_grpc {
+    struct series s;
+};
+
+static const struct {
+    int metric[SERIES_STATS];
+    enum msm_stat_type type[SERIES_STATS];
+    int n;
+} series_metrics[] = {
+    [SK_TCP] = {{M_TCP_OPENED, M_TCP_CLOSED, M_TCP_SENT, M_TCP_RECEIVED},
+                {MSM_STAT_COUNTER, MSM_STAT_COUNTER, MSM_STAT_COUNTER, MSM_STAT_COUNTER}, 4},
+    [SK_HTTP] = {{M_REQUESTS_TOTAL, M_REQUEST_DURATION, M_REQUEST_BYTES, M_RESPONSE_BYTES},
+                 {MSM_STAT_COUNTER, MSM_STAT_HISTOGRAM, MSM_STAT_HISTOGRAM, MSM_STAT_HISTOGRAM},
+                 4},
+    [SK_GRPC] = {{M_REQUEST_MESSAGES, M_RESPONSE_MESSAGES},
+                 {MSM_STAT_COUNTER, MSM_STAT_COUNTER}, 2},
 };
 
 struct msm_istio_config {
@@ -256,7 +309,7 @@ struct msm_istio_config {
     size_t cap_exprs;
     struct msm_stats_store *st;
     pthread_mutex_t mu;
-    struct msm_istio_tcp **buckets;
+    struct series **buckets;
     size_t n_buckets, n_series;
 };
 
@@ -401,6 +454,22 @@ struct msm_istio_config *msm_istio_config_new(const void *proto, int traffic_dir
     return c;
 }
 
+int msm_istio_filter_config_new(const void *proto, int traffic_direction,
+                                struct msm_stats_store *st, void **out, struct msm_err *err)
+{
+    struct msm_istio_config *c = msm_istio_config_new(proto, traffic_direction, st, err);
+    if (!c) {
+        return MSM_EINVAL;
+    }
+    *out = c;
+    return 0;
+}
+
+void msm_istio_filter_config_free(void *config)
+{
+    msm_istio_config_free(config);
+}
+
 void msm_istio_config_free(struct msm_istio_config *c)
 {
     if (!c) {
@@ -408,12 +477,11 @@ void msm_istio_config_free(struct msm_istio_config *c)
     }
     for (size_t b = 0; b < c->n_buckets; b++) {
         while (c->buckets[b]) {
-            struct msm_istio_tcp *s = c->buckets[b];
+            struct series *s = c->buckets[b];
             c->buckets[b] = s->next;
-            msm_stat_unref(s->opened);
-            msm_stat_unref(s->closed);
-            msm_stat_unref(s->sent);
-            msm_stat_unref(s->received);
+            for (int i = 0; i < SERIES_STATS; i++) {
+                msm_stat_unref(s->st[i]);
+            }
             free(s->key);
             free(s);
         }
@@ -449,6 +517,7 @@ struct labels {
     int tag[N_TAGS + 1];
     const char *val[N_TAGS + 1];
     int n;
+    int n_peer;       /* reporter and the peer labels: the first n_peer entries */
     char ns_buf[256]; /* the namespace taken from a SAN */
 };
 
@@ -581,20 +650,26 @@ static void base_labels(const struct msm_istio_config *c, const struct msm_istio
         push(l, T_DESTINATION_SERVICE_NAMESPACE, or_unknown(peer_ns));
         push(l, T_DESTINATION_CLUSTER, or_unknown(peer ? peer->cluster_id : NULL));
     }
+    l->n_peer = l->n;
     push(l, T_REQUEST_PROTOCOL, k->request_protocol ? k->request_protocol : "tcp");
+    if (k->response_code) {
+        push(l, T_RESPONSE_CODE, k->response_code);
+        push(l, T_GRPC_RESPONSE_STATUS, k->grpc_status ? k->grpc_status : "");
+    }
     push(l, T_RESPONSE_FLAGS, k->response_flags ? k->response_flags : "-");
     bool mtls = peer_san[0] && local_san[0];
     push(l, T_CONNECTION_SECURITY_POLICY,
          c->reporter == MSM_ISTIO_CLIENT ? "unknown" : mtls ? "mutual_tls" : "none");
 }
 
-/* Apply the overrides of <metric> (overrideTags): into parallel name/value arrays. */
-static int override(const struct msm_istio_config *c, int metric, const struct labels *l,
+/* Apply the overrides of <metric> (overrideTags) to the first <nl> labels of <l>: into
+ * parallel name/value arrays. */
+static int override(const struct msm_istio_config *c, int metric, const struct labels *l, int nl,
                     const char **names, const char **values, int max)
 {
     const struct metric_cfg *m = &c->m[metric];
     int n = 0;
-    for (int i = 0; i < l->n && n < max; i++) {
+    for (int i = 0; i < nl && n < max; i++) {
         int o = m->ovr[l->tag[i]];
         if (o == OVR_REMOVE) {
             continue;
@@ -622,21 +697,22 @@ int msm_istio_labels(const struct msm_istio_config *c, const char *metric,
     struct labels l;
     char svc[256];
     base_labels(c, conn, &l, svc, sizeof(svc));
-    return override(c, m, &l, names, values, max);
+    int nl = m == M_REQUEST_MESSAGES || m == M_RESPONSE_MESSAGES ? l.n_peer : l.n;
+    return override(c, m, &l, nl, names, values, max);
 }
 
-/* ---- TCP series ----------------------------------------------------------------------------- */
+/* ---- series ------------------------------------------------------------------------------- */
 
 #define MAX_LABELS (N_TAGS + 16)
 
 static struct msm_stat *series_stat(struct msm_istio_config *c, int metric,
-                                    const struct labels *l)
+                                    enum msm_stat_type type, const struct labels *l, int nl)
 {
     if (c->m[metric].drop) {
         return NULL;
     }
     const char *names[MAX_LABELS], *values[MAX_LABELS];
-    int n = override(c, metric, l, names, values, MAX_LABELS);
+    int n = override(c, metric, l, nl, names, values, MAX_LABELS);
     struct msm_tag tags[MAX_LABELS];
     for (int i = 0; i < n; i++) {
         tags[i].name = (char *)names[i];
@@ -644,16 +720,16 @@ static struct msm_stat *series_stat(struct msm_istio_config *c, int metric,
     }
     char name[96];
     snprintf(name, sizeof(name), MSM_STATS_ISTIO_NS ".istio_%s", metric_names[metric]);
-    return msm_stats_get_tagged(c->st, MSM_STAT_COUNTER, name, tags, n);
+    return msm_stats_get_tagged(c->st, type, name, tags, n);
 }
 
 static void grow(struct msm_istio_config *c)
 {
     size_t nb = c->n_buckets * 2;
-    struct msm_istio_tcp **b = msm_xcalloc(nb, sizeof(*b));
+    struct series **b = msm_xcalloc(nb, sizeof(*b));
     for (size_t i = 0; i < c->n_buckets; i++) {
         while (c->buckets[i]) {
-            struct msm_istio_tcp *s = c->buckets[i];
+            struct series *s = c->buckets[i];
             c->buckets[i] = s->next;
             s->next = b[s->hash & (nb - 1)];
             b[s->hash & (nb - 1)] = s;
@@ -664,20 +740,26 @@ static void grow(struct msm_istio_config *c)
     c->n_buckets = nb;
 }
 
-struct msm_istio_tcp *msm_istio_tcp_series(struct msm_istio_config *c,
-                                           const struct msm_istio_conn *conn)
+/* The series of <kind> for <conn>: found by its label values, or created with its stats. The
+ * returned memory is a struct msm_istio_<kind> (they are all a struct series). */
+static struct series *series_get(struct msm_istio_config *c, enum series_kind kind,
+                                 const struct msm_istio_conn *conn)
 {
     struct labels l;
     char svc[256];
     base_labels(c, conn, &l, svc, sizeof(svc));
-    /* The key: every base value, \x1f-separated (the overrides depend on nothing else). */
-    size_t len = 1;
-    for (int i = 0; i < l.n; i++) {
+    int nl = kind == SK_GRPC ? l.n_peer : l.n;
+    /* The key: the kind, then every base value, \x1f-separated (the overrides depend on
+     * nothing else). */
+    size_t len = 3;
+    for (int i = 0; i < nl; i++) {
         len += strlen(l.val[i]) + 1;
     }
     char *key = msm_xmalloc(len);
     char *p = key;
-    for (int i = 0; i < l.n; i++) {
+    *p++ = (char)('0' + kind);
+    *p++ = '\x1f';
+    for (int i = 0; i < nl; i++) {
         size_t n = strlen(l.val[i]);
         memcpy(p, l.val[i], n);
         p += n;
@@ -686,7 +768,7 @@ struct msm_istio_tcp *msm_istio_tcp_series(struct msm_istio_config *c,
     *p = '\0';
     uint64_t h = XXH3_64bits(key, (size_t)(p - key));
     pthread_mutex_lock(&c->mu);
-    struct msm_istio_tcp *s = c->buckets[h & (c->n_buckets - 1)];
+    struct series *s = c->buckets[h & (c->n_buckets - 1)];
     while (s && (s->hash != h || strcmp(s->key, key) != 0)) {
         s = s->next;
     }
@@ -695,13 +777,13 @@ struct msm_istio_tcp *msm_istio_tcp_series(struct msm_istio_config *c,
         free(key);
         return s;
     }
-    s = MSM_NEW(struct msm_istio_tcp);
+    s = msm_xcalloc(1, sizeof(struct series));
     s->hash = h;
     s->key = key;
-    s->opened = series_stat(c, M_TCP_OPENED, &l);
-    s->closed = series_stat(c, M_TCP_CLOSED, &l);
-    s->sent = series_stat(c, M_TCP_SENT, &l);
-    s->received = series_stat(c, M_TCP_RECEIVED, &l);
+    for (int i = 0; i < series_metrics[kind].n; i++) {
+        s->st[i] = series_stat(c, series_metrics[kind].metric[i], series_metrics[kind].type[i],
+                               &l, nl);
+    }
     if (++c->n_series > c->n_buckets) {
         grow(c);
     }
@@ -711,26 +793,65 @@ struct msm_istio_tcp *msm_istio_tcp_series(struct msm_istio_config *c,
     return s;
 }
 
+static void add(struct msm_stat *st, uint64_t v)
+{
+    if (st) {
+        msm_stat_add(st, v);
+    }
+}
+
+static void record(struct msm_stat *st, uint64_t v)
+{
+    if (st) {
+        msm_stat_record(st, v);
+    }
+}
+
+struct msm_istio_tcp *msm_istio_tcp_series(struct msm_istio_config *c,
+                                           const struct msm_istio_conn *conn)
+{
+    return (struct msm_istio_tcp *)series_get(c, SK_TCP, conn);
+}
+
 void msm_istio_tcp_opened(struct msm_istio_tcp *s)
 {
-    if (s->opened) {
-        msm_stat_inc(s->opened);
-    }
+    add(s->s.st[0], 1);
 }
 
 void msm_istio_tcp_bytes(struct msm_istio_tcp *s, uint64_t sent, uint64_t received)
 {
-    if (s->sent) {
-        msm_stat_add(s->sent, sent);
-    }
-    if (s->received) {
-        msm_stat_add(s->received, received);
-    }
+    add(s->s.st[2], sent);
+    add(s->s.st[3], received);
 }
 
 void msm_istio_tcp_closed(struct msm_istio_tcp *s)
 {
-    if (s->closed) {
-        msm_stat_inc(s->closed);
-    }
+    add(s->s.st[1], 1);
+}
+
+struct msm_istio_http *msm_istio_http_series(struct msm_istio_config *c,
+                                             const struct msm_istio_conn *conn)
+{
+    return (struct msm_istio_http *)series_get(c, SK_HTTP, conn);
+}
+
+void msm_istio_http_request(struct msm_istio_http *s, uint64_t duration_ms,
+                            uint64_t request_bytes, uint64_t response_bytes)
+{
+    add(s->s.st[0], 1);
+    record(s->s.st[1], duration_ms);
+    record(s->s.st[2], request_bytes);
+    record(s->s.st[3], response_bytes);
+}
+
+struct msm_istio_grpc *msm_istio_grpc_series(struct msm_istio_config *c,
+                                             const struct msm_istio_conn *conn)
+{
+    return (struct msm_istio_grpc *)series_get(c, SK_GRPC, conn);
+}
+
+void msm_istio_grpc_messages(struct msm_istio_grpc *s, uint64_t requests, uint64_t responses)
+{
+    add(s->s.st[0], requests);
+    add(s->s.st[1], responses);
 }

@@ -1,9 +1,11 @@
 #pragma once
 /* Istio's standard metrics (istio/proxy source/extensions/filters/http/istio_stats), driven by
- * stats.PluginConfig: istio_build, and the TCP families istio_tcp_connections_opened_total,
+ * stats.PluginConfig: istio_build; the TCP families istio_tcp_connections_opened_total,
  * istio_tcp_connections_closed_total, istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total
- * (the HTTP families use the same labels and overrides; the HTTP connection manager will call
- * msm_istio_labels() for istio_requests_total & co).
+ * (filters/network/istio_stats); the HTTP families istio_requests_total (counter),
+ * istio_request_duration_milliseconds, istio_request_bytes, istio_response_bytes (histograms,
+ * Envoy's default buckets as Istio's sidecars use them) and, for gRPC,
+ * istio_request_messages_total / istio_response_messages_total (filters/http/istio_stats).
  *
  * Label values follow istio_stats.cc exactly (populatePeerInfo):
  * - the local side comes from the node metadata (WORKLOAD_NAME, NAMESPACE, CLUSTER_ID, LABELS
@@ -18,6 +20,9 @@
  * - principals from the peer/local certificate URI SANs; connection_security_policy mutual_tls
  *   on the server when both SANs exist, none otherwise, unknown on the client.
  * Missing values are "unknown" (canonical revisions: "latest").
+ * Label order is Envoy's: reporter, the 19 peer labels, request_protocol, (HTTP only)
+ * response_code and grpc_response_status, response_flags, connection_security_policy. The gRPC
+ * message counters carry only reporter and the peer labels, as istio_stats.cc reports them.
  *
  * Overrides (PluginConfig.metrics): drop a metric, remove standard tags, set a tag to an
  * expression or add one. Expressions are CEL upstream; here a string literal ('x' or "x") is
@@ -61,14 +66,22 @@ struct msm_istio_conn {
     const char *peer_san, *local_san;
     const char *response_flags;    /* "-" when none */
     const char *request_protocol;  /* "tcp", "http", "grpc" */
+    /* HTTP only (NULL for TCP): "200" ("0" before a response); the gRPC status as a number,
+     * "" when not gRPC. */
+    const char *response_code, *grpc_status;
 };
 
 struct msm_istio_config;
-struct msm_istio_tcp; /* one TCP series: the four counters for one label set */
+struct msm_istio_tcp;  /* one TCP series: the four counters for one label set */
+struct msm_istio_http; /* one HTTP series: the request counter and the three histograms */
+struct msm_istio_grpc; /* the two gRPC message counters of one peer label set */
 
 /* A cluster's envoy.config.core.v3.Metadata (<md>, may be NULL): filter_metadata
  * istio.services[0].host and .name into malloc'ed *<host> / *<name> (NULL when absent). */
 void msm_istio_cluster_services(const void *md, char **host, char **name);
+/* The same metadata's istio.external and istio.disable_mx booleans (false unless a bool true):
+ * the HTTP peer metadata exchange does not announce us to such clusters. */
+void msm_istio_cluster_flags(const void *md, bool *external, bool *disable_mx);
 
 /* Node metadata (envoy.config.core.v3.Node), copied; main thread at start-up. NULL clears. */
 void msm_istio_set_node(const void *node);
@@ -83,6 +96,11 @@ void msm_istio_shutdown(void);
 struct msm_istio_config *msm_istio_config_new(const void *proto, int traffic_direction,
                                               struct msm_stats_store *st, struct msm_err *err);
 void msm_istio_config_free(struct msm_istio_config *c);
+/* The config_new / config_free of the istio.stats filters (network and HTTP): the filter's
+ * config object is the struct msm_istio_config itself. */
+int msm_istio_filter_config_new(const void *proto, int traffic_direction,
+                                struct msm_stats_store *st, void **out, struct msm_err *err);
+void msm_istio_filter_config_free(void *config);
 enum msm_istio_reporter msm_istio_reporter(const struct msm_istio_config *c);
 uint32_t msm_istio_tcp_reporting_ms(const struct msm_istio_config *c);
 
@@ -92,6 +110,19 @@ struct msm_istio_tcp *msm_istio_tcp_series(struct msm_istio_config *c,
 void msm_istio_tcp_opened(struct msm_istio_tcp *s);
 void msm_istio_tcp_bytes(struct msm_istio_tcp *s, uint64_t sent, uint64_t received);
 void msm_istio_tcp_closed(struct msm_istio_tcp *s);
+
+/* The HTTP series for <conn> (request_protocol "http" or "grpc", response_code set); created on
+ * first use, valid while <c> is. Any thread. */
+struct msm_istio_http *msm_istio_http_series(struct msm_istio_config *c,
+                                             const struct msm_istio_conn *conn);
+/* One finished request: istio_requests_total += 1, and <duration_ms>, <request_bytes>,
+ * <response_bytes> recorded in the three histograms (metrics the config drops are skipped). */
+void msm_istio_http_request(struct msm_istio_http *s, uint64_t duration_ms,
+                            uint64_t request_bytes, uint64_t response_bytes);
+/* The gRPC message counters for <conn>'s peer labels (the rest of <conn> is not used). */
+struct msm_istio_grpc *msm_istio_grpc_series(struct msm_istio_config *c,
+                                             const struct msm_istio_conn *conn);
+void msm_istio_grpc_messages(struct msm_istio_grpc *s, uint64_t requests, uint64_t responses);
 
 /* The standard labels of <conn> as Envoy's stats filter builds them (reporter first,
  * request_protocol, response_flags, connection_security_policy last), with <c>'s overrides of

@@ -43,6 +43,7 @@ struct msm_stats_store {
     /* Bumped (under <mu>) whenever a stat is created or destroyed, or the config changes:
      * sorted lists cached for exports stay valid while it does not move. */
     uint64_t generation;
+    uint64_t cfg_gen; /* bumped by msm_stats_configure (rejects_join's cache) */
     struct order_cache {
         uint64_t gen;
         bool valid;
@@ -58,7 +59,14 @@ struct msm_stats_store {
     size_t warm_cursor;
     uint64_t warm_gen, warm_start_gen;
     bool warm_active, warm_done;
+    /* The shared null stat of each type (msm_stats_sink_rejected) */
+    struct msm_stat sinks[MSM_STAT_TEXT + 1];
+    atomic_uint_fast64_t sink_buckets[MSM_HIST_BUCKETS + 1];
 };
+
+static _Thread_local bool sink_scope;
+/* Source of cfg_gen values, unique across stores (a new store may reuse a freed one's address). */
+static atomic_uint_fast64_t cfg_epoch;
 
 static struct msm_stat tombstone;
 
@@ -70,7 +78,26 @@ struct msm_stats_store *msm_stats_store_new(void)
     st->cap = 1024;
     st->slots = msm_xcalloc(st->cap, sizeof(*st->slots));
     st->htags = msm_xcalloc(st->cap, sizeof(*st->htags));
+    st->cfg_gen = atomic_fetch_add(&cfg_epoch, 1) + 1;
+    for (int t = 0; t <= MSM_STAT_TEXT; t++) {
+        struct msm_stat *s = &st->sinks[t];
+        s->name = "";
+        s->store = st;
+        s->type = (enum msm_stat_type)t;
+        s->sink = true;
+        s->hidden = true;
+        s->detached = true;
+        atomic_init(&s->refs, 1);
+        s->buckets = st->sink_buckets;
+    }
     return st;
+}
+
+bool msm_stats_sink_rejected(bool on)
+{
+    bool was = sink_scope;
+    sink_scope = on;
+    return was;
 }
 
 /* Export strings are interned per store: families share their names and the ~60 stats of one
@@ -84,6 +111,9 @@ static void export_free(struct msm_stat_export *e)
     }
     if (e->tags) {
         msm_tags_free(e->tags, e->n_tags);
+    }
+    if (e->own_labels) {
+        free((char *)e->prom_labels);
     }
     free(e);
 }
@@ -204,8 +234,15 @@ static struct msm_stat_export *export_new(struct msm_stats_store *st, const char
 /* Get or create under the lock. <exp> (may be NULL) becomes the export view of a new stat;
  * otherwise it is freed. */
 static struct msm_stat *get_locked(struct msm_stats_store *st, enum msm_stat_type type,
-                                   const char *name, struct msm_stat_export *exp)
+                                   const char *name, struct msm_stat_export *exp, int rejected)
 {
+    if (rejected < 0) {
+        rejected = msm_stats_rejects(st, name);
+    }
+    if (sink_scope && type <= MSM_STAT_TEXT && rejected) {
+        export_free(exp);
+        return &st->sinks[type];
+    }
     bool found;
     uint64_t h = name_hash(name);
     size_t i = slot_of(st, name, h, &found);
@@ -216,7 +253,7 @@ static struct msm_stat *get_locked(struct msm_stats_store *st, enum msm_stat_typ
         export_free(exp);
         return s;
     }
-    bool hidden = msm_stats_rejects(st, name);
+    bool hidden = rejected;
     s = MSM_NEW(struct msm_stat);
     s->type = type;
     s->store = st;
@@ -253,7 +290,7 @@ struct msm_stat *msm_stats_get(struct msm_stats_store *st, enum msm_stat_type ty
                                const char *name)
 {
     pthread_mutex_lock(&st->mu);
-    struct msm_stat *s = get_locked(st, type, name, NULL);
+    struct msm_stat *s = get_locked(st, type, name, NULL, -1);
     pthread_mutex_unlock(&st->mu);
     return s;
 }
@@ -280,7 +317,7 @@ struct msm_stat *msm_stats_get_tagged(struct msm_stats_store *st, enum msm_stat_
     struct msm_stat_export *exp = export_new(st, name, copy, n_tags);
     exp->explicit_tags = true;
     pthread_mutex_lock(&st->mu);
-    struct msm_stat *s = get_locked(st, type, full, exp);
+    struct msm_stat *s = get_locked(st, type, full, exp, -1);
     pthread_mutex_unlock(&st->mu);
     free(full);
     return s;
@@ -297,15 +334,38 @@ struct msm_stat *msm_stats_getf(struct msm_stats_store *st, enum msm_stat_type t
     return msm_stats_get(st, type, name);
 }
 
+static int rejects_join(struct msm_stats_store *st, const char *prefix, size_t pl,
+                        const char *full, size_t len);
+
+struct msm_stat *msm_stats_get_join(struct msm_stats_store *st, enum msm_stat_type type,
+                                    const char *prefix, const char *name)
+{
+    char buf[1024];
+    size_t pl = strlen(prefix), nl = strlen(name);
+    if (pl + nl >= sizeof(buf)) {
+        return msm_stats_getf(st, type, "%s%s", prefix, name); /* truncated as getf does */
+    }
+    memcpy(buf, prefix, pl);
+    memcpy(buf + pl, name, nl + 1);
+    int rej = rejects_join(st, prefix, pl, buf, pl + nl);
+    pthread_mutex_lock(&st->mu);
+    struct msm_stat *s = get_locked(st, type, buf, NULL, rej);
+    pthread_mutex_unlock(&st->mu);
+    return s;
+}
+
 struct msm_stat *msm_stat_ref(struct msm_stat *s)
 {
+    if (s->sink) {
+        return s;
+    }
     atomic_fetch_add(&s->refs, 1);
     return s;
 }
 
 void msm_stat_unref(struct msm_stat *s)
 {
-    if (!s) {
+    if (!s || s->sink) {
         return;
     }
     /* Under the store lock, so a concurrent get of the same name either sees the stat alive or
@@ -392,7 +452,6 @@ void msm_stats_list_free(struct msm_stat **v, size_t n)
                 st->slots[j] = &tombstone;
                 st->live--;
                 st->generation++;
-            st->generation++;
             }
             stat_destroy(s);
         }
@@ -403,7 +462,7 @@ void msm_stats_list_free(struct msm_stat **v, size_t n)
 
 void msm_stat_record(struct msm_stat *h, uint64_t v)
 {
-    if (h->type != MSM_STAT_HISTOGRAM) {
+    if (h->type != MSM_STAT_HISTOGRAM || h->sink) {
         return;
     }
     int b = 0;
@@ -476,12 +535,111 @@ void msm_stat_hist_snapshot(const struct msm_stat *h, uint64_t *out, uint64_t *c
 
 void msm_stat_set_text(struct msm_stat *s, const char *text)
 {
+    if (s->sink) {
+        return;
+    }
     free(s->text);
     s->text = msm_xstrdup(text);
     atomic_store_explicit(&s->used, true, memory_order_relaxed);
 }
 
 /* ---- stats_config: matcher, tags, export views ------------------------------------------- */
+
+/* What the stats_matcher can say about every name "<prefix>...": a stat block's 30-40 names
+ * share their prefix ("cluster.<name>."), so the prefix is classified once (per thread, while
+ * it repeats) and each name then only meets the suffix patterns. */
+enum pclass {
+    PC_UNKNOWN = 0,  /* test each name against every pattern */
+    PC_MATCH = 1,    /* a prefix pattern matches every such name */
+    PC_SUFFIX = 2,   /* only suffix patterns can match such a name */
+};
+
+static bool starts(const char *s, size_t n, const char *p, size_t pn)
+{
+    return n >= pn && !memcmp(s, p, pn);
+}
+
+static enum pclass classify(const struct msm_stats_store *st, const char *p, size_t pl)
+{
+    enum pclass c = PC_SUFFIX;
+    for (int i = 0; i < st->n_match; i++) {
+        const struct msm_str_matcher *m = &st->match[i];
+        if (m->kind != MSM_STR_REGEX && m->ignore_case) {
+            return PC_UNKNOWN;
+        }
+        switch (m->kind) {
+        case MSM_STR_PREFIX:
+            if (m->len <= pl && starts(p, pl, m->s, m->len)) {
+                return PC_MATCH;
+            }
+            if (m->len > pl && starts(m->s, m->len, p, pl)) {
+                c = PC_UNKNOWN; /* longer than the prefix: depends on the rest */
+            }
+            break;
+        case MSM_STR_EXACT:
+            if (starts(m->s, m->len, p, pl)) {
+                c = PC_UNKNOWN;
+            }
+            break;
+        case MSM_STR_SUFFIX:
+            break;
+        case MSM_STR_REGEX:
+            if (!m->re_prefix ||
+                (m->re_prefix_len <= pl ? starts(p, pl, m->re_prefix, m->re_prefix_len)
+                                        : starts(m->re_prefix, m->re_prefix_len, p, pl))) {
+                c = PC_UNKNOWN;
+            }
+            break;
+        default:
+            return PC_UNKNOWN;
+        }
+    }
+    return c;
+}
+
+static _Thread_local struct {
+    const struct msm_stats_store *st;
+    uint64_t cfg_gen;
+    char p[256];
+    size_t pl;
+    enum pclass c;
+} pc_cache;
+
+static int rejects_join(struct msm_stats_store *st, const char *prefix, size_t pl,
+                        const char *full, size_t len)
+{
+    if (st->mode == MATCH_ALL || st->mode == MATCH_REJECT_ALL) {
+        return st->mode == MATCH_REJECT_ALL;
+    }
+    if (pl >= sizeof(pc_cache.p)) {
+        return msm_stats_rejects(st, full);
+    }
+    if (pc_cache.st != st || pc_cache.cfg_gen != st->cfg_gen || pc_cache.pl != pl ||
+        memcmp(pc_cache.p, prefix, pl) != 0) {
+        pc_cache.st = st;
+        pc_cache.cfg_gen = st->cfg_gen;
+        memcpy(pc_cache.p, prefix, pl);
+        pc_cache.pl = pl;
+        pc_cache.c = classify(st, prefix, pl);
+    }
+    bool hit;
+    switch (pc_cache.c) {
+    case PC_MATCH:
+        hit = true;
+        break;
+    case PC_SUFFIX:
+        hit = false;
+        for (int i = 0; i < st->n_match && !hit; i++) {
+            if (st->match[i].kind == MSM_STR_SUFFIX) {
+                hit = msm_str_matcher_match(&st->match[i], full, len);
+            }
+        }
+        break;
+    default:
+        return msm_stats_rejects(st, full);
+    }
+    return st->mode == MATCH_INCLUDE ? !hit : hit;
+}
 
 bool msm_stats_rejects(const struct msm_stats_store *st, const char *name)
 {
@@ -542,6 +700,7 @@ int msm_stats_configure(struct msm_stats_store *st, const void *stats_config,
     }
     pthread_mutex_lock(&st->mu);
     matcher_clear(st);
+    st->cfg_gen = atomic_fetch_add(&cfg_epoch, 1) + 1;
     int rc = 0;
     if (sc && sc->stats_matcher && matcher_build(st, sc->stats_matcher, err) < 0) {
         matcher_clear(st);
@@ -689,7 +848,12 @@ static struct msm_stat_export *export_new(struct msm_stats_store *st, const char
     e->tag_name = intern(st, msm_xstrdup(tag_name));
     e->n_tags = n;
     e->prom_name = intern(st, prom_name(tag_name));
-    e->prom_labels = intern(st, prom_labels(tags, n));
+    /* Interned strings live as long as the store: labels that name one RTSP session (a random
+     * id, a new one per session) are the view's own and go with the stat. */
+    for (int i = 0; i < n && !e->own_labels; i++) {
+        e->own_labels = !strcmp(tags[i].name, "msm.rtsp_session");
+    }
+    e->prom_labels = e->own_labels ? prom_labels(tags, n) : intern(st, prom_labels(tags, n));
     e->tags = tags;
     return e;
 }

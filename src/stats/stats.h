@@ -15,7 +15,10 @@
  *   Envoy does not create rejected stats at all; the visible behaviour is the same. A rejected
  *   counter or histogram created after the matcher is installed is not even kept in the store
  *   (<detached>: not shared by name, not found, freed with its owner's last reference); gauges
- *   stay shared because some are read back.
+ *   stay shared because some are read back. Owners that never read their stats back (the
+ *   cluster manager's thousands of clusters, EDS subscriptions) create them inside a *sink
+ *   scope* (msm_stats_sink_rejected): there a rejected stat of any type is the store's shared
+ *   <sink> of that type, which allocates nothing and drops every update (Envoy's null stats).
  * - Stats created with explicit tags (msm_stats_get_tagged: Istio's istio_* metrics) carry their
  *   tags instead of having them extracted; their full name is Envoy's joined name
  *   "<name>.<tag1>.<value1>...". Names in the "istiocustom." namespace are exported without the
@@ -65,12 +68,14 @@ struct msm_stat_export {
     const char *prom_name;
     const char *prom_labels; /* labels without braces: cluster_name="xds-grpc"; "" if none */
     bool explicit_tags; /* created with msm_stats_get_tagged */
+    bool own_labels;    /* <prom_labels> is this view's, not interned (per-session labels) */
 };
 
 struct msm_stat {
     char *name;
     struct msm_stats_store *store;
     enum msm_stat_type type;
+    bool sink; /* the store's shared null stat of <type> (see msm_stats_sink_rejected) */
     atomic_uint_fast64_t value; /* counter/gauge value */
     atomic_bool used;           /* ever updated (admin ?usedonly) */
     atomic_int refs;
@@ -103,8 +108,16 @@ struct msm_stat *msm_stats_get(struct msm_stats_store *st, enum msm_stat_type ty
                                const char *name);
 struct msm_stat *msm_stats_getf(struct msm_stats_store *st, enum msm_stat_type type,
                                 const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* msm_stats_get of "<prefix><name>" (the stat blocks below: no format string to parse). */
+struct msm_stat *msm_stats_get_join(struct msm_stats_store *st, enum msm_stat_type type,
+                                    const char *prefix, const char *name);
 void msm_stat_unref(struct msm_stat *s);
 struct msm_stat *msm_stat_ref(struct msm_stat *s);
+/* Open (<on>) or close the calling thread's sink scope; returns the previous setting, to be
+ * restored. Inside it, a stat whose name the stats_matcher rejects is the store's shared sink
+ * of its type (msm_stat.sink): nothing is allocated, updates are dropped, msm_stat_value reads
+ * 0, ref/unref are no-ops. Only for owners that never read their values back. */
+bool msm_stats_sink_rejected(bool on);
 /* Lookup without creating (NULL if absent); borrowed pointer, main thread. */
 struct msm_stat *msm_stats_find(struct msm_stats_store *st, const char *name);
 
@@ -149,6 +162,9 @@ void msm_stats_reset_counters(struct msm_stats_store *st);
 
 static inline void msm_stat_add(struct msm_stat *s, uint64_t v)
 {
+    if (s->sink) {
+        return;
+    }
     atomic_fetch_add_explicit(&s->value, v, memory_order_relaxed);
     atomic_store_explicit(&s->used, true, memory_order_relaxed);
 }
@@ -158,6 +174,9 @@ static inline void msm_stat_inc(struct msm_stat *s)
 }
 static inline void msm_stat_sub(struct msm_stat *s, uint64_t v)
 {
+    if (s->sink) {
+        return;
+    }
     atomic_fetch_sub_explicit(&s->value, v, memory_order_relaxed);
     atomic_store_explicit(&s->used, true, memory_order_relaxed);
 }
@@ -167,6 +186,9 @@ static inline void msm_stat_dec(struct msm_stat *s)
 }
 static inline void msm_stat_set(struct msm_stat *s, uint64_t v)
 {
+    if (s->sink) {
+        return;
+    }
     atomic_store_explicit(&s->value, v, memory_order_relaxed);
     atomic_store_explicit(&s->used, true, memory_order_relaxed);
 }
@@ -195,9 +217,9 @@ void msm_stat_set_text(struct msm_stat *s, const char *text);
 #define MSM__STAT_FIELD(n) struct msm_stat *n;
 #define MSM_STATS_STRUCT(tag, LIST) struct tag { LIST(MSM__STAT_FIELD, MSM__STAT_FIELD, MSM__STAT_FIELD) }
 
-#define MSM__STAT_INIT_C(n) o->n = msm_stats_getf(st, MSM_STAT_COUNTER, "%s" #n, prefix);
-#define MSM__STAT_INIT_G(n) o->n = msm_stats_getf(st, MSM_STAT_GAUGE, "%s" #n, prefix);
-#define MSM__STAT_INIT_H(n) o->n = msm_stats_getf(st, MSM_STAT_HISTOGRAM, "%s" #n, prefix);
+#define MSM__STAT_INIT_C(n) o->n = msm_stats_get_join(st, MSM_STAT_COUNTER, prefix, #n);
+#define MSM__STAT_INIT_G(n) o->n = msm_stats_get_join(st, MSM_STAT_GAUGE, prefix, #n);
+#define MSM__STAT_INIT_H(n) o->n = msm_stats_get_join(st, MSM_STAT_HISTOGRAM, prefix, #n);
 #define MSM__STAT_UNREF(n) msm_stat_unref(o->n); o->n = NULL;
 #define MSM_STATS_INIT_FN(tag, LIST)                                                              \
     static inline void tag##_init(struct msm_stats_store *st, const char *prefix, struct tag *o)  \

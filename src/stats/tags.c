@@ -118,10 +118,16 @@ static const struct tok_desc default_tokens[] = {
 
 /* msm's own extractors, always on (whatever use_all_default_tags says: Istio's bootstrap turns
  * Envoy's defaults off, and our media stats must still reach Prometheus as one family per
- * metric). The stream extractor runs first: it needs the prefix token still in the name. */
+ * metric). The stream extractor runs first: it needs the prefix token still in the name.
+ * Per-session stats are "rtsp.<prefix>.session.<id>.<role>.<stream>.<stat>"
+ * (msm_rtsp_session_<stat>{msm_rtsp_prefix, msm_rtsp_session, msm_rtsp_role, msm_rtsp_stream});
+ * their stream extractor shares the tag name, the first one that matches wins. */
 static const struct tok_desc msm_tokens[] = {
     {"msm.rtsp_stream", "rtsp.*.stream.$.**"},
     {"msm.rtsp_prefix", "rtsp.$.**"},
+    {"msm.rtsp_session", "rtsp.*.session.$.*.*.*"},
+    {"msm.rtsp_role", "rtsp.*.session.*.$.*.*"},
+    {"msm.rtsp_stream", "rtsp.*.session.*.*.$.*"},
 };
 
 /* ---- building ------------------------------------------------------------------------------- */

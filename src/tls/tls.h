@@ -54,3 +54,14 @@ struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f);
  * set by istio.alpn). len 0: the context's list. */
 struct msm_transport *msm_tls_transport_new_alpn(struct msm_tls_factory *f, const uint8_t *alpn,
                                                  size_t len);
+
+/* x-forwarded-client-cert material of a TLS connection, from its msm_conn_tls_info() (the
+ * connection's worker only; computed on first use, cached with the connection, valid while it
+ * lives). NULL / 0 when the peer sent no certificate.
+ * - the lower-case hex SHA-256 of the peer certificate (DER);
+ * - the peer certificate, or with <chain> every certificate the peer sent (leaf first), in PEM,
+ *   URL-encoded as Envoy does ('\n', ' ', '+', '/', '=' escaped);
+ * - the URI SANs of our own certificate. */
+const char *msm_tls_peer_cert_sha256(const struct msm_tls_info *in);
+const char *msm_tls_peer_cert_pem(const struct msm_tls_info *in, bool chain);
+int msm_tls_local_uri_sans(const struct msm_tls_info *in, const char *const **out);

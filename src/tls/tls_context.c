@@ -55,9 +55,15 @@ static void named_add(struct msm_named_stats *ns, const char *prefix, const char
             return;
         }
     }
+    struct msm_stat *s = msm_stats_get_join(msm_stats, MSM_STAT_COUNTER, prefix, name);
+    if (s->sink && ns->fallback && ns->fallback->sink) {
+        /* Rejected by the stats_matcher, as its fallback: counting either is a no-op, so the
+         * name is not kept (some 30 per context, times 10k clusters). */
+        return;
+    }
     ns->v = msm_xrealloc(ns->v, (size_t)(ns->n + 1) * sizeof(*ns->v));
     ns->v[ns->n].name = msm_xstrdup(name);
-    ns->v[ns->n].s = msm_stats_getf(msm_stats, MSM_STAT_COUNTER, "%s%s", prefix, name);
+    ns->v[ns->n].s = s;
     ns->n++;
 }
 
@@ -147,30 +153,33 @@ struct msm_tls_stats *msm_tls_stats_new(const char *scope, bool server,
     msm_ssl_stats_init(msm_stats, pre, &s->ssl);
     snprintf(pre, sizeof(pre), "%s%s_ssl_socket_factory.", scope, server ? "server" : "client");
     msm_ssl_factory_stats_init(msm_stats, pre, &s->fac);
+    /* Each fallback first: named_add compares with it. */
     snprintf(pre, sizeof(pre), "%sssl.versions.", scope);
+    s->versions.fallback = msm_stats_get_join(msm_stats, MSM_STAT_COUNTER, pre,
+                                              "unknown_ssl_version");
     for (int v = p->min_version; v <= p->max_version; v++) {
         if (v >= TLS1_VERSION && v <= TLS1_3_VERSION) {
             named_add(&s->versions, pre, version_names[v - TLS1_VERSION]);
         }
     }
-    s->versions.fallback = msm_stats_getf(msm_stats, MSM_STAT_COUNTER, "%sunknown_ssl_version",
-                                          pre);
     snprintf(pre, sizeof(pre), "%sssl.ciphers.", scope);
+    s->ciphers.fallback = msm_stats_get_join(msm_stats, MSM_STAT_COUNTER, pre,
+                                             "unknown_ssl_cipher");
     cipher_stats(&s->ciphers, pre, p);
-    s->ciphers.fallback = msm_stats_getf(msm_stats, MSM_STAT_COUNTER, "%sunknown_ssl_cipher", pre);
     snprintf(pre, sizeof(pre), "%sssl.curves.", scope);
+    s->curves.fallback = msm_stats_get_join(msm_stats, MSM_STAT_COUNTER, pre,
+                                            "unknown_ssl_curve");
     for (size_t i = 0; i < MSM_ARRAY_SIZE(curve_names); i++) {
         if (strstr(p->curves, curve_names[i])) {
             named_add(&s->curves, pre, curve_names[i]);
         }
     }
-    s->curves.fallback = msm_stats_getf(msm_stats, MSM_STAT_COUNTER, "%sunknown_ssl_curve", pre);
     snprintf(pre, sizeof(pre), "%sssl.sigalgs.", scope);
+    s->sigalgs.fallback = msm_stats_get_join(msm_stats, MSM_STAT_COUNTER, pre,
+                                             "unknown_ssl_algorithm");
     for (size_t i = 0; i < MSM_ARRAY_SIZE(sigalg_names); i++) {
         named_add(&s->sigalgs, pre, sigalg_names[i]);
     }
-    s->sigalgs.fallback = msm_stats_getf(msm_stats, MSM_STAT_COUNTER, "%sunknown_ssl_algorithm",
-                                         pre);
     return s;
 }
 
@@ -872,6 +881,16 @@ static void shared_release(struct msm_tls_shared_ssl *e)
     }
 }
 
+/* The PEM trust bundle and CRLs only serve to build the SSL_CTX (verification then uses its
+ * store): not kept in every context (10k clusters would hold 10k copies of the root CA). */
+static void drop_pem(struct msm_tls_ctx *t)
+{
+    free(t->val.trusted_ca);
+    t->val.trusted_ca = NULL;
+    free(t->val.crl);
+    t->val.crl = NULL;
+}
+
 static void use_shared(struct msm_tls_ctx *t, struct msm_tls_shared_ssl *e)
 {
     t->shared = e;
@@ -906,6 +925,7 @@ struct msm_tls_ctx *msm_tls_ctx_new(const struct msm_tls_params *p, const struct
         if (e) {
             use_shared(t, e);
             free(k.b);
+            drop_pem(t);
             return t;
         }
     }
@@ -933,6 +953,7 @@ struct msm_tls_ctx *msm_tls_ctx_new(const struct msm_tls_params *p, const struct
         pthread_mutex_unlock(&shared_mu);
         t->shared = e;
     }
+    drop_pem(t);
     return t;
 fail:
     free(k.b);

@@ -13,7 +13,10 @@
 #include <errno.h>
 #include <ev.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +24,7 @@
 #include "envoy/config/core/v3/base.pb-c.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb-c.h"
 
+#include "buffer/buf.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "config/pbjson.h"
@@ -38,6 +42,11 @@ struct tls_sock {
     bool validated;     /* set by the verify callback */
     bool verified;      /* the verify callback accepted the peer without leniency */
     struct msm_tls_info info;
+    /* x-forwarded-client-cert material, computed on first use (msm_tls_peer_*) */
+    char *peer_sha256, *peer_pem, *peer_chain_pem;
+    char **local_uris;
+    int n_local_uris;
+    bool local_uris_done;
 };
 
 static int sock_idx = -1;
@@ -447,9 +456,115 @@ static void tls_free(struct msm_transport *t)
     free(in->local_uri_san);
     free(in->sni);
     free(in->alpn);
+    free(s->peer_sha256);
+    free(s->peer_pem);
+    free(s->peer_chain_pem);
+    for (int i = 0; i < s->n_local_uris; i++) {
+        free(s->local_uris[i]);
+    }
+    free(s->local_uris);
     SSL_free(s->ssl);
     msm_tls_ctx_unref(s->ctx);
     free(s);
+}
+
+/* ---- x-forwarded-client-cert material -------------------------------------------------------- */
+
+static struct tls_sock *sock_of(const struct msm_tls_info *in)
+{
+    return (struct tls_sock *)((char *)(uintptr_t)in - offsetof(struct tls_sock, info));
+}
+
+const char *msm_tls_peer_cert_sha256(const struct msm_tls_info *in)
+{
+    struct tls_sock *s = sock_of(in);
+    X509 *peer = SSL_get0_peer_certificate(s->ssl);
+    if (!s->peer_sha256 && peer) {
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int n = 0;
+        if (X509_digest(peer, EVP_sha256(), md, &n) == 1) {
+            static const char hex[] = "0123456789abcdef";
+            s->peer_sha256 = msm_xmalloc(2 * (size_t)n + 1);
+            for (unsigned int i = 0; i < n; i++) {
+                s->peer_sha256[2 * i] = hex[md[i] >> 4];
+                s->peer_sha256[2 * i + 1] = hex[md[i] & 15];
+            }
+            s->peer_sha256[2 * n] = '\0';
+        }
+    }
+    return s->peer_sha256;
+}
+
+/* Append <x>'s PEM to <b>, URL-encoded as Envoy does: '\n' ' ' '+' '/' '=' only. */
+static void pem_urlencoded(BIO *tmp, X509 *x, struct msm_buf *b)
+{
+    (void)BIO_reset(tmp);
+    if (PEM_write_bio_X509(tmp, x) != 1) {
+        return;
+    }
+    char *p = NULL;
+    long l = BIO_get_mem_data(tmp, &p);
+    for (long i = 0; p && i < l; i++) {
+        switch (p[i]) {
+        case '\n': msm_buf_append(b, "%0A", 3); break;
+        case ' ': msm_buf_append(b, "%20", 3); break;
+        case '+': msm_buf_append(b, "%2B", 3); break;
+        case '/': msm_buf_append(b, "%2F", 3); break;
+        case '=': msm_buf_append(b, "%3D", 3); break;
+        default: msm_buf_append(b, &p[i], 1); break;
+        }
+    }
+}
+
+const char *msm_tls_peer_cert_pem(const struct msm_tls_info *in, bool chain)
+{
+    struct tls_sock *s = sock_of(in);
+    char **cache = chain ? &s->peer_chain_pem : &s->peer_pem;
+    X509 *peer = SSL_get0_peer_certificate(s->ssl);
+    if (*cache || !peer) {
+        return *cache;
+    }
+    BIO *tmp = BIO_new(BIO_s_mem());
+    struct msm_buf b;
+    msm_buf_init(&b);
+    pem_urlencoded(tmp, peer, &b);
+    /* BoringSSL's full chain is the leaf and what followed it; OpenSSL's peer chain leaves the
+     * leaf out on a server and has it first on a client. */
+    STACK_OF(X509) *sk = chain ? SSL_get_peer_cert_chain(s->ssl) : NULL;
+    for (int i = 0; sk && i < sk_X509_num(sk); i++) {
+        X509 *x = sk_X509_value(sk, i);
+        if (i == 0 && !X509_cmp(x, peer)) {
+            continue;
+        }
+        pem_urlencoded(tmp, x, &b);
+    }
+    BIO_free(tmp);
+    *cache = msm_xmalloc(b.len + 1);
+    msm_buf_copyout(&b, 0, *cache, b.len);
+    (*cache)[b.len] = '\0';
+    msm_buf_deinit(&b);
+    return *cache;
+}
+
+int msm_tls_local_uri_sans(const struct msm_tls_info *in, const char *const **out)
+{
+    struct tls_sock *s = sock_of(in);
+    if (!s->local_uris_done) {
+        s->local_uris_done = true;
+        X509 *own = SSL_get_certificate(s->ssl);
+        GENERAL_NAMES *names = own ? X509_get_ext_d2i(own, NID_subject_alt_name, NULL, NULL)
+                                   : NULL;
+        for (int i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+            const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+            if (g->type == GEN_URI) {
+                push(&s->local_uris, &s->n_local_uris,
+                     asn1_dup(g->d.uniformResourceIdentifier));
+            }
+        }
+        GENERAL_NAMES_free(names);
+    }
+    *out = (const char *const *)s->local_uris;
+    return s->n_local_uris;
 }
 
 static const struct msm_transport_ops tls_ops = {

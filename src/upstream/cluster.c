@@ -41,6 +41,7 @@ void msm_cluster_cfg_unref(struct msm_cluster_cfg *c)
     free(c->istio_service_host);
     free(c->istio_service_name);
     free(c->eds_source);
+    free(c->eds_api);
     msm_hc_cfg_free(c->hc);
     msm_cluster_http_cfg_free(c->http);
     msm_upstream_filters_unref(c->filters);
@@ -287,6 +288,9 @@ static int endpoints_from_proto(const Envoy__Config__Cluster__V3__Cluster *p,
     return 0;
 }
 
+/* eds_config's api_config_source case */
+#define API_SOURCE ENVOY__CONFIG__CORE__V3__CONFIG_SOURCE__CONFIG_SOURCE_SPECIFIER_API_CONFIG_SOURCE
+
 static int type_from_proto(const Envoy__Config__Cluster__V3__Cluster *p, struct msm_cluster_cfg *c,
                            struct msm_err *err)
 {
@@ -315,6 +319,12 @@ static int type_from_proto(const Envoy__Config__Cluster__V3__Cluster *p, struct 
             c->eds_source_len = protobuf_c_message_get_packed_size(src);
             c->eds_source = msm_xmalloc(c->eds_source_len + 1);
             protobuf_c_message_pack(src, c->eds_source);
+            const Envoy__Config__Core__V3__ConfigSource *cs = p->eds_cluster_config->eds_config;
+            if (cs->config_source_specifier_case == API_SOURCE && cs->api_config_source) {
+                c->eds_api_len = protobuf_c_message_get_packed_size(&cs->api_config_source->base);
+                c->eds_api = msm_xmalloc(c->eds_api_len + 1);
+                protobuf_c_message_pack(&cs->api_config_source->base, c->eds_api);
+            }
         }
         return 0;
     case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__ORIGINAL_DST:
@@ -343,6 +353,7 @@ struct msm_cluster_cfg *msm_cluster_cfg_from_proto(const void *proto, bool valid
     c->name = msm_xstrdup(p->name);
     c->stat_name = msm_xstrdup(p->alt_stat_name[0] ? p->alt_stat_name : p->name);
     msm_istio_cluster_services(p->metadata, &c->istio_service_host, &c->istio_service_name);
+    msm_istio_cluster_flags(p->metadata, &c->istio_external, &c->istio_disable_mx);
     int64_t ct = msm_pb_duration_ms(p->connect_timeout, DEFAULT_CONNECT_TIMEOUT_MS);
     c->per_connection_buffer_limit = msm_pb_u32(p->per_connection_buffer_limit_bytes,
                                                 DEFAULT_BUFFER_LIMIT);
@@ -461,13 +472,16 @@ void msm_cluster_shared_unref(struct msm_cluster_shared *s)
     free(s);
 }
 
+/* Most endpoints have no hostname: they share this one instead of 30k empty copies. */
+static char no_hostname[] = "";
+
 struct msm_host *msm_host_new(const struct msm_address *addr, const char *hostname,
                               uint32_t weight)
 {
     struct msm_host *h = MSM_NEW(struct msm_host);
     atomic_init(&h->refs, 1);
     h->addr = *addr;
-    h->hostname = msm_xstrdup(hostname ? hostname : "");
+    h->hostname = hostname && hostname[0] ? msm_xstrdup(hostname) : no_hostname;
     h->weight = weight ? weight : 1;
     return h;
 }
@@ -477,7 +491,9 @@ void msm_host_unref(struct msm_host *h)
     if (!h || atomic_fetch_sub(&h->refs, 1) != 1) {
         return;
     }
-    free(h->hostname);
+    if (h->hostname != no_hostname) {
+        free(h->hostname);
+    }
     msm_tsm_meta_free(h->tsm);
     free(h);
 }

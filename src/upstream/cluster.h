@@ -79,9 +79,14 @@ MSM_STATS_INIT_FN(msm_cb_stats, MSM_CB_STATS)
  * ["envoy.transport_socket_match"] (the locality's when the endpoint has none), each value in a
  * canonical text form ("s:istio", "n:1", "b:1", "z", or JSON for lists/structs). Immutable. */
 struct msm_tsm_meta {
+    atomic_int refs; /* one allocation, shared by copies (msm_tsm_meta_copy) */
     int n;
     char **keys, **vals;
     uint64_t hash; /* of the pairs: hosts with other labels are other hosts */
+    /* The endpoint's own filter_metadata istio.workload ("name;namespace;canonical-service;
+     * canonical-revision;cluster"), NULL when absent: istio.stats's destination workload when
+     * no peer metadata came back. Part of <hash>. */
+    char *istio_workload;
 };
 
 /* One transport_socket_matches entry: the first whose labels are all in an endpoint's match
@@ -132,6 +137,7 @@ struct msm_cluster_cfg {
     /* Istio: filter_metadata istio.services[0].{host,name} (destination_service labels);
      * NULL when absent. */
     char *istio_service_host, *istio_service_name;
+    bool istio_external, istio_disable_mx; /* istio.external / istio.disable_mx */
     enum msm_cluster_type type;
     enum msm_lb_policy lb;
     uint32_t connect_timeout_ms;
@@ -162,6 +168,10 @@ struct msm_cluster_cfg {
     char *eds_service_name;
     uint8_t *eds_source; /* eds_config (packed envoy.config.core.v3.ConfigSource), or NULL */
     size_t eds_source_len;
+    /* eds_config's api_config_source (packed): the stream its EDS subscription goes on; NULL for
+     * ADS (ads, self, or no eds_config) */
+    uint8_t *eds_api;
+    size_t eds_api_len;
     struct msm_outlier_cfg outlier;
     struct msm_hc_cfg *hc; /* active health check, or NULL */
     /* transport: transport_socket (NULL = raw_buffer) and transport_socket_matches */
@@ -281,7 +291,11 @@ uint64_t msm_random(void);
 /* The labels of an envoy.config.core.v3.Metadata (<md>, may be NULL) under
  * "envoy.transport_socket_match", falling back to <locality_md>'s; NULL when neither has any. */
 struct msm_tsm_meta *msm_tsm_meta_from_proto(const void *md, const void *locality_md);
+/* Same labels (and istio workload)? */
+bool msm_tsm_meta_eq(const struct msm_tsm_meta *a, const struct msm_tsm_meta *b);
+/* A new reference (labels are immutable: copies share one block). */
 struct msm_tsm_meta *msm_tsm_meta_copy(const struct msm_tsm_meta *m);
+/* Drop a reference (any thread). */
 void msm_tsm_meta_free(struct msm_tsm_meta *m);
 /* Give <h> (just created, not yet shared) its labels; takes ownership of <m>. */
 void msm_host_set_tsm(struct msm_host *h, struct msm_tsm_meta *m);

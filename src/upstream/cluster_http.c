@@ -206,7 +206,7 @@ void msm_cluster_http_shared_init(struct msm_cluster_http_shared *h, const char 
 {
     h->stat_prefix = msm_xasprintf("cluster.%s.", stat_name);
     msm_cluster_http_stats_init(st, h->stat_prefix, &h->stats);
-    h->rq_code = msm_xcalloc(N_CODES, sizeof(*h->rq_code));
+    atomic_init(&h->rq_code, NULL);
     atomic_init(&h->rq_active, 0);
     atomic_init(&h->rq_pending, 0);
     atomic_init(&h->retries_active, 0);
@@ -215,10 +215,11 @@ void msm_cluster_http_shared_init(struct msm_cluster_http_shared *h, const char 
 void msm_cluster_http_shared_deinit(struct msm_cluster_http_shared *h)
 {
     msm_cluster_http_stats_deinit(&h->stats);
-    for (int i = 0; h->rq_code && i < N_CODES; i++) {
-        msm_stat_unref(atomic_load(&h->rq_code[i]));
+    _Atomic(struct msm_stat *) *codes = atomic_load(&h->rq_code);
+    for (int i = 0; codes && i < N_CODES; i++) {
+        msm_stat_unref(atomic_load(&codes[i]));
     }
-    free(h->rq_code);
+    free(codes);
     free(h->stat_prefix);
     memset(h, 0, sizeof(*h));
 }
@@ -318,15 +319,27 @@ void msm_cluster_count_status(struct msm_cluster *c, int status)
     if (status < 100 || status >= N_CODES) {
         return;
     }
-    struct msm_stat *s = atomic_load_explicit(&h->rq_code[status], memory_order_acquire);
+    _Atomic(struct msm_stat *) *codes = atomic_load_explicit(&h->rq_code, memory_order_acquire);
+    if (!codes) {
+        /* First response of the cluster: 8 KB per cluster only once it is used. */
+        _Atomic(struct msm_stat *) *fresh = msm_xcalloc(N_CODES, sizeof(*fresh));
+        if (atomic_compare_exchange_strong(&h->rq_code, &codes, fresh)) {
+            codes = fresh;
+        } else {
+            free(fresh);
+        }
+    }
+    struct msm_stat *s = atomic_load_explicit(&codes[status], memory_order_acquire);
     if (!s) {
         /* First response with this code for this cluster: create the counter (the store is
          * locked; a racing worker's duplicate reference is dropped). */
+        bool was = msm_stats_sink_rejected(true); /* never read back (see msm_cm_add) */
         struct msm_stat *n = msm_stats_getf(c->sh->stats.upstream_rq_total->store,
                                             MSM_STAT_COUNTER, "%supstream_rq_%d", h->stat_prefix,
                                             status);
+        msm_stats_sink_rejected(was);
         struct msm_stat *expected = NULL;
-        if (atomic_compare_exchange_strong(&h->rq_code[status], &expected, n)) {
+        if (atomic_compare_exchange_strong(&codes[status], &expected, n)) {
             s = n;
         } else {
             msm_stat_unref(n);

@@ -53,7 +53,8 @@ MSM_STATS_INIT_FN(msm_cluster_http_stats, MSM_CLUSTER_HTTP_STATS)
 /* Per cluster name, in struct msm_cluster_shared. */
 struct msm_cluster_http_shared {
     struct msm_cluster_http_stats stats;
-    _Atomic(struct msm_stat *) *rq_code; /* [1000]: upstream_rq_<code>, created on first use */
+    /* [1000]: upstream_rq_<code>, the array and each counter made on first use */
+    _Atomic(_Atomic(struct msm_stat *) *) rq_code;
     char *stat_prefix;                   /* "cluster.<stat name>." */
     atomic_uint rq_active, rq_pending, retries_active;
 };

@@ -26,7 +26,7 @@ struct ep_state {
  * still carry the previous config while the latest one warms). */
 struct cm_entry {
     struct msm_cluster_manager *cm;
-    char *name;
+    const char *name; /* cfg->name */
     struct msm_cluster_cfg *cfg;
     struct msm_cluster_shared *sh;
     struct msm_cluster *cur;
@@ -56,6 +56,15 @@ struct cm_entry {
     struct cm_entry *eds_prev, *eds_next;
 };
 
+/* An EDS stream subscribed to: <key> the packed api_config_source (NULL = ADS), <src> one of
+ * its ConfigSources (to unsubscribe with). */
+struct eds_sub {
+    uint8_t *key;
+    size_t klen;
+    uint8_t *src;
+    size_t slen;
+};
+
 /* The last ClusterLoadAssignment per EDS service name. */
 struct eds_cache {
     char *service;
@@ -81,6 +90,8 @@ struct msm_cluster_manager {
     struct msm_strmap eds_by_service; /* service -> struct eds_cache * */
     struct msm_strmap eds_users;      /* service -> first struct cm_entry * using it */
     uint64_t eds_gen, eds_gen_seen;   /* bumped when the set of EDS service names changes */
+    struct eds_sub *subs;             /* the groups of the last msm_cm_eds_groups */
+    int n_subs;
     struct msm_cm_stats stats;
     msm_cm_cb *changed;
     void *changed_arg;
@@ -201,7 +212,6 @@ static void entry_free(struct cm_entry *e)
     msm_cluster_unref(e->cur);
     msm_cluster_shared_unref(e->sh);
     msm_cluster_cfg_unref(e->cfg);
-    free(e->name);
     free(e->version);
     free(e->proto);
     free(e);
@@ -228,6 +238,11 @@ void msm_cm_free(struct msm_cluster_manager *cm)
     msm_strmap_deinit(&cm->by_name);
     msm_strmap_deinit(&cm->eds_by_service);
     msm_strmap_deinit(&cm->eds_users);
+    for (int i = 0; i < cm->n_subs; i++) {
+        free(cm->subs[i].key);
+        free(cm->subs[i].src);
+    }
+    free(cm->subs);
     msm_cm_stats_deinit(&cm->stats);
     free(cm);
 }
@@ -282,7 +297,9 @@ static void publish(struct cm_entry *e, struct msm_host_set *hs)
     msm_stat_set(e->sh->stats.max_host_weight, maxw);
     if (e->cfg->hc && e->cm->loop) {
         if (!e->hc) {
+            bool was = msm_stats_sink_rejected(true);
             e->hc = msm_hc_new(e->cm->loop, e->cfg->hc, e->cfg->stat_name, e->cm->st);
+            msm_stats_sink_rejected(was);
         }
         msm_hc_set_hosts(e->hc, hs);
     }
@@ -523,6 +540,7 @@ static int hosts_from_cla(struct cm_entry *e, const Envoy__Config__Endpoint__V3_
     }
     struct msm_host **hv = msm_xcalloc((size_t)total + 1, sizeof(*hv));
     int k = 0;
+    struct msm_tsm_meta *prev = NULL; /* endpoints of a service mostly share their labels */
     for (size_t i = 0; i < cla->n_endpoints; i++) {
         const Envoy__Config__Endpoint__V3__LocalityLbEndpoints *l = cla->endpoints[i];
         for (size_t j = 0; j < l->n_lb_endpoints; j++) {
@@ -537,25 +555,48 @@ static int hosts_from_cla(struct cm_entry *e, const Envoy__Config__Endpoint__V3_
             } else {
                 uint32_t w = msm_pb_u32(lb->load_balancing_weight, 1);
                 struct msm_tsm_meta *m = msm_tsm_meta_from_proto(lb->metadata, l->metadata);
+                if (m && prev && msm_tsm_meta_eq(m, prev)) {
+                    msm_tsm_meta_free(m);
+                    m = msm_tsm_meta_copy(prev);
+                }
                 hv[k++] = get_host(e->cur ? e->cur->hosts : NULL, &a, lb->endpoint->hostname,
                                    w ? w : 1, m);
-                msm_tsm_meta_free(m);
+                msm_tsm_meta_free(prev);
+                prev = m;
                 continue;
             }
             for (int x = 0; x < k; x++) {
                 msm_host_unref(hv[x]);
             }
             free(hv);
+            msm_tsm_meta_free(prev);
             msm_topology_deinit(&topo);
             return MSM_EINVAL;
         }
     }
+    msm_tsm_meta_free(prev);
     struct msm_host_set *hs = msm_host_set_new(hv, k);
     msm_host_set_set_topology(hs, &topo);
     msm_topology_deinit(&topo);
     free(hv);
     *out = hs;
     return 0;
+}
+
+/* <wire> (may be NULL) or the packed <pm>, in a new buffer of <*len> bytes. */
+static uint8_t *packed_copy(const ProtobufCMessage *pm, const uint8_t *wire, size_t wire_len,
+                            size_t *len)
+{
+    if (wire) {
+        uint8_t *b = msm_xmalloc(wire_len + 1);
+        memcpy(b, wire, wire_len);
+        *len = wire_len;
+        return b;
+    }
+    *len = protobuf_c_message_get_packed_size(pm);
+    uint8_t *b = msm_xmalloc(*len + 1);
+    protobuf_c_message_pack(pm, b);
+    return b;
 }
 
 static const char *eds_name(const struct cm_entry *e)
@@ -601,6 +642,13 @@ static int apply_cla(struct cm_entry *e, const Envoy__Config__Endpoint__V3__Clus
 int msm_cm_apply_eds(struct msm_cluster_manager *cm, const void *proto, const char *version,
                      struct msm_err *err)
 {
+    return msm_cm_apply_eds_packed(cm, proto, NULL, 0, version, err);
+}
+
+int msm_cm_apply_eds_packed(struct msm_cluster_manager *cm, const void *proto,
+                            const uint8_t *wire, size_t wire_len, const char *version,
+                            struct msm_err *err)
+{
     const Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla = proto;
     if (!cla->cluster_name[0]) {
         return msm_err_set(err, "ClusterLoadAssignment: cluster_name is required");
@@ -623,9 +671,7 @@ int msm_cm_apply_eds(struct msm_cluster_manager *cm, const void *proto, const ch
     }
     free(c->cla);
     free(c->version);
-    c->len = protobuf_c_message_get_packed_size(&cla->base);
-    c->cla = msm_xmalloc(c->len + 1);
-    protobuf_c_message_pack(&cla->base, c->cla);
+    c->cla = packed_copy(&cla->base, wire, wire_len, &c->len);
     c->version = msm_xstrdup(version ? version : "");
     c->last_updated = wall_now();
     return 0;
@@ -718,13 +764,36 @@ static void entry_start(struct cm_entry *e, bool validate_only)
     }
 }
 
+static int cm_add(struct msm_cluster_manager *cm, const void *proto, const uint8_t *wire,
+                  size_t wire_len, const char *version, bool is_static, bool validate_only,
+                  struct msm_err *err);
+
+/* A cluster's stats (and its TLS contexts', upstream filters') are only updated, never read
+ * back: those the stats_matcher rejects are the store's sinks, which cost nothing (with
+ * Istio's matcher, every per-cluster stat of 10k outbound clusters). */
+int msm_cm_add_packed(struct msm_cluster_manager *cm, const void *proto, const uint8_t *wire,
+                      size_t wire_len, const char *version, bool is_static, bool validate_only,
+                      struct msm_err *err)
+{
+    bool was = msm_stats_sink_rejected(true);
+    int rc = cm_add(cm, proto, wire, wire_len, version, is_static, validate_only, err);
+    msm_stats_sink_rejected(was);
+    return rc;
+}
+
 int msm_cm_add(struct msm_cluster_manager *cm, const void *proto, const char *version,
                bool is_static, bool validate_only, struct msm_err *err)
 {
+    return msm_cm_add_packed(cm, proto, NULL, 0, version, is_static, validate_only, err);
+}
+
+static int cm_add(struct msm_cluster_manager *cm, const void *proto, const uint8_t *wire,
+                  size_t wire_len, const char *version, bool is_static, bool validate_only,
+                  struct msm_err *err)
+{
     const ProtobufCMessage *pm = proto;
-    size_t len = protobuf_c_message_get_packed_size(pm);
-    uint8_t *bytes = msm_xmalloc(len + 1);
-    protobuf_c_message_pack(pm, bytes);
+    size_t len;
+    uint8_t *bytes = packed_copy(pm, wire, wire_len, &len);
     uint64_t hash = XXH3_64bits(bytes, len);
     const Envoy__Config__Cluster__V3__Cluster *p = proto;
     int idx = -1;
@@ -748,7 +817,7 @@ int msm_cm_add(struct msm_cluster_manager *cm, const void *proto, const char *ve
     }
     struct cm_entry *e = MSM_NEW(struct cm_entry);
     e->cm = cm;
-    e->name = msm_xstrdup(cfg->name);
+    e->name = cfg->name; /* the entry's config never changes: a new config is a new entry */
     e->cfg = cfg;
     e->is_static = is_static;
     e->version = msm_xstrdup(version ? version : "");
@@ -898,6 +967,114 @@ const uint8_t *msm_cm_eds_source(const struct msm_cluster_manager *cm, size_t *l
         }
     }
     return NULL;
+}
+
+static uint8_t *dup_bytes(const uint8_t *b, size_t n)
+{
+    if (!b) {
+        return NULL;
+    }
+    uint8_t *d = msm_xmalloc(n + 1);
+    memcpy(d, b, n);
+    return d;
+}
+
+static bool same_key(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    if (!a || !b) {
+        return !a && !b;
+    }
+    return al == bl && !memcmp(a, b, al);
+}
+
+static void sort_unique(struct msm_cm_eds_group *g)
+{
+    qsort(g->names, (size_t)g->n, sizeof(*g->names), cmp_str);
+    int u = 0;
+    for (int i = 0; i < g->n; i++) {
+        if (u && !strcmp(g->names[u - 1], g->names[i])) {
+            free(g->names[i]);
+            continue;
+        }
+        g->names[u++] = g->names[i];
+    }
+    g->n = u;
+}
+
+struct msm_cm_eds_group *msm_cm_eds_groups(struct msm_cluster_manager *cm, int *n)
+{
+    struct msm_cm_eds_group *g = NULL;
+    struct eds_sub *keys = NULL; /* per group of <g>: becomes cm->subs */
+    size_t gcap = 0, kcap = 0, *ncap = NULL;
+    int ng = 0, last = -1;
+    for (int i = 0; i < cm->n; i++) {
+        const struct msm_cluster_cfg *c = cm->e[i]->cfg;
+        if (c->type != MSM_CLUSTER_EDS) {
+            continue;
+        }
+        int k = last; /* clusters mostly share one stream: try the last one first */
+        if (k < 0 || !same_key(keys[k].key, keys[k].klen, c->eds_api, c->eds_api_len)) {
+            for (k = 0; k < ng; k++) {
+                if (same_key(keys[k].key, keys[k].klen, c->eds_api, c->eds_api_len)) {
+                    break;
+                }
+            }
+        }
+        if (k == ng) {
+            g = msm_xgrow(g, sizeof(*g), &gcap, (size_t)ng + 1);
+            ncap = msm_xrealloc(ncap, gcap * sizeof(*ncap));
+            keys = msm_xgrow(keys, sizeof(*keys), &kcap, (size_t)ng + 1);
+            memset(&g[ng], 0, sizeof(g[ng]));
+            ncap[ng] = 0;
+            g[ng].source = dup_bytes(c->eds_source, c->eds_source_len);
+            g[ng].source_len = c->eds_source_len;
+            keys[ng].key = dup_bytes(c->eds_api, c->eds_api_len);
+            keys[ng].klen = c->eds_api_len;
+            keys[ng].src = dup_bytes(c->eds_source, c->eds_source_len);
+            keys[ng].slen = c->eds_source_len;
+            ng++;
+        }
+        last = k;
+        g[k].names = msm_xgrow(g[k].names, sizeof(char *), &ncap[k], (size_t)g[k].n + 1);
+        g[k].names[g[k].n++] = msm_xstrdup(eds_name(cm->e[i]));
+    }
+    free(ncap);
+    for (int k = 0; k < ng; k++) {
+        sort_unique(&g[k]);
+    }
+    /* Streams that had EDS names and have none now: an empty set unsubscribes them. */
+    int nout = ng;
+    for (int i = 0; i < cm->n_subs; i++) {
+        struct eds_sub *o = &cm->subs[i];
+        int k = 0;
+        while (k < ng && !same_key(keys[k].key, keys[k].klen, o->key, o->klen)) {
+            k++;
+        }
+        free(o->key);
+        if (k < ng) {
+            free(o->src);
+            continue;
+        }
+        g = msm_xgrow(g, sizeof(*g), &gcap, (size_t)nout + 1);
+        memset(&g[nout], 0, sizeof(g[nout]));
+        g[nout].source = o->src; /* moved */
+        g[nout].source_len = o->slen;
+        nout++;
+    }
+    free(cm->subs);
+    cm->subs = keys;
+    cm->n_subs = ng;
+    *n = nout;
+    return g;
+}
+
+void msm_cm_eds_groups_free(struct msm_cm_eds_group *g, int n)
+{
+    for (int i = 0; i < n; i++) {
+        msm_strv_free(g[i].names, g[i].n);
+        free(g[i].source);
+    }
+    free(g);
 }
 
 char **msm_cm_dynamic_names(const struct msm_cluster_manager *cm, int *n)

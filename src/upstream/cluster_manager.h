@@ -43,12 +43,21 @@ void msm_cm_free(struct msm_cluster_manager *cm);
  * neither replaced nor removed by CDS. <validate_only>: check without resolving anything. */
 int msm_cm_add(struct msm_cluster_manager *cm, const void *cluster_proto, const char *version,
                bool is_static, bool validate_only, struct msm_err *err);
+/* Same, with <bytes> (<len>) a serialization of <cluster_proto> (the xDS resource as received):
+ * kept for config_dump instead of packing the message again. NULL = pack. */
+int msm_cm_add_packed(struct msm_cluster_manager *cm, const void *cluster_proto,
+                      const uint8_t *bytes, size_t len, const char *version, bool is_static,
+                      bool validate_only, struct msm_err *err);
 /* Remove a dynamic cluster; MSM_ENOTFOUND if absent, MSM_EINVAL if static. */
 int msm_cm_remove(struct msm_cluster_manager *cm, const char *name);
 /* Apply an envoy.config.endpoint.v3.ClusterLoadAssignment to every EDS cluster whose service
  * name matches (and cache it for clusters added later). MSM_EINVAL with <err> on bad input. */
 int msm_cm_apply_eds(struct msm_cluster_manager *cm, const void *cla_proto, const char *version,
                      struct msm_err *err);
+/* Same with the assignment's bytes as received (see msm_cm_add_packed; NULL = pack). */
+int msm_cm_apply_eds_packed(struct msm_cluster_manager *cm, const void *cla_proto,
+                            const uint8_t *bytes, size_t len, const char *version,
+                            struct msm_err *err);
 /* The EDS resource went away (Delta removal): its clusters keep no hosts. */
 void msm_cm_remove_eds(struct msm_cluster_manager *cm, const char *service_name);
 /* An EDS cluster's initial fetch timed out: it finishes warming with no hosts. */
@@ -69,9 +78,22 @@ char **msm_cm_eds_names(const struct msm_cluster_manager *cm, int *n);
 /* Whether the set of EDS service names changed since the last call (true on the first call):
  * a CDS update that only modifies clusters needs no new EDS subscription. */
 bool msm_cm_eds_names_changed(struct msm_cluster_manager *cm);
-/* The eds_config of the first EDS cluster (packed ConfigSource), for the EDS subscription; NULL
- * when no EDS cluster has one. Borrowed. */
+/* The eds_config of the first EDS cluster (packed ConfigSource); NULL when no EDS cluster has
+ * one. Borrowed. */
 const uint8_t *msm_cm_eds_source(const struct msm_cluster_manager *cm, size_t *len);
+/* The EDS subscriptions to make: the service names of the EDS clusters grouped by the stream
+ * their eds_config names (every ads/self source is the ADS stream; each distinct
+ * api_config_source its own), each with one of the group's ConfigSources (packed, copied; NULL
+ * for ADS clusters without eds_config). A group that had names at the previous call and has
+ * none now comes with n == 0, to be unsubscribed. Free with msm_cm_eds_groups_free. */
+struct msm_cm_eds_group {
+    uint8_t *source;
+    size_t source_len;
+    char **names; /* sorted, unique */
+    int n;
+};
+struct msm_cm_eds_group *msm_cm_eds_groups(struct msm_cluster_manager *cm, int *n);
+void msm_cm_eds_groups_free(struct msm_cm_eds_group *g, int n);
 /* Names of dynamic clusters (for SotW removal by absence); free with msm_strv_free. */
 char **msm_cm_dynamic_names(const struct msm_cluster_manager *cm, int *n);
 void msm_strv_free(char **v, int n);

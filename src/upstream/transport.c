@@ -51,34 +51,82 @@ static int cmp_idx_keys(const void *a, const void *b, void *arg)
     return strcmp(st->fields[*(const size_t *)a]->key, st->fields[*(const size_t *)b]->key);
 }
 
-static struct msm_tsm_meta *meta_from_struct(const Google__Protobuf__Struct *st)
+/* One block holding the struct, the key/value arrays and their strings (a host's labels are
+ * one allocation: 30k endpoints would otherwise make 180k). <keys>/<vals> are copied. */
+static struct msm_tsm_meta *meta_pack(int n, char *const *keys, char *const *vals,
+                                      const char *workload, uint64_t hash)
 {
-    if (!st || !st->n_fields) {
+    size_t len = sizeof(struct msm_tsm_meta) + 2 * ((size_t)n + 1) * sizeof(char *);
+    for (int i = 0; i < n; i++) {
+        len += strlen(keys[i]) + strlen(vals[i]) + 2;
+    }
+    len += workload ? strlen(workload) + 1 : 0;
+    struct msm_tsm_meta *m = msm_xcalloc(1, len);
+    atomic_init(&m->refs, 1);
+    m->n = n;
+    m->hash = hash;
+    m->keys = (char **)(m + 1);
+    m->vals = m->keys + n + 1;
+    char *p = (char *)(m->vals + n + 1);
+    for (int i = 0; i < n; i++) {
+        size_t kl = strlen(keys[i]) + 1, vl = strlen(vals[i]) + 1;
+        m->keys[i] = memcpy(p, keys[i], kl);
+        p += kl;
+        m->vals[i] = memcpy(p, vals[i], vl);
+        p += vl;
+    }
+    if (workload) {
+        m->istio_workload = strcpy(p, workload);
+    }
+    return m;
+}
+
+/* The labels of <st> (may be NULL) plus the istio workload <wl> (may be NULL); NULL when both
+ * are empty. */
+static struct msm_tsm_meta *meta_from_struct(const Google__Protobuf__Struct *st, const char *wl)
+{
+    size_t n = st ? st->n_fields : 0;
+    if (!n && !wl) {
         return NULL;
     }
-    struct msm_tsm_meta *m = MSM_NEW(struct msm_tsm_meta);
-    size_t *idx = msm_xcalloc(st->n_fields, sizeof(size_t));
-    for (size_t i = 0; i < st->n_fields; i++) {
+    size_t *idx = msm_xcalloc(n + 1, sizeof(size_t));
+    for (size_t i = 0; i < n; i++) {
         idx[i] = i;
     }
-    qsort_r(idx, st->n_fields, sizeof(size_t), cmp_idx_keys, (void *)st);
-    m->keys = msm_xcalloc(st->n_fields, sizeof(char *));
-    m->vals = msm_xcalloc(st->n_fields, sizeof(char *));
-    XXH3_state_t *h = XXH3_createState();
-    XXH3_64bits_reset(h);
-    for (size_t i = 0; i < st->n_fields; i++) {
-        const Google__Protobuf__Struct__FieldsEntry *f = st->fields[idx[i]];
-        m->keys[i] = msm_xstrdup(f->key);
-        m->vals[i] = value_text(f->value);
-        XXH3_64bits_update(h, m->keys[i], strlen(m->keys[i]) + 1);
-        XXH3_64bits_update(h, m->vals[i], strlen(m->vals[i]) + 1);
-        m->n++;
+    if (n) {
+        qsort_r(idx, n, sizeof(size_t), cmp_idx_keys, (void *)st);
     }
-    m->hash = XXH3_64bits_digest(h);
-    if (!m->hash) {
-        m->hash = 1; /* 0 means "no labels" */
+    char **keys = msm_xcalloc(n + 1, sizeof(char *));
+    char **vals = msm_xcalloc(n + 1, sizeof(char *));
+    uint64_t hash = 0;
+    if (n) {
+        XXH3_state_t *h = XXH3_createState();
+        XXH3_64bits_reset(h);
+        for (size_t i = 0; i < n; i++) {
+            const Google__Protobuf__Struct__FieldsEntry *f = st->fields[idx[i]];
+            keys[i] = f->key;
+            vals[i] = value_text(f->value);
+            XXH3_64bits_update(h, keys[i], strlen(keys[i]) + 1);
+            XXH3_64bits_update(h, vals[i], strlen(vals[i]) + 1);
+        }
+        hash = XXH3_64bits_digest(h);
+        if (!hash) {
+            hash = 1; /* 0 means "no labels" */
+        }
+        XXH3_freeState(h);
     }
-    XXH3_freeState(h);
+    if (wl) {
+        hash = XXH3_64bits_withSeed(wl, strlen(wl), hash);
+        if (!hash) {
+            hash = 1;
+        }
+    }
+    struct msm_tsm_meta *m = meta_pack((int)n, keys, vals, wl, hash);
+    for (size_t i = 0; i < n; i++) {
+        free(vals[i]);
+    }
+    free(keys);
+    free(vals);
     free(idx);
     return m;
 }
@@ -93,10 +141,47 @@ static const Google__Protobuf__Struct *tsm_struct(const Envoy__Config__Core__V3_
     return NULL;
 }
 
+/* filter_metadata istio.workload of <md> when it is a string. */
+static const char *istio_workload(const Envoy__Config__Core__V3__Metadata *md)
+{
+    for (size_t i = 0; md && i < md->n_filter_metadata; i++) {
+        const Google__Protobuf__Struct *st = md->filter_metadata[i]->value;
+        if (strcmp(md->filter_metadata[i]->key, "istio") != 0 || !st) {
+            continue;
+        }
+        for (size_t k = 0; k < st->n_fields; k++) {
+            const Google__Protobuf__Value *v = st->fields[k]->value;
+            if (!strcmp(st->fields[k]->key, "workload") && v &&
+                v->kind_case == GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE) {
+                return v->string_value;
+            }
+        }
+    }
+    return NULL;
+}
+
 struct msm_tsm_meta *msm_tsm_meta_from_proto(const void *md, const void *locality_md)
 {
     const Google__Protobuf__Struct *st = tsm_struct(md);
-    return meta_from_struct(st ? st : tsm_struct(locality_md));
+    return meta_from_struct(st ? st : tsm_struct(locality_md), istio_workload(md));
+}
+
+bool msm_tsm_meta_eq(const struct msm_tsm_meta *a, const struct msm_tsm_meta *b)
+{
+    if (a == b) {
+        return true;
+    }
+    if (!a || !b || a->hash != b->hash || a->n != b->n ||
+        !a->istio_workload != !b->istio_workload ||
+        (a->istio_workload && strcmp(a->istio_workload, b->istio_workload) != 0)) {
+        return false;
+    }
+    for (int i = 0; i < a->n; i++) {
+        if (strcmp(a->keys[i], b->keys[i]) != 0 || strcmp(a->vals[i], b->vals[i]) != 0) {
+            return false;
+        }
+    }
+    return true;
 }
 
 struct msm_tsm_meta *msm_tsm_meta_copy(const struct msm_tsm_meta *m)
@@ -104,30 +189,16 @@ struct msm_tsm_meta *msm_tsm_meta_copy(const struct msm_tsm_meta *m)
     if (!m) {
         return NULL;
     }
-    struct msm_tsm_meta *c = MSM_NEW(struct msm_tsm_meta);
-    c->n = m->n;
-    c->hash = m->hash;
-    c->keys = msm_xcalloc((size_t)m->n + 1, sizeof(char *));
-    c->vals = msm_xcalloc((size_t)m->n + 1, sizeof(char *));
-    for (int i = 0; i < m->n; i++) {
-        c->keys[i] = msm_xstrdup(m->keys[i]);
-        c->vals[i] = msm_xstrdup(m->vals[i]);
-    }
+    struct msm_tsm_meta *c = (struct msm_tsm_meta *)m;
+    atomic_fetch_add(&c->refs, 1);
     return c;
 }
 
 void msm_tsm_meta_free(struct msm_tsm_meta *m)
 {
-    if (!m) {
-        return;
+    if (m && atomic_fetch_sub(&m->refs, 1) == 1) {
+        free(m);
     }
-    for (int i = 0; i < m->n; i++) {
-        free(m->keys[i]);
-        free(m->vals[i]);
-    }
-    free(m->keys);
-    free(m->vals);
-    free(m);
 }
 
 void msm_host_set_tsm(struct msm_host *h, struct msm_tsm_meta *m)
@@ -216,7 +287,7 @@ int msm_cluster_transport_from_proto(const void *proto, struct msm_cluster_cfg *
         if (!t->name[0]) {
             return msm_err_set(err, "transport_socket_matches[%zu]: name is required", i);
         }
-        t->match = meta_from_struct(m->match);
+        t->match = meta_from_struct(m->match, NULL);
         snprintf(owner, sizeof(owner), "cluster '%s' transport socket match '%s'", c->name,
                  t->name);
         if (msm_tls_factory_from_proto(m->transport_socket, false, scope, owner, &t->tls, err) <

@@ -49,6 +49,8 @@ ADS_SOTW = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggrega
 ADS_DELTA = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 SDS_SOTW = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets"
 SDS_DELTA = "/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets"
+EDS_SOTW = "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints"
+EDS_DELTA = "/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints"
 
 
 class Types:
@@ -213,7 +215,7 @@ class _Stream:
     def __init__(self, cp, method, context):
         self.cp = cp
         self.method = method
-        self.delta = method in (ADS_DELTA, SDS_DELTA)
+        self.delta = method in (ADS_DELTA, SDS_DELTA, EDS_DELTA)
         self.context = context
         self.id = next(cp._stream_ids)
         self.cond = threading.Condition()
@@ -557,7 +559,7 @@ class _Handler(grpc.GenericRpcHandler):
         self.cp = cp
 
     def service(self, details):
-        if details.method in (ADS_SOTW, ADS_DELTA, SDS_SOTW, SDS_DELTA):
+        if details.method in (ADS_SOTW, ADS_DELTA, SDS_SOTW, SDS_DELTA, EDS_SOTW, EDS_DELTA):
             method = details.method
             cp = self.cp
 

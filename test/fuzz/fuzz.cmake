@@ -8,6 +8,8 @@ msm_fuzz_target(fuzz_pb_binary ${CMAKE_CURRENT_LIST_DIR}/fuzz_pb_binary.c)
 msm_fuzz_target(fuzz_rtsp_parser ${CMAKE_CURRENT_LIST_DIR}/fuzz_rtsp_parser.c)
 msm_fuzz_target(fuzz_rtsp_transport ${CMAKE_CURRENT_LIST_DIR}/fuzz_rtsp_transport.c)
 msm_fuzz_target(fuzz_sdp_rewrite ${CMAKE_CURRENT_LIST_DIR}/fuzz_sdp_rewrite.c)
+# RTP engine (src/rtp): RTP headers, RTCP summaries (reports, generic NACKs), NACK re-issuing.
+msm_fuzz_target(fuzz_rtcp ${CMAKE_CURRENT_LIST_DIR}/fuzz_rtcp.c)
 # xDS client (xds/): (Delta)DiscoveryResponse decoding and the ACK/NACK it leads to.
 msm_fuzz_target(fuzz_xds_response ${CMAKE_CURRENT_LIST_DIR}/fuzz_xds_response.c)
 # Listener filters (src/net/inspect*.c): protocol sniffing on peeked bytes.
@@ -26,3 +28,6 @@ msm_fuzz_target(fuzz_route_match ${CMAKE_CURRENT_LIST_DIR}/fuzz_route_match.c)
 # Istio's TCP metadata exchange (filters/network/metadata_exchange): the istio-peer-exchange
 # preamble (header, Any(Struct)) and the peer workload metadata read from it.
 msm_fuzz_target(fuzz_mx_preamble ${CMAKE_CURRENT_LIST_DIR}/fuzz_mx_preamble.c)
+# Istio's HTTP peer metadata exchange (filters/http/peer_metadata): the x-envoy-peer-metadata
+# header value (base64 of a Struct).
+msm_fuzz_target(fuzz_peer_metadata ${CMAKE_CURRENT_LIST_DIR}/fuzz_peer_metadata.c)

@@ -2,7 +2,10 @@
  * (requests in; every complete request gets a response, body echoed, then more input), odd =
  * client (a request goes out first, then the input is the response). The input is fed in
  * chunks whose sizes come from the next byte, to cover split headers, chunk sizes and CRLFs.
- * Invariants: no crash, no leak, and after an error no callback fires. */
+ * Upgrades and CONNECT: bit 2 makes the server answer 101 (an upgrade's tunnel opens; a CONNECT
+ * gets 200 either way); bits 2-3 pick the client's request (GET, HEAD via bit 1, an Upgrade,
+ * a CONNECT), so 101/2xx answers switch the codec to raw tunnel bytes and the end of input is a
+ * half-close. Invariants: no crash, no leak, and after an error no callback fires. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,16 +73,25 @@ static void write_out(void *owner, struct msm_buf *b)
     msm_buf_drain(b, b->len);
 }
 
-static const struct msm_hcodec_cbs ccbs = {.on_new_stream = new_stream, .write = write_out};
+static void shut(void *owner)
+{
+    (void)owner;
+}
+
+static const struct msm_hcodec_cbs ccbs = {.on_new_stream = new_stream, .write = write_out,
+                                           .shutdown_write = shut};
 
 /* Answer and release every stream the server announced. */
-static void answer(struct fz *f)
+static void answer(struct fz *f, bool upgrade)
 {
     for (int i = 0; i < f->n; i++) {
         struct msm_hstream *s = f->s[i];
         struct msm_hdrs h;
         msm_hdrs_init(&h);
-        msm_hdrs_addz(&h, ":status", "200");
+        msm_hdrs_addz(&h, ":status", upgrade ? "101" : "200");
+        if (upgrade) {
+            msm_hdrs_addz(&h, "upgrade", "websocket");
+        }
         s->codec->ops->encode_headers(s, &h, false);
         struct msm_buf b;
         msm_buf_init(&b);
@@ -104,14 +116,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     o.max_headers_kb = 4;
     o.max_headers_count = 20;
     f.c = server ? msm_http1_server_new(&o, &ccbs, &f) : msm_http1_client_new(&o, &ccbs, &f);
+    bool upgrade = (data[0] & 4) != 0;
     if (!server) {
+        int kind = (data[0] >> 2) & 3; /* 0 plain, 1 upgrade, 2 CONNECT, 3 upgrade */
         struct msm_hstream *s = f.c->ops->new_stream(f.c, &scbs, &f);
         struct msm_hdrs h;
         msm_hdrs_init(&h);
-        msm_hdrs_addz(&h, ":method", (data[0] & 2) ? "HEAD" : "GET");
-        msm_hdrs_addz(&h, ":path", "/");
-        msm_hdrs_addz(&h, ":authority", "x");
-        s->codec->ops->encode_headers(s, &h, true);
+        msm_hdrs_addz(&h, ":method", kind == 2 ? "CONNECT" : (data[0] & 2) ? "HEAD" : "GET");
+        if (kind != 2) {
+            msm_hdrs_addz(&h, ":path", "/");
+        }
+        msm_hdrs_addz(&h, ":authority", "x:1");
+        if (kind & 1) {
+            msm_hdrs_addz(&h, "upgrade", "websocket");
+        }
+        s->codec->ops->encode_headers(s, &h, kind == 0);
+        if (kind) {
+            struct msm_buf b;
+            msm_buf_init(&b);
+            msm_buf_append(&b, "tunnel", 6);
+            s->codec->ops->encode_data(s, &b, (data[0] & 16) != 0);
+            msm_buf_deinit(&b);
+        }
         msm_hdrs_deinit(&h);
         f.s[f.n++] = s;
     }
@@ -130,7 +156,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
         }
         if (server) {
-            answer(&f);
+            answer(&f, upgrade);
         }
     }
     if (!server) {
@@ -142,7 +168,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         f.n = 0;
     } else {
-        answer(&f);
+        answer(&f, upgrade);
+        f.c->ops->dispatch_eof(f.c); /* a half-close when the connection became a tunnel */
+        answer(&f, upgrade);
     }
     msm_buf_deinit(&in);
     msm_hcodec_free(f.c);

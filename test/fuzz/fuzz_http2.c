@@ -1,7 +1,8 @@
 /* The HTTP/2 server codec on arbitrary bytes after a valid client preface and SETTINGS:
  * frames of any kind, HPACK blocks, resets, window updates, floods. Every announced stream is
- * answered (headers, body, trailers) and released. Invariants: no crash, no leak, bounded work
- * (the input size caps everything). */
+ * answered (headers, body, trailers) and released. SETTINGS_ENABLE_CONNECT_PROTOCOL is on, so
+ * CONNECT and extended CONNECT (:protocol) requests are parsed too. Invariants: no crash, no
+ * leak, bounded work (the input size caps everything). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,6 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct msm_hcodec_opts o;
     msm_hcodec_opts_default(&o);
     o.max_headers_kb = 8;
+    o.allow_connect = true; /* RFC 8441 extended CONNECT turned into an upgrade */
     struct msm_hcodec *c = msm_http2_server_new(&o, &ccbs, &f);
     struct msm_buf in;
     msm_buf_init(&in);

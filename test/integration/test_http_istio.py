@@ -227,12 +227,12 @@ class RdsTest(H.ProxyTestCase):
         bad = route_config("80", "outbound|80||a", extra_routes=[{
             "match": {"prefix": "/m"},
             "route": {"cluster": "outbound|80||a",
-                      "request_mirror_policies": [{"cluster": "outbound|80||b"}]}}])
+                      "hedge_policy": {"hedge_on_per_try_timeout": True}}}])
         self.cp.resources.set(bad)
         self.cp.push()
         self.cp.wait_for(lambda: self.cp.nacks(C.TYPE_RDS))
         nack = self.cp.nacks(C.TYPE_RDS)[-1]
-        self.assertIn("request_mirror_policies", str(nack))
+        self.assertIn("hedge_policy", str(nack))
         self.assertEqual(self.serve()[1]["server"], "b")
         dump = json.loads(p.get("/config_dump")[1])["configs"]
         routes = [c for c in dump if c["@type"].endswith("RoutesConfigDump")][0]

@@ -808,6 +808,35 @@ class Semantics(unittest.TestCase):
         self.assertEqual(
             routes[3]["route"]["cluster"], "outbound|8080|v2|api.shop.svc.cluster.local"
         )
+        # mirror + mirrorPercentage (millionths), then mirrors[]: absent percentage = 100 of
+        # HUNDRED, an explicit 0 % mirrors nothing (istiod's mirrorPercent).
+        self.assertEqual(
+            routes[1]["route"]["request_mirror_policies"],
+            [
+                {
+                    "cluster": "outbound|8080|v2|api.shop.svc.cluster.local",
+                    "runtime_fraction": {
+                        "default_value": {"numerator": 125000, "denominator": "MILLION"}
+                    },
+                    "trace_sampled": False,
+                }
+            ],
+        )
+        self.assertEqual(
+            routes[1]["route"]["request_mirror_policies"],
+            routes[2]["route"]["request_mirror_policies"],
+        )
+        self.assertEqual(
+            routes[3]["route"]["request_mirror_policies"],
+            [
+                {
+                    "cluster": "outbound|8080|v1|api.shop.svc.cluster.local",
+                    "runtime_fraction": {"default_value": {"numerator": 100}},
+                    "trace_sampled": False,
+                }
+            ],
+        )
+        self.assertNotIn("request_mirror_policies", routes[0]["route"])
         # grpc port: HTTP/2 upstream; subset policy overrides the LB.
         self.assertIn(
             "explicit_http_config",

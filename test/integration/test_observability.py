@@ -493,21 +493,25 @@ class HcmAccessLogTest(H.ProxyTestCase):
         addr = re.escape("127.0.0.1:%d" % self.port)
         up = re.escape("127.0.0.1:%d" % self.up.port)
         tail = r' - %s 127\.0\.0\.1:\d+ - ' % addr
+        # Lines that reached the upstream name its connection's local address.
+        tail_up = r' 127\.0\.0\.1:\d+ %s 127\.0\.0\.1:\d+ - ' % addr
+        dead = re.escape("127.0.0.1:%d" % self.dead)
         cl = re.escape(self.OUT + ";")
         expect = [
             ts + r'"POST /ok/1 HTTP/1\.1" 200 - via_upstream - "-" 5 %d \d+ \d+ "-" "%s" '
-                 r'"rid-ok/1" "%s" "%s" %s%s' % (ok_size, re.escape(ua), addr, up, cl, tail)
+                 r'"rid-ok/1" "%s" "%s" %s%s' % (ok_size, re.escape(ua), addr, up, cl, tail_up)
             + "ratings-route",
             ts + r'"GET /missing HTTP/1\.1" 404 NR route_not_found - "-" 0 0 \d+ - "-" "%s" '
                  r'"rid-missing" "%s" "-" - -%s-' % (re.escape(ua), addr, tail[2:]),
             ts + r'"GET /dead HTTP/1\.1" 503 UF,URX upstream_reset_before_response_started - '
-                 r'"-" 0 %d \d+ - "-" "%s" "rid-dead" "%s" "-" dead -%s' % (
-                     dead_size, re.escape(ua), addr, tail[2:]) + "dead-route",
+                 r'"delayed_connect_error:_Connection_refused" 0 %d \d+ - "-" "%s" "rid-dead" '
+                 r'"%s" "%s" dead -%s' % (dead_size, re.escape(ua), addr, dead, tail[2:])
+            + "dead-route",
             ts + r'"GET /ok/h2 HTTP/2" 200 - via_upstream - "-" 0 \d+ \d+ \d+ "-" "%s" '
-                 r'"rid-ok/h2" "%s" "%s" %s%s' % (re.escape(ua), addr, up, cl, tail)
+                 r'"rid-ok/h2" "%s" "%s" %s%s' % (re.escape(ua), addr, up, cl, tail_up)
             + "ratings-route",
             ts + r'"GET /ok/h10 HTTP/1\.0" 200 - via_upstream - "-" 0 \d+ \d+ \d+ "-" "%s" '
-                 r'"rid-ok/h10" "[^"]*" "%s" %s%s' % (re.escape(ua), up, cl, tail)
+                 r'"rid-ok/h10" "[^"]*" "%s" %s%s' % (re.escape(ua), up, cl, tail_up)
             + "ratings-route"]
         for line, rx in zip(text, expect):
             self.assertRegex(line, "^" + rx + "$")
@@ -528,7 +532,8 @@ class HcmAccessLogTest(H.ProxyTestCase):
         self.assertEqual(js[2], {
             "method": "GET", "path": "/dead", "protocol": "HTTP/1.1", "code": 503,
             "flags": "UF,URX", "details": "upstream_reset_before_response_started",
-            "rx": 0, "tx": dead_size, "cluster": "dead", "host": None, "route": "dead-route",
+            "rx": 0, "tx": dead_size, "cluster": "dead", "host": "127.0.0.1:%d" % self.dead,
+            "route": "dead-route",
             "attempts": 2, "clen": str(dead_size)})
         self.assertEqual(js[3]["protocol"], "HTTP/2")
         self.assertEqual(js[4]["protocol"], "HTTP/1.0")
@@ -541,7 +546,8 @@ class HcmAccessLogTest(H.ProxyTestCase):
         line = self.lines(self.text_path, 1)[0]
         self.assertRegex(line, r'^\[[^]]+\] "GET /sleep/3000 HTTP/1\.1" 0 DC '
                                r'downstream_remote_disconnect - "-" 0 0 \d+ - "-" "-" "gone" '
-                               r'"ratings" "127\.0\.0\.1:%d" %s; - 127\.0\.0\.1:%d '
+                               r'"ratings" "127\.0\.0\.1:%d" %s; 127\.0\.0\.1:\d+ '
+                               r'127\.0\.0\.1:%d '
                                r'127\.0\.0\.1:\d+ - sleep-route$' % (
                                    self.up.port, re.escape(self.OUT), self.port))
         j = json.loads(self.lines(self.json_path, 1)[0])

@@ -19,6 +19,7 @@ static void config_free(void *p)
     }
     free(c->strict_check_headers);
     msm_router_stats_deinit(&c->stats);
+    msm_shadow_stats_deinit(&c->shadow_stats);
     free(c);
 }
 
@@ -50,6 +51,7 @@ static int config_new(const ProtobufCMessage *msg, struct msm_http_factory_ctx *
                 "ignored");
     }
     msm_router_stats_init(ctx->stats, ctx->stat_prefix, &c->stats);
+    msm_shadow_stats_init(ctx->stats, ctx->stat_prefix, &c->shadow_stats);
     *out = c;
     return 0;
 }

@@ -21,6 +21,8 @@
 #include "common/log.h"
 #include "event/deferred.h"
 #include "filters/http/router/router.h"
+#include "filters/http/router/upgrade.h"
+#include "filters/http/router/shadow.h"
 #include "http/codec.h"
 #include "http/pool.h"
 #include "http/route.h"
@@ -59,6 +61,7 @@ struct router {
     struct msm_buf body;
     bool retain;
     struct msm_hdrs *trailers;
+    struct msm_shadow *shadow; /* request mirroring (shadow.c), until the request is complete */
     bool down_end;
     bool down_paused;
     /* Policy for this request */
@@ -80,6 +83,8 @@ struct router {
     ev_timer timeout, per_try, backoff;
     double start, try_start;
     bool resp_started;
+    enum msm_pool_kind tunnel; /* upgrade / CONNECT (upgrade.c): MSM_POOL_PLAIN otherwise */
+    bool tunnel_up;            /* the answer opened it: data flows until both half-close */
     bool finished;
     bool destroyed;
 };
@@ -414,6 +419,11 @@ static void attempt_failed(struct router *r, enum msm_http_reset why, const char
         return;
     }
     info->flags |= reset_flag(why);
+    if (why == MSM_RESET_CONNECTION_FAILURE && detail) {
+        snprintf(info->upstream_failure, sizeof(info->upstream_failure), "%s%s",
+                 strncmp(detail, "delayed connect error", 21) ? "delayed connect error: " : "",
+                 detail);
+    }
     char body[256];
     if (why == MSM_RESET_CONNECTION_FAILURE && detail) {
         snprintf(body, sizeof(body), "upstream connect error or disconnect/reset before headers. "
@@ -447,6 +457,10 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     } else {
         msm_outlier_report(r->cluster, a->host, MSM_OUTLIER_SUCCESS);
     }
+    if (r->tunnel && msm_router_opens_tunnel(&r->req, status)) {
+        r->tunnel_up = true; /* no route timeout on a tunnel: the idle timeout applies */
+        stop_timer(r, &r->timeout);
+    }
     a->retriable = code_retriable(r, status) || grpc_retriable(r, h);
     if (a->retriable && try_retry(r)) {
         attempt_drop(a, true);
@@ -464,6 +478,7 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
         snprintf(n, sizeof(n), "%u", r->attempts);
         msm_hdrs_set(h, "x-envoy-attempt-count", n);
     }
+    msm_hs_info(r->s)->first_upstream_rx = ev_now(r->loop);
     r->resp_started = true;
     if (end_stream) {
         finish(r);
@@ -569,6 +584,9 @@ static void send_body_to_attempt(struct router *r)
 
 static void request_sent(struct router *r)
 {
+    if (r->a && r->a->req_end_sent && msm_hs_info(r->s)->last_upstream_tx < r->try_start) {
+        msm_hs_info(r->s)->last_upstream_tx = ev_now(r->loop); /* %REQUEST_TX_DURATION% */
+    }
     if (r->a && r->a->req_end_sent && r->per_try_ms && !r->a->resp_headers) {
         start_timer(r, &r->per_try, r->per_try_ms);
     }
@@ -586,6 +604,14 @@ static void on_pool_ready(void *ctx, struct msm_upconn *uc)
     a->cs = msm_upconn_new_stream(uc, &up_cbs, a);
     struct msm_hstream_info *info = msm_hs_info(r->s);
     snprintf(info->upstream_host, sizeof(info->upstream_host), "%s", msm_upconn_peer(uc));
+    /* istio.stats: the identities of the upstream TLS. */
+    const struct msm_tls_info *tls = msm_upconn_tls_info(uc);
+    const struct msm_address *ula = msm_upconn_local_address(uc);
+    info->upstream_local = ula ? *ula : (struct msm_address){0};
+    snprintf(info->upstream_peer_san, sizeof(info->upstream_peer_san), "%s",
+             tls && tls->peer_cert_validated && tls->n_uri_sans ? tls->uri_sans[0] : "");
+    snprintf(info->upstream_local_san, sizeof(info->upstream_local_san), "%s",
+             tls && tls->local_uri_san ? tls->local_uri_san : "");
     msm_stat_inc(r->cluster->sh->stats.upstream_rq_total);
     msm_stat_inc(r->cluster->sh->stats.upstream_rq_active);
     atomic_fetch_add(&a->host->rq_total, 1);
@@ -683,12 +709,19 @@ static void start_attempt(struct router *r)
     r->a = a;
     r->attempts++;
     msm_hs_info(r->s)->attempts = r->attempts;
+    msm_hs_info(r->s)->upstream_endpoint = h; /* istio.stats: the endpoint's metadata */
     r->tried = msm_xrealloc(r->tried, (size_t)(r->n_tried + 1) * sizeof(*r->tried));
     atomic_fetch_add(&h->refs, 1);
     r->tried[r->n_tried++] = h;
+    /* %UPSTREAM_HOST% names the host even when it cannot be reached (UF), as Envoy does. */
+    msm_address_str(&h->addr, msm_hs_info(r->s)->upstream_host,
+                    sizeof(msm_hs_info(r->s)->upstream_host));
     const struct msm_hstream_info *hi = msm_hs_info(r->s);
-    struct msm_pool *p = msm_pool_get_alpn(r->loop, r->cluster, h, r->proto, hi->alpn_override,
-                                           hi->n_alpn_override);
+    struct msm_pool *p =
+        r->tunnel ? msm_pool_get_tunnel(r->loop, r->cluster, h, r->tunnel, hi->alpn_override,
+                                        hi->n_alpn_override)
+                  : msm_pool_get_alpn(r->loop, r->cluster, h, r->proto, hi->alpn_override,
+                                      hi->n_alpn_override);
     a->pending = msm_pool_request(p, &pool_cbs, a);
 }
 
@@ -969,13 +1002,25 @@ enum msm_hf_status msm_router_decode_headers(void *f, struct msm_hdrs *h, bool e
                    ? MSM_HTTP_2
                    : MSM_HTTP_11;
     request_policy(r, h);
+    r->tunnel = msm_router_tunnel_kind(rt, h);
+    if (r->tunnel) {
+        r->retry_on = 0; /* an upgrade or CONNECT is never retried */
+        r->retries_left = 0;
+        r->per_try_ms = 0;
+    }
     build_upstream_request(r, h);
+    /* A tunnel is never mirrored (Envoy). */
+    r->shadow = r->tunnel ? NULL
+                          : msm_shadow_begin(rt->mirrors, h, &r->req, &r->cfg->shadow_stats);
     r->retain = r->retries_left > 0;
     r->forwarding = true;
     if (end_stream && r->timeout_ms) {
         start_timer(r, &r->timeout, r->timeout_ms);
     }
     start_attempt(r);
+    if (end_stream) {
+        msm_shadow_end(&r->shadow, r->s, r->timeout_ms, !r->finished);
+    }
     /* CONTINUE: the router is last, and the body must keep coming to it. */
     return MSM_HF_CONTINUE;
 }
@@ -983,17 +1028,19 @@ enum msm_hf_status msm_router_decode_headers(void *f, struct msm_hdrs *h, bool e
 enum msm_hf_status msm_router_decode_data(void *f, struct msm_buf *data, bool end_stream)
 {
     struct router *r = f;
-    if (!r->forwarding || r->finished) {
+    /* A tunnel's upstream half-closing (finished) leaves the client's direction open. */
+    if (!r->forwarding || (r->finished && !r->tunnel_up)) {
         msm_buf_drain(data, data->len);
         return MSM_HF_STOP;
     }
     if (end_stream) {
         r->down_end = true;
-        if (r->timeout_ms) {
+        if (r->timeout_ms && !r->tunnel_up) {
             start_timer(r, &r->timeout, r->timeout_ms);
         }
     }
     uint32_t limit = msm_hs_buffer_limit(r->s);
+    msm_shadow_data(&r->shadow, data, limit, r->cluster, !r->retain);
     if (r->retain && r->body.len + data->len > limit) {
         /* Too big to replay: no more retries, and what was kept only waits to be sent. */
         r->retain = false;
@@ -1011,6 +1058,9 @@ enum msm_hf_status msm_router_decode_data(void *f, struct msm_buf *data, bool en
         r->down_paused = true;
         msm_hs_read_disable(r->s, true);
     }
+    if (end_stream) {
+        msm_shadow_end(&r->shadow, r->s, r->timeout_ms, !r->finished && !r->destroyed);
+    }
     return MSM_HF_STOP;
 }
 
@@ -1023,6 +1073,7 @@ enum msm_hf_status msm_router_decode_trailers(void *f, struct msm_hdrs *t)
     r->down_end = true;
     r->trailers = msm_hdrs_new();
     msm_hdrs_copy(r->trailers, t);
+    msm_shadow_trailers(r->shadow, t);
     if (r->timeout_ms) {
         start_timer(r, &r->timeout, r->timeout_ms);
     }
@@ -1030,6 +1081,7 @@ enum msm_hf_status msm_router_decode_trailers(void *f, struct msm_hdrs *t)
         send_body_to_attempt(r);
         request_sent(r);
     }
+    msm_shadow_end(&r->shadow, r->s, r->timeout_ms, !r->finished && !r->destroyed);
     return MSM_HF_STOP;
 }
 
@@ -1049,6 +1101,7 @@ void msm_router_on_destroy(void *f)
 {
     struct router *r = f;
     r->destroyed = true;
+    msm_shadow_cancel(&r->shadow);
     stop_timer(r, &r->timeout);
     stop_timer(r, &r->per_try);
     stop_timer(r, &r->backoff);
@@ -1072,6 +1125,7 @@ void msm_router_filter_free(void *f)
     msm_hdrs_deinit(&r->req);
     msm_buf_deinit(&r->body);
     msm_hdrs_free(r->trailers);
+    msm_shadow_cancel(&r->shadow);
     for (int i = 0; i < r->n_tried; i++) {
         msm_host_unref(r->tried[i]);
     }

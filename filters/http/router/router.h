@@ -7,10 +7,12 @@
  * breaker max_retries), redirects, direct responses, header rewriting, x-envoy-* request and
  * response headers, and the upstream_rq_* / http.<prefix>.* stats.
  *
- * Files: config.c (Router proto), router.c (per request). */
+ * Files: config.c (Router proto), router.c (per request), shadow.c (request mirroring),
+ * upgrade.c (upgrades and CONNECT: which upstream, when the tunnel is up). */
 #include <stdbool.h>
 
 #include "filter/http.h"
+#include "filters/http/router/shadow.h"
 #include "stats/stats.h"
 
 /* Router stats on the connection manager's scope ("http.<stat_prefix>."). */
@@ -28,6 +30,7 @@ struct msm_router_config {
     char **strict_check_headers;
     int n_strict_check_headers;
     struct msm_router_stats stats;
+    struct msm_shadow_stats shadow_stats;
 };
 
 extern const struct msm_http_filter_ops msm_router_ops;

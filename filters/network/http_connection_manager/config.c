@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "envoy/extensions/filters/http/wasm/v3/wasm.pb-c.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb-c.h"
 
 #include "common/alloc.h"
@@ -19,6 +18,8 @@
 
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager PbHcm;
 typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpFilter PbHttpFilter;
+typedef Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__UpgradeConfig
+    PbUpgrade;
 
 #define DEFAULT_STREAM_IDLE_MS (5 * 60 * 1000)
 #define DEFAULT_IDLE_MS (3600 * 1000)
@@ -60,6 +61,10 @@ static void config_free(void *p)
     free(c->server_name);
     free(c->via);
     free((char *)c->h1opts.default_host_for_http_10);
+    for (int i = 0; i < c->n_upgrades; i++) {
+        free(c->upgrades[i].type);
+    }
+    free(c->upgrades);
     free(pv);
 }
 
@@ -72,31 +77,6 @@ static int ms(const Google__Protobuf__Duration *d, int64_t dflt, const char *fie
     int64_t v = msm_pb_duration_ms(d, dflt);
     *out = v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
     return 0;
-}
-
-/* Wasm is accepted only as Istio's null-VM plugins of <= 1.18 (envoy.wasm.stats and
- * envoy.wasm.metadata_exchange, compiled into Istio's Envoy): telemetry the observability work
- * maps onto native filters. Any other Wasm module could do anything (authorization included),
- * so it is rejected. */
-static bool istio_null_vm_plugin(const ProtobufCMessage *msg)
-{
-    if (strcmp(msg->descriptor->name, "envoy.extensions.filters.http.wasm.v3.Wasm") != 0) {
-        return true;
-    }
-    const Envoy__Extensions__Filters__Http__Wasm__V3__Wasm *w = (const void *)msg;
-    if (!w->config || w->config->vm_case != ENVOY__EXTENSIONS__WASM__V3__PLUGIN_CONFIG__VM_VM_CONFIG ||
-        !w->config->vm_config || strcmp(w->config->vm_config->runtime,
-                                        "envoy.wasm.runtime.null") != 0) {
-        return false;
-    }
-    const Envoy__Config__Core__V3__AsyncDataSource *code = w->config->vm_config->code;
-    if (!code || code->specifier_case != ENVOY__CONFIG__CORE__V3__ASYNC_DATA_SOURCE__SPECIFIER_LOCAL ||
-        !code->local ||
-        code->local->specifier_case != ENVOY__CONFIG__CORE__V3__DATA_SOURCE__SPECIFIER_INLINE_STRING) {
-        return false;
-    }
-    const char *m = code->local->inline_string;
-    return !strcmp(m, "envoy.wasm.stats") || !strcmp(m, "envoy.wasm.metadata_exchange");
 }
 
 /* One entry of http_filters[]: an implemented filter, an accepted no-op, an optional filter we
@@ -136,6 +116,23 @@ static int http_filter_from_proto(const PbHttpFilter *p, struct msm_http_factory
         }
         type = msg->descriptor->name;
     }
+    if (type && !strcmp(type, "envoy.extensions.filters.http.wasm.v3.Wasm")) {
+        /* Istio's null-VM plugins become the native filters (http_registry.c). */
+        ProtobufCMessage *native = NULL;
+        const struct msm_http_filter_ops *wops =
+            msm_http_filter_wasm(msg, fctx->traffic_direction, &native, err);
+        protobuf_c_message_free_unpacked(msg, NULL);
+        msg = native;
+        if (!wops) {
+            if (p->is_optional) {
+                *skip = true;
+                return 0;
+            }
+            msm_err_prefix(err, "typed_config");
+            return MSM_EINVAL;
+        }
+        type = msg->descriptor->name;
+    }
     bool known = false;
     const struct msm_http_filter_ops *ops = msm_http_filter_find(type, p->name, &known);
     if (ops && !ops->config_new) {
@@ -143,8 +140,7 @@ static int http_filter_from_proto(const PbHttpFilter *p, struct msm_http_factory
     }
     int rc = 0;
     if (!ops) {
-        const char *why = type && istio_null_vm_plugin(msg) ? msm_http_filter_noop_reason(type)
-                                                             : NULL;
+        const char *why = type ? msm_http_filter_noop_reason(type) : NULL;
         if (why) {
             msm_log(MSM_LOG_DEBUG, MSM_LC_HTTP, "http filter '%s': accepted as a no-op (%s)",
                     p->name, why);
@@ -186,7 +182,8 @@ static int filters_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx,
                               struct msm_hcm_config *c, struct msm_err *err)
 {
     struct msm_http_factory_ctx fctx = {.stats = ctx->stats, .stat_prefix = c->stat_prefix,
-                                        .allow_unknown_fields = ctx->allow_unknown_fields};
+                                        .allow_unknown_fields = ctx->allow_unknown_fields,
+                                        .traffic_direction = ctx->traffic_direction};
     c->filters = msm_xcalloc(p->n_http_filters + 1, sizeof(*c->filters));
     for (size_t i = 0; i < p->n_http_filters; i++) {
         bool skip;
@@ -219,10 +216,7 @@ static int h2_opts(const Envoy__Config__Core__V3__Http2ProtocolOptions *p,
     if (!p) {
         return 0;
     }
-    if (p->allow_connect) {
-        return msm_err_set(err, "http2_protocol_options.allow_connect: CONNECT is not supported "
-                                "yet");
-    }
+    o->allow_connect = p->allow_connect; /* RFC 8441 extended CONNECT (hcm_upgrade.c) */
     o->max_concurrent_streams = msm_pb_u32(p->max_concurrent_streams, o->max_concurrent_streams);
     uint32_t sw = msm_pb_u32(p->initial_stream_window_size, 0);
     uint32_t cw = msm_pb_u32(p->initial_connection_window_size, 0);
@@ -364,7 +358,18 @@ static int headers_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct m
     c->always_set_request_id_in_response = p->always_set_request_id_in_response;
     c->server_name = msm_xstrdup(p->server_name[0] ? p->server_name : "envoy");
     c->server_header_transformation = (int)p->server_header_transformation;
-    c->fcc = (enum msm_hcm_fcc)p->forward_client_cert_details;
+    int fcc = (int)p->forward_client_cert_details;
+    if (fcc < MSM_FCC_SANITIZE || fcc > MSM_FCC_ALWAYS_FORWARD_ONLY) {
+        return msm_err_set(err, "forward_client_cert_details: unknown value %d", fcc);
+    }
+    c->fcc = (enum msm_hcm_fcc)fcc;
+    const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__SetCurrentClientCertDetails
+        *cd = p->set_current_client_cert_details;
+    if (cd) {
+        c->xfcc_details = (cd->cert ? MSM_XFCC_CERT : 0u) | (cd->chain ? MSM_XFCC_CHAIN : 0u) |
+                          (msm_pb_bool(cd->subject, false) ? MSM_XFCC_SUBJECT : 0u) |
+                          (cd->uri ? MSM_XFCC_URI : 0u) | (cd->dns ? MSM_XFCC_DNS : 0u);
+    }
     c->via = p->via[0] ? msm_xstrdup(p->via) : NULL;
     c->proxy_100_continue = p->proxy_100_continue;
     c->normalize_path = msm_pb_bool(p->normalize_path, false);
@@ -397,11 +402,34 @@ static int headers_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct m
                 "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig")) {
         return msm_err_set(err, "request_id_extension: only the UUID extension is supported");
     }
+    return 0;
+}
+
+/* upgrade_configs: the types this connection manager turns into tunnels (hcm_upgrade.c). */
+static int upgrades_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm_err *err)
+{
+    if (!p->n_upgrade_configs) {
+        return 0;
+    }
+    c->upgrades = msm_xcalloc(p->n_upgrade_configs, sizeof(*c->upgrades));
     for (size_t i = 0; i < p->n_upgrade_configs; i++) {
-        if (p->upgrade_configs[i]->n_filters) {
-            return msm_err_set(err, "upgrade_configs[%zu].filters: not supported", i);
+        const PbUpgrade *u = p->upgrade_configs[i];
+        if (u->n_filters) {
+            return msm_err_set(err, "upgrade_configs[%zu].filters: a filter chain per upgrade "
+                                    "type is not supported", i);
         }
-        /* Upgrades (websocket, CONNECT) are refused per request (403) until they land. */
+        if (!u->upgrade_type || !u->upgrade_type[0]) {
+            return msm_err_set(err, "upgrade_configs[%zu].upgrade_type: must not be empty", i);
+        }
+        for (int k = 0; k < c->n_upgrades; k++) {
+            if (!strcasecmp(c->upgrades[k].type, u->upgrade_type)) {
+                return msm_err_set(err, "upgrade_configs[%zu]: duplicate upgrade %s", i,
+                                   u->upgrade_type);
+            }
+        }
+        c->upgrades[c->n_upgrades].type = msm_xstrdup(u->upgrade_type);
+        c->upgrades[c->n_upgrades].enabled = msm_pb_bool(u->enabled, true);
+        c->n_upgrades++;
     }
     return 0;
 }
@@ -426,7 +454,8 @@ static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
     }
     c->h2opts.h2stats = &c->h2stats;
     if (headers_from_proto(p, c, err) < 0 ||
-        filters_from_proto(p, ctx, c, err) < 0 || routes_from_proto(p, ctx, c, err) < 0) {
+        filters_from_proto(p, ctx, c, err) < 0 || routes_from_proto(p, ctx, c, err) < 0 ||
+        upgrades_from_proto(p, c, err) < 0) {
         goto fail;
     }
     if (ms(p->stream_idle_timeout, DEFAULT_STREAM_IDLE_MS, "stream_idle_timeout",

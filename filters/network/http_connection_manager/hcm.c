@@ -93,11 +93,25 @@ static void cb_read_disable(void *owner, bool disable)
     }
 }
 
+/* An HTTP/1 tunnel's response direction ended: FIN to the client (its direction goes on). */
+static void cb_shutdown_write(void *owner)
+{
+    struct hcm_conn *hc = owner;
+    if (hc->gone) {
+        return;
+    }
+    struct msm_buf b;
+    msm_buf_init(&b);
+    msm_filter_write(hc->h, &b, true);
+    msm_buf_deinit(&b);
+}
+
 static const struct msm_hcodec_cbs codec_cbs = {
     .on_new_stream = cb_new_stream,
     .write = cb_write,
     .on_stream_done = cb_stream_done,
     .read_disable = cb_read_disable,
+    .shutdown_write = cb_shutdown_write,
 };
 
 /* ---- closing ------------------------------------------------------------------------------------- */
@@ -171,6 +185,8 @@ static void on_drain_timer(struct ev_loop *loop, ev_timer *t, int revents)
     msm_hcm_conn_close(hc, MSM_CLOSE_FLUSH);
 }
 
+static void hc_eof(struct hcm_conn *hc);
+
 static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
@@ -182,6 +198,7 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
     hc_dispatch(hc);
     struct msm_conn *conn = msm_filter_conn(hc->h);
     hc->rx_seen = conn ? conn->in.len : 0;
+    hc_eof(hc);
 }
 
 void msm_hcm_conn_stream_gone(struct hcm_conn *hc, struct hstream *st)
@@ -271,6 +288,36 @@ static void hc_dispatch(struct hcm_conn *hc)
     }
 }
 
+/* Half-close is on only for HTTP/1 tunnels (hcm_upgrade.c): the client's FIN ends the tunnel's
+ * request direction, after every byte before it went to the codec (a read-disabled tunnel
+ * leaves bytes in the buffer). With no stream left there is nothing to wait for. */
+static void hc_eof(struct hcm_conn *hc)
+{
+    struct msm_conn *conn = msm_filter_conn(hc->h);
+    if (!hc->remote_eof || hc->eof_done || hc->gone || hc->closing || !hc->codec || !conn ||
+        conn->in.len || hc->in_dispatch) {
+        return;
+    }
+    hc->eof_done = true;
+    if (!hc->n_streams) {
+        msm_hcm_conn_close(hc, MSM_CLOSE_FLUSH);
+        return;
+    }
+    hc->in_dispatch = true;
+    int rc = hc->codec->ops->dispatch_eof(hc->codec);
+    hc->in_dispatch = false;
+    if (hc->gone) {
+        return;
+    }
+    if (rc < 0) {
+        on_codec_error(hc);
+        return;
+    }
+    if (!hc->n_streams) {
+        msm_hcm_conn_close(hc, MSM_CLOSE_FLUSH);
+    }
+}
+
 static bool pick_codec(struct hcm_conn *hc, struct msm_buf *data)
 {
     const struct msm_hcm_config *cfg = hc->cfg;
@@ -353,7 +400,8 @@ enum msm_filter_status msm_hcm_on_new_connection(void *f)
 enum msm_filter_status msm_hcm_on_data(void *f, struct msm_buf *data, bool end_stream)
 {
     struct hcm_conn *hc = f;
-    (void)end_stream; /* half-close is not enabled: a FIN closes the connection */
+    /* end_stream: only HTTP/1 tunnels turn half-close on (hc_eof); else a FIN closes. */
+    hc->remote_eof = hc->remote_eof || end_stream;
     if (hc->gone || hc->closing) {
         msm_buf_drain(data, data->len);
         return MSM_FILTER_STOP;
@@ -369,6 +417,7 @@ enum msm_filter_status msm_hcm_on_data(void *f, struct msm_buf *data, bool end_s
     }
     hc_dispatch(hc);
     hc->rx_seen = data->len;
+    hc_eof(hc);
     return MSM_FILTER_STOP;
 }
 

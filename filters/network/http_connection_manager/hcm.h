@@ -8,7 +8,8 @@
  * Files: config.c (proto -> struct msm_hcm_config), hcm.c (connection and streams),
  * hcm_stream.c (filter chain iteration, the filter-facing API, and the access_log entry of
  * each request when its stream is destroyed), hcm_headers.c (request and response header
- * mutations, path normalization, local replies). */
+ * mutations, path normalization, local replies), hcm_upgrade.c (Upgrade and CONNECT: which
+ * requests may become tunnels, and the tunnel's half-closes). */
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -64,6 +65,21 @@ enum msm_hcm_fcc {
     MSM_FCC_ALWAYS_FORWARD_ONLY = 4,
 };
 
+/* set_current_client_cert_details: the x-forwarded-client-cert keys added after By and Hash,
+ * in Envoy's order. */
+#define MSM_XFCC_CERT 0x01u
+#define MSM_XFCC_CHAIN 0x02u
+#define MSM_XFCC_SUBJECT 0x04u
+#define MSM_XFCC_URI 0x08u
+#define MSM_XFCC_DNS 0x10u
+
+/* upgrade_configs[]: an upgrade type the connection manager takes ("websocket", "CONNECT";
+ * matched case-insensitively) unless the route says otherwise (hcm_upgrade.c). */
+struct msm_hcm_upgrade {
+    char *type;
+    bool enabled;
+};
+
 struct msm_hcm_filter {
     const struct msm_http_filter_ops *ops; /* NULL: an accepted no-op (see http_registry.c) */
     void *config;
@@ -95,6 +111,7 @@ struct msm_hcm_config {
     char *server_name;
     int server_header_transformation; /* 0 overwrite, 1 append if absent, 2 pass through */
     enum msm_hcm_fcc fcc;
+    unsigned xfcc_details; /* MSM_XFCC_* */
     char *via;
     bool proxy_100_continue;
     bool normalize_path;
@@ -116,6 +133,8 @@ struct msm_hcm_config {
     uint32_t max_requests_per_connection;
     uint32_t buffer_limit;              /* per-request body buffering, 1 MiB */
     struct msm_access_logs logs;        /* access_log: one entry per request (hcm_stream.c) */
+    struct msm_hcm_upgrade *upgrades;
+    int n_upgrades;
 };
 
 extern const struct msm_network_filter_ops msm_hcm_ops;
@@ -138,3 +157,21 @@ struct msm_route_config *msm_hcm_route_config(const struct msm_hcm_config *cfg,
  * percent-decoding of unreserved characters (normalize_path), merge_slashes. Returns a new
  * path, or NULL when the path is invalid (400). */
 char *msm_hcm_normalize_path(const char *path, bool normalize, bool merge_slashes);
+
+/* What an mTLS connection's peer contributes to x-forwarded-client-cert (borrowed strings;
+ * NULL / 0 = absent). <cert> and <chain> are URL-encoded PEM. */
+struct msm_xfcc_peer {
+    const char *const *by; /* URI SANs of our certificate */
+    int n_by;
+    const char *hash;      /* hex SHA-256 of the peer certificate */
+    const char *cert, *chain, *subject;
+    const char *const *uri;
+    int n_uri;
+    const char *const *dns;
+    int n_dns;
+};
+/* The element this hop adds to x-forwarded-client-cert (hcm_headers.c), as Envoy builds it:
+ * By=<uri>;...;Hash=<hex>;Cert="<pem>";Chain="<pem>";Subject="<dn>";URI=<uri>;...;DNS=<name>
+ * with the keys of <details> (MSM_XFCC_*). Subject is there even when empty, URI too ("URI=");
+ * the other keys only with a value. Returns a new string. */
+char *msm_hcm_xfcc_element(unsigned details, const struct msm_xfcc_peer *p);

@@ -15,6 +15,7 @@
 #include "filter/manager.h"
 #include "filters/network/http_connection_manager/hcm_private.h"
 #include "net/transport.h"
+#include "tls/tls.h"
 #include "server/worker.h"
 #include "upstream/cluster.h"
 
@@ -250,6 +251,98 @@ static void strip_port(struct msm_hdrs *req, const struct msm_conn *c, bool any)
     free(h);
 }
 
+/* ---- x-forwarded-client-cert ---------------------------------------------------------------------- */
+
+static void xfcc_kv(struct msm_buf *b, const char *key, const char *v, bool quote)
+{
+    msm_buf_appendf(b, "%s%s=%s%s%s", b->len ? ";" : "", key, quote ? "\"" : "", v ? v : "",
+                    quote ? "\"" : "");
+}
+
+char *msm_hcm_xfcc_element(unsigned details, const struct msm_xfcc_peer *p)
+{
+    /* Envoy's order and quoting: By, Hash, then Cert, Chain, Subject, URI, DNS; values are
+     * written as they are (no escaping: Envoy has none either), Cert/Chain/Subject quoted. */
+    struct msm_buf b;
+    msm_buf_init(&b);
+    for (int i = 0; i < p->n_by; i++) {
+        xfcc_kv(&b, "By", p->by[i], false);
+    }
+    if (p->hash && p->hash[0]) {
+        xfcc_kv(&b, "Hash", p->hash, false);
+    }
+    if ((details & MSM_XFCC_CERT) && p->cert && p->cert[0]) {
+        xfcc_kv(&b, "Cert", p->cert, true);
+    }
+    if ((details & MSM_XFCC_CHAIN) && p->chain && p->chain[0]) {
+        xfcc_kv(&b, "Chain", p->chain, true);
+    }
+    if (details & MSM_XFCC_SUBJECT) {
+        xfcc_kv(&b, "Subject", p->subject, true);
+    }
+    if (details & MSM_XFCC_URI) {
+        for (int i = 0; i < p->n_uri; i++) {
+            xfcc_kv(&b, "URI", p->uri[i], false);
+        }
+        if (!p->n_uri) {
+            xfcc_kv(&b, "URI", "", false);
+        }
+    }
+    for (int i = 0; (details & MSM_XFCC_DNS) && i < p->n_dns; i++) {
+        xfcc_kv(&b, "DNS", p->dns[i], false);
+    }
+    char *out = msm_xmalloc(b.len + 1);
+    msm_buf_copyout(&b, 0, out, b.len);
+    out[b.len] = '\0';
+    msm_buf_deinit(&b);
+    return out;
+}
+
+/* APPEND_FORWARD / SANITIZE_SET on a mutual TLS connection: this hop's element, appended to
+ * what came (joined with ',') or replacing it. */
+static void set_xfcc(struct msm_hdrs *req, const struct msm_hcm_config *cfg,
+                     const struct msm_tls_info *ti)
+{
+    struct msm_xfcc_peer p = {
+        .hash = msm_tls_peer_cert_sha256(ti),
+        .subject = ti->peer_subject,
+        .uri = (const char *const *)ti->uri_sans,
+        .n_uri = ti->n_uri_sans,
+        .dns = (const char *const *)ti->dns_sans,
+        .n_dns = ti->n_dns_sans,
+    };
+    p.n_by = msm_tls_local_uri_sans(ti, &p.by);
+    if (cfg->xfcc_details & MSM_XFCC_CERT) {
+        p.cert = msm_tls_peer_cert_pem(ti, false);
+    }
+    if (cfg->xfcc_details & MSM_XFCC_CHAIN) {
+        p.chain = msm_tls_peer_cert_pem(ti, true);
+    }
+    char *el = msm_hcm_xfcc_element(cfg->xfcc_details, &p);
+    struct msm_buf b;
+    msm_buf_init(&b);
+    for (uint32_t i = 0; cfg->fcc == MSM_FCC_APPEND_FORWARD && i < req->n; i++) {
+        const struct msm_hdr *h = &req->v[i];
+        if (h->vlen && !strcmp(h->name, "x-forwarded-client-cert")) {
+            if (b.len) {
+                msm_buf_append(&b, ",", 1);
+            }
+            msm_buf_append(&b, h->value, h->vlen);
+        }
+    }
+    if (b.len) {
+        msm_buf_append(&b, ",", 1);
+    }
+    msm_buf_append(&b, el, strlen(el));
+    free(el);
+    char *v = msm_xmalloc(b.len + 1);
+    msm_buf_copyout(&b, 0, v, b.len);
+    v[b.len] = '\0';
+    msm_buf_deinit(&b);
+    msm_hdrs_set(req, "x-forwarded-client-cert", v);
+    free(v);
+}
+
 /* ---- requests ------------------------------------------------------------------------------------- */
 
 static void mutate_request(struct hstream *st, bool tls)
@@ -258,7 +351,9 @@ static void mutate_request(struct hstream *st, bool tls)
     const struct msm_hcm_config *cfg = st->hc->cfg;
     const struct msm_conn *conn = msm_filter_conn(st->hc->h);
     for (size_t i = 0; i < MSM_ARRAY_SIZE(hop_by_hop); i++) {
-        msm_hdrs_remove(req, hop_by_hop[i]);
+        if (!msm_hcm_upgrade_keeps(st, hop_by_hop[i])) {
+            msm_hdrs_remove(req, hop_by_hop[i]);
+        }
     }
     const char *te = msm_hdrs_get(req, "te");
     if (te && !msm_http_token_in_list(te, "trailers")) {
@@ -324,6 +419,9 @@ static void mutate_request(struct hstream *st, bool tls)
         (cfg->fcc == MSM_FCC_SANITIZE || !mtls || cfg->fcc == MSM_FCC_SANITIZE_SET)) {
         msm_hdrs_remove(req, "x-forwarded-client-cert");
     }
+    if (mtls && (cfg->fcc == MSM_FCC_APPEND_FORWARD || cfg->fcc == MSM_FCC_SANITIZE_SET)) {
+        set_xfcc(req, cfg, ti);
+    }
     if (cfg->via) {
         const char *via = msm_hdrs_get(req, "via");
         char *v = via ? msm_xasprintf("%s, %s", via, cfg->via) : msm_xstrdup(cfg->via);
@@ -345,14 +443,7 @@ int msm_hcm_prepare_request(struct hstream *st, const char **details)
         return 400;
     }
     st->is_head = !strcmp(method, "HEAD");
-    if (!strcmp(method, "CONNECT")) {
-        *details = "upgrade_failed"; /* CONNECT tunnels are not supported yet */
-        return 403;
-    }
-    if (msm_hdrs_find(req, "upgrade") && st->hc->proto != MSM_HTTP_2) {
-        *details = "upgrade_failed";
-        return 403;
-    }
+    msm_hcm_upgrade_detect(st); /* upgrade or CONNECT: allowed or not once routed */
     if (!msm_hdrs_find(req, ":authority")) {
         const char *host = msm_hdrs_get(req, "host");
         if (!host) {
@@ -367,6 +458,11 @@ int msm_hcm_prepare_request(struct hstream *st, const char **details)
         msm_hdrs_remove(req, "host");
     }
     const char *path = msm_hdrs_get(req, ":path");
+    if (st->connect && !path) {
+        /* authority-form CONNECT: nothing path- or port-related applies */
+        mutate_request(st, msm_conn_tls_info(conn) != NULL);
+        return 0;
+    }
     if (!path || !path[0]) {
         *details = "missing_path_rejected";
         return 400;
@@ -432,7 +528,9 @@ void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h)
 {
     const struct msm_hcm_config *cfg = st->hc->cfg;
     for (size_t i = 0; i < MSM_ARRAY_SIZE(hop_by_hop); i++) {
-        msm_hdrs_remove(h, hop_by_hop[i]);
+        if (!st->tunneling || !msm_hcm_upgrade_keeps(st, hop_by_hop[i])) {
+            msm_hdrs_remove(h, hop_by_hop[i]);
+        }
     }
     if (cfg->server_header_transformation == 0 ||
         (cfg->server_header_transformation == 1 && !msm_hdrs_find(h, "server"))) {

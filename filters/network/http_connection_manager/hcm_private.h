@@ -38,6 +38,8 @@ struct hcm_conn {
     bool draining;           /* GOAWAY / connection: close sent */
     bool above_wm;
     bool in_dispatch;
+    bool remote_eof; /* HTTP/1 tunnel (half-close on): the client's FIN arrived ... */
+    bool eof_done;   /* ... and went to the codec after the bytes before it */
     char remote[64], local[64];
 };
 
@@ -91,8 +93,16 @@ struct hstream {
     bool in_decode;
     int read_disabled;
     ev_timer req_timer;  /* request_timeout */
-    ev_timer idle_timer; /* stream_idle_timeout */
+    ev_timer idle_timer; /* stream_idle_timeout, or the route's idle_timeout */
+    uint32_t idle_ms;    /* the idle timeout in force, 0 = none */
     double last_activity;
+    /* Upgrade and CONNECT (hcm_upgrade.c): the request's upgrade type ("websocket", "CONNECT")
+     * or NULL; accepted (counted in downstream_cx_upgrades_active); the answer opened the
+     * tunnel (101, or 2xx to a CONNECT): the stream then lives until both directions ended. */
+    char *upgrade;
+    bool connect;
+    bool upgrade_ok;
+    bool tunneling;
     char request_id[40];
 };
 
@@ -106,6 +116,20 @@ void msm_hcm_raw_reply(struct hcm_conn *hc, struct msm_hstream *cs, int status,
 /* The HCM itself replies on a stream (before or instead of the filters). */
 void msm_hcm_local_reply(struct hstream *st, int from, int status, const char *body,
                          const char *details, uint32_t flags);
+
+/* hcm_upgrade.c */
+/* Before the header mutations: is the request an upgrade (Connection: upgrade + Upgrade) or a
+ * CONNECT? Sets st->upgrade / st->connect. */
+void msm_hcm_upgrade_detect(struct hstream *st);
+/* Hop-by-hop header <name> stays on an upgrade's request or a tunnel's response. */
+bool msm_hcm_upgrade_keeps(const struct hstream *st, const char *name);
+/* May the stream's upgrade go on, per route <r> (its upgrade_configs win) or the connection
+ * manager's upgrade_configs? Accepting counts it and turns half-close on (HTTP/1). */
+bool msm_hcm_upgrade_accept(struct hstream *st, const struct msm_route *r);
+/* Response headers with <status> leave for the client: does the tunnel open? */
+void msm_hcm_upgrade_on_response(struct hstream *st, int status);
+/* The stream goes: the gauge. */
+void msm_hcm_upgrade_done(struct hstream *st);
 
 /* hcm.c */
 void msm_hcm_conn_stream_gone(struct hcm_conn *hc, struct hstream *st);

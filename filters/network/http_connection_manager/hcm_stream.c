@@ -30,6 +30,7 @@ static void encode_data_from(struct hstream *st, int from, struct msm_buf *b, bo
 static void encode_trailers_from(struct hstream *st, int from, struct msm_hdrs *t);
 static void decode_data_from(struct hstream *st, int from, struct msm_buf *b, bool end);
 static void decode_trailers_from(struct hstream *st, int from, struct msm_hdrs *t);
+static void select_route(struct hstream *st);
 
 /* ---- lifecycle -------------------------------------------------------------------------------------- */
 
@@ -51,6 +52,7 @@ static void stream_free(void *p)
     msm_hdrs_free(st->log_resp_headers);
     msm_hdrs_free(st->log_resp_trailers);
     msm_route_config_unref(st->rc);
+    free(st->upgrade);
     free(st);
 }
 
@@ -168,6 +170,12 @@ static void log_stream(struct hstream *st)
     si.bytes_sent = st->info.tx_body;
     si.attempt_count = st->info.attempts;
     si.route_name = st->route && st->route->name && st->route->name[0] ? st->route->name : NULL;
+    si.upstream_local = st->info.upstream_local;
+    si.has_upstream_local = st->info.upstream_local.len > 0;
+    si.first_upstream_rx = st->info.first_upstream_rx;
+    si.last_upstream_tx = st->info.last_upstream_tx;
+    si.upstream_transport_failure_reason =
+        st->info.upstream_failure[0] ? st->info.upstream_failure : NULL;
     /* The router records the cluster and host by name; the log wants the objects (the cluster's
      * alt_stat_name, the host's address). Both may have left the snapshot since: then "-". */
     struct msm_worker *w = hc->w;
@@ -213,6 +221,7 @@ void msm_hcm_stream_destroy(struct hstream *st, bool reset)
     if (cfg->logs.n) {
         log_stream(st);
     }
+    msm_hcm_upgrade_done(st);
     msm_stat_dec(cfg->stats.downstream_rq_active);
     if (!reset) {
         msm_stat_inc(cfg->stats.downstream_rq_completed);
@@ -245,7 +254,7 @@ static void on_idle_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
     struct hstream *st = MSM_CONTAINER_OF(t, struct hstream, idle_timer);
-    double left = st->last_activity + st->hc->cfg->stream_idle_timeout_ms / 1000.0 - ev_now(loop);
+    double left = st->last_activity + st->idle_ms / 1000.0 - ev_now(loop);
     if (left > 0.001) {
         ev_timer_set(t, left, 0);
         ev_timer_start(loop, t);
@@ -264,6 +273,7 @@ struct hstream *msm_hcm_stream_new(struct hcm_conn *hc, struct msm_hstream *cs)
     st->cs = cs;
     st->proto = hc->proto == MSM_HTTP_11 && cs && cs->http10 ? MSM_HTTP_10 : hc->proto;
     st->wc = -1;
+    st->idle_ms = cfg->stream_idle_timeout_ms;
     st->info.start = ev_now(hc->loop);
     st->last_activity = st->info.start;
     msm_hdrs_init(&st->req);
@@ -303,6 +313,9 @@ struct hstream *msm_hcm_stream_new(struct hcm_conn *hc, struct msm_hstream *cs)
 static void on_local_end(struct hstream *st)
 {
     st->local_end = true;
+    if (st->tunneling && !st->remote_end) {
+        return; /* a tunnel's half-close: the client's direction goes on (s_on_data ends it) */
+    }
     if (!st->remote_end) {
         msm_stat_inc(st->hc->cfg->stats.downstream_rq_response_before_rq_complete);
     }
@@ -324,12 +337,17 @@ static void count_status(struct hstream *st, int status)
 
 static void codec_headers(struct hstream *st, struct msm_hdrs *h, bool end)
 {
-    msm_hcm_finalize_response(st, h);
     const char *sv = msm_hdrs_get(h, ":status");
-    count_status(st, sv ? atoi(sv) : 0);
+    int status = sv ? atoi(sv) : 0;
+    msm_hcm_upgrade_on_response(st, status);
+    /* Envoy disarms request_timeout once the response starts. */
+    ev_timer_stop(st->hc->loop, &st->req_timer);
+    msm_hcm_finalize_response(st, h);
+    count_status(st, status);
     if (!st->info.details) {
         st->info.details = "via_upstream"; /* local replies and the router set their own */
     }
+    st->info.tx_header_bytes += h->bytes;
     touch(st);
     if (st->hc->cfg->logs.n && !st->log_resp_headers) {
         st->log_resp_headers = msm_hdrs_new();
@@ -359,6 +377,7 @@ static void codec_data(struct hstream *st, struct msm_buf *b, bool end)
 
 static void codec_trailers(struct hstream *st, struct msm_hdrs *t)
 {
+    st->info.tx_header_bytes += t->bytes;
     touch(st);
     if (st->hc->cfg->logs.n && !st->log_resp_trailers) {
         st->log_resp_trailers = msm_hdrs_new();
@@ -553,7 +572,7 @@ static void decode_headers_from(struct hstream *st, int from)
 
 static void decode_data_from(struct hstream *st, int from, struct msm_buf *b, bool end)
 {
-    if (st->local_end) {
+    if (st->local_end && !st->tunneling) {
         msm_buf_drain(b, b->len);
         return;
     }
@@ -624,6 +643,14 @@ static void s_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
                             details, MSM_RF(DOWNSTREAM_PROTOCOL_ERROR));
         return;
     }
+    if (st->upgrade) {
+        /* Envoy routes before creating the filter chain: the route may veto the upgrade. */
+        select_route(st);
+        if (!msm_hcm_upgrade_accept(st, st->route)) {
+            msm_hcm_local_reply(st, -1, 403, NULL, "upgrade_failed", 0);
+            return;
+        }
+    }
     const char *expect = msm_hdrs_get(&st->req, "expect");
     if (expect && !strcasecmp(expect, "100-continue") && !cfg->proxy_100_continue) {
         /* Envoy answers 100-continue itself and does not forward the expectation. */
@@ -636,8 +663,9 @@ static void s_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
         ev_timer_set(&st->req_timer, cfg->request_timeout_ms / 1000.0, 0);
         ev_timer_start(hc->loop, &st->req_timer);
     }
-    if (cfg->stream_idle_timeout_ms) {
-        ev_timer_set(&st->idle_timer, cfg->stream_idle_timeout_ms / 1000.0, 0);
+    if (st->idle_ms) {
+        ev_timer_stop(hc->loop, &st->idle_timer);
+        ev_timer_set(&st->idle_timer, st->idle_ms / 1000.0, 0);
         ev_timer_start(hc->loop, &st->idle_timer);
     }
     for (int i = 0; i < st->nf; i++) {
@@ -662,6 +690,9 @@ static void s_on_data(void *ctx, struct msm_buf *data, bool end_stream)
         ev_timer_stop(st->hc->loop, &st->req_timer);
     }
     decode_data_from(st, 0, data, end_stream);
+    if (end_stream && st->tunneling && st->local_end && !st->destroyed) {
+        msm_hcm_stream_destroy(st, false); /* the tunnel's second half-close */
+    }
 }
 
 static void s_on_trailers(void *ctx, struct msm_hdrs *t)
@@ -726,6 +757,15 @@ static void select_route(struct hstream *st)
     st->route = st->rc ? msm_route_select(st->rc, &st->req, msm_random()) : NULL;
     st->route_done = true;
     st->wc = -1;
+    if (st->route && st->route->has_idle_timeout && st->route->idle_timeout_ms != st->idle_ms) {
+        /* The route's idle_timeout replaces stream_idle_timeout (0 turns it off). */
+        st->idle_ms = st->route->idle_timeout_ms;
+        ev_timer_stop(st->hc->loop, &st->idle_timer);
+        if (st->idle_ms && !st->destroyed) {
+            ev_timer_set(&st->idle_timer, st->idle_ms / 1000.0, 0);
+            ev_timer_start(st->hc->loop, &st->idle_timer);
+        }
+    }
 }
 
 const struct msm_route *msm_hs_route(struct msm_http_stream *s)

@@ -20,12 +20,8 @@
 #include "stats/istio_stats.h"
 #include "upstream/cluster.h"
 
-struct cfg {
-    struct msm_istio_config *ic;
-};
-
 struct isf {
-    struct cfg *cfg;
+    struct msm_istio_config *cfg;
     struct msm_filter_handle *h;
     struct ev_loop *loop;
     struct msm_stream_info *si;
@@ -38,28 +34,12 @@ struct isf {
 static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, void **out,
                       struct msm_err *err)
 {
-    struct cfg *c = MSM_NEW(struct cfg);
-    c->ic = msm_istio_config_new(msg, ctx->traffic_direction, ctx->stats, err);
-    if (!c->ic) {
-        free(c);
-        return MSM_EINVAL;
-    }
-    *out = c;
-    return 0;
-}
-
-static void config_free(void *p)
-{
-    struct cfg *c = p;
-    if (c) {
-        msm_istio_config_free(c->ic);
-        free(c);
-    }
+    return msm_istio_filter_config_new(msg, ctx->traffic_direction, ctx->stats, out, err);
 }
 
 static bool peer_done(const struct isf *f)
 {
-    return msm_istio_reporter(f->cfg->ic) == MSM_ISTIO_CLIENT ? f->si->upstream_peer_done
+    return msm_istio_reporter(f->cfg) == MSM_ISTIO_CLIENT ? f->si->upstream_peer_done
                                                              : f->si->downstream_peer_done;
 }
 
@@ -68,7 +48,7 @@ static void conn_view(const struct isf *f, struct msm_istio_conn *v, char *flags
 {
     const struct msm_stream_info *si = f->si;
     memset(v, 0, sizeof(*v));
-    bool client = msm_istio_reporter(f->cfg->ic) == MSM_ISTIO_CLIENT;
+    bool client = msm_istio_reporter(f->cfg) == MSM_ISTIO_CLIENT;
     v->peer = client ? si->upstream_peer : si->downstream_peer;
     v->cluster_name = si->upstream_cluster ? si->upstream_cluster->name : NULL;
     v->service_host = si->upstream_cluster ? si->upstream_cluster->istio_service_host : NULL;
@@ -100,7 +80,7 @@ static void report(struct isf *f, bool end_stream)
         struct msm_istio_conn v;
         char flags[128];
         conn_view(f, &v, flags, sizeof(flags));
-        f->series = msm_istio_tcp_series(f->cfg->ic, &v);
+        f->series = msm_istio_tcp_series(f->cfg, &v);
         msm_istio_tcp_opened(f->series);
     }
     if (!f->series) {
@@ -143,7 +123,7 @@ static void *filter_new(void *config, struct msm_filter_handle *h)
 static enum msm_filter_status on_new_connection(void *p)
 {
     struct isf *f = p;
-    uint32_t ms = msm_istio_tcp_reporting_ms(f->cfg->ic);
+    uint32_t ms = msm_istio_tcp_reporting_ms(f->cfg);
     if (ms) {
         ev_timer_init(&f->timer, on_timer, ms / 1000.0, ms / 1000.0);
         ev_timer_start(f->loop, &f->timer);
@@ -179,7 +159,7 @@ const struct msm_network_filter_ops msm_istio_stats_ops = {
     .name = "istio.stats",
     .config_type = "stats.PluginConfig",
     .config_new = config_new,
-    .config_free = config_free,
+    .config_free = msm_istio_filter_config_free,
     .filter_new = filter_new,
     .on_new_connection = on_new_connection,
     .on_event = on_event,

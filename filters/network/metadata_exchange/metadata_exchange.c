@@ -100,16 +100,7 @@ static struct msm_mx_peer *peer_new(json_t *metadata, const char *id,
     msm_mx_workload_from_struct(metadata, cfg->additional_labels, cfg->n_additional_labels,
                                 NULL, NULL, &p->wl);
     p->state = msm_mx_workload_state(&p->wl);
-    p->labels = (struct msm_istio_peer){
-        .workload_name = p->wl.workload_name,
-        .namespace_name = p->wl.namespace_name,
-        .canonical_name = p->wl.canonical_name,
-        .canonical_revision = p->wl.canonical_revision,
-        .app_name = p->wl.app_name,
-        .app_version = p->wl.app_version,
-        .cluster_id = p->wl.cluster_name,
-        .identity = p->wl.identity,
-    };
+    p->labels = msm_mx_workload_labels(&p->wl);
     return p;
 }
 

@@ -566,3 +566,16 @@ enum msm_mx_payload msm_mx_payload_decode(const uint8_t *p, size_t n, json_t **o
     *out = obj;
     return MSM_MX_PAYLOAD_OK;
 }
+
+bool msm_mx_struct_decode(const uint8_t *p, size_t n, json_t **out)
+{
+    struct rd s = {p, n ? p + n : p};
+    json_t *obj = json_object();
+    if (!dec_struct(&s, 1, obj)) {
+        json_decref(obj);
+        *out = NULL;
+        return false;
+    }
+    *out = obj;
+    return true;
+}

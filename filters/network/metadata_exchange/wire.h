@@ -62,3 +62,8 @@ enum msm_mx_payload {
  * (proto3), nesting is bounded by MSM_MX_MAX_DEPTH, unknown fields are skipped, a repeated
  * singular field keeps its last value, as protobuf's parser does. */
 enum msm_mx_payload msm_mx_payload_decode(const uint8_t *p, size_t n, json_t **out);
+
+/* Decode <n> bytes at <p> as a bare google.protobuf.Struct (Struct::ParseFromString; the HTTP
+ * exchange's x-envoy-peer-metadata header carries one, base64-encoded): a new JSON object in
+ * *<out>, or false (and NULL) when the bytes do not parse. Same rules as the payload. */
+bool msm_mx_struct_decode(const uint8_t *p, size_t n, json_t **out);

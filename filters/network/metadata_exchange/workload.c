@@ -149,6 +149,20 @@ void msm_mx_workload_from_struct(const json_t *md, char *const *additional_label
     out->type = msm_mx_workload_parse_owner(owner, workload);
 }
 
+struct msm_istio_peer msm_mx_workload_labels(const struct msm_mx_workload *w)
+{
+    return (struct msm_istio_peer){
+        .workload_name = w->workload_name,
+        .namespace_name = w->namespace_name,
+        .canonical_name = w->canonical_name,
+        .canonical_revision = w->canonical_revision,
+        .app_name = w->app_name,
+        .app_version = w->app_version,
+        .cluster_id = w->cluster_name,
+        .identity = w->identity,
+    };
+}
+
 void msm_mx_workload_deinit(struct msm_mx_workload *w)
 {
     free(w->instance_name);

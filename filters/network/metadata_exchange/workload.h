@@ -23,6 +23,8 @@
  * Strings are never NULL ("" when absent). */
 #include <jansson.h>
 
+#include "stats/istio_stats.h"
+
 enum msm_mx_workload_type {
     MSM_MX_WORKLOAD_UNKNOWN = 0,
     MSM_MX_WORKLOAD_POD = 1,
@@ -46,6 +48,8 @@ void msm_mx_workload_from_struct(const json_t *md, char *const *additional_label
                                  int n_additional_labels, const char *region, const char *zone,
                                  struct msm_mx_workload *out);
 void msm_mx_workload_deinit(struct msm_mx_workload *w);
+/* The peer labels of Istio's metrics (stats/istio_stats.h) for <w>; the strings stay <w>'s. */
+struct msm_istio_peer msm_mx_workload_labels(const struct msm_mx_workload *w);
 /* New JSON objects (caller owns the reference). */
 json_t *msm_mx_workload_to_struct(const struct msm_mx_workload *w);
 json_t *msm_mx_workload_state(const struct msm_mx_workload *w);

@@ -17,6 +17,7 @@
 
 #include "envoy/extensions/filters/network/rbac/v3/rbac.pb-c.h"
 
+#include "accesslog/stream_info.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "filter/network.h"
@@ -121,6 +122,11 @@ static bool check(struct rbac_f *f)
     msm_stat_inc(f->cfg->r.denied);
     msm_log(MSM_LOG_DEBUG, MSM_LC_RBAC, "[C%llu] rbac: connection denied%s%s", conn->id,
             policy ? ", matched policy " : "", policy ? policy : "");
+    struct msm_stream_info *si = msm_filter_stream_info(f->h);
+    if (si) { /* Envoy's responseDetail(), for %CONNECTION_TERMINATION_DETAILS% */
+        msm_si_set_termination_details(si, "rbac_access_denied_matched_policy[%s]",
+                                       policy && policy[0] ? policy : "none");
+    }
     msm_filter_close(f->h, MSM_CLOSE_NOFLUSH);
     return false;
 }

@@ -8,10 +8,11 @@
 
 #include "msm/extensions/filters/network/rtsp_proxy/v1/rtsp_proxy.pb-c.h"
 
+#include "admin/admin.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "config/pbutil.h"
-#include "filters/network/rtsp_proxy/rtsp_proxy.h"
+#include "filters/network/rtsp_proxy/rtsp_private.h"
 
 #define DEFAULT_PORT_START 16384
 #define DEFAULT_PORT_END 32768
@@ -244,12 +245,15 @@ static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
         c->max_sessions = p->max_sessions->value;
     }
     c->subscriber_buffer_limit = msm_pb_u32(p->subscriber_buffer_limit_bytes, DEFAULT_SUB_BUFFER);
+    c->max_session_stats = msm_pb_u32(p->max_session_stats, MSM_RTSP_DEFAULT_MAX_SESSION_STATS);
     c->limits.max_head = 16 * 1024;
     c->limits.max_headers = MSM_RTSP_MAX_HEADERS;
     c->limits.max_body = 64 * 1024;
     c->stat_prefix = msm_xasprintf("rtsp.%s.", p->stat_prefix[0] ? p->stat_prefix : "default");
     c->store = ctx->stats;
     msm_rtsp_stats_init(ctx->stats, c->stat_prefix, &c->stats);
+    /* GET /rtsp/sessions lists the sessions of every config (main thread, idempotent). */
+    msm_admin_set_rtsp_sessions_provider(rtsp_smetrics_admin, NULL);
     *out = c;
     return 0;
 fail:

@@ -154,6 +154,10 @@ static void session_end(struct rtsp_client *c)
         msm_stat_dec(c->cfg->stats.sessions_active);
         atomic_fetch_sub(&c->cfg->sessions, 1);
     }
+    /* Its series go now (a hub still holding records of it lets go on SUB_REMOVE). */
+    rtsp_smetrics_unref(c->ms);
+    c->ms = NULL;
+    c->sess_rq = 0;
     if (c->closed) {
         ev_timer_stop(c->loop, &c->session_timer);
     }
@@ -422,6 +426,16 @@ static void new_session(struct rtsp_client *c)
     c->has_session = true;
     msm_stat_inc(c->cfg->stats.sessions_total);
     msm_stat_inc(c->cfg->stats.sessions_active);
+    rtsp_smetrics_unref(c->ms);
+    c->ms = rtsp_smetrics_new(c->cfg, RTSP_ROLE_CLIENT, c->session_id, c->src->stream_name,
+                              ev_time());
+    struct msm_address a;
+    memset(&a, 0, sizeof(a));
+    a.sa = c->peer;
+    a.len = msm_sockaddr_len(&c->peer);
+    char addr[MSM_ADDRSTRLEN];
+    msm_address_str(&a, addr, sizeof(addr));
+    rtsp_smetrics_set_address(c->ms, addr);
     rtsp_client_activity(c);
 }
 
@@ -576,6 +590,8 @@ static enum handled do_setup(struct rtsp_client *c, const struct msm_rtsp_msg *m
         rtsp_track_unlink(sub->t, sub);
     }
     *sub = want_sub;
+    sub->ms = c->ms;
+    rtsp_smetrics_add_transport(c->ms, tcp);
     struct msm_rtsp_transport out;
     memset(&out, 0, sizeof(out));
     out.profile = MSM_RTSP_AVP;
@@ -685,6 +701,7 @@ static enum handled do_play(struct rtsp_client *c, const struct msm_rtsp_msg *m)
         msm_stat_record(c->cfg->stats.setup_latency_ms,
                         (uint64_t)((ev_now(c->loop) - c->first_rq) * 1000.0));
     }
+    rtsp_smetrics_setup_done(c->ms, ev_now(c->loop) - c->sess_rq);
     respond(c, m, 200, extra, NULL, 0, true);
     free(extra);
     return HANDLED;
@@ -830,6 +847,9 @@ static enum handled handle_request(struct rtsp_client *c, const struct msm_rtsp_
         c->x_ready = false;
         if (!c->first_rq) {
             c->first_rq = ev_now(c->loop);
+        }
+        if (!c->sess_rq) {
+            c->sess_rq = ev_now(c->loop);
         }
         rtsp_client_activity(c);
     }

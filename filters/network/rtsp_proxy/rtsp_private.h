@@ -60,6 +60,7 @@ struct rtsp_source;
 struct rtsp_track;
 struct rtsp_peer;   /* hub side: an attached mirror of another worker (rtsp_xworker.c) */
 struct rtsp_ring;   /* handoff of interleaved media from one worker to another */
+struct rtsp_smetrics; /* per-session metrics (rtsp_metrics.c) */
 struct rtsp_stream; /* an entry of the process-wide fan-out registry */
 struct json_t;
 
@@ -102,6 +103,9 @@ struct rtsp_subtrack {
     struct sockaddr_storage peer_ip; /* the client's address (NAT learning) */
     double act_posted;               /* when its activity was last forwarded */
     struct rtsp_subtrack *rnext;     /* peer->subs */
+    /* The client session's metrics: borrowed from the client (a local subtrack, set at SETUP)
+     * or a reference (a hub-side record; NULL until the client's session exists). */
+    struct rtsp_smetrics *ms;
 };
 
 /* A UDP destination, compact (the sendmmsg loop reads thousands of them per batch). */
@@ -112,6 +116,7 @@ struct rtsp_dst {
         struct sockaddr_in6 v6;
     } a;
     socklen_t len;
+    struct rtsp_smetrics *ms; /* the subscriber's session metrics, NULL: none kept */
 };
 
 enum rtsp_track_state {
@@ -149,6 +154,14 @@ struct rtsp_track {
     uint32_t info_ts;
     struct msm_rtp_rx rx;
     int64_t lost_counted; /* part of rx loss already added to upstream_rtp_lost */
+    /* Retransmissions: the payload types of its RTX stream (RFC 4588, from the SDP; such
+     * packets are counted and relayed, but kept out of <rx> and RTP-Info), and whether the
+     * server takes generic NACKs (SDP rtcp-fb nack, or an RTX stream): then NACKs of its
+     * subscribers are re-issued to it, at most NACK_FORWARD_PER_S per second. */
+    struct msm_rtp_pt_set rtx;
+    bool nack_ok;
+    double nack_window;
+    int nack_in_window;
     struct rtsp_subtrack *subs; /* playing subtracks */
     int n_subs;
     /* RTP destinations of the playing UDP subscribers in one array: the subtracks are scattered
@@ -262,6 +275,8 @@ struct rtsp_source {
     char cname[48];
     double created;
     struct msm_rtsp_stream_stats *sstats; /* NULL beyond the per-config bound */
+    char stream_name[80]; /* the path as a stat token (per-stream and per-session stats) */
+    struct rtsp_smetrics *ms; /* hub: the upstream session's metrics */
 };
 
 /* What a client of a mirror waits for from the hub (besides published state). */
@@ -304,6 +319,8 @@ struct rtsp_client {
     ev_timer kick;
     double first_rq;
     bool latency_recorded;
+    double sess_rq; /* first request since the last session ended: its setup latency's start */
+    struct rtsp_smetrics *ms; /* while it has a session */
     /* bound to a mirror: the answer awaited from the hub, and what came */
     enum rtsp_xwait xwait;
     uint32_t xseq;  /* of the last request to the hub (older answers are ignored) */
@@ -480,6 +497,70 @@ void rtsp_track_send_rr(struct rtsp_source *s, struct rtsp_track *t);
 struct rtsp_seqinfo rtsp_track_next_info(const struct rtsp_track *t);
 /* RFC 5761 §4: an RTCP packet type where an RTP payload type would be. */
 bool rtsp_is_muxed_rtcp(const uint8_t *p, size_t n);
+
+/* Generic NACKs (RFC 4585) a subscriber of <t> sent: re-issued to the server (hub only) when
+ * the server takes them. */
+void rtsp_track_forward_nacks(struct rtsp_track *t, const uint8_t *p, size_t n);
+
+/* ---- rtsp_metrics.c: per-session metrics ----------------------------------------------------- */
+
+enum rtsp_role {
+    RTSP_ROLE_CLIENT = 0,   /* one client's RTSP session */
+    RTSP_ROLE_UPSTREAM = 1, /* a hub's session with the server */
+};
+
+#define RTSP_TRANSPORT_UDP 1
+#define RTSP_TRANSPORT_TCP 2
+
+/* The metrics of one session: always listed (GET /rtsp/sessions), with stats of its own
+ * ("rtsp.<prefix>.session.<id>.<role>.<stream>.*") when the config's max_session_stats allows
+ * (<has_stats>). Owned by its references (atomic): the client (or the hub) for its session's
+ * life, and the hub-side records of a client of a mirror; the last one removes the stats. */
+struct rtsp_smetrics {
+    atomic_int refs;
+    struct rtsp_smetrics *next, *prev; /* the process-wide list, under its lock */
+    struct msm_rtsp_config *cfg;       /* reference */
+    enum rtsp_role role;
+    char id[40];       /* client: its RTSP session id; upstream: "up-<source id>" */
+    char stream[80];
+    char address[64];  /* the client's (or the server's) address; under the list lock */
+    double created;    /* ev_time() */
+    atomic_int transport; /* RTSP_TRANSPORT_* bits of its tracks */
+    atomic_bool setup_done;
+    bool has_stats;
+    struct msm_rtsp_session_stats st;
+    struct msm_rtsp_client_session_stats cst;     /* client role */
+    struct msm_rtsp_upstream_session_stats ust;   /* upstream role */
+    /* client: what its receiver reports said last, per track */
+    _Atomic int64_t rep_lost[RTSP_MAX_TRACKS];
+    atomic_uint rep_fraction[RTSP_MAX_TRACKS];
+    _Atomic uint64_t rep_jitter_us[RTSP_MAX_TRACKS];
+};
+
+/* A new session's metrics (one reference), listed; stats when the config's bound allows
+ * (else sessions_untracked counts it). <id> and <stream> must be stat tokens (no '.').
+ * Any worker. */
+struct rtsp_smetrics *rtsp_smetrics_new(struct msm_rtsp_config *cfg, enum rtsp_role role,
+                                        const char *id, const char *stream, double now);
+struct rtsp_smetrics *rtsp_smetrics_ref(struct rtsp_smetrics *m); /* NULL-safe */
+void rtsp_smetrics_unref(struct rtsp_smetrics *m);                 /* NULL-safe, any thread */
+void rtsp_smetrics_set_address(struct rtsp_smetrics *m, const char *addr);
+void rtsp_smetrics_add_transport(struct rtsp_smetrics *m, bool tcp);
+/* Packets sent to / received from the session's peer (<rtx>: how many of these RTP packets
+ * were retransmissions). All NULL-safe and no-ops without stats. */
+void rtsp_smetrics_tx(struct rtsp_smetrics *m, bool rtcp, uint64_t packets, uint64_t bytes,
+                      uint64_t rtx);
+void rtsp_smetrics_rx(struct rtsp_smetrics *m, bool rtcp, uint64_t packets, uint64_t bytes,
+                      uint64_t rtx);
+/* An RTCP packet from the peer about track <track> (clock <clock_rate>): NACKed packets, and
+ * for a client its receiver report (loss, fraction lost, jitter). */
+void rtsp_smetrics_feedback(struct rtsp_smetrics *m, int track, uint32_t clock_rate,
+                            const struct msm_rtcp_summary *sum);
+/* The session plays: its setup latency, <seconds> since its first request (once). */
+void rtsp_smetrics_setup_done(struct rtsp_smetrics *m, double seconds);
+/* The admin view: one JSON object per live session appended to <sessions> (main thread). */
+void rtsp_smetrics_admin(void *arg, struct json_t *sessions);
+size_t rtsp_smetrics_count(void);
 
 /* ---- rtsp_client.c ------------------------------------------------------------------------- */
 

@@ -39,16 +39,38 @@
     C(rtp_dropped_slow_subscriber) C(rtp_dropped_handoff) C(rtp_dropped_send_error)               \
     C(rtp_dropped_malformed)                                                                      \
     C(rtp_port_exhausted) C(media_protection_refused) C(upstream_rtp_lost)                        \
-    G(upstream_rtp_jitter_us) G(downstream_rtcp_reported_lost) H(setup_latency_ms)
+    G(upstream_rtp_jitter_us) G(downstream_rtcp_reported_lost) H(setup_latency_ms)             \
+    C(retransmissions_requested) C(retransmitted_packets) C(rtcp_nack_forwarded)                 \
+    C(rtcp_nack_rate_limited) G(sessions_tracked) C(sessions_untracked)
 MSM_STATS_STRUCT(msm_rtsp_stats, MSM_RTSP_STATS);
 MSM_STATS_INIT_FN(msm_rtsp_stats, MSM_RTSP_STATS)
 
 /* Per-stream detail, "rtsp.<stat_prefix>.stream.<sanitized path>.*"; bounded per config. */
 #define MSM_RTSP_STREAM_STATS(C, G, H)                                                            \
-    G(subscribers) C(rtp_packets) C(rtp_bytes) C(rtp_lost) G(jitter_us)
+    G(subscribers) C(rtp_packets) C(rtp_bytes) C(rtp_lost) G(jitter_us) C(rtp_tx_packets)         \
+    C(rtp_tx_bytes) C(retransmissions_requested) C(retransmitted_packets)
 MSM_STATS_STRUCT(msm_rtsp_stream_stats, MSM_RTSP_STREAM_STATS);
 MSM_STATS_INIT_FN(msm_rtsp_stream_stats, MSM_RTSP_STREAM_STATS)
 #define MSM_RTSP_MAX_STREAM_STATS 64
+
+/* Per-session detail, "rtsp.<stat_prefix>.session.<id>.<role>.<stream>.*" (rtsp_metrics.c),
+ * removed when the session ends, at most max_session_stats per config. rx/tx are what the proxy
+ * received/sent on the session's leg; the client role adds what the client's receiver reports
+ * say, the upstream role the subscribers it feeds and its own RFC 3550 loss and jitter. */
+#define MSM_RTSP_SESSION_STATS(C, G, H)                                                           \
+    C(rtp_rx_packets) C(rtp_rx_bytes) C(rtp_tx_packets) C(rtp_tx_bytes) C(rtcp_rx_packets)        \
+    C(rtcp_rx_bytes) C(rtcp_tx_packets) C(rtcp_tx_bytes) C(retransmissions_requested)             \
+    C(retransmitted_packets) G(setup_latency_ms)
+MSM_STATS_STRUCT(msm_rtsp_session_stats, MSM_RTSP_SESSION_STATS);
+MSM_STATS_INIT_FN(msm_rtsp_session_stats, MSM_RTSP_SESSION_STATS)
+#define MSM_RTSP_CLIENT_SESSION_STATS(C, G, H)                                                    \
+    G(reported_lost) G(reported_fraction_lost_permille) G(reported_jitter_us)
+MSM_STATS_STRUCT(msm_rtsp_client_session_stats, MSM_RTSP_CLIENT_SESSION_STATS);
+MSM_STATS_INIT_FN(msm_rtsp_client_session_stats, MSM_RTSP_CLIENT_SESSION_STATS)
+#define MSM_RTSP_UPSTREAM_SESSION_STATS(C, G, H) G(subscribers) G(rtp_lost) G(jitter_us)
+MSM_STATS_STRUCT(msm_rtsp_upstream_session_stats, MSM_RTSP_UPSTREAM_SESSION_STATS);
+MSM_STATS_INIT_FN(msm_rtsp_upstream_session_stats, MSM_RTSP_UPSTREAM_SESSION_STATS)
+#define MSM_RTSP_DEFAULT_MAX_SESSION_STATS 256
 
 enum msm_rtsp_path_match {
     MSM_RTSP_PATH_ANY = 0,
@@ -95,6 +117,8 @@ struct msm_rtsp_config {
     uint32_t max_sessions;
     atomic_uint sessions;         /* live client sessions, all workers */
     atomic_uint stream_stats;     /* live per-stream stat blocks */
+    uint32_t max_session_stats;   /* per-session stat blocks allowed */
+    atomic_uint session_stats;    /* live per-session stat blocks */
     uint32_t subscriber_buffer_limit; /* interleaved subscriber: drop media above this */
     struct msm_rtsp_limits limits;
     struct msm_stats_store *store;

@@ -15,6 +15,7 @@
 #include "filters/network/rtsp_proxy/rtsp_private.h"
 
 #define FANOUT_MSGS 1024
+#define NACK_FORWARD_PER_S 50 /* per track: re-issued NACK packets, the rest are dropped */
 
 /* ---- downstream sockets -------------------------------------------------------------------- */
 
@@ -60,6 +61,9 @@ void rtsp_track_link(struct rtsp_track *t, struct rtsp_subtrack *st)
     if (t->src->sstats && t->idx == 0) {
         msm_stat_inc(t->src->sstats->subscribers);
     }
+    if (t->idx == 0 && t->src->ms && t->src->ms->has_stats) {
+        msm_stat_inc(t->src->ms->ust.subscribers);
+    }
 }
 
 void rtsp_track_unlink(struct rtsp_track *t, struct rtsp_subtrack *st)
@@ -82,12 +86,16 @@ void rtsp_track_unlink(struct rtsp_track *t, struct rtsp_subtrack *st)
     if (t->src->sstats && t->idx == 0) {
         msm_stat_dec(t->src->sstats->subscribers);
     }
+    if (t->idx == 0 && t->src->ms && t->src->ms->has_stats) {
+        msm_stat_dec(t->src->ms->ust.subscribers);
+    }
 }
 
 /* Scratch for fan-out sends, one per worker loop (freed with it). */
 struct fan_scratch {
     struct mmsghdr msg[FANOUT_MSGS];
     struct iovec iov[FANOUT_MSGS];
+    struct rtsp_smetrics *dms[FANOUT_MSGS]; /* session of each destination of a send */
 };
 
 static const char fan_key;
@@ -118,19 +126,61 @@ static void fan_rebuild(struct rtsp_track *t)
         struct rtsp_dst *d = &t->fan[t->n_fan++];
         d->len = msm_sockaddr_len(&sub->rtp_to);
         memcpy(&d->a, &sub->rtp_to, d->len <= sizeof(d->a) ? d->len : sizeof(d->a));
+        d->ms = sub->ms && sub->ms->has_stats ? sub->ms : NULL;
+    }
+}
+
+/* What one send of a fan-out carries: <n> packets (<bytes> bytes, <rtx> of them RTX) per
+ * destination. */
+struct fan_batch {
+    struct msm_udp_pkt *pk;
+    int n;
+    size_t bytes;
+    size_t rtx;
+    bool rtcp;
+    const struct rtsp_track *t;
+};
+
+/* sendmmsg the <k> messages for the <nd> destinations in <f> (each <b>->n of them, in order),
+ * and count what each destination's session got: a full socket buffer ends a send, so what went
+ * out is a prefix of the messages. */
+static void fan_send(struct fan_scratch *f, int fd, int k, int nd, const struct fan_batch *b,
+                     struct fan_acc *acc)
+{
+    int ok = msm_udp_sendmmsg(fd, f->msg, k);
+    acc->sent += (uint64_t)ok;
+    acc->dropped += (uint64_t)(k - ok);
+    for (int j = 0; j < nd && ok > 0; j++, ok -= b->n) {
+        struct rtsp_smetrics *m = f->dms[j];
+        if (!m) {
+            continue;
+        }
+        if (ok >= b->n) {
+            rtsp_smetrics_tx(m, b->rtcp, (uint64_t)b->n, b->bytes, b->rtx);
+            continue;
+        }
+        size_t bytes = 0;
+        for (int i = 0; i < ok; i++) {
+            bytes += b->pk[i].len;
+        }
+        size_t rtx = b->rtx ? msm_rtp_count_pt(&b->t->rtx, b->pk, ok) : 0;
+        rtsp_smetrics_tx(m, b->rtcp, (uint64_t)ok, bytes, rtx);
     }
 }
 
 /* RTP to every UDP subscriber of <t> from socket <fd>, in sendmmsg batches of FANOUT_MSGS. */
 static void fan_udp_rtp(struct fan_scratch *f, struct rtsp_track *t, int fd,
-                        struct msm_udp_pkt *pk, int n, size_t batch_bytes, struct fan_acc *acc)
+                        const struct fan_batch *b, struct fan_acc *acc)
 {
     if (t->fan_dirty) {
         fan_rebuild(t);
     }
-    int k = 0;
+    struct msm_udp_pkt *pk = b->pk;
+    int n = b->n;
+    int k = 0, nd = 0;
     for (int d = 0; d < t->n_fan; d++) {
         struct rtsp_dst *to = &t->fan[d];
+        f->dms[nd++] = to->ms;
         for (int i = 0; i < n; i++) {
             struct mmsghdr *m = &f->msg[k];
             f->iov[k].iov_base = pk[i].data;
@@ -142,18 +192,14 @@ static void fan_udp_rtp(struct fan_scratch *f, struct rtsp_track *t, int fd,
             m->msg_hdr.msg_iovlen = 1;
             k++;
         }
-        acc->bytes += batch_bytes;
+        acc->bytes += b->bytes;
         if (k + n > FANOUT_MSGS) {
-            int ok = msm_udp_sendmmsg(fd, f->msg, k);
-            acc->sent += (uint64_t)ok;
-            acc->dropped += (uint64_t)(k - ok);
-            k = 0;
+            fan_send(f, fd, k, nd, b, acc);
+            k = nd = 0;
         }
     }
     if (k) {
-        int ok = msm_udp_sendmmsg(fd, f->msg, k);
-        acc->sent += (uint64_t)ok;
-        acc->dropped += (uint64_t)(k - ok);
+        fan_send(f, fd, k, nd, b, acc);
     }
 }
 
@@ -161,13 +207,16 @@ static void fan_udp_rtp(struct fan_scratch *f, struct rtsp_track *t, int fd,
  * address (<mux> false) or, for those that multiplex, to their RTP address from the RTP socket
  * (<mux> true). */
 static void fan_udp_rtcp(struct fan_scratch *f, struct rtsp_track *t, int fd, bool mux,
-                         struct msm_udp_pkt *pk, int n, size_t batch_bytes, struct fan_acc *acc)
+                         const struct fan_batch *b, struct fan_acc *acc)
 {
-    int k = 0;
+    struct msm_udp_pkt *pk = b->pk;
+    int n = b->n;
+    int k = 0, nd = 0;
     for (struct rtsp_subtrack *sub = t->subs; sub; sub = sub->next) {
         if (sub->tcp || sub->rtcp_mux != mux) {
             continue;
         }
+        f->dms[nd++] = sub->ms && sub->ms->has_stats ? sub->ms : NULL;
         struct sockaddr_storage *to = mux ? &sub->rtp_to : &sub->rtcp_to;
         socklen_t tolen = msm_sockaddr_len(to);
         for (int i = 0; i < n; i++) {
@@ -181,18 +230,14 @@ static void fan_udp_rtcp(struct fan_scratch *f, struct rtsp_track *t, int fd, bo
             m->msg_hdr.msg_iovlen = 1;
             k++;
         }
-        acc->bytes += batch_bytes;
+        acc->bytes += b->bytes;
         if (k + n > FANOUT_MSGS) {
-            int ok = msm_udp_sendmmsg(fd, f->msg, k);
-            acc->sent += (uint64_t)ok;
-            acc->dropped += (uint64_t)(k - ok);
-            k = 0;
+            fan_send(f, fd, k, nd, b, acc);
+            k = nd = 0;
         }
     }
     if (k) {
-        int ok = msm_udp_sendmmsg(fd, f->msg, k);
-        acc->sent += (uint64_t)ok;
-        acc->dropped += (uint64_t)(k - ok);
+        fan_send(f, fd, k, nd, b, acc);
     }
 }
 
@@ -225,18 +270,21 @@ void rtsp_track_fan_out(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, boo
     struct msm_rtsp_stats *st = &s->cfg->stats;
     struct fan_scratch *f = msm_loop_local(s->loop, &fan_key, fan_create, free);
     struct fan_acc acc = {0, 0, 0};
-    size_t batch_bytes = 0;
+    struct fan_batch b = {.pk = pk, .n = n, .rtcp = rtcp, .t = t};
     for (int i = 0; i < n; i++) {
-        batch_bytes += pk[i].len;
+        b.bytes += pk[i].len;
+    }
+    if (!rtcp && !msm_rtp_pt_set_empty(&t->rtx)) {
+        b.rtx = msm_rtp_count_pt(&t->rtx, pk, n);
     }
     if (!rtcp && t->dn_rtp.fd >= 0) {
-        fan_udp_rtp(f, t, t->dn_rtp.fd, pk, n, batch_bytes, &acc);
+        fan_udp_rtp(f, t, t->dn_rtp.fd, &b, &acc);
     } else if (rtcp) {
         if (t->dn_rtcp.fd >= 0) {
-            fan_udp_rtcp(f, t, t->dn_rtcp.fd, false, pk, n, batch_bytes, &acc);
+            fan_udp_rtcp(f, t, t->dn_rtcp.fd, false, &b, &acc);
         }
         if (t->dn_rtp.fd >= 0) {
-            fan_udp_rtcp(f, t, t->dn_rtp.fd, true, pk, n, batch_bytes, &acc);
+            fan_udp_rtcp(f, t, t->dn_rtp.fd, true, &b, &acc);
         }
     }
     /* Interleaved subscribers: writing may close a client (and unlink it) under our feet, so
@@ -264,6 +312,9 @@ void rtsp_track_fan_out(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, boo
         if (rtsp_client_write_frames(sub->c, &frames)) {
             acc.sent += (uint64_t)(n - first);
             acc.bytes += bytes;
+            size_t rtx = !b.rtx ? 0 : first ? msm_rtp_count_pt(&t->rtx, pk + first, n - first)
+                                            : b.rtx;
+            rtsp_smetrics_tx(sub->ms, rtcp, (uint64_t)(n - first), bytes, rtx);
         } else {
             sub->drops += (uint64_t)(n - first);
             msm_stat_add(st->rtp_dropped_slow_subscriber, (uint64_t)(n - first));
@@ -282,6 +333,10 @@ void rtsp_track_fan_out(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, boo
         } else {
             msm_stat_add(st->downstream_rtp_tx_packets, acc.sent);
             msm_stat_add(st->downstream_rtp_tx_bytes, acc.bytes);
+            if (s->sstats) {
+                msm_stat_add(s->sstats->rtp_tx_packets, acc.sent);
+                msm_stat_add(s->sstats->rtp_tx_bytes, acc.bytes);
+            }
         }
     }
 }
@@ -313,32 +368,51 @@ void rtsp_track_media(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool 
     struct msm_rtsp_stats *st = &s->cfg->stats;
     double now = ev_now(s->loop);
     if (rtcp) {
+        uint64_t rbytes = 0;
         for (int i = 0; i < n; i++) {
+            rbytes += pk[i].len;
             if (pk[i].len >= 8 && pk[i].data[1] == 200) {
                 msm_rtp_rx_note_sr(&t->rx, pk[i].data, pk[i].len, now);
             }
+            struct msm_rtcp_summary sum;
+            if (msm_rtcp_summarize(pk[i].data, pk[i].len, &sum) && sum.nack_packets) {
+                /* The server asks for retransmissions (of what we never send it): counted. */
+                msm_stat_add(st->retransmissions_requested, sum.nack_packets);
+                if (s->sstats) {
+                    msm_stat_add(s->sstats->retransmissions_requested, sum.nack_packets);
+                }
+                rtsp_smetrics_feedback(s->ms, t->idx, t->clock_rate, &sum);
+            }
         }
         msm_stat_add(st->upstream_rtcp_rx_packets, (uint64_t)n);
+        rtsp_smetrics_rx(s->ms, true, (uint64_t)n, rbytes, 0);
         /* Translator behaviour (RFC 3550 §7): sender reports go on to the subscribers, who
          * need them for synchronization; receiver feedback is terminated per leg. */
         rtsp_track_fan_out(t, pk, n, true);
         return;
     }
     int k = 0;
-    uint64_t bytes = 0;
+    uint64_t bytes = 0, rtx = 0;
+    bool has_rtx = !msm_rtp_pt_set_empty(&t->rtx);
     for (int i = 0; i < n; i++) {
         struct msm_rtp_hdr h;
         if (!msm_rtp_parse(pk[i].data, pk[i].len, &h)) {
             msm_stat_inc(st->rtp_dropped_malformed);
             continue;
         }
-        msm_rtp_rx_update(&t->rx, &h, pk[i].len, now, t->clock_rate);
-        t->have_last = true;
-        t->last_seq = h.seq;
-        t->last_ts = h.ts;
-        if (!t->have_ssrc) {
-            t->have_ssrc = true;
-            t->ssrc = h.ssrc;
+        if (has_rtx && msm_rtp_pt_set_has(&t->rtx, h.pt)) {
+            /* A retransmission (RFC 4588: its own SSRC and sequence numbers): relayed, but kept
+             * out of the media stream's statistics and RTP-Info. */
+            rtx++;
+        } else {
+            msm_rtp_rx_update(&t->rx, &h, pk[i].len, now, t->clock_rate);
+            t->have_last = true;
+            t->last_seq = h.seq;
+            t->last_ts = h.ts;
+            if (!t->have_ssrc) {
+                t->have_ssrc = true;
+                t->ssrc = h.ssrc;
+            }
         }
         bytes += pk[i].len;
         if (k != i) {
@@ -355,6 +429,13 @@ void rtsp_track_media(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool 
         msm_stat_add(s->sstats->rtp_packets, (uint64_t)k);
         msm_stat_add(s->sstats->rtp_bytes, bytes);
     }
+    if (rtx) {
+        msm_stat_add(st->retransmitted_packets, rtx);
+        if (s->sstats) {
+            msm_stat_add(s->sstats->retransmitted_packets, rtx);
+        }
+    }
+    rtsp_smetrics_rx(s->ms, false, (uint64_t)k, bytes, rtx);
     rtsp_track_fan_out(t, pk, k, false);
 }
 
@@ -422,6 +503,34 @@ void rtsp_relay_up_rtcp(struct msm_udp_sock *u, struct msm_udp_pkt *pk, int n)
     if (k) {
         rtsp_track_media(t, pk, k, true);
     }
+}
+
+/* An RTCP packet from a subscriber of <t> (session metrics <ms>, may be NULL): its receiver
+ * report (the loss it sees) and its generic NACKs, counted per prefix, stream and session;
+ * the NACKs go on to the server when it takes them. */
+static void subscriber_rtcp(struct rtsp_track *t, struct rtsp_smetrics *ms, const uint8_t *p,
+                            size_t n)
+{
+    struct rtsp_source *s = t->src;
+    struct msm_rtsp_stats *st = &s->cfg->stats;
+    struct msm_rtcp_summary sum;
+    msm_stat_inc(st->downstream_rtcp_rx_packets);
+    rtsp_smetrics_rx(ms, true, 1, n, 0);
+    if (!msm_rtcp_summarize(p, n, &sum)) {
+        return;
+    }
+    if (sum.reports && sum.lost >= 0) {
+        msm_stat_set(st->downstream_rtcp_reported_lost, (uint64_t)sum.lost);
+    }
+    rtsp_smetrics_feedback(ms, t->idx, t->clock_rate, &sum);
+    if (!sum.nack_packets) {
+        return;
+    }
+    msm_stat_add(st->retransmissions_requested, sum.nack_packets);
+    if (s->sstats) {
+        msm_stat_add(s->sstats->retransmissions_requested, sum.nack_packets);
+    }
+    rtsp_track_forward_nacks(t, p, n);
 }
 
 /* Is <sub> (set up on <t>, UDP) the sender of a packet from <from>? Exact address: yes; an
@@ -504,12 +613,9 @@ static void downstream_in(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, b
         bool is_rtcp = on_rtcp ? msm_rtcp_is(pk[i].data, pk[i].len)
                                : rtsp_is_muxed_rtcp(pk[i].data, pk[i].len);
         if (is_rtcp) {
-            int64_t lost;
-            uint32_t jitter;
-            msm_stat_inc(s->cfg->stats.downstream_rtcp_rx_packets);
-            if (msm_rtcp_report_summary(pk[i].data, pk[i].len, &lost, &jitter) && lost >= 0) {
-                msm_stat_set(s->cfg->stats.downstream_rtcp_reported_lost, (uint64_t)lost);
-            }
+            subscriber_rtcp(t, sub->ms, pk[i].data, pk[i].len);
+        } else {
+            rtsp_smetrics_rx(sub->ms, false, 1, pk[i].len, 0); /* a hole punch, or media */
         }
         if (sub->c) {
             rtsp_client_activity(sub->c);
@@ -535,15 +641,71 @@ void rtsp_source_client_frame(struct rtsp_source *s, struct rtsp_client *c, uint
     for (int i = 0; i < s->n_tracks; i++) {
         struct rtsp_subtrack *sub = &c->st[i];
         if (sub->t && sub->tcp && ch == sub->ch[1] && msm_rtcp_is(p, n)) {
-            int64_t lost;
-            uint32_t jitter;
-            msm_stat_inc(s->cfg->stats.downstream_rtcp_rx_packets);
-            if (msm_rtcp_report_summary(p, n, &lost, &jitter) && lost >= 0) {
-                msm_stat_set(s->cfg->stats.downstream_rtcp_reported_lost, (uint64_t)lost);
-            }
+            subscriber_rtcp(sub->t, c->ms, p, n);
+            return;
+        }
+        if (sub->t && sub->tcp && ch == sub->ch[0]) {
+            rtsp_smetrics_rx(c->ms, false, 1, n, 0);
             return;
         }
     }
+}
+
+/* An RTCP packet of ours to the server's RTCP address of <t> (interleaved on the control
+ * connection, or UDP to the latched or announced port). True when it went out. */
+static bool send_up_rtcp(struct rtsp_source *s, struct rtsp_track *t, const uint8_t *buf,
+                         size_t n)
+{
+    if (t->up_tcp) {
+        if (!s->up) {
+            return false;
+        }
+        struct msm_buf b;
+        msm_buf_init(&b);
+        uint8_t hdr[4] = {'$', t->up_ch[1], (uint8_t)(n >> 8), (uint8_t)n};
+        msm_buf_append(&b, hdr, 4);
+        msm_buf_append(&b, buf, n);
+        rtsp_source_up_write(s, &b);
+        msm_buf_deinit(&b);
+    } else if (t->up_rtcp.fd >= 0 && s->host) {
+        struct sockaddr_storage to;
+        if (t->up_rtcp_latched) {
+            to = t->up_rtcp_peer;
+        } else if (t->has_server_port) {
+            to = s->host->addr.sa;
+            msm_sockaddr_set_port(&to, t->server_port[1]);
+        } else {
+            return false;
+        }
+        if (msm_udp_sendto(t->up_rtcp.fd, buf, n, (struct sockaddr *)&to, msm_sockaddr_len(&to)) <
+            0) {
+            return false;
+        }
+    } else {
+        return false;
+    }
+    msm_stat_inc(s->cfg->stats.upstream_rtcp_tx_packets);
+    rtsp_smetrics_tx(s->ms, true, 1, n, 0);
+    return true;
+}
+
+/* The upstream session's loss (sum over its tracks) and jitter (the worst track's). */
+static void session_loss(struct rtsp_source *s)
+{
+    if (!s->ms || !s->ms->has_stats) {
+        return;
+    }
+    int64_t lost = 0;
+    uint64_t jitter = 0;
+    for (int i = 0; i < s->n_tracks; i++) {
+        const struct rtsp_track *t = &s->tracks[i];
+        int64_t l = msm_rtp_rx_lost(&t->rx);
+        uint64_t j = msm_rtp_rx_jitter_us(&t->rx);
+        lost += l > 0 ? l : 0;
+        jitter = j > jitter ? j : jitter;
+    }
+    msm_stat_set(s->ms->ust.rtp_lost, (uint64_t)lost);
+    msm_stat_set(s->ms->ust.jitter_us, jitter);
 }
 
 /* Our receiver report to the server for <t> (RTCP terminated per leg), and the loss/jitter
@@ -565,37 +727,38 @@ void rtsp_track_send_rr(struct rtsp_source *s, struct rtsp_track *t)
     if (s->sstats) {
         msm_stat_set(s->sstats->jitter_us, jus);
     }
+    session_loss(s);
     size_t n = msm_rtcp_build_rr(buf, sizeof(buf), s->own_ssrc, s->cname, &t->rx, now);
-    if (!n) {
+    if (n) {
+        send_up_rtcp(s, t, buf, n);
+    }
+}
+
+void rtsp_track_forward_nacks(struct rtsp_track *t, const uint8_t *p, size_t n)
+{
+    struct rtsp_source *s = t->src;
+    if (s->remote || s->dead || !t->nack_ok || t->state != RTSP_TRACK_READY) {
+        return; /* a mirror's client (its hub's worker would have to do it), or no taker */
+    }
+    double now = ev_now(s->loop);
+    if (now - t->nack_window >= 1.0) {
+        t->nack_window = now;
+        t->nack_in_window = 0;
+    }
+    if (t->nack_in_window >= NACK_FORWARD_PER_S) {
+        msm_stat_inc(s->cfg->stats.rtcp_nack_rate_limited);
         return;
     }
-    if (t->up_tcp) {
-        if (!s->up) {
-            return;
-        }
-        struct msm_buf b;
-        msm_buf_init(&b);
-        uint8_t hdr[4] = {'$', t->up_ch[1], (uint8_t)(n >> 8), (uint8_t)n};
-        msm_buf_append(&b, hdr, 4);
-        msm_buf_append(&b, buf, n);
-        rtsp_source_up_write(s, &b);
-        msm_buf_deinit(&b);
-    } else if (t->up_rtcp.fd >= 0 && s->host) {
-        struct sockaddr_storage to;
-        if (t->up_rtcp_latched) {
-            to = t->up_rtcp_peer;
-        } else if (t->has_server_port) {
-            to = s->host->addr.sa;
-            msm_sockaddr_set_port(&to, t->server_port[1]);
-        } else {
-            return;
-        }
-        if (msm_udp_sendto(t->up_rtcp.fd, buf, n, (struct sockaddr *)&to, msm_sockaddr_len(&to)) <
-            0) {
-            return;
-        }
-    } else {
+    /* A compound of ours: an empty RR and our SDES (no report block, so the RR interval of
+     * <rx> is untouched), then the subscriber's NACKs re-issued under our SSRC. */
+    uint8_t buf[1500];
+    size_t k = msm_rtcp_build_rr(buf, sizeof(buf), s->own_ssrc, s->cname, NULL, now);
+    size_t nk = k ? msm_rtcp_copy_nacks(p, n, s->own_ssrc, buf + k, sizeof(buf) - k) : 0;
+    if (!nk) {
         return;
     }
-    msm_stat_inc(s->cfg->stats.upstream_rtcp_tx_packets);
+    t->nack_in_window++;
+    if (send_up_rtcp(s, t, buf, k + nk)) {
+        msm_stat_inc(s->cfg->stats.rtcp_nack_forwarded);
+    }
 }

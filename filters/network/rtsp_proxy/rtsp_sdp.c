@@ -252,6 +252,24 @@ int msm_sdp_parse(const char *sdp, size_t n, struct msm_sdp_media *m, int max,
             } else if (count < max) {
                 copy_bounded(m[count].control, sizeof(m[count].control), l + 10, ll - 10);
             }
+        } else if (l[0] == 'a' && ll > 10 && !strncmp(l, "a=rtcp-fb:", 10) && count >= 0 &&
+                   count < max) {
+            /* a=rtcp-fb:<pt or *> nack: generic NACK ("nack pli" and others are not) */
+            const char *q = memchr(l + 10, ' ', ll - 10), *le = l + ll;
+            while (q && q < le && *q == ' ') {
+                q++;
+            }
+            const char *e = q;
+            while (e && e < le && *e != ' ') {
+                e++;
+            }
+            const char *rest = e;
+            while (rest && rest < le && *rest == ' ') {
+                rest++;
+            }
+            if (q && e - q == 4 && !strncasecmp(q, "nack", 4) && rest == le) {
+                m[count].nack = true;
+            }
         } else if (l[0] == 'a' && ll > 9 && !strncmp(l, "a=rtpmap:", 9) && count >= 0 &&
                    count < max) {
             /* a=rtpmap:<pt> <encoding>/<clock>[/<channels>] */
@@ -259,6 +277,10 @@ int msm_sdp_parse(const char *sdp, size_t n, struct msm_sdp_media *m, int max,
             copy_bounded(tmp, sizeof(tmp), l + 9, ll - 9);
             int pt = atoi(tmp);
             char *slash = strchr(tmp, '/');
+            char *sp = strchr(tmp, ' ');
+            if (sp && slash && slash - sp == 4 && !strncasecmp(sp + 1, "rtx", 3)) {
+                msm_rtp_pt_set_add(&m[count].rtx, pt); /* a retransmission stream's type */
+            }
             if (pt == m[count].pt && slash) {
                 long clock = strtol(slash + 1, NULL, 10);
                 if (clock > 0 && clock <= 10000000) {

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "rtp/rtp.h"
+
 #define MSM_SDP_MAX_MEDIA 8
 #define MSM_RTSP_URL_MAX 1024
 
@@ -45,6 +47,8 @@ struct msm_sdp_media {
     int pt;               /* first payload type of the m= line, -1 if none */
     uint32_t clock_rate;  /* from a=rtpmap of <pt>, or the static payload table; 0 unknown */
     char control[512];    /* a=control value as written ("" when absent) */
+    struct msm_rtp_pt_set rtx; /* payload types of a=rtpmap:<pt> rtx/<clock> (RFC 4588) */
+    bool nack;            /* a=rtcp-fb:<pt or *> nack (generic NACK, RFC 4585 §4.2) */
 };
 
 /* Media sections of <sdp> (up to <max>), and the session-level a=control into

@@ -272,6 +272,7 @@ static void src_free(void *p)
         free(s->sstats);
         atomic_fetch_sub(&s->cfg->stream_stats, 1);
     }
+    rtsp_smetrics_unref(s->ms); /* the upstream session's series go */
     msm_rtsp_config_unref(s->cfg);
     free(s);
 }
@@ -473,6 +474,8 @@ struct rtsp_source *rtsp_source_alloc(struct rtsp_wstate *ws, struct msm_rtsp_co
     s->key = key;
     s->cluster_name = msm_xstrdup(cluster);
     s->created = ev_now(ws->loop);
+    const char *pq = strchr(key, '\n');
+    stream_stat_name(pq ? pq + 1 : key, s->stream_name, sizeof(s->stream_name));
     snprintf(s->url, sizeof(s->url), "%.*s", (int)req->uri.n, req->uri.p);
     snprintf(s->base, sizeof(s->base), "%s", s->url);
     msm_si_init(&s->up_si, s->created, s->created);
@@ -505,9 +508,8 @@ static struct rtsp_source *hub_new(struct rtsp_client *c, char *key, const char 
     msm_stat_inc(cfg->stats.upstream_sessions_active);
     if (atomic_fetch_add(&cfg->stream_stats, 1) < MSM_RTSP_MAX_STREAM_STATS) {
         /* A bounded, rare creation on the worker (once per stream), off the packet path. */
-        char name[80], prefix[256];
-        stream_stat_name(path_query, name, sizeof(name));
-        snprintf(prefix, sizeof(prefix), "%sstream.%s.", cfg->stat_prefix, name);
+        char prefix[256];
+        snprintf(prefix, sizeof(prefix), "%sstream.%s.", cfg->stat_prefix, s->stream_name);
         s->sstats = MSM_NEW(struct msm_rtsp_stream_stats);
         msm_rtsp_stream_stats_init(cfg->store, prefix, s->sstats);
     } else {
@@ -517,9 +519,13 @@ static struct rtsp_source *hub_new(struct rtsp_client *c, char *key, const char 
         rtsp_stream_set_hub(st, s);
         rtsp_registry_add(s);
     }
+    char id[32];
+    snprintf(id, sizeof(id), "up-%llu", (unsigned long long)s->id);
+    s->ms = rtsp_smetrics_new(cfg, RTSP_ROLE_UPSTREAM, id, s->stream_name, ev_time());
     s->state = RTSP_SRC_CONNECTING;
     s->orig_dst = msm_filter_conn(c->h)->local;
     src_connect(s, msm_filter_worker(c->h));
+    rtsp_smetrics_set_address(s->ms, s->up_authority);
     return s;
 }
 
@@ -737,6 +743,8 @@ static void on_describe(struct rtsp_source *s, const struct msm_rtsp_msg *m,
         }
         snprintf(t->media, sizeof(t->media), "%s", media[i].type);
         t->clock_rate = media[i].clock_rate;
+        t->rtx = media[i].rtx;
+        t->nack_ok = media[i].nack || !msm_rtp_pt_set_empty(&media[i].rtx);
     }
     s->n_tracks = n;
     s->sdp = msm_xstrndup(m->body.p, m->body.n);
@@ -819,6 +827,7 @@ static void on_setup(struct rtsp_source *s, const struct msm_rtsp_msg *m, struct
         t->ssrc = tr[0].ssrc;
     }
     t->state = RTSP_TRACK_READY;
+    rtsp_smetrics_add_transport(s->ms, t->up_tcp);
     if (!t->up_tcp && s->host && t->has_server_port) {
         /* Open the NAT/firewall path towards the server's ports (a "hole punch" RTCP RR). */
         rtsp_track_send_rr(s, t);
@@ -883,6 +892,7 @@ static void on_play(struct rtsp_source *s, const struct msm_rtsp_msg *m, struct 
     free(s->range);
     s->range = header_dup(m, "Range");
     s->play = RTSP_PLAY_ON;
+    rtsp_smetrics_setup_done(s->ms, ev_now(s->loop) - s->created);
     wake_all(s);
 }
 

@@ -142,6 +142,8 @@ struct pub_track {
     enum rtsp_track_state state;
     bool have_ssrc;
     uint32_t ssrc;
+    struct msm_rtp_pt_set rtx;
+    bool nack_ok;
 };
 
 /* What a mirror knows of its hub (a copy, owned by the message). */
@@ -182,6 +184,7 @@ struct rtsp_xmsg {
     struct sockaddr_storage rtp_to, rtcp_to, peer_ip;
     struct pub *pub;
     struct rtsp_seqinfo info[RTSP_MAX_TRACKS];
+    struct rtsp_smetrics *ms; /* SUB_SETUP, SUB_PLAY: the client session's metrics (reference) */
 };
 
 static void pub_free(struct pub *p)
@@ -203,6 +206,7 @@ static void xmsg_free(struct rtsp_xmsg *m)
     free(m->auth);
     free(m->headers);
     pub_free(m->pub);
+    rtsp_smetrics_unref(m->ms);
     free(m);
 }
 
@@ -716,6 +720,7 @@ void rtsp_mirror_sub_setup(struct rtsp_source *s, struct rtsp_client *c, int idx
     m->peer_ip = c->peer;
     m->family = c->peer.ss_family;
     m->playing = c->playing;
+    m->ms = rtsp_smetrics_ref(c->ms); /* NULL before the client's first session exists */
     c->xwait = RTSP_XW_SETUP;
     c->x_ready = false;
     c->x_subs = true;
@@ -726,6 +731,7 @@ void rtsp_mirror_sub_play(struct rtsp_source *s, struct rtsp_client *c)
 {
     struct rtsp_xmsg *m = client_msg(X_SUB_PLAY, s, c);
     m->seq = ++c->xseq;
+    m->ms = rtsp_smetrics_ref(c->ms);
     c->xwait = RTSP_XW_PLAY;
     c->x_ready = false;
     xpost(s->owner_wid, m);
@@ -792,6 +798,8 @@ static void mirror_apply(struct rtsp_source *s, struct pub *p)
             t->state = pt->state;
             t->have_ssrc = pt->have_ssrc;
             t->ssrc = pt->ssrc;
+            t->rtx = pt->rtx;
+            t->nack_ok = pt->nack_ok;
         }
         s->play = p->play;
         free(s->range);
@@ -887,6 +895,8 @@ static struct pub *pub_make(const struct rtsp_source *s)
         pt->state = t->state;
         pt->have_ssrc = t->have_ssrc;
         pt->ssrc = t->ssrc;
+        pt->rtx = t->rtx;
+        pt->nack_ok = t->nack_ok;
     }
     p->play = s->play;
     p->range = dup_or_null(s->range);
@@ -969,6 +979,13 @@ static void rsub_play(struct rtsp_source *s, struct rtsp_peer *p, struct rtsp_su
             msm_stat_dec(s->sstats->subscribers);
         }
     }
+    if (sub->t->idx == 0 && s->ms && s->ms->has_stats) {
+        if (on) {
+            msm_stat_inc(s->ms->ust.subscribers);
+        } else {
+            msm_stat_dec(s->ms->ust.subscribers);
+        }
+    }
 }
 
 /* Remove the records of <client> (every one when <client> is 0) on track <idx> (-1: all). */
@@ -983,6 +1000,7 @@ static void rsub_remove(struct rtsp_source *s, struct rtsp_peer *p, uint64_t cli
         }
         *pp = sub->rnext;
         rsub_play(s, p, sub, false);
+        rtsp_smetrics_unref(sub->ms);
         free(sub);
     }
 }
@@ -1067,6 +1085,7 @@ static void hub_sub_setup(struct rtsp_source *s, struct rtsp_peer *p, const stru
     sub->peer = p;
     sub->client_id = m->client;
     sub->peer_ip = m->peer_ip;
+    sub->ms = rtsp_smetrics_ref(m->ms);
     sub->rnext = p->subs;
     p->subs = sub;
     if (m->playing) {
@@ -1083,9 +1102,15 @@ out:
 static void hub_sub_play(struct rtsp_source *s, struct rtsp_peer *p, const struct rtsp_xmsg *m)
 {
     for (struct rtsp_subtrack *sub = p->subs; sub; sub = sub->rnext) {
-        if (sub->client_id == m->client) {
-            rsub_play(s, p, sub, true);
+        if (sub->client_id != m->client) {
+            continue;
         }
+        if (!sub->ms && m->ms) {
+            /* Set up before the client's session existed: its metrics come with the PLAY. */
+            sub->ms = rtsp_smetrics_ref(m->ms);
+            sub->t->fan_dirty = true;
+        }
+        rsub_play(s, p, sub, true);
     }
     /* Linked in this very callback: the next packet of each track is the one announced. */
     struct rtsp_xmsg *a = peer_msg(X_PLAY_INFO, s, p);
@@ -1189,6 +1214,16 @@ void rtsp_hub_handoff(struct rtsp_track *t, struct msm_udp_pkt *pk, int n, bool 
             int ok = ring_push(p->ring, p->mirror_id, t->idx, rtcp, pk, n);
             if (ok < n) {
                 msm_stat_add(s->cfg->stats.rtp_dropped_handoff, (uint64_t)(n - ok));
+            }
+            if (!rtcp && ok > 0 && s->sstats) {
+                /* The stream's media to the interleaved subscribers of that worker. */
+                uint64_t bytes = 0;
+                for (int i = 0; i < ok; i++) {
+                    bytes += pk[i].len;
+                }
+                uint64_t subs = (uint64_t)p->tcp_playing[t->idx];
+                msm_stat_add(s->sstats->rtp_tx_packets, (uint64_t)ok * subs);
+                msm_stat_add(s->sstats->rtp_tx_bytes, bytes * subs);
             }
         }
     }

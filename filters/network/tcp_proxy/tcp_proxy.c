@@ -195,7 +195,9 @@ void msm_tcp_proxy_filter_free(void *f)
 {
     struct tp *t = f;
     /* Envoy logs when the filter goes away: the downstream is closed, its counts are final. */
-    if (t->cfg->logs.n && t->started) {
+    /* Also when an earlier filter ended the connection with a reason (network RBAC's deny):
+     * Envoy's tcp_proxy logs every connection it saw. */
+    if (t->cfg->logs.n && (t->started || (t->si && t->si->connection_termination_details))) {
         msm_access_logs_emit(&t->cfg->logs, t->si, ev_now(t->loop));
     }
     if (t->si) {

@@ -205,6 +205,89 @@ static void test_http_operators(void **state)
     msm_si_deinit(&si);
 }
 
+/* Istio's default format on HTTP lines: the request/response timings, the upstream connection's
+ * local address, a connect failure's host and reason, a filter's termination details. */
+static void test_http_timings_and_failures(void **state)
+{
+    (void)state;
+    char *fmt = istio_format();
+    struct msm_cluster_cfg *cfg = cluster_cfg();
+    struct msm_address ha = addr("10.0.0.7", 9080);
+    struct msm_host *h = msm_host_new(&ha, NULL, 1);
+    struct msm_stream_info si;
+    tcp_info(&si, cfg, h);
+    struct msm_hdrs *req = msm_hdrs_new();
+    msm_hdrs_addz(req, ":method", "POST");
+    msm_hdrs_addz(req, ":path", "/r");
+    msm_hdrs_addz(req, ":authority", "reviews:9080");
+    si.request_headers = req;
+    si.protocol = "HTTP/2";
+    si.response_code = 200;
+    si.response_code_details = "via_upstream";
+    si.route_name = "default";
+    si.last_downstream_rx = 1000.5; /* binary fractions: exact milliseconds */
+    si.last_upstream_tx = 1000.625;
+    si.first_upstream_rx = 1000.75;
+    si.last_downstream_tx = 1001.0;
+    char *got = fmt_one("%REQUEST_DURATION% %REQUEST_TX_DURATION% %RESPONSE_DURATION% "
+                        "%RESPONSE_TX_DURATION% %UPSTREAM_LOCAL_ADDRESS% "
+                        "%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT% %UPSTREAM_LOCAL_PORT% %ROUTE_NAME% "
+                        "%CONNECTION_TERMINATION_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON%",
+                        &si);
+    assert_string_equal(got, "500 625 750 250 10.0.0.5:50000 10.0.0.5 50000 default - -");
+    free(got);
+    got = fmt_one(fmt, &si);
+    assert_string_equal(got, "[2026-11-23T10:20:30.045Z] \"POST /r HTTP/2\" 200 - via_upstream - "
+                             "\"-\" 120 4567 1234 - \"-\" \"-\" \"-\" \"reviews:9080\" "
+                             "\"10.0.0.7:9080\" outbound|9080||reviews.default.svc.cluster.local; "
+                             "10.0.0.5:50000 10.0.0.5:9080 10.0.0.9:41234 - default\n");
+    free(got);
+    /* Connect failure: no local address, no response timing, the host tried and the reason
+     * with '_' for spaces (Envoy's formatter). */
+    si.has_upstream_local = false;
+    si.first_upstream_rx = si.last_upstream_tx = 0;
+    si.response_code = 503;
+    si.response_code_details = "upstream_reset_before_response_started";
+    msm_si_set_flag(&si, MSM_RF_UPSTREAM_CONNECTION_FAILURE);
+    si.upstream_transport_failure_reason = "delayed connect error: Connection refused";
+    got = fmt_one(fmt, &si);
+    assert_non_null(strstr(got, "\" 503 UF upstream_reset_before_response_started - "
+                                "\"delayed_connect_error:_Connection_refused\" 120"));
+    assert_non_null(strstr(got, "\"10.0.0.7:9080\" outbound|9080||reviews.default.svc.cluster."
+                                "local; - 10.0.0.5:9080"));
+    free(got);
+    got = fmt_one("%RESPONSE_DURATION% %RESPONSE_TX_DURATION% %REQUEST_TX_DURATION%", &si);
+    assert_string_equal(got, "- - -");
+    free(got);
+    /* Network RBAC's deny on a TCP connection. */
+    msm_si_set_termination_details(&si, "rbac_access_denied_matched_policy[%s]", "none");
+    got = fmt_one("%CONNECTION_TERMINATION_DETAILS%", &si);
+    assert_string_equal(got, "rbac_access_denied_matched_policy[none]");
+    free(got);
+    /* typed JSON keeps durations numeric */
+    struct msm_err err = {{0}};
+    const char *json = "{\"rq_tx\":\"%REQUEST_TX_DURATION%\",\"dur\":\"%REQUEST_DURATION%\","
+                       "\"why\":\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\"}";
+    ProtobufCMessage *m = msm_pbjson_decode_text(&google__protobuf__struct__descriptor, json,
+                                                 strlen(json), NULL, &err);
+    assert_non_null(m);
+    struct msm_al_formatter *f = msm_al_formatter_json(m, true, false, &err);
+    assert_non_null(f);
+    si.last_upstream_tx = 1000.125;
+    struct msm_al_line l = {0};
+    msm_al_format(f, &si, 2000.0, &l);
+    assert_string_equal(l.p, "{\"dur\":500,\"rq_tx\":125,"
+                             "\"why\":\"delayed_connect_error:_Connection_refused\"}\n");
+    msm_al_line_free(&l);
+    msm_al_formatter_free(f);
+    protobuf_c_message_free_unpacked(m, NULL);
+    msm_hdrs_free(req);
+    msm_si_deinit(&si);
+    msm_host_unref(h);
+    msm_cluster_cfg_unref(cfg);
+    free(fmt);
+}
+
 static void test_parse_errors(void **state)
 {
     (void)state;
@@ -212,6 +295,9 @@ static void test_parse_errors(void **state)
         const char *fmt, *msg;
     } bad[] = {
         {"%NO_SUCH_THING%", "Not supported field in StreamInfo: NO_SUCH_THING"},
+        {"[%START_TIME%] %UPSTREAM_TRANSPORT_FAILURE%",
+         "Not supported field in StreamInfo: UPSTREAM_TRANSPORT_FAILURE"},
+        {"%REQUEST_TX_DURATION(x)%", "REQUEST_TX_DURATION does not take parameters"},
         {"abc %BYTES_SENT", "Couldn't find valid command at position 4"},
         {"%REQ()%", "empty header"},
         {"%REQ%", "REQ requires parameters"},
@@ -367,6 +453,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_istio_default_tcp),
         cmocka_unit_test(test_http_operators),
+        cmocka_unit_test(test_http_timings_and_failures),
         cmocka_unit_test(test_parse_errors),
         cmocka_unit_test(test_json_formats),
         cmocka_unit_test(test_filters_and_file),

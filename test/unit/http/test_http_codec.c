@@ -180,6 +180,54 @@ static void respond(struct msm_hstream *s, const char *status, const char *body,
 
 /* ---- HTTP/1.1 server --------------------------------------------------------------------- */
 
+/* A finished exchange the owner never released: either the owner detached it while the
+ * response's last bytes were written (the connection closed inside the write, as the HCM does
+ * on a client reset), or it still holds it when the codec goes. Regression: the first leaked the
+ * stream and the second released it through the freed codec (ASan stage). */
+static struct owner *detach_owner;
+static void o_write_detach(void *owner, struct msm_buf *b)
+{
+    struct owner *o = owner;
+    msm_buf_move(&o->out, b);
+    if (detach_owner == o && o->n) {
+        o->r[o->n - 1].s->cbs = NULL; /* the connection closed: the owner lets go silently */
+        o->r[o->n - 1].s->ctx = NULL;
+    }
+}
+
+static const struct msm_hcodec_cbs ocbs_detach = {
+    .on_new_stream = o_new_stream,
+    .write = o_write_detach,
+    .on_stream_done = o_done,
+};
+
+static void test_h1_server_retired_unreleased(void **state)
+{
+    (void)state;
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http1_server_new(NULL, &ocbs_detach, &o);
+    assert_int_equal(feeds(&o, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    assert_int_equal(o.n, 1);
+    detach_owner = &o;
+    respond(o.r[0].s, "503", "no upstream", true);
+    detach_owner = NULL;
+    assert_int_equal(o.done, 1);
+    char *w = take_out(&o);
+    assert_non_null(strstr(w, "no upstream"));
+    free(w);
+    owner_deinit(&o); /* frees the detached, finished stream */
+
+    owner_init(&o);
+    o.c = msm_http1_server_new(NULL, &ocbs, &o);
+    assert_int_equal(feeds(&o, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    respond(o.r[0].s, "200", "ok", true);
+    struct msm_hstream *held = o.r[0].s;
+    const struct msm_hcodec_ops *ops = held->codec->ops;
+    owner_deinit(&o);   /* the codec goes first */
+    ops->release(held); /* then the owner's release frees the stream alone */
+}
+
 static void test_h1_server_basic(void **state)
 {
     (void)state;
@@ -296,8 +344,6 @@ static void test_h1_server_errors(void **state)
         {"GET / HTTP/1.1\r\n\r\n", 400, "http1.missing_host_header"},
         {"GET / HTTP/1.0\r\nHost: a\r\n\r\n", 426, "http1.protocol_unsupported"},
         {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, NULL},
-        {"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 403,
-         NULL},
         {"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 400, NULL},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -560,6 +606,7 @@ int main(void)
         cmocka_unit_test(test_h1_server_chunked_bytewise),
         cmocka_unit_test(test_h1_server_pipelining),
         cmocka_unit_test(test_h1_server_errors),
+        cmocka_unit_test(test_h1_server_retired_unreleased),
         cmocka_unit_test(test_h1_client),
         cmocka_unit_test(test_h1_client_errors),
         cmocka_unit_test(test_h2_pair),

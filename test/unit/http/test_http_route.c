@@ -283,8 +283,9 @@ static void test_nack(void **state)
     } cases[] = {
         {"{\"virtual_hosts\":[{\"name\":\"v\",\"domains\":[\"*\"],\"routes\":[{\"match\":"
          "{\"prefix\":\"/\"},\"route\":{\"cluster\":\"a\",\"request_mirror_policies\":"
-         "[{\"cluster\":\"m\"}]}}]}]}",
-         "virtual_hosts[0] 'v': routes[0]: route.request_mirror_policies"},
+         "[{\"cluster\":\"m\",\"cluster_header\":\"x\"}]}}]}]}",
+         "virtual_hosts[0] 'v': routes[0]: route: request_mirror_policies[0]: only one of "
+         "cluster 'm' or cluster_header 'x' can be specified"},
         {"{\"virtual_hosts\":[{\"name\":\"v\",\"domains\":[\"a\",\"*\"]},"
          "{\"name\":\"w\",\"domains\":[\"a\"]}]}",
          "Only unique values for domains are permitted. Duplicate entry of domain a"},

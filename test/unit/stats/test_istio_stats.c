@@ -239,6 +239,119 @@ static void test_server_labels_and_overrides(void **state)
     msm_stats_store_free(st);
 }
 
+/* The HTTP families (reporter=destination): server_request_total.yaml.tmpl's label set, the
+ * series (a counter and three histograms), and the gRPC message counters with the peer labels
+ * only. */
+static void test_http_labels_and_series(void **state)
+{
+    (void)state;
+    struct msm_stats_store *st = msm_stats_store_new();
+    set_node("{\"metadata\": {\"WORKLOAD_NAME\": \"ratings-v1\", \"NAMESPACE\": \"default\","
+             " \"CLUSTER_ID\": \"server-cluster\", \"LABELS\": {\"app\": \"ratings\","
+             " \"version\": \"v1\", \"service.istio.io/canonical-name\": \"ratings\","
+             " \"service.istio.io/canonical-revision\": \"version-1\"}}}");
+    struct msm_istio_config *c = config("{\"disable_host_header_fallback\": true}", 1, st);
+    struct msm_istio_conn conn = {
+        .peer = &productpage, .service_host = "server.default.svc.cluster.local",
+        .service_name = "server", .host_header = "ignored:8080", .response_flags = "-",
+        .request_protocol = "http", .response_code = "200", .grpc_status = ""};
+    struct expected e;
+    load_expected(METRICS "server_request_total.yaml.tmpl", false, &e);
+    /* The template's "else if" branch of response_code reads as one more value (of an unnamed
+     * label): keep the final "else" ("200"); GrpcResponseStatus unset is "". */
+    int kept = 0;
+    for (int i = 0; i < e.n; i++) {
+        if (strstr(e.value[i], "{{ .Vars.ResponseCode")) {
+            snprintf(e.name[i + 1], sizeof(e.name[0]), "%s", e.name[i]);
+            continue;
+        }
+        if (!strcmp(e.name[i], "grpc_response_status")) {
+            e.value[i][0] = '\0';
+        }
+        memmove(e.name[kept], e.name[i], sizeof(e.name[0]));
+        memmove(e.value[kept], e.value[i], sizeof(e.value[0]));
+        kept++;
+    }
+    e.n = kept;
+    assert_int_equal(e.n, 25);
+    check(c, "requests_total", &conn, &e);
+    check(c, "request_duration_milliseconds", &conn, &e);
+    /* gRPC: the protocol and status labels; the message counters have the first 20 only. */
+    struct msm_istio_conn g = conn;
+    g.request_protocol = "grpc";
+    g.grpc_status = "14";
+    const char *names[64], *values[64];
+    int n = msm_istio_labels(c, "requests_total", &g, names, values, 64);
+    assert_int_equal(n, 25);
+    assert_string_equal(names[20], "request_protocol");
+    assert_string_equal(values[20], "grpc");
+    assert_string_equal(names[22], "grpc_response_status");
+    assert_string_equal(values[22], "14");
+    e.n = 20;
+    check(c, "request_messages_total", &g, &e);
+    check(c, "response_messages_total", &g, &e);
+    /* Series: one per label set; histograms record samples. */
+    struct msm_istio_http *hs = msm_istio_http_series(c, &conn);
+    assert_ptr_equal(hs, msm_istio_http_series(c, &conn));
+    assert_ptr_not_equal((void *)hs, (void *)msm_istio_http_series(c, &g));
+    msm_istio_http_request(hs, 7, 120, 3000);
+    msm_istio_http_request(hs, 30, 80, 1000);
+    struct msm_istio_grpc *gs = msm_istio_grpc_series(c, &g);
+    g.response_code = "503"; /* not part of the message counters' labels */
+    assert_ptr_equal(gs, msm_istio_grpc_series(c, &g));
+    msm_istio_grpc_messages(gs, 3, 2);
+    msm_istio_grpc_messages(gs, 1, 0);
+    size_t k;
+    struct msm_stat **v = msm_stats_list(st, &k);
+    int found = 0;
+    for (size_t i = 0; i < k; i++) {
+        const struct msm_stat_export *x = msm_stat_export(v[i]);
+        uint64_t cum[MSM_HIST_BUCKETS], count, sum;
+        if (strstr(x->prom_labels, "request_protocol=\"grpc\"")) {
+            continue; /* the gRPC request series: not recorded */
+        }
+        if (!strcmp(x->prom_name, "istio_requests_total")) {
+            assert_int_equal(msm_stat_value(v[i]), 2);
+            assert_non_null(strstr(x->prom_labels, "response_code=\"200\",grpc_response_status="
+                                                   "\"\",response_flags=\"-\","
+                                                   "connection_security_policy=\"none\""));
+            found++;
+        } else if (!strcmp(x->prom_name, "istio_request_duration_milliseconds")) {
+            assert_int_equal(v[i]->type, MSM_STAT_HISTOGRAM);
+            msm_stat_hist_snapshot(v[i], cum, &count, &sum);
+            assert_int_equal(count, 2);
+            assert_int_equal(sum, 37);
+            found++;
+        } else if (!strcmp(x->prom_name, "istio_request_bytes")) {
+            msm_stat_hist_snapshot(v[i], cum, &count, &sum);
+            assert_int_equal(sum, 200);
+            found++;
+        } else if (!strcmp(x->prom_name, "istio_response_bytes")) {
+            msm_stat_hist_snapshot(v[i], cum, &count, &sum);
+            assert_int_equal(sum, 4000);
+            found++;
+        } else if (!strcmp(x->prom_name, "istio_request_messages_total")) {
+            assert_int_equal(msm_stat_value(v[i]), 4);
+            assert_null(strstr(x->prom_labels, "request_protocol"));
+            assert_non_null(strstr(x->prom_labels, "destination_cluster=\"server-cluster\""));
+            found++;
+        } else if (!strcmp(x->prom_name, "istio_response_messages_total")) {
+            assert_int_equal(msm_stat_value(v[i]), 2);
+            found++;
+        }
+    }
+    assert_int_equal(found, 6);
+    msm_stats_list_free(v, k);
+    msm_istio_config_free(c);
+    /* A dropped metric is not created; the others still count. */
+    c = config("{\"metrics\": [{\"name\": \"request_bytes\", \"drop\": true}]}", 2, st);
+    assert_int_equal(msm_istio_labels(c, "request_bytes", &conn, names, values, 64), -1);
+    msm_istio_http_request(msm_istio_http_series(c, &conn), 1, 1, 1);
+    msm_istio_config_free(c);
+    msm_istio_shutdown();
+    msm_stats_store_free(st);
+}
+
 static void test_endpoint_metadata(void **state)
 {
     (void)state;
@@ -263,6 +376,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_client_labels),
         cmocka_unit_test(test_server_labels_and_overrides),
+        cmocka_unit_test(test_http_labels_and_series),
         cmocka_unit_test(test_endpoint_metadata),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -170,6 +170,116 @@ static void test_rejected_not_stored(void **state)
     msm_stats_store_free(st);
 }
 
+static struct msm_stats_store *store_with_matcher(const char *cfg)
+{
+    struct msm_stats_store *st = msm_stats_store_new();
+    struct msm_err err = {{0}};
+    ProtobufCMessage *sc = msm_pbjson_decode_text(
+        &envoy__config__metrics__v3__stats_config__descriptor, cfg, strlen(cfg), NULL, &err);
+    assert_non_null(sc);
+    assert_int_equal(msm_stats_configure(st, sc, NULL, 0, &err), 0);
+    protobuf_c_message_free_unpacked(sc, NULL);
+    return st;
+}
+
+/* Inside a sink scope, rejected stats of every type are the store's shared sinks: nothing is
+ * allocated, updates are dropped, ref/unref do nothing; accepted ones are ordinary. Outside,
+ * behaviour is unchanged (a rejected counter is detached and counts). */
+static void test_sink_scope(void **state)
+{
+    (void)state;
+    struct msm_stats_store *st = store_with_matcher(
+        "{\"stats_matcher\": {\"inclusion_list\": {\"patterns\": "
+        "[{\"prefix\": \"cluster_manager\"}]}}}");
+    bool was = msm_stats_sink_rejected(true);
+    assert_false(was);
+    struct msm_stat *c1 = msm_stats_get(st, MSM_STAT_COUNTER, "cluster.a.upstream_cx_total");
+    struct msm_stat *c2 = msm_stats_get(st, MSM_STAT_COUNTER, "cluster.b.upstream_cx_total");
+    struct msm_stat *g = msm_stats_get(st, MSM_STAT_GAUGE, "cluster.a.upstream_cx_active");
+    struct msm_stat *h = msm_stats_get(st, MSM_STAT_HISTOGRAM, "cluster.a.upstream_cx_length_ms");
+    struct msm_stat *t = msm_stats_get(st, MSM_STAT_TEXT, "cluster.a.version_text");
+    struct msm_stat *ok = msm_stats_get(st, MSM_STAT_COUNTER, "cluster_manager.cluster_added");
+    assert_true(msm_stats_sink_rejected(was));
+    assert_true(c1->sink && c1 == c2);
+    assert_true(g->sink && g != c1 && g->type == MSM_STAT_GAUGE);
+    assert_true(h->sink && h->type == MSM_STAT_HISTOGRAM);
+    assert_true(t->sink && t->type == MSM_STAT_TEXT);
+    assert_false(ok->sink || ok->hidden);
+    msm_stat_add(c1, 5);
+    msm_stat_set(g, 7);
+    msm_stat_record(h, 3);
+    msm_stat_set_text(t, "v1");
+    assert_int_equal(msm_stat_value(c1), 0);
+    assert_int_equal(msm_stat_value(g), 0);
+    assert_null(t->text);
+    assert_ptr_equal(msm_stat_ref(c1), c1);
+    msm_stat_unref(c1);
+    msm_stat_unref(c1);
+    msm_stat_unref(c2);
+    msm_stat_unref(g);
+    msm_stat_unref(h);
+    msm_stat_unref(t);
+    assert_null(msm_stats_find(st, "cluster.a.upstream_cx_active"));
+    /* Out of the scope: as before. */
+    struct msm_stat *d = msm_stats_get(st, MSM_STAT_COUNTER, "cluster.a.upstream_cx_total");
+    assert_false(d->sink);
+    assert_true(d->detached);
+    msm_stat_inc(d);
+    assert_int_equal(msm_stat_value(d), 1);
+    msm_stat_unref(d);
+    msm_stat_unref(ok);
+    msm_stats_store_free(st);
+}
+
+/* msm_stats_get_join classifies a block's prefix once: its verdicts must be those of the full
+ * matcher, whatever the patterns. */
+static void test_join_verdicts(void **state)
+{
+    (void)state;
+    static const char *const cfgs[] = {
+        /* Istio's sidecar bootstrap */
+        ("{\"stats_matcher\": {\"inclusion_list\": {\"patterns\": [{\"prefix\": \"reporter=\"}, "
+         "{\"prefix\": \"cluster_manager\"}, {\"prefix\": \"listener_manager\"}, "
+         "{\"prefix\": \"server\"}, {\"prefix\": \"cluster.xds-grpc\"}, {\"prefix\": \"wasm\"}, "
+         "{\"suffix\": \"rbac.allowed\"}, {\"suffix\": \"rbac.denied\"}, "
+         "{\"suffix\": \"shadow_allowed\"}, {\"suffix\": \"shadow_denied\"}, "
+         "{\"safe_regex\": {\"regex\": \"vhost\\\\..*\\\\.route\\\\..*\"}}, "
+         "{\"prefix\": \"component\"}, {\"prefix\": \"istio\"}]}}}"),
+        ("{\"stats_matcher\": {\"exclusion_list\": {\"patterns\": [{\"prefix\": \"cluster.b.up\"}, "
+         "{\"exact\": \"cluster.a.version\"}, {\"contains\": \"_cx_\"}, "
+         "{\"suffix\": \"_ms\"}, {\"prefix\": \"cluster.c\", \"ignore_case\": true}, "
+         "{\"safe_regex\": {\"regex\": \"cluster\\\\.(a|d)\\\\..*total\"}}]}}}"),
+        ("{\"stats_matcher\": {\"inclusion_list\": {\"patterns\": [{\"prefix\": \"cluster.a.\"}, "
+         "{\"safe_regex\": {\"regex\": \"clu.*_rq_.*\"}}]}}}"),
+    };
+    static const char *const prefixes[] = {
+        "cluster.a.", "cluster.b.", "cluster.C.", "cluster.d.", "cluster.xds-grpc.", "vhost.",
+        "vhost.x.route.", "server.", "cluster.a.circuit_breakers.default.", "c", "",
+    };
+    static const char *const names[] = {
+        "upstream_cx_total", "upstream_rq_total", "version", "rbac.allowed", "shadow_denied",
+        "upstream_cx_length_ms", "r.y", "update_attempt",
+    };
+    for (size_t c = 0; c < sizeof(cfgs) / sizeof(*cfgs); c++) {
+        struct msm_stats_store *st = store_with_matcher(cfgs[c]);
+        for (size_t p = 0; p < sizeof(prefixes) / sizeof(*prefixes); p++) {
+            for (size_t n = 0; n < sizeof(names) / sizeof(*names); n++) {
+                char full[256];
+                snprintf(full, sizeof(full), "%s%s", prefixes[p], names[n]);
+                bool want = msm_stats_rejects(st, full);
+                struct msm_stat *s =
+                    msm_stats_get_join(st, MSM_STAT_GAUGE, prefixes[p], names[n]);
+                if (s->hidden != want) {
+                    fail_msg("config %zu, '%s': join says %d, matcher %d", c, full, s->hidden,
+                             want);
+                }
+                msm_stat_unref(s);
+            }
+        }
+        msm_stats_store_free(st);
+    }
+}
+
 static void test_concurrent(void **state)
 {
     (void)state;
@@ -208,6 +318,8 @@ int main(void)
         cmocka_unit_test(test_histogram_and_block),
         cmocka_unit_test(test_concurrent),
         cmocka_unit_test(test_rejected_not_stored),
+        cmocka_unit_test(test_sink_scope),
+        cmocka_unit_test(test_join_verdicts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

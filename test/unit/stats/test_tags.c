@@ -72,13 +72,22 @@ static void test_istio_golden_tags(void **state)
     if (!p) {
         fail_msg("%s", err.msg);
     }
-    /* Istio's 16 regexes, no Envoy defaults, and msm's two media extractors (always on). */
-    assert_int_equal(msm_tag_producer_count(p), 18);
+    /* Istio's 16 regexes, no Envoy defaults, and msm's five media extractors (always on). */
+    assert_int_equal(msm_tag_producer_count(p), 21);
     /* Media stats: one family per metric, the filter's stat_prefix and the stream as tags. */
     expect(p, "rtsp.inbound.downstream_rtp_tx_packets", "rtsp.downstream_rtp_tx_packets",
            "msm.rtsp_prefix=inbound");
     expect(p, "rtsp.fan.stream.cam.subscribers", "rtsp.stream.subscribers",
            "msm.rtsp_stream=cam,msm.rtsp_prefix=fan");
+    /* Per-session stats: session id, role and stream become labels too. */
+    expect(p, "rtsp.fan.session.0123abcd.client.cam.rtp_tx_packets", "rtsp.session.rtp_tx_packets",
+           "msm.rtsp_prefix=fan,msm.rtsp_session=0123abcd,msm.rtsp_role=client,"
+           "msm.rtsp_stream=cam");
+    expect(p, "rtsp.fan.session.up-7.upstream.stream.subscribers", "rtsp.session.subscribers",
+           "msm.rtsp_prefix=fan,msm.rtsp_session=up-7,msm.rtsp_role=upstream,"
+           "msm.rtsp_stream=stream");
+    expect(p, "rtsp.fan.stream.session.rtp_packets", "rtsp.stream.rtp_packets",
+           "msm.rtsp_stream=session,msm.rtsp_prefix=fan");
     /* The ';' delimiter from alt_stat_name: the dashboards' xds-grpc series. */
     expect(p, "cluster.xds-grpc;.upstream_cx_active", "cluster.upstream_cx_active",
            "cluster_name=xds-grpc");

@@ -206,12 +206,71 @@ static void test_many_clusters(void **state)
     msm_cm_free(cm);
 }
 
+static void add_eds_src(struct msm_cluster_manager *cm, const char *name, const char *src_json)
+{
+    char j[768];
+    snprintf(j, sizeof(j),
+             "{\"name\":\"%s\",\"type\":\"EDS\",\"connect_timeout\":\"1s\","
+             "\"eds_cluster_config\":{\"eds_config\":%s}}",
+             name, src_json);
+    ProtobufCMessage *m = decode(&envoy__config__cluster__v3__cluster__descriptor, j);
+    struct msm_err err = {{0}};
+    int r = msm_cm_add(cm, m, "1", false, false, &err);
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (r < 0) {
+        fail_msg("msm_cm_add %s: %s", name, err.msg);
+    }
+}
+
+#define API_SRC(cluster)                                                                          \
+    "{\"api_config_source\":{\"api_type\":\"GRPC\",\"transport_api_version\":\"V3\","           \
+    "\"grpc_services\":[{\"envoy_grpc\":{\"cluster_name\":\"" cluster "\"}}]}}"
+
+/* EDS subscriptions per stream: every ads/self source is the ADS stream (whatever its timeout),
+ * each api_config_source its own; a stream whose clusters are gone comes back empty once. */
+static void test_eds_groups(void **state)
+{
+    (void)state;
+    struct msm_cluster_manager *cm = msm_cm_new(NULL, msm_stats, NULL, NULL);
+    add_eds_src(cm, "a", "{\"ads\":{}}");
+    add_eds_src(cm, "b", "{\"ads\":{},\"initial_fetch_timeout\":\"0s\"}");
+    add_eds_src(cm, "c", "{\"self\":{}}");
+    add_eds_src(cm, "d", API_SRC("eds-one"));
+    add_eds_src(cm, "e", API_SRC("eds-two"));
+    add_eds_src(cm, "f", API_SRC("eds-one"));
+    int n = 0;
+    struct msm_cm_eds_group *g = msm_cm_eds_groups(cm, &n);
+    assert_int_equal(n, 3);
+    assert_int_equal(g[0].n, 3); /* a, b, c on ADS */
+    assert_string_equal(g[0].names[0], "a");
+    assert_string_equal(g[0].names[2], "c");
+    assert_int_equal(g[1].n, 2); /* d, f */
+    assert_string_equal(g[1].names[1], "f");
+    assert_int_equal(g[2].n, 1);
+    assert_string_equal(g[2].names[0], "e");
+    assert_non_null(g[1].source);
+    msm_cm_eds_groups_free(g, n);
+    /* e leaves: its stream once with no names, then not at all. */
+    assert_int_equal(msm_cm_remove(cm, "e"), 0);
+    g = msm_cm_eds_groups(cm, &n);
+    assert_int_equal(n, 3);
+    assert_int_equal(g[2].n, 0);
+    assert_non_null(g[2].source);
+    msm_cm_eds_groups_free(g, n);
+    g = msm_cm_eds_groups(cm, &n);
+    assert_int_equal(n, 2);
+    msm_cm_eds_groups_free(g, n);
+    msm_cm_free(cm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_shared_service_and_warming, msm_test_stats_setup,
                                         msm_test_stats_teardown),
         cmocka_unit_test_setup_teardown(test_many_clusters, msm_test_stats_setup,
+                                        msm_test_stats_teardown),
+        cmocka_unit_test_setup_teardown(test_eds_groups, msm_test_stats_setup,
                                         msm_test_stats_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

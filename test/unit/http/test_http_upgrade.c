@@ -1,0 +1,609 @@
+/* Upgrades and CONNECT in the codecs and route configurations: the HTTP/1.1 server and client
+ * switching to a tunnel after an Upgrade/101 or a CONNECT/2xx (bytes on the wire, half-closes,
+ * a refused upgrade, an h2c offer ignored), the raw TCP tunnel codec, RFC 8441 extended CONNECT
+ * on HTTP/2 (client and server back to back), and RouteAction.upgrade_configs and
+ * connect_matcher (src/http/http1.c, tunnel.c, http2.c, route.c, route_match.c). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/pbjson.h"
+#include "envoy/config/route/v3/route.pb-c.h"
+#include "http/codec.h"
+#include "http/route.h"
+
+struct rec {
+    struct msm_hstream *s;
+    struct msm_hdrs hdrs;
+    struct msm_buf body;
+    bool headers, end;
+    int reset;
+};
+
+struct owner {
+    struct msm_hcodec *c;
+    struct msm_buf out;
+    struct rec r[8];
+    int n;
+    int shut; /* shutdown_write calls */
+    int done;
+};
+
+static void s_headers(void *ctx, struct msm_hdrs *h, bool end)
+{
+    struct rec *r = ctx;
+    msm_hdrs_deinit(&r->hdrs);
+    msm_hdrs_move(&r->hdrs, h);
+    r->headers = true;
+    r->end = end;
+}
+
+static void s_data(void *ctx, struct msm_buf *b, bool end)
+{
+    struct rec *r = ctx;
+    msm_buf_move(&r->body, b);
+    r->end = r->end || end;
+}
+
+static void s_trailers(void *ctx, struct msm_hdrs *t)
+{
+    struct rec *r = ctx;
+    (void)t;
+    r->end = true;
+}
+
+static void s_reset(void *ctx, enum msm_http_reset why)
+{
+    struct rec *r = ctx;
+    r->reset = (int)why + 1;
+}
+
+static const struct msm_hstream_cbs scbs = {
+    .on_headers = s_headers, .on_data = s_data, .on_trailers = s_trailers, .on_reset = s_reset,
+};
+
+static struct rec *new_rec(struct owner *o)
+{
+    struct rec *r = &o->r[o->n++];
+    memset(r, 0, sizeof(*r));
+    msm_hdrs_init(&r->hdrs);
+    msm_buf_init(&r->body);
+    return r;
+}
+
+static void o_new_stream(void *owner, struct msm_hstream *s)
+{
+    struct rec *r = new_rec(owner);
+    r->s = s;
+    s->cbs = &scbs;
+    s->ctx = r;
+}
+
+static void o_write(void *owner, struct msm_buf *b)
+{
+    msm_buf_move(&((struct owner *)owner)->out, b);
+}
+
+static void o_shut(void *owner)
+{
+    ((struct owner *)owner)->shut++;
+}
+
+static void o_done(void *owner)
+{
+    ((struct owner *)owner)->done++;
+}
+
+static const struct msm_hcodec_cbs ocbs = {
+    .on_new_stream = o_new_stream, .write = o_write, .on_stream_done = o_done,
+    .shutdown_write = o_shut,
+};
+
+static void owner_init(struct owner *o)
+{
+    memset(o, 0, sizeof(*o));
+    msm_buf_init(&o->out);
+}
+
+static void owner_deinit(struct owner *o)
+{
+    for (int i = 0; i < o->n; i++) {
+        msm_hdrs_deinit(&o->r[i].hdrs);
+        msm_buf_deinit(&o->r[i].body);
+    }
+    msm_buf_deinit(&o->out);
+    msm_hcodec_free(o->c);
+}
+
+static int feeds(struct owner *o, const char *s)
+{
+    struct msm_buf in;
+    msm_buf_init(&in);
+    msm_buf_append(&in, s, strlen(s));
+    int rc = msm_hcodec_dispatch(o->c, &in);
+    msm_buf_deinit(&in);
+    return rc;
+}
+
+/* Take the output as a string (compared, then freed by the caller). */
+static char *take_out(struct owner *o)
+{
+    char *s = calloc(1, o->out.len + 1);
+    msm_buf_copyout(&o->out, 0, s, o->out.len);
+    msm_buf_drain(&o->out, o->out.len);
+    return s;
+}
+
+static void expect_out(struct owner *o, const char *want)
+{
+    char *w = take_out(o);
+    assert_string_equal(w, want);
+    free(w);
+}
+
+static void expect_body(struct rec *r, const char *want)
+{
+    char *s = calloc(1, r->body.len + 1);
+    msm_buf_copyout(&r->body, 0, s, r->body.len);
+    msm_buf_drain(&r->body, r->body.len);
+    assert_string_equal(s, want);
+    free(s);
+}
+
+static void send_data(struct msm_hstream *s, const char *d, bool end)
+{
+    struct msm_buf b;
+    msm_buf_init(&b);
+    msm_buf_append(&b, d, strlen(d));
+    s->codec->ops->encode_data(s, &b, end);
+    msm_buf_deinit(&b);
+}
+
+static void send_headers(struct msm_hstream *s, int end, ...)
+{
+    struct msm_hdrs h;
+    msm_hdrs_init(&h);
+    va_list ap;
+    va_start(ap, end);
+    const char *k;
+    while ((k = va_arg(ap, const char *))) {
+        msm_hdrs_addz(&h, k, va_arg(ap, const char *));
+    }
+    va_end(ap);
+    s->codec->ops->encode_headers(s, &h, end != 0);
+    msm_hdrs_deinit(&h);
+}
+
+/* ---- HTTP/1.1 server ---------------------------------------------------------------------- */
+
+static void test_h1_server_websocket(void **state)
+{
+    (void)state;
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http1_server_new(NULL, &ocbs, &o);
+    /* Bytes after the header block are the tunnel's, even before the 101. */
+    assert_int_equal(feeds(&o, "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                               "Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: k\r\n\r\n"
+                               "EARLY GET / HTTP/1.1\r\n"),
+                     0);
+    assert_int_equal(o.n, 1);
+    struct rec *r = &o.r[0];
+    assert_true(r->headers);
+    assert_false(r->end);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":method"), "GET");
+    assert_string_equal(msm_hdrs_get(&r->hdrs, "upgrade"), "websocket");
+    assert_string_equal(msm_hdrs_get(&r->hdrs, "connection"), "keep-alive, Upgrade");
+    expect_body(r, "EARLY GET / HTTP/1.1\r\n");
+    send_headers(r->s, false, ":status", "101", "upgrade", "websocket", "connection", "upgrade",
+                 "sec-websocket-accept", "xyz", "content-length", "0", NULL);
+    expect_out(&o, "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: xyz\r\n"
+                   "connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+    assert_true(r->s->tunnel);
+    send_data(r->s, "0\r\n\r\n", false); /* raw, never chunked */
+    expect_out(&o, "0\r\n\r\n");
+    assert_int_equal(feeds(&o, "\x81\x85more"), 0);
+    expect_body(r, "\x81\x85more");
+    /* The response direction half-closes first; the client's keeps going. */
+    send_data(r->s, "bye", true);
+    expect_out(&o, "bye");
+    assert_int_equal(o.shut, 1);
+    assert_int_equal(o.done, 0);
+    assert_int_equal(feeds(&o, "still"), 0);
+    expect_body(r, "still");
+    assert_false(r->end);
+    assert_int_equal(o.c->ops->dispatch_eof(o.c), 0);
+    assert_true(r->end);
+    assert_int_equal(o.done, 1);
+    assert_true(o.c->close_connection);
+    assert_int_equal(o.c->ops->active_streams(o.c), 0);
+    r->s->codec->ops->release(r->s);
+    owner_deinit(&o);
+}
+
+static void test_h1_server_connect(void **state)
+{
+    (void)state;
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http1_server_new(NULL, &ocbs, &o);
+    assert_int_equal(feeds(&o, "CONNECT origin.example:443 HTTP/1.1\r\n"
+                               "Host: origin.example:443\r\nContent-Length: 5\r\n\r\nhello"),
+                     0);
+    struct rec *r = &o.r[0];
+    assert_false(r->end);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":method"), "CONNECT");
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":authority"), "origin.example:443");
+    assert_null(msm_hdrs_get(&r->hdrs, ":path"));
+    assert_null(msm_hdrs_get(&r->hdrs, ":scheme"));
+    expect_body(r, "hello"); /* a CONNECT has no body: these bytes are the tunnel's */
+    send_headers(r->s, false, ":status", "200", "content-length", "12", NULL);
+    expect_out(&o, "HTTP/1.1 200 OK\r\n\r\n");
+    assert_int_equal(o.c->ops->dispatch_eof(o.c), 0); /* client half-closes first */
+    assert_true(r->end);
+    send_data(r->s, "reply", true);
+    expect_out(&o, "reply");
+    assert_int_equal(o.shut, 1);
+    assert_true(o.c->close_connection);
+    r->s->codec->ops->release(r->s);
+    owner_deinit(&o);
+}
+
+static void test_h1_server_upgrade_refused(void **state)
+{
+    (void)state;
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http1_server_new(NULL, &ocbs, &o);
+    assert_int_equal(feeds(&o, "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                               "Connection: upgrade\r\n\r\n"),
+                     0);
+    struct rec *r = &o.r[0];
+    send_headers(r->s, true, ":status", "403", "content-length", "0", NULL);
+    expect_out(&o, "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    assert_true(o.c->close_connection);
+    assert_int_equal(o.shut, 0);
+    /* What follows is not parsed as another request. */
+    assert_int_equal(feeds(&o, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+    assert_int_equal(o.n, 1);
+    r->s->codec->ops->release(r->s);
+    owner_deinit(&o);
+}
+
+static void test_h1_server_h2c_ignored(void **state)
+{
+    (void)state;
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http1_server_new(NULL, &ocbs, &o);
+    assert_int_equal(feeds(&o, "GET / HTTP/1.1\r\nHost: a\r\n"
+                               "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                               "HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"),
+                     0);
+    struct rec *r = &o.r[0];
+    assert_true(r->end);
+    assert_null(msm_hdrs_get(&r->hdrs, "upgrade"));
+    assert_null(msm_hdrs_get(&r->hdrs, "http2-settings"));
+    send_headers(r->s, true, ":status", "200", "content-length", "0", NULL);
+    expect_out(&o, "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    assert_false(o.c->close_connection);
+    r->s->codec->ops->release(r->s);
+    assert_int_equal(feeds(&o, "GET /next HTTP/1.1\r\nHost: a\r\n\r\n"), 0);
+    assert_int_equal(o.n, 2);
+    o.r[1].s->codec->ops->release(o.r[1].s);
+    owner_deinit(&o);
+}
+
+/* ---- HTTP/1.1 client ---------------------------------------------------------------------- */
+
+static struct rec *cli_stream(struct owner *o)
+{
+    struct rec *r = new_rec(o);
+    r->s = o->c->ops->new_stream(o->c, &scbs, r);
+    assert_non_null(r->s);
+    return r;
+}
+
+static void test_h1_client_websocket(void **state)
+{
+    (void)state;
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http1_client_new(NULL, &ocbs, &o);
+    struct rec *r = cli_stream(&o);
+    send_headers(r->s, false, ":method", "GET", ":path", "/ws", ":authority", "up",
+                 ":scheme", "http", "upgrade", "websocket", "connection", "keep-alive, upgrade",
+                 "sec-websocket-key", "k", NULL);
+    send_data(r->s, "early", false);
+    expect_out(&o, "GET /ws HTTP/1.1\r\nhost: up\r\nsec-websocket-key: k\r\n"
+                   "connection: upgrade\r\nupgrade: websocket\r\n\r\nearly");
+    assert_int_equal(feeds(&o, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                               "Connection: Upgrade\r\n\r\nHTTP/1.1 200 OK\r\n"),
+                     0);
+    assert_true(r->headers);
+    assert_false(r->end);
+    assert_true(r->s->tunnel);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":status"), "101");
+    expect_body(r, "HTTP/1.1 200 OK\r\n"); /* tunnel bytes, not a second response */
+    assert_int_equal(o.c->ops->dispatch_eof(o.c), 0);
+    assert_true(r->end);
+    assert_int_equal(o.done, 0);
+    send_data(r->s, "last", true);
+    expect_out(&o, "last");
+    assert_int_equal(o.shut, 1);
+    assert_int_equal(o.done, 1);
+    assert_true(o.c->close_connection);
+    assert_false(o.c->ops->can_new_stream(o.c));
+    r->s->codec->ops->release(r->s);
+    owner_deinit(&o);
+}
+
+static void test_h1_client_connect_and_refusals(void **state)
+{
+    (void)state;
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http1_client_new(NULL, &ocbs, &o);
+    struct rec *r = cli_stream(&o);
+    send_headers(r->s, false, ":method", "CONNECT", ":authority", "t.example:443", NULL);
+    expect_out(&o, "CONNECT t.example:443 HTTP/1.1\r\nhost: t.example:443\r\n\r\n");
+    assert_int_equal(feeds(&o, "HTTP/1.1 200 Connection Established\r\n\r\ndata"), 0);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":status"), "200");
+    expect_body(r, "data");
+    assert_false(r->end);
+    r->s->codec->ops->reset(r->s);
+    r->s->codec->ops->release(r->s);
+    owner_deinit(&o);
+    /* An upgrade answered with a plain response: its body is framed as usual. */
+    owner_init(&o);
+    o.c = msm_http1_client_new(NULL, &ocbs, &o);
+    r = cli_stream(&o);
+    send_headers(r->s, false, ":method", "GET", ":path", "/", ":authority", "up", "upgrade",
+                 "websocket", NULL);
+    free(take_out(&o));
+    assert_int_equal(feeds(&o, "HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno"), 0);
+    assert_true(r->end);
+    assert_false(r->s->tunnel);
+    expect_body(r, "no");
+    r->s->codec->ops->reset(r->s);
+    r->s->codec->ops->release(r->s);
+    owner_deinit(&o);
+    /* A 101 nobody asked for is a protocol error. */
+    owner_init(&o);
+    o.c = msm_http1_client_new(NULL, &ocbs, &o);
+    r = cli_stream(&o);
+    send_headers(r->s, true, ":method", "GET", ":path", "/", ":authority", "up", NULL);
+    assert_true(feeds(&o, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n"
+                          "Connection: upgrade\r\n\r\n") < 0);
+    assert_int_equal(r->reset, MSM_RESET_PROTOCOL_ERROR + 1);
+    r->s->codec->ops->release(r->s);
+    owner_deinit(&o);
+}
+
+/* ---- the raw TCP leg ---------------------------------------------------------------------- */
+
+static void test_tcp_tunnel(void **state)
+{
+    (void)state;
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_tcp_tunnel_client_new(&ocbs, &o);
+    assert_true(o.c->ops->can_new_stream(o.c));
+    /* Bytes before the stream's headers wait in the input buffer. */
+    struct msm_buf in;
+    msm_buf_init(&in);
+    msm_buf_append(&in, "banner", 6);
+    struct rec *r = cli_stream(&o);
+    assert_false(o.c->ops->can_new_stream(o.c));
+    assert_int_equal(msm_hcodec_dispatch(o.c, &in), 0);
+    assert_int_equal((int)in.len, 6);
+    send_headers(r->s, false, ":method", "CONNECT", ":authority", "x:1", NULL);
+    assert_int_equal((int)o.out.len, 0); /* the headers never reach the wire */
+    assert_true(r->headers);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":status"), "200");
+    assert_int_equal(o.done, 1); /* the owner is asked to dispatch again */
+    assert_int_equal(msm_hcodec_dispatch(o.c, &in), 0);
+    expect_body(r, "banner");
+    send_data(r->s, "ping", false);
+    expect_out(&o, "ping");
+    /* read-disabled: input waits */
+    r->s->codec->ops->read_disable(r->s, true);
+    msm_buf_append(&in, "late", 4);
+    assert_int_equal(msm_hcodec_dispatch(o.c, &in), 0);
+    assert_int_equal((int)in.len, 4);
+    r->s->codec->ops->read_disable(r->s, false);
+    assert_int_equal(msm_hcodec_dispatch(o.c, &in), 0);
+    expect_body(r, "late");
+    send_data(r->s, "", true);
+    assert_int_equal(o.shut, 1);
+    assert_int_equal(o.c->ops->active_streams(o.c), 1);
+    assert_int_equal(o.c->ops->dispatch_eof(o.c), 0);
+    assert_true(r->end);
+    assert_int_equal(o.c->ops->active_streams(o.c), 0);
+    assert_true(o.c->close_connection);
+    r->s->codec->ops->release(r->s);
+    msm_buf_deinit(&in);
+    owner_deinit(&o);
+    /* The connection goes under a live stream: reset. */
+    owner_init(&o);
+    o.c = msm_tcp_tunnel_client_new(&ocbs, &o);
+    r = cli_stream(&o);
+    send_headers(r->s, false, ":method", "CONNECT", NULL);
+    o.c->ops->close_streams(o.c, MSM_RESET_CONNECTION_TERMINATION);
+    assert_int_equal(r->reset, MSM_RESET_CONNECTION_TERMINATION + 1);
+    r->s->codec->ops->release(r->s);
+    owner_deinit(&o);
+}
+
+/* ---- HTTP/2 extended CONNECT -------------------------------------------------------------- */
+
+static void pump(struct owner *cli, struct owner *srv)
+{
+    for (int i = 0; i < 50 && (cli->out.len || srv->out.len); i++) {
+        struct msm_buf b;
+        msm_buf_init(&b);
+        msm_buf_move(&b, &cli->out);
+        assert_int_equal(msm_hcodec_dispatch(srv->c, &b), 0);
+        msm_buf_move(&b, &srv->out);
+        assert_int_equal(msm_hcodec_dispatch(cli->c, &b), 0);
+        msm_buf_deinit(&b);
+    }
+}
+
+static void test_h2_extended_connect(void **state)
+{
+    (void)state;
+    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
+    owner_init(cli);
+    owner_init(srv);
+    struct msm_hcodec_opts so;
+    msm_hcodec_opts_default(&so);
+    so.allow_connect = true;
+    srv->c = msm_http2_server_new(&so, &ocbs, srv);
+    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
+    pump(cli, srv);
+    struct rec *r = cli_stream(cli);
+    send_headers(r->s, false, ":method", "CONNECT", ":protocol", "websocket", ":scheme", "http",
+                 ":path", "/chat", ":authority", "a", "sec-websocket-version", "13", NULL);
+    pump(cli, srv);
+    assert_int_equal(srv->n, 1);
+    struct rec *sr = &srv->r[0];
+    assert_false(sr->end);
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, ":method"), "GET");
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, ":path"), "/chat");
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, "upgrade"), "websocket");
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, "connection"), "upgrade");
+    assert_null(msm_hdrs_get(&sr->hdrs, ":protocol"));
+    send_headers(sr->s, false, ":status", "101", "upgrade", "websocket", NULL);
+    send_data(sr->s, "frame", false);
+    pump(cli, srv);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":status"), "200");
+    assert_null(msm_hdrs_get(&r->hdrs, "upgrade"));
+    expect_body(r, "frame");
+    send_data(r->s, "back", true);
+    pump(cli, srv);
+    expect_body(sr, "back");
+    assert_true(sr->end);
+    send_data(sr->s, "", true);
+    pump(cli, srv);
+    assert_true(r->end);
+    assert_int_equal(r->reset, 0);
+    assert_int_equal(sr->reset, 0);
+    r->s->codec->ops->release(r->s);
+    sr->s->codec->ops->release(sr->s);
+    pump(cli, srv);
+    owner_deinit(cli);
+    owner_deinit(srv);
+    free(cli);
+    free(srv);
+}
+
+/* ---- route configurations ----------------------------------------------------------------- */
+
+static struct msm_route_config *build(const char *json, struct msm_err *err)
+{
+    ProtobufCMessage *m = msm_pbjson_decode_text(
+        &envoy__config__route__v3__route_configuration__descriptor, json, strlen(json), NULL, err);
+    if (!m) {
+        return NULL;
+    }
+    struct msm_route_config *rc = msm_route_config_new(m, NULL, err);
+    protobuf_c_message_free_unpacked(m, NULL);
+    return rc;
+}
+
+static const char *pick(const struct msm_route_config *rc, const char *method, const char *path)
+{
+    struct msm_hdrs *h = msm_hdrs_new();
+    msm_hdrs_addz(h, ":method", method);
+    if (path) {
+        msm_hdrs_addz(h, ":path", path);
+    }
+    msm_hdrs_addz(h, ":authority", "x:443");
+    const struct msm_route *r = msm_route_select(rc, h, 0);
+    msm_hdrs_free(h);
+    return r ? r->name : "";
+}
+
+static void test_routes(void **state)
+{
+    (void)state;
+    struct msm_err err = {{0}};
+    struct msm_route_config *rc = build(
+        "{\"virtual_hosts\":[{\"name\":\"v\",\"domains\":[\"*\"],\"routes\":["
+        "{\"name\":\"tunnel\",\"match\":{\"connect_matcher\":{}},"
+        " \"route\":{\"cluster\":\"c\",\"upgrade_configs\":[{\"upgrade_type\":\"CONNECT\","
+        "  \"connect_config\":{}},{\"upgrade_type\":\"WebSocket\",\"enabled\":false}]}},"
+        "{\"name\":\"all\",\"match\":{\"prefix\":\"/\"},\"route\":{\"cluster\":\"c\","
+        " \"idle_timeout\":\"0s\"}}]}]}",
+        &err);
+    assert_non_null(rc);
+    assert_string_equal(pick(rc, "CONNECT", NULL), "tunnel");
+    assert_string_equal(pick(rc, "CONNECT", "/x"), "tunnel");
+    assert_string_equal(pick(rc, "GET", "/x"), "all");
+    const struct msm_route *t = &rc->vhosts[0].routes[0];
+    const struct msm_route_upgrade *u = msm_route_upgrade_find(t, "connect");
+    assert_non_null(u);
+    assert_true(u->enabled && u->connect_terminate);
+    u = msm_route_upgrade_find(t, "websocket");
+    assert_non_null(u);
+    assert_false(u->enabled || u->connect_terminate);
+    assert_null(msm_route_upgrade_find(t, "h2c"));
+    assert_false(t->has_idle_timeout);
+    assert_true(rc->vhosts[0].routes[1].has_idle_timeout);
+    assert_int_equal(rc->vhosts[0].routes[1].idle_timeout_ms, 0);
+    msm_route_config_unref(rc);
+    /* Without a connect_matcher route a CONNECT finds none. */
+    rc = build("{\"virtual_hosts\":[{\"name\":\"v\",\"domains\":[\"*\"],\"routes\":["
+               "{\"name\":\"all\",\"match\":{\"prefix\":\"\"},\"route\":{\"cluster\":\"c\"}}]}]}",
+               &err);
+    assert_non_null(rc);
+    assert_string_equal(pick(rc, "CONNECT", NULL), "");
+    msm_route_config_unref(rc);
+    static const struct {
+        const char *upgrades, *want;
+    } bad[] = {
+        {"[{\"upgrade_type\":\"websocket\",\"connect_config\":{}}]",
+         "non-CONNECT upgrade type websocket has connect_config"},
+        {"[{\"upgrade_type\":\"websocket\"},{\"upgrade_type\":\"WEBSOCKET\"}]",
+         "duplicate upgrade WEBSOCKET"},
+        {"[{\"upgrade_type\":\"\"}]", "upgrade_type: must not be empty"},
+        {"[{\"upgrade_type\":\"CONNECT\",\"connect_config\":{\"allow_post\":true}}]",
+         "connect_config.allow_post: not supported"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char json[512];
+        snprintf(json, sizeof(json),
+                 "{\"virtual_hosts\":[{\"name\":\"v\",\"domains\":[\"*\"],\"routes\":["
+                 "{\"match\":{\"prefix\":\"/\"},\"route\":{\"cluster\":\"c\","
+                 "\"upgrade_configs\":%s}}]}]}",
+                 bad[i].upgrades);
+        memset(&err, 0, sizeof(err));
+        assert_null(build(json, &err));
+        if (!strstr(err.msg, bad[i].want)) {
+            fail_msg("case %zu: %s", i, err.msg);
+        }
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_h1_server_websocket),
+        cmocka_unit_test(test_h1_server_connect),
+        cmocka_unit_test(test_h1_server_upgrade_refused),
+        cmocka_unit_test(test_h1_server_h2c_ignored),
+        cmocka_unit_test(test_h1_client_websocket),
+        cmocka_unit_test(test_h1_client_connect_and_refusals),
+        cmocka_unit_test(test_tcp_tunnel),
+        cmocka_unit_test(test_h2_extended_connect),
+        cmocka_unit_test(test_routes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
