@@ -15,21 +15,10 @@
 #include "envoy/config/route/v3/route.pb-c.h"
 #include "filters/network/http_connection_manager/hcm.h"
 #include "http/route.h"
+#include "test/unit/http/route_json.h"
 
 /* The statics and the opaque struct msm_shadow (which policies fired). */
 #include "filters/http/router/shadow.c"
-
-static struct msm_route_config *build(const char *json, struct msm_err *err)
-{
-    ProtobufCMessage *m = msm_pbjson_decode_text(
-        &envoy__config__route__v3__route_configuration__descriptor, json, strlen(json), NULL, err);
-    if (!m) {
-        return NULL;
-    }
-    struct msm_route_config *rc = msm_route_config_new(m, NULL, err);
-    protobuf_c_message_free_unpacked(m, NULL);
-    return rc;
-}
 
 static void test_mirror_policies(void **state)
 {

@@ -16,129 +16,9 @@
 #include "config/pbjson.h"
 #include "envoy/config/route/v3/route.pb-c.h"
 #include "http/codec.h"
+#include "test/unit/http/codec_owner.h"
 #include "http/route.h"
-
-struct rec {
-    struct msm_hstream *s;
-    struct msm_hdrs hdrs;
-    struct msm_buf body;
-    bool headers, end;
-    int reset;
-};
-
-struct owner {
-    struct msm_hcodec *c;
-    struct msm_buf out;
-    struct rec r[8];
-    int n;
-    int shut; /* shutdown_write calls */
-    int done;
-};
-
-static void s_headers(void *ctx, struct msm_hdrs *h, bool end)
-{
-    struct rec *r = ctx;
-    msm_hdrs_deinit(&r->hdrs);
-    msm_hdrs_move(&r->hdrs, h);
-    r->headers = true;
-    r->end = end;
-}
-
-static void s_data(void *ctx, struct msm_buf *b, bool end)
-{
-    struct rec *r = ctx;
-    msm_buf_move(&r->body, b);
-    r->end = r->end || end;
-}
-
-static void s_trailers(void *ctx, struct msm_hdrs *t)
-{
-    struct rec *r = ctx;
-    (void)t;
-    r->end = true;
-}
-
-static void s_reset(void *ctx, enum msm_http_reset why)
-{
-    struct rec *r = ctx;
-    r->reset = (int)why + 1;
-}
-
-static const struct msm_hstream_cbs scbs = {
-    .on_headers = s_headers, .on_data = s_data, .on_trailers = s_trailers, .on_reset = s_reset,
-};
-
-static struct rec *new_rec(struct owner *o)
-{
-    struct rec *r = &o->r[o->n++];
-    memset(r, 0, sizeof(*r));
-    msm_hdrs_init(&r->hdrs);
-    msm_buf_init(&r->body);
-    return r;
-}
-
-static void o_new_stream(void *owner, struct msm_hstream *s)
-{
-    struct rec *r = new_rec(owner);
-    r->s = s;
-    s->cbs = &scbs;
-    s->ctx = r;
-}
-
-static void o_write(void *owner, struct msm_buf *b)
-{
-    msm_buf_move(&((struct owner *)owner)->out, b);
-}
-
-static void o_shut(void *owner)
-{
-    ((struct owner *)owner)->shut++;
-}
-
-static void o_done(void *owner)
-{
-    ((struct owner *)owner)->done++;
-}
-
-static const struct msm_hcodec_cbs ocbs = {
-    .on_new_stream = o_new_stream, .write = o_write, .on_stream_done = o_done,
-    .shutdown_write = o_shut,
-};
-
-static void owner_init(struct owner *o)
-{
-    memset(o, 0, sizeof(*o));
-    msm_buf_init(&o->out);
-}
-
-static void owner_deinit(struct owner *o)
-{
-    for (int i = 0; i < o->n; i++) {
-        msm_hdrs_deinit(&o->r[i].hdrs);
-        msm_buf_deinit(&o->r[i].body);
-    }
-    msm_buf_deinit(&o->out);
-    msm_hcodec_free(o->c);
-}
-
-static int feeds(struct owner *o, const char *s)
-{
-    struct msm_buf in;
-    msm_buf_init(&in);
-    msm_buf_append(&in, s, strlen(s));
-    int rc = msm_hcodec_dispatch(o->c, &in);
-    msm_buf_deinit(&in);
-    return rc;
-}
-
-/* Take the output as a string (compared, then freed by the caller). */
-static char *take_out(struct owner *o)
-{
-    char *s = calloc(1, o->out.len + 1);
-    msm_buf_copyout(&o->out, 0, s, o->out.len);
-    msm_buf_drain(&o->out, o->out.len);
-    return s;
-}
+#include "test/unit/http/route_json.h"
 
 static void expect_out(struct owner *o, const char *want)
 {
@@ -443,19 +323,6 @@ static void test_tcp_tunnel(void **state)
 
 /* ---- HTTP/2 extended CONNECT -------------------------------------------------------------- */
 
-static void pump(struct owner *cli, struct owner *srv)
-{
-    for (int i = 0; i < 50 && (cli->out.len || srv->out.len); i++) {
-        struct msm_buf b;
-        msm_buf_init(&b);
-        msm_buf_move(&b, &cli->out);
-        assert_int_equal(msm_hcodec_dispatch(srv->c, &b), 0);
-        msm_buf_move(&b, &srv->out);
-        assert_int_equal(msm_hcodec_dispatch(cli->c, &b), 0);
-        msm_buf_deinit(&b);
-    }
-}
-
 static void test_h2_extended_connect(void **state)
 {
     (void)state;
@@ -505,18 +372,6 @@ static void test_h2_extended_connect(void **state)
 }
 
 /* ---- route configurations ----------------------------------------------------------------- */
-
-static struct msm_route_config *build(const char *json, struct msm_err *err)
-{
-    ProtobufCMessage *m = msm_pbjson_decode_text(
-        &envoy__config__route__v3__route_configuration__descriptor, json, strlen(json), NULL, err);
-    if (!m) {
-        return NULL;
-    }
-    struct msm_route_config *rc = msm_route_config_new(m, NULL, err);
-    protobuf_c_message_free_unpacked(m, NULL);
-    return rc;
-}
 
 static const char *pick(const struct msm_route_config *rc, const char *method, const char *path)
 {
