@@ -103,6 +103,7 @@ struct msm_xds {
     struct msm_xds_thread *thread;
     bool started;
     bool stopping; /* msm_xds_free running: events are dropped */
+    atomic_bool lazy; /* msm_xds_set_lazy; read by the xDS thread */
 };
 
 /* ---- commands: main -> xDS thread ---------------------------------------------------------- */

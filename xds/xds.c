@@ -798,6 +798,7 @@ struct update_rel {
     struct msm_xds_resource *res;
     const int *map;
     int n;
+    int cur; /* the resource whose lazily decoded message is live, -1 = none */
 };
 
 void msm_xds_update_release(const struct msm_xds_update *u, int i)
@@ -809,7 +810,41 @@ void msm_xds_update_release(const struct msm_xds_update *u, int i)
     rel->res[i].msg = NULL;
     rel->res[i].bytes = NULL;
     rel->res[i].len = 0;
+    if (rel->cur == i) {
+        rel->cur = -1;
+    }
     msm_xds_decoded_release(rel->d, rel->map[i]);
+}
+
+const ProtobufCMessage *msm_xds_update_msg(const struct msm_xds_update *u, int i,
+                                           struct msm_err *err)
+{
+    struct update_rel *rel = u->priv_;
+    if (i < 0 || i >= u->n) {
+        msm_err_set(err, "no resource %d", i);
+        return NULL;
+    }
+    if (!rel || u->resources[i].msg) {
+        if (!u->resources[i].msg) {
+            msm_err_set(err, "resource '%s' was released", u->resources[i].name);
+        }
+        return u->resources[i].msg;
+    }
+    const ProtobufCMessage *m = msm_xds_decoded_msg(rel->d, rel->map[i], err);
+    if (msm_xds_decoded_lazy(rel->d)) {
+        /* Only one lazily decoded message lives at a time. */
+        if (rel->cur >= 0 && rel->cur != i) {
+            rel->res[rel->cur].msg = NULL;
+        }
+        rel->cur = m ? i : -1;
+    }
+    rel->res[i].msg = m;
+    return m;
+}
+
+void msm_xds_set_lazy(struct msm_xds *x, bool lazy)
+{
+    atomic_store(&x->lazy, lazy);
 }
 
 static void handle_response(struct msm_xds *x, struct msm_xds_event *ev)
@@ -866,7 +901,7 @@ static void handle_response(struct msm_xds *x, struct msm_xds_event *ev)
     if (d->error) {
         rc = msm_err_set(&err, "%s", d->error);
     } else {
-        struct update_rel rel = {.d = d, .res = res, .map = map, .n = nres};
+        struct update_rel rel = {.d = d, .res = res, .map = map, .n = nres, .cur = -1};
         struct msm_xds_update u = {
             .type_url = d->type_url,
             .sotw = !d->delta,

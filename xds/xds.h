@@ -36,10 +36,12 @@ struct msm_xds_resource {
     /* Delta: the resource's version; SotW: the response's version_info. */
     const char *version;
     /* The decoded resource: the Any unpacked into the type's message (TypedStruct payloads are
-     * not involved at this level). Never NULL. */
+     * not involved at this level). Never NULL, except for a client with lazy decoding
+     * (msm_xds_set_lazy): there, read it with msm_xds_update_msg. */
     const ProtobufCMessage *msg;
     /* The bytes <msg> was decoded from (a serialization of it), <len> of them; NULL for types
-     * whose consumers do not keep them (only clusters and route configurations have them). */
+     * whose consumers do not keep them (only clusters and route configurations have them, and
+     * every lazily decoded resource). */
     const uint8_t *bytes;
     size_t len;
 };
@@ -65,6 +67,12 @@ struct msm_xds_update {
  * NULL; name and version stay valid until the callback returns), so a 10k-resource response
  * gives its memory back while it is applied. Optional. */
 void msm_xds_update_release(const struct msm_xds_update *u, int i);
+
+/* resources[<i>].msg; with lazy decoding, unpacked now (it stays valid until the next
+ * msm_xds_update_msg for another resource or its release: take them one at a time). NULL with
+ * <err> when it does not unpack (a NACK of that resource), or was released. */
+const ProtobufCMessage *msm_xds_update_msg(const struct msm_xds_update *u, int i,
+                                           struct msm_err *err);
 
 /* Called on the main thread for every response of a subscribed type. Return 0 to ACK, or a
  * negative code with <err> set to NACK the whole response: the NACK carries error_detail
@@ -92,6 +100,13 @@ struct msm_xds;
 struct msm_xds *msm_xds_new(struct ev_loop *main_loop, const Envoy__Config__Bootstrap__V3__Bootstrap *b,
                             msm_xds_apply_fn *apply, void *arg, struct msm_stats_store *st,
                             struct msm_err *err);
+
+/* Lazy decoding, for responses received from now on: clusters, assignments and listeners are
+ * checked on the xDS thread (a malformed one NACKs the whole response, as before) but kept as
+ * bytes, and each is unpacked on the main thread when the apply callback asks for it
+ * (msm_xds_update_msg), so a big response never exists decoded all at once (a decoded 10k
+ * cluster push is ~5x its 10 MB). Only for apply callbacks that use msm_xds_update_msg. */
+void msm_xds_set_lazy(struct msm_xds *x, bool lazy);
 
 /* Start the xDS thread. Streams open as soon as a config source has something subscribed
  * (subscriptions made before start are sent on the first stream). Returns 0 or a negative code

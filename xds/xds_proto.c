@@ -153,6 +153,12 @@ struct msm_xds_mem {
     const uint8_t *bytes;      /* the bytes of the resource unpack_one just decoded */
     size_t len;
     bool keep_bytes;           /* see keeps_bytes */
+    /* Lazy decoding (msm_xds_decode_ex): resources are checked and kept as bytes; each is
+     * unpacked into <scratch> when asked for (msm_xds_decoded_msg), one at a time. */
+    bool lazy;
+    const ProtobufCMessageDescriptor *desc;
+    struct msm_xds_arena scratch;
+    int scratch_of; /* the resource whose message is in <scratch>, -1 = none */
 };
 
 /* Types whose consumers keep the resources packed and are worth the copy: clusters (their
@@ -161,6 +167,214 @@ struct msm_xds_mem {
 static bool keeps_bytes(const char *type_url)
 {
     return !strcmp(type_url, MSM_XDS_TYPE_CLUSTER) || !strcmp(type_url, MSM_XDS_TYPE_ROUTE);
+}
+
+/* Types decoded lazily when asked (msm_xds_decode_ex <lazy>): the big ones of an Istio push,
+ * whose decoded form is ~5x their bytes and would sit beside the config built from them. */
+static bool decodes_lazily(const char *type_url)
+{
+    return !strcmp(type_url, MSM_XDS_TYPE_CLUSTER) || !strcmp(type_url, MSM_XDS_TYPE_ENDPOINT) ||
+           !strcmp(type_url, MSM_XDS_TYPE_LISTENER);
+}
+
+/* ---- wire check --------------------------------------------------------------------------------
+ * What protobuf_c_message_unpack would reject, found without unpacking (lazy decoding checks a
+ * whole response before any of it is applied): malformed varints, lengths past the end, group
+ * wire types, tag 0, a known field with a wire type its type cannot have, a packed field whose
+ * bytes are not whole elements; plus the nesting bound of msm_pb_unpack. */
+
+static bool wire_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned k = 0; k < 10 && *i < len; k++) {
+        uint8_t b = p[(*i)++];
+        v |= (uint64_t)(b & 0x7f) << (7 * k);
+        if (!(b & 0x80)) {
+            *out = v;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A field's tag as protobuf-c reads it (parse_tag_and_wiretype): at most 5 bytes, the field
+ * number in 32 bits (high bits of a 5th byte dropped); a one-byte tag of field 0 is an error,
+ * a longer encoding of 0 is an unknown field. Returns the bytes used, 0 on error. */
+static size_t wire_tag(const uint8_t *p, size_t len, uint32_t *field, unsigned *wt)
+{
+    size_t max = len > 5 ? 5 : len;
+    uint32_t tag = (uint32_t)(p[0] & 0x7f) >> 3;
+    unsigned shift = 4;
+    *wt = p[0] & 7;
+    if (!(p[0] & 0x80)) {
+        *field = tag;
+        return tag ? 1 : 0;
+    }
+    for (size_t n = 1; n < max; n++) {
+        tag |= (uint32_t)(p[n] & 0x7f) << shift;
+        if (!(p[n] & 0x80)) {
+            *field = tag;
+            return n + 1;
+        }
+        shift += 7;
+    }
+    return 0;
+}
+
+/* The wire type of one element of a field of <type>: 0 varint, 1 64-bit, 2 length, 5 32-bit. */
+static unsigned wire_type_of(ProtobufCType type)
+{
+    switch (type) {
+    case PROTOBUF_C_TYPE_SFIXED32:
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_FLOAT:
+        return 5;
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_DOUBLE:
+        return 1;
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_BYTES:
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return 2;
+    default:
+        return 0;
+    }
+}
+
+static bool wire_packed_ok(unsigned elem, const uint8_t *p, size_t len)
+{
+    if (elem == 5) {
+        return len % 4 == 0;
+    }
+    if (elem == 1) {
+        return len % 8 == 0;
+    }
+    for (size_t i = 0; i < len;) {
+        uint64_t v;
+        if (!wire_varint(p, len, &i, &v)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool wire_ok(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len,
+                    int depth)
+{
+    if (depth > MSM_PBJSON_MAX_DEPTH) {
+        return false;
+    }
+    size_t i = 0;
+    while (i < len) {
+        uint64_t v;
+        uint32_t id;
+        unsigned wt;
+        size_t used = wire_tag(p + i, len - i, &id, &wt);
+        if (!used) {
+            return false;
+        }
+        i += used;
+        const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(desc, id);
+        unsigned want = f ? wire_type_of(f->type) : wt;
+        bool packed = f && wt == 2 && want != 2 && f->label == PROTOBUF_C_LABEL_REPEATED;
+        /* protobuf-c reads a bool from any wire type (and a packed bool's bytes unchecked) */
+        bool any_type = f && f->type == PROTOBUF_C_TYPE_BOOL;
+        if (f && wt != want && !packed && !any_type) {
+            return false;
+        }
+        switch (wt) {
+        case 0:
+            if (!wire_varint(p, len, &i, &v)) {
+                return false;
+            }
+            break;
+        case 1:
+        case 5:
+            if (len - i < (wt == 1 ? 8u : 4u)) {
+                return false;
+            }
+            i += wt == 1 ? 8 : 4;
+            break;
+        case 2:
+            if (!wire_varint(p, len, &i, &v) || v > len - i) {
+                return false;
+            }
+            if (packed && !any_type && !wire_packed_ok(want, p + i, (size_t)v)) {
+                return false;
+            }
+            if (f && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+                !wire_ok(f->descriptor, p + i, (size_t)v, depth + 1)) {
+                return false;
+            }
+            i += (size_t)v;
+            break;
+        default:
+            return false; /* groups (3, 4) and 6, 7 */
+        }
+    }
+    return true;
+}
+
+/* The top-level string field <f> of the (checked) bytes (the last occurrence wins, as when
+ * unpacking), in <a>; "" when absent. */
+static char *wire_string(struct msm_xds_arena *a, const ProtobufCFieldDescriptor *f,
+                         const uint8_t *p, size_t len)
+{
+    const uint8_t *s = (const uint8_t *)"";
+    size_t n = 0;
+    size_t i = 0;
+    while (i < len) {
+        uint64_t v = 0;
+        uint32_t id;
+        unsigned wt;
+        size_t used = wire_tag(p + i, len - i, &id, &wt);
+        if (!used) {
+            break;
+        }
+        i += used;
+        switch (wt) {
+        case 0:
+            wire_varint(p, len, &i, &v);
+            break;
+        case 1:
+            i += 8;
+            break;
+        case 5:
+            i += 4;
+            break;
+        default:
+            if (!wire_varint(p, len, &i, &v) || v > len - i) {
+                return arena_strdup(a, "");
+            }
+            if (id == f->id) {
+                s = p + i;
+                n = (size_t)v;
+            }
+            i += (size_t)v;
+            break;
+        }
+    }
+    char *o = arena_alloc(a, n + 1);
+    memcpy(o, s, n);
+    o[n] = '\0';
+    return o;
+}
+
+/* A lazy resource's name as msm_xds_resource_name gives it once decoded (the lazy types have
+ * no oneof around these fields). */
+static char *wire_name(struct msm_xds_arena *a, const ProtobufCMessageDescriptor *desc,
+                       const uint8_t *p, size_t len)
+{
+    static const char *const fields[] = {"name", "cluster_name"};
+    for (size_t i = 0; i < MSM_ARRAY_SIZE(fields); i++) {
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field_by_name(desc, fields[i]);
+        if (f && f->type == PROTOBUF_C_TYPE_STRING && f->label != PROTOBUF_C_LABEL_REPEATED) {
+            return wire_string(a, f, p, len);
+        }
+    }
+    return arena_strdup(a, "");
 }
 
 /* ---- decoding ------------------------------------------------------------------------------ */
@@ -189,6 +403,16 @@ const char *msm_xds_resource_name(const ProtobufCMessage *m)
         return str_or_empty(s);
     }
     return "";
+}
+
+/* What unpack_one returns for a resource kept as bytes (lazy decoding). */
+static ProtobufCMessage lazy_marker;
+
+/* The name of resource <m> just returned by unpack_one. */
+static const char *res_name(struct msm_xds_mem *mem, const ProtobufCMessage *m)
+{
+    return m == &lazy_marker ? wire_name(&mem->strs, mem->desc, mem->bytes, mem->len)
+                             : msm_xds_resource_name(m);
 }
 
 /* Unpack <any> as a resource of type <desc> (the response's type) into the resource arena.
@@ -228,10 +452,22 @@ static ProtobufCMessage *unpack_one(struct msm_xds_mem *mem, const Google__Proto
                     url, type_url);
         return NULL;
     }
-    ProtobufCAllocator al = arena_allocator(&mem->res);
-    ProtobufCMessage *m = msm_pb_unpack_with(desc, &al, any->value.data, any->value.len, err);
     mem->bytes = NULL;
     mem->len = 0;
+    if (mem->lazy) {
+        if (!wire_ok(desc, any->value.data, any->value.len, 1)) {
+            msm_err_set(err, "%s: cannot parse %zu bytes of protobuf", desc->name,
+                        any->value.len);
+            return NULL;
+        }
+        uint8_t *b = arena_alloc(&mem->res, any->value.len + 1);
+        memcpy(b, any->value.data ? any->value.data : (const uint8_t *)"", any->value.len);
+        mem->bytes = b;
+        mem->len = any->value.len;
+        return &lazy_marker;
+    }
+    ProtobufCAllocator al = arena_allocator(&mem->res);
+    ProtobufCMessage *m = msm_pb_unpack_with(desc, &al, any->value.data, any->value.len, err);
     if (m && mem->keep_bytes) {
         /* The resource's own bytes, beside it: consumers that keep resources packed (the
          * cluster manager, for config_dump) copy them instead of packing the message again. */
@@ -268,7 +504,7 @@ static struct msm_xds_resource *add_resource(struct msm_xds_decoded *d, Protobuf
     mem->first[d->n] = first;
     mem->last[d->n] = last;
     struct msm_xds_resource *res = &d->res[d->n++];
-    res->msg = m;
+    res->msg = m == &lazy_marker ? NULL : m;
     res->bytes = mem->bytes;
     res->len = mem->len;
     return res;
@@ -306,7 +542,7 @@ static void decode_sotw(struct msm_xds_decoded *d, const ProtobufCMessage *resp,
         }
         struct msm_xds_resource *res = add_resource(d, m, first);
         const Envoy__Service__Discovery__V3__Resource *rw = (const void *)w;
-        const char *name = rw && rw->name && rw->name[0] ? rw->name : msm_xds_resource_name(m);
+        const char *name = rw && rw->name && rw->name[0] ? rw->name : res_name(mem, m);
         /* Names outlive the resource (msm_xds_decoded_release): kept with the strings. */
         res->name = arena_strdup(&mem->strs, name);
         res->version = rw && rw->version && rw->version[0] ? rw->version : d->version_info;
@@ -339,7 +575,7 @@ static void decode_delta(struct msm_xds_decoded *d, const ProtobufCMessage *resp
             return;
         }
         struct msm_xds_resource *res = add_resource(d, m, first);
-        res->name = arena_strdup(&mem->strs, name[0] ? name : msm_xds_resource_name(m));
+        res->name = arena_strdup(&mem->strs, name[0] ? name : res_name(mem, m));
         res->version = arena_strdup(&mem->strs, str_or_empty(rr->version));
     }
 }
@@ -369,10 +605,10 @@ static void drop_resources(struct msm_xds_decoded *d)
 struct msm_xds_decoded *msm_xds_decode(bool delta, const uint8_t *data, size_t len,
                                        struct msm_err *err)
 {
-    return msm_xds_decode_ex(delta, data, len, NULL, NULL, err);
+    return msm_xds_decode_ex(delta, data, len, false, NULL, NULL, err);
 }
 
-struct msm_xds_decoded *msm_xds_decode_ex(bool delta, const uint8_t *data, size_t len,
+struct msm_xds_decoded *msm_xds_decode_ex(bool delta, const uint8_t *data, size_t len, bool lazy,
                                           void (*release)(void *arg), void *arg,
                                           struct msm_err *err)
 {
@@ -421,6 +657,9 @@ struct msm_xds_decoded *msm_xds_decode_ex(bool delta, const uint8_t *data, size_
     }
     const ProtobufCMessageDescriptor *desc = msm_types_find_url(d->type_url);
     mem->keep_bytes = keeps_bytes(d->type_url);
+    mem->lazy = lazy && desc && decodes_lazily(d->type_url);
+    mem->desc = desc;
+    mem->scratch_of = -1;
     if (!desc) {
         set_error(d, "unknown type URL '%s'", d->type_url);
     } else if (delta) {
@@ -438,11 +677,65 @@ struct msm_xds_decoded *msm_xds_decode_ex(bool delta, const uint8_t *data, size_
     return d;
 }
 
+/* Empty <a> for the next message, keeping its first block mapped (one resource after another:
+ * no mmap/munmap per resource). */
+static void arena_reset(struct msm_xds_arena *a)
+{
+#ifdef ARENA_MALLOC
+    arena_deinit(a);
+#else
+    for (size_t i = 1; i < a->n; i++) {
+        block_drop(&a->b[i]);
+    }
+    if (a->n) {
+        a->n = 1;
+        a->b[0].used = 0;
+    }
+#endif
+}
+
+const ProtobufCMessage *msm_xds_decoded_msg(struct msm_xds_decoded *d, int i, struct msm_err *err)
+{
+    struct msm_xds_mem *mem = d->mem;
+    if (i < 0 || i >= d->n) {
+        msm_err_set(err, "no resource %d", i);
+        return NULL;
+    }
+    struct msm_xds_resource *r = &d->res[i];
+    if (r->msg || !mem->lazy) {
+        if (!r->msg) {
+            msm_err_set(err, "resource '%s' was released", r->name);
+        }
+        return r->msg;
+    }
+    if (!r->bytes) {
+        msm_err_set(err, "resource '%s' was released", r->name);
+        return NULL;
+    }
+    if (mem->scratch_of >= 0 && mem->scratch_of < d->n) {
+        d->res[mem->scratch_of].msg = NULL; /* its memory is reused now */
+    }
+    arena_reset(&mem->scratch);
+    ProtobufCAllocator al = arena_allocator(&mem->scratch);
+    ProtobufCMessage *m = msm_pb_unpack_with(mem->desc, &al, r->bytes, r->len, err);
+    mem->scratch_of = m ? i : -1;
+    r->msg = m;
+    return m;
+}
+
+bool msm_xds_decoded_lazy(const struct msm_xds_decoded *d)
+{
+    return d->mem->lazy;
+}
+
 void msm_xds_decoded_release(struct msm_xds_decoded *d, int i)
 {
     struct msm_xds_mem *mem = d->mem;
-    if (i < 0 || i >= d->n || !d->res[i].msg) {
+    if (i < 0 || i >= d->n || (!d->res[i].msg && !d->res[i].bytes)) {
         return;
+    }
+    if (mem->scratch_of == i) {
+        mem->scratch_of = -1;
     }
     d->res[i].msg = NULL;
     d->res[i].bytes = NULL;
@@ -461,6 +754,7 @@ void msm_xds_decoded_free(struct msm_xds_decoded *d)
     }
     arena_deinit(&d->mem->res);
     arena_deinit(&d->mem->strs);
+    arena_deinit(&d->mem->scratch);
     free(d->mem->first);
     free(d->mem->last);
     free(d->mem);

@@ -47,10 +47,19 @@ struct msm_xds_decoded {
 struct msm_xds_decoded *msm_xds_decode(bool delta, const uint8_t *data, size_t len,
                                        struct msm_err *err);
 /* Same; <release>(<arg>), when not NULL, is called as soon as <data> is not needed any more
- * (before the resources are decoded), so the caller's buffer goes early. */
-struct msm_xds_decoded *msm_xds_decode_ex(bool delta, const uint8_t *data, size_t len,
+ * (before the resources are decoded), so the caller's buffer goes early. <lazy>: resources of
+ * the big types (clusters, assignments, listeners) are only checked (every wire error
+ * protobuf-c would find, and the nesting bound) and kept as bytes, with msg NULL: each is
+ * unpacked when asked for with msm_xds_decoded_msg. */
+struct msm_xds_decoded *msm_xds_decode_ex(bool delta, const uint8_t *data, size_t len, bool lazy,
                                           void (*release)(void *arg), void *arg,
                                           struct msm_err *err);
+/* Resource <i>'s message: res[i].msg, unpacked first if it was decoded lazily. A lazily decoded
+ * message is valid until the next call for another resource or its release (one at a time);
+ * NULL with <err> when it cannot be unpacked or was released. */
+const ProtobufCMessage *msm_xds_decoded_msg(struct msm_xds_decoded *d, int i, struct msm_err *err);
+/* Whether <d>'s resources were decoded lazily. */
+bool msm_xds_decoded_lazy(const struct msm_xds_decoded *d);
 void msm_xds_decoded_free(struct msm_xds_decoded *d);
 /* Free resource <i>'s message now (its memory returns to the system once every resource
  * sharing its arena blocks is released): an applied resource of a big response. */

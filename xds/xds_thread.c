@@ -840,7 +840,9 @@ static void on_message(struct msm_xds_thread *t, struct tcall *c)
     struct msm_err err;
     size_t len = GRPC_SLICE_LENGTH(sl);
     struct msm_xds_decoded *d =
-        msm_xds_decode_ex(s->delta, GRPC_SLICE_START_PTR(sl), len, release_slice, &sl, &err);
+        msm_xds_decode_ex(s->delta, GRPC_SLICE_START_PTR(sl), len,
+                          atomic_load_explicit(&t->x->lazy, memory_order_relaxed), release_slice,
+                          &sl, &err);
     if (len >= TRIM_AFTER) {
         /* gRPC's buffers for it are free again: give them back to the system rather than
          * keep them in this thread's malloc arena while the main thread builds the config. */

@@ -39,6 +39,7 @@ struct msm_admin {
     struct admin_conn *conns;
     int n_conns;
     double request_timeout, idle_timeout, write_timeout; /* seconds */
+    bool no_stream; /* test hook: render streamed responses at once (content-length) */
 };
 
 struct admin_conn {
@@ -57,6 +58,12 @@ struct admin_conn {
     bool complete, keep_alive, closing;
     double request_start, last_activity, last_progress;
     size_t last_out_len;
+    /* A streamed response in progress: reading (and parsing pipelined requests) waits. */
+    const struct msm_admin_stream_ops *stream;
+    void *stream_ctx;
+    bool chunked;  /* HTTP/1.1 client: chunked transfer-encoding, else close at the end */
+    bool peer_eof; /* the client's FIN came while streaming */
+    ev_idle stream_idle;
 };
 
 /* ---- query strings ------------------------------------------------------------------------- */
@@ -522,22 +529,124 @@ static const http_parser_settings settings = {
     .on_message_complete = on_complete,
 };
 
+void msm_admin_resp_finish(struct msm_admin_resp *rs)
+{
+    if (!rs->stream) {
+        return;
+    }
+    while (rs->stream->next(rs->stream_ctx, &rs->body, SIZE_MAX)) {
+    }
+    rs->stream->free(rs->stream_ctx);
+    rs->stream = NULL;
+    rs->stream_ctx = NULL;
+}
+
+/* Append <part> to <out> as one chunk (or as is without chunking); empties <part>. */
+static void put_chunk(struct admin_conn *ac, struct msm_buf *out, struct msm_buf *part)
+{
+    if (!part->len) {
+        return;
+    }
+    if (ac->chunked) {
+        msm_buf_appendf(out, "%zx\r\n", part->len);
+    }
+    msm_buf_move(out, part);
+    if (ac->chunked) {
+        msm_buf_append(out, "\r\n", 2);
+    }
+}
+
+static void process(struct admin_conn *ac, bool end_stream);
+
+/* The stream is complete (or abandoned): release it and go back to reading requests. */
+static void stream_end(struct admin_conn *ac)
+{
+    ev_idle_stop(ac->a->srv->loop, &ac->stream_idle);
+    ac->stream->free(ac->stream_ctx);
+    ac->stream = NULL;
+    ac->stream_ctx = NULL;
+    if (!ac->c || ac->closing) {
+        return;
+    }
+    msm_conn_read_disable(ac->c, false);
+    if (!ac->keep_alive || !ac->chunked) {
+        ac->closing = true;
+        msm_conn_close(ac->c, MSM_CLOSE_FLUSH);
+        return;
+    }
+    process(ac, ac->peer_eof); /* pipelined requests that waited */
+}
+
+/* One slice of a streamed response per loop iteration, while the output is below the high
+ * watermark (on_watermark restarts it). */
+static void on_stream_idle(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    (void)revents;
+    struct admin_conn *ac = MSM_CONTAINER_OF(w, struct admin_conn, stream_idle);
+    if (!ac->c || ac->closing || (ac->c->flags & MSM_CONN_F_ABOVE_WM)) {
+        ev_idle_stop(loop, w);
+        return;
+    }
+    struct msm_buf part, out;
+    msm_buf_init(&part);
+    msm_buf_init(&out);
+    bool more = ac->stream->next(ac->stream_ctx, &part, MSM_ADMIN_STREAM_SLICE);
+    put_chunk(ac, &out, &part);
+    if (!more && ac->chunked) {
+        msm_buf_append(&out, "0\r\n\r\n", 5);
+    }
+    if (out.len) {
+        msm_conn_write(ac->c, &out, false);
+    }
+    msm_buf_deinit(&out);
+    msm_buf_deinit(&part);
+    if (!ac->stream || !ac->c) {
+        return; /* the write failed and closed the connection (stream_end ran) */
+    }
+    if (!more) {
+        stream_end(ac);
+    } else if (ac->c->flags & MSM_CONN_F_ABOVE_WM) {
+        ev_idle_stop(loop, w);
+    }
+}
+
 static void respond(struct admin_conn *ac, struct msm_admin_resp *rs, bool head)
 {
+    if (rs->stream && (head || ac->a->no_stream)) {
+        msm_admin_resp_finish(rs);
+    }
+    bool streamed = rs->stream != NULL;
+    ac->chunked = streamed && ac->p.http_major == 1 && ac->p.http_minor >= 1;
+    if (streamed && !ac->chunked) {
+        ac->keep_alive = false; /* HTTP/1.0: the end of the body is the end of the connection */
+    }
     struct msm_buf out;
     msm_buf_init(&out);
     msm_buf_appendf(&out,
                     "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncache-control: no-cache, max-age=0\r\n"
-                    "x-content-type-options: nosniff\r\ncontent-length: %zu\r\n%s\r\n",
+                    "x-content-type-options: nosniff\r\n",
                     rs->status, reason(rs->status),
-                    rs->content_type ? rs->content_type : "text/plain; charset=UTF-8",
-                    rs->body.len, ac->keep_alive ? "" : "connection: close\r\n");
-    if (!head) {
+                    rs->content_type ? rs->content_type : "text/plain; charset=UTF-8");
+    if (!streamed) {
+        msm_buf_appendf(&out, "content-length: %zu\r\n", rs->body.len);
+    } else if (ac->chunked) {
+        msm_buf_appendf(&out, "transfer-encoding: chunked\r\n");
+    }
+    msm_buf_appendf(&out, "%s\r\n", ac->keep_alive ? "" : "connection: close\r\n");
+    if (streamed) {
+        put_chunk(ac, &out, &rs->body);
+        ac->stream = rs->stream;
+        ac->stream_ctx = rs->stream_ctx;
+        rs->stream = NULL;
+        rs->stream_ctx = NULL;
+        msm_conn_read_disable(ac->c, true);
+        ev_idle_start(ac->a->srv->loop, &ac->stream_idle);
+    } else if (!head) {
         msm_buf_move(&out, &rs->body);
     }
     msm_conn_write(ac->c, &out, false);
     msm_buf_deinit(&out);
-    if (!ac->keep_alive) {
+    if (!ac->keep_alive && !streamed) {
         ac->closing = true;
         msm_conn_close(ac->c, MSM_CLOSE_FLUSH);
     }
@@ -576,14 +685,17 @@ static void dispatch(struct admin_conn *ac)
     msm_buf_init(&rs.body);
     msm_admin_handle(ac->a->srv, &rq, &rs);
     respond(ac, &rs, !strcmp(rq.method, "HEAD"));
+    if (rs.stream) { /* not taken over (cannot happen today): do not leak it */
+        rs.stream->free(rs.stream_ctx);
+    }
     msm_buf_deinit(&rs.body);
 }
 
-static void ac_on_read(struct msm_conn *c, void *ctx, bool end_stream)
+/* Parse and answer the requests in the input; a streamed response pauses this until it ends. */
+static void process(struct admin_conn *ac, bool end_stream)
 {
-    struct admin_conn *ac = ctx;
-    ac->last_activity = ev_now(c->loop);
-    while (c->in.len && !ac->closing) {
+    struct msm_conn *c = ac->c;
+    while (c->in.len && !ac->closing && !ac->stream) {
         size_t n = c->in.len;
         char *data = msm_buf_linearize(&c->in, n);
         size_t used = http_parser_execute(&ac->p, &settings, data, n);
@@ -606,9 +718,18 @@ static void ac_on_read(struct msm_conn *c, void *ctx, bool end_stream)
         dispatch(ac);
         ac_reset(ac);
     }
-    if (end_stream && !ac->closing) {
+    if (end_stream && ac->stream) {
+        ac->peer_eof = true;
+    } else if (end_stream && !ac->closing) {
         msm_conn_close(c, MSM_CLOSE_FLUSH);
     }
+}
+
+static void ac_on_read(struct msm_conn *c, void *ctx, bool end_stream)
+{
+    struct admin_conn *ac = ctx;
+    ac->last_activity = ev_now(c->loop);
+    process(ac, end_stream);
 }
 
 static void ac_unlink(struct admin_conn *ac)
@@ -635,14 +756,20 @@ static void ac_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
     ev_timer_stop(a->srv->loop, &ac->timer);
     ac_unlink(ac);
     ac->c = NULL;
+    if (ac->stream) { /* the client went away (or timed out) mid-stream */
+        stream_end(ac);
+    }
     msm_defer(a->srv->loop, ac_free, ac);
 }
 
 /* Too many responses waiting for a client that does not read: stop reading its requests. */
 static void ac_on_watermark(struct msm_conn *c, void *ctx, bool above)
 {
-    (void)ctx;
+    struct admin_conn *ac = ctx;
     msm_conn_read_disable(c, above);
+    if (!above && ac->stream && !ac->closing) {
+        ev_idle_start(c->loop, &ac->stream_idle); /* the client caught up: render more */
+    }
 }
 
 static const struct msm_conn_handler admin_handler_vt = {
@@ -677,7 +804,7 @@ static void ac_on_timer(struct ev_loop *loop, ev_timer *w, int revents)
         respond_error(ac, 408, "request timeout");
         return;
     }
-    if (!ac->in_request && !c->out.len && !c->in.len &&
+    if (!ac->in_request && !ac->stream && !c->out.len && !c->in.len &&
         now - ac->last_activity > a->idle_timeout) {
         ac->closing = true;
         msm_conn_close(c, MSM_CLOSE_NOFLUSH);
@@ -715,6 +842,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
         a->n_conns++;
         ac->last_activity = ac->last_progress = ev_now(loop);
         ev_timer_init(&ac->timer, ac_on_timer, 1.0, 1.0);
+        ev_idle_init(&ac->stream_idle, on_stream_idle);
         ev_timer_start(loop, &ac->timer);
         msm_conn_enable_half_close(ac->c, true);
         msm_conn_set_watermarks(ac->c, OUT_HIGH_WATERMARK);
@@ -750,6 +878,10 @@ static void load_timeouts(struct msm_admin *a)
         a->idle_timeout = i / 1000.0;
         a->write_timeout = w / 1000.0;
     }
+    /* Test hook: MSM_ADMIN_STREAM=0 sends streamed bodies whole, with a content-length (the
+     * reference the streamed output is compared with). */
+    env = getenv("MSM_ADMIN_STREAM");
+    a->no_stream = env && !strcmp(env, "0");
 }
 
 struct msm_admin *msm_admin_new(struct msm_server *srv, struct msm_err *err)

@@ -8,7 +8,14 @@
  * complete within MSM_ADMIN_REQUEST_TIMEOUT_MS of its first byte (408 and close), an idle
  * keep-alive connection is closed after MSM_ADMIN_IDLE_TIMEOUT_MS, a client that stops reading
  * its response is dropped after MSM_ADMIN_WRITE_TIMEOUT_MS without progress, reading pauses while
- * more than 1 MiB of responses wait, and at most MSM_ADMIN_MAX_CONNS connections are served. */
+ * more than 1 MiB of responses wait, and at most MSM_ADMIN_MAX_CONNS connections are served.
+ *
+ * Streamed responses (big bodies: /stats, /stats/prometheus): a handler may hand back a
+ * producer instead of a whole body. The server then calls it once per loop iteration, each call
+ * appending about MSM_ADMIN_STREAM_SLICE bytes (or doing a bounded step of preparation), and
+ * sends each part as an HTTP/1.1 chunk (HTTP/1.0 clients: no length, close at the end). It
+ * renders nothing while the connection's output is above the 1 MiB high watermark, so a slow
+ * client holds at most ~2 MiB; the main loop serves other requests between calls. */
 #include <jansson.h>
 
 #include "envoy/config/bootstrap/v3/bootstrap.pb-c.h"
@@ -32,10 +39,22 @@ struct msm_admin_req {
     size_t body_len;
 };
 
+#define MSM_ADMIN_STREAM_SLICE (1024 * 1024)
+
+/* A streamed body. <next> appends the next part to <out> (about <hint> bytes; may append
+ * nothing while it prepares) and returns true while more follows, false after the last part.
+ * <free> releases the producer (also when the client went away mid-stream). Main thread. */
+struct msm_admin_stream_ops {
+    bool (*next)(void *ctx, struct msm_buf *out, size_t hint);
+    void (*free)(void *ctx);
+};
+
 struct msm_admin_resp {
     int status;
     const char *content_type; /* default text/plain; charset=UTF-8 */
-    struct msm_buf body;
+    struct msm_buf body;      /* the whole body, or the first bytes of a streamed one */
+    const struct msm_admin_stream_ops *stream; /* NULL: <body> is everything */
+    void *stream_ctx;
 };
 
 /* NULL with an empty <err> when the bootstrap has no admin (admin disabled, as in Envoy);
@@ -46,6 +65,9 @@ int msm_admin_validate(const Envoy__Config__Bootstrap__V3__Bootstrap *b, struct 
 /* Query parameter lookup: returns true when <name> is present; <val> gets its decoded value
  * ("" for a bare flag; truncated to <n> - 1 bytes). */
 bool msm_admin_query_param(const char *query, const char *name, char *val, size_t n);
+/* Render the rest of a streamed response into <rs->body> at once (tests, non-streaming
+ * callers); no-op for a plain response. */
+void msm_admin_resp_finish(struct msm_admin_resp *rs);
 /* Dispatch one request (exposed for tests). */
 void msm_admin_handle(struct msm_server *srv, const struct msm_admin_req *rq,
                       struct msm_admin_resp *rs);

@@ -72,14 +72,15 @@ static void on_dump(void *arg, const struct msm_cm_dump_item *it)
     }
 }
 
+static int cmp_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Binary search: 10 000 static clusters must not make /clusters quadratic. */
 static bool is_static(const struct static_names *s, const char *name)
 {
-    for (int i = 0; i < s->n; i++) {
-        if (!strcmp(s->v[i], name)) {
-            return true;
-        }
-    }
-    return false;
+    return s->n && bsearch(&name, s->v, (size_t)s->n, sizeof(*s->v), cmp_name) != NULL;
 }
 
 static struct msm_snapshot *current(struct msm_server *srv, struct static_names *statics)
@@ -89,6 +90,9 @@ static struct msm_snapshot *current(struct msm_server *srv, struct static_names 
     msm_snapshot_seal(s);
     memset(statics, 0, sizeof(*statics));
     msm_cm_dump(srv->cm, on_dump, statics);
+    if (statics->n) {
+        qsort(statics->v, (size_t)statics->n, sizeof(*statics->v), cmp_name);
+    }
     return s;
 }
 
@@ -347,6 +351,37 @@ static void json_clusters(struct msm_server *srv, struct msm_snapshot *snap,
     (void)srv;
 }
 
+struct clusters_stream {
+    struct msm_snapshot *snap;
+    struct static_names statics;
+    uint64_t now_ms;
+    int i;
+};
+
+static bool clusters_next(void *ctx, struct msm_buf *out, size_t hint)
+{
+    struct clusters_stream *cs = ctx;
+    size_t start = out->len;
+    while (cs->i < cs->snap->n_clusters && out->len - start < hint) {
+        const struct msm_cluster *c = cs->snap->clusters[cs->i++];
+        text_cluster(out, c, !is_static(&cs->statics, c->cfg->name), cs->now_ms);
+    }
+    return cs->i < cs->snap->n_clusters;
+}
+
+static void clusters_free(void *ctx)
+{
+    struct clusters_stream *cs = ctx;
+    statics_free(&cs->statics);
+    msm_snapshot_unref(cs->snap);
+    free(cs);
+}
+
+static const struct msm_admin_stream_ops clusters_stream_ops = {
+    .next = clusters_next,
+    .free = clusters_free,
+};
+
 void msm_admin_clusters(struct msm_server *srv, const struct msm_admin_req *rq,
                         struct msm_admin_resp *rs)
 {
@@ -356,16 +391,19 @@ void msm_admin_clusters(struct msm_server *srv, const struct msm_admin_req *rq,
     struct msm_snapshot *snap = current(srv, &statics);
     if (!strcmp(fmt, "json")) {
         json_clusters(srv, snap, &statics, rs);
-    } else {
-        uint64_t now_ms = msm_mono_ms();
-        for (int i = 0; i < snap->n_clusters; i++) {
-            const struct msm_cluster *c = snap->clusters[i];
-            text_cluster(&rs->body, c, !is_static(&statics, c->cfg->name), now_ms);
-        }
-        rs->status = 200;
+        statics_free(&statics);
+        msm_snapshot_unref(snap);
+        return;
     }
-    statics_free(&statics);
-    msm_snapshot_unref(snap);
+    /* Text: streamed, a slice of clusters per main-loop iteration, from the snapshot taken
+     * now (referenced until the end: clusters removed meanwhile stay valid). */
+    struct clusters_stream *cs = MSM_NEW(struct clusters_stream);
+    cs->snap = snap;
+    cs->statics = statics;
+    cs->now_ms = msm_mono_ms();
+    rs->stream = &clusters_stream_ops;
+    rs->stream_ctx = cs;
+    rs->status = 200;
 }
 
 /* ---- /listeners ----------------------------------------------------------------------------- */

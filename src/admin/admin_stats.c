@@ -86,12 +86,51 @@ out:
     return rc;
 }
 
-static void prometheus(struct msm_server *srv, const struct msm_stats_query *q,
+/* A streamed render: owns the query's compiled filter. */
+struct stats_stream {
+    struct msm_stats_render *r;
+    pcre2_code *filter;
+};
+
+static bool stream_next(void *ctx, struct msm_buf *out, size_t hint)
+{
+    struct stats_stream *ss = ctx;
+    return msm_stats_render_next(ss->r, out, hint);
+}
+
+static void stream_free(void *ctx)
+{
+    struct stats_stream *ss = ctx;
+    msm_stats_render_free(ss->r);
+    pcre2_code_free(ss->filter);
+    free(ss);
+}
+
+static const struct msm_admin_stream_ops stats_stream_ops = {
+    .next = stream_next,
+    .free = stream_free,
+};
+
+/* Answer 200 with a streamed render of <q> (takes its filter). */
+static void stream(struct msm_server *srv, struct msm_stats_query *q, enum msm_sr_format fmt,
+                   struct msm_admin_resp *rs)
+{
+    struct stats_stream *ss = MSM_NEW(struct stats_stream);
+    ss->filter = q->filter;
+    q->filter = NULL;
+    struct msm_stats_query sq = *q;
+    sq.filter = ss->filter;
+    ss->r = msm_stats_render_new(srv->stats, &sq, fmt);
+    rs->stream = &stats_stream_ops;
+    rs->stream_ctx = ss;
+    rs->status = 200;
+}
+
+static void prometheus(struct msm_server *srv, struct msm_stats_query *q,
                        struct msm_admin_resp *rs)
 {
-    msm_stats_render_prometheus(srv->stats, q, &rs->body);
+    stream(srv, q, MSM_SR_FMT_PROMETHEUS, rs);
     rs->content_type = "text/plain; version=0.0.4; charset=utf-8";
-    rs->status = 200;
 }
 
 void msm_admin_stats(struct msm_server *srv, const struct msm_admin_req *rq,
@@ -106,14 +145,12 @@ void msm_admin_stats(struct msm_server *srv, const struct msm_admin_req *rq,
         fmt[0] = '?';
     }
     if (!strcmp(fmt, "json")) {
-        msm_stats_render_json(srv->stats, &q, &rs->body);
+        stream(srv, &q, MSM_SR_FMT_JSON, rs);
         rs->content_type = "application/json";
-        rs->status = 200;
     } else if (!strcmp(fmt, "prometheus")) {
         prometheus(srv, &q, rs);
     } else if (!strcmp(fmt, "text") || !strcmp(fmt, "html") || !strcmp(fmt, "active-html")) {
-        msm_stats_render_text(srv->stats, &q, &rs->body);
-        rs->status = 200;
+        stream(srv, &q, MSM_SR_FMT_TEXT, rs);
     } else {
         msm_buf_appendf(&rs->body, "usage: /stats?format=(html|active-html|json|prometheus|"
                                    "text)\n");

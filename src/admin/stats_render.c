@@ -11,9 +11,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/alloc.h"
+#include "stats/sort.h"
 #include "stats/tags.h"
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 
 /* ---- a flat output buffer ------------------------------------------------------------------ */
 
@@ -25,24 +34,10 @@ struct sb {
 
 #define SB_FLUSH (256 * 1024)
 
-static void sb_init(struct sb *b, struct msm_buf *out)
-{
-    b->cap = SB_FLUSH + 4096;
-    b->p = msm_xmalloc(b->cap);
-    b->len = 0;
-    b->out = out;
-}
-
 static void sb_flush(struct sb *b)
 {
     msm_buf_append(b->out, b->p, b->len);
     b->len = 0;
-}
-
-static void sb_done(struct sb *b)
-{
-    sb_flush(b);
-    free(b->p);
 }
 
 static void sb_put(struct sb *b, const char *s, size_t n)
@@ -146,7 +141,7 @@ static bool stat_used(const struct msm_stat *s)
 }
 
 struct sel {
-    struct msm_stat **all;
+    struct msm_stat **all; /* the snapshot: every visible stat, referenced, sorted by name */
     size_t n_all;
     struct msm_stat **v; /* the selected ones (borrowed from <all>) */
     size_t n;
@@ -166,24 +161,6 @@ static bool wanted(const struct msm_stats_query *q, struct sel *sl, struct msm_s
         return false;
     }
     return true;
-}
-
-static int phase_of(enum msm_stat_type t);
-
-/* The wanted stats of <st>, sorted by name (the order is cached by the store). */
-static void select_stats(struct msm_stats_store *st, const struct msm_stats_query *q,
-                         struct sel *sl)
-{
-    sl->all = msm_stats_list_ordered(st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name, NULL,
-                                     &sl->n_all);
-    sl->v = msm_xcalloc(sl->n_all + 1, sizeof(*sl->v));
-    sl->n = 0;
-    sl->md = q->filter ? pcre2_match_data_create_from_pattern(q->filter, NULL) : NULL;
-    for (size_t i = 0; i < sl->n_all; i++) {
-        if (wanted(q, sl, sl->all[i])) {
-            sl->v[sl->n++] = sl->all[i];
-        }
-    }
 }
 
 static void sel_free(struct sel *sl)
@@ -236,38 +213,23 @@ static void text_histogram(struct sb *b, const struct msm_stats_query *q, struct
     sb_put(b, "\n", 1);
 }
 
-void msm_stats_render_text(struct msm_stats_store *st, const struct msm_stats_query *q,
-                           struct msm_buf *out)
+/* One stat of text pass <pass>: text readouts, then counters and gauges, then histograms. */
+static void text_item(struct sb *b, const struct msm_stats_query *q, struct msm_stat *s,
+                      int pass)
 {
-    struct sel sl;
-    select_stats(st, q, &sl);
-    struct sb b;
-    sb_init(&b, out);
-    for (size_t i = 0; i < sl.n; i++) {
-        struct msm_stat *s = sl.v[i];
-        if (s->type == MSM_STAT_TEXT) {
-            sb_str(&b, s->name);
-            sb_put(&b, ": \"", 3);
-            sb_json(&b, s->text ? s->text : "");
-            sb_put(&b, "\"\n", 2);
-        }
+    if (pass == 0 && s->type == MSM_STAT_TEXT) {
+        sb_str(b, s->name);
+        sb_put(b, ": \"", 3);
+        sb_json(b, s->text ? s->text : "");
+        sb_put(b, "\"\n", 2);
+    } else if (pass == 1 && (s->type == MSM_STAT_COUNTER || s->type == MSM_STAT_GAUGE)) {
+        sb_str(b, s->name);
+        sb_put(b, ": ", 2);
+        sb_u64(b, msm_stat_value(s));
+        sb_put(b, "\n", 1);
+    } else if (pass == 2 && s->type == MSM_STAT_HISTOGRAM) {
+        text_histogram(b, q, s);
     }
-    for (size_t i = 0; i < sl.n; i++) {
-        struct msm_stat *s = sl.v[i];
-        if (s->type == MSM_STAT_COUNTER || s->type == MSM_STAT_GAUGE) {
-            sb_str(&b, s->name);
-            sb_put(&b, ": ", 2);
-            sb_u64(&b, msm_stat_value(s));
-            sb_put(&b, "\n", 1);
-        }
-    }
-    for (size_t i = 0; i < sl.n; i++) {
-        if (sl.v[i]->type == MSM_STAT_HISTOGRAM) {
-            text_histogram(&b, q, sl.v[i]);
-        }
-    }
-    sb_done(&b);
-    sel_free(&sl);
 }
 
 /* ---- JSON ----------------------------------------------------------------------------------- */
@@ -281,74 +243,60 @@ static void json_quantile(struct sb *b, double v)
     }
 }
 
-void msm_stats_render_json(struct msm_stats_store *st, const struct msm_stats_query *q,
-                           struct msm_buf *out)
+struct json_state {
+    bool started, first, any_hist;
+};
+
+/* One stat of JSON pass <pass>: text readouts, then counters and gauges, then histograms. */
+static void json_item(struct sb *b, struct json_state *js, struct msm_stat *s, int pass)
 {
-    struct sel sl;
-    select_stats(st, q, &sl);
-    struct sb b;
-    sb_init(&b, out);
-    sb_str(&b, "{\"stats\":[");
-    bool first = true;
-    for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < sl.n; i++) {
-            struct msm_stat *s = sl.v[i];
-            bool text = s->type == MSM_STAT_TEXT;
-            if (s->type == MSM_STAT_HISTOGRAM || text != (pass == 0)) {
-                continue;
-            }
-            sb_str(&b, first ? "{\"name\":\"" : ",{\"name\":\"");
-            first = false;
-            sb_json(&b, s->name);
-            sb_str(&b, "\",\"value\":");
-            if (text) {
-                sb_put(&b, "\"", 1);
-                sb_json(&b, s->text ? s->text : "");
-                sb_put(&b, "\"", 1);
-            } else {
-                sb_u64(&b, msm_stat_value(s));
-            }
-            sb_put(&b, "}", 1);
+    bool text = s->type == MSM_STAT_TEXT;
+    if (pass < 2) {
+        if (s->type == MSM_STAT_HISTOGRAM || text != (pass == 0)) {
+            return;
         }
-    }
-    bool any_hist = false;
-    for (size_t i = 0; i < sl.n; i++) {
-        struct msm_stat *s = sl.v[i];
-        if (s->type != MSM_STAT_HISTOGRAM) {
-            continue;
-        }
-        if (!any_hist) {
-            sb_str(&b, first ? "{\"histograms\":{\"supported_quantiles\":["
-                             : ",{\"histograms\":{\"supported_quantiles\":[");
-            for (size_t k = 0; k < MSM_ARRAY_SIZE(quantiles); k++) {
-                if (k) {
-                    sb_put(&b, ",", 1);
-                }
-                sb_double(&b, quantiles[k] * 100);
-            }
-            sb_str(&b, "],\"computed_quantiles\":[");
-            any_hist = true;
+        sb_str(b, js->first ? "{\"name\":\"" : ",{\"name\":\"");
+        js->first = false;
+        sb_json(b, s->name);
+        sb_str(b, "\",\"value\":");
+        if (text) {
+            sb_put(b, "\"", 1);
+            sb_json(b, s->text ? s->text : "");
+            sb_put(b, "\"", 1);
         } else {
-            sb_put(&b, ",", 1);
+            sb_u64(b, msm_stat_value(s));
         }
-        sb_str(&b, "{\"name\":\"");
-        sb_json(&b, s->name);
-        sb_str(&b, "\",\"values\":[");
+        sb_put(b, "}", 1);
+        return;
+    }
+    if (s->type != MSM_STAT_HISTOGRAM) {
+        return;
+    }
+    if (!js->any_hist) {
+        sb_str(b, js->first ? "{\"histograms\":{\"supported_quantiles\":["
+                            : ",{\"histograms\":{\"supported_quantiles\":[");
         for (size_t k = 0; k < MSM_ARRAY_SIZE(quantiles); k++) {
-            sb_str(&b, k ? ",{\"interval\":" : "{\"interval\":");
-            json_quantile(&b, msm_stat_interval_quantile(s, quantiles[k]));
-            sb_str(&b, ",\"cumulative\":");
-            json_quantile(&b, msm_stat_quantile(s, quantiles[k]));
-            sb_put(&b, "}", 1);
+            if (k) {
+                sb_put(b, ",", 1);
+            }
+            sb_double(b, quantiles[k] * 100);
         }
-        sb_str(&b, "]}");
+        sb_str(b, "],\"computed_quantiles\":[");
+        js->any_hist = true;
+    } else {
+        sb_put(b, ",", 1);
     }
-    if (any_hist) {
-        sb_str(&b, "]}}");
+    sb_str(b, "{\"name\":\"");
+    sb_json(b, s->name);
+    sb_str(b, "\",\"values\":[");
+    for (size_t k = 0; k < MSM_ARRAY_SIZE(quantiles); k++) {
+        sb_str(b, k ? ",{\"interval\":" : "{\"interval\":");
+        json_quantile(b, msm_stat_interval_quantile(s, quantiles[k]));
+        sb_str(b, ",\"cumulative\":");
+        json_quantile(b, msm_stat_quantile(s, quantiles[k]));
+        sb_put(b, "}", 1);
     }
-    sb_str(&b, "]}\n");
-    sb_done(&b);
-    sel_free(&sl);
+    sb_str(b, "]}");
 }
 
 /* ---- Prometheus ----------------------------------------------------------------------------- */
@@ -393,77 +341,126 @@ static int by_family(const void *a, const void *b)
     return x->phase != y->phase ? x->phase - y->phase : strcmp(x->name, y->name);
 }
 
-static struct pitem *group_families(const struct sel *sl, size_t *out_n)
+/* The regrouping, resumable: ASSIGN gives each selected stat its family (hash of the interned
+ * name), then the families are sorted and each gets its offset, then PLACE puts the stats. */
+struct grouping {
+    int phase; /* 0 assign, 1 place, 2 done */
+    size_t i;
+    size_t cap, nf, fcap;
+    size_t *slots; /* family index + 1, 0 = empty */
+    struct family *fam;
+    size_t *which; /* family of each selected stat, SIZE_MAX: not exported */
+    size_t *rank;  /* next offset of each family */
+    struct pitem *items;
+    size_t total;
+};
+
+static size_t fam_hash(const char *name, int phase, size_t cap)
 {
-    size_t cap = 1024, nf = 0, fcap = 64;
-    size_t *slots = msm_xcalloc(cap, sizeof(*slots)); /* family index + 1, 0 = empty */
-    struct family *fam = msm_xcalloc(fcap, sizeof(*fam));
-    size_t *which = msm_xcalloc(sl->n + 1, sizeof(*which));
-    for (size_t i = 0; i < sl->n; i++) {
-        const struct msm_stat_export *e = msm_stat_export(sl->v[i]);
-        which[i] = SIZE_MAX;
-        if (!e->prom_name) {
-            continue;
-        }
-        int ph = phase_of(sl->v[i]->type);
-        size_t h = (((uintptr_t)e->prom_name >> 4) * 31 + (size_t)ph) & (cap - 1);
-        while (slots[h] && (fam[slots[h] - 1].name != e->prom_name ||
-                            fam[slots[h] - 1].phase != ph)) {
-            h = (h + 1) & (cap - 1);
-        }
-        size_t idx;
-        if (slots[h]) {
-            idx = slots[h] - 1;
-        } else {
-            fam = msm_xgrow(fam, sizeof(*fam), &fcap, nf + 1);
-            fam[nf] = (struct family){.phase = ph, .name = e->prom_name};
-            idx = nf;
-            slots[h] = ++nf;
-            if (nf * 2 > cap) { /* grow: rebuild the index */
-                cap *= 2;
-                free(slots);
-                slots = msm_xcalloc(cap, sizeof(*slots));
-                for (size_t f = 0; f < nf; f++) {
-                    size_t k = (((uintptr_t)fam[f].name >> 4) * 31 + (size_t)fam[f].phase) &
-                               (cap - 1);
-                    while (slots[k]) {
-                        k = (k + 1) & (cap - 1);
-                    }
-                    slots[k] = f + 1;
+    return (((uintptr_t)name >> 4) * 31 + (size_t)phase) & (cap - 1);
+}
+
+static void group_assign(struct grouping *g, const struct sel *sl, size_t i)
+{
+    const struct msm_stat_export *e = msm_stat_export(sl->v[i]);
+    g->which[i] = SIZE_MAX;
+    if (!e->prom_name) {
+        return;
+    }
+    int ph = phase_of(sl->v[i]->type);
+    size_t h = fam_hash(e->prom_name, ph, g->cap);
+    while (g->slots[h] && (g->fam[g->slots[h] - 1].name != e->prom_name ||
+                           g->fam[g->slots[h] - 1].phase != ph)) {
+        h = (h + 1) & (g->cap - 1);
+    }
+    size_t idx;
+    if (g->slots[h]) {
+        idx = g->slots[h] - 1;
+    } else {
+        g->fam = msm_xgrow(g->fam, sizeof(*g->fam), &g->fcap, g->nf + 1);
+        g->fam[g->nf] = (struct family){.phase = ph, .name = e->prom_name};
+        idx = g->nf;
+        g->slots[h] = ++g->nf;
+        if (g->nf * 2 > g->cap) { /* grow: rebuild the index */
+            g->cap *= 2;
+            free(g->slots);
+            g->slots = msm_xcalloc(g->cap, sizeof(*g->slots));
+            for (size_t f = 0; f < g->nf; f++) {
+                size_t k = fam_hash(g->fam[f].name, g->fam[f].phase, g->cap);
+                while (g->slots[k]) {
+                    k = (k + 1) & (g->cap - 1);
                 }
+                g->slots[k] = f + 1;
             }
         }
-        which[i] = idx;
-        fam[idx].count++;
     }
-    /* Sort the families, then give each its offset. */
-    size_t *rank = msm_xcalloc(nf + 1, sizeof(*rank));
-    struct family *sorted = msm_xcalloc(nf + 1, sizeof(*sorted));
-    memcpy(sorted, fam, nf * sizeof(*fam));
-    for (size_t f = 0; f < nf; f++) {
+    g->which[i] = idx;
+    g->fam[idx].count++;
+}
+
+/* Sort the families, then give each its offset. */
+static void group_offsets(struct grouping *g)
+{
+    g->rank = msm_xcalloc(g->nf + 1, sizeof(*g->rank));
+    struct family *sorted = msm_xcalloc(g->nf + 1, sizeof(*sorted));
+    memcpy(sorted, g->fam, g->nf * sizeof(*g->fam));
+    for (size_t f = 0; f < g->nf; f++) {
         sorted[f].at = f; /* remember the unsorted index */
     }
-    qsort(sorted, nf, sizeof(*sorted), by_family);
-    size_t total = 0;
-    for (size_t f = 0; f < nf; f++) {
-        rank[sorted[f].at] = total;
-        total += sorted[f].count;
+    qsort(sorted, g->nf, sizeof(*sorted), by_family);
+    g->total = 0;
+    for (size_t f = 0; f < g->nf; f++) {
+        g->rank[sorted[f].at] = g->total;
+        g->total += sorted[f].count;
     }
-    struct pitem *items = msm_xcalloc(total + 1, sizeof(*items));
-    for (size_t i = 0; i < sl->n; i++) {
-        if (which[i] != SIZE_MAX) {
-            size_t at = rank[which[i]]++;
-            items[at].s = sl->v[i];
-            items[at].e = sl->v[i]->exp;
-        }
-    }
-    free(rank);
     free(sorted);
-    free(which);
-    free(fam);
-    free(slots);
-    *out_n = total;
-    return items;
+    g->items = msm_xcalloc(g->total + 1, sizeof(*g->items));
+}
+
+/* Work on the grouping for about <chunk> stats per time check; true when done. */
+static bool group_step(struct grouping *g, const struct sel *sl, size_t chunk, double t0)
+{
+    if (!g->which) {
+        g->cap = 1024;
+        g->fcap = 64;
+        g->slots = msm_xcalloc(g->cap, sizeof(*g->slots));
+        g->fam = msm_xcalloc(g->fcap, sizeof(*g->fam));
+        g->which = msm_xcalloc(sl->n + 1, sizeof(*g->which));
+    }
+    while (g->phase < 2) {
+        while (g->i < sl->n) {
+            size_t end = sl->n - g->i > chunk ? g->i + chunk : sl->n;
+            for (; g->i < end; g->i++) {
+                if (g->phase == 0) {
+                    group_assign(g, sl, g->i);
+                } else if (g->which[g->i] != SIZE_MAX) {
+                    size_t at = g->rank[g->which[g->i]]++;
+                    g->items[at].s = sl->v[g->i];
+                    g->items[at].e = sl->v[g->i]->exp;
+                }
+            }
+            if (now_ms() - t0 > MSM_SR_STEP_MS) {
+                return false;
+            }
+        }
+        if (g->phase == 0) {
+            group_offsets(g);
+        }
+        g->phase++;
+        g->i = 0;
+    }
+    return true;
+}
+
+/* Release the scratch arrays; the items stay (*<items>, *<n>) once done. */
+static void group_free(struct grouping *g)
+{
+    free(g->rank);
+    free(g->which);
+    free(g->fam);
+    free(g->slots);
+    free(g->items);
+    memset(g, 0, sizeof(*g));
 }
 
 static const char *le_strings[MSM_HIST_BUCKETS];
@@ -530,8 +527,7 @@ static const char *type_word(enum msm_stat_type t)
     }
 }
 
-size_t msm_stats_render_prometheus(struct msm_stats_store *st, const struct msm_stats_query *q,
-                                   struct msm_buf *out)
+static void le_init(void)
 {
     static char le_buf[MSM_HIST_BUCKETS][32];
     if (!le_strings[0]) {
@@ -540,42 +536,274 @@ size_t msm_stats_render_prometheus(struct msm_stats_store *st, const struct msm_
             le_strings[i] = le_buf[i];
         }
     }
-    struct msm_stats_query pq = *q;
-    if (!pq.text_readouts) {
-        pq.types &= ~MSM_SR_TEXT;
+}
+
+/* Item <i> of the grouped list; returns 1 when it opened a family. */
+static size_t prom_item(struct sb *b, const struct pitem *items, size_t i)
+{
+    const struct pitem *it = &items[i];
+    size_t fam = 0;
+    if (i == 0 || phase_of(items[i - 1].s->type) != phase_of(it->s->type) ||
+        items[i - 1].e->prom_name != it->e->prom_name) {
+        sb_str(b, "# TYPE ");
+        sb_str(b, it->e->prom_name);
+        sb_put(b, " ", 1);
+        sb_str(b, type_word(it->s->type));
+        sb_put(b, "\n", 1);
+        fam = 1;
     }
+    switch (it->s->type) {
+    case MSM_STAT_HISTOGRAM: prom_histogram(b, it); break;
+    case MSM_STAT_TEXT: prom_text_readout(b, it); break;
+    default:
+        sb_str(b, it->e->prom_name);
+        prom_labels_open(b, it->e, false);
+        sb_put(b, "} ", 2);
+        sb_u64(b, msm_stat_value(it->s));
+        sb_put(b, "\n", 1);
+    }
+    return fam;
+}
+
+/* ---- the resumable render ------------------------------------------------------------------- */
+
+enum step {
+    ST_LIST = 0,   /* take the snapshot (the store's cached name order) */
+    ST_SORT = 1,   /* sort it when the cache was stale */
+    ST_SELECT = 2, /* apply the query */
+    ST_EXPORT = 3, /* Prometheus: tag extraction of the selected stats not done yet */
+    ST_GROUP = 4,  /* Prometheus: regroup by family */
+    ST_EMIT = 5,
+    ST_DONE = 6,
+};
+
+struct msm_stats_render {
+    struct msm_stats_store *st;
+    struct msm_stats_query q;
+    enum msm_sr_format fmt;
+    enum step step;
     struct sel sl;
-    select_stats(st, &pq, &sl);
-    size_t n = 0;
-    struct pitem *items = group_families(&sl, &n);
+    struct msm_sort sort;
+    struct msm_sort_item *keys; /* the snapshot while it is sorted */
+    uint64_t gen; /* store generation the snapshot was taken at */
+    size_t i;     /* cursor in the current step */
+    int pass;     /* text/JSON: which pass of ST_EMIT */
+    struct json_state js;
+    struct grouping g;
+    struct pitem *items; /* borrowed from <g> */
+    size_t n_items, families;
     struct sb b;
-    sb_init(&b, out);
-    size_t families = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct pitem *it = &items[i];
-        bool new_family = i == 0 || phase_of(items[i - 1].s->type) != phase_of(it->s->type) ||
-                          items[i - 1].e->prom_name != it->e->prom_name;
-        if (new_family) {
-            sb_str(&b, "# TYPE ");
-            sb_str(&b, it->e->prom_name);
-            sb_put(&b, " ", 1);
-            sb_str(&b, type_word(it->s->type));
-            sb_put(&b, "\n", 1);
-            families++;
+};
+
+struct msm_stats_render *msm_stats_render_new(struct msm_stats_store *st,
+                                              const struct msm_stats_query *q,
+                                              enum msm_sr_format fmt)
+{
+    le_init();
+    struct msm_stats_render *r = MSM_NEW(struct msm_stats_render);
+    r->st = st;
+    r->q = *q;
+    if (fmt == MSM_SR_FMT_PROMETHEUS && !r->q.text_readouts) {
+        r->q.types &= ~MSM_SR_TEXT;
+    }
+    r->fmt = fmt;
+    r->js.first = true;
+    r->b.cap = SB_FLUSH + 4096;
+    r->b.p = msm_xmalloc(r->b.cap);
+    return r;
+}
+
+void msm_stats_render_free(struct msm_stats_render *r)
+{
+    if (!r) {
+        return;
+    }
+    if (r->step == ST_SORT) {
+        msm_sort_abandon(&r->sort);
+    }
+    free(r->keys);
+    group_free(&r->g);
+    sel_free(&r->sl);
+    free(r->b.p);
+    free(r);
+}
+
+size_t msm_stats_render_families(const struct msm_stats_render *r)
+{
+    return r->families;
+}
+
+/* Preparation steps: each does at most ~MSM_SR_STEP_MS of work (unbounded with <unbounded>). */
+static void prepare(struct msm_stats_render *r, bool unbounded)
+{
+    double t0 = now_ms();
+    size_t chunk = unbounded ? SIZE_MAX : 2048;
+    switch (r->step) {
+    case ST_LIST:
+        r->sl.all = msm_stats_order_get(r->st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name,
+                                        &r->sl.n_all, &r->gen);
+        if (r->sl.all) {
+            r->step = ST_SELECT;
+            break;
         }
-        switch (it->s->type) {
-        case MSM_STAT_HISTOGRAM: prom_histogram(&b, it); break;
-        case MSM_STAT_TEXT: prom_text_readout(&b, it); break;
-        default:
-            sb_str(&b, it->e->prom_name);
-            prom_labels_open(&b, it->e, false);
-            sb_put(&b, "} ", 2);
-            sb_u64(&b, msm_stat_value(it->s));
-            sb_put(&b, "\n", 1);
+        r->sl.all = msm_stats_list_all(r->st, false, false, &r->sl.n_all);
+        r->keys = msm_xcalloc(r->sl.n_all + 1, sizeof(*r->keys));
+        for (size_t i = 0; i < r->sl.n_all; i++) {
+            r->keys[i] = (struct msm_sort_item){r->sl.all[i]->name, r->sl.all[i]};
+        }
+        msm_sort_init(&r->sort, r->keys, r->sl.n_all);
+        r->step = ST_SORT;
+        break;
+    case ST_SORT:
+        if (!msm_sort_step(&r->sort, unbounded ? SIZE_MAX : MSM_SR_SORT_STEP)) {
+            for (size_t i = 0; i < r->sl.n_all; i++) {
+                r->sl.all[i] = r->keys[i].val;
+            }
+            free(r->keys);
+            r->keys = NULL;
+            msm_stats_order_put(r->st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name, r->gen,
+                                r->sl.all, r->sl.n_all);
+            r->step = ST_SELECT;
+        }
+        break;
+    case ST_SELECT:
+        if (!r->sl.v) {
+            r->sl.v = msm_xcalloc(r->sl.n_all + 1, sizeof(*r->sl.v));
+            r->sl.md = r->q.filter ? pcre2_match_data_create_from_pattern(r->q.filter, NULL)
+                                   : NULL;
+        }
+        while (r->i < r->sl.n_all) {
+            size_t end = r->sl.n_all - r->i > chunk ? r->i + chunk : r->sl.n_all;
+            for (; r->i < end; r->i++) {
+                if (wanted(&r->q, &r->sl, r->sl.all[r->i])) {
+                    r->sl.v[r->sl.n++] = r->sl.all[r->i];
+                }
+            }
+            if (now_ms() - t0 > MSM_SR_STEP_MS) {
+                return;
+            }
+        }
+        r->i = 0;
+        r->step = r->fmt == MSM_SR_FMT_PROMETHEUS ? ST_EXPORT : ST_EMIT;
+        break;
+    case ST_EXPORT:
+        while (r->i < r->sl.n) {
+            size_t end = r->sl.n - r->i > chunk ? r->i + chunk : r->sl.n;
+            for (; r->i < end; r->i++) {
+                msm_stat_export(r->sl.v[r->i]);
+            }
+            if (now_ms() - t0 > MSM_SR_STEP_MS) {
+                return;
+            }
+        }
+        r->i = 0;
+        r->step = ST_GROUP;
+        break;
+    case ST_GROUP:
+        if (group_step(&r->g, &r->sl, chunk, t0)) {
+            r->items = r->g.items;
+            r->n_items = r->g.total;
+            r->step = ST_EMIT;
+        }
+        break;
+    default: break;
+    }
+}
+
+/* Emit until <out> got about <hint> more bytes; true when the body is complete. */
+static bool emit(struct msm_stats_render *r, struct msm_buf *out, size_t hint)
+{
+    struct sb *b = &r->b;
+    size_t start = out->len;
+#define FULL() (out->len - start + b->len >= hint)
+    switch (r->fmt) {
+    case MSM_SR_FMT_TEXT:
+        for (; r->pass < 3; r->pass++, r->i = 0) {
+            for (; r->i < r->sl.n; r->i++) {
+                if (FULL()) {
+                    return false;
+                }
+                text_item(b, &r->q, r->sl.v[r->i], r->pass);
+            }
+        }
+        return true;
+    case MSM_SR_FMT_JSON:
+        if (!r->js.started) {
+            sb_str(b, "{\"stats\":[");
+            r->js.started = true;
+        }
+        for (; r->pass < 3; r->pass++, r->i = 0) {
+            for (; r->i < r->sl.n; r->i++) {
+                if (FULL()) {
+                    return false;
+                }
+                json_item(b, &r->js, r->sl.v[r->i], r->pass);
+            }
+        }
+        if (r->js.any_hist) {
+            sb_str(b, "]}}");
+        }
+        sb_str(b, "]}\n");
+        return true;
+    case MSM_SR_FMT_PROMETHEUS:
+        for (; r->i < r->n_items; r->i++) {
+            if (FULL()) {
+                return false;
+            }
+            r->families += prom_item(b, r->items, r->i);
+        }
+        return true;
+    }
+#undef FULL
+    return true;
+}
+
+bool msm_stats_render_next(struct msm_stats_render *r, struct msm_buf *out, size_t hint)
+{
+    bool unbounded = hint == SIZE_MAX;
+    while (r->step < ST_EMIT) {
+        prepare(r, unbounded);
+        if (!unbounded && r->step < ST_EMIT) {
+            return true; /* one bounded preparation step per call */
         }
     }
-    sb_done(&b);
-    free(items);
-    sel_free(&sl);
+    if (r->step == ST_DONE) {
+        return false;
+    }
+    r->b.out = out;
+    bool done = emit(r, out, hint);
+    sb_flush(&r->b);
+    if (done) {
+        r->step = ST_DONE;
+    }
+    return !done;
+}
+
+static size_t render_all(struct msm_stats_store *st, const struct msm_stats_query *q,
+                         enum msm_sr_format fmt, struct msm_buf *out)
+{
+    struct msm_stats_render *r = msm_stats_render_new(st, q, fmt);
+    while (msm_stats_render_next(r, out, SIZE_MAX)) {
+    }
+    size_t families = r->families;
+    msm_stats_render_free(r);
     return families;
+}
+
+void msm_stats_render_text(struct msm_stats_store *st, const struct msm_stats_query *q,
+                           struct msm_buf *out)
+{
+    render_all(st, q, MSM_SR_FMT_TEXT, out);
+}
+
+void msm_stats_render_json(struct msm_stats_store *st, const struct msm_stats_query *q,
+                           struct msm_buf *out)
+{
+    render_all(st, q, MSM_SR_FMT_JSON, out);
+}
+
+size_t msm_stats_render_prometheus(struct msm_stats_store *st, const struct msm_stats_query *q,
+                                   struct msm_buf *out)
+{
+    return render_all(st, q, MSM_SR_FMT_PROMETHEUS, out);
 }

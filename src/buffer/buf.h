@@ -68,5 +68,5 @@ int msm_buf_iov(const struct msm_buf *b, struct iovec *iov, int max);
  * sets *avail; commit what was written with msm_buf_commit. */
 char *msm_buf_reserve(struct msm_buf *b, size_t want, size_t *avail);
 void msm_buf_commit(struct msm_buf *b, size_t n);
-/* Free this thread's recycled blocks (at thread exit). */
+/* Free this thread's recycled blocks and objects (buffer/recycle.h), at thread exit. */
 void msm_buf_thread_cleanup(void);

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include "buffer/recycle.h"
 #include "common/alloc.h"
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -110,7 +111,7 @@ struct msm_loop_ctx *msm_loop_ctx(struct ev_loop *loop)
 void msm_defer(struct ev_loop *loop, msm_task_fn *fn, void *p)
 {
     struct msm_loop_ctx *c = msm_loop_ctx(loop);
-    struct msm_task *t = msm_xmalloc(sizeof(*t));
+    struct msm_task *t = msm_recycle_alloc(sizeof(*t)); /* two per HTTP request */
     t->next = NULL;
     t->fn = fn;
     t->arg = p;
@@ -128,7 +129,7 @@ void msm_defer_run(struct ev_loop *loop)
         while (t) {
             struct msm_task *n = t->next;
             t->fn(t->arg);
-            free(t);
+            msm_recycle_free(t, sizeof(*t));
             t = n;
         }
     }

@@ -4,7 +4,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buffer/recycle.h"
 #include "common/alloc.h"
+
+#define FIRST_CAP 16     /* entries: a typical request or response fits */
+#define FIRST_CHUNK 512  /* bytes, with the chunk header */
+#define MAX_CHUNK 8192
+
+struct msm_hdrs_chunk {
+    struct msm_hdrs_chunk *next;
+    uint32_t used, cap; /* bytes of data[] */
+    char data[];
+};
 
 void msm_hdrs_init(struct msm_hdrs *h)
 {
@@ -13,11 +24,36 @@ void msm_hdrs_init(struct msm_hdrs *h)
 
 void msm_hdrs_deinit(struct msm_hdrs *h)
 {
-    for (uint32_t i = 0; i < h->n; i++) {
-        free(h->v[i].name); /* one allocation holds name and value */
+    while (h->chunks) {
+        struct msm_hdrs_chunk *c = h->chunks;
+        h->chunks = c->next;
+        msm_recycle_free(c, sizeof(*c) + c->cap);
     }
-    free(h->v);
+    msm_recycle_free(h->v, (size_t)h->cap * sizeof(*h->v));
     memset(h, 0, sizeof(*h));
+}
+
+/* <n> bytes for a name and value from the map's chunks. */
+static char *str_alloc(struct msm_hdrs *h, size_t n)
+{
+    struct msm_hdrs_chunk *c = h->chunks;
+    if (!c || c->cap - c->used < n) {
+        size_t size = c ? (sizeof(*c) + c->cap) * 2 : FIRST_CHUNK;
+        if (size > MAX_CHUNK) {
+            size = MAX_CHUNK;
+        }
+        if (size < sizeof(*c) + n) {
+            size = sizeof(*c) + n; /* a huge value gets a chunk of its own */
+        }
+        c = msm_recycle_calloc(size);
+        c->cap = (uint32_t)(size - sizeof(*c));
+        c->used = 0;
+        c->next = h->chunks;
+        h->chunks = c;
+    }
+    char *p = c->data + c->used;
+    c->used += (uint32_t)n;
+    return p;
 }
 
 struct msm_hdrs *msm_hdrs_new(void)
@@ -34,13 +70,14 @@ void msm_hdrs_free(struct msm_hdrs *h)
     free(h);
 }
 
-/* Fill <e> with copies of name (lower-cased) and value in one allocation. */
-static void entry_set(struct msm_hdr *e, const char *name, size_t nlen, const char *value,
-                      size_t vlen)
+/* Fill <e> with copies of name (lower-cased) and value, side by side in the map's chunks. */
+static void entry_set(struct msm_hdrs *h, struct msm_hdr *e, const char *name, size_t nlen,
+                      const char *value, size_t vlen)
 {
-    char *p = msm_xmalloc(nlen + vlen + 2);
+    char *p = str_alloc(h, nlen + vlen + 2);
     for (size_t i = 0; i < nlen; i++) {
-        p[i] = (char)tolower((unsigned char)name[i]);
+        char ch = name[i]; /* ASCII only, without tolower's locale lookup */
+        p[i] = ch >= 'A' && ch <= 'Z' ? (char)(ch + ('a' - 'A')) : ch;
     }
     p[nlen] = '\0';
     memcpy(p + nlen + 1, value, vlen);
@@ -54,8 +91,13 @@ static void entry_set(struct msm_hdr *e, const char *name, size_t nlen, const ch
 static struct msm_hdr *insert_at(struct msm_hdrs *h, uint32_t pos)
 {
     if (h->n == h->cap) {
-        size_t cap = h->cap;
-        h->v = msm_xgrow(h->v, sizeof(*h->v), &cap, (size_t)h->n + 1);
+        size_t cap = h->cap ? (size_t)h->cap * 2 : FIRST_CAP;
+        struct msm_hdr *v = msm_recycle_calloc(cap * sizeof(*v));
+        if (h->n) {
+            memcpy(v, h->v, h->n * sizeof(*v));
+        }
+        msm_recycle_free(h->v, (size_t)h->cap * sizeof(*h->v));
+        h->v = v;
         h->cap = (uint32_t)cap;
     }
     memmove(&h->v[pos + 1], &h->v[pos], (h->n - pos) * sizeof(*h->v));
@@ -74,7 +116,8 @@ void msm_hdrs_add(struct msm_hdrs *h, const char *name, size_t nlen, const char 
             pos++;
         }
     }
-    entry_set(insert_at(h, pos), name, nlen, value, vlen);
+    struct msm_hdr *e = insert_at(h, pos);
+    entry_set(h, e, name, nlen, value, vlen);
     h->bytes += nlen + vlen;
 }
 
@@ -83,10 +126,18 @@ void msm_hdrs_addz(struct msm_hdrs *h, const char *name, const char *value)
     msm_hdrs_add(h, name, strlen(name), value, strlen(value));
 }
 
+/* Is <e> called <name> (<nlen> bytes)? The lengths and first bytes settle most mismatches
+ * without a call: every lookup scans the whole map, several times per request. */
+static inline bool name_eq(const struct msm_hdr *e, const char *name, size_t nlen)
+{
+    return e->nlen == nlen && e->name[0] == name[0] && !memcmp(e->name, name, nlen);
+}
+
 const struct msm_hdr *msm_hdrs_find(const struct msm_hdrs *h, const char *name)
 {
+    size_t nlen = strlen(name);
     for (uint32_t i = 0; i < h->n; i++) {
-        if (!strcmp(h->v[i].name, name)) {
+        if (name_eq(&h->v[i], name, nlen)) {
             return &h->v[i];
         }
     }
@@ -101,9 +152,10 @@ const char *msm_hdrs_get(const struct msm_hdrs *h, const char *name)
 
 int msm_hdrs_count(const struct msm_hdrs *h, const char *name)
 {
+    size_t nlen = strlen(name);
     int n = 0;
     for (uint32_t i = 0; i < h->n; i++) {
-        n += !strcmp(h->v[i].name, name);
+        n += name_eq(&h->v[i], name, nlen);
     }
     return n;
 }
@@ -111,16 +163,16 @@ int msm_hdrs_count(const struct msm_hdrs *h, const char *name)
 static void remove_at(struct msm_hdrs *h, uint32_t i)
 {
     h->bytes -= h->v[i].nlen + h->v[i].vlen;
-    free(h->v[i].name);
     memmove(&h->v[i], &h->v[i + 1], (h->n - i - 1) * sizeof(*h->v));
     h->n--;
 }
 
 int msm_hdrs_remove(struct msm_hdrs *h, const char *name)
 {
+    size_t nlen = strlen(name);
     int n = 0;
     for (uint32_t i = 0; i < h->n;) {
-        if (!strcmp(h->v[i].name, name)) {
+        if (name_eq(&h->v[i], name, nlen)) {
             remove_at(h, i);
             n++;
         } else {
@@ -149,14 +201,13 @@ void msm_hdrs_setn(struct msm_hdrs *h, const char *name, const char *value, size
 {
     size_t nlen = strlen(name);
     for (uint32_t i = 0; i < h->n; i++) {
-        if (!strcmp(h->v[i].name, name)) {
+        if (name_eq(&h->v[i], name, nlen)) {
             /* Replace the first in place (keeps order), drop the others. */
             h->bytes -= h->v[i].vlen;
-            free(h->v[i].name);
-            entry_set(&h->v[i], name, nlen, value, vlen);
+            entry_set(h, &h->v[i], name, nlen, value, vlen);
             h->bytes += vlen;
             for (uint32_t k = i + 1; k < h->n;) {
-                if (!strcmp(h->v[k].name, name)) {
+                if (name_eq(&h->v[k], name, nlen)) {
                     remove_at(h, k);
                 } else {
                     k++;

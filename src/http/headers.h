@@ -10,6 +10,8 @@
  *   ":path", ":authority", ":scheme" / ":status"), as Envoy does: the HTTP/1 codec builds them
  *   from the request or status line and the Host header, and emits them back as such.
  * - <bytes> is the sum of name and value lengths (limit accounting).
+ * - The entry array and the string chunks come from per-thread recycled memory
+ *   (buffer/recycle.h): a request builds and drops about half a dozen maps.
  * A map belongs to one thread (the stream's worker).
  */
 #include <stdbool.h>
@@ -22,10 +24,15 @@ struct msm_hdr {
     uint32_t nlen, vlen;
 };
 
+struct msm_hdrs_chunk;
+
 struct msm_hdrs {
     struct msm_hdr *v;
     uint32_t n, cap;
     size_t bytes;
+    /* Storage of the names and values: bump-allocated chunks freed with the map (a removed or
+     * replaced entry's bytes stay until then). A map lives for one message. */
+    struct msm_hdrs_chunk *chunks;
 };
 
 void msm_hdrs_init(struct msm_hdrs *h);

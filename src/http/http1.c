@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buffer/recycle.h"
 #include "common/alloc.h"
 #include "common/err.h"
 #include "http/codec.h"
@@ -237,7 +238,7 @@ static int on_url(http_parser *p, const char *at, size_t n)
 static void stream_free(struct h1_stream *st)
 {
     free(st->upgrade);
-    free(st);
+    msm_recycle_free(st, sizeof(*st));
 }
 
 /* Free <st> (done and released) now, or when dispatch returns if parsing is on the stack. */
@@ -417,7 +418,7 @@ static int srv_headers_complete(http_parser *p)
     }
     c->keep_alive = http_should_keep_alive(p) != 0;
     bool body = !connect && ((p->flags & F_CHUNKED) || (c->have_cl && p->content_length > 0));
-    struct h1_stream *st = MSM_NEW(struct h1_stream);
+    struct h1_stream *st = msm_recycle_calloc(sizeof(struct h1_stream));
     st->c = c;
     st->s.codec = &c->base;
     st->s.id = (uint32_t)++c->base.streams_total;
@@ -736,7 +737,7 @@ static int dispatch_failed(struct h1 *c)
     if (c->base.server) {
         if (!st) {
             /* No request announced yet: a bare stream carries the error response. */
-            st = MSM_NEW(struct h1_stream);
+            st = msm_recycle_calloc(sizeof(struct h1_stream));
             st->c = c;
             st->s.codec = &c->base;
             st->s.remote_end = true;
@@ -909,22 +910,44 @@ static void out(struct h1 *c, struct msm_buf *b)
 /* Headers the codec owns on the wire: never copied from the map. */
 static bool skip_on_wire(const struct msm_hdr *e)
 {
-    return e->name[0] == ':' || !strcmp(e->name, "transfer-encoding") ||
-           !strcmp(e->name, "connection") || !strcmp(e->name, "keep-alive") ||
-           !strcmp(e->name, "proxy-connection") || !strcmp(e->name, "upgrade");
+    if (e->name[0] == ':') {
+        return true;
+    }
+    switch (e->nlen) { /* the length first: most headers are none of these */
+    case 7: return !memcmp(e->name, "upgrade", 7);
+    case 10: return !memcmp(e->name, "connection", 10) || !memcmp(e->name, "keep-alive", 10);
+    case 16: return !memcmp(e->name, "proxy-connection", 16);
+    case 17: return !memcmp(e->name, "transfer-encoding", 17);
+    default: return false;
+    }
 }
 
 static void put_headers(struct msm_buf *b, const struct msm_hdrs *h, bool server_host)
 {
     for (uint32_t i = 0; i < h->n; i++) {
         const struct msm_hdr *e = &h->v[i];
-        if (skip_on_wire(e) || (server_host && !strcmp(e->name, "host"))) {
+        if (skip_on_wire(e) || (server_host && e->nlen == 4 && !memcmp(e->name, "host", 4))) {
             continue;
         }
-        msm_buf_append(b, e->name, e->nlen);
-        msm_buf_append(b, ": ", 2);
-        msm_buf_append(b, e->value, e->vlen);
-        msm_buf_append(b, "\r\n", 2);
+        size_t need = (size_t)e->nlen + e->vlen + 4, avail;
+        char *p = msm_buf_reserve(b, need, &avail);
+        if (avail < need) {
+            msm_buf_commit(b, 0);
+            msm_buf_append(b, e->name, e->nlen);
+            msm_buf_append(b, ": ", 2);
+            msm_buf_append(b, e->value, e->vlen);
+            msm_buf_append(b, "\r\n", 2);
+            continue;
+        }
+        memcpy(p, e->name, e->nlen);
+        p += e->nlen;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, e->value, e->vlen);
+        p += e->vlen;
+        *p++ = '\r';
+        *p++ = '\n';
+        msm_buf_commit(b, need);
     }
 }
 
@@ -933,6 +956,28 @@ static bool opens_tunnel(const struct h1_stream *st, int status)
 {
     return (st->upgrade_req && status == 101) ||
            (st->connect_req && status >= 200 && status < 300);
+}
+
+static void append_z(struct msm_buf *b, const char *s)
+{
+    msm_buf_append(b, s, strlen(s));
+}
+
+/* "HTTP/1.<minor> <status> <reason>\r\n" without printf (once per response). */
+static void append_status_line(struct msm_buf *b, int minor, int status)
+{
+    if (status < 100 || status > 999) {
+        msm_buf_appendf(b, "HTTP/1.%d %d %s\r\n", minor, status, msm_http_reason(status));
+        return;
+    }
+    char l[13] = "HTTP/1.1 000 ";
+    l[7] = (char)('0' + minor);
+    l[9] = (char)('0' + status / 100);
+    l[10] = (char)('0' + status / 10 % 10);
+    l[11] = (char)('0' + status % 10);
+    msm_buf_append(b, l, sizeof(l));
+    append_z(b, msm_http_reason(status));
+    msm_buf_append(b, "\r\n", 2);
 }
 
 /* A 101 or a CONNECT's 2xx: no body framing; afterwards our output is raw bytes. */
@@ -979,7 +1024,7 @@ static void srv_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool en
     /* HTTP/1.0 only for an accepted HTTP/1.0 request; errors and 426 answer in HTTP/1.1. */
     bool v10 = c->o.accept_http_10 && c->p.http_major == 1 && c->p.http_minor == 0 &&
                st->headers_in;
-    msm_buf_appendf(&b, "HTTP/1.%d %d %s\r\n", v10 ? 0 : 1, status, msm_http_reason(status));
+    append_status_line(&b, v10 ? 0 : 1, status);
     put_headers(&b, h, false);
     bool has_cl = msm_hdrs_find(h, "content-length") != NULL;
     bool bodiless = status == 204 || status == 304 || (status >= 100 && status < 200);
@@ -1026,10 +1071,15 @@ static void cli_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool en
     if (st->connect_req) {
         msm_buf_appendf(&b, "CONNECT %s HTTP/1.1\r\n", auth ? auth : "");
     } else {
-        msm_buf_appendf(&b, "%s %s HTTP/1.1\r\n", method, path ? path : "/");
+        append_z(&b, method);
+        msm_buf_append(&b, " ", 1);
+        append_z(&b, path ? path : "/");
+        msm_buf_append(&b, " HTTP/1.1\r\n", 11);
     }
     if (auth) {
-        msm_buf_appendf(&b, "host: %s\r\n", auth);
+        msm_buf_append(&b, "host: ", 6);
+        append_z(&b, auth);
+        msm_buf_append(&b, "\r\n", 2);
     }
     put_headers(&b, h, auth != NULL);
     bool has_cl = msm_hdrs_find(h, "content-length") != NULL;
@@ -1214,7 +1264,7 @@ static struct msm_hstream *h1_new_stream(struct msm_hcodec *base, const struct m
     if (base->server || c->active || c->broken || base->close_connection) {
         return NULL;
     }
-    struct h1_stream *st = MSM_NEW(struct h1_stream);
+    struct h1_stream *st = msm_recycle_calloc(sizeof(struct h1_stream));
     st->c = c;
     st->s.codec = base;
     st->s.cbs = cbs;

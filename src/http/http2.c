@@ -6,6 +6,10 @@
  * callback) and handed to the owner's write callback, unless the connection's write buffer is
  * above its watermark (then frames wait in nghttp2 until it drains).
  *
+ * Per request the codec allocates little: stream structs are recycled per connection, header
+ * blocks are converted on the stack, and the output and DATA scratch buffers live as long as
+ * the connection.
+ *
  * Flow control: automatic WINDOW_UPDATE is off. Received DATA is consumed for the connection
  * at once and for the stream once its owner accepted it (a read-disabled stream accumulates
  * unconsumed bytes, so the peer stops sending on that stream only). Each stream's outgoing
@@ -27,6 +31,7 @@
 
 #define MAX_ADVERTISED_STREAMS 1024
 #define PREMATURE_RESET_MIN 100
+#define SPARE_STREAMS 16 /* freed stream structs a codec keeps for its next streams */
 
 struct h2;
 
@@ -65,6 +70,17 @@ struct h2 {
     nghttp2_session *ng;
     struct h2_stream *streams;
     struct h2_stream *zombies;
+    struct h2_stream *spare; /* freed streams kept for reuse (through znext) */
+    int n_spare;
+    /* Scratch buffers kept across calls so that their view arrays are allocated once: output
+     * pulled from nghttp2 before it goes to the owner, DATA payload handed to a stream. */
+    struct msm_buf wbuf;
+    struct msm_buf rbuf;
+    bool wm_low_pending;           /* some stream has wm_low_pending set */
+    /* The stream of the header block being received (on_begin_headers to on_stream_close):
+     * spares on_header a stream map lookup per field. */
+    int32_t hdr_id;
+    struct h2_stream *hdr_st;
     int n_open;
     bool in_dispatch;
     bool blocked;                  /* the connection's write buffer is full */
@@ -105,6 +121,21 @@ static void stream_free(struct h2_stream *st)
     free(st);
 }
 
+/* Free <st>, or keep it for the codec's next stream (one allocation less per request). */
+static void stream_recycle(struct h2 *c, struct h2_stream *st)
+{
+    if (c->n_spare >= SPARE_STREAMS) {
+        stream_free(st);
+        return;
+    }
+    msm_hdrs_deinit(&st->in);
+    msm_buf_deinit(&st->out);
+    msm_hdrs_free(st->out_trailers);
+    st->znext = c->spare;
+    c->spare = st;
+    c->n_spare++;
+}
+
 static void unlink_stream(struct h2 *c, struct h2_stream *st)
 {
     if (st->prev) {
@@ -126,6 +157,10 @@ static void maybe_free(struct h2 *c, struct h2_stream *st)
     }
     st->disposed = true;
     unlink_stream(c, st);
+    if (c->hdr_st == st) {
+        c->hdr_id = 0;
+        c->hdr_st = NULL;
+    }
     if (st->id) {
         nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
     }
@@ -133,13 +168,20 @@ static void maybe_free(struct h2 *c, struct h2_stream *st)
         st->znext = c->zombies;
         c->zombies = st;
     } else {
-        stream_free(st);
+        stream_recycle(c, st);
     }
 }
 
 static struct h2_stream *stream_new(struct h2 *c)
 {
-    struct h2_stream *st = MSM_NEW(struct h2_stream);
+    struct h2_stream *st = c->spare;
+    if (st) {
+        c->spare = st->znext;
+        c->n_spare--;
+        memset(st, 0, sizeof(*st));
+    } else {
+        st = MSM_NEW(struct h2_stream);
+    }
     st->c = c;
     st->s.codec = &c->base;
     msm_hdrs_init(&st->in);
@@ -196,6 +238,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
         st->in_bytes = 0;
         st->in_overflow = false;
     }
+    c->hdr_id = f->hd.stream_id;
+    c->hdr_st = st;
     return 0;
 }
 
@@ -205,7 +249,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
     struct h2 *c = ud;
     (void)ng;
     (void)flags;
-    struct h2_stream *st = get(c, f->hd.stream_id);
+    struct h2_stream *st =
+        f->hd.stream_id == c->hdr_id ? c->hdr_st : get(c, f->hd.stream_id);
     if (!st) {
         return 0;
     }
@@ -357,11 +402,10 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     } else {
         nghttp2_session_consume_stream(ng, id, len);
     }
-    struct msm_buf b;
-    msm_buf_init(&b);
-    msm_buf_append(&b, data, len);
-    st->s.cbs->on_data(st->s.ctx, &b, false);
-    msm_buf_deinit(&b);
+    struct msm_buf *b = &c->rbuf;
+    msm_buf_append(b, data, len);
+    st->s.cbs->on_data(st->s.ctx, b, false);
+    msm_buf_drain(b, b->len);
     return 0;
 }
 
@@ -378,6 +422,10 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 {
     struct h2 *c = ud;
     (void)ng;
+    if (id == c->hdr_id) {
+        c->hdr_id = 0;
+        c->hdr_st = NULL;
+    }
     struct h2_stream *st = get(c, id);
     if (!st) {
         return 0;
@@ -422,6 +470,7 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     if (st->above_wm && st->out.len < c->o.stream_buffer_limit / 2) {
         st->above_wm = false;
         st->wm_low_pending = true;
+        c->wm_low_pending = true;
     }
     if (!st->out.len && st->out_end) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
@@ -459,8 +508,7 @@ static void flush(struct h2 *c)
         return; /* dispatch flushes when it returns */
     }
     if (!c->blocked) {
-        struct msm_buf b;
-        msm_buf_init(&b);
+        struct msm_buf *b = &c->wbuf;
         for (;;) {
             const uint8_t *data;
             ssize_t n = nghttp2_session_mem_send(c->ng, &data);
@@ -471,17 +519,19 @@ static void flush(struct h2 *c)
             if (n == 0) {
                 break;
             }
-            msm_buf_append(&b, data, (size_t)n);
-            if (b.len >= 64 * 1024) {
-                c->base.cbs->write(c->base.owner, &b);
+            msm_buf_append(b, data, (size_t)n);
+            if (b->len >= 64 * 1024) {
+                c->base.cbs->write(c->base.owner, b);
             }
         }
-        if (b.len) {
-            c->base.cbs->write(c->base.owner, &b);
+        if (b->len) {
+            c->base.cbs->write(c->base.owner, b);
         }
-        msm_buf_deinit(&b);
+        msm_buf_drain(b, b->len); /* the owner moves all; nothing is left in practice */
     }
-    for (struct h2_stream *st = c->streams; st; st = st->next) {
+    bool scan = c->wm_low_pending; /* set again by a read_body that the loop may cause */
+    c->wm_low_pending = false;
+    for (struct h2_stream *st = scan ? c->streams : NULL; st; st = st->next) {
         if (st->wm_low_pending) {
             st->wm_low_pending = false;
             if (owned(st) && st->s.cbs->on_watermark) {
@@ -502,7 +552,7 @@ static void end_dispatch(struct h2 *c)
     while (c->zombies) {
         struct h2_stream *z = c->zombies;
         c->zombies = z->znext;
-        stream_free(z);
+        stream_recycle(c, z);
     }
 }
 
@@ -582,23 +632,38 @@ static int h2_dispatch_eof(struct msm_hcodec *base)
 
 /* ---- encoding --------------------------------------------------------------------------------- */
 
-static nghttp2_nv *make_nv(const struct msm_hdrs *h, size_t *n, bool request)
+/* Connection-specific fields do not exist in HTTP/2 (RFC 9113 8.2.2); nor does Host in a
+ * request (:authority). TE only as "trailers". Dispatch on the length first: this runs for
+ * every header of every message. */
+static bool drop_header(const struct msm_hdr *e, bool request)
 {
-    nghttp2_nv *nv = msm_xcalloc(h->n + 2, sizeof(*nv));
+    switch (e->nlen) {
+    case 2: return !memcmp(e->name, "te", 2) && strcasecmp(e->value, "trailers") != 0;
+    case 4: return request && !memcmp(e->name, "host", 4);
+    case 7: return !memcmp(e->name, "upgrade", 7);
+    case 10:
+        return !memcmp(e->name, "connection", 10) || !memcmp(e->name, "keep-alive", 10);
+    case 16: return !memcmp(e->name, "proxy-connection", 16);
+    case 17: return !memcmp(e->name, "transfer-encoding", 17);
+    default: return false;
+    }
+}
+
+#define NV_STACK 32
+
+/* The header block of <h> as nghttp2 name/value pairs pointing into <h>: in <stack> (room for
+ * NV_STACK) when it fits, else allocated (the caller frees what is not <stack>). */
+static nghttp2_nv *make_nv(const struct msm_hdrs *h, size_t *n, bool request, nghttp2_nv *stack)
+{
+    nghttp2_nv *nv = h->n + 2 <= NV_STACK ? stack : msm_xcalloc(h->n + 2, sizeof(*nv));
     size_t k = 0;
     bool scheme = false;
     for (uint32_t i = 0; i < h->n; i++) {
         const struct msm_hdr *e = &h->v[i];
-        /* Connection-specific fields do not exist in HTTP/2 (RFC 9113 8.2.2). */
-        if (!strcmp(e->name, "connection") || !strcmp(e->name, "keep-alive") ||
-            !strcmp(e->name, "proxy-connection") || !strcmp(e->name, "transfer-encoding") ||
-            !strcmp(e->name, "upgrade") || (request && !strcmp(e->name, "host"))) {
+        if (drop_header(e, request)) {
             continue;
         }
-        if (!strcmp(e->name, "te") && strcasecmp(e->value, "trailers") != 0) {
-            continue;
-        }
-        scheme = scheme || !strcmp(e->name, ":scheme");
+        scheme = scheme || (e->nlen == 7 && !memcmp(e->name, ":scheme", 7));
         nv[k].name = (uint8_t *)e->name;
         nv[k].namelen = e->nlen;
         nv[k].value = (uint8_t *)e->value;
@@ -631,7 +696,8 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
         return;
     }
     size_t n;
-    nghttp2_nv *nv = make_nv(h, &n, !c->base.server);
+    nghttp2_nv stack[NV_STACK];
+    nghttp2_nv *nv = make_nv(h, &n, !c->base.server, stack);
     if (st->ext_connect) {
         /* The upstream's 101 opens the extended CONNECT's tunnel: 200 on HTTP/2. */
         for (size_t i = 0; i < n; i++) {
@@ -655,7 +721,9 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
         int32_t id = nghttp2_submit_request(c->ng, NULL, nv, n, end_stream ? NULL : &prd, st);
         if (id < 0) {
             st->closed = true;
-            free(nv);
+            if (nv != stack) {
+                free(nv);
+            }
             if (owned(st)) {
                 st->notified = true;
                 st->s.cbs->on_reset(st->s.ctx, MSM_RESET_REFUSED);
@@ -668,7 +736,9 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
         c->n_open++;
         c->base.streams_total++;
     }
-    free(nv);
+    if (nv != stack) {
+        free(nv);
+    }
     flush(c);
 }
 
@@ -877,6 +947,13 @@ static void h2_free(struct msm_hcodec *base)
             st->c = NULL; /* its owner's release frees it */
         }
     }
+    while (c->spare) {
+        struct h2_stream *st = c->spare;
+        c->spare = st->znext;
+        free(st);
+    }
+    msm_buf_deinit(&c->wbuf);
+    msm_buf_deinit(&c->rbuf);
     nghttp2_session_del(c->ng);
     free(c);
 }

@@ -68,7 +68,8 @@ struct msm_upconn {
     bool eof_done;       /* ... and went to the codec, after every byte before it */
     uint32_t streams_total;
     int read_disabled;
-    ev_timer idle;
+    ev_timer idle;    /* lazy: left running while streams come and go (on_idle) */
+    double idle_since; /* when the last stream ended */
     ev_timer resume;
     double start;
     char peer[64];
@@ -503,6 +504,12 @@ static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     struct msm_upconn *uc = MSM_CONTAINER_OF(t, struct msm_upconn, idle);
     if (uc->codec && uc->codec->ops->active_streams(uc->codec)) {
+        return; /* busy: the next idle moment re-arms it (on_resume) */
+    }
+    double left = uc->idle_since + hcfg(uc)->idle_timeout_ms / 1000.0 - ev_now(loop);
+    if (left > 0.001) {
+        ev_timer_set(t, left, 0);
+        ev_timer_start(loop, t);
         return;
     }
     msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_idle_timeout);
@@ -539,8 +546,25 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     if (!active && hcfg(uc)->idle_timeout_ms) {
-        ev_timer_set(&uc->idle, hcfg(uc)->idle_timeout_ms / 1000.0, 0);
-        ev_timer_start(loop, &uc->idle);
+        /* The timer is not stopped when a stream starts (two timer-heap updates per request
+         * saved): it only checks, when it fires, that the idle time has run out. */
+        uc->idle_since = ev_now(loop);
+        if (!ev_is_active(&uc->idle)) {
+            ev_timer_set(&uc->idle, hcfg(uc)->idle_timeout_ms / 1000.0, 0);
+            ev_timer_start(loop, &uc->idle);
+        }
+    }
+    if (!active && uc->prev) {
+        /* Idle connections first: msm_pool_request takes the first one with room. */
+        struct msm_pool *p = uc->pool;
+        uc->prev->next = uc->next;
+        if (uc->next) {
+            uc->next->prev = uc->prev;
+        }
+        uc->prev = NULL;
+        uc->next = p->conns;
+        p->conns->prev = uc;
+        p->conns = uc;
     }
     pool_kick(uc->pool);
 }
@@ -677,7 +701,6 @@ struct msm_pool_req *msm_pool_request(struct msm_pool *p, const struct msm_pool_
     if (!p->pend_head) {
         for (struct msm_upconn *uc = p->conns; uc; uc = uc->next) {
             if (has_room(uc)) {
-                ev_timer_stop(p->reg->loop, &uc->idle);
                 cbs->on_ready(ctx, uc);
                 return NULL;
             }
@@ -738,7 +761,6 @@ struct msm_hstream *msm_upconn_new_stream(struct msm_upconn *uc, const struct ms
     struct msm_hstream *s = uc->codec->ops->new_stream(uc->codec, cbs, ctx);
     if (s) {
         uc->streams_total++;
-        ev_timer_stop(uc->conn->loop, &uc->idle);
     }
     return s;
 }

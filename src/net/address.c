@@ -97,19 +97,62 @@ void msm_address_ip_str(const struct msm_address *a, char *buf, size_t n)
     }
 }
 
+/* Decimal digits of <v> at <p>; returns the end. */
+static char *put_u32(char *p, uint32_t v)
+{
+    char t[10];
+    int k = 0;
+    do {
+        t[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (k) {
+        *p++ = t[--k];
+    }
+    return p;
+}
+
+/* Bounded copy of the <len> bytes at <s> with a NUL, truncating as snprintf does. */
+static void copy_out(char *buf, size_t n, const char *s, size_t len)
+{
+    if (!n) {
+        return;
+    }
+    if (len >= n) {
+        len = n - 1;
+    }
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+}
+
+/* Formatted by hand rather than with snprintf/inet_ntop: the router and the connection manager
+ * format addresses on every request (%UPSTREAM_HOST%, header values). */
 void msm_address_str(const struct msm_address *a, char *buf, size_t n)
 {
-    char ip[MSM_ADDRSTRLEN];
-    msm_address_ip_str(a, ip, sizeof(ip));
+    char t[MSM_ADDRSTRLEN + 8];
+    char *p = t;
     switch (a->sa.ss_family) {
-    case AF_INET:
-        snprintf(buf, n, "%s:%u", ip, msm_address_port(a));
+    case AF_INET: {
+        const uint8_t *ip = (const uint8_t *)&((const struct sockaddr_in *)&a->sa)->sin_addr;
+        for (int i = 0; i < 4; i++) {
+            p = put_u32(p, ip[i]);
+            *p++ = i < 3 ? '.' : ':';
+        }
+        p = put_u32(p, msm_address_port(a));
+        copy_out(buf, n, t, (size_t)(p - t));
         return;
+    }
     case AF_INET6:
-        snprintf(buf, n, "[%s]:%u", ip, msm_address_port(a));
+        *p++ = '[';
+        msm_address_ip_str(a, p, MSM_ADDRSTRLEN);
+        p += strlen(p);
+        *p++ = ']';
+        *p++ = ':';
+        p = put_u32(p, msm_address_port(a));
+        copy_out(buf, n, t, (size_t)(p - t));
         return;
     default:
-        snprintf(buf, n, "%s", ip);
+        msm_address_ip_str(a, buf, n);
     }
 }
 
@@ -137,6 +180,18 @@ bool msm_address_eq(const struct msm_address *a, const struct msm_address *b)
 {
     if (a->sa.ss_family != b->sa.ss_family) {
         return false;
+    }
+    /* Same bytes as comparing the strings (inet_ntop's form is canonical), without them. */
+    if (a->sa.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)&a->sa;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)&b->sa;
+        return x->sin_addr.s_addr == y->sin_addr.s_addr && x->sin_port == y->sin_port;
+    }
+    if (a->sa.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&a->sa;
+        const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)&b->sa;
+        return !memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) &&
+               x->sin6_port == y->sin6_port;
     }
     char x[MSM_ADDRSTRLEN], y[MSM_ADDRSTRLEN];
     msm_address_str(a, x, sizeof(x));

@@ -124,8 +124,11 @@ static void update_io(struct msm_conn *c)
         }
         ev |= c->tr->want;
         /* Bytes the transport already holds (TLS records read ahead of a paused or
-         * budget-limited read) never make the fd readable again: read them next round. */
-        feed = can_read(c) && c->tr->ops->has_pending && c->tr->ops->has_pending(c->tr);
+         * budget-limited read) never make the fd readable again: read them next round; not
+         * while a read waits for the socket to take a write (a key update's answer): the
+         * write event comes first, else the feed would spin. */
+        feed = can_read(c) && !(c->tr->want & EV_WRITE) && c->tr->ops->has_pending &&
+               c->tr->ops->has_pending(c->tr);
     }
     if (ev != (c->io.events & (EV_READ | EV_WRITE)) || !ev_is_active(&c->io)) {
         ev_io_stop(c->loop, &c->io);
@@ -501,7 +504,7 @@ static void do_read(struct msm_conn *c)
         }
         c->rx_bytes += (uint64_t)r;
         budget -= (size_t)r;
-        if ((size_t)r < MSM_BUF_BLOCK / 2 && c->tr == &msm_transport_raw) {
+        if (((size_t)r < MSM_BUF_BLOCK / 2 && c->tr == &msm_transport_raw) || c->tr->drained) {
             break; /* the socket is probably empty: skip the EAGAIN round trip */
         }
     }

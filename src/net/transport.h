@@ -13,14 +13,19 @@
  * - read: read at most <max> bytes into c->in. Bytes read (> 0), 0 at the end of the stream
  *   (FIN or close_notify), -EAGAIN when nothing is available (t->want tells what the transport
  *   waits for when it is not EV_READ), or another negative code on error (c->close_detail may
- *   be set).
+ *   be set). After bytes were read, t->drained may say that another read would only find
+ *   EAGAIN (the transport holds nothing and the socket was empty): the connection stops there
+ *   (the fd's level-triggered readiness brings it back for anything that came since).
  * - write: write as much of c->out as the socket takes, draining what was written. Bytes
  *   written (>= 0), -EAGAIN when nothing could be written, or another negative code.
  * - shutdown_write (optional): the write side ends after c->out was flushed: send what the
  *   protocol needs (close_notify) before shutdown(SHUT_WR). 0 done, MSM_EAGAIN to retry when
  *   writable.
  * - has_pending (optional): bytes are readable from the transport without the fd becoming
- *   readable (TLS records decrypted ahead); the connection then schedules a read itself.
+ *   readable (TLS records read ahead or decrypted ahead); the connection then schedules a read
+ *   itself whenever it may read (after a read stopped by its budget, a resume after
+ *   read_disable, the handshake's end). False when what the transport holds is an incomplete
+ *   record and the socket was empty (only the fd can bring the rest: no busy loop).
  * - close (optional): the fd is about to be closed; <abortive> when it is closed on an error.
  *   TLS sends close_notify (best effort) when not abortive.
  * - info (optional): what the handshake established (NULL before it completed).
@@ -65,6 +70,7 @@ struct msm_transport {
     const struct msm_transport_ops *ops;
     /* EV_READ / EV_WRITE the last blocked operation waits for; 0 = the natural direction. */
     int want;
+    bool drained; /* see read; never set by the shared raw_buffer transport */
 };
 
 /* The shared raw_buffer transport (stateless; every connection starts with it). */

@@ -8,6 +8,7 @@
  * ACK/NACK: a response is applied resource by resource; valid resources take effect, and if any
  * resource was rejected the whole response is NACKed with every reason (as Envoy's LDS/CDS do),
  * so the control plane sees the problem while the good part of the config serves. */
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,8 +99,16 @@ static int apply_cds(struct msm_server *srv, const struct msm_xds_update *u, str
     for (int i = 0; i < u->n; i++) {
         struct msm_err err = {{0}};
         const struct msm_xds_resource *res = &u->resources[i];
-        int r = msm_cm_add_packed(srv->cm, res->msg, res->bytes, res->len, res->version, false,
-                                  false, &err);
+        int r;
+        if (res->bytes && msm_cm_same_bytes(srv->cm, res->name, res->bytes, res->len,
+                                            res->version)) {
+            r = MSM_CM_UNCHANGED; /* a SotW resend: not even unpacked */
+        } else {
+            const ProtobufCMessage *m = msm_xds_update_msg(u, i, &err);
+            r = m ? msm_cm_add_packed(srv->cm, m, res->bytes, res->len, res->version, false,
+                                      false, &err)
+                  : MSM_EINVAL;
+        }
         msm_xds_update_release(u, i); /* built: its decoded message may go */
         if (r < 0) {
             add_err(e, u->resources[i].name, err.msg);
@@ -140,8 +149,9 @@ static int apply_lds(struct msm_server *srv, const struct msm_xds_update *u, str
     int changes = 0;
     for (int i = 0; i < u->n; i++) {
         struct msm_err err = {{0}};
-        int r = msm_lm_add(srv->lmgr, u->resources[i].msg, u->resources[i].version, false, false,
-                           &err);
+        const ProtobufCMessage *m = msm_xds_update_msg(u, i, &err);
+        int r = m ? msm_lm_add(srv->lmgr, m, u->resources[i].version, false, false, &err)
+                  : MSM_EINVAL;
         msm_xds_update_release(u, i);
         if (r < 0) {
             add_err(e, u->resources[i].name, err.msg);
@@ -177,8 +187,9 @@ static int apply_eds(struct msm_server *srv, const struct msm_xds_update *u, str
     for (int i = 0; i < u->n; i++) {
         struct msm_err err = {{0}};
         const struct msm_xds_resource *res = &u->resources[i];
-        int r = msm_cm_apply_eds_packed(srv->cm, res->msg, res->bytes, res->len, res->version,
-                                        &err);
+        const ProtobufCMessage *m = msm_xds_update_msg(u, i, &err);
+        int r = m ? msm_cm_apply_eds_packed(srv->cm, m, res->bytes, res->len, res->version, &err)
+                  : MSM_EINVAL;
         msm_xds_update_release(u, i);
         if (r < 0) {
             add_err(e, u->resources[i].name, err.msg);
@@ -382,12 +393,22 @@ static void on_ready(void *arg, const char *type_url, const char *name)
     msm_dynamic_advance(srv);
 }
 
+/* Blocks of 256 KiB and more are mmap'ed (and unmapped when freed) whatever their history:
+ * glibc otherwise raises its mmap threshold to the largest block freed so far (up to 32 MiB),
+ * after which a 10 MB gRPC message, the growing arrays and hash tables of 10k clusters all land
+ * in the heaps and leave holes there once freed or grown (~8 MB resident at 10k clusters). */
+#define MMAP_THRESHOLD (256 * 1024)
+
 int msm_dynamic_init(struct msm_server *srv, struct msm_err *err)
 {
+#ifdef M_MMAP_THRESHOLD
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+#endif
     srv->xds = msm_xds_new(srv->loop, srv->bootstrap, on_apply, srv, srv->stats, err);
     if (!srv->xds) {
         return err->msg[0] ? MSM_EINVAL : 0;
     }
+    msm_xds_set_lazy(srv->xds, true); /* every apply below reads with msm_xds_update_msg */
     msm_xds_set_ready_cb(srv->xds, on_ready, srv);
     msm_secrets_set_xds(msm_secrets, srv->xds); /* SDS secrets of static resources */
     /* Static clusters may wait for SDS secrets or EDS assignments over ADS (as Envoy, CDS only

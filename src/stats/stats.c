@@ -55,6 +55,10 @@ struct msm_stats_store {
     pthread_mutex_t intern_mu;
     char **strs;
     size_t strs_cap, strs_n;
+    /* interned tag-extracted name -> its interned Prometheus name (a few hundred families
+     * shared by 500k stats: computed once each) */
+    const char **pm_key, **pm_val;
+    size_t pm_cap, pm_n;
     /* msm_stats_prewarm: a pass over the slots computing missing export views */
     size_t warm_cursor;
     uint64_t warm_gen, warm_start_gen;
@@ -163,6 +167,8 @@ void msm_stats_store_free(struct msm_stats_store *st)
         free(st->strs[i]);
     }
     free(st->strs);
+    free(st->pm_key);
+    free(st->pm_val);
     pthread_mutex_destroy(&st->intern_mu);
     msm_tag_producer_free(st->tags);
     matcher_clear(st);
@@ -841,13 +847,63 @@ static const char *intern(struct msm_stats_store *st, char *s)
     return r;
 }
 
+/* The interned Prometheus name of interned <tag_name>, memoized per store. */
+static const char *prom_name_of(struct msm_stats_store *st, const char *tag_name)
+{
+    pthread_mutex_lock(&st->intern_mu);
+    if ((st->pm_n + 1) * 2 > st->pm_cap) {
+        size_t cap = st->pm_cap ? st->pm_cap * 2 : 256;
+        const char **k = msm_xcalloc(cap, sizeof(*k));
+        const char **v = msm_xcalloc(cap, sizeof(*v));
+        for (size_t i = 0; i < st->pm_cap; i++) {
+            if (st->pm_key[i]) {
+                size_t j = ((uintptr_t)st->pm_key[i] >> 4) & (cap - 1);
+                while (k[j]) {
+                    j = (j + 1) & (cap - 1);
+                }
+                k[j] = st->pm_key[i];
+                v[j] = st->pm_val[i];
+            }
+        }
+        free(st->pm_key);
+        free(st->pm_val);
+        st->pm_key = k;
+        st->pm_val = v;
+        st->pm_cap = cap;
+    }
+    size_t i = ((uintptr_t)tag_name >> 4) & (st->pm_cap - 1);
+    while (st->pm_key[i] && st->pm_key[i] != tag_name) {
+        i = (i + 1) & (st->pm_cap - 1);
+    }
+    if (st->pm_key[i]) {
+        const char *r = st->pm_val[i];
+        pthread_mutex_unlock(&st->intern_mu);
+        return r;
+    }
+    pthread_mutex_unlock(&st->intern_mu);
+    const char *r = intern(st, prom_name(tag_name)); /* takes intern_mu itself */
+    pthread_mutex_lock(&st->intern_mu);
+    /* the table may have grown meanwhile: probe again */
+    i = ((uintptr_t)tag_name >> 4) & (st->pm_cap - 1);
+    while (st->pm_key[i] && st->pm_key[i] != tag_name) {
+        i = (i + 1) & (st->pm_cap - 1);
+    }
+    if (!st->pm_key[i]) {
+        st->pm_key[i] = tag_name;
+        st->pm_val[i] = r;
+        st->pm_n++;
+    }
+    pthread_mutex_unlock(&st->intern_mu);
+    return r;
+}
+
 static struct msm_stat_export *export_new(struct msm_stats_store *st, const char *tag_name,
                                           struct msm_tag *tags, int n)
 {
     struct msm_stat_export *e = MSM_NEW(struct msm_stat_export);
     e->tag_name = intern(st, msm_xstrdup(tag_name));
     e->n_tags = n;
-    e->prom_name = intern(st, prom_name(tag_name));
+    e->prom_name = prom_name_of(st, e->tag_name);
     /* Interned strings live as long as the store: labels that name one RTSP session (a random
      * id, a new one per session) are the view's own and go with the stat. */
     for (int i = 0; i < n && !e->own_labels; i++) {
@@ -908,42 +964,59 @@ void msm_stats_reset_counters(struct msm_stats_store *st)
 
 /* ---- cached sorted lists ------------------------------------------------------------------ */
 
-struct msm_stat **msm_stats_list_ordered(struct msm_stats_store *st, int slot,
-                                         msm_stats_cmp_fn *cmp, msm_stats_prep_fn *prep,
-                                         size_t *n)
+struct msm_stat **msm_stats_order_get(struct msm_stats_store *st, int slot,
+                                      msm_stats_cmp_fn *cmp, size_t *n, uint64_t *gen)
 {
     struct order_cache *oc = &st->orders[slot];
+    struct msm_stat **v = NULL;
     pthread_mutex_lock(&st->mu);
+    *gen = st->generation;
     if (oc->valid && oc->gen == st->generation && oc->cmp == cmp) {
         /* Nothing was created or destroyed since: every cached pointer is alive. */
-        struct msm_stat **v = msm_xcalloc(oc->n + 1, sizeof(*v));
+        v = msm_xcalloc(oc->n + 1, sizeof(*v));
         for (size_t i = 0; i < oc->n; i++) {
             atomic_fetch_add(&oc->v[i]->refs, 1);
             v[i] = oc->v[i];
         }
         *n = oc->n;
-        pthread_mutex_unlock(&st->mu);
-        return v;
     }
-    uint64_t gen = st->generation;
     pthread_mutex_unlock(&st->mu);
-    size_t k;
-    struct msm_stat **v = msm_stats_list_all(st, false, false, &k);
-    for (size_t i = 0; prep && i < k; i++) {
-        prep(v[i]);
-    }
-    qsort(v, k, sizeof(*v), cmp);
+    return v;
+}
+
+void msm_stats_order_put(struct msm_stats_store *st, int slot, msm_stats_cmp_fn *cmp,
+                         uint64_t gen, struct msm_stat *const *v, size_t n)
+{
+    struct order_cache *oc = &st->orders[slot];
     pthread_mutex_lock(&st->mu);
     if (st->generation == gen) {
         free(oc->v);
-        oc->v = msm_xcalloc(k + 1, sizeof(*oc->v));
-        memcpy(oc->v, v, k * sizeof(*v));
-        oc->n = k;
+        oc->v = msm_xcalloc(n + 1, sizeof(*oc->v));
+        memcpy(oc->v, v, n * sizeof(*v));
+        oc->n = n;
         oc->gen = gen;
         oc->cmp = cmp;
         oc->valid = true;
     }
     pthread_mutex_unlock(&st->mu);
+}
+
+struct msm_stat **msm_stats_list_ordered(struct msm_stats_store *st, int slot,
+                                         msm_stats_cmp_fn *cmp, msm_stats_prep_fn *prep,
+                                         size_t *n)
+{
+    uint64_t gen;
+    struct msm_stat **v = msm_stats_order_get(st, slot, cmp, n, &gen);
+    if (v) {
+        return v;
+    }
+    size_t k;
+    v = msm_stats_list_all(st, false, false, &k);
+    for (size_t i = 0; prep && i < k; i++) {
+        prep(v[i]);
+    }
+    qsort(v, k, sizeof(*v), cmp);
+    msm_stats_order_put(st, slot, cmp, gen, v, k);
     *n = k;
     return v;
 }

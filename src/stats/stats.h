@@ -140,6 +140,15 @@ struct msm_stat **msm_stats_list_ordered(struct msm_stats_store *st, int slot,
                                          msm_stats_cmp_fn *cmp, msm_stats_prep_fn *prep,
                                          size_t *n);
 int msm_stats_cmp_name(const void *a, const void *b);
+/* The two halves of msm_stats_list_ordered, for callers that sort in steps (admin renders):
+ * _get returns the cached order of <slot> (referenced, like msm_stats_list_ordered) or NULL
+ * when it is stale, with *<gen> set to the store's generation either way; _put caches a copy of
+ * <v> (sorted by the caller from a msm_stats_list_all snapshot taken at <gen>) when nothing was
+ * created or destroyed since. Main thread. */
+struct msm_stat **msm_stats_order_get(struct msm_stats_store *st, int slot,
+                                      msm_stats_cmp_fn *cmp, size_t *n, uint64_t *gen);
+void msm_stats_order_put(struct msm_stats_store *st, int slot, msm_stats_cmp_fn *cmp,
+                         uint64_t gen, struct msm_stat *const *v, size_t n);
 
 /* Install the bootstrap's stats_config (envoy.config.metrics.v3.StatsConfig, may be NULL) and
  * the --stats-tag tags: tag extraction and stats_matcher. Existing stats are re-evaluated.

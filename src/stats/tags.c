@@ -22,6 +22,7 @@ struct extractor {
     enum ex_kind kind;
     char *name;
     char *prefix; /* first token this extractor is limited to, or NULL */
+    size_t prefix_len;
     /* EX_REGEX */
     pcre2_code *re;
     int ncap;
@@ -79,7 +80,7 @@ static const struct re_desc default_regexes[] = {
     {"envoy.http_conn_manager_prefix", "^listener\\..*?\\.http\\.(([^\\.]+)\\.)", ".http.", NULL},
     {"envoy.worker_id",
      "^(?:listener\\.(?:" ADDR "|[^\\.]+)\\.|server\\.|listener_manager\\.)worker_((\\d+)\\.)",
-     NULL, NULL},
+     "worker_", NULL},
     {"envoy.listener_address", "^listener\\.((" ADDR "|[^\\.]+)\\.)", NULL, "admin"},
     {"envoy.rds_route_config", "^http\\.[^\\.]+\\.rds\\.(([\\w\\-.]+)\\.)\\w+?$", ".rds.", NULL},
 };
@@ -190,6 +191,7 @@ static int add_regex(struct msm_tag_producer *p, const char *name, const char *r
     e->ncap = (int)ncap;
     e->re2 = re2;
     e->prefix = regex_prefix(regex);
+    e->prefix_len = e->prefix ? strlen(e->prefix) : 0;
     e->substr = substr && substr[0] ? msm_xstrdup(substr) : NULL;
     e->negative = negative ? msm_xstrdup(negative) : NULL;
     return 0;
@@ -211,6 +213,25 @@ static void add_tokens(struct msm_tag_producer *p, const char *name, const char 
     const char *first = e->tok[0];
     if (strcmp(first, "$") && strcmp(first, "*") && strcmp(first, "**")) {
         e->prefix = msm_xstrdup(first);
+        e->prefix_len = strlen(first);
+    }
+    /* Cheap pre-check: a literal token after one that consumes a name token ('$', '*' or a
+     * literal; '**' may consume none) must be in the name as ".tok". */
+    int best = -1;
+    bool consumed = false;
+    for (int k = 0; k < e->ntok; k++) {
+        const char *t = e->tok[k];
+        bool literal = strcmp(t, "$") && strcmp(t, "*") && strcmp(t, "**");
+        if (literal && consumed && (best < 0 || strlen(t) > strlen(e->tok[best]))) {
+            best = k;
+        }
+        consumed = consumed || strcmp(t, "**") != 0;
+    }
+    if (best > 0) {
+        size_t l = strlen(e->tok[best]);
+        e->substr = msm_xmalloc(l + 2);
+        e->substr[0] = '.';
+        memcpy(e->substr + 1, e->tok[best], l + 1);
     }
 }
 
@@ -343,13 +364,17 @@ struct span {
     size_t start, end;
 };
 
+#define STACK_TOKENS 32
+
 struct ctx {
     const char *name;
     size_t len;
-    /* tokens of <name>, split at '.', computed on first use */
+    /* tokens of <name>, split at '.', computed on first use (on the stack when few) */
     const char **tok;
     size_t *toklen;
     int ntok;
+    const char *tok_s[STACK_TOKENS];
+    size_t toklen_s[STACK_TOKENS];
     /* removal intervals and output tags */
     struct span *rm;
     size_t nrm, caprm;
@@ -366,8 +391,13 @@ static void tokenize(struct ctx *c)
     for (size_t i = 0; i < c->len; i++) {
         n += c->name[i] == '.';
     }
-    c->tok = msm_xcalloc((size_t)n, sizeof(*c->tok));
-    c->toklen = msm_xcalloc((size_t)n, sizeof(*c->toklen));
+    if (n <= STACK_TOKENS) {
+        c->tok = c->tok_s;
+        c->toklen = c->toklen_s;
+    } else {
+        c->tok = msm_xcalloc((size_t)n, sizeof(*c->tok));
+        c->toklen = msm_xcalloc((size_t)n, sizeof(*c->toklen));
+    }
     const char *s = c->name;
     for (int k = 0; k < n; k++) {
         const char *dot = strchr(s, '.');
@@ -475,6 +505,9 @@ static bool search_tokens(const struct extractor *e, const struct ctx *c, int in
 
 static bool extract_tokens(const struct extractor *e, struct ctx *c)
 {
+    if (e->substr && !strstr(c->name, e->substr)) {
+        return false;
+    }
     tokenize(c);
     size_t start = 0;
     int match = c->ntok;
@@ -535,7 +568,7 @@ char *msm_tag_producer_produce(struct msm_tag_producer *p, const char *name,
         }
         for (int i = 0; dot && i < p->n; i++) {
             const char *pre = p->ex[i].prefix;
-            if (pre && strlen(pre) == flen && !memcmp(pre, name, flen)) {
+            if (pre && p->ex[i].prefix_len == flen && !memcmp(pre, name, flen)) {
                 run(p, &p->ex[i], &c);
             }
         }
@@ -552,8 +585,10 @@ char *msm_tag_producer_produce(struct msm_tag_producer *p, const char *name,
         }
     }
     out[k] = '\0';
-    free(c.tok);
-    free(c.toklen);
+    if (c.tok != c.tok_s) {
+        free(c.tok);
+        free(c.toklen);
+    }
     free(c.rm);
     *tags = c.tags;
     *n = (int)c.ntags;

@@ -24,6 +24,8 @@
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:"   \
     "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"
 #define DEFAULT_CURVES "X25519:P-256"
+static const char default_ciphers[] = DEFAULT_CIPHERS;
+static const char default_curves[] = DEFAULT_CURVES;
 
 /* Enum constants of envoy.extensions.transport_sockets.tls.v3, shortened. */
 #define TLSV3(x) ENVOY__EXTENSIONS__TRANSPORT_SOCKETS__TLS__V3__##x
@@ -598,10 +600,11 @@ static int tls_params(const Envoy__Extensions__TransportSockets__Tls__V3__TlsPar
         return msm_err_set(err, "tls_params: tls_minimum_protocol_version is greater than "
                                 "tls_maximum_protocol_version");
     }
+    /* The defaults are shared, not copied (10k clusters would hold 10k copies). */
     p->cipher_list = tp && tp->n_cipher_suites ? join_list(tp->cipher_suites, tp->n_cipher_suites)
-                                               : msm_xstrdup(DEFAULT_CIPHERS);
+                                               : (char *)default_ciphers;
     p->curves = tp && tp->n_ecdh_curves ? join_list(tp->ecdh_curves, tp->n_ecdh_curves)
-                                        : msm_xstrdup(DEFAULT_CURVES);
+                                        : (char *)default_curves;
     if (tp && tp->n_signature_algorithms) {
         p->sigalgs = join_list(tp->signature_algorithms, tp->n_signature_algorithms);
     }
@@ -839,8 +842,12 @@ int msm_tls_params_from_proto(const void *proto, bool server, struct msm_tls_par
 
 void msm_tls_params_deinit(struct msm_tls_params *p)
 {
-    free(p->cipher_list);
-    free(p->curves);
+    if (p->cipher_list != default_ciphers) {
+        free(p->cipher_list);
+    }
+    if (p->curves != default_curves) {
+        free(p->curves);
+    }
     free(p->sigalgs);
     free(p->alpn);
     free(p->sni);

@@ -48,6 +48,79 @@ static const char *const sigalg_names[] = {
     "rsa_pss_rsae_sha384",    "rsa_pss_rsae_sha512",    "ed25519",
 };
 
+/* Stats whose every member is a sink of the store (every cluster's, with Istio's
+ * stats_matcher) behave the same whoever holds them: one such block is shared (weak: cleared
+ * by its last unref, under memo_mu). */
+static _Atomic(struct msm_tls_stats *) sink_stats;
+
+static bool all_sinks(const struct msm_tls_stats *s)
+{
+    struct msm_stat *const *v = (struct msm_stat *const *)&s->ssl;
+    for (size_t i = 0; i < sizeof(s->ssl) / sizeof(*v); i++) {
+        if (!v[i]->sink) {
+            return false;
+        }
+    }
+    v = (struct msm_stat *const *)&s->fac;
+    for (size_t i = 0; i < sizeof(s->fac) / sizeof(*v); i++) {
+        if (!v[i]->sink) {
+            return false;
+        }
+    }
+    const struct msm_named_stats *ns[] = {&s->versions, &s->ciphers, &s->curves, &s->sigalgs};
+    for (size_t i = 0; i < MSM_ARRAY_SIZE(ns); i++) {
+        if (ns[i]->n || (ns[i]->fallback && !ns[i]->fallback->sink)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void stats_free(struct msm_tls_stats *s);
+
+/* <s>, or the shared all-sink block of the same store in its place. */
+static struct msm_tls_stats *share_sinks(struct msm_tls_stats *s)
+{
+    if (!all_sinks(s)) {
+        return s;
+    }
+    pthread_mutex_lock(&memo_mu);
+    struct msm_tls_stats *sh = atomic_load(&sink_stats);
+    if (sh && sh->ssl.handshake == s->ssl.handshake) { /* the same store's sink */
+        atomic_fetch_add(&sh->refs, 1);
+        pthread_mutex_unlock(&memo_mu);
+        stats_free(s);
+        return sh;
+    }
+    atomic_store(&sink_stats, s);
+    pthread_mutex_unlock(&memo_mu);
+    return s;
+}
+
+void msm_tls_stats_unref(struct msm_tls_stats *s)
+{
+    if (!s) {
+        return;
+    }
+    if (s == atomic_load(&sink_stats)) {
+        /* share_sinks may take it meanwhile: decide under the lock. (A block never becomes
+         * the shared one after it was handed out.) */
+        pthread_mutex_lock(&memo_mu);
+        bool last = atomic_fetch_sub(&s->refs, 1) == 1;
+        if (last && atomic_load(&sink_stats) == s) {
+            atomic_store(&sink_stats, NULL);
+        }
+        pthread_mutex_unlock(&memo_mu);
+        if (last) {
+            stats_free(s);
+        }
+        return;
+    }
+    if (atomic_fetch_sub(&s->refs, 1) == 1) {
+        stats_free(s);
+    }
+}
+
 static void named_add(struct msm_named_stats *ns, const char *prefix, const char *name)
 {
     for (int i = 0; i < ns->n; i++) {
@@ -180,14 +253,11 @@ struct msm_tls_stats *msm_tls_stats_new(const char *scope, bool server,
     for (size_t i = 0; i < MSM_ARRAY_SIZE(sigalg_names); i++) {
         named_add(&s->sigalgs, pre, sigalg_names[i]);
     }
-    return s;
+    return share_sinks(s);
 }
 
-void msm_tls_stats_unref(struct msm_tls_stats *s)
+static void stats_free(struct msm_tls_stats *s)
 {
-    if (!s || atomic_fetch_sub(&s->refs, 1) != 1) {
-        return;
-    }
     msm_ssl_stats_deinit(&s->ssl);
     msm_ssl_factory_stats_deinit(&s->fac);
     named_deinit(&s->versions);

@@ -5,8 +5,12 @@
  *   HANDSHAKE: SSL_do_handshake until done; want-read/want-write become the connection's
  *              io interest; failures are counted (ssl.connection_error, fail_verify_*) and
  *              logged at debug;
- *   OPEN:      SSL_read_ex into the connection's read buffer, SSL_write_ex from the views of
- *              its write buffer (no copy beyond OpenSSL's record buffers);
+ *   OPEN:      SSL_read_ex into the connection's read buffer, with read-ahead: one read()
+ *              takes every record the socket holds (a short one means the socket is empty, so
+ *              the connection skips the read that would say EAGAIN); records read ahead are
+ *              served from OpenSSL's buffer (has_pending) without the fd becoming readable.
+ *              SSL_write_ex from the write buffer: the small views of one flush are gathered
+ *              into one record (one write() for headers and body), large ones go as they are;
  *   SHUT:      end of the write side: close_notify then shutdown(SHUT_WR); the read side stays
  *              open until the peer's close_notify or FIN;
  * and on close, a best-effort close_notify unless the connection dies on an error. */
@@ -41,6 +45,12 @@ struct tls_sock {
     bool shutdown_sent; /* close_notify written */
     bool validated;     /* set by the verify callback */
     bool verified;      /* the verify callback accepted the peer without leniency */
+    /* The socket BIO's last read (bio_cb): it returned less than asked (the socket is empty),
+     * or EAGAIN during the current SSL_read_ex. */
+    bool rd_short, rd_eagain;
+    bool starved; /* the last SSL_read_ex needs bytes from the socket: buffered ones are not a
+                     whole record, only the fd becoming readable helps */
+    size_t wretry; /* length of the SSL_write_ex to retry (WANT_WRITE); 0 none */
     struct msm_tls_info info;
     /* x-forwarded-client-cert material, computed on first use (msm_tls_peer_*) */
     char *peer_sha256, *peer_pem, *peer_chain_pem;
@@ -285,6 +295,25 @@ static void handshake_done(struct tls_sock *s, struct msm_conn *c)
             in->sni ? in->sni : "-", in->n_uri_sans ? in->uri_sans[0] : peer ? "(cert)" : "-");
 }
 
+/* What the socket's reads returned, for tls_read (SSL_set_fd's BIO serves both directions). */
+static long bio_cb(BIO *b, int oper, const char *argp, size_t len, int argi, long argl, int ret,
+                   size_t *processed)
+{
+    (void)argp;
+    (void)argi;
+    (void)argl;
+    if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+        struct tls_sock *s = (struct tls_sock *)BIO_get_callback_arg(b);
+        if (ret > 0) {
+            s->rd_short = processed && *processed < len;
+        } else {
+            s->rd_short = false;
+            s->rd_eagain = BIO_should_retry(b);
+        }
+    }
+    return ret;
+}
+
 static int tls_handshake(struct msm_transport *t, struct msm_conn *c)
 {
     struct tls_sock *s = (struct tls_sock *)t;
@@ -293,7 +322,14 @@ static int tls_handshake(struct msm_transport *t, struct msm_conn *c)
         return -EPROTO;
     }
     if (!s->fd_set) {
-        SSL_set_fd(s->ssl, c->fd);
+        if (!SSL_set_fd(s->ssl, c->fd)) {
+            ERR_clear_error();
+            c->close_detail = "TLS socket BIO allocation failed";
+            return -ENOMEM;
+        }
+        BIO *b = SSL_get_rbio(s->ssl);
+        BIO_set_callback_arg(b, (char *)s);
+        BIO_set_callback_ex(b, bio_cb);
         s->fd_set = true;
     }
     ERR_clear_error();
@@ -324,6 +360,12 @@ static int tls_handshake(struct msm_transport *t, struct msm_conn *c)
 
 /* ---- data --------------------------------------------------------------------------------- */
 
+/* Records that carry no application data (TLS 1.3 tickets, key updates) processed in one
+ * tls_read before it gives the turn back; the connection comes back for the rest. */
+#define NON_DATA_RECORDS 32
+/* Gather the write buffer's views into one record up to this size (TLS's maximum plaintext). */
+#define GATHER_MAX 16384
+
 static ssize_t tls_read(struct msm_transport *t, struct msm_conn *c, size_t max)
 {
     struct tls_sock *s = (struct tls_sock *)t;
@@ -332,56 +374,106 @@ static ssize_t tls_read(struct msm_transport *t, struct msm_conn *c, size_t max)
     if (avail > max) {
         avail = max;
     }
-    ERR_clear_error();
-    errno = 0;
-    size_t n = 0;
-    int r = SSL_read_ex(s->ssl, p, avail, &n);
-    if (r == 1) {
-        msm_buf_commit(&c->in, n);
-        return (ssize_t)n;
-    }
-    msm_buf_commit(&c->in, 0);
-    int e = SSL_get_error(s->ssl, r);
-    switch (e) {
-    case SSL_ERROR_WANT_READ:
-        return -EAGAIN;
-    case SSL_ERROR_WANT_WRITE:
-        t->want |= EV_WRITE;
-        return -EAGAIN;
-    case SSL_ERROR_ZERO_RETURN:
-        return 0; /* close_notify (or EOF: SSL_OP_IGNORE_UNEXPECTED_EOF) */
-    case SSL_ERROR_SYSCALL:
-        if (errno) {
-            int sys = errno;
-            ERR_clear_error();
-            return -sys;
-        }
+    t->drained = false;
+    s->starved = false;
+    for (int i = 0;; i++) {
         ERR_clear_error();
-        return 0;
-    default:
-        drain_errors(s, c, "read");
-        return -EPROTO;
+        errno = 0;
+        s->rd_eagain = false;
+        size_t n = 0;
+        int r = SSL_read_ex(s->ssl, p, avail, &n);
+        if (r == 1) {
+            msm_buf_commit(&c->in, n);
+            /* Nothing read ahead and the last read() did not fill the buffer: the socket was
+             * empty then; bytes that came since make the fd readable. */
+            t->drained = s->rd_short && !SSL_has_pending(s->ssl);
+            return (ssize_t)n;
+        }
+        int e = SSL_get_error(s->ssl, r);
+        switch (e) {
+        case SSL_ERROR_WANT_READ:
+            /* Without SSL_MODE_AUTO_RETRY, a record without application data (a ticket, a
+             * key update) also ends here: go on while the socket was not found empty. */
+            if (!s->rd_eagain && SSL_has_pending(s->ssl) && i < NON_DATA_RECORDS) {
+                continue;
+            }
+            s->starved = s->rd_eagain;
+            msm_buf_commit(&c->in, 0);
+            return -EAGAIN;
+        case SSL_ERROR_WANT_WRITE:
+            msm_buf_commit(&c->in, 0);
+            t->want |= EV_WRITE;
+            return -EAGAIN;
+        case SSL_ERROR_ZERO_RETURN:
+            msm_buf_commit(&c->in, 0);
+            return 0; /* close_notify (or EOF: SSL_OP_IGNORE_UNEXPECTED_EOF) */
+        case SSL_ERROR_SYSCALL:
+            msm_buf_commit(&c->in, 0);
+            if (errno) {
+                int sys = errno;
+                ERR_clear_error();
+                return -sys;
+            }
+            ERR_clear_error();
+            return 0;
+        default:
+            msm_buf_commit(&c->in, 0);
+            drain_errors(s, c, "read");
+            return -EPROTO;
+        }
     }
+}
+
+/* The next bytes of the write buffer for one SSL_write_ex: the first view as it is when it is
+ * large or alone, else the views gathered into <tmp> up to one record (one record and one
+ * write() instead of one per view; a later view of half a record or more is left for the next
+ * call, uncopied). A retry after WANT_WRITE must pass at least the <min> bytes of the failed
+ * call, which are still the buffer's first (it was not drained, views only grow at the tail;
+ * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER allows another address). */
+static const void *next_chunk(struct msm_conn *c, char *tmp, size_t min, size_t *len)
+{
+    struct iovec v[16];
+    int n = msm_buf_iov(&c->out, v, 16);
+    int k = 0;
+    size_t l = 0;
+    while (k < n && l < GATHER_MAX && (k == 0 || l < min || v[k].iov_len < GATHER_MAX / 2)) {
+        l += v[k++].iov_len;
+    }
+    if (k <= 1) {
+        *len = v[0].iov_len;
+        return v[0].iov_base;
+    }
+    l = 0;
+    for (int i = 0; i < k && l < GATHER_MAX; i++) {
+        size_t m = v[i].iov_len < GATHER_MAX - l ? v[i].iov_len : GATHER_MAX - l;
+        memcpy(tmp + l, v[i].iov_base, m);
+        l += m;
+    }
+    *len = l;
+    return tmp;
 }
 
 static ssize_t tls_write(struct msm_transport *t, struct msm_conn *c)
 {
     struct tls_sock *s = (struct tls_sock *)t;
+    static _Thread_local char tmp[GATHER_MAX];
     ssize_t total = 0;
     while (c->out.len) {
-        struct iovec v;
-        msm_buf_iov(&c->out, &v, 1);
+        size_t len;
+        const void *p = next_chunk(c, tmp, s->wretry, &len);
         ERR_clear_error();
         errno = 0;
         size_t w = 0;
-        int r = SSL_write_ex(s->ssl, v.iov_base, v.iov_len, &w);
+        int r = SSL_write_ex(s->ssl, p, len, &w);
         if (r == 1) {
+            s->wretry = 0;
             msm_buf_drain(&c->out, w);
             total += (ssize_t)w;
             continue;
         }
         int e = SSL_get_error(s->ssl, r);
         if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+            s->wretry = len;
             if (e == SSL_ERROR_WANT_READ) {
                 t->want |= EV_READ;
             }
@@ -416,10 +508,13 @@ static int tls_shutdown_write(struct msm_transport *t, struct msm_conn *c)
     return 0;
 }
 
+/* Decrypted bytes, or records read ahead (unless the last read found them incomplete and the
+ * socket empty: reading again before the fd is readable would spin). */
 static bool tls_has_pending(const struct msm_transport *t)
 {
     const struct tls_sock *s = (const struct tls_sock *)t;
-    return s->ssl && SSL_pending(s->ssl) > 0;
+    return s->ssl && s->done &&
+           (SSL_pending(s->ssl) > 0 || (!s->starved && SSL_has_pending(s->ssl)));
 }
 
 static void tls_close(struct msm_transport *t, struct msm_conn *c, bool abortive)
@@ -604,6 +699,7 @@ struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f)
         return &s->base;
     }
     SSL_set_ex_data(s->ssl, sock_idx, s);
+    SSL_set_read_ahead(s->ssl, 1);
     if (f->p.server) {
         SSL_set_accept_state(s->ssl);
     } else {

@@ -1,5 +1,7 @@
 #include "upstream/cluster.h"
 
+#include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +39,9 @@ void msm_cluster_cfg_unref(struct msm_cluster_cfg *c)
     free(c->static_addrs);
     free(c->static_weights);
     msm_topology_deinit(&c->static_topo);
-    free(c->eds_service_name);
+    if (c->eds_service_name != c->name) {
+        free(c->eds_service_name);
+    }
     free(c->istio_service_host);
     free(c->istio_service_name);
     free(c->eds_source);
@@ -45,8 +49,10 @@ void msm_cluster_cfg_unref(struct msm_cluster_cfg *c)
     msm_hc_cfg_free(c->hc);
     msm_cluster_http_cfg_free(c->http);
     msm_upstream_filters_unref(c->filters);
+    if (c->stat_name != c->name) {
+        free(c->stat_name);
+    }
     free(c->name);
-    free(c->stat_name);
     free(c);
 }
 
@@ -312,7 +318,9 @@ static int type_from_proto(const Envoy__Config__Cluster__V3__Cluster *p, struct 
     case ENVOY__CONFIG__CLUSTER__V3__CLUSTER__DISCOVERY_TYPE__EDS:
         c->type = MSM_CLUSTER_EDS;
         if (p->eds_cluster_config && p->eds_cluster_config->service_name[0]) {
-            c->eds_service_name = msm_xstrdup(p->eds_cluster_config->service_name);
+            /* Istio names the service as the cluster: one string for both. */
+            const char *sn = p->eds_cluster_config->service_name;
+            c->eds_service_name = c->name && !strcmp(sn, c->name) ? c->name : msm_xstrdup(sn);
         }
         if (p->eds_cluster_config && p->eds_cluster_config->eds_config) {
             const ProtobufCMessage *src = &p->eds_cluster_config->eds_config->base;
@@ -351,7 +359,7 @@ struct msm_cluster_cfg *msm_cluster_cfg_from_proto(const void *proto, bool valid
     struct msm_cluster_cfg *c = MSM_NEW(struct msm_cluster_cfg);
     atomic_init(&c->refs, 1);
     c->name = msm_xstrdup(p->name);
-    c->stat_name = msm_xstrdup(p->alt_stat_name[0] ? p->alt_stat_name : p->name);
+    c->stat_name = p->alt_stat_name[0] ? msm_xstrdup(p->alt_stat_name) : c->name;
     msm_istio_cluster_services(p->metadata, &c->istio_service_host, &c->istio_service_name);
     msm_istio_cluster_flags(p->metadata, &c->istio_external, &c->istio_disable_mx);
     int64_t ct = msm_pb_duration_ms(p->connect_timeout, DEFAULT_CONNECT_TIMEOUT_MS);
@@ -436,6 +444,78 @@ fail:
 
 /* ---- shared, hosts, sets -------------------------------------------------------------------- */
 
+/* The circuit breaker and outlier stats of a cluster. With Istio's stats_matcher all of them
+ * are the store's sinks for every cluster: such blocks are one, refcounted (the findable one is
+ * cleared by its last unref, under <sh_mu>; clusters may be freed on any thread). */
+struct sh_stats {
+    atomic_int refs;
+    struct msm_stats_store *st;
+    struct msm_cb_stats cb;
+    struct msm_outlier_stats outlier;
+};
+
+static pthread_mutex_t sh_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct sh_stats *sh_sinks;
+
+static bool all_sinks(struct msm_stat *const *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!v[i]->sink) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void sh_stats_free(struct sh_stats *b)
+{
+    msm_cb_stats_deinit(&b->cb);
+    msm_outlier_stats_deinit(&b->outlier);
+    free(b);
+}
+
+static void shared_stats(struct msm_cluster_shared *s, struct msm_stats_store *st,
+                         const char *stat_name)
+{
+    struct sh_stats *b = MSM_NEW(struct sh_stats);
+    atomic_init(&b->refs, 1);
+    b->st = st;
+    char prefix[512];
+    snprintf(prefix, sizeof(prefix), "cluster.%s.circuit_breakers.default.", stat_name);
+    msm_cb_stats_init(st, prefix, &b->cb);
+    snprintf(prefix, sizeof(prefix), "cluster.%s.outlier_detection.", stat_name);
+    msm_outlier_stats_init(st, prefix, &b->outlier);
+    if (all_sinks((struct msm_stat *const *)&b->cb, sizeof(b->cb) / sizeof(struct msm_stat *)) &&
+        all_sinks((struct msm_stat *const *)&b->outlier,
+                  sizeof(b->outlier) / sizeof(struct msm_stat *))) {
+        pthread_mutex_lock(&sh_mu);
+        if (sh_sinks && sh_sinks->st == st) {
+            atomic_fetch_add(&sh_sinks->refs, 1);
+            sh_stats_free(b);
+            b = sh_sinks;
+        } else {
+            sh_sinks = b;
+        }
+        pthread_mutex_unlock(&sh_mu);
+    }
+    s->cb = &b->cb;
+    s->outlier = &b->outlier;
+}
+
+static void shared_stats_unref(struct msm_cluster_shared *s)
+{
+    struct sh_stats *b = (struct sh_stats *)((char *)s->cb - offsetof(struct sh_stats, cb));
+    pthread_mutex_lock(&sh_mu);
+    bool last = atomic_fetch_sub(&b->refs, 1) == 1;
+    if (last && sh_sinks == b) {
+        sh_sinks = NULL;
+    }
+    pthread_mutex_unlock(&sh_mu);
+    if (last) {
+        sh_stats_free(b);
+    }
+}
+
 struct msm_cluster_shared *msm_cluster_shared_new(const struct msm_cluster_cfg *cfg,
                                                   struct msm_stats_store *st)
 {
@@ -445,16 +525,13 @@ struct msm_cluster_shared *msm_cluster_shared_new(const struct msm_cluster_cfg *
     char prefix[512];
     snprintf(prefix, sizeof(prefix), "cluster.%s.", cfg->stat_name);
     msm_cluster_stats_init(st, prefix, &s->stats);
-    snprintf(prefix, sizeof(prefix), "cluster.%s.circuit_breakers.default.", cfg->stat_name);
-    msm_cb_stats_init(st, prefix, &s->cb);
-    snprintf(prefix, sizeof(prefix), "cluster.%s.outlier_detection.", cfg->stat_name);
-    msm_outlier_stats_init(st, prefix, &s->outlier);
+    shared_stats(s, st, cfg->stat_name);
     msm_cluster_http_shared_init(&s->http, cfg->stat_name, st);
     if (cfg->track_remaining) {
-        msm_stat_set(s->cb.remaining_cx, cfg->max_connections);
-        msm_stat_set(s->cb.remaining_pending, cfg->max_pending_requests);
-        msm_stat_set(s->cb.remaining_rq, cfg->max_requests);
-        msm_stat_set(s->cb.remaining_retries, cfg->max_retries);
+        msm_stat_set(s->cb->remaining_cx, cfg->max_connections);
+        msm_stat_set(s->cb->remaining_pending, cfg->max_pending_requests);
+        msm_stat_set(s->cb->remaining_rq, cfg->max_requests);
+        msm_stat_set(s->cb->remaining_retries, cfg->max_retries);
     }
     return s;
 }
@@ -465,8 +542,7 @@ void msm_cluster_shared_unref(struct msm_cluster_shared *s)
         return;
     }
     msm_cluster_stats_deinit(&s->stats);
-    msm_cb_stats_deinit(&s->cb);
-    msm_outlier_stats_deinit(&s->outlier);
+    shared_stats_unref(s);
     msm_cluster_http_shared_deinit(&s->http);
     free(s->name);
     free(s);
@@ -678,10 +754,10 @@ bool msm_cluster_cx_reserve(struct msm_cluster *c)
         }
     } while (!atomic_compare_exchange_weak(&c->sh->active_cx, &cur, cur + 1));
     if (cur + 1 >= max) {
-        msm_stat_set(c->sh->cb.cx_open, 1);
+        msm_stat_set(c->sh->cb->cx_open, 1);
     }
     if (c->cfg->track_remaining) {
-        msm_stat_set(c->sh->cb.remaining_cx, max - (cur + 1));
+        msm_stat_set(c->sh->cb->remaining_cx, max - (cur + 1));
     }
     return true;
 }
@@ -690,10 +766,10 @@ void msm_cluster_cx_release(struct msm_cluster *c)
 {
     unsigned now = atomic_fetch_sub(&c->sh->active_cx, 1) - 1;
     if (now < c->cfg->max_connections) {
-        msm_stat_set(c->sh->cb.cx_open, 0);
+        msm_stat_set(c->sh->cb->cx_open, 0);
     }
     if (c->cfg->track_remaining) {
-        msm_stat_set(c->sh->cb.remaining_cx, c->cfg->max_connections - now);
+        msm_stat_set(c->sh->cb->remaining_cx, c->cfg->max_connections - now);
     }
 }
 

@@ -133,7 +133,7 @@ struct msm_dns_endpoint {
 struct msm_cluster_cfg {
     atomic_int refs;
     char *name;
-    char *stat_name; /* alt_stat_name or name */
+    char *stat_name; /* alt_stat_name, or <name> itself (not a copy) */
     /* Istio: filter_metadata istio.services[0].{host,name} (destination_service labels);
      * NULL when absent. */
     char *istio_service_host, *istio_service_name;
@@ -165,7 +165,7 @@ struct msm_cluster_cfg {
     struct msm_address *static_addrs;
     uint32_t *static_weights;
     int n_static;
-    char *eds_service_name;
+    char *eds_service_name; /* may be <name> itself */
     uint8_t *eds_source; /* eds_config (packed envoy.config.core.v3.ConfigSource), or NULL */
     size_t eds_source_len;
     /* eds_config's api_config_source (packed): the stream its EDS subscription goes on; NULL for
@@ -194,11 +194,13 @@ struct msm_cluster_shared {
     atomic_int refs;
     char *name;
     struct msm_cluster_stats stats;
-    struct msm_cb_stats cb;
+    /* circuit_breakers.default.* and outlier_detection.*: the cluster's own, or one block shared
+     * by every cluster whose stats there are all sinks (cluster.c, shared_stats) */
+    struct msm_cb_stats *cb;
     atomic_uint active_cx; /* for max_connections */
     atomic_uint rr_cursor;
     atomic_uint ejected; /* hosts currently ejected by outlier detection */
-    struct msm_outlier_stats outlier;
+    struct msm_outlier_stats *outlier;
     struct msm_cluster_http_shared http; /* router: request breakers, upstream_rq_* stats */
 };
 

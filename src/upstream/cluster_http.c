@@ -1,5 +1,8 @@
 #include "upstream/cluster_http.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,9 +41,63 @@ const struct msm_cluster_http_cfg *msm_cluster_http_cfg_of(const struct msm_clus
     return c->http ? c->http : &defaults;
 }
 
+/* A config's allocation: refcounted, since every cluster of an Istio sidecar carries the same
+ * options. The last one built is findable (weak: cleared by its last unref, under <box_mu>);
+ * cluster configs may be freed on any thread. Configs are compared bytewise: they are calloc'ed
+ * and filled from <defaults> (zero padding), and hold no owned pointers. */
+struct http_box {
+    atomic_int refs;
+    struct msm_cluster_http_cfg cfg;
+};
+
+static pthread_mutex_t box_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct http_box *box_last;
+
+static struct http_box *box_of(struct msm_cluster_http_cfg *h)
+{
+    return (struct http_box *)((char *)h - offsetof(struct http_box, cfg));
+}
+
+static struct msm_cluster_http_cfg *http_cfg_new(void)
+{
+    struct http_box *b = MSM_NEW(struct http_box);
+    atomic_init(&b->refs, 1);
+    memcpy(&b->cfg, &defaults, sizeof(defaults));
+    return &b->cfg;
+}
+
+/* <h> (just built, not shared yet), or the equal config built before it. */
+static struct msm_cluster_http_cfg *http_cfg_share(struct msm_cluster_http_cfg *h)
+{
+    struct http_box *b = box_of(h);
+    pthread_mutex_lock(&box_mu);
+    struct http_box *l = box_last;
+    if (l && !memcmp(&l->cfg, h, sizeof(*h))) {
+        atomic_fetch_add(&l->refs, 1);
+        pthread_mutex_unlock(&box_mu);
+        free(b);
+        return &l->cfg;
+    }
+    box_last = b;
+    pthread_mutex_unlock(&box_mu);
+    return h;
+}
+
 void msm_cluster_http_cfg_free(struct msm_cluster_http_cfg *h)
 {
-    free(h);
+    if (!h) {
+        return;
+    }
+    struct http_box *b = box_of(h);
+    pthread_mutex_lock(&box_mu);
+    bool last = atomic_fetch_sub(&b->refs, 1) == 1;
+    if (last && box_last == b) {
+        box_last = NULL;
+    }
+    pthread_mutex_unlock(&box_mu);
+    if (last) {
+        free(b);
+    }
 }
 
 static int h2_options(const Envoy__Config__Core__V3__Http2ProtocolOptions *p,
@@ -142,8 +199,21 @@ static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cf
     }
 }
 
+static int http_from_proto(const void *cluster_proto, struct msm_cluster_cfg *c,
+                           struct msm_err *err);
+
 int msm_cluster_http_from_proto(const void *cluster_proto, struct msm_cluster_cfg *c,
                                 struct msm_err *err)
+{
+    int rc = http_from_proto(cluster_proto, c, err);
+    if (rc == 0 && c->http) {
+        c->http = http_cfg_share(c->http);
+    }
+    return rc;
+}
+
+static int http_from_proto(const void *cluster_proto, struct msm_cluster_cfg *c,
+                           struct msm_err *err)
 {
     const Envoy__Config__Cluster__V3__Cluster *p = cluster_proto;
     const Google__Protobuf__Any *any = NULL;
@@ -159,8 +229,7 @@ int msm_cluster_http_from_proto(const void *cluster_proto, struct msm_cluster_cf
     if (!any && !legacy) {
         return 0;
     }
-    struct msm_cluster_http_cfg *h = MSM_NEW(struct msm_cluster_http_cfg);
-    *h = defaults;
+    struct msm_cluster_http_cfg *h = http_cfg_new();
     c->http = h;
     if (any) {
         if (legacy) {
@@ -258,7 +327,7 @@ static void release(atomic_uint *cur, uint32_t max, struct msm_stat *open, struc
 bool msm_cluster_rq_reserve(struct msm_cluster *c)
 {
     struct msm_cluster_shared *s = c->sh;
-    if (!reserve(&s->http.rq_active, c->cfg->max_requests, s->cb.rq_open, s->cb.remaining_rq,
+    if (!reserve(&s->http.rq_active, c->cfg->max_requests, s->cb->rq_open, s->cb->remaining_rq,
                  c->cfg->track_remaining)) {
         /* Envoy counts both pool overflows (max_requests, max_pending_requests) here. */
         msm_stat_inc(s->http.stats.upstream_rq_pending_overflow);
@@ -270,15 +339,15 @@ bool msm_cluster_rq_reserve(struct msm_cluster *c)
 void msm_cluster_rq_release(struct msm_cluster *c)
 {
     struct msm_cluster_shared *s = c->sh;
-    release(&s->http.rq_active, c->cfg->max_requests, s->cb.rq_open, s->cb.remaining_rq,
+    release(&s->http.rq_active, c->cfg->max_requests, s->cb->rq_open, s->cb->remaining_rq,
             c->cfg->track_remaining);
 }
 
 bool msm_cluster_pending_reserve(struct msm_cluster *c)
 {
     struct msm_cluster_shared *s = c->sh;
-    if (!reserve(&s->http.rq_pending, c->cfg->max_pending_requests, s->cb.rq_pending_open,
-                 s->cb.remaining_pending, c->cfg->track_remaining)) {
+    if (!reserve(&s->http.rq_pending, c->cfg->max_pending_requests, s->cb->rq_pending_open,
+                 s->cb->remaining_pending, c->cfg->track_remaining)) {
         msm_stat_inc(s->http.stats.upstream_rq_pending_overflow);
         return false;
     }
@@ -291,15 +360,15 @@ void msm_cluster_pending_release(struct msm_cluster *c)
 {
     struct msm_cluster_shared *s = c->sh;
     msm_stat_dec(s->http.stats.upstream_rq_pending_active);
-    release(&s->http.rq_pending, c->cfg->max_pending_requests, s->cb.rq_pending_open,
-            s->cb.remaining_pending, c->cfg->track_remaining);
+    release(&s->http.rq_pending, c->cfg->max_pending_requests, s->cb->rq_pending_open,
+            s->cb->remaining_pending, c->cfg->track_remaining);
 }
 
 bool msm_cluster_retry_reserve(struct msm_cluster *c)
 {
     struct msm_cluster_shared *s = c->sh;
-    if (!reserve(&s->http.retries_active, c->cfg->max_retries, s->cb.rq_retry_open,
-                 s->cb.remaining_retries, c->cfg->track_remaining)) {
+    if (!reserve(&s->http.retries_active, c->cfg->max_retries, s->cb->rq_retry_open,
+                 s->cb->remaining_retries, c->cfg->track_remaining)) {
         msm_stat_inc(s->http.stats.upstream_rq_retry_overflow);
         return false;
     }
@@ -309,8 +378,8 @@ bool msm_cluster_retry_reserve(struct msm_cluster *c)
 void msm_cluster_retry_release(struct msm_cluster *c)
 {
     struct msm_cluster_shared *s = c->sh;
-    release(&s->http.retries_active, c->cfg->max_retries, s->cb.rq_retry_open,
-            s->cb.remaining_retries, c->cfg->track_remaining);
+    release(&s->http.retries_active, c->cfg->max_retries, s->cb->rq_retry_open,
+            s->cb->remaining_retries, c->cfg->track_remaining);
 }
 
 void msm_cluster_count_status(struct msm_cluster *c, int status)

@@ -1,4 +1,5 @@
 #include "upstream/cluster_manager.h"
+#include "upstream/packed.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,8 +35,7 @@ struct cm_entry {
     bool is_static;
     char *version;
     double last_updated;
-    uint8_t *proto;
-    size_t proto_len;
+    struct msm_packed proto; /* the Cluster as received (config_dump) */
     uint64_t hash;
     struct msm_hc *hc; /* active health checking of <cur>'s hosts */
     /* Hosts of <cfg> waiting for its TLS secrets (see publish); the entry is warming. */
@@ -68,8 +68,7 @@ struct eds_sub {
 /* The last ClusterLoadAssignment per EDS service name. */
 struct eds_cache {
     char *service;
-    uint8_t *cla;
-    size_t len;
+    struct msm_packed cla;
     char *version;
     double last_updated;
     int idx; /* in cm->eds */
@@ -93,6 +92,7 @@ struct msm_cluster_manager {
     struct eds_sub *subs;             /* the groups of the last msm_cm_eds_groups */
     int n_subs;
     struct msm_cm_stats stats;
+    struct msm_packed_kind clusters_kind, cla_kind; /* references of the kept bytes */
     msm_cm_cb *changed;
     void *changed_arg;
     msm_cm_cb *init_done;
@@ -213,7 +213,7 @@ static void entry_free(struct cm_entry *e)
     msm_cluster_shared_unref(e->sh);
     msm_cluster_cfg_unref(e->cfg);
     free(e->version);
-    free(e->proto);
+    msm_packed_clear(&e->proto);
     free(e);
 }
 
@@ -230,11 +230,13 @@ void msm_cm_free(struct msm_cluster_manager *cm)
     free(cm->e);
     for (int i = 0; i < cm->n_eds; i++) {
         free(cm->eds[i]->service);
-        free(cm->eds[i]->cla);
+        msm_packed_clear(&cm->eds[i]->cla);
         free(cm->eds[i]->version);
         free(cm->eds[i]);
     }
     free(cm->eds);
+    msm_packed_kind_deinit(&cm->clusters_kind);
+    msm_packed_kind_deinit(&cm->cla_kind);
     msm_strmap_deinit(&cm->by_name);
     msm_strmap_deinit(&cm->eds_by_service);
     msm_strmap_deinit(&cm->eds_users);
@@ -669,9 +671,11 @@ int msm_cm_apply_eds_packed(struct msm_cluster_manager *cm, const void *proto,
         cm->eds[cm->n_eds++] = c;
         msm_strmap_put(&cm->eds_by_service, c->service, c, NULL);
     }
-    free(c->cla);
     free(c->version);
-    c->cla = packed_copy(&cla->base, wire, wire_len, &c->len);
+    size_t len;
+    uint8_t *own = wire ? NULL : packed_copy(&cla->base, NULL, 0, &len);
+    msm_packed_set(&cm->cla_kind, &c->cla, wire ? wire : own, wire ? wire_len : len);
+    free(own);
     c->version = msm_xstrdup(version ? version : "");
     c->last_updated = wall_now();
     return 0;
@@ -685,7 +689,7 @@ void msm_cm_remove_eds(struct msm_cluster_manager *cm, const char *service)
         cm->eds[c->idx] = cm->eds[--cm->n_eds];
         cm->eds[c->idx]->idx = c->idx;
         free(c->service);
-        free(c->cla);
+        msm_packed_clear(&c->cla);
         free(c->version);
         free(c);
     }
@@ -745,8 +749,13 @@ static void entry_start(struct cm_entry *e, bool validate_only)
     if (cfg->type == MSM_CLUSTER_EDS) {
         struct eds_cache *c = find_eds(cm, eds_name(e));
         if (c) {
+            uint8_t *tmp;
+            const uint8_t *b = msm_packed_get(&c->cla, &tmp);
             Envoy__Config__Endpoint__V3__ClusterLoadAssignment *cla =
-                envoy__config__endpoint__v3__cluster_load_assignment__unpack(NULL, c->len, c->cla);
+                b ? envoy__config__endpoint__v3__cluster_load_assignment__unpack(NULL,
+                                                                                c->cla.raw_len, b)
+                  : NULL;
+            free(tmp);
             struct msm_err err;
             if (cla && apply_cla(e, cla, &err) >= 0) {
                 e->initialized = true;
@@ -787,32 +796,47 @@ int msm_cm_add(struct msm_cluster_manager *cm, const void *proto, const char *ve
     return msm_cm_add_packed(cm, proto, NULL, 0, version, is_static, validate_only, err);
 }
 
+bool msm_cm_same_bytes(struct msm_cluster_manager *cm, const char *name, const uint8_t *bytes,
+                       size_t len, const char *version)
+{
+    struct cm_entry *old = find_entry(cm, name, NULL);
+    if (!old || old->is_static || old->proto.raw_len != len ||
+        old->hash != XXH3_64bits(bytes, len)) {
+        return false;
+    }
+    free(old->version);
+    old->version = msm_xstrdup(version ? version : "");
+    return true;
+}
+
 static int cm_add(struct msm_cluster_manager *cm, const void *proto, const uint8_t *wire,
                   size_t wire_len, const char *version, bool is_static, bool validate_only,
                   struct msm_err *err)
 {
     const ProtobufCMessage *pm = proto;
-    size_t len;
-    uint8_t *bytes = packed_copy(pm, wire, wire_len, &len);
+    size_t len = wire_len;
+    /* <own>: the message packed when it did not come with its bytes */
+    uint8_t *own = wire ? NULL : packed_copy(pm, NULL, 0, &len);
+    const uint8_t *bytes = wire ? wire : own;
     uint64_t hash = XXH3_64bits(bytes, len);
     const Envoy__Config__Cluster__V3__Cluster *p = proto;
     int idx = -1;
     struct cm_entry *old = find_entry(cm, p->name, &idx);
     if (old && old->is_static) {
-        free(bytes);
+        free(own);
         return msm_err_set(err, "cluster '%s': a static cluster cannot be %s", p->name,
                            is_static ? "defined twice (duplicate cluster name)"
                                      : "updated through CDS");
     }
     if (old && old->hash == hash) {
-        free(bytes);
+        free(own);
         free(old->version);
         old->version = msm_xstrdup(version ? version : "");
         return MSM_CM_UNCHANGED;
     }
     struct msm_cluster_cfg *cfg = msm_cluster_cfg_from_proto(proto, validate_only, err);
     if (!cfg) {
-        free(bytes);
+        free(own);
         return MSM_EINVAL;
     }
     struct cm_entry *e = MSM_NEW(struct cm_entry);
@@ -822,8 +846,8 @@ static int cm_add(struct msm_cluster_manager *cm, const void *proto, const uint8
     e->is_static = is_static;
     e->version = msm_xstrdup(version ? version : "");
     e->last_updated = wall_now();
-    e->proto = bytes;
-    e->proto_len = len;
+    msm_packed_set(&cm->clusters_kind, &e->proto, bytes, len);
+    free(own);
     e->hash = hash;
     ev_timer_init(&e->refresh, on_refresh, 0, 0);
     eds_link(e); /* before the old entry goes: a replaced cluster keeps its service name set */
@@ -1094,18 +1118,26 @@ void msm_cm_dump(const struct msm_cluster_manager *cm, msm_cm_dump_fn *fn, void 
 {
     for (int i = 0; i < cm->n; i++) {
         const struct cm_entry *e = cm->e[i];
+        uint8_t *tmp;
+        const uint8_t *b = msm_packed_get(&e->proto, &tmp);
         struct msm_cm_dump_item it = {.name = e->name, .is_static = e->is_static,
                                       .warming = !e->initialized, .version = e->version,
-                                      .last_updated = e->last_updated, .proto = e->proto,
-                                      .proto_len = e->proto_len};
+                                      .last_updated = e->last_updated, .proto = b,
+                                      .proto_len = b ? e->proto.raw_len : 0};
         fn(arg, &it);
+        free(tmp);
     }
 }
 
 void msm_cm_dump_eds(const struct msm_cluster_manager *cm, msm_cm_eds_dump_fn *fn, void *arg)
 {
     for (int i = 0; i < cm->n_eds; i++) {
-        fn(arg, cm->eds[i]->service, cm->eds[i]->cla, cm->eds[i]->len, cm->eds[i]->version,
-           cm->eds[i]->last_updated);
+        uint8_t *tmp;
+        const uint8_t *b = msm_packed_get(&cm->eds[i]->cla, &tmp);
+        if (b) {
+            fn(arg, cm->eds[i]->service, b, cm->eds[i]->cla.raw_len, cm->eds[i]->version,
+               cm->eds[i]->last_updated);
+        }
+        free(tmp);
     }
 }

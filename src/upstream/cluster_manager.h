@@ -45,6 +45,11 @@ int msm_cm_add(struct msm_cluster_manager *cm, const void *cluster_proto, const 
                bool is_static, bool validate_only, struct msm_err *err);
 /* Same, with <bytes> (<len>) a serialization of <cluster_proto> (the xDS resource as received):
  * kept for config_dump instead of packing the message again. NULL = pack. */
+/* A CDS resource resent unchanged: true (and its version recorded) when cluster <name> is a
+ * dynamic one whose bytes as received were exactly <bytes>, so there is nothing to build (what
+ * msm_cm_add_packed would return MSM_CM_UNCHANGED for, without unpacking the resource). */
+bool msm_cm_same_bytes(struct msm_cluster_manager *cm, const char *name, const uint8_t *bytes,
+                       size_t len, const char *version);
 int msm_cm_add_packed(struct msm_cluster_manager *cm, const void *cluster_proto,
                       const uint8_t *bytes, size_t len, const char *version, bool is_static,
                       bool validate_only, struct msm_err *err);

@@ -78,7 +78,7 @@ static void eject(struct msm_cluster *c, struct msm_host *h, bool enforced,
                   struct msm_stat *enforced_stat)
 {
     const struct msm_outlier_cfg *o = &c->cfg->outlier;
-    struct msm_outlier_stats *st = &c->sh->outlier;
+    struct msm_outlier_stats *st = c->sh->outlier;
     if (!enforced) {
         return;
     }
@@ -117,7 +117,7 @@ void msm_outlier_report(struct msm_cluster *c, struct msm_host *h, enum msm_outl
     if (!o->enabled) {
         return;
     }
-    struct msm_outlier_stats *st = &c->sh->outlier;
+    struct msm_outlier_stats *st = c->sh->outlier;
     if (r == MSM_OUTLIER_SUCCESS) {
         atomic_store(&h->cons_5xx, 0);
         atomic_store(&h->cons_gw, 0);
@@ -158,7 +158,7 @@ bool msm_outlier_host_ok(struct msm_cluster *c, struct msm_host *h, uint64_t now
     if (atomic_compare_exchange_strong(&h->ejected_until, &until, 0)) {
         atomic_fetch_sub(&c->sh->ejected, 1);
         msm_health_changed();
-        msm_stat_dec(c->sh->outlier.ejections_active);
+        msm_stat_dec(c->sh->outlier->ejections_active);
         atomic_store(&h->cons_5xx, 0);
         atomic_store(&h->cons_gw, 0);
         atomic_store(&h->cons_local, 0);

@@ -1,6 +1,7 @@
 /* Upstream transport sockets: a cluster's transport_socket and transport_socket_matches
  * (Istio's auto-mTLS: {tlsMode: istio} endpoints get the TLS socket, the others raw_buffer),
  * and the endpoint labels they match on. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,6 +161,36 @@ static const char *istio_workload(const Envoy__Config__Core__V3__Metadata *md)
     return NULL;
 }
 
+/* The match labels of transport_socket_matches are the same in every cluster of an Istio
+ * sidecar ({tlsMode: istio}): the last few built are kept (a reference each) and reused. */
+#define INTERN_N 4
+static pthread_mutex_t intern_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct msm_tsm_meta *interned[INTERN_N];
+static unsigned intern_next;
+
+static struct msm_tsm_meta *meta_intern(struct msm_tsm_meta *m)
+{
+    if (!m) {
+        return NULL;
+    }
+    struct msm_tsm_meta *drop = NULL;
+    pthread_mutex_lock(&intern_mu);
+    for (int i = 0; i < INTERN_N; i++) {
+        if (interned[i] && msm_tsm_meta_eq(interned[i], m)) {
+            struct msm_tsm_meta *r = msm_tsm_meta_copy(interned[i]);
+            pthread_mutex_unlock(&intern_mu);
+            msm_tsm_meta_free(m);
+            return r;
+        }
+    }
+    drop = interned[intern_next];
+    interned[intern_next] = msm_tsm_meta_copy(m);
+    intern_next = (intern_next + 1) % INTERN_N;
+    pthread_mutex_unlock(&intern_mu);
+    msm_tsm_meta_free(drop);
+    return m;
+}
+
 struct msm_tsm_meta *msm_tsm_meta_from_proto(const void *md, const void *locality_md)
 {
     const Google__Protobuf__Struct *st = tsm_struct(md);
@@ -287,7 +318,7 @@ int msm_cluster_transport_from_proto(const void *proto, struct msm_cluster_cfg *
         if (!t->name[0]) {
             return msm_err_set(err, "transport_socket_matches[%zu]: name is required", i);
         }
-        t->match = meta_from_struct(m->match, NULL);
+        t->match = meta_intern(meta_from_struct(m->match, NULL));
         snprintf(owner, sizeof(owner), "cluster '%s' transport socket match '%s'", c->name,
                  t->name);
         if (msm_tls_factory_from_proto(m->transport_socket, false, scope, owner, &t->tls, err) <

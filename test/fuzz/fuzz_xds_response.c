@@ -2,7 +2,9 @@
  * on every message: the first byte picks DiscoveryResponse (even) or DeltaDiscoveryResponse
  * (odd), the rest is the message. Every decoded resource is then encoded to JSON as
  * /config_dump would (walking nested Anys), and the ACK or NACK the client would send is
- * packed. No input may crash, leak or trip a sanitizer. */
+ * packed. With bit 1 of the first byte set, the same bytes are also decoded lazily (as the
+ * proxy's xDS client does): that must accept what the eager decoding accepts, with the same
+ * names, and each resource must then unpack. No input may crash, leak or trip a sanitizer. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct msm_xds_decoded *d = msm_xds_decode(delta, data + 1, size - 1, &err);
     if (!d) {
         return 0;
+    }
+    if (data[0] & 2) {
+        struct msm_xds_decoded *l = msm_xds_decode_ex(delta, data + 1, size - 1, true, NULL, NULL,
+                                                      &err);
+        if (!l || (!d->error && (l->error || l->n != d->n))) {
+            abort(); /* stricter than protobuf-c: a valid response would be NACKed */
+        }
+        for (int i = 0; i < l->n; i++) {
+            if (strcmp(l->res[i].name, d->res[i].name) != 0) {
+                abort();
+            }
+            if (!msm_xds_decoded_msg(l, i, &err) && !d->error) {
+                abort();
+            }
+            msm_xds_decoded_release(l, i);
+        }
+        msm_xds_decoded_free(l);
     }
     for (int i = 0; i < d->n && i < 8; i++) {
         if (!d->res[i].name || !d->res[i].version || !d->res[i].msg) {

@@ -2,6 +2,8 @@
 # matching, HCM path normalization.
 msm_unit_test(test_http_route ${CMAKE_CURRENT_LIST_DIR}/http/test_http_route.c)
 msm_unit_test(test_http_codec ${CMAKE_CURRENT_LIST_DIR}/http/test_http_codec.c)
+# Header maps (lookups, replace/remove, chunked storage) and per-request address strings.
+msm_unit_test(test_http_headers ${CMAKE_CURRENT_LIST_DIR}/http/test_http_headers.c)
 # Upgrades and CONNECT: HTTP/1.1 tunnels, the TCP tunnel codec, extended CONNECT, routes.
 msm_unit_test(test_http_upgrade ${CMAKE_CURRENT_LIST_DIR}/http/test_http_upgrade.c)
 msm_unit_test(test_http_fixtures ${CMAKE_CURRENT_LIST_DIR}/http/test_http_fixtures.c)

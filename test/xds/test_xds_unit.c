@@ -121,6 +121,101 @@ static struct msm_xds_decoded *sotw(const char *type_url, Google__Protobuf__Any 
     return d;
 }
 
+/* <res> in a SotW response, decoded eagerly (<*eager>) and lazily (returned). */
+static struct msm_xds_decoded *sotw_both(Google__Protobuf__Any **res, size_t n,
+                                         struct msm_xds_decoded **eager)
+{
+    Envoy__Service__Discovery__V3__DiscoveryResponse r =
+        ENVOY__SERVICE__DISCOVERY__V3__DISCOVERY_RESPONSE__INIT;
+    r.version_info = "v1";
+    r.nonce = "n1";
+    r.type_url = CDS;
+    r.resources = res;
+    r.n_resources = n;
+    size_t len;
+    uint8_t *b = pack(&r.base, &len);
+    struct msm_err err;
+    *eager = msm_xds_decode(false, b, len, &err);
+    struct msm_xds_decoded *d = msm_xds_decode_ex(false, b, len, true, NULL, NULL, &err);
+    free(b);
+    assert_non_null(*eager);
+    assert_non_null(d);
+    return d;
+}
+
+/* Lazy decoding (what the proxy's client does for clusters, assignments and listeners): names
+ * from the bytes, one message unpacked at a time, and every wire error protobuf-c would report
+ * found before anything is applied. */
+static void test_decode_lazy(void **state)
+{
+    (void)state;
+    Google__Protobuf__Any *a[2] = {cluster_any("a", CDS), cluster_any("b", CDS)};
+    struct msm_xds_decoded *e, *d = sotw_both(a, 2, &e);
+    assert_null(d->error);
+    assert_true(msm_xds_decoded_lazy(d));
+    assert_false(msm_xds_decoded_lazy(e));
+    assert_int_equal(d->n, 2);
+    assert_string_equal(d->res[0].name, "a");
+    assert_string_equal(d->res[1].name, "b");
+    assert_null(d->res[0].msg);
+    assert_int_equal(d->res[0].len, a[0]->value.len);
+    struct msm_err err;
+    const Envoy__Config__Cluster__V3__Cluster *c = (const void *)msm_xds_decoded_msg(d, 0, &err);
+    assert_non_null(c);
+    assert_string_equal(c->name, "a");
+    c = (const void *)msm_xds_decoded_msg(d, 1, &err);
+    assert_string_equal(c->name, "b");
+    assert_null(d->res[0].msg); /* one at a time */
+    msm_xds_decoded_release(d, 1);
+    assert_null(msm_xds_decoded_msg(d, 1, &err));
+    c = (const void *)msm_xds_decoded_msg(d, 0, &err);
+    assert_string_equal(c->name, "a");
+    msm_xds_decoded_free(d);
+    msm_xds_decoded_free(e);
+
+    /* Wire errors: each is an error of the whole response either way. A string field sent as
+     * a varint, a group, a length past the end, a one-byte tag 0, an unterminated varint. Then
+     * what protobuf-c accepts: an unknown field of each wire type and its quirks. */
+    static const struct {
+        uint8_t b[12];
+        size_t n;
+        bool ok;
+    } cases[] = {
+        {{0x08, 0x01}, 2, false},                          /* name (1) as varint */
+        {{0xa3, 0x3e, 0xa4, 0x3e}, 4, false},              /* group, field 1000 */
+        {{0x0a, 0x05, 'a'}, 3, false},                     /* name: length past the end */
+        {{0x00, 0x01}, 2, false},                          /* tag 0 */
+        {{0x0a, 0x01, 'x', 0xa8, 0x3e, 0x80}, 6, false},   /* unterminated varint */
+        {{0x0a, 0x01, 'x', 0xa8, 0x3e, 0x05}, 6, true},    /* unknown varint (1000) */
+        {{0xa9, 0x3e, 1, 2, 3, 4, 5, 6, 7, 8}, 10, true},  /* unknown 64-bit */
+        {{0xad, 0x3e, 1, 2, 3, 4}, 6, true},               /* unknown 32-bit */
+        {{0xaa, 0x3e, 0x02, 'h', 'i'}, 5, true},           /* unknown length-delimited */
+        {{0xb9, 0x02, 1, 2, 3, 4, 5, 6, 7, 8}, 10, true},  /* a bool (39) as 64-bit: protobuf-c */
+        {{0x80, 0x00, 0x01}, 3, true},                     /* field 0 in a 2-byte tag: likewise */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        Google__Protobuf__Any bad = GOOGLE__PROTOBUF__ANY__INIT;
+        bad.type_url = CDS;
+        bad.value.data = (uint8_t *)cases[i].b;
+        bad.value.len = cases[i].n;
+        Google__Protobuf__Any *one[1] = {&bad};
+        d = sotw_both(one, 1, &e);
+        if (cases[i].ok) {
+            assert_null(e->error);
+            assert_null(d->error);
+            assert_non_null(msm_xds_decoded_msg(d, 0, &err));
+        } else {
+            assert_non_null(e->error);
+            assert_non_null(d->error);
+            assert_int_equal(d->n, 0);
+        }
+        msm_xds_decoded_free(d);
+        msm_xds_decoded_free(e);
+    }
+    free_any(a[0]);
+    free_any(a[1]);
+}
+
 static void test_decode_sotw(void **state)
 {
     (void)state;
@@ -437,6 +532,7 @@ int main(void)
         cmocka_unit_test(test_decode_sotw),
         cmocka_unit_test(test_decode_sotw_wrapped),
         cmocka_unit_test(test_decode_delta),
+        cmocka_unit_test(test_decode_lazy),
         cmocka_unit_test(test_pack_sotw_nack),
         cmocka_unit_test(test_pack_delta_initial),
         cmocka_unit_test(test_targets),

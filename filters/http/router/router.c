@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buffer/recycle.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "event/deferred.h"
@@ -29,6 +30,15 @@
 #include "net/conn.h"
 #include "server/worker.h"
 #include "upstream/cluster.h"
+
+/* Bounded copy of the string <src> into <dst> (<n> bytes), truncating as snprintf would: the
+ * per-request stream-info fields are filled with this rather than snprintf("%s"). */
+static void copy_str(char *dst, size_t n, const char *src)
+{
+    size_t len = strnlen(src, n - 1);
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
 
 struct router;
 
@@ -77,8 +87,9 @@ struct router {
     /* Attempts */
     struct attempt *a;
     uint32_t attempts;
-    struct msm_host **tried;
+    struct msm_host **tried; /* tried_first, or the heap past its size (retries) */
     int n_tried;
+    struct msm_host *tried_first[2];
     bool retry_reserved;
     ev_timer timeout, per_try, backoff;
     double start, try_start;
@@ -157,6 +168,13 @@ static void apply_ops(struct router *r, struct msm_hdrs *h, bool request)
     if (rc) {
         lv[n++] = request ? &rc->req : &rc->resp;
     }
+    int n_ops = 0;
+    for (int i = 0; i < n; i++) {
+        n_ops += lv[i]->n_add + lv[i]->n_remove;
+    }
+    if (!n_ops) {
+        return; /* the common case: nothing to format the value context for */
+    }
     const struct msm_conn *dc = msm_hs_conn(r->s);
     char remote[64] = "", local[64] = "", up[64] = "";
     if (dc) {
@@ -164,7 +182,7 @@ static void apply_ops(struct router *r, struct msm_hdrs *h, bool request)
         msm_address_str(&dc->local, local, sizeof(local));
     }
     if (r->a && r->a->uc) {
-        snprintf(up, sizeof(up), "%s", msm_upconn_peer(r->a->uc));
+        copy_str(up, sizeof(up), msm_upconn_peer(r->a->uc));
     }
     struct msm_hv_ctx vc = {.downstream_remote = remote, .downstream_local = local,
                             .upstream_remote = up,
@@ -340,7 +358,7 @@ static void attempt_free(void *p)
 {
     struct attempt *a = p;
     msm_host_unref(a->host);
-    free(a);
+    msm_recycle_free(a, sizeof(*a));
 }
 
 /* Let go of attempt <a>: cancel its pool request or reset/release its stream, release its
@@ -603,14 +621,14 @@ static void on_pool_ready(void *ctx, struct msm_upconn *uc)
     a->uc = uc;
     a->cs = msm_upconn_new_stream(uc, &up_cbs, a);
     struct msm_hstream_info *info = msm_hs_info(r->s);
-    snprintf(info->upstream_host, sizeof(info->upstream_host), "%s", msm_upconn_peer(uc));
+    copy_str(info->upstream_host, sizeof(info->upstream_host), msm_upconn_peer(uc));
     /* istio.stats: the identities of the upstream TLS. */
     const struct msm_tls_info *tls = msm_upconn_tls_info(uc);
     const struct msm_address *ula = msm_upconn_local_address(uc);
     info->upstream_local = ula ? *ula : (struct msm_address){0};
-    snprintf(info->upstream_peer_san, sizeof(info->upstream_peer_san), "%s",
+    copy_str(info->upstream_peer_san, sizeof(info->upstream_peer_san),
              tls && tls->peer_cert_validated && tls->n_uri_sans ? tls->uri_sans[0] : "");
-    snprintf(info->upstream_local_san, sizeof(info->upstream_local_san), "%s",
+    copy_str(info->upstream_local_san, sizeof(info->upstream_local_san),
              tls && tls->local_uri_san ? tls->local_uri_san : "");
     msm_stat_inc(r->cluster->sh->stats.upstream_rq_total);
     msm_stat_inc(r->cluster->sh->stats.upstream_rq_active);
@@ -700,7 +718,7 @@ static void start_attempt(struct router *r)
         attempt_failed(r, MSM_RESET_OVERFLOW, NULL);
         return;
     }
-    struct attempt *a = MSM_NEW(struct attempt);
+    struct attempt *a = msm_recycle_calloc(sizeof(*a));
     a->r = r;
     a->loop = r->loop;
     a->host = h;
@@ -710,7 +728,14 @@ static void start_attempt(struct router *r)
     r->attempts++;
     msm_hs_info(r->s)->attempts = r->attempts;
     msm_hs_info(r->s)->upstream_endpoint = h; /* istio.stats: the endpoint's metadata */
-    r->tried = msm_xrealloc(r->tried, (size_t)(r->n_tried + 1) * sizeof(*r->tried));
+    if (r->n_tried < (int)MSM_ARRAY_SIZE(r->tried_first)) {
+        r->tried = r->tried_first;
+    } else if (r->tried == r->tried_first) {
+        r->tried = msm_xmalloc((size_t)(r->n_tried + 1) * sizeof(*r->tried));
+        memcpy(r->tried, r->tried_first, sizeof(r->tried_first));
+    } else {
+        r->tried = msm_xrealloc(r->tried, (size_t)(r->n_tried + 1) * sizeof(*r->tried));
+    }
     atomic_fetch_add(&h->refs, 1);
     r->tried[r->n_tried++] = h;
     /* %UPSTREAM_HOST% names the host even when it cannot be reached (UF), as Envoy does. */
@@ -774,7 +799,7 @@ static void on_per_try(struct ev_loop *loop, ev_timer *t, int revents)
 
 void *msm_router_filter_new(void *config, struct msm_http_stream *s)
 {
-    struct router *r = MSM_NEW(struct router);
+    struct router *r = msm_recycle_calloc(sizeof(*r));
     r->s = s;
     r->cfg = config;
     r->loop = msm_hs_loop(s);
@@ -994,8 +1019,8 @@ enum msm_hf_status msm_router_decode_headers(void *f, struct msm_hdrs *h, bool e
         return MSM_HF_STOP;
     }
     r->cluster = msm_cluster_ref(c);
-    snprintf(msm_hs_info(r->s)->upstream_cluster, sizeof(msm_hs_info(r->s)->upstream_cluster),
-             "%s", c->cfg->name);
+    copy_str(msm_hs_info(r->s)->upstream_cluster, sizeof(msm_hs_info(r->s)->upstream_cluster),
+             c->cfg->name);
     const struct msm_cluster_http_cfg *hc = msm_cluster_http_cfg_of(c->cfg);
     r->proto = hc->proto == MSM_UPSTREAM_HTTP2 ? MSM_HTTP_2
                : hc->proto == MSM_UPSTREAM_HTTP_DOWNSTREAM && msm_hs_protocol(r->s) == MSM_HTTP_2
@@ -1129,7 +1154,9 @@ void msm_router_filter_free(void *f)
     for (int i = 0; i < r->n_tried; i++) {
         msm_host_unref(r->tried[i]);
     }
-    free(r->tried);
+    if (r->tried != r->tried_first) {
+        free(r->tried);
+    }
     msm_cluster_unref(r->cluster);
-    free(r);
+    msm_recycle_free(r, sizeof(*r));
 }

@@ -65,7 +65,8 @@ struct hstream {
     const struct msm_route *route;
     bool route_done;
     int wc;
-    struct hfilter *f;
+    struct hfilter *f; /* recycled (buffer/recycle.h): f_size bytes */
+    size_t f_size;
     int nf;
     /* Decoding (request): headers went through filters [0, dec_pos); a filter that stopped
      * iteration holds dec_pos; frames arriving meanwhile wait in dec_buf/dec_trailers. */

@@ -1,4 +1,6 @@
 /* istio.metadata_exchange: proto -> plain-C config for both roles, and the filter ops. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +13,53 @@
 #include "filters/network/metadata_exchange/wire.h"
 
 #define STAT_PREFIX "metadata_exchange."
+
+/* The preamble is the same for every config built from the same node and labels (every
+ * cluster of an Istio sidecar has the filter): one refcounted copy is shared. The last one
+ * built is findable (weak: cleared by its last unref, under <pre_mu>); configs may be freed on
+ * any thread. */
+struct mx_preamble {
+    atomic_int refs;
+    size_t len;
+    uint8_t data[];
+};
+
+static pthread_mutex_t pre_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct mx_preamble *pre_last;
+
+static struct mx_preamble *preamble_share(uint8_t *enc, size_t len)
+{
+    pthread_mutex_lock(&pre_mu);
+    struct mx_preamble *p = pre_last;
+    if (p && p->len == len && !memcmp(p->data, enc, len)) {
+        atomic_fetch_add(&p->refs, 1);
+    } else {
+        p = msm_xmalloc(sizeof(*p) + len + 1);
+        atomic_init(&p->refs, 1);
+        p->len = len;
+        memcpy(p->data, enc, len);
+        pre_last = p;
+    }
+    pthread_mutex_unlock(&pre_mu);
+    free(enc);
+    return p;
+}
+
+static void preamble_unref(struct mx_preamble *p)
+{
+    if (!p) {
+        return;
+    }
+    pthread_mutex_lock(&pre_mu);
+    bool last = atomic_fetch_sub(&p->refs, 1) == 1;
+    if (last && pre_last == p) {
+        pre_last = NULL;
+    }
+    pthread_mutex_unlock(&pre_mu);
+    if (last) {
+        free(p);
+    }
+}
 
 json_t *msm_mx_local_exchange(char *const *additional_labels, int n_additional_labels)
 {
@@ -38,7 +87,7 @@ void msm_mx_config_free(void *config)
         free(c->additional_labels[i]);
     }
     free(c->additional_labels);
-    free(c->preamble);
+    preamble_unref(c->preamble_blob);
     if (c->has_stats) {
         msm_mx_stats_deinit(&c->stats);
     }
@@ -65,8 +114,12 @@ int msm_mx_config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
         }
     }
     json_t *ex = msm_mx_local_exchange(c->additional_labels, c->n_additional_labels);
-    c->preamble = msm_mx_preamble_encode(ex, &c->preamble_len);
+    size_t len;
+    uint8_t *enc = msm_mx_preamble_encode(ex, &len);
     json_decref(ex);
+    c->preamble_blob = preamble_share(enc, len);
+    c->preamble = c->preamble_blob->data;
+    c->preamble_len = len;
     if (ctx->stats) {
         msm_mx_stats_init(ctx->stats, STAT_PREFIX, &c->stats);
         c->has_stats = true;

@@ -54,9 +54,11 @@ struct msm_mx_config {
     char **additional_labels;
     int n_additional_labels;
     bool upstream; /* the cluster (client) role */
-    /* What we send: built once from the bootstrap node (config/node.h), which never changes. */
-    uint8_t *preamble;
+    /* What we send: built once from the bootstrap node (config/node.h), which never changes;
+     * <preamble> points into <preamble_blob>, shared by the configs with the same preamble. */
+    const uint8_t *preamble;
     size_t preamble_len;
+    struct mx_preamble *preamble_blob;
     bool has_stats;
     struct msm_mx_stats stats;
 };

@@ -19,6 +19,7 @@
 #include "admin/stats_render.h"
 #include "common/alloc.h"
 #include "config/pbjson.h"
+#include "stats/sort.h"
 #include "stats/stats.h"
 #include "stats/tags.h"
 
@@ -262,6 +263,191 @@ static void test_matcher_modes(void **state)
     msm_stats_store_free(st);
 }
 
+/* ---- streamed (resumable) renders ---------------------------------------------------------- */
+
+#define N_CLUSTERS 60
+static const char *const cluster_stats[] = {"upstream_cx_total", "upstream_rq_200",
+                                            "upstream_cx_active", "lb_healthy_panic"};
+
+/* A store with Envoy's default tags and N_CLUSTERS clusters' stats (refs in <v>). */
+static struct msm_stats_store *big_store(struct msm_stat **v, size_t *n)
+{
+    struct msm_stats_store *st = msm_stats_store_new();
+    struct msm_err err = {{0}};
+    assert_int_equal(msm_stats_configure(st, NULL, NULL, 0, &err), 0);
+    size_t k = 0;
+    for (int c = N_CLUSTERS - 1; c >= 0; c--) { /* created out of name order */
+        for (size_t i = 0; i < MSM_ARRAY_SIZE(cluster_stats); i++) {
+            v[k] = msm_stats_getf(st, i == 2 ? MSM_STAT_GAUGE : MSM_STAT_COUNTER,
+                                  "cluster.outbound|%d||svc-%d.%s", 9000 + c, c,
+                                  cluster_stats[i]);
+            msm_stat_add(v[k], (uint64_t)(c * 7 + (int)i));
+            k++;
+        }
+        v[k] = msm_stats_getf(st, MSM_STAT_HISTOGRAM, "cluster.outbound|%d||svc-%d.rq_ms",
+                              9000 + c, c);
+        msm_stat_record(v[k], (uint64_t)c);
+        k++;
+    }
+    v[k] = msm_stats_get(st, MSM_STAT_TEXT, "server.version_label");
+    msm_stat_set_text(v[k++], "1.0 \"x\"");
+    *n = k;
+    return st;
+}
+
+static char *render_stream(struct msm_stats_store *st, enum msm_sr_format fmt, size_t hint,
+                           int *calls)
+{
+    struct msm_stats_query q = {.types = MSM_SR_ALL, .text_readouts = true};
+    struct msm_stats_render *r = msm_stats_render_new(st, &q, fmt);
+    struct msm_buf out;
+    msm_buf_init(&out);
+    *calls = 0;
+    while (msm_stats_render_next(r, &out, hint)) {
+        (*calls)++;
+        assert_true(*calls < 100000);
+    }
+    msm_stats_render_free(r);
+    char *s = render(&out);
+    msm_buf_deinit(&out);
+    return s;
+}
+
+/* Slices of any size concatenate to the whole body, on a cold store (the snapshot is sorted in
+ * steps) and a warm one (the store's cached order). */
+static void test_stream_equals_whole(void **state)
+{
+    (void)state;
+    struct msm_stat *v[N_CLUSTERS * 5 + 1];
+    size_t n;
+    for (int fmt = MSM_SR_FMT_TEXT; fmt <= MSM_SR_FMT_PROMETHEUS; fmt++) {
+        struct msm_stats_store *st = big_store(v, &n);
+        int calls;
+        char *cold = render_stream(st, (enum msm_sr_format)fmt, 100, &calls);
+        assert_true(calls > 20);
+        struct msm_stats_query q = {.types = MSM_SR_ALL, .text_readouts = true};
+        struct msm_buf whole;
+        msm_buf_init(&whole);
+        if (fmt == MSM_SR_FMT_TEXT) {
+            msm_stats_render_text(st, &q, &whole);
+        } else if (fmt == MSM_SR_FMT_JSON) {
+            msm_stats_render_json(st, &q, &whole);
+        } else {
+            assert_int_equal(msm_stats_render_prometheus(st, &q, &whole), 6);
+        }
+        char *w = render(&whole);
+        assert_string_equal(cold, w);
+        char *warm = render_stream(st, (enum msm_sr_format)fmt, 1, &calls);
+        assert_string_equal(warm, w);
+        if (fmt == MSM_SR_FMT_PROMETHEUS) {
+            assert_non_null(strstr(w, "envoy_cluster_upstream_cx_total{envoy_cluster_name="
+                                      "\"outbound|9007||svc-7\"} 49\n"));
+        }
+        free(cold);
+        free(warm);
+        free(w);
+        msm_buf_deinit(&whole);
+        for (size_t i = 0; i < n; i++) {
+            msm_stat_unref(v[i]);
+        }
+        msm_stats_store_free(st);
+    }
+}
+
+/* Stats destroyed and created while a render is under way: it renders its snapshot (the
+ * destroyed ones stay alive until it ends, then go), never the new ones. */
+static void test_stream_snapshot(void **state)
+{
+    (void)state;
+    struct msm_stat *v[N_CLUSTERS * 5 + 1];
+    size_t n;
+    for (int fmt = MSM_SR_FMT_TEXT; fmt <= MSM_SR_FMT_PROMETHEUS; fmt++) {
+        struct msm_stats_store *st = big_store(v, &n);
+        int calls;
+        char *before = render_stream(st, (enum msm_sr_format)fmt, SIZE_MAX, &calls);
+        struct msm_stats_query q = {.types = MSM_SR_ALL, .text_readouts = true};
+        struct msm_stats_render *r = msm_stats_render_new(st, &q, (enum msm_sr_format)fmt);
+        struct msm_buf out;
+        msm_buf_init(&out);
+        for (int i = 0; i < 8; i++) { /* into the middle of the body */
+            assert_true(msm_stats_render_next(r, &out, 200));
+        }
+        assert_true(out.len > 0);
+        /* xDS removes half of the clusters, adds new ones */
+        for (size_t i = 0; i < n / 2; i++) {
+            msm_stat_unref(v[i]);
+            v[i] = NULL;
+        }
+        assert_non_null(msm_stats_find(st, "cluster.outbound|9059||svc-59.upstream_rq_200"));
+        struct msm_stat *fresh = msm_stats_get(st, MSM_STAT_COUNTER,
+                                               "cluster.outbound|1||new.ns;.upstream_rq_200");
+        struct msm_stat *first = msm_stats_get(st, MSM_STAT_COUNTER, "aaa.first");
+        while (msm_stats_render_next(r, &out, 200)) {
+        }
+        char *during = render(&out);
+        assert_string_equal(during, before);
+        assert_null(strstr(during, "new.ns"));
+        msm_stats_render_free(r);
+        /* the render held the last references */
+        assert_null(msm_stats_find(st, "cluster.outbound|9059||svc-59.upstream_rq_200"));
+        char *after = render_stream(st, (enum msm_sr_format)fmt, 300, &calls);
+        assert_non_null(strstr(after, fmt == MSM_SR_FMT_TEXT ? "aaa.first: 0" : "first"));
+        assert_null(strstr(after, "svc-59"));
+        free(before);
+        free(during);
+        free(after);
+        msm_buf_deinit(&out);
+        msm_stat_unref(fresh);
+        msm_stat_unref(first);
+        for (size_t i = n / 2; i < n; i++) {
+            msm_stat_unref(v[i]);
+        }
+        msm_stats_store_free(st);
+    }
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+    return strcmp(((const struct msm_sort_item *)a)->key, ((const struct msm_sort_item *)b)->key);
+}
+
+/* The stepped merge sort agrees with qsort for every size around the run length. */
+static void test_sort_steps(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {0, 1, 2, 1023, 1024, 1025, 3000, 5000};
+    unsigned seed = 7;
+    for (size_t z = 0; z < MSM_ARRAY_SIZE(sizes); z++) {
+        size_t n = sizes[z];
+        char(*keys)[12] = msm_xcalloc(n + 1, sizeof(*keys));
+        struct msm_sort_item *a = msm_xcalloc(n + 1, sizeof(*a));
+        struct msm_sort_item *b = msm_xcalloc(n + 1, sizeof(*b));
+        for (size_t i = 0; i < n; i++) {
+            seed = seed * 1103515245u + 12345u;
+            snprintf(keys[i], sizeof(keys[i]), "k%08x", seed);
+            a[i] = b[i] = (struct msm_sort_item){keys[i], (void *)(uintptr_t)i};
+        }
+        struct msm_sort s;
+        msm_sort_init(&s, a, n);
+        int steps = 0;
+        while (msm_sort_step(&s, 97)) {
+            steps++;
+        }
+        qsort(b, n, sizeof(*b), cmp_key);
+        for (size_t i = 0; i < n; i++) {
+            assert_string_equal(a[i].key, b[i].key);
+        }
+        assert_true(n < 3000 || steps > 10);
+        /* abandoning mid-way frees the scratch (leak check under ASan) */
+        msm_sort_init(&s, b, n);
+        msm_sort_step(&s, n / 2 + 1);
+        msm_sort_abandon(&s);
+        free(keys);
+        free(a);
+        free(b);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -269,6 +455,9 @@ int main(void)
         cmocka_unit_test(test_prometheus_escaping_and_usedonly),
         cmocka_unit_test(test_text_and_json),
         cmocka_unit_test(test_matcher_modes),
+        cmocka_unit_test(test_stream_equals_whole),
+        cmocka_unit_test(test_stream_snapshot),
+        cmocka_unit_test(test_sort_steps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,6 +17,7 @@
 #include "config/pbjson.h"
 #include "stats/stats.h"
 #include "upstream/cluster_manager.h"
+#include "upstream/packed.h"
 #include "upstream_fixtures.h"
 
 static ProtobufCMessage *decode(const ProtobufCMessageDescriptor *d, const char *json)
@@ -263,6 +264,57 @@ static void test_eds_groups(void **state)
     msm_cm_free(cm);
 }
 
+/* The bytes kept for /config_dump: whatever they are, they come back exactly; resources like
+ * the reference keep a fraction of their size, others become the reference. */
+static void test_packed(void **state)
+{
+    (void)state;
+    struct msm_packed_kind k = {0};
+    struct msm_packed p[64];
+    uint8_t raw[64][600];
+    size_t len[64];
+    memset(p, 0, sizeof(p));
+    uint32_t x = 12345;
+    for (int i = 0; i < 64; i++) {
+        if (i % 16 == 15) { /* noise */
+            len[i] = 100 + (size_t)i * 7;
+            for (size_t j = 0; j < len[i]; j++) {
+                x = x * 1103515245u + 12345u;
+                raw[i][j] = (uint8_t)(x >> 16);
+            }
+        } else if (i == 40) {
+            len[i] = 10; /* short: kept as is */
+            memcpy(raw[i], "tiny bytes", 10);
+        } else {
+            len[i] = (size_t)snprintf((char *)raw[i], sizeof(raw[i]),
+                                      "\x0a\x30outbound|8080||svc%d.ns%d.svc.cluster.local\x12"
+                                      "connect_timeout 10s lb LEAST_REQUEST sni "
+                                      "outbound_.8080_._.svc%d.ns%d.svc.cluster.local san "
+                                      "spiffe://cluster.local/ns/ns%d/sa/default metadata",
+                                      i, i % 5, i, i % 5, i % 5);
+        }
+        msm_packed_set(&k, &p[i], raw[i], len[i]);
+        if (i > 0 && i % 16 != 15 && i != 40) {
+            assert_true(p[i].len * 3 < len[i]); /* like the reference */
+        }
+    }
+    msm_packed_set(&k, &p[3], raw[4], len[4]); /* replaced */
+    memcpy(raw[3], raw[4], len[4]);
+    len[3] = len[4];
+    for (int i = 0; i < 64; i++) {
+        uint8_t *tmp;
+        const uint8_t *b = msm_packed_get(&p[i], &tmp);
+        assert_non_null(b);
+        assert_int_equal(p[i].raw_len, len[i]);
+        assert_memory_equal(b, raw[i], len[i]);
+        free(tmp);
+    }
+    for (int i = 0; i < 64; i++) {
+        msm_packed_clear(&p[i]);
+    }
+    msm_packed_kind_deinit(&k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -272,6 +324,7 @@ int main(void)
                                         msm_test_stats_teardown),
         cmocka_unit_test_setup_teardown(test_eds_groups, msm_test_stats_setup,
                                         msm_test_stats_teardown),
+        cmocka_unit_test(test_packed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

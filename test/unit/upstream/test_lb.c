@@ -104,9 +104,9 @@ static void test_circuit_breaker(void **state)
     assert_true(msm_cluster_cx_reserve(c));
     assert_false(msm_cluster_cx_reserve(c));
     assert_int_equal(msm_stat_value(c->sh->stats.upstream_cx_overflow), 1);
-    assert_int_equal(msm_stat_value(c->sh->cb.cx_open), 1);
+    assert_int_equal(msm_stat_value(c->sh->cb->cx_open), 1);
     msm_cluster_cx_release(c);
-    assert_int_equal(msm_stat_value(c->sh->cb.cx_open), 0);
+    assert_int_equal(msm_stat_value(c->sh->cb->cx_open), 0);
     assert_true(msm_cluster_cx_reserve(c));
     msm_cluster_cx_release(c);
     msm_cluster_cx_release(c);
@@ -177,13 +177,13 @@ static void test_outlier_ejection(void **state)
     for (int i = 0; i < 4; i++) {
         msm_outlier_report(c, bad, MSM_OUTLIER_LOCAL_FAILURE);
     }
-    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 0);
+    assert_int_equal(msm_stat_value(c->sh->outlier->ejections_active), 0);
     msm_outlier_report(c, bad, MSM_OUTLIER_SUCCESS); /* resets the streak */
     for (int i = 0; i < 5; i++) {
         msm_outlier_report(c, bad, MSM_OUTLIER_LOCAL_FAILURE);
     }
-    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 1);
-    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_enforced_consecutive_5xx), 1);
+    assert_int_equal(msm_stat_value(c->sh->outlier->ejections_active), 1);
+    assert_int_equal(msm_stat_value(c->sh->outlier->ejections_enforced_consecutive_5xx), 1);
     for (int i = 0; i < 300; i++) {
         assert_ptr_not_equal(msm_lb_choose(c, 0), bad);
     }
@@ -193,8 +193,8 @@ static void test_outlier_ejection(void **state)
             msm_outlier_report(c, c->hosts->hosts[k], MSM_OUTLIER_LOCAL_FAILURE);
         }
     }
-    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 2);
-    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_overflow), 1);
+    assert_int_equal(msm_stat_value(c->sh->outlier->ejections_active), 2);
+    assert_int_equal(msm_stat_value(c->sh->outlier->ejections_overflow), 1);
     /* Time served: the host comes back. */
     atomic_store(&bad->ejected_until, msm_mono_ms() - 1);
     bool seen = false;
@@ -202,7 +202,7 @@ static void test_outlier_ejection(void **state)
         seen |= msm_lb_choose(c, 0) == bad;
     }
     assert_true(seen);
-    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 1);
+    assert_int_equal(msm_stat_value(c->sh->outlier->ejections_active), 1);
     msm_cluster_unref(c);
 }
 

@@ -300,7 +300,7 @@ static void test_outlier_and_hc_spill(void **state)
     /* Eject two of P0 (50%): 70/30. */
     msm_outlier_report(c, c->hosts->hosts[0], MSM_OUTLIER_5XX);
     msm_outlier_report(c, c->hosts->hosts[1], MSM_OUTLIER_5XX);
-    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 2);
+    assert_int_equal(msm_stat_value(c->sh->outlier->ejections_active), 2);
     msm_prio_state(c, h, d, pn, 2);
     assert_int_equal(h[0], 70);
     assert_int_equal(h[1], 30);
@@ -320,7 +320,7 @@ static void test_outlier_and_hc_spill(void **state)
     msm_health_changed();
     msm_prio_state(c, h, d, pn, 2);
     assert_int_equal(h[0], 100);
-    assert_int_equal(msm_stat_value(c->sh->outlier.ejections_active), 0);
+    assert_int_equal(msm_stat_value(c->sh->outlier->ejections_active), 0);
     assert_true(share(c, 2, 3, 2000, 0) == 0.0); /* still failing its checks */
     msm_cluster_unref(c);
 }
