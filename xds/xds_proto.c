@@ -10,6 +10,7 @@
 #include "google/rpc/status.pb-c.h"
 
 #include "common/alloc.h"
+#include "common/pbwire.h"
 #include "config/pbjson.h"
 #include "config/types.h"
 #include "xds/strmap.h"
@@ -183,20 +184,6 @@ static bool decodes_lazily(const char *type_url)
  * wire types, tag 0, a known field with a wire type its type cannot have, a packed field whose
  * bytes are not whole elements; plus the nesting bound of msm_pb_unpack. */
 
-static bool wire_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *out)
-{
-    uint64_t v = 0;
-    for (unsigned k = 0; k < 10 && *i < len; k++) {
-        uint8_t b = p[(*i)++];
-        v |= (uint64_t)(b & 0x7f) << (7 * k);
-        if (!(b & 0x80)) {
-            *out = v;
-            return true;
-        }
-    }
-    return false;
-}
-
 /* A field's tag as protobuf-c reads it (parse_tag_and_wiretype): at most 5 bytes, the field
  * number in 32 bits (high bits of a 5th byte dropped); a one-byte tag of field 0 is an error,
  * a longer encoding of 0 is an unknown field. Returns the bytes used, 0 on error. */
@@ -252,7 +239,7 @@ static bool wire_packed_ok(unsigned elem, const uint8_t *p, size_t len)
     }
     for (size_t i = 0; i < len;) {
         uint64_t v;
-        if (!wire_varint(p, len, &i, &v)) {
+        if (!msm_pb_varint(p, len, &i, &v)) {
             return false;
         }
     }
@@ -285,7 +272,7 @@ static bool wire_ok(const ProtobufCMessageDescriptor *desc, const uint8_t *p, si
         }
         switch (wt) {
         case 0:
-            if (!wire_varint(p, len, &i, &v)) {
+            if (!msm_pb_varint(p, len, &i, &v)) {
                 return false;
             }
             break;
@@ -297,7 +284,7 @@ static bool wire_ok(const ProtobufCMessageDescriptor *desc, const uint8_t *p, si
             i += wt == 1 ? 8 : 4;
             break;
         case 2:
-            if (!wire_varint(p, len, &i, &v) || v > len - i) {
+            if (!msm_pb_varint(p, len, &i, &v) || v > len - i) {
                 return false;
             }
             if (packed && !any_type && !wire_packed_ok(want, p + i, (size_t)v)) {
@@ -335,7 +322,7 @@ static char *wire_string(struct msm_xds_arena *a, const ProtobufCFieldDescriptor
         i += used;
         switch (wt) {
         case 0:
-            wire_varint(p, len, &i, &v);
+            msm_pb_varint(p, len, &i, &v);
             break;
         case 1:
             i += 8;
@@ -344,7 +331,7 @@ static char *wire_string(struct msm_xds_arena *a, const ProtobufCFieldDescriptor
             i += 4;
             break;
         default:
-            if (!wire_varint(p, len, &i, &v) || v > len - i) {
+            if (!msm_pb_varint(p, len, &i, &v) || v > len - i) {
                 return arena_strdup(a, "");
             }
             if (id == f->id) {

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/pbwire.h"
 #include "config/pbjson-private.h"
 #include "config/pbjson.h"
 #include "config/types.h"
@@ -571,22 +572,6 @@ char *msm__camel_to_snake(const char *s)
 
 /* ---- unpacking ---------------------------------------------------------------------------- */
 
-static bool read_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *out)
-{
-    uint64_t v = 0;
-    for (unsigned shift = 0; shift < 70 && *i < len; shift += 7) {
-        uint8_t b = p[(*i)++];
-        if (shift < 64) {
-            v |= (uint64_t)(b & 0x7f) << shift;
-        }
-        if (!(b & 0x80)) {
-            *out = v;
-            return true;
-        }
-    }
-    return false;
-}
-
 /* False when sub-messages of <desc> in <p> nest deeper than the limit. Malformed wire data
  * stops the scan (true): protobuf-c's own parser then rejects it. */
 static bool wire_depth_ok(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len,
@@ -598,12 +583,12 @@ static bool wire_depth_ok(const ProtobufCMessageDescriptor *desc, const uint8_t 
     size_t i = 0;
     while (i < len) {
         uint64_t tag, v;
-        if (!read_varint(p, len, &i, &tag)) {
+        if (!msm_pb_varint(p, len, &i, &tag)) {
             return true;
         }
         switch (tag & 7) {
         case 0:
-            if (!read_varint(p, len, &i, &v)) {
+            if (!msm_pb_varint(p, len, &i, &v)) {
                 return true;
             }
             break;
@@ -620,7 +605,7 @@ static bool wire_depth_ok(const ProtobufCMessageDescriptor *desc, const uint8_t 
             i += 4;
             break;
         case 2: {
-            if (!read_varint(p, len, &i, &v) || v > len - i) {
+            if (!msm_pb_varint(p, len, &i, &v) || v > len - i) {
                 return true;
             }
             uint64_t id = tag >> 3;

@@ -77,6 +77,7 @@ enum msm_http_reset {
 
 const char *msm_http_reset_name(enum msm_http_reset r);
 
+struct ev_loop;
 struct msm_hcodec;
 struct msm_hstream;
 
@@ -155,6 +156,9 @@ struct msm_hcodec_ops {
     /* Client: may a new stream be opened now (H1: idle and reusable; H2: under the peer's
      * max concurrent streams and no GOAWAY)? */
     bool (*can_new_stream)(const struct msm_hcodec *c);
+    /* Write out now what the codec holds back until the end of the loop round (see <loop>);
+     * the owner calls it before closing the connection. Optional (NULL: nothing is held). */
+    void (*flush)(struct msm_hcodec *c);
     void (*free)(struct msm_hcodec *c);
 };
 
@@ -196,6 +200,10 @@ struct msm_hcodec {
      * before a request was announced. */
     struct msm_hstream *error_stream;
     uint64_t streams_total;
+    /* Set by the owner right after creating the codec (optional): the connection's event loop.
+     * An HTTP/2 server codec then pulls the frames of the round's encode calls from nghttp2 once,
+     * at the end of the round (event/deferred.h), instead of once per call. */
+    struct ev_loop *loop;
 };
 
 void msm_hcodec_opts_default(struct msm_hcodec_opts *o);

@@ -4,7 +4,10 @@
  * Bytes: dispatch feeds nghttp2_session_mem_recv; output is pulled with
  * nghttp2_session_mem_send after every dispatch and encode call (never from inside an nghttp2
  * callback) and handed to the owner's write callback, unless the connection's write buffer is
- * above its watermark (then frames wait in nghttp2 until it drains).
+ * above its watermark (then frames wait in nghttp2 until it drains). When the owner set the
+ * codec's loop, encode calls and releases made during a round of the event loop only mark the
+ * codec, and one pull at the end of the round takes the frames of all of them (a response's
+ * HEADERS and DATA, several streams' responses); the owner calls ops->flush before it closes.
  *
  * Per request the codec allocates little: stream structs are recycled per connection, header
  * blocks are converted on the stack, and the output and DATA scratch buffers live as long as
@@ -27,6 +30,7 @@
 
 #include "common/alloc.h"
 #include "common/err.h"
+#include "event/deferred.h"
 #include "http/codec.h"
 
 #define MAX_ADVERTISED_STREAMS 1024
@@ -34,6 +38,14 @@
 #define SPARE_STREAMS 16 /* freed stream structs a codec keeps for its next streams */
 
 struct h2;
+
+/* The end-of-round pull of a codec (flush_later). Allocated apart from the codec: a codec freed
+ * with one queued leaves it to free itself when the round's queue reaches it. */
+struct h2_flush {
+    struct msm_ready r;
+    struct h2 *c; /* NULL once the codec is freed */
+    bool queued;
+};
 
 struct h2_stream {
     struct msm_hstream s;
@@ -76,6 +88,7 @@ struct h2 {
      * pulled from nghttp2 before it goes to the owner, DATA payload handed to a stream. */
     struct msm_buf wbuf;
     struct msm_buf rbuf;
+    struct h2_flush *fl;           /* created on the first flush_later with base.loop set */
     bool wm_low_pending;           /* some stream has wm_low_pending set */
     /* The stream of the header block being received (on_begin_headers to on_stream_close):
      * spares on_header a stream map lookup per field. */
@@ -305,8 +318,8 @@ static void deliver_headers(struct h2 *c, struct h2_stream *st, bool end)
         ext_connect_to_upgrade(st, &h);
     }
     if (!st->headers_in) {
-        const char *status = msm_hdrs_get(&h, ":status");
-        if (!c->base.server && status && status[0] == '1' && strcmp(status, "101") != 0) {
+        const char *status = c->base.server ? NULL : msm_hdrs_get(&h, ":status");
+        if (status && status[0] == '1' && strcmp(status, "101") != 0) {
             if (owned(st) && st->s.cbs->on_info) {
                 st->s.cbs->on_info(st->s.ctx, &h);
             }
@@ -544,6 +557,56 @@ static void flush(struct h2 *c)
     }
 }
 
+static void on_round_flush(struct msm_ready *r)
+{
+    struct h2_flush *fl = MSM_CONTAINER_OF(r, struct h2_flush, r);
+    struct h2 *c = fl->c;
+    fl->queued = false;
+    if (!c) {
+        free(fl);
+        return;
+    }
+    bool closing = c->base.close_connection;
+    flush(c);
+    if (!closing && c->base.close_connection && c->base.cbs->on_stream_done) {
+        /* The session ended with these frames (GOAWAY received, last stream done): the owner
+         * checks close_connection when a stream finished. */
+        c->base.cbs->on_stream_done(c->base.owner);
+    }
+}
+
+/* Flush after an encode call or a release: at the end of the loop's round when the owner gave
+ * the loop (one nghttp2_session_mem_send pass and one write for the round), else now. */
+static void flush_later(struct h2 *c)
+{
+    if (c->in_dispatch) {
+        return; /* dispatch flushes when it returns */
+    }
+    if (c->base.loop) {
+        if (!c->fl) {
+            c->fl = MSM_NEW(struct h2_flush);
+            c->fl->c = c;
+            c->fl->r.fn = on_round_flush;
+        }
+        if (c->fl->queued) {
+            return;
+        }
+        if (msm_flush_defer(c->base.loop, &c->fl->r)) {
+            c->fl->queued = true;
+            return;
+        }
+    }
+    flush(c);
+}
+
+static void h2_flush_now(struct msm_hcodec *base)
+{
+    struct h2 *c = (struct h2 *)base;
+    if (c->fl && c->fl->queued) {
+        flush(c);
+    }
+}
+
 /* ---- dispatch --------------------------------------------------------------------------------- */
 
 static void end_dispatch(struct h2 *c)
@@ -739,7 +802,7 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
     if (nv != stack) {
         free(nv);
     }
-    flush(c);
+    flush_later(c);
 }
 
 static void h2_encode_100(struct msm_hstream *s)
@@ -760,7 +823,7 @@ static void resume(struct h2 *c, struct h2_stream *st)
         st->deferred = false;
         nghttp2_session_resume_data(c->ng, st->id);
     }
-    flush(c);
+    flush_later(c);
 }
 
 static void h2_encode_data(struct msm_hstream *s, struct msm_buf *data, bool end_stream)
@@ -837,9 +900,7 @@ static void h2_release(struct msm_hstream *s)
         st->unconsumed = 0;
     }
     maybe_free(c, st);
-    if (!c->in_dispatch) {
-        flush(c);
-    }
+    flush_later(c);
 }
 
 static void h2_read_disable(struct msm_hstream *s, bool disable)
@@ -952,6 +1013,11 @@ static void h2_free(struct msm_hcodec *base)
         c->spare = st->znext;
         free(st);
     }
+    if (c->fl && c->fl->queued) {
+        c->fl->c = NULL; /* the round's queue frees it */
+    } else {
+        free(c->fl);
+    }
     msm_buf_deinit(&c->wbuf);
     msm_buf_deinit(&c->rbuf);
     nghttp2_session_del(c->ng);
@@ -974,6 +1040,7 @@ static const struct msm_hcodec_ops h2_ops = {
     .close_streams = h2_close_streams,
     .conn_watermark = h2_conn_watermark,
     .can_new_stream = h2_can_new_stream,
+    .flush = h2_flush_now,
     .free = h2_free,
 };
 

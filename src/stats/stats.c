@@ -54,6 +54,7 @@ struct msm_stats_store {
     /* interned export strings (never freed before the store) */
     pthread_mutex_t intern_mu;
     char **strs;
+    uint64_t *strs_h; /* XXH3 of each strs[] entry: probes compare it before the string */
     size_t strs_cap, strs_n;
     /* interned tag-extracted name -> its interned Prometheus name (a few hundred families
      * shared by 500k stats: computed once each) */
@@ -167,6 +168,7 @@ void msm_stats_store_free(struct msm_stats_store *st)
         free(st->strs[i]);
     }
     free(st->strs);
+    free(st->strs_h);
     free(st->pm_key);
     free(st->pm_val);
     pthread_mutex_destroy(&st->intern_mu);
@@ -809,42 +811,103 @@ static char *prom_labels(const struct msm_tag *tags, int n)
     return out;
 }
 
-static const char *intern(struct msm_stats_store *st, char *s)
+/* prom_labels of extracted tags, into <out> (room for prom_labels_refs_len); returns the length. */
+static size_t prom_labels_refs_len(const struct msm_tag_ref *tags, int n)
 {
-    if (!s) {
-        return NULL;
+    size_t len = 1;
+    for (int i = 0; i < n; i++) {
+        len += strlen(tags[i].name) + 2 * tags[i].value_len + 4;
     }
-    pthread_mutex_lock(&st->intern_mu);
+    return len;
+}
+
+static size_t prom_labels_refs(const struct msm_tag_ref *tags, int n, char *out)
+{
+    char *p = out;
+    for (int i = 0; i < n; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+        sanitize_into(p, tags[i].name);
+        p += strlen(p);
+        *p++ = '=';
+        *p++ = '"';
+        for (size_t k = 0; k < tags[i].value_len; k++) {
+            char v = tags[i].value[k];
+            if (v == '\\' || v == '"') {
+                *p++ = '\\';
+                *p++ = v;
+            } else if (v == '\n') {
+                *p++ = '\\';
+                *p++ = 'n';
+            } else {
+                *p++ = v;
+            }
+        }
+        *p++ = '"';
+    }
+    *p = '\0';
+    return (size_t)(p - out);
+}
+
+/* Room for one more interned string (intern_mu held). */
+static void intern_grow(struct msm_stats_store *st)
+{
     if ((st->strs_n + 1) * 2 > st->strs_cap) {
         size_t cap = st->strs_cap ? st->strs_cap * 2 : 1024;
         char **v = msm_xcalloc(cap, sizeof(char *));
+        uint64_t *h = msm_xcalloc(cap, sizeof(*h));
         for (size_t i = 0; i < st->strs_cap; i++) {
-            char *x = st->strs[i];
-            if (x) {
-                size_t j = (size_t)XXH3_64bits(x, strlen(x)) & (cap - 1);
+            if (st->strs[i]) {
+                size_t j = (size_t)st->strs_h[i] & (cap - 1);
                 while (v[j]) {
                     j = (j + 1) & (cap - 1);
                 }
-                v[j] = x;
+                v[j] = st->strs[i];
+                h[j] = st->strs_h[i];
             }
         }
         free(st->strs);
+        free(st->strs_h);
         st->strs = v;
+        st->strs_h = h;
         st->strs_cap = cap;
     }
-    size_t i = (size_t)XXH3_64bits(s, strlen(s)) & (st->strs_cap - 1);
-    while (st->strs[i] && strcmp(st->strs[i], s) != 0) {
+}
+
+/* The interned copy of the <len> bytes at <s> (no NUL inside), made from <owned> (a malloc'ed
+ * copy, freed when the string is already there) or copied when <owned> is NULL. */
+static const char *intern_put(struct msm_stats_store *st, const char *s, size_t len, char *owned)
+{
+    uint64_t h = XXH3_64bits(s, len);
+    pthread_mutex_lock(&st->intern_mu);
+    intern_grow(st);
+    size_t i = (size_t)h & (st->strs_cap - 1);
+    while (st->strs[i] &&
+           (st->strs_h[i] != h || strncmp(st->strs[i], s, len) != 0 || st->strs[i][len])) {
         i = (i + 1) & (st->strs_cap - 1);
     }
     if (st->strs[i]) {
-        free(s);
+        free(owned);
     } else {
-        st->strs[i] = s;
+        st->strs[i] = owned ? owned : msm_xstrndup(s, len);
+        st->strs_h[i] = h;
         st->strs_n++;
     }
     const char *r = st->strs[i];
     pthread_mutex_unlock(&st->intern_mu);
     return r;
+}
+
+static const char *intern(struct msm_stats_store *st, char *s)
+{
+    return s ? intern_put(st, s, strlen(s), s) : NULL;
+}
+
+/* intern() of the <len> bytes at <s> (no NUL inside): copies them only when new. */
+static const char *intern_n(struct msm_stats_store *st, const char *s, size_t len)
+{
+    return intern_put(st, s, len, NULL);
 }
 
 /* The interned Prometheus name of interned <tag_name>, memoized per store. */
@@ -914,17 +977,51 @@ static struct msm_stat_export *export_new(struct msm_stats_store *st, const char
     return e;
 }
 
+/* The view of a stat whose tags come from tag extraction: no per-stat copies of the
+ * tag-extracted name, the tags or the labels (the interned strings are shared). */
+static struct msm_stat_export *export_extracted(struct msm_stats_store *st, const char *name)
+{
+    enum { STACK_NAME = 512, STACK_TAGS = 64, STACK_LABELS = 1024 };
+    char tn_s[STACK_NAME], lb_s[STACK_LABELS];
+    struct msm_tag_ref refs_s[STACK_TAGS];
+    size_t len = strlen(name), tn_len = 0;
+    int max = msm_tag_producer_count(st->tags);
+    char *tn = len < STACK_NAME ? tn_s : msm_xmalloc(len + 1);
+    struct msm_tag_ref *refs = max <= STACK_TAGS ? refs_s : msm_xcalloc((size_t)max, sizeof(*refs));
+    int n = msm_tag_producer_produce_refs(st->tags, name, len, tn, &tn_len, refs);
+    struct msm_stat_export *e = MSM_NEW(struct msm_stat_export);
+    e->tag_name = intern_n(st, tn, tn_len);
+    e->n_tags = n;
+    e->prom_name = prom_name_of(st, e->tag_name);
+    /* Interned strings live as long as the store: labels that name one RTSP session (a random
+     * id, a new one per session) are the view's own and go with the stat. */
+    for (int i = 0; i < n && !e->own_labels; i++) {
+        e->own_labels = !strcmp(refs[i].name, "msm.rtsp_session");
+    }
+    size_t lb_cap = prom_labels_refs_len(refs, n);
+    char *lb = !e->own_labels && lb_cap <= STACK_LABELS ? lb_s : msm_xmalloc(lb_cap);
+    size_t lb_len = prom_labels_refs(refs, n, lb);
+    if (e->own_labels) {
+        e->prom_labels = lb;
+    } else {
+        e->prom_labels = intern_n(st, lb, lb_len);
+        if (lb != lb_s) {
+            free(lb);
+        }
+    }
+    if (tn != tn_s) {
+        free(tn);
+    }
+    if (refs != refs_s) {
+        free(refs);
+    }
+    return e;
+}
+
 const struct msm_stat_export *msm_stat_export(struct msm_stat *s)
 {
     if (!s->exp) {
-        struct msm_tag *tags = NULL;
-        int n = 0;
-        char *tn = msm_tag_producer_produce(s->store->tags, s->name, &tags, &n);
-        s->exp = export_new(s->store, tn, tags, n);
-        /* Extracted tags are only needed for the label string: do not keep them. */
-        msm_tags_free(s->exp->tags, n);
-        s->exp->tags = NULL;
-        free(tn);
+        s->exp = export_extracted(s->store, s->name);
     }
     return s->exp;
 }

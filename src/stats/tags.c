@@ -3,6 +3,7 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <ctype.h>
+#include <stdint.h>
 #include <pcre2.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,17 @@
 
 #include "common/alloc.h"
 #include "server/options.h"
+
+/* A 256-bit set of the adjacent character pairs of s[0..len): a name that lacks a pair of a
+ * pre-check substring cannot contain it, so most strstr calls are skipped after one pass. */
+static void bigrams(const char *s, size_t len, uint64_t bg[4])
+{
+    bg[0] = bg[1] = bg[2] = bg[3] = 0;
+    for (size_t i = 1; i < len; i++) {
+        unsigned h = ((unsigned char)s[i - 1] * 31u + (unsigned char)s[i]) & 255u;
+        bg[h >> 6] |= (uint64_t)1 << (h & 63);
+    }
+}
 
 enum ex_kind {
     EX_REGEX = 0,
@@ -27,6 +39,7 @@ struct extractor {
     pcre2_code *re;
     int ncap;
     char *substr;   /* the name must contain it (cheap pre-check), or NULL */
+    uint64_t substr_bg[4]; /* the character pairs of <substr> (see bigrams) */
     char *negative; /* a value that does not count as a match, or NULL */
     bool re2;       /* RE2 semantics: an empty group 2 falls back to group 1 */
     /* EX_TOKENS */
@@ -38,11 +51,17 @@ struct extractor {
     bool shared_name; /* another extractor has the same tag name */
 };
 
+struct span {
+    size_t start, end;
+};
+
 struct msm_tag_producer {
     struct extractor *ex;
     int n;
     size_t cap;
     pcre2_match_data *md;
+    struct span *rm; /* removal intervals of the current extraction: one per extractor */
+    bool plain;      /* msm_tag_producer_set_plain */
 };
 
 /* ---- Envoy's built-in extractors ------------------------------------------------------------
@@ -193,6 +212,9 @@ static int add_regex(struct msm_tag_producer *p, const char *name, const char *r
     e->prefix = regex_prefix(regex);
     e->prefix_len = e->prefix ? strlen(e->prefix) : 0;
     e->substr = substr && substr[0] ? msm_xstrdup(substr) : NULL;
+    if (e->substr) {
+        bigrams(e->substr, strlen(e->substr), e->substr_bg);
+    }
     e->negative = negative ? msm_xstrdup(negative) : NULL;
     return 0;
 }
@@ -232,6 +254,7 @@ static void add_tokens(struct msm_tag_producer *p, const char *name, const char 
         e->substr = msm_xmalloc(l + 2);
         e->substr[0] = '.';
         memcpy(e->substr + 1, e->tok[best], l + 1);
+        bigrams(e->substr, l + 1, e->substr_bg);
     }
 }
 
@@ -315,6 +338,7 @@ struct msm_tag_producer *msm_tag_producer_new(const void *stats_config,
         }
     }
     p->md = pcre2_match_data_create(16, NULL);
+    p->rm = msm_xcalloc((size_t)p->n + 1, sizeof(*p->rm));
     return p;
 fail:
     msm_tag_producer_free(p);
@@ -341,7 +365,15 @@ void msm_tag_producer_free(struct msm_tag_producer *p)
     }
     free(p->ex);
     pcre2_match_data_free(p->md);
+    free(p->rm);
     free(p);
+}
+
+void msm_tag_producer_set_plain(struct msm_tag_producer *p, bool plain)
+{
+    if (p) {
+        p->plain = plain;
+    }
 }
 
 int msm_tag_producer_count(const struct msm_tag_producer *p)
@@ -360,10 +392,6 @@ void msm_tags_free(struct msm_tag *tags, int n)
 
 /* ---- extraction ----------------------------------------------------------------------------- */
 
-struct span {
-    size_t start, end;
-};
-
 #define STACK_TOKENS 32
 
 struct ctx {
@@ -375,11 +403,13 @@ struct ctx {
     int ntok;
     const char *tok_s[STACK_TOKENS];
     size_t toklen_s[STACK_TOKENS];
-    /* removal intervals and output tags */
+    uint64_t bg[4]; /* bigrams of <name> */
+    bool plain;     /* no bigram pre-filter */
+    /* removal intervals and output tags: room for one per extractor (the caller's) */
     struct span *rm;
-    size_t nrm, caprm;
-    struct msm_tag *tags;
-    size_t ntags, captags;
+    size_t nrm;
+    struct msm_tag_ref *tags;
+    size_t ntags;
 };
 
 static void tokenize(struct ctx *c)
@@ -399,20 +429,35 @@ static void tokenize(struct ctx *c)
         c->toklen = msm_xcalloc((size_t)n, sizeof(*c->toklen));
     }
     const char *s = c->name;
+    const char *end = c->name + c->len;
     for (int k = 0; k < n; k++) {
-        const char *dot = strchr(s, '.');
+        const char *dot = memchr(s, '.', (size_t)(end - s));
         c->tok[k] = s;
-        c->toklen[k] = dot ? (size_t)(dot - s) : strlen(s);
-        s = dot ? dot + 1 : s + strlen(s);
+        c->toklen[k] = dot ? (size_t)(dot - s) : (size_t)(end - s);
+        s = dot ? dot + 1 : end;
     }
     c->ntok = n;
 }
 
+/* Does the name contain <e>'s pre-check substring (true when it has none)? */
+static bool has_substr(const struct extractor *e, const struct ctx *c)
+{
+    if (!e->substr) {
+        return true;
+    }
+    for (int i = 0; i < 4 && !c->plain; i++) {
+        if (e->substr_bg[i] & ~c->bg[i]) {
+            return false;
+        }
+    }
+    return strstr(c->name, e->substr) != NULL;
+}
+
 static void push_tag(struct ctx *c, const char *name, const char *v, size_t vlen)
 {
-    c->tags = msm_xgrow(c->tags, sizeof(*c->tags), &c->captags, c->ntags + 1);
-    c->tags[c->ntags].name = msm_xstrdup(name);
-    c->tags[c->ntags].value = msm_xstrndup(v, vlen);
+    c->tags[c->ntags].name = name;
+    c->tags[c->ntags].value = v;
+    c->tags[c->ntags].value_len = vlen;
     c->ntags++;
 }
 
@@ -421,7 +466,6 @@ static void push_rm(struct ctx *c, size_t start, size_t end)
     if (end <= start) {
         return;
     }
-    c->rm = msm_xgrow(c->rm, sizeof(*c->rm), &c->caprm, c->nrm + 1);
     c->rm[c->nrm].start = start;
     c->rm[c->nrm].end = end;
     c->nrm++;
@@ -429,7 +473,7 @@ static void push_rm(struct ctx *c, size_t start, size_t end)
 
 static bool extract_regex(struct msm_tag_producer *p, const struct extractor *e, struct ctx *c)
 {
-    if (e->substr && !strstr(c->name, e->substr)) {
+    if (!has_substr(e, c)) {
         return false;
     }
     int rc = pcre2_match(e->re, (PCRE2_SPTR)c->name, c->len, 0, 0, p->md, NULL);
@@ -505,7 +549,7 @@ static bool search_tokens(const struct extractor *e, const struct ctx *c, int in
 
 static bool extract_tokens(const struct extractor *e, struct ctx *c)
 {
-    if (e->substr && !strstr(c->name, e->substr)) {
+    if (!has_substr(e, c)) {
         return false;
     }
     tokenize(c);
@@ -554,12 +598,48 @@ static void run(struct msm_tag_producer *p, const struct extractor *e, struct ct
     extract(p, e, c);
 }
 
-char *msm_tag_producer_produce(struct msm_tag_producer *p, const char *name,
-                               struct msm_tag **tags, int *n)
+/* <name> without the union of the removal intervals, into <out>; returns its length. */
+static size_t remove_spans(const struct ctx *c, char *out)
 {
-    struct ctx c = {.name = name, .len = strlen(name)};
+    /* a handful of intervals: insertion sort by start, then copy the gaps */
+    struct span *rm = c->rm;
+    for (size_t i = 1; i < c->nrm; i++) {
+        struct span x = rm[i];
+        size_t j = i;
+        for (; j > 0 && rm[j - 1].start > x.start; j--) {
+            rm[j] = rm[j - 1];
+        }
+        rm[j] = x;
+    }
+    size_t k = 0, at = 0;
+    for (size_t r = 0; r < c->nrm; r++) {
+        if (rm[r].start > at) {
+            memcpy(out + k, c->name + at, rm[r].start - at);
+            k += rm[r].start - at;
+        }
+        if (rm[r].end > at) {
+            at = rm[r].end;
+        }
+    }
+    if (at < c->len) {
+        memcpy(out + k, c->name + at, c->len - at);
+        k += c->len - at;
+    }
+    out[k] = '\0';
+    return k;
+}
+
+int msm_tag_producer_produce_refs(struct msm_tag_producer *p, const char *name, size_t len,
+                                  char *out, size_t *out_len, struct msm_tag_ref *tags)
+{
+    struct span rm_none[1];
+    struct ctx c = {.name = name, .len = len, .tags = tags, .rm = p ? p->rm : rm_none};
+    c.plain = p && p->plain;
+    if (!c.plain) {
+        bigrams(name, len, c.bg);
+    }
     if (p) {
-        const char *dot = strchr(name, '.');
+        const char *dot = memchr(name, '.', len);
         size_t flen = dot ? (size_t)(dot - name) : 0;
         for (int i = 0; i < p->n; i++) {
             if (!p->ex[i].prefix) {
@@ -573,24 +653,43 @@ char *msm_tag_producer_produce(struct msm_tag_producer *p, const char *name,
             }
         }
     }
-    char *out = msm_xmalloc(c.len + 1);
-    size_t k = 0;
-    for (size_t i = 0; i < c.len; i++) {
-        bool removed = false;
-        for (size_t r = 0; r < c.nrm && !removed; r++) {
-            removed = i >= c.rm[r].start && i < c.rm[r].end;
+    if (c.plain) {
+        size_t k = 0;
+        for (size_t i = 0; i < c.len; i++) {
+            bool removed = false;
+            for (size_t r = 0; r < c.nrm && !removed; r++) {
+                removed = i >= c.rm[r].start && i < c.rm[r].end;
+            }
+            if (!removed) {
+                out[k++] = name[i];
+            }
         }
-        if (!removed) {
-            out[k++] = name[i];
-        }
+        out[k] = '\0';
+        *out_len = k;
+    } else {
+        *out_len = remove_spans(&c, out);
     }
-    out[k] = '\0';
     if (c.tok != c.tok_s) {
         free(c.tok);
         free(c.toklen);
     }
-    free(c.rm);
-    *tags = c.tags;
-    *n = (int)c.ntags;
+    return (int)c.ntags;
+}
+
+char *msm_tag_producer_produce(struct msm_tag_producer *p, const char *name,
+                               struct msm_tag **tags, int *n)
+{
+    size_t len = strlen(name), out_len = 0;
+    char *out = msm_xmalloc(len + 1);
+    int max = p ? p->n : 0;
+    struct msm_tag_ref *refs = msm_xcalloc((size_t)max + 1, sizeof(*refs));
+    int k = msm_tag_producer_produce_refs(p, name, len, out, &out_len, refs);
+    *tags = k ? msm_xcalloc((size_t)k, sizeof(**tags)) : NULL;
+    for (int i = 0; i < k; i++) {
+        (*tags)[i].name = msm_xstrdup(refs[i].name);
+        (*tags)[i].value = msm_xstrndup(refs[i].value, refs[i].value_len);
+    }
+    free(refs);
+    *n = k;
     return out;
 }

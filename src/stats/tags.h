@@ -18,8 +18,11 @@
  * - When several extractors share a tag name (Envoy's http_conn_manager_prefix), the first one
  *   that matches wins.
  * - Fixed tags are added to every stat and remove nothing.
- * Immutable once built; msm_tag_producer_produce is not reentrant (one caller at a time: the
- * main thread). */
+ * - Fast path, same results: a name's character pairs are collected once (256-bit set) and an
+ *   extractor's literal pre-check substring is only searched when all its pairs are present;
+ *   tags point into the name and the producer (msm_tag_producer_produce_refs), no allocation.
+ * Immutable once built; msm_tag_producer_produce(_refs) is not reentrant (one caller at a time:
+ * the main thread; the match data and removal intervals are the producer's). */
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -45,5 +48,22 @@ void msm_tag_producer_free(struct msm_tag_producer *p);
 char *msm_tag_producer_produce(struct msm_tag_producer *p, const char *name,
                                struct msm_tag **tags, int *n);
 void msm_tags_free(struct msm_tag *tags, int n);
+/* One tag without copies: <name> is the producer's, <value> points into the stat name or the
+ * producer (not NUL-terminated: <value_len> bytes). */
+struct msm_tag_ref {
+    const char *name;
+    const char *value;
+    size_t value_len;
+};
+/* msm_tag_producer_produce without allocations (the hot path: one call per exported stat).
+ * <name> is NUL-terminated and <len> is strlen(name); <out> (room for len + 1) receives the
+ * tag-extracted name and *<out_len> its length; <tags> needs room for
+ * msm_tag_producer_count(p) entries. Returns the number of tags. Same results as
+ * msm_tag_producer_produce, which is built on it. */
+int msm_tag_producer_produce_refs(struct msm_tag_producer *p, const char *name, size_t len,
+                                  char *out, size_t *out_len, struct msm_tag_ref *tags);
+/* Tests: <plain> turns the pre-filters off (every pre-check substring is searched with strstr)
+ * and removes the extracted characters one by one: the reference the fast path is compared to. */
+void msm_tag_producer_set_plain(struct msm_tag_producer *p, bool plain);
 /* Number of extractors (tests, diagnostics). */
 int msm_tag_producer_count(const struct msm_tag_producer *p);

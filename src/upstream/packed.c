@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/pbwire.h"
 
 /* Encoding: a sequence of varint ops. Even op: a literal run of op/2 bytes follows. Odd op: a
  * copy of op/2 + MIN_MATCH bytes from the reference, at the varint offset that follows. */
@@ -47,37 +48,12 @@ static struct msm_packed_ref *ref_new(const uint8_t *b, size_t len)
     return r;
 }
 
-static size_t put_varint(uint8_t *o, uint64_t v)
-{
-    size_t n = 0;
-    while (v >= 0x80) {
-        o[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    o[n++] = (uint8_t)v;
-    return n;
-}
-
-static bool get_varint(const uint8_t *p, size_t len, size_t *i, uint64_t *out)
-{
-    uint64_t v = 0;
-    for (unsigned k = 0; k < 10 && *i < len; k++) {
-        uint8_t b = p[(*i)++];
-        v |= (uint64_t)(b & 0x7f) << (7 * k);
-        if (!(b & 0x80)) {
-            *out = v;
-            return true;
-        }
-    }
-    return false;
-}
-
 static size_t put_literals(uint8_t *o, const uint8_t *lit, size_t n)
 {
     if (!n) {
         return 0;
     }
-    size_t k = put_varint(o, (uint64_t)n << 1);
+    size_t k = msm_pb_put_varint(o, (uint64_t)n << 1);
     memcpy(o + k, lit, n);
     return k + n;
 }
@@ -98,8 +74,8 @@ static size_t encode(const struct msm_packed_ref *r, const uint8_t *in, size_t l
             m++;
         }
         n += put_literals(o + n, in + lit, i - lit);
-        n += put_varint(o + n, ((uint64_t)(m - MIN_MATCH) << 1) | 1);
-        n += put_varint(o + n, pos);
+        n += msm_pb_put_varint(o + n, ((uint64_t)(m - MIN_MATCH) << 1) | 1);
+        n += msm_pb_put_varint(o + n, pos);
         i += m;
         lit = i;
     }
@@ -113,7 +89,7 @@ static bool decode(const struct msm_packed_ref *r, const uint8_t *p, size_t len,
     size_t i = 0, n = 0;
     while (i < len) {
         uint64_t op, off;
-        if (!get_varint(p, len, &i, &op)) {
+        if (!msm_pb_varint(p, len, &i, &op)) {
             return false;
         }
         if (!(op & 1)) {
@@ -127,7 +103,7 @@ static bool decode(const struct msm_packed_ref *r, const uint8_t *p, size_t len,
             continue;
         }
         uint64_t k = (op >> 1) + MIN_MATCH;
-        if (!get_varint(p, len, &i, &off) || off > r->len || k > r->len - off || k > olen - n) {
+        if (!msm_pb_varint(p, len, &i, &off) || off > r->len || k > r->len - off || k > olen - n) {
             return false;
         }
         memcpy(o + n, r->data + off, (size_t)k);

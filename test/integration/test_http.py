@@ -501,6 +501,24 @@ class Http2Test(HttpTestCase):
         st = p.stats()
         self.assertEqual(st["http.ingress.downstream_cx_http2_total"], 2 + have("nghttp"))
 
+    def test_h2_last_response_flushed_before_drain_close(self):
+        # One request per connection: the response's frames, held by the codec until the end
+        # of the loop round, must leave before the drain closes the connection.
+        up = self.http_upstream()
+        p = self.proxy([{"match": {"prefix": "/"}, "route": to("up")}],
+                       [H.cluster("up", [up.address])],
+                       common_http_protocol_options={"max_requests_per_connection": 1})
+        url = "http://127.0.0.1:%d/h2/last" % p.listener_port()
+        for _ in range(3):
+            r = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "-", "-w",
+                                "\n%{http_version} %{http_code}", url], capture_output=True,
+                               timeout=10)
+            body, _, tail = r.stdout.rpartition(b"\n")
+            self.assertEqual(tail, b"2 200", r)
+            self.assertEqual(json.loads(body)["path"], "/h2/last")
+        st = p.stats()
+        self.assertEqual(st["http.ingress.downstream_cx_max_requests_reached"], 3)
+
     @unittest.skipUnless(have("h2load"), "h2load (nghttp2-client) not installed")
     def test_h2_many_concurrent_streams(self):
         up = self.http_upstream()

@@ -125,6 +125,9 @@ void msm_hcm_conn_close(struct hcm_conn *hc, enum msm_close_type how)
     ev_timer_stop(hc->loop, &hc->idle);
     ev_timer_stop(hc->loop, &hc->max_dur);
     ev_timer_stop(hc->loop, &hc->drain);
+    if (hc->codec && hc->codec->ops->flush) {
+        hc->codec->ops->flush(hc->codec); /* frames held for the end of the round go first */
+    }
     msm_filter_close(hc->h, how);
 }
 
@@ -343,6 +346,7 @@ static bool pick_codec(struct hcm_conn *hc, struct msm_buf *data)
     hc->proto = p;
     if (p == MSM_HTTP_2) {
         hc->codec = msm_http2_server_new(&cfg->h2opts, &codec_cbs, hc);
+        hc->codec->loop = hc->loop; /* one output pass per loop round (http2.c) */
         msm_stat_inc(cfg->stats.downstream_cx_http2_total);
         msm_stat_inc(cfg->stats.downstream_cx_http2_active);
     } else {

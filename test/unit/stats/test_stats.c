@@ -295,6 +295,60 @@ static void test_concurrent(void **state)
     msm_stat_unref(shared);
 }
 
+/* Export views of extracted tags: interned (two stats of one family and cluster share the
+ * strings), long names and long labels (past the stack buffers), quotes escaped. */
+static void test_export_views(void **state)
+{
+    (void)state;
+    struct msm_stats_store *st = msm_stats_store_new();
+    struct msm_err err = {{0}};
+    assert_int_equal(msm_stats_configure(st, NULL, NULL, 0, &err), 0);
+    struct msm_stat *a = msm_stats_get(st, MSM_STAT_COUNTER, "cluster.c1.upstream_rq_200");
+    struct msm_stat *b = msm_stats_get(st, MSM_STAT_COUNTER, "cluster.c2.upstream_rq_200");
+    struct msm_stat *c = msm_stats_get(st, MSM_STAT_COUNTER, "cluster.c1.upstream_rq_503");
+    const struct msm_stat_export *ea = msm_stat_export(a);
+    const struct msm_stat_export *eb = msm_stat_export(b);
+    const struct msm_stat_export *ec = msm_stat_export(c);
+    assert_string_equal(ea->tag_name, "cluster.upstream_rq");
+    assert_string_equal(ea->prom_name, "envoy_cluster_upstream_rq");
+    assert_string_equal(ea->prom_labels, "envoy_response_code=\"200\",envoy_cluster_name=\"c1\"");
+    assert_int_equal(ea->n_tags, 2);
+    assert_ptr_equal(ea->tag_name, eb->tag_name);
+    assert_ptr_equal(ea->prom_name, ec->prom_name);
+    assert_ptr_not_equal(ea->prom_labels, ec->prom_labels);
+    /* a 700-byte cluster name with a quote: the labels exceed 1 KiB once escaped */
+    char name[800], want[1600];
+    memcpy(name, "cluster.", 8);
+    for (int i = 0; i < 700; i++) {
+        name[8 + i] = i % 100 == 50 ? '"' : 'x';
+    }
+    strcpy(name + 708, ".upstream_cx_total");
+    struct msm_stat *d = msm_stats_get(st, MSM_STAT_COUNTER, name);
+    const struct msm_stat_export *ed = msm_stat_export(d);
+    assert_string_equal(ed->tag_name, "cluster.upstream_cx_total");
+    size_t k = (size_t)sprintf(want, "envoy_cluster_name=\"");
+    for (int i = 0; i < 700; i++) {
+        if (i % 100 == 50) {
+            want[k++] = '\\';
+        }
+        want[k++] = name[8 + i];
+    }
+    strcpy(want + k, "\"");
+    assert_string_equal(ed->prom_labels, want);
+    /* a name of 600 bytes nobody extracts from keeps its name */
+    memset(name, 'y', 600);
+    name[600] = '\0';
+    struct msm_stat *e = msm_stats_get(st, MSM_STAT_COUNTER, name);
+    assert_string_equal(msm_stat_export(e)->tag_name, name);
+    assert_string_equal(msm_stat_export(e)->prom_labels, "");
+    msm_stat_unref(a);
+    msm_stat_unref(b);
+    msm_stat_unref(c);
+    msm_stat_unref(d);
+    msm_stat_unref(e);
+    msm_stats_store_free(st);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -320,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_rejected_not_stored),
         cmocka_unit_test(test_sink_scope),
         cmocka_unit_test(test_join_verdicts),
+        cmocka_unit_test(test_export_views),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

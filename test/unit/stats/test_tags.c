@@ -196,12 +196,173 @@ static void test_fixed_and_cli_tags(void **state)
     assert_non_null(strstr(err.msg, "invalid regex"));
 }
 
+/* One name through the fast path and the plain one (see msm_tag_producer_set_plain): same
+ * tag-extracted name, same tags in the same order; and the allocation-free variant agrees. */
+static int compare_paths(struct msm_tag_producer *p, const char *name)
+{
+    struct msm_tag *ft = NULL, *pt = NULL;
+    int fn = 0, pn = 0;
+    msm_tag_producer_set_plain(p, false);
+    char *fast = msm_tag_producer_produce(p, name, &ft, &fn);
+    msm_tag_producer_set_plain(p, true);
+    char *plain = msm_tag_producer_produce(p, name, &pt, &pn);
+    msm_tag_producer_set_plain(p, false);
+    if (strcmp(fast, plain) != 0 || fn != pn) {
+        fail_msg("%s: fast '%s' (%d tags), plain '%s' (%d tags)", name, fast, fn, plain, pn);
+    }
+    for (int i = 0; i < fn; i++) {
+        if (strcmp(ft[i].name, pt[i].name) != 0 || strcmp(ft[i].value, pt[i].value) != 0) {
+            fail_msg("%s: tag %d fast %s=%s, plain %s=%s", name, i, ft[i].name, ft[i].value,
+                     pt[i].name, pt[i].value);
+        }
+    }
+    size_t len = strlen(name), out_len = 0;
+    char *out = msm_xmalloc(len + 1);
+    struct msm_tag_ref *refs = msm_xcalloc((size_t)msm_tag_producer_count(p) + 1, sizeof(*refs));
+    int rn = msm_tag_producer_produce_refs(p, name, len, out, &out_len, refs);
+    assert_int_equal(rn, fn);
+    assert_string_equal(out, fast);
+    assert_int_equal(out_len, strlen(fast));
+    for (int i = 0; i < rn; i++) {
+        assert_string_equal(refs[i].name, ft[i].name);
+        assert_int_equal(refs[i].value_len, strlen(ft[i].value));
+        assert_memory_equal(refs[i].value, ft[i].value, refs[i].value_len);
+    }
+    free(out);
+    free(refs);
+    int tags = fn;
+    free(fast);
+    free(plain);
+    msm_tags_free(ft, fn);
+    msm_tags_free(pt, pn);
+    return tags;
+}
+
+/* Generated names (clusters, listeners, http, tcp, rbac, media, Istio's own) under Envoy's
+ * default tags, Istio's stats_config and CLI tags: the fast path gives the plain path's result. */
+static void test_fast_path_matches_plain(void **state)
+{
+    (void)state;
+    static const char *const prefixes[] = {
+        "cluster.xds-grpc;.",
+        "cluster.outbound|9080||reviews.default.svc.cluster.local;.",
+        "cluster.outbound|80||a.b.svc.cluster.local.",
+        "cluster.c1.",
+        "cluster.rq_.",
+        "listener.0.0.0.0_15006.",
+        "listener.[::1]_80.",
+        "listener.127.0.0.1_8080.",
+        "listener.admin.",
+        "listener.virtualInbound.",
+        "http.inbound_0.0.0.0_8080;.",
+        "http.admin.",
+        "http.outbound_0.0.0.0_80.",
+        "tcp.outbound_tcp.",
+        "udp.dns.",
+        "server.",
+        "listener_manager.",
+        "cluster_manager.",
+        "vhost.vh1.",
+        "mongo.m1.",
+        "redis.r1.",
+        "rtsp.fan.",
+        "rtsp.inbound.",
+        "ratelimit.rl.",
+        "auth.clientssl.cs.",
+        "component.proxy.tag.1.24.0;.",
+        "reporter=.destination;.",
+        "",
+    };
+    static const char *const suffixes[] = {
+        "upstream_cx_total",
+        "upstream_rq_200",
+        "upstream_rq_503",
+        "upstream_rq_5xx",
+        "upstream_rq_2xx",
+        "upstream_rq_completed",
+        "upstream_rq",
+        "downstream_rq_2xx",
+        "downstream_rq_404",
+        "downstream_cx_active",
+        "ssl.ciphers.ECDHE-RSA-AES128-GCM-SHA256",
+        "ssl.curves.X25519",
+        "ssl.sigalgs.rsa_pss_rsae_sha256",
+        "ssl.versions.TLSv1.3",
+        "ssl.handshake",
+        "grpc.svc.Method.success",
+        "grpc.svc.total",
+        "ext_authz.ea.ok",
+        "http.hcm.downstream_rq_total",
+        "http.hcm.rbac.allowed",
+        "rbac.allowed",
+        "rbac.denied",
+        "rbac.shadow_allowed",
+        "worker_0.downstream_cx_total",
+        "worker_12.watchdog_miss",
+        "dynamodb.table.t1.capacity.GetItem.__partition_id=ab12cd3",
+        "dynamodb.operation.GetItem.upstream_rq_time",
+        "dynamodb.error.t1.Bad",
+        "rds.route_cfg.update_success",
+        "rds.route-cfg.1.config_reload",
+        "user_agent.ios.downstream_cx_total",
+        "fault.up.delays_injected",
+        "vcluster.vc.upstream_rq_time",
+        "route.r1.upstream_rq_time",
+        "collection.col.callsite.cs.query.total",
+        "collection.col.query.total",
+        "cmd.find.total",
+        "http_local_rate_limit.enabled",
+        "stream.cam.subscribers",
+        "session.0123abcd.client.cam.rtp_tx_packets",
+        "circuit_breakers.default.rq_open",
+        "outlier_detection.ejections_active",
+        "watchdog_miss",
+        "istio_build",
+        "a",
+        "",
+    };
+    Envoy__Config__Bootstrap__V3__Bootstrap *b = load_golden();
+    struct msm_err err = {{0}};
+    struct msm_stats_tag cli[] = {{.name = "mesh", .value = "m1"}};
+    struct msm_tag_producer *ps[] = {
+        msm_tag_producer_new(NULL, NULL, 0, &err),
+        msm_tag_producer_new(b->stats_config, NULL, 0, &err),
+        msm_tag_producer_new(NULL, cli, 1, &err),
+    };
+    int names = 0, tags = 0;
+    char name[512];
+    for (size_t k = 0; k < MSM_ARRAY_SIZE(ps); k++) {
+        assert_non_null(ps[k]);
+        for (size_t i = 0; i < MSM_ARRAY_SIZE(prefixes); i++) {
+            for (size_t j = 0; j < MSM_ARRAY_SIZE(suffixes); j++) {
+                snprintf(name, sizeof(name), "%s%s", prefixes[i], suffixes[j]);
+                tags += compare_paths(ps[k], name);
+                names++;
+                /* and the suffix alone under each first token: "cluster.upstream_rq_200" */
+                const char *dot = strchr(prefixes[i], '.');
+                if (dot) {
+                    snprintf(name, sizeof(name), "%.*s%s", (int)(dot - prefixes[i] + 1),
+                             prefixes[i], suffixes[j]);
+                    tags += compare_paths(ps[k], name);
+                    names++;
+                }
+            }
+        }
+        msm_tag_producer_free(ps[k]);
+    }
+    /* The generator reaches the extractors: most names get tags. */
+    assert_true(names > 3000);
+    assert_true(tags > names);
+    protobuf_c_message_free_unpacked(&b->base, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_istio_golden_tags),
         cmocka_unit_test(test_envoy_defaults),
         cmocka_unit_test(test_fixed_and_cli_tags),
+        cmocka_unit_test(test_fast_path_matches_plain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -178,6 +178,21 @@ static void start(struct fixture *f, bool pause_on_connect, const char *with_fin
     SSL_set0_wbio(f->peer, f->out);
 }
 
+/* One SSL_read by the peer, turning the proxy's loop until a record arrives; its length. */
+static size_t peer_read(struct fixture *f, char *buf, size_t cap)
+{
+    size_t n = 0;
+    int r = 0;
+    for (int i = 0; i < 100 && r != 1; i++) {
+        r = SSL_read_ex(f->peer, buf, cap, &n);
+        if (r != 1) {
+            turn(f);
+        }
+    }
+    assert_int_equal(r, 1);
+    return n;
+}
+
 static void finish(struct fixture *f)
 {
     if (f->c) {
@@ -319,15 +334,7 @@ static void test_data_then_close_notify(void **state)
     msm_conn_write(f.c, &b, false);
     msm_buf_deinit(&b);
     char buf[16];
-    size_t n = 0;
-    int r = 0;
-    for (int i = 0; i < 100 && r != 1; i++) {
-        r = SSL_read_ex(f.peer, buf, sizeof(buf), &n);
-        if (r != 1) {
-            turn(&f);
-        }
-    }
-    assert_int_equal(r, 1);
+    peer_read(&f, buf, sizeof(buf));
     assert_memory_equal(buf, "reply", 5);
     finish(&f);
 }
@@ -349,15 +356,7 @@ static void test_key_update(void **state)
     run_until_got(&f, "after update+");
     /* The peer reads our key update and the echo: one record for the three writes. */
     char buf[64];
-    size_t n = 0;
-    int r = 0;
-    for (int i = 0; i < 100 && r != 1; i++) {
-        r = SSL_read_ex(f.peer, buf, sizeof(buf), &n);
-        if (r != 1) {
-            turn(&f);
-        }
-    }
-    assert_int_equal(r, 1);
+    size_t n = peer_read(&f, buf, sizeof(buf));
     assert_int_equal(n, 6);
     assert_memory_equal(buf, "ababab", 6);
     finish(&f);
