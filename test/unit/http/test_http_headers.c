@@ -100,25 +100,26 @@ static void test_address_str_eq(void **state)
     (void)state;
     struct msm_address a, b;
     char s[MSM_ADDRSTRLEN];
-    assert_int_equal(msm_address_from_ip("10.1.200.3", 8080, &a, NULL), 0);
-    msm_address_str(&a, s, sizeof(s));
-    assert_string_equal(s, "10.1.200.3:8080");
-    assert_int_equal(msm_address_from_ip("0.0.0.0", 0, &a, NULL), 0);
-    msm_address_str(&a, s, sizeof(s));
-    assert_string_equal(s, "0.0.0.0:0");
-    assert_int_equal(msm_address_from_ip("255.255.255.255", 65535, &a, NULL), 0);
-    msm_address_str(&a, s, sizeof(s));
-    assert_string_equal(s, "255.255.255.255:65535");
-    msm_address_str(&a, s, 8); /* truncated as snprintf would */
+    static const struct {
+        const char *ip;
+        uint32_t port;
+        const char *want;
+    } cases[] = {
+        {"10.1.200.3", 8080, "10.1.200.3:8080"},
+        {"0.0.0.0", 0, "0.0.0.0:0"},
+        {"::1", 443, "[::1]:443"},
+        {"fe80::1:2", 15001, "[fe80::1:2]:15001"},
+        {"255.255.255.255", 65535, "255.255.255.255:65535"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(msm_address_from_ip(cases[i].ip, cases[i].port, &a, NULL), 0);
+        msm_address_str(&a, s, sizeof(s));
+        assert_string_equal(s, cases[i].want);
+    }
+    msm_address_str(&a, s, 8); /* the last case, truncated as snprintf would */
     assert_string_equal(s, "255.255");
     msm_address_str(&a, s, 1);
     assert_string_equal(s, "");
-    assert_int_equal(msm_address_from_ip("::1", 443, &a, NULL), 0);
-    msm_address_str(&a, s, sizeof(s));
-    assert_string_equal(s, "[::1]:443");
-    assert_int_equal(msm_address_from_ip("fe80::1:2", 15001, &a, NULL), 0);
-    msm_address_str(&a, s, sizeof(s));
-    assert_string_equal(s, "[fe80::1:2]:15001");
     assert_int_equal(msm_address_from_pipe("/tmp/x.sock", 0, &a, NULL), 0);
     msm_address_str(&a, s, sizeof(s));
     assert_string_equal(s, "/tmp/x.sock");
