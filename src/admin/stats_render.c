@@ -585,6 +585,8 @@ struct msm_stats_render {
     struct sel sl;
     struct msm_sort sort;
     struct msm_sort_item *keys; /* the snapshot while it is sorted */
+    bool prefetched; /* waiting for the store's sort thread (msm_stats_order_prefetch) */
+    bool no_prefetch;
     uint64_t gen; /* store generation the snapshot was taken at */
     size_t i;     /* cursor in the current step */
     int pass;     /* text/JSON: which pass of ST_EMIT */
@@ -618,7 +620,7 @@ void msm_stats_render_free(struct msm_stats_render *r)
     if (!r) {
         return;
     }
-    if (r->step == ST_SORT) {
+    if (r->step == ST_SORT && !r->prefetched) {
         msm_sort_abandon(&r->sort);
     }
     free(r->keys);
@@ -631,6 +633,20 @@ void msm_stats_render_free(struct msm_stats_render *r)
 size_t msm_stats_render_families(const struct msm_stats_render *r)
 {
     return r->families;
+}
+
+/* While the store's thread sorts the name order: compute export views (Prometheus), then wait
+ * for the thread, ~MSM_SR_STEP_MS in all. True when the order is there (in <r->sl.all>). */
+static bool prefetch_wait(struct msm_stats_render *r, double t0)
+{
+    while (r->fmt == MSM_SR_FMT_PROMETHEUS && now_ms() - t0 < MSM_SR_STEP_MS &&
+           msm_stats_prewarm(r->st, 512)) {
+    }
+    double left = MSM_SR_STEP_MS - (now_ms() - t0);
+    msm_stats_order_wait(r->st, left > 1 ? left : 1);
+    r->sl.all = msm_stats_order_get(r->st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name,
+                                    &r->sl.n_all, &r->gen);
+    return r->sl.all != NULL;
 }
 
 /* Preparation steps: each does at most ~MSM_SR_STEP_MS of work (unbounded with <unbounded>). */
@@ -646,15 +662,33 @@ static void prepare(struct msm_stats_render *r, bool unbounded)
             r->step = ST_SELECT;
             break;
         }
+        if (!unbounded && !r->no_prefetch && msm_stats_order_prefetch(r->st)) {
+            r->prefetched = true;
+            r->step = ST_SORT;
+            break;
+        }
         r->sl.all = msm_stats_list_all(r->st, false, false, &r->sl.n_all);
         r->keys = msm_xcalloc(r->sl.n_all + 1, sizeof(*r->keys));
         for (size_t i = 0; i < r->sl.n_all; i++) {
-            r->keys[i] = (struct msm_sort_item){r->sl.all[i]->name, r->sl.all[i]};
+            r->keys[i] = (struct msm_sort_item){.key = r->sl.all[i]->name, .val = r->sl.all[i]};
         }
         msm_sort_init(&r->sort, r->keys, r->sl.n_all);
         r->step = ST_SORT;
         break;
     case ST_SORT:
+        if (r->prefetched) {
+            if (prefetch_wait(r, t0)) {
+                r->prefetched = false;
+                r->step = ST_SELECT;
+            } else if (!msm_stats_order_pending(r->st)) {
+                /* Its result was stale (stats came or went): sort a snapshot here, as a store
+                 * that keeps changing could otherwise keep the thread sorting forever. */
+                r->prefetched = false;
+                r->no_prefetch = true;
+                r->step = ST_LIST;
+            }
+            break;
+        }
         if (!msm_sort_step(&r->sort, unbounded ? SIZE_MAX : MSM_SR_SORT_STEP)) {
             for (size_t i = 0; i < r->sl.n_all; i++) {
                 r->sl.all[i] = r->keys[i].val;

@@ -35,7 +35,11 @@ static void on_warm(struct ev_loop *loop, ev_idle *w, int revents)
     /* ~2000 extractions: a few milliseconds, so nothing else waits long. */
     if (!msm_stats_prewarm(f->st, 2000)) {
         ev_idle_stop(loop, w);
-        /* And the name order every export starts from (cached until a stat comes or goes). */
+        /* And the name order every export starts from (cached until a stat comes or goes): a
+         * big store sorts it in a thread, collected by the next export. */
+        if (msm_stats_order_prefetch(f->st)) {
+            return;
+        }
         size_t n = 0;
         struct msm_stat **v = msm_stats_list_ordered(f->st, MSM_STATS_ORDER_NAME,
                                                      msm_stats_cmp_name, NULL, &n);

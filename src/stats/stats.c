@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <xxhash.h>
 
 #include "envoy/config/metrics/v3/stats.pb-c.h"
@@ -51,6 +52,21 @@ struct msm_stats_store {
         struct msm_stat **v;
         size_t n;
     } orders[MSM_STATS_ORDERS];
+    /* msm_stats_order_prefetch: the name order sorted by a thread of its own */
+    struct order_job {
+        pthread_t th;
+        bool running; /* started, not joined yet */
+        atomic_bool done;
+        uint64_t gen; /* generation of the snapshot */
+        struct msm_stat **v; /* the snapshot (not referenced: see <dead>) */
+        size_t n;
+        /* Stats whose last reference went while the thread may read their names (under <mu>
+         * of the store, as <running>): destroyed when the sort is collected. */
+        struct msm_stat **dead;
+        size_t n_dead, dead_cap;
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+    } job;
     /* interned export strings (never freed before the store) */
     pthread_mutex_t intern_mu;
     char **strs;
@@ -84,6 +100,8 @@ struct msm_stats_store *msm_stats_store_new(void)
     st->slots = msm_xcalloc(st->cap, sizeof(*st->slots));
     st->htags = msm_xcalloc(st->cap, sizeof(*st->htags));
     st->cfg_gen = atomic_fetch_add(&cfg_epoch, 1) + 1;
+    pthread_mutex_init(&st->job.mu, NULL);
+    pthread_cond_init(&st->job.cv, NULL);
     for (int t = 0; t <= MSM_STAT_TEXT; t++) {
         struct msm_stat *s = &st->sinks[t];
         s->name = "";
@@ -125,6 +143,21 @@ static void export_free(struct msm_stat_export *e)
 
 static char detached_name[] = "";
 
+static void stat_destroy(struct msm_stat *s);
+
+/* The last reference to stored stat <s> went (st->mu held): destroy it, or keep it until the
+ * running prefetch sort, which may be reading its name, is collected. */
+static void stat_release(struct msm_stats_store *st, struct msm_stat *s)
+{
+    struct order_job *j = &st->job;
+    if (!j->running) {
+        stat_destroy(s);
+        return;
+    }
+    j->dead = msm_xgrow(j->dead, sizeof(*j->dead), &j->dead_cap, j->n_dead + 1);
+    j->dead[j->n_dead++] = s;
+}
+
 static void stat_destroy(struct msm_stat *s)
 {
     if (!s->detached) {
@@ -137,6 +170,8 @@ static void stat_destroy(struct msm_stat *s)
     free(s->hist_interval);
     free(s);
 }
+
+static void job_reap(struct msm_stats_store *st, bool wait);
 
 static void matcher_clear(struct msm_stats_store *st)
 {
@@ -154,6 +189,10 @@ void msm_stats_store_free(struct msm_stats_store *st)
     if (!st) {
         return;
     }
+    job_reap(st, true);
+    free(st->job.dead);
+    pthread_mutex_destroy(&st->job.mu);
+    pthread_cond_destroy(&st->job.cv);
     for (size_t i = 0; i < st->cap; i++) {
         if (st->slots[i] && st->slots[i] != &tombstone) {
             stat_destroy(st->slots[i]);
@@ -394,7 +433,7 @@ void msm_stat_unref(struct msm_stat *s)
             st->live--;
             st->generation++;
         }
-        stat_destroy(s);
+        stat_release(st, s);
     }
     pthread_mutex_unlock(&st->mu);
 }
@@ -461,7 +500,7 @@ void msm_stats_list_free(struct msm_stat **v, size_t n)
                 st->live--;
                 st->generation++;
             }
-            stat_destroy(s);
+            stat_release(st, s);
         }
     }
     pthread_mutex_unlock(&st->mu);
@@ -1061,9 +1100,113 @@ void msm_stats_reset_counters(struct msm_stats_store *st)
 
 /* ---- cached sorted lists ------------------------------------------------------------------ */
 
+static void *job_main(void *arg)
+{
+    struct order_job *j = arg;
+    qsort(j->v, j->n, sizeof(*j->v), by_name); /* reads only the names: immutable */
+    pthread_mutex_lock(&j->mu);
+    atomic_store(&j->done, true);
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* Join a finished prefetch sort (or wait for it with <wait>) and make its result the cached name
+ * order when nothing was created or destroyed since its snapshot. */
+static void job_reap(struct msm_stats_store *st, bool wait)
+{
+    struct order_job *j = &st->job;
+    if (!j->running || (!wait && !atomic_load(&j->done))) {
+        return;
+    }
+    pthread_join(j->th, NULL);
+    /* A stat that died meanwhile moved the generation: order_put does not cache the result. */
+    msm_stats_order_put(st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name, j->gen, j->v, j->n);
+    pthread_mutex_lock(&st->mu);
+    j->running = false;
+    for (size_t i = 0; i < j->n_dead; i++) {
+        stat_destroy(j->dead[i]);
+    }
+    j->n_dead = 0;
+    pthread_mutex_unlock(&st->mu);
+    free(j->v);
+    j->v = NULL;
+    j->n = 0;
+}
+
+bool msm_stats_order_prefetch(struct msm_stats_store *st)
+{
+    struct order_job *j = &st->job;
+    job_reap(st, false);
+    if (j->running) {
+        return true;
+    }
+    struct order_cache *oc = &st->orders[MSM_STATS_ORDER_NAME];
+    pthread_mutex_lock(&st->mu);
+    bool fresh = oc->valid && oc->gen == st->generation && oc->cmp == msm_stats_cmp_name;
+    bool small = st->live < MSM_STATS_PREFETCH_MIN;
+    pthread_mutex_unlock(&st->mu);
+    if (fresh || small) {
+        return false;
+    }
+    /* No references (a million atomic increments, then decrements, are cache misses on the
+     * main thread): while <running>, a stat whose last reference goes is kept (stat_release). */
+    pthread_mutex_lock(&st->mu);
+    j->v = msm_xcalloc(st->live + 1, sizeof(*j->v));
+    j->n = 0;
+    for (size_t i = 0; i < st->cap; i++) {
+        struct msm_stat *s = st->slots[i];
+        if (s && s != &tombstone && !s->hidden) {
+            j->v[j->n++] = s;
+        }
+    }
+    j->gen = st->generation;
+    j->running = true;
+    pthread_mutex_unlock(&st->mu);
+    atomic_store(&j->done, false);
+    if (pthread_create(&j->th, NULL, job_main, j) != 0) {
+        pthread_mutex_lock(&st->mu);
+        j->running = false;
+        for (size_t i = 0; i < j->n_dead; i++) {
+            stat_destroy(j->dead[i]);
+        }
+        j->n_dead = 0;
+        pthread_mutex_unlock(&st->mu);
+        free(j->v);
+        j->v = NULL;
+        j->n = 0;
+        return false;
+    }
+    return true;
+}
+
+bool msm_stats_order_pending(const struct msm_stats_store *st)
+{
+    return st->job.running;
+}
+
+void msm_stats_order_wait(struct msm_stats_store *st, double ms)
+{
+    struct order_job *j = &st->job;
+    if (!j->running) {
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ns = (long long)ts.tv_nsec + (long long)(ms * 1e6);
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    pthread_mutex_lock(&j->mu);
+    if (!atomic_load(&j->done)) {
+        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+    }
+    pthread_mutex_unlock(&j->mu);
+}
+
 struct msm_stat **msm_stats_order_get(struct msm_stats_store *st, int slot,
                                       msm_stats_cmp_fn *cmp, size_t *n, uint64_t *gen)
 {
+    job_reap(st, false);
     struct order_cache *oc = &st->orders[slot];
     struct msm_stat **v = NULL;
     pthread_mutex_lock(&st->mu);
@@ -1125,6 +1268,8 @@ int msm_stats_cmp_name(const void *a, const void *b)
 
 size_t msm_stats_prewarm(struct msm_stats_store *st, size_t budget)
 {
+    /* (also collects a finished prefetch sort, whose snapshot keeps stats alive) */
+    job_reap(st, false);
     pthread_mutex_lock(&st->mu);
     if (st->warm_done && st->warm_gen == st->generation) {
         pthread_mutex_unlock(&st->mu);

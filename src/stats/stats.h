@@ -149,6 +149,19 @@ struct msm_stat **msm_stats_order_get(struct msm_stats_store *st, int slot,
                                       msm_stats_cmp_fn *cmp, size_t *n, uint64_t *gen);
 void msm_stats_order_put(struct msm_stats_store *st, int slot, msm_stats_cmp_fn *cmp,
                          uint64_t gen, struct msm_stat *const *v, size_t n);
+/* Stores from this many stats on sort their name order in a thread (msm_stats_order_prefetch). */
+#define MSM_STATS_PREFETCH_MIN 16384
+/* Start sorting a snapshot of the visible stats by name (msm_stats_cmp_name) in a thread of its
+ * own, unless the cached order of MSM_STATS_ORDER_NAME is fresh, the store is smaller than
+ * MSM_STATS_PREFETCH_MIN or the thread cannot start; true while such a sort runs. The thread
+ * reads only the snapshot's names; its result becomes the cached order at the first
+ * msm_stats_order_get after it finished (if nothing was created or destroyed meanwhile), so a
+ * cold export does other work (tag extraction) while it sorts. Main thread. */
+bool msm_stats_order_prefetch(struct msm_stats_store *st);
+/* Wait up to <ms> milliseconds for a running prefetch sort to finish. Main thread. */
+void msm_stats_order_wait(struct msm_stats_store *st, double ms);
+/* Is a prefetch sort running (or finished and not yet collected by msm_stats_order_get)? */
+bool msm_stats_order_pending(const struct msm_stats_store *st);
 
 /* Install the bootstrap's stats_config (envoy.config.metrics.v3.StatsConfig, may be NULL) and
  * the --stats-tag tags: tag extraction and stats_matcher. Existing stats are re-evaluated.

@@ -120,9 +120,12 @@ class ObservabilityTest(H.ProxyTestCase):
         self.traffic()
         self.traffic("inbound")
         H.wait_for(lambda: "istio_tcp_sent_bytes_total{" in self.prom(), what="istio series")
-        body = self.prom()
         # The pilot dashboard's series: alt_stat_name "xds-grpc;" + Istio's cluster_name regex.
-        self.assertRegex(body, r'(?m)^envoy_cluster_upstream_cx_active\{cluster_name="xds-grpc"\} 0$')
+        # The upstream leg closes after the client's (the proxy sees the FIN first): wait for it.
+        idle = r'(?m)^envoy_cluster_upstream_cx_active\{cluster_name="xds-grpc"\} 0$'
+        H.wait_for(lambda: re.search(idle, self.prom()), what="xds-grpc upstream closed")
+        body = self.prom()
+        self.assertRegex(body, idle)
         self.assertIn("# TYPE envoy_cluster_upstream_cx_active gauge\n", body)
         self.assertRegex(body, r'(?m)^envoy_server_state\{\} 0$')
         self.assertRegex(body, r'(?m)^envoy_listener_manager_workers_started\{\} 1$')

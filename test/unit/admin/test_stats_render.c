@@ -425,7 +425,7 @@ static void test_sort_steps(void **state)
         for (size_t i = 0; i < n; i++) {
             seed = seed * 1103515245u + 12345u;
             snprintf(keys[i], sizeof(keys[i]), "k%08x", seed);
-            a[i] = b[i] = (struct msm_sort_item){keys[i], (void *)(uintptr_t)i};
+            a[i] = b[i] = (struct msm_sort_item){.key = keys[i], .val = (void *)(uintptr_t)i};
         }
         struct msm_sort s;
         msm_sort_init(&s, a, n);

@@ -14,7 +14,9 @@
 
 #include "envoy/config/metrics/v3/stats.pb-c.h"
 
+#include "common/alloc.h"
 #include "config/pbjson.h"
+#include "stats/sort.h"
 #include "stats/stats.h"
 
 #define DEMO_STATS(C, G, H) C(rx_total) G(active) H(length_ms)
@@ -364,6 +366,119 @@ static int teardown(void **state)
     return 0;
 }
 
+static int cmp_item(const void *a, const void *b)
+{
+    return strcmp(((const struct msm_sort_item *)a)->key, ((const struct msm_sort_item *)b)->key);
+}
+
+/* The stepped merge sort agrees with strcmp order on keys with long shared
+ * prefixes, keys that are prefixes of others, bytes >= 0x80, duplicates, any step budget. */
+static void test_sort_prefixes(void **state)
+{
+    (void)state;
+    static const char *parts[] = {"cluster.outbound|9080||svc-1", "cluster.outbound|9080||svc-10",
+                                  "cluster.outbound|908", "cluster.", "c", "", "\xc3\xa9x",
+                                  ".upstream_cx_total", ".upstream_cx_total_", "abcdefgh",
+                                  "abcdefghi", "abcdefgh\x7f", "abcdefgh\x80"};
+    static const size_t sizes[] = {0, 1, 2, 3, 17, 300, 2000};
+    static const size_t budgets[] = {1, 7, 1000000};
+    unsigned seed = 11;
+    for (size_t z = 0; z < MSM_ARRAY_SIZE(sizes); z++) {
+        size_t n = sizes[z];
+        char(*keys)[96] = calloc(n + 1, sizeof(*keys));
+        struct msm_sort_item *a = calloc(n + 1, sizeof(*a));
+        struct msm_sort_item *b = calloc(n + 1, sizeof(*b));
+        for (size_t i = 0; i < n; i++) {
+            size_t at = 0;
+            for (int t = 0; t < 3; t++) {
+                seed = seed * 1103515245u + 12345u;
+                const char *part = parts[(seed >> 16) % MSM_ARRAY_SIZE(parts)];
+                size_t l = strlen(part);
+                memcpy(keys[i] + at, part, l);
+                at += l;
+            }
+            keys[i][at] = '\0';
+        }
+        for (size_t bi = 0; bi < MSM_ARRAY_SIZE(budgets); bi++) {
+            for (size_t i = 0; i < n; i++) {
+                a[i] = b[i] = (struct msm_sort_item){.key = keys[i], .val = (void *)(uintptr_t)i};
+            }
+            struct msm_sort s;
+            msm_sort_init(&s, a, n);
+            while (msm_sort_step(&s, budgets[bi])) {
+            }
+            qsort(b, n, sizeof(*b), cmp_item);
+            for (size_t i = 0; i < n; i++) {
+                assert_string_equal(a[i].key, b[i].key);
+            }
+        }
+        free(keys);
+        free(a);
+        free(b);
+    }
+}
+
+/* A big store sorts its name order in a thread: the result is the order msm_stats_list gives,
+ * cached when collected; a stat created meanwhile makes it stale (not cached, nothing pending);
+ * freeing the store while the thread runs joins it (leak check under ASan). */
+static void test_order_prefetch(void **state)
+{
+    (void)state;
+    struct msm_stats_store *st = msm_stats_store_new();
+    size_t n = MSM_STATS_PREFETCH_MIN + 100;
+    struct msm_stat **mine = calloc(n, sizeof(*mine));
+    for (size_t i = 0; i < n; i++) {
+        mine[i] = msm_stats_getf(st, MSM_STAT_COUNTER, "cluster.c%zu.upstream_rq_%zu", i % 97, i);
+    }
+    assert_true(msm_stats_order_prefetch(st));
+    assert_true(msm_stats_order_pending(st));
+    for (int k = 0; k < 5000 && msm_stats_order_pending(st); k++) {
+        msm_stats_order_wait(st, 10);
+        uint64_t gen;
+        size_t got_n = 0;
+        struct msm_stat **got = msm_stats_order_get(st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name,
+                                                    &got_n, &gen);
+        if (got) {
+            size_t want_n = 0;
+            struct msm_stat **want = msm_stats_list(st, &want_n);
+            assert_int_equal(got_n, want_n);
+            for (size_t i = 0; i < got_n; i++) {
+                assert_ptr_equal(got[i], want[i]);
+            }
+            msm_stats_list_free(want, want_n);
+            msm_stats_list_free(got, got_n);
+            break;
+        }
+    }
+    assert_false(msm_stats_order_pending(st));
+    assert_false(msm_stats_order_prefetch(st)); /* the cached order is fresh */
+    /* stale: a stat comes while the thread sorts */
+    msm_stat_unref(mine[0]);
+    assert_true(msm_stats_order_prefetch(st));
+    struct msm_stat *late = msm_stats_get(st, MSM_STAT_GAUGE, "aaa.late");
+    while (msm_stats_order_pending(st)) {
+        msm_stats_order_wait(st, 10);
+        uint64_t gen;
+        size_t got_n = 0;
+        assert_null(msm_stats_order_get(st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name, &got_n,
+                                        &gen));
+    }
+    size_t k = 0;
+    struct msm_stat **v = msm_stats_list_ordered(st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name,
+                                                 NULL, &k);
+    assert_int_equal(k, n);
+    assert_string_equal(v[0]->name, "aaa.late");
+    msm_stats_list_free(v, k);
+    msm_stat_unref(late);
+    /* freed while sorting */
+    assert_true(msm_stats_order_prefetch(st));
+    for (size_t i = 1; i < n; i++) {
+        msm_stat_unref(mine[i]);
+    }
+    free(mine);
+    msm_stats_store_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -375,6 +490,8 @@ int main(void)
         cmocka_unit_test(test_sink_scope),
         cmocka_unit_test(test_join_verdicts),
         cmocka_unit_test(test_export_views),
+        cmocka_unit_test(test_sort_prefixes),
+        cmocka_unit_test(test_order_prefetch),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
