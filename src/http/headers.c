@@ -1,6 +1,5 @@
 #include "http/headers.h"
 
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,7 +44,7 @@ static char *str_alloc(struct msm_hdrs *h, size_t n)
         if (size < sizeof(*c) + n) {
             size = sizeof(*c) + n; /* a huge value gets a chunk of its own */
         }
-        c = msm_recycle_calloc(size);
+        c = msm_recycle_alloc(size); /* nothing reads past <used> */
         c->cap = (uint32_t)(size - sizeof(*c));
         c->used = 0;
         c->next = h->chunks;
@@ -70,14 +69,50 @@ void msm_hdrs_free(struct msm_hdrs *h)
     free(h);
 }
 
-/* Fill <e> with copies of name (lower-cased) and value, side by side in the map's chunks. */
+/* Copy <n> bytes of <s> to <d> with ASCII A-Z lower-cased (no locale lookup), eight bytes at a
+ * time: in each byte of the 7-bit part, adding 0x80 - 'A' sets the top bit from 'A' up and
+ * adding 0x7f - 'Z' from past 'Z' (no carry crosses bytes); bytes >= 0x80 are left alone. */
+static inline uint64_t fold_word(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    uint64_t low7 = w & ~highs;
+    uint64_t upper = ((low7 + (0x80 - 'A') * ones) ^ (low7 + (0x7f - 'Z') * ones)) & ~w & highs;
+    return w | upper >> 2; /* 0x80 >> 2 = 0x20 = 'a' - 'A' */
+}
+
+static void fold_lower(char *d, const char *s, size_t n)
+{
+    if (n < 8) {
+        uint64_t w = 0;
+        memcpy(&w, s, n);
+        w = fold_word(w);
+        memcpy(d, &w, n);
+        return;
+    }
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        w = fold_word(w);
+        memcpy(d + i, &w, 8);
+    }
+    if (n % 8) {
+        uint64_t w; /* the last eight bytes, overlapping the last word done: same result */
+        memcpy(&w, s + n - 8, 8);
+        w = fold_word(w);
+        memcpy(d + n - 8, &w, 8);
+    }
+}
+
+/* Fill <e> with copies of name (lower-cased unless <lower> says it is) and value, side by side
+ * in the map's chunks: the value always starts right after the name's NUL. */
 static void entry_set(struct msm_hdrs *h, struct msm_hdr *e, const char *name, size_t nlen,
-                      const char *value, size_t vlen)
+                      const char *value, size_t vlen, bool lower)
 {
     char *p = str_alloc(h, nlen + vlen + 2);
-    for (size_t i = 0; i < nlen; i++) {
-        char ch = name[i]; /* ASCII only, without tolower's locale lookup */
-        p[i] = ch >= 'A' && ch <= 'Z' ? (char)(ch + ('a' - 'A')) : ch;
+    if (lower) {
+        memcpy(p, name, nlen);
+    } else {
+        fold_lower(p, name, nlen);
     }
     p[nlen] = '\0';
     memcpy(p + nlen + 1, value, vlen);
@@ -86,13 +121,14 @@ static void entry_set(struct msm_hdrs *h, struct msm_hdr *e, const char *name, s
     e->value = p + nlen + 1;
     e->nlen = (uint32_t)nlen;
     e->vlen = (uint32_t)vlen;
+    h->filter |= msm_hdrs_name_bit(p, nlen);
 }
 
 static struct msm_hdr *insert_at(struct msm_hdrs *h, uint32_t pos)
 {
     if (h->n == h->cap) {
         size_t cap = h->cap ? (size_t)h->cap * 2 : FIRST_CAP;
-        struct msm_hdr *v = msm_recycle_calloc(cap * sizeof(*v));
+        struct msm_hdr *v = msm_recycle_alloc(cap * sizeof(*v)); /* [n, cap) unread */
         if (h->n) {
             memcpy(v, h->v, h->n * sizeof(*v));
         }
@@ -105,8 +141,8 @@ static struct msm_hdr *insert_at(struct msm_hdrs *h, uint32_t pos)
     return &h->v[pos];
 }
 
-void msm_hdrs_add(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
-                  size_t vlen)
+static void add(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                size_t vlen, bool lower)
 {
     uint32_t pos = h->n;
     if (nlen && name[0] == ':') {
@@ -117,8 +153,20 @@ void msm_hdrs_add(struct msm_hdrs *h, const char *name, size_t nlen, const char 
         }
     }
     struct msm_hdr *e = insert_at(h, pos);
-    entry_set(h, e, name, nlen, value, vlen);
+    entry_set(h, e, name, nlen, value, vlen, lower);
     h->bytes += nlen + vlen;
+}
+
+void msm_hdrs_add(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                  size_t vlen)
+{
+    add(h, name, nlen, value, vlen, false);
+}
+
+void msm_hdrs_add_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                     size_t vlen)
+{
+    add(h, name, nlen, value, vlen, true);
 }
 
 void msm_hdrs_addz(struct msm_hdrs *h, const char *name, const char *value)
@@ -133,9 +181,8 @@ static inline bool name_eq(const struct msm_hdr *e, const char *name, size_t nle
     return e->nlen == nlen && e->name[0] == name[0] && !memcmp(e->name, name, nlen);
 }
 
-const struct msm_hdr *msm_hdrs_find(const struct msm_hdrs *h, const char *name)
+const struct msm_hdr *msm_hdrs_findn(const struct msm_hdrs *h, const char *name, size_t nlen)
 {
-    size_t nlen = strlen(name);
     for (uint32_t i = 0; i < h->n; i++) {
         if (name_eq(&h->v[i], name, nlen)) {
             return &h->v[i];
@@ -144,15 +191,8 @@ const struct msm_hdr *msm_hdrs_find(const struct msm_hdrs *h, const char *name)
     return NULL;
 }
 
-const char *msm_hdrs_get(const struct msm_hdrs *h, const char *name)
+int msm_hdrs_countn(const struct msm_hdrs *h, const char *name, size_t nlen)
 {
-    const struct msm_hdr *e = msm_hdrs_find(h, name);
-    return e ? e->value : NULL;
-}
-
-int msm_hdrs_count(const struct msm_hdrs *h, const char *name)
-{
-    size_t nlen = strlen(name);
     int n = 0;
     for (uint32_t i = 0; i < h->n; i++) {
         n += name_eq(&h->v[i], name, nlen);
@@ -167,12 +207,15 @@ static void remove_at(struct msm_hdrs *h, uint32_t i)
     h->n--;
 }
 
-int msm_hdrs_remove(struct msm_hdrs *h, const char *name)
+/* Remove every entry matching <name> (<nlen> bytes) or, with <prefix>, starting with it. The
+ * filter keeps the removed names' bits (another name may share one; a stale bit costs a scan,
+ * rebuilding it would cost more on every removal). */
+static int remove_matching(struct msm_hdrs *h, const char *name, size_t nlen, bool prefix)
 {
-    size_t nlen = strlen(name);
     int n = 0;
     for (uint32_t i = 0; i < h->n;) {
-        if (name_eq(&h->v[i], name, nlen)) {
+        const struct msm_hdr *e = &h->v[i];
+        if (prefix ? e->nlen >= nlen && !memcmp(e->name, name, nlen) : name_eq(e, name, nlen)) {
             remove_at(h, i);
             n++;
         } else {
@@ -182,29 +225,25 @@ int msm_hdrs_remove(struct msm_hdrs *h, const char *name)
     return n;
 }
 
+int msm_hdrs_removen(struct msm_hdrs *h, const char *name, size_t nlen)
+{
+    return remove_matching(h, name, nlen, false);
+}
+
 int msm_hdrs_remove_prefix(struct msm_hdrs *h, const char *prefix)
 {
-    size_t pl = strlen(prefix);
-    int n = 0;
-    for (uint32_t i = 0; i < h->n;) {
-        if (!strncmp(h->v[i].name, prefix, pl)) {
-            remove_at(h, i);
-            n++;
-        } else {
-            i++;
-        }
-    }
-    return n;
+    return remove_matching(h, prefix, strlen(prefix), true);
 }
 
 void msm_hdrs_setn(struct msm_hdrs *h, const char *name, const char *value, size_t vlen)
 {
     size_t nlen = strlen(name);
-    for (uint32_t i = 0; i < h->n; i++) {
+    uint32_t n = h->filter & msm_hdrs_name_bit(name, nlen) ? h->n : 0; /* 0: not there */
+    for (uint32_t i = 0; i < n; i++) {
         if (name_eq(&h->v[i], name, nlen)) {
             /* Replace the first in place (keeps order), drop the others. */
             h->bytes -= h->v[i].vlen;
-            entry_set(h, &h->v[i], name, nlen, value, vlen);
+            entry_set(h, &h->v[i], name, nlen, value, vlen, true);
             h->bytes += vlen;
             for (uint32_t k = i + 1; k < h->n;) {
                 if (name_eq(&h->v[k], name, nlen)) {
@@ -226,9 +265,42 @@ void msm_hdrs_set(struct msm_hdrs *h, const char *name, const char *value)
 
 void msm_hdrs_copy(struct msm_hdrs *dst, const struct msm_hdrs *src)
 {
-    for (uint32_t i = 0; i < src->n; i++) {
-        msm_hdrs_add(dst, src->v[i].name, src->v[i].nlen, src->v[i].value, src->v[i].vlen);
+    if (dst->n || !src->n) {
+        for (uint32_t i = 0; i < src->n; i++) {
+            add(dst, src->v[i].name, src->v[i].nlen, src->v[i].value, src->v[i].vlen, true);
+        }
+        return;
     }
+    /* Into an empty map (the router's upstream request): entries in the same order (pseudo-
+     * headers already first), every name and value in one allocation, one copy per entry. */
+    size_t cap = dst->cap ? dst->cap : FIRST_CAP;
+    while (cap < (size_t)src->n + 4) {
+        cap *= 2;
+    }
+    if (cap != dst->cap) {
+        msm_recycle_free(dst->v, (size_t)dst->cap * sizeof(*dst->v));
+        dst->v = msm_recycle_alloc(cap * sizeof(*dst->v));
+        dst->cap = (uint32_t)cap;
+    }
+    size_t total = 0;
+    for (uint32_t i = 0; i < src->n; i++) {
+        total += src->v[i].nlen + src->v[i].vlen + 2;
+    }
+    char *p = str_alloc(dst, total);
+    for (uint32_t i = 0; i < src->n; i++) {
+        const struct msm_hdr *s = &src->v[i];
+        struct msm_hdr *d = &dst->v[i];
+        size_t len = s->nlen + s->vlen + 2;
+        memcpy(p, s->name, len); /* the name, its NUL, the value and its NUL */
+        d->name = p;
+        d->value = p + s->nlen + 1;
+        d->nlen = s->nlen;
+        d->vlen = s->vlen;
+        p += len;
+    }
+    dst->n = src->n;
+    dst->bytes = src->bytes;
+    dst->filter = src->filter;
 }
 
 void msm_hdrs_move(struct msm_hdrs *dst, struct msm_hdrs *src)
@@ -261,12 +333,22 @@ bool msm_http_token_in_list(const char *value, const char *tok)
     return false;
 }
 
+/* RFC 7230 tchar: ALPHA, DIGIT and "!#$%&'*+-.^_`|~" (ASCII rows of 16; bytes >= 0x80 are
+ * not). A table: every header name of every HTTP/1 message goes through here. */
+static const uint8_t tchars[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0,
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 0,
+};
+
 static bool tchar(unsigned char c)
 {
-    if (isalnum(c)) {
-        return true;
-    }
-    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    return tchars[c];
 }
 
 bool msm_http_is_token(const char *s, size_t n)
@@ -284,13 +366,40 @@ bool msm_http_is_token(const char *s, size_t n)
 
 bool msm_http_valid_value(const char *s, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    /* Eight bytes at a time: no byte below 0x20 and none equal to 0x7f (the usual case) settles
+     * a word; a word with one (HTAB, or a bad byte) is checked byte by byte below. */
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        uint64_t del = w ^ (0x7f * ones);
+        if (((w - 0x20 * ones) & ~w & highs) || ((del - ones) & ~del & highs)) {
+            break;
+        }
+    }
+    for (; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if ((c < 0x20 && c != '\t') || c == 0x7f) {
             return false;
         }
     }
     return true;
+}
+
+size_t msm_http_fmt_u64(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++) {
+        out[i] = tmp[n - 1 - i];
+    }
+    out[n] = '\0';
+    return n;
 }
 
 bool msm_http_parse_u64(const char *s, size_t n, uint64_t *out)

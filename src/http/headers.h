@@ -10,6 +10,10 @@
  *   ":path", ":authority", ":scheme" / ":status"), as Envoy does: the HTTP/1 codec builds them
  *   from the request or status line and the Host header, and emits them back as such.
  * - <bytes> is the sum of name and value lengths (limit accounting).
+ * - <filter> has one bit per name present (a one-hash Bloom filter over a mix of the length and
+ *   three bytes): a lookup of a name whose bit is clear returns at once without a scan (most
+ *   lookups miss: the connection manager and the router strip a dozen x-envoy-* names from
+ *   every request). A set bit only means "scan"; removals leave it set.
  * - The entry array and the string chunks come from per-thread recycled memory
  *   (buffer/recycle.h): a request builds and drops about half a dozen maps.
  * A map belongs to one thread (the stream's worker).
@@ -17,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct msm_hdr {
     char *name;  /* lower-case */
@@ -30,6 +35,7 @@ struct msm_hdrs {
     struct msm_hdr *v;
     uint32_t n, cap;
     size_t bytes;
+    uint64_t filter;
     /* Storage of the names and values: bump-allocated chunks freed with the map (a removed or
      * replaced entry's bytes stay until then). A map lives for one message. */
     struct msm_hdrs_chunk *chunks;
@@ -41,19 +47,57 @@ void msm_hdrs_deinit(struct msm_hdrs *h);
 void msm_hdrs_add(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
                   size_t vlen);
 void msm_hdrs_addz(struct msm_hdrs *h, const char *name, const char *value);
+/* Append a header whose <name> is already lower-case, copied as is: the HTTP/2 codecs, whose
+ * nghttp2 session (HTTP messaging on) resets a stream with an upper-case name before any
+ * callback. */
+void msm_hdrs_add_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                     size_t vlen);
+/* The filter bit of a name (see <filter>): a multiplicative mix of the length and the second,
+ * middle and last bytes, where well-known names differ (x-envoy-* share a prefix). Inline, so
+ * that for a constant name the bit is a constant and a lookup that misses costs a test. */
+static inline uint64_t msm_hdrs_name_bit(const char *name, size_t nlen)
+{
+    if (!nlen) {
+        return 1;
+    }
+    uint32_t x = (uint32_t)nlen * 0x9e3779b1u ^ (uint8_t)name[nlen - 1] * 0x85ebca6bu ^
+                 (uint8_t)name[nlen >> 1] * 0xc2b2ae35u ^ (uint8_t)name[nlen > 1] * 0x27d4eb2fu;
+    return (uint64_t)1 << (x >> 26);
+}
+/* The scans behind the lookups below, for <name> of <nlen> bytes. */
+const struct msm_hdr *msm_hdrs_findn(const struct msm_hdrs *h, const char *name, size_t nlen);
+int msm_hdrs_countn(const struct msm_hdrs *h, const char *name, size_t nlen);
+int msm_hdrs_removen(struct msm_hdrs *h, const char *name, size_t nlen);
+/* First header called <name> (lower-case), or NULL. */
+static inline const struct msm_hdr *msm_hdrs_find(const struct msm_hdrs *h, const char *name)
+{
+    size_t nlen = strlen(name);
+    return h->filter & msm_hdrs_name_bit(name, nlen) ? msm_hdrs_findn(h, name, nlen) : NULL;
+}
 /* Value of the first header called <name> (lower-case), or NULL. */
-const char *msm_hdrs_get(const struct msm_hdrs *h, const char *name);
-const struct msm_hdr *msm_hdrs_find(const struct msm_hdrs *h, const char *name);
-int msm_hdrs_count(const struct msm_hdrs *h, const char *name);
+static inline const char *msm_hdrs_get(const struct msm_hdrs *h, const char *name)
+{
+    const struct msm_hdr *e = msm_hdrs_find(h, name);
+    return e ? e->value : NULL;
+}
+static inline int msm_hdrs_count(const struct msm_hdrs *h, const char *name)
+{
+    size_t nlen = strlen(name);
+    return h->filter & msm_hdrs_name_bit(name, nlen) ? msm_hdrs_countn(h, name, nlen) : 0;
+}
 /* Replace every <name> header by one with <value> (appended when absent; pseudo-headers are
  * inserted before the first regular header). */
 void msm_hdrs_set(struct msm_hdrs *h, const char *name, const char *value);
 void msm_hdrs_setn(struct msm_hdrs *h, const char *name, const char *value, size_t vlen);
 /* Remove every <name> header; returns how many were removed. */
-int msm_hdrs_remove(struct msm_hdrs *h, const char *name);
+static inline int msm_hdrs_remove(struct msm_hdrs *h, const char *name)
+{
+    size_t nlen = strlen(name);
+    return h->filter & msm_hdrs_name_bit(name, nlen) ? msm_hdrs_removen(h, name, nlen) : 0;
+}
 /* Remove every header whose name starts with <prefix>. */
 int msm_hdrs_remove_prefix(struct msm_hdrs *h, const char *prefix);
-/* Append a copy of every header of <src> to <dst>. */
+/* Append a copy of every header of <src> to <dst> (one allocation when <dst> is empty). */
 void msm_hdrs_copy(struct msm_hdrs *dst, const struct msm_hdrs *src);
 /* Move everything from <src> into the empty <dst>; <src> becomes empty. */
 void msm_hdrs_move(struct msm_hdrs *dst, struct msm_hdrs *src);
@@ -69,5 +113,8 @@ bool msm_http_is_token(const char *s, size_t n);
 bool msm_http_valid_value(const char *s, size_t n);
 /* Canonical reason phrase of <code> ("Not Found"), "Unknown" when none. */
 const char *msm_http_reason(int code);
+/* Write <v> in decimal and a NUL to <out> (21 bytes fit any value); returns the length. For
+ * per-request header values, without snprintf's cost. */
+size_t msm_http_fmt_u64(char *out, uint64_t v);
 /* Parse a non-negative decimal without sign or spaces into *out; false on garbage/overflow. */
 bool msm_http_parse_u64(const char *s, size_t n, uint64_t *out);

@@ -573,13 +573,13 @@ static int cli_headers_complete(http_parser *p)
     if (status < 100 || status > 999) {
         return fail(c, "http1.invalid_status", 0);
     }
+    /* The parsed headers become the response map as they are, :status in front. */
+    char code[4] = {(char)('0' + status / 100), (char)('0' + status / 10 % 10),
+                    (char)('0' + status % 10), '\0'};
+    msm_hdrs_add_lc(&c->hdrs, ":status", 7, code, 3);
     struct msm_hdrs h;
     msm_hdrs_init(&h);
-    char code[8];
-    snprintf(code, sizeof(code), "%d", status);
-    msm_hdrs_addz(&h, ":status", code);
-    msm_hdrs_copy(&h, &c->hdrs);
-    msm_hdrs_deinit(&c->hdrs);
+    msm_hdrs_move(&h, &c->hdrs);
     if (status == 101 && !st->upgrade_req) {
         msm_hdrs_deinit(&h);
         return fail(c, "http1.unexpected_101", 0);

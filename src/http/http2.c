@@ -71,6 +71,8 @@ struct h2_stream {
     bool active;                   /* counted in http2.streams_active */
     bool ext_connect;              /* server: an RFC 8441 extended CONNECT, handed on as an
                                     * HTTP/1.1-style upgrade; its 101 goes out as 200 */
+    char *ext_proto;               /* client: the Upgrade sent as an extended CONNECT (its 200
+                                    * comes back as a 101 with this Upgrade) */
     bool disposed;                 /* freed or queued for freeing (maybe_free ran) */
     int read_disabled;
     size_t unconsumed;
@@ -102,6 +104,7 @@ struct h2 {
     uint32_t empty_frames;
     uint32_t premature_resets;
     int32_t last_peer_stream;
+    bool settings_in;              /* the peer's SETTINGS arrived (client: extended CONNECT) */
 };
 
 static void flush(struct h2 *c);
@@ -128,6 +131,7 @@ static bool owned(const struct h2_stream *st)
 
 static void stream_free(struct h2_stream *st)
 {
+    free(st->ext_proto);
     msm_hdrs_deinit(&st->in);
     msm_buf_deinit(&st->out);
     msm_hdrs_free(st->out_trailers);
@@ -141,6 +145,8 @@ static void stream_recycle(struct h2 *c, struct h2_stream *st)
         stream_free(st);
         return;
     }
+    free(st->ext_proto);
+    st->ext_proto = NULL;
     msm_hdrs_deinit(&st->in);
     msm_buf_deinit(&st->out);
     msm_hdrs_free(st->out_trailers);
@@ -275,7 +281,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         H2_INC(c, header_overflow);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    msm_hdrs_add(&st->in, (const char *)name, nlen, (const char *)value, vlen);
+    msm_hdrs_add_lc(&st->in, (const char *)name, nlen, (const char *)value, vlen);
     return 0;
 }
 
@@ -309,6 +315,21 @@ static void ext_connect_to_upgrade(struct h2_stream *st, struct msm_hdrs *h)
     st->ext_connect = true;
 }
 
+/* Client: the answer to an upgrade sent as an extended CONNECT. A 200 opens the tunnel and goes
+ * back to the owner as the 101 of the HTTP/1.1 upgrade (Envoy's
+ * transformUpgradeResponseFromH2toH1); any other status is an ordinary response. */
+static void ext_connect_response(struct h2_stream *st, struct msm_hdrs *h)
+{
+    const char *status = msm_hdrs_get(h, ":status");
+    if (!status || strcmp(status, "200") != 0) {
+        return;
+    }
+    msm_hdrs_set(h, ":status", "101");
+    msm_hdrs_set(h, "upgrade", st->ext_proto);
+    msm_hdrs_set(h, "connection", "upgrade");
+    st->s.tunnel = true;
+}
+
 static void deliver_headers(struct h2 *c, struct h2_stream *st, bool end)
 {
     struct msm_hdrs h;
@@ -316,6 +337,8 @@ static void deliver_headers(struct h2 *c, struct h2_stream *st, bool end)
     msm_hdrs_move(&h, &st->in);
     if (c->base.server && !st->headers_in && c->o.allow_connect) {
         ext_connect_to_upgrade(st, &h);
+    } else if (!c->base.server && !st->headers_in && st->ext_proto) {
+        ext_connect_response(st, &h);
     }
     if (!st->headers_in) {
         const char *status = c->base.server ? NULL : msm_hdrs_get(&h, ":status");
@@ -375,6 +398,9 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
         if (st && end) {
             deliver_end_data(st);
         }
+        break;
+    case NGHTTP2_SETTINGS:
+        c->settings_in = c->settings_in || !(f->hd.flags & NGHTTP2_FLAG_ACK);
         break;
     case NGHTTP2_GOAWAY:
         c->base.goaway_received = true;
@@ -751,6 +777,53 @@ static nghttp2_nv *make_nv(const struct msm_hdrs *h, size_t *n, bool request, ng
     return nv;
 }
 
+static bool nv_is(const nghttp2_nv *nv, const char *name, size_t len)
+{
+    return nv->namelen == len && !memcmp(nv->name, name, len);
+}
+
+/* Client: tunnels on HTTP/2 (Envoy's client codec). A CONNECT goes without :scheme and :path
+ * (RFC 9113 8.5). An HTTP/1.1 upgrade (the owner kept Upgrade only on accepted ones) becomes an
+ * RFC 8441 extended CONNECT: :method CONNECT, :protocol <Upgrade>, same :scheme, :path and
+ * :authority; Upgrade and Connection are already dropped, and so is a "content-length: 0"
+ * (transformUpgradeRequestFromH1toH2). <nv> has room for one entry more than <h> has fields. */
+static void client_tunnel_nv(struct h2_stream *st, const struct msm_hdrs *h, nghttp2_nv *nv,
+                             size_t *n)
+{
+    const char *method = msm_hdrs_get(h, ":method");
+    const char *up = msm_hdrs_get(h, "upgrade");
+    bool connect = method && !strcmp(method, "CONNECT");
+    if ((!connect && !(up && up[0])) || msm_hdrs_find(h, ":protocol")) {
+        return; /* not a tunnel, or already an extended CONNECT */
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < *n; i++) {
+        if ((connect && (nv_is(&nv[i], ":scheme", 7) || nv_is(&nv[i], ":path", 5))) ||
+            (!connect && nv_is(&nv[i], "content-length", 14) && nv[i].valuelen == 1 &&
+             nv[i].value[0] == '0')) {
+            continue;
+        }
+        if (!connect && nv_is(&nv[i], ":method", 7)) {
+            nv[i].value = (uint8_t *)"CONNECT";
+            nv[i].valuelen = 7;
+        }
+        nv[k++] = nv[i];
+    }
+    if (!connect) {
+        free(st->ext_proto);
+        st->ext_proto = msm_xstrdup(up);
+        size_t pos = 0;
+        while (pos < k && nv[pos].name[0] == ':') {
+            pos++;
+        }
+        memmove(&nv[pos + 1], &nv[pos], (k - pos) * sizeof(*nv));
+        nv[pos] = (nghttp2_nv){(uint8_t *)":protocol", (uint8_t *)st->ext_proto, 9,
+                               strlen(st->ext_proto), NGHTTP2_NV_FLAG_NONE};
+        k++;
+    }
+    *n = k;
+}
+
 static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool end_stream)
 {
     struct h2_stream *st = (struct h2_stream *)s;
@@ -761,6 +834,9 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
     size_t n;
     nghttp2_nv stack[NV_STACK];
     nghttp2_nv *nv = make_nv(h, &n, !c->base.server, stack);
+    if (!c->base.server) {
+        client_tunnel_nv(st, h, nv, &n);
+    }
     if (st->ext_connect) {
         /* The upstream's 101 opens the extended CONNECT's tunnel: 200 on HTTP/2. */
         for (size_t i = 0; i < n; i++) {
@@ -781,7 +857,14 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
             nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
         }
     } else {
-        int32_t id = nghttp2_submit_request(c->ng, NULL, nv, n, end_stream ? NULL : &prd, st);
+        /* RFC 8441: no :protocol to a server that did not announce ENABLE_CONNECT_PROTOCOL
+         * (before its SETTINGS arrived we cannot know: it resets the stream if it refuses). */
+        bool refused = st->ext_proto && c->settings_in &&
+                       !nghttp2_session_get_remote_settings(
+                           c->ng, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL);
+        int32_t id = refused ? NGHTTP2_ERR_INVALID_ARGUMENT
+                             : nghttp2_submit_request(c->ng, NULL, nv, n,
+                                                      end_stream ? NULL : &prd, st);
         if (id < 0) {
             st->closed = true;
             if (nv != stack) {
@@ -789,7 +872,8 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
             }
             if (owned(st)) {
                 st->notified = true;
-                st->s.cbs->on_reset(st->s.ctx, MSM_RESET_REFUSED);
+                st->s.cbs->on_reset(st->s.ctx,
+                                    refused ? MSM_RESET_PROTOCOL_ERROR : MSM_RESET_REFUSED);
             }
             maybe_free(c, st);
             return;

@@ -46,7 +46,9 @@ struct msm_pool {
     size_t alpn_len;
     struct msm_cluster *cluster; /* the newest version that asked (reference) */
     struct msm_host *host;       /* reference */
-    struct msm_upconn *conns;
+    /* Connections with room first (idle ones moved to the front when they become idle, full
+     * ones to the back when they take a stream), so a request rarely scans past busy ones. */
+    struct msm_upconn *conns, *conns_tail;
     struct msm_pool_req *pend_head, *pend_tail;
     int n_pending;
     int n_connecting;
@@ -78,6 +80,44 @@ struct msm_upconn {
 static const int reg_key;
 
 static void conn_close(struct msm_upconn *uc, enum msm_close_type how);
+
+static void conn_unlink(struct msm_pool *p, struct msm_upconn *uc)
+{
+    if (uc->prev) {
+        uc->prev->next = uc->next;
+    } else {
+        p->conns = uc->next;
+    }
+    if (uc->next) {
+        uc->next->prev = uc->prev;
+    } else {
+        p->conns_tail = uc->prev;
+    }
+}
+
+static void conn_push_front(struct msm_pool *p, struct msm_upconn *uc)
+{
+    uc->prev = NULL;
+    uc->next = p->conns;
+    if (p->conns) {
+        p->conns->prev = uc;
+    } else {
+        p->conns_tail = uc;
+    }
+    p->conns = uc;
+}
+
+static void conn_push_back(struct msm_pool *p, struct msm_upconn *uc)
+{
+    uc->next = NULL;
+    uc->prev = p->conns_tail;
+    if (p->conns_tail) {
+        p->conns_tail->next = uc;
+    } else {
+        p->conns = uc;
+    }
+    p->conns_tail = uc;
+}
 static void pool_kick(struct msm_pool *p);
 
 /* ---- registry ----------------------------------------------------------------------------------- */
@@ -321,14 +361,7 @@ static void uc_gone(struct msm_upconn *uc, bool remote)
         msm_cluster_cx_release(uc->cluster);
         uc->cx_reserved = false;
     }
-    if (uc->prev) {
-        uc->prev->next = uc->next;
-    } else {
-        p->conns = uc->next;
-    }
-    if (uc->next) {
-        uc->next->prev = uc->prev;
-    }
+    conn_unlink(p, uc);
     uc->conn = NULL;
     msm_defer(loop, uc_free, uc);
     if (!p->conns && !p->pend_head && !ev_is_active(&p->serve)) {
@@ -556,15 +589,8 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
     }
     if (!active && uc->prev) {
         /* Idle connections first: msm_pool_request takes the first one with room. */
-        struct msm_pool *p = uc->pool;
-        uc->prev->next = uc->next;
-        if (uc->next) {
-            uc->next->prev = uc->prev;
-        }
-        uc->prev = NULL;
-        uc->next = p->conns;
-        p->conns->prev = uc;
-        p->conns = uc;
+        conn_unlink(uc->pool, uc);
+        conn_push_front(uc->pool, uc);
     }
     pool_kick(uc->pool);
 }
@@ -617,11 +643,7 @@ static void start_conn(struct msm_pool *p)
     atomic_fetch_add(&uc->host->active_cx, 1);
     uc->start = ev_now(p->reg->loop);
     p->n_connecting++;
-    uc->next = p->conns;
-    if (p->conns) {
-        p->conns->prev = uc;
-    }
-    p->conns = uc;
+    conn_push_front(p, uc);
 }
 
 /* Serve waiting requests from connections with room; open connections for the rest. */
@@ -761,6 +783,10 @@ struct msm_hstream *msm_upconn_new_stream(struct msm_upconn *uc, const struct ms
     struct msm_hstream *s = uc->codec->ops->new_stream(uc->codec, cbs, ctx);
     if (s) {
         uc->streams_total++;
+        if (uc->next && !has_room(uc)) {
+            conn_unlink(uc->pool, uc); /* full: behind the connections with room */
+            conn_push_back(uc->pool, uc);
+        }
     }
     return s;
 }

@@ -9,7 +9,9 @@ per-route upgrade_configs, Envoy's table), a non-101 answer relayed as a plain r
 and the single access log entry of a tunnel. CONNECT: terminated here (route connect_config:
 raw TCP upstream, curl --proxytunnel through it) and forwarded as a CONNECT to an HTTP/1.1
 upstream proxy; HTTP/2 CONNECT and RFC 8441 extended CONNECT (nghttp2's own client library
-through a tiny C-free path: a stdlib HTTP/2 client with an HPACK decoder subset)."""
+through a tiny C-free path: a stdlib HTTP/2 client with an HPACK decoder subset). Upgrades and
+CONNECT to an HTTP/2-only upstream (a second proxy as the h2 peer: extended CONNECT out, its
+200 back as a 101; a peer without allow_connect refuses: 503), and upgrade_configs[].filters."""
 import base64
 import ctypes
 import ctypes.util
@@ -570,10 +572,10 @@ class TunnelTest(UpgradeTestCase):
 
 
 class MtlsTest(UpgradeTestCase):
-    """client --HTTP/1.1--> A (outbound HCM; cluster with TLS, istio.alpn and HTTP/2 for plain
-    requests) --mTLS--> B (inbound: TLS requiring a client certificate, HCM codec AUTO)
-    --HTTP/1.1--> WebSocket origin. The tunnel rides its own HTTP/1.1 connection: its ALPN
-    offer says istio-http/1.1, never h2."""
+    """client --HTTP/1.1--> A (outbound HCM; cluster with TLS, istio.alpn and explicit HTTP/2)
+    --mTLS--> B (inbound: TLS requiring a client certificate, HCM codec AUTO, allow_connect)
+    --HTTP/1.1--> WebSocket origin. As Envoy, the tunnels are RFC 8441 extended CONNECT streams
+    of A's pooled HTTP/2 connection, which the plain request shares."""
 
     @classmethod
     def setUpClass(cls):
@@ -593,7 +595,9 @@ class MtlsTest(UpgradeTestCase):
                       {"match": {"prefix": "/"}, "route": {"cluster": "http"}}]
             return H.bootstrap(listeners=[{
                 "name": "inbound", "address": H.sock_addr(H.free_port()),
-                "filter_chains": [{"filters": [hcm("inbound_8080", None, routes=routes)],
+                "filter_chains": [{"filters": [hcm("inbound_8080", None, routes=routes,
+                                                   http2_protocol_options={
+                                                       "allow_connect": True})],
                                    "transport_socket": T.tls_socket(T.server_ctx(
                                        alpn=("h2", "http/1.1")))}]}],
                 clusters=[H.cluster("ws", [ws.address]), H.cluster("http", [up.address])])
@@ -633,11 +637,12 @@ class MtlsTest(UpgradeTestCase):
         sa, sb = pa.stats(), pb.stats()
         self.assertEqual(sa["http.outbound_8080.downstream_cx_upgrades_total"], 2)
         self.assertEqual(sb["http.inbound_8080.downstream_cx_upgrades_total"], 2)
-        self.assertEqual(sb["http.inbound_8080.downstream_cx_ssl_total"], 3)
-        self.assertEqual(sb["http.inbound_8080.downstream_cx_http1_total"], 2)
+        self.assertEqual(sb["http.inbound_8080.downstream_cx_ssl_total"], 1)
+        self.assertEqual(sb["http.inbound_8080.downstream_cx_http1_total"], 0)
         self.assertEqual(sb["http.inbound_8080.downstream_cx_http2_total"], 1)
+        self.assertEqual(sb["http.inbound_8080.downstream_rq_http2_total"], 3)
         self.assertEqual(sa["cluster.outbound|8080||b.upstream_cx_http2_total"], 1)
-        self.assertEqual(sa["cluster.outbound|8080||b.upstream_cx_total"], 3)
+        self.assertEqual(sa["cluster.outbound|8080||b.upstream_cx_total"], 1)
 
 
 # ---- a small HTTP/2 client (frames by hand; HPACK: literal encoding, decoding by libnghttp2
@@ -1008,6 +1013,203 @@ class Http2Test(UpgradeTestCase):
         ev = c.events(1, ends)
         self.assertEqual(ev[-1][0], "rst", ev)  # nghttp2: PROTOCOL_ERROR
         self.assertEqual(ws.requests, [])
+
+
+H2_UPSTREAM = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
+
+
+def fault_418():
+    return {"name": "envoy.filters.http.fault", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+        "abort": {"http_status": 418, "percentage": {"numerator": 100}}}}
+
+
+class Http2UpstreamTest(UpgradeTestCase):
+    """Upgrades to a cluster that speaks HTTP/2 only (explicit_http_config
+    http2_protocol_options, as Istio sets for h2 services): client --HTTP/1.1--> A --HTTP/2--> B
+    (codec HTTP2) --HTTP/1.1 or TCP--> origin. A sends a WebSocket upgrade as an RFC 8441
+    extended CONNECT on a stream of its pooled HTTP/2 connection and turns B's 200 back into a
+    101; B (allow_connect) turns the extended CONNECT back into an HTTP/1.1 upgrade."""
+
+    def pair(self, origin, b_upgrades=("websocket",), b_routes=None, a_upgrades=("websocket",),
+             a_routes=None, allow_connect=True, **a_extra):
+        pb = self.start_proxy(lambda: H.bootstrap(
+            listeners=[H.listener("main", H.sock_addr(H.free_port()), [hcm(
+                "b", "origin", b_upgrades, b_routes, codec_type="HTTP2",
+                http2_protocol_options={"allow_connect": allow_connect})])],
+            clusters=[H.cluster("origin", [origin.address])]))
+
+        def cfg_a():
+            return H.bootstrap(
+                listeners=[H.listener("main", H.sock_addr(H.free_port()),
+                                      [hcm("a", "b", a_upgrades, a_routes, **a_extra)])],
+                clusters=[H.cluster("b", [H.sock_addr(pb.listener_port())],
+                                    typed_extension_protocol_options=H2_UPSTREAM)])
+        return self.start_proxy(cfg_a), pb
+
+    def test_websocket_to_h2_upstream(self):
+        ws = WsServer(self)
+        pa, pb = self.pair(ws)
+        for big in (1024 * 1024, 64 * 1024):
+            bs, line, hdrs, key = ws_connect(pa.listener_port())
+            self.assertEqual(line.split()[1], "101", line)
+            self.assertEqual(hdrs["sec-websocket-accept"], [ws_accept(key)])
+            self.assertEqual(hdrs["upgrade"], ["websocket"])
+            self.assertEqual(hdrs["connection"], ["upgrade"])
+            self.assertNotIn("content-length", hdrs)
+            self.ws_session(bs, big=big)
+            bs.sock.close()
+        self.assertEqual(ws.errors, [])
+        line0, h0 = ws.requests[0]
+        self.assertEqual(line0, "GET /ws HTTP/1.1")
+        self.assertEqual((h0["upgrade"], h0["connection"], h0["host"]),
+                         (["websocket"], ["upgrade"], ["ws.example"]))
+        pa.wait_stat("http.a.downstream_cx_upgrades_active", lambda v: v == 0)
+        pb.wait_stat("http.b.downstream_cx_upgrades_active", lambda v: v == 0)
+        sa, sb = pa.stats(), pb.stats()
+        self.assertEqual(sa["http.a.downstream_cx_upgrades_total"], 2)
+        self.assertEqual(sa["http.a.downstream_rq_1xx"], 2)
+        # Both tunnels were streams of one pooled HTTP/2 connection (Envoy), not connections.
+        self.assertEqual(sa["cluster.b.upstream_cx_http2_total"], 1)
+        self.assertEqual(sa["cluster.b.upstream_cx_total"], 1)
+        self.assertEqual(sa["cluster.b.upstream_rq_rx_reset"], 0)
+        self.assertEqual(sb["http.b.downstream_rq_http2_total"], 2)
+        self.assertEqual(sb["http.b.downstream_cx_upgrades_total"], 2)
+        self.assertEqual(sb["http.b.downstream_rq_1xx"], 2)  # counted before the codec: 200s
+
+    def test_h2_extended_connect_to_h2_upstream(self):
+        """HTTP/2 both sides: the client's extended CONNECT reaches A as an upgrade and leaves A
+        as an extended CONNECT again; B's 200 is a 101 inside A and a 200 to the client."""
+        ws = WsServer(self)
+        pa, pb = self.pair(ws, codec_type="HTTP2", http2_protocol_options={"allow_connect": True})
+        c = H2Client(pa.listener_port())
+        self.addCleanup(c.close)
+        key = base64.b64encode(os.urandom(16)).decode()
+        c.request(1, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                      (":path", "/chat"), (":authority", "ws.example"),
+                      ("sec-websocket-version", "13"), ("sec-websocket-key", key)])
+        ev = c.events(1, got_headers)
+        hdrs = dict(ev[-1][1])
+        self.assertEqual(hdrs[":status"], "200", ev)
+        self.assertNotIn("upgrade", hdrs)
+        c.data(1, ws_frame(b"both ways h2"))
+        want = ws_frame(b"both ways h2", mask=False)
+        got = b""
+        while len(got) < len(want):
+            ev = c.events(1, lambda e: e)
+            self.assertEqual(ev[0][0], "data", ev)
+            got += ev[0][1]
+        self.assertEqual(got, want)
+        c.data(1, ws_frame(struct.pack("!H", 1000), opcode=8))
+        ev = c.events(1, ends)
+        self.assertEqual(ev[-1], ("end",))
+        c.data(1, b"", end=True)
+        line, h0 = ws.requests[0]
+        self.assertEqual(line, "GET /chat HTTP/1.1")
+        self.assertEqual(h0["sec-websocket-key"], [key])
+        pa.wait_stat("http.a.downstream_cx_upgrades_active", lambda v: v == 0)
+        pb.wait_stat("http.b.downstream_cx_upgrades_active", lambda v: v == 0)
+        self.assertEqual(pa.stat("cluster.b.upstream_cx_http2_total"), 1)
+        self.assertEqual(pb.stat("http.b.downstream_cx_upgrades_total"), 1)
+        self.assertEqual(ws.errors, [])
+
+    def test_websocket_to_h2_upstream_refused(self):
+        """The upstream did not announce SETTINGS_ENABLE_CONNECT_PROTOCOL: the first extended
+        CONNECT (maybe sent before B's SETTINGS arrived) is reset by B, the second is not sent
+        at all; either way the client gets a 503 at once (no hang), counted."""
+        ws = WsServer(self)
+        pa, pb = self.pair(ws, allow_connect=False)
+        for _ in range(2):
+            t0 = time.monotonic()
+            bs, line, hdrs, _ = ws_connect(pa.listener_port())
+            self.addCleanup(bs.sock.close)
+            self.assertEqual(line.split()[1], "503", line)
+            self.assertLess(time.monotonic() - t0, 5)
+            body = bs.recv_exact(int(hdrs["content-length"][0]))
+            self.assertIn(b"reset reason: protocol error", body)
+            self.assertEqual(bs.recv_to_eof(), b"")  # the upgrade's connection closes after
+        self.assertEqual(ws.requests, [])
+        pa.wait_stat("http.a.downstream_cx_upgrades_active", lambda v: v == 0)
+        sa = pa.stats()
+        self.assertEqual(sa["cluster.b.upstream_rq_rx_reset"], 2)
+        self.assertEqual(sa["cluster.b.upstream_cx_total"], 1)
+        self.assertEqual(sa["http.a.downstream_rq_5xx"], 2)
+        self.assertLessEqual(pb.stat("http.b.downstream_rq_total") or 0, 1)
+
+    def test_connect_to_h2_upstream(self):
+        """A forwards a CONNECT (no connect_config) to the HTTP/2 cluster as an HTTP/2 CONNECT
+        (no :scheme, no :path); B terminates it (connect_config) to a raw TCP echo."""
+        up = self.upstream("echo")
+        a_route = [{"match": {"connect_matcher": {}}, "route": {"cluster": "b"}}]
+        b_route = [{"match": {"connect_matcher": {}}, "route": {
+            "cluster": "origin",
+            "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}}]
+        pa, pb = self.pair(up, b_upgrades=("CONNECT",), b_routes=b_route,
+                           a_upgrades=("CONNECT",), a_routes=a_route)
+        bs, head = connect_h1(pa.listener_port())
+        self.addCleanup(bs.sock.close)
+        self.assertEqual(parse_head(head)[0].split()[1], "200", head)
+        payload = os.urandom(1024 * 1024)
+        t = threading.Thread(target=bs.sock.sendall, args=(payload,), daemon=True)
+        t.start()
+        self.assertEqual(bs.recv_exact(len(payload)), payload)
+        t.join(10)
+        bs.sock.shutdown(socket.SHUT_WR)  # END_STREAM to B, FIN to the echo, back as EOF
+        self.assertEqual(bs.recv_to_eof(), b"")
+        pa.wait_stat("http.a.downstream_cx_upgrades_active", lambda v: v == 0)
+        pb.wait_stat("http.b.downstream_cx_upgrades_active", lambda v: v == 0)
+        sa, sb = pa.stats(), pb.stats()
+        self.assertEqual(sa["cluster.b.upstream_cx_http2_total"], 1)
+        self.assertEqual(sb["http.b.downstream_rq_http2_total"], 1)
+        self.assertEqual(sb["http.b.downstream_cx_upgrades_total"], 1)
+        self.assertEqual(up.bytes_in, len(payload))
+
+
+class UpgradeFiltersTest(UpgradeTestCase):
+    def test_upgrade_filter_chain(self):
+        """upgrade_configs[].filters: an upgrade of that type runs through its own chain instead
+        of http_filters, both ways round; other requests keep http_filters."""
+        ws = WsServer(self)
+        up = P.HttpUpstream()
+        self.addCleanup(up.stop)
+        routes = [{"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
+                  {"match": {"prefix": "/"}, "route": {"cluster": "http"}}]
+
+        def cfg():
+            only_upgrade = hcm("u", None, routes=routes)
+            only_upgrade["typed_config"]["upgrade_configs"] = [
+                {"upgrade_type": "websocket", "filters": [fault_418(), ROUTER]}]
+            not_upgrade = hcm("p", None, routes=routes)
+            not_upgrade["typed_config"]["http_filters"] = [fault_418(), ROUTER]
+            not_upgrade["typed_config"]["upgrade_configs"] = [
+                {"upgrade_type": "websocket", "filters": [ROUTER]}]
+            return H.bootstrap(
+                listeners=[H.listener("main", H.sock_addr(H.free_port()), [only_upgrade]),
+                           H.listener("second", H.sock_addr(H.free_port()), [not_upgrade])],
+                clusters=[H.cluster("ws", [ws.address]), H.cluster("http", [up.address])])
+        p = self.start_proxy(cfg)
+
+        def get(port):
+            s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            head, _ = read_head(s)
+            s.close()
+            return head.split(b"\r\n")[0].split()[1]
+        bs, line, _, _ = ws_connect(p.listener_port("main"))
+        bs.sock.close()
+        self.assertEqual(line.split()[1], "418", line)
+        self.assertEqual(get(p.listener_port("main")), b"200")
+        bs, line, _, _ = ws_connect(p.listener_port("second"))
+        self.assertEqual(line.split()[1], "101", line)
+        bs.sock.sendall(ws_frame(b"through"))
+        self.assertEqual(ws_read_frame(bs)[3], b"through")
+        bs.sock.close()
+        self.assertEqual(get(p.listener_port("second")), b"418")
+        self.assertEqual(len(ws.requests), 1)
+        self.assertEqual(up.requests, 1)
+        self.assertEqual(p.stat("http.u.downstream_cx_upgrades_total"), 1)
 
 
 if __name__ == "__main__":

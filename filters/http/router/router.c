@@ -487,9 +487,8 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     apply_ops(r, h, false);
     if (!r->cfg->suppress_envoy_headers) {
         char t[24];
-        snprintf(t, sizeof(t), "%llu",
-                 (unsigned long long)((ev_now(r->loop) - r->try_start) * 1000.0));
-        msm_hdrs_set(h, "x-envoy-upstream-service-time", t);
+        size_t tl = msm_http_fmt_u64(t, (uint64_t)((ev_now(r->loop) - r->try_start) * 1000.0));
+        msm_hdrs_setn(h, "x-envoy-upstream-service-time", t, tl);
     }
     if (r->route->vh->include_attempt_count_in_response) {
         char n[16];
@@ -742,8 +741,11 @@ static void start_attempt(struct router *r)
     msm_address_str(&h->addr, msm_hs_info(r->s)->upstream_host,
                     sizeof(msm_hs_info(r->s)->upstream_host));
     const struct msm_hstream_info *hi = msm_hs_info(r->s);
+    /* An upgrade or forwarded CONNECT to an HTTP/2 upstream is a stream of the cluster's
+     * HTTP/2 pool (extended CONNECT, http2.c), as Envoy does; else a connection of its own. */
+    bool own_conn = r->tunnel && !(r->tunnel == MSM_POOL_TUNNEL_HTTP1 && r->proto == MSM_HTTP_2);
     struct msm_pool *p =
-        r->tunnel ? msm_pool_get_tunnel(r->loop, r->cluster, h, r->tunnel, hi->alpn_override,
+        own_conn ? msm_pool_get_tunnel(r->loop, r->cluster, h, r->tunnel, hi->alpn_override,
                                         hi->n_alpn_override)
                   : msm_pool_get_alpn(r->loop, r->cluster, h, r->proto, hi->alpn_override,
                                       hi->n_alpn_override);
@@ -935,10 +937,10 @@ static void build_upstream_request(struct router *r, const struct msm_hdrs *down
     }
     apply_ops(r, h, true);
     if (r->timeout_ms && !r->cfg->suppress_envoy_headers) {
-        char t[16];
+        char t[24];
         uint32_t exp = r->per_try_ms ? r->per_try_ms : r->timeout_ms;
-        snprintf(t, sizeof(t), "%u", exp);
-        msm_hdrs_set(h, "x-envoy-expected-rq-timeout-ms", t);
+        size_t tl = msm_http_fmt_u64(t, exp);
+        msm_hdrs_setn(h, "x-envoy-expected-rq-timeout-ms", t, tl);
     }
 }
 

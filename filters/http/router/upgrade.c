@@ -1,11 +1,13 @@
 /* envoy.filters.http.router: upgrades and CONNECT (see upgrade.h).
  *
- * As Envoy: an upgrade (WebSocket...) or a CONNECT goes upstream on a connection of its own,
- * never retried; the request's body is the tunnel's client-to-server bytes and the upstream's
- * answer (101 / 2xx) opens the tunnel, after which the route timeout no longer applies (the
- * stream idle timeout does) and each direction ends with a half-close. A CONNECT whose route
- * has connect_config is terminated here: the upstream leg is raw TCP to the chosen host, and
- * the client gets 200 once it is connected. */
+ * As Envoy: an upgrade (WebSocket...) or a CONNECT goes upstream on a connection of its own
+ * (HTTP/1.1), or as a stream of the cluster's HTTP/2 pool when the cluster speaks HTTP/2 for the
+ * request (the codec sends an extended CONNECT, http2.c), never retried; the request's body is
+ * the tunnel's client-to-server bytes and the upstream's answer (101 / 2xx) opens the tunnel,
+ * after which the route timeout no longer applies (the stream idle timeout does) and each
+ * direction ends with a half-close. A CONNECT whose route has connect_config is terminated
+ * here: the upstream leg is raw TCP to the chosen host, and the client gets 200 once it is
+ * connected. */
 #include "filters/http/router/upgrade.h"
 
 #include <string.h>

@@ -33,6 +33,17 @@ struct hcm_cfg_priv {
     struct msm_filter_rds_dep dep;
 };
 
+static void chain_free(struct msm_hcm_filter *f, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (f[i].ops && f[i].config && f[i].ops->config_free) {
+            f[i].ops->config_free(f[i].config);
+        }
+        free(f[i].name);
+    }
+    free(f);
+}
+
 static void config_free(void *p)
 {
     struct hcm_cfg_priv *pv = p;
@@ -40,13 +51,7 @@ static void config_free(void *p)
         return;
     }
     struct msm_hcm_config *c = &pv->c;
-    for (int i = 0; i < c->n_filters; i++) {
-        if (c->filters[i].ops && c->filters[i].config && c->filters[i].ops->config_free) {
-            c->filters[i].ops->config_free(c->filters[i].config);
-        }
-        free(c->filters[i].name);
-    }
-    free(c->filters);
+    chain_free(c->filters, c->n_filters);
     msm_route_config_unref(c->route_config);
     free(c->rds_name);
     free(c->rds_source);
@@ -63,6 +68,7 @@ static void config_free(void *p)
     free((char *)c->h1opts.default_host_for_http_10);
     for (int i = 0; i < c->n_upgrades; i++) {
         free(c->upgrades[i].type);
+        chain_free(c->upgrades[i].filters, c->upgrades[i].n_filters);
     }
     free(c->upgrades);
     free(pv);
@@ -178,21 +184,24 @@ static int http_filter_from_proto(const PbHttpFilter *p, struct msm_http_factory
     return rc;
 }
 
-static int filters_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx,
-                              struct msm_hcm_config *c, struct msm_err *err)
+/* A filter chain: http_filters[], or an upgrade's own (upgrade_configs[].filters, built the
+ * same way, Envoy's FilterChainHelper). <field> names the list in error messages. The entries
+ * made so far stay in *<out> on failure (the caller frees them). */
+static int chain_from_proto(PbHttpFilter *const *list, size_t n, const char *field,
+                            struct msm_factory_ctx *ctx, const struct msm_hcm_config *c,
+                            struct msm_hcm_filter **out, int *n_out, struct msm_err *err)
 {
     struct msm_http_factory_ctx fctx = {.stats = ctx->stats, .stat_prefix = c->stat_prefix,
                                         .allow_unknown_fields = ctx->allow_unknown_fields,
                                         .traffic_direction = ctx->traffic_direction};
-    c->filters = msm_xcalloc(p->n_http_filters + 1, sizeof(*c->filters));
-    for (size_t i = 0; i < p->n_http_filters; i++) {
+    *out = msm_xcalloc(n + 1, sizeof(**out));
+    for (size_t i = 0; i < n; i++) {
         bool skip;
-        struct msm_hcm_filter *f = &c->filters[c->n_filters];
-        int rc = http_filter_from_proto(p->http_filters[i], &fctx, i + 1 == p->n_http_filters,
-                                        f, &skip, err);
+        struct msm_hcm_filter *f = &(*out)[*n_out];
+        int rc = http_filter_from_proto(list[i], &fctx, i + 1 == n, f, &skip, err);
         if (rc < 0) {
-            c->n_filters++;
-            msm_err_prefix(err, "http_filters[%zu] '%s'", i, p->http_filters[i]->name);
+            (*n_out)++;
+            msm_err_prefix(err, "%s[%zu] '%s'", field, i, list[i]->name);
             return MSM_EINVAL;
         }
         if (skip) {
@@ -200,14 +209,20 @@ static int filters_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx,
             memset(f, 0, sizeof(*f));
             continue;
         }
-        c->n_filters++;
+        (*n_out)++;
     }
-    if (!c->n_filters || !c->filters[c->n_filters - 1].ops ||
-        !c->filters[c->n_filters - 1].ops->terminal) {
-        return msm_err_set(err, "http_filters: the last http filter must be a terminal filter "
-                                "(envoy.filters.http.router)");
+    if (!*n_out || !(*out)[*n_out - 1].ops || !(*out)[*n_out - 1].ops->terminal) {
+        return msm_err_set(err, "%s: the last http filter must be a terminal filter "
+                                "(envoy.filters.http.router)", field);
     }
     return 0;
+}
+
+static int filters_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx,
+                              struct msm_hcm_config *c, struct msm_err *err)
+{
+    return chain_from_proto(p->http_filters, p->n_http_filters, "http_filters", ctx, c,
+                            &c->filters, &c->n_filters, err);
 }
 
 static int h2_opts(const Envoy__Config__Core__V3__Http2ProtocolOptions *p,
@@ -405,8 +420,10 @@ static int headers_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct m
     return 0;
 }
 
-/* upgrade_configs: the types this connection manager turns into tunnels (hcm_upgrade.c). */
-static int upgrades_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm_err *err)
+/* upgrade_configs: the types this connection manager turns into tunnels (hcm_upgrade.c), each
+ * with its own filter chain when filters[] is not empty. */
+static int upgrades_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx,
+                               struct msm_hcm_config *c, struct msm_err *err)
 {
     if (!p->n_upgrade_configs) {
         return 0;
@@ -414,10 +431,6 @@ static int upgrades_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct 
     c->upgrades = msm_xcalloc(p->n_upgrade_configs, sizeof(*c->upgrades));
     for (size_t i = 0; i < p->n_upgrade_configs; i++) {
         const PbUpgrade *u = p->upgrade_configs[i];
-        if (u->n_filters) {
-            return msm_err_set(err, "upgrade_configs[%zu].filters: a filter chain per upgrade "
-                                    "type is not supported", i);
-        }
         if (!u->upgrade_type || !u->upgrade_type[0]) {
             return msm_err_set(err, "upgrade_configs[%zu].upgrade_type: must not be empty", i);
         }
@@ -427,9 +440,17 @@ static int upgrades_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct 
                                    u->upgrade_type);
             }
         }
-        c->upgrades[c->n_upgrades].type = msm_xstrdup(u->upgrade_type);
-        c->upgrades[c->n_upgrades].enabled = msm_pb_bool(u->enabled, true);
-        c->n_upgrades++;
+        struct msm_hcm_upgrade *up = &c->upgrades[c->n_upgrades++];
+        up->type = msm_xstrdup(u->upgrade_type);
+        up->enabled = msm_pb_bool(u->enabled, true);
+        if (u->n_filters) {
+            char field[48];
+            snprintf(field, sizeof(field), "upgrade_configs[%zu].filters", i);
+            if (chain_from_proto(u->filters, u->n_filters, field, ctx, c, &up->filters,
+                                 &up->n_filters, err) < 0) {
+                return MSM_EINVAL;
+            }
+        }
     }
     return 0;
 }
@@ -455,7 +476,7 @@ static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
     c->h2opts.h2stats = &c->h2stats;
     if (headers_from_proto(p, c, err) < 0 ||
         filters_from_proto(p, ctx, c, err) < 0 || routes_from_proto(p, ctx, c, err) < 0 ||
-        upgrades_from_proto(p, c, err) < 0) {
+        upgrades_from_proto(p, ctx, c, err) < 0) {
         goto fail;
     }
     if (ms(p->stream_idle_timeout, DEFAULT_STREAM_IDLE_MS, "stream_idle_timeout",

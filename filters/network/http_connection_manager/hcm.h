@@ -73,17 +73,20 @@ enum msm_hcm_fcc {
 #define MSM_XFCC_URI 0x08u
 #define MSM_XFCC_DNS 0x10u
 
-/* upgrade_configs[]: an upgrade type the connection manager takes ("websocket", "CONNECT";
- * matched case-insensitively) unless the route says otherwise (hcm_upgrade.c). */
-struct msm_hcm_upgrade {
-    char *type;
-    bool enabled;
-};
-
 struct msm_hcm_filter {
     const struct msm_http_filter_ops *ops; /* NULL: an accepted no-op (see http_registry.c) */
     void *config;
     char *name;
+};
+
+/* upgrade_configs[]: an upgrade type the connection manager takes ("websocket", "CONNECT";
+ * matched case-insensitively) unless the route says otherwise (hcm_upgrade.c). <filters>: its
+ * own filter chain (upgrade_configs[].filters, ending with the router), NULL for http_filters. */
+struct msm_hcm_upgrade {
+    char *type;
+    bool enabled;
+    struct msm_hcm_filter *filters;
+    int n_filters;
 };
 
 struct msm_hcm_config {

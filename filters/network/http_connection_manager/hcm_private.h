@@ -109,6 +109,9 @@ struct hstream {
 
 /* hcm_stream.c */
 struct hstream *msm_hcm_stream_new(struct hcm_conn *hc, struct msm_hstream *cs);
+/* The stream's filter chain: the <n> entries of <fs> (no-ops left out). Only before any filter
+ * was created (an upgrade's own chain, hcm_upgrade.c). */
+void msm_hcm_stream_set_chain(struct hstream *st, const struct msm_hcm_filter *fs, int n);
 void msm_hcm_stream_destroy(struct hstream *st, bool reset);
 extern const struct msm_hstream_cbs msm_hcm_stream_cbs;
 /* A response that bypasses the filters (codec errors before a stream exists). */

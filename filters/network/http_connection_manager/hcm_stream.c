@@ -266,6 +266,25 @@ static void on_idle_timeout(struct ev_loop *loop, ev_timer *t, int revents)
                         MSM_RF(STREAM_IDLE_TIMEOUT));
 }
 
+void msm_hcm_stream_set_chain(struct hstream *st, const struct msm_hcm_filter *fs, int n)
+{
+    msm_recycle_free(st->f, st->f_size);
+    st->nf = 0;
+    st->f_size = ((size_t)n + 1) * sizeof(*st->f);
+    st->f = msm_recycle_calloc(st->f_size);
+    for (int i = 0; i < n; i++) {
+        if (!fs[i].ops) {
+            continue; /* accepted no-op */
+        }
+        struct hfilter *f = &st->f[st->nf];
+        f->h.st = st;
+        f->h.idx = st->nf;
+        f->f = &fs[i];
+        st->nf++;
+    }
+    st->enc_pos = st->nf;
+}
+
 struct hstream *msm_hcm_stream_new(struct hcm_conn *hc, struct msm_hstream *cs)
 {
     const struct msm_hcm_config *cfg = hc->cfg;
@@ -280,19 +299,7 @@ struct hstream *msm_hcm_stream_new(struct hcm_conn *hc, struct msm_hstream *cs)
     msm_hdrs_init(&st->req);
     msm_buf_init(&st->dec_buf);
     msm_buf_init(&st->enc_buf);
-    st->f_size = ((size_t)cfg->n_filters + 1) * sizeof(*st->f);
-    st->f = msm_recycle_calloc(st->f_size);
-    for (int i = 0; i < cfg->n_filters; i++) {
-        if (!cfg->filters[i].ops) {
-            continue; /* accepted no-op */
-        }
-        struct hfilter *f = &st->f[st->nf];
-        f->h.st = st;
-        f->h.idx = st->nf;
-        f->f = &cfg->filters[i];
-        st->nf++;
-    }
-    st->enc_pos = st->nf;
+    msm_hcm_stream_set_chain(st, cfg->filters, cfg->n_filters);
     ev_timer_init(&st->req_timer, on_req_timeout, 0, 0);
     ev_timer_init(&st->idle_timer, on_idle_timeout, 0, 0);
     st->next = hc->streams;

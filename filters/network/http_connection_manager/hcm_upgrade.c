@@ -5,7 +5,8 @@
  * (HTTP/1.1; an HTTP/2 extended CONNECT arrives in this shape from the codec), and a CONNECT
  * when its method is CONNECT. Its type ("websocket", "CONNECT") must be enabled: the route's
  * RouteAction.upgrade_configs decide when they name it, else the connection manager's
- * upgrade_configs (Envoy's table: route beats HCM). A disabled type is answered 403
+ * upgrade_configs (Envoy's table: route beats HCM); an accepted type whose HCM entry has
+ * filters runs through that chain instead of http_filters. A disabled type is answered 403
  * (upgrade_failed, downstream_rq_ws_on_non_ws_route) and the HTTP/1 connection closes after,
  * as Envoy does; a request with no route goes on to the router's 404.
  *
@@ -45,14 +46,15 @@ bool msm_hcm_upgrade_keeps(const struct hstream *st, const char *name)
            (!strcmp(name, "upgrade") || !strcmp(name, "connection"));
 }
 
-static bool hcm_enabled(const struct msm_hcm_config *cfg, const char *type)
+static const struct msm_hcm_upgrade *hcm_upgrade(const struct msm_hcm_config *cfg,
+                                                  const char *type)
 {
     for (int i = 0; i < cfg->n_upgrades; i++) {
         if (!strcasecmp(cfg->upgrades[i].type, type)) {
-            return cfg->upgrades[i].enabled;
+            return &cfg->upgrades[i];
         }
     }
-    return false;
+    return NULL;
 }
 
 bool msm_hcm_upgrade_accept(struct hstream *st, const struct msm_route *r)
@@ -63,10 +65,16 @@ bool msm_hcm_upgrade_accept(struct hstream *st, const struct msm_route *r)
         return true; /* no route: the router answers 404 */
     }
     const struct msm_route_upgrade *ru = msm_route_upgrade_find(r, st->upgrade);
-    bool ok = ru ? ru->enabled : hcm_enabled(cfg, st->upgrade);
+    const struct msm_hcm_upgrade *hu = hcm_upgrade(cfg, st->upgrade);
+    bool ok = ru ? ru->enabled : hu && hu->enabled;
     if (!ok) {
         msm_stat_inc(cfg->stats.downstream_rq_ws_on_non_ws_route);
         return false;
+    }
+    if (hu && hu->filters) {
+        /* The type's own filter chain, even when the route is what enabled it (Envoy's
+         * createUpgradeFilterChain); no filter of the stream exists yet. */
+        msm_hcm_stream_set_chain(st, hu->filters, hu->n_filters);
     }
     st->upgrade_ok = true;
     msm_stat_inc(cfg->stats.downstream_cx_upgrades_total);

@@ -1,6 +1,7 @@
 /* Header maps (src/http/headers.c): lookups by name, replace / remove keeping order, pseudo-
  * headers in front, values that alias the map's own storage, big maps and values (the chunked
- * string storage); and the address formatting the router and HCM use per request. */
+ * string storage), the name filter against a reference scan, the character checks against
+ * byte-by-byte references; and the address formatting the router and HCM use per request. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -145,12 +146,199 @@ static void test_address_str_eq(void **state)
     assert_false(msm_address_eq(&a, &b));
 }
 
+/* Reference scan: the lookups must answer exactly this whatever the name filter says. */
+static int ref_count(const struct msm_hdrs *h, const char *name, int *first)
+{
+    int n = 0;
+    *first = -1;
+    for (uint32_t i = 0; i < h->n; i++) {
+        if (!strcmp(h->v[i].name, name)) {
+            if (*first < 0) {
+                *first = (int)i;
+            }
+            n++;
+        }
+    }
+    return n;
+}
+
+static void check_lookups(const struct msm_hdrs *h, const char *name)
+{
+    int first;
+    int n = ref_count(h, name, &first);
+    assert_int_equal(msm_hdrs_count(h, name), n);
+    if (n) {
+        assert_ptr_equal(msm_hdrs_find(h, name), &h->v[first]);
+        assert_ptr_equal(msm_hdrs_get(h, name), h->v[first].value);
+    } else {
+        assert_null(msm_hdrs_find(h, name));
+        assert_null(msm_hdrs_get(h, name));
+    }
+}
+
+/* The name filter (headers.h): lookups, duplicates, order, removal (bits stay set), setn, copy
+ * into an empty map and into a non-empty one, names given upper-case (folded on add, and
+ * taken as is by add_lc), many names sharing the 64 bits. */
+static void test_name_filter(void **state)
+{
+    (void)state;
+    static const char *const known[] = {
+        ":method", ":path", ":authority", ":scheme", "host", "content-length",
+        "transfer-encoding", "connection", "te", "upgrade", "x-request-id", "x-forwarded-for",
+        "x-forwarded-proto", "x-envoy-internal", "x-envoy-retry-on", "x-envoy-max-retries",
+        "x-envoy-expected-rq-timeout-ms", "x-envoy-upstream-service-time", "a", "",
+    };
+    struct msm_hdrs h, c;
+    msm_hdrs_init(&h);
+    msm_hdrs_init(&c);
+    assert_int_equal(h.filter, 0);
+    msm_hdrs_addz(&h, "X-Forwarded-For", "1");
+    msm_hdrs_addz(&h, ":path", "/");
+    msm_hdrs_addz(&h, "x-forwarded-for", "2");
+    msm_hdrs_add_lc(&h, "te", 2, "trailers", 8);
+    msm_hdrs_addz(&h, "Connection", "close");
+    msm_hdrs_addz(&h, ":method", "GET");
+    assert_string_equal(h.v[0].name, ":path");
+    assert_string_equal(h.v[1].name, ":method");
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        check_lookups(&h, known[i]);
+    }
+    assert_int_equal(msm_hdrs_count(&h, "x-forwarded-for"), 2);
+    assert_string_equal(msm_hdrs_get(&h, "x-forwarded-for"), "1"); /* first in order */
+    assert_string_equal(msm_hdrs_get(&h, "connection"), "close");
+    /* Removing every duplicate; the others keep their order; a removed name stays absent. */
+    assert_int_equal(msm_hdrs_remove(&h, "x-forwarded-for"), 2);
+    assert_null(msm_hdrs_get(&h, "x-forwarded-for"));
+    assert_int_equal(msm_hdrs_remove(&h, "x-forwarded-for"), 0);
+    assert_int_equal(h.n, 4);
+    assert_string_equal(h.v[2].name, "te");
+    assert_string_equal(h.v[3].name, "connection");
+    /* setn on a name whose bit is set by another name, then on an absent one. */
+    msm_hdrs_setn(&h, "x-forwarded-for", "3", 1);
+    assert_string_equal(msm_hdrs_get(&h, "x-forwarded-for"), "3");
+    assert_string_equal(h.v[4].name, "x-forwarded-for"); /* appended */
+    /* add_lc keeps the bytes given (the codec guarantees lower-case); add folds them. */
+    msm_hdrs_add_lc(&h, "x-raw", 5, "v", 1);
+    msm_hdrs_addz(&h, "X-MiXeD-\xc3\x89T\xe9-0123456789-ABCZ@[`{", "w");
+    assert_string_equal(msm_hdrs_get(&h, "x-raw"), "v");
+    assert_string_equal(msm_hdrs_get(&h, "x-mixed-\xc3\x89t\xe9-0123456789-abcz@[`{"), "w");
+    /* Many names: every one found, whatever bits they share. */
+    char name[32];
+    for (int i = 0; i < 500; i++) {
+        snprintf(name, sizeof(name), "x-h-%d", i % 250); /* each name twice */
+        msm_hdrs_addz(&h, name, i < 250 ? "first" : "second");
+    }
+    assert_true(__builtin_popcountll(h.filter) < 250); /* names share bits */
+    for (int i = 0; i < 260; i++) {
+        snprintf(name, sizeof(name), "x-h-%d", i);
+        check_lookups(&h, name);
+    }
+    /* Copy into an empty map: same entries, order, bytes and answers, storage of its own. */
+    msm_hdrs_copy(&c, &h);
+    assert_int_equal(c.n, h.n);
+    assert_int_equal(c.bytes, h.bytes);
+    for (uint32_t i = 0; i < h.n; i++) {
+        assert_string_equal(c.v[i].name, h.v[i].name);
+        assert_string_equal(c.v[i].value, h.v[i].value);
+        assert_int_equal(c.v[i].nlen, h.v[i].nlen);
+        assert_int_equal(c.v[i].vlen, h.v[i].vlen);
+        assert_ptr_not_equal(c.v[i].name, h.v[i].name);
+    }
+    for (int i = 0; i < 260; i += 7) {
+        snprintf(name, sizeof(name), "x-h-%d", i);
+        check_lookups(&c, name);
+    }
+    assert_int_equal(msm_hdrs_remove(&c, "x-h-7"), 2);
+    check_lookups(&c, "x-h-7");
+    check_lookups(&h, "x-h-7"); /* the source is untouched */
+    assert_int_equal(msm_hdrs_count(&h, "x-h-7"), 2);
+    msm_hdrs_addz(&c, ":status", "200"); /* a pseudo-header after the copy: still in front */
+    assert_string_equal(c.v[2].name, ":status");
+    msm_hdrs_deinit(&c);
+    /* Copy of a small map, then into a non-empty one (appended). */
+    struct msm_hdrs s;
+    msm_hdrs_init(&s);
+    msm_hdrs_addz(&s, ":authority", "a");
+    msm_hdrs_addz(&s, "x-y", "b");
+    msm_hdrs_copy(&c, &s);
+    msm_hdrs_copy(&c, &s);
+    assert_int_equal(c.n, 4);
+    assert_string_equal(c.v[0].name, ":authority");
+    assert_string_equal(c.v[1].name, ":authority"); /* pseudo-headers before regular ones */
+    assert_int_equal(msm_hdrs_count(&c, "x-y"), 2);
+    for (int i = 0; i < 40; i++) { /* grows past the copy's spare room */
+        msm_hdrs_addz(&c, "x-z", "c");
+    }
+    assert_int_equal(msm_hdrs_count(&c, "x-z"), 40);
+    assert_int_equal(msm_hdrs_remove_prefix(&c, "x-"), 42);
+    check_lookups(&c, "x-z");
+    assert_int_equal(c.n, 2);
+    msm_hdrs_deinit(&s);
+    msm_hdrs_deinit(&c);
+    msm_hdrs_copy(&c, &s); /* empty into empty */
+    assert_int_equal(c.n, 0);
+    msm_hdrs_deinit(&c);
+    msm_hdrs_deinit(&h);
+    msm_buf_thread_cleanup();
+}
+
+static bool ref_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* The table and word-at-a-time versions of the character checks against byte-by-byte
+ * references, for every byte at every position of a word. */
+static void test_char_classes(void **state)
+{
+    (void)state;
+    char buf[40], want[40];
+    for (int c = 0; c < 256; c++) {
+        buf[0] = (char)c;
+        assert_int_equal(msm_http_is_token(buf, 1), ref_tchar((unsigned char)c));
+        for (size_t pos = 0; pos < 20; pos++) {
+            memset(buf, 'a', sizeof(buf));
+            buf[pos] = (char)c;
+            bool ok = !((c < 0x20 && c != '\t') || c == 0x7f);
+            assert_int_equal(msm_http_valid_value(buf, 20), ok);
+            assert_true(msm_http_valid_value(buf, pos)); /* the byte just past the end */
+        }
+        /* Folding on add: every byte at every offset of a 19-byte name. */
+        for (size_t pos = 0; pos < 19; pos++) {
+            memset(buf, 'Q', 19);
+            buf[pos] = (char)c;
+            for (size_t i = 0; i < 19; i++) {
+                unsigned char b = (unsigned char)buf[i];
+                want[i] = (char)(b >= 'A' && b <= 'Z' ? b + 32 : b);
+            }
+            struct msm_hdrs h;
+            msm_hdrs_init(&h);
+            msm_hdrs_add(&h, buf, 19, "", 0);
+            assert_memory_equal(h.v[0].name, want, 19);
+            msm_hdrs_deinit(&h);
+        }
+    }
+    assert_false(msm_http_is_token("", 0));
+    assert_true(msm_http_valid_value("", 0));
+    char out[21];
+    assert_int_equal(msm_http_fmt_u64(out, 0), 1);
+    assert_string_equal(out, "0");
+    assert_int_equal(msm_http_fmt_u64(out, 1234567890), 10);
+    assert_string_equal(out, "1234567890");
+    assert_int_equal(msm_http_fmt_u64(out, UINT64_MAX), 20);
+    assert_string_equal(out, "18446744073709551615");
+    msm_buf_thread_cleanup();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lookup_set_remove),
         cmocka_unit_test(test_big_maps),
         cmocka_unit_test(test_address_str_eq),
+        cmocka_unit_test(test_name_filter),
+        cmocka_unit_test(test_char_classes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,7 +14,10 @@
 #include <string.h>
 
 #include "config/pbjson.h"
+#include "config/types.h"
 #include "envoy/config/route/v3/route.pb-c.h"
+#include "filters/network/http_connection_manager/hcm.h"
+#include "stats/stats.h"
 #include "http/codec.h"
 #include "test/unit/http/codec_owner.h"
 #include "http/route.h"
@@ -371,6 +374,189 @@ static void test_h2_extended_connect(void **state)
     free(srv);
 }
 
+/* Client side (upgrades to an HTTP/2 upstream, Envoy's client codec): an HTTP/1.1-style
+ * upgrade goes out as an extended CONNECT and its 200 comes back as a 101; a CONNECT loses
+ * :scheme and :path; a server that did not announce ENABLE_CONNECT_PROTOCOL resets. */
+static void test_h2_client_upgrade_as_extended_connect(void **state)
+{
+    (void)state;
+    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
+    owner_init(cli);
+    owner_init(srv);
+    struct msm_hcodec_opts so;
+    msm_hcodec_opts_default(&so);
+    so.allow_connect = true;
+    srv->c = msm_http2_server_new(&so, &ocbs, srv);
+    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
+    pump(cli, srv);
+    struct rec *r = cli_stream(cli);
+    send_headers(r->s, false, ":method", "GET", ":scheme", "http", ":path", "/chat",
+                 ":authority", "a", "upgrade", "websocket", "connection", "upgrade",
+                 "content-length", "0", "sec-websocket-key", "k", NULL);
+    pump(cli, srv);
+    assert_int_equal(srv->n, 1);
+    struct rec *sr = &srv->r[0];
+    /* The server turned the extended CONNECT back into the upgrade: :protocol was sent. */
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, ":method"), "GET");
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, ":path"), "/chat");
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, "upgrade"), "websocket");
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, "sec-websocket-key"), "k");
+    assert_null(msm_hdrs_get(&sr->hdrs, "content-length"));
+    send_headers(sr->s, false, ":status", "101", NULL); /* 200 on the wire */
+    send_data(sr->s, "frame", false);
+    pump(cli, srv);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":status"), "101");
+    assert_string_equal(msm_hdrs_get(&r->hdrs, "upgrade"), "websocket");
+    assert_string_equal(msm_hdrs_get(&r->hdrs, "connection"), "upgrade");
+    assert_true(r->s->tunnel);
+    expect_body(r, "frame");
+    send_data(r->s, "back", true);
+    pump(cli, srv);
+    expect_body(sr, "back");
+    assert_true(sr->end);
+    send_data(sr->s, "", true);
+    pump(cli, srv);
+    assert_true(r->end);
+    assert_int_equal(r->reset, 0);
+    r->s->codec->ops->release(r->s);
+    sr->s->codec->ops->release(sr->s);
+
+    /* A refused upgrade (non-200) is an ordinary response. */
+    r = cli_stream(cli);
+    send_headers(r->s, false, ":method", "GET", ":scheme", "http", ":path", "/x",
+                 ":authority", "a", "upgrade", "websocket", "connection", "upgrade", NULL);
+    pump(cli, srv);
+    sr = &srv->r[srv->n - 1];
+    send_headers(sr->s, true, ":status", "404", NULL);
+    pump(cli, srv);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":status"), "404");
+    assert_null(msm_hdrs_get(&r->hdrs, "upgrade"));
+    assert_false(r->s->tunnel);
+    r->s->codec->ops->reset(r->s);
+    r->s->codec->ops->release(r->s);
+    sr->s->codec->ops->release(sr->s);
+
+    /* CONNECT: :scheme and :path are not sent (nghttp2 refuses them on a CONNECT). */
+    r = cli_stream(cli);
+    send_headers(r->s, false, ":method", "CONNECT", ":authority", "o:443", ":scheme", "https",
+                 ":path", "/", NULL);
+    pump(cli, srv);
+    sr = &srv->r[srv->n - 1];
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, ":method"), "CONNECT");
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, ":authority"), "o:443");
+    assert_null(msm_hdrs_get(&sr->hdrs, ":path"));
+    assert_null(msm_hdrs_get(&sr->hdrs, ":scheme"));
+    assert_int_equal(sr->reset, 0);
+    send_headers(sr->s, false, ":status", "200", NULL);
+    pump(cli, srv);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":status"), "200");
+    assert_null(msm_hdrs_get(&r->hdrs, "upgrade"));
+    r->s->codec->ops->reset(r->s);
+    r->s->codec->ops->release(r->s);
+    pump(cli, srv);
+    sr->s->codec->ops->release(sr->s);
+    pump(cli, srv);
+    owner_deinit(cli);
+    owner_deinit(srv);
+    free(cli);
+    free(srv);
+
+    /* Without allow_connect: sent before the server's SETTINGS arrived, the server resets it
+     * (PROTOCOL_ERROR); once they say no ENABLE_CONNECT_PROTOCOL, it is not sent at all. */
+    cli = calloc(1, sizeof(*cli));
+    srv = calloc(1, sizeof(*srv));
+    owner_init(cli);
+    owner_init(srv);
+    srv->c = msm_http2_server_new(NULL, &ocbs, srv);
+    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
+    for (int i = 0; i < 2; i++) {
+        r = cli_stream(cli);
+        send_headers(r->s, false, ":method", "GET", ":scheme", "http", ":path", "/chat",
+                     ":authority", "a", "upgrade", "websocket", "connection", "upgrade", NULL);
+        assert_int_equal(r->reset, i ? MSM_RESET_PROTOCOL_ERROR + 1 : 0);
+        pump(cli, srv);
+        assert_int_equal(srv->n, 0);
+        assert_int_equal(r->reset, MSM_RESET_PROTOCOL_ERROR + 1);
+        r->s->codec->ops->release(r->s);
+        pump(cli, srv);
+    }
+    owner_deinit(cli);
+    owner_deinit(srv);
+    free(cli);
+    free(srv);
+}
+
+/* upgrade_configs[].filters: built like http_filters (an upgrade's own chain, ending with the
+ * router); its errors name the list. hcm_config builds an HCM whose upgrade_configs is the JSON
+ * <upgrades>: config_new's error, else n_upgrades + 100 * the first entry's chain length. */
+static int hcm_config(const char *upgrades, struct msm_err *err)
+{
+    char json[2048];
+    snprintf(json, sizeof(json),
+             "{\"stat_prefix\":\"u\",\"http_filters\":[{\"name\":\"envoy.filters.http.router\","
+             "\"typed_config\":{\"@type\":\"type.googleapis.com/envoy.extensions.filters.http."
+             "router.v3.Router\"}}],\"route_config\":{\"virtual_hosts\":[{\"name\":\"v\","
+             "\"domains\":[\"*\"],\"routes\":[{\"match\":{\"prefix\":\"/\"},\"route\":{"
+             "\"cluster\":\"c\"}}]}]},\"upgrade_configs\":%s}",
+             upgrades);
+    const ProtobufCMessageDescriptor *d = msm_types_find(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager");
+    assert_non_null(d);
+    struct msm_pbjson_opts jo = {0};
+    ProtobufCMessage *m = msm_pbjson_decode_text(d, json, strlen(json), &jo, err);
+    if (!m) {
+        fail_msg("decode: %s", err->msg);
+    }
+    struct msm_factory_ctx ctx = {.stats = msm_stats, .listener_name = "t"};
+    void *cfg = NULL;
+    int rc = msm_hcm_ops.config_new(m, &ctx, &cfg, err);
+    if (rc == 0) {
+        /* The HCM's config is the first member of its private struct (config.c). */
+        const struct msm_hcm_config *c = cfg;
+        rc = c->n_upgrades + c->upgrades[0].n_filters * 100;
+        msm_hcm_ops.config_free(cfg);
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    return rc;
+}
+
+#define FAULT                                                                                     \
+    "{\"name\":\"envoy.filters.http.fault\",\"typed_config\":{\"@type\":"                         \
+    "\"type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault\",\"abort\":{"        \
+    "\"http_status\":418,\"percentage\":{\"numerator\":100}}}}"
+#define ROUTER                                                                                    \
+    "{\"name\":\"envoy.filters.http.router\",\"typed_config\":{\"@type\":"                        \
+    "\"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\"}}"
+
+static void test_hcm_upgrade_filters_config(void **state)
+{
+    (void)state;
+    msm_stats = msm_stats_store_new();
+    struct msm_err err = {{0}};
+    assert_int_equal(hcm_config("[{\"upgrade_type\":\"websocket\"}]", &err), 1);
+    assert_int_equal(hcm_config("[{\"upgrade_type\":\"websocket\",\"filters\":[" FAULT "," ROUTER
+                                "]},{\"upgrade_type\":\"CONNECT\"}]",
+                                &err),
+                     202);
+    assert_true(hcm_config("[{\"upgrade_type\":\"websocket\",\"filters\":[" FAULT "]}]", &err) <
+                0);
+    assert_string_equal(err.msg, "upgrade_configs[0].filters: the last http filter must be a "
+                                 "terminal filter (envoy.filters.http.router)");
+    assert_true(hcm_config("[{\"upgrade_type\":\"CONNECT\"},{\"upgrade_type\":\"websocket\","
+                           "\"filters\":[" ROUTER "," FAULT "]}]",
+                           &err) < 0);
+    assert_string_equal(err.msg, "upgrade_configs[1].filters[0] 'envoy.filters.http.router': "
+                                 "terminal filter 'envoy.filters.http.router' must be the last "
+                                 "http filter");
+    assert_true(hcm_config("[{\"upgrade_type\":\"websocket\",\"filters\":[{\"name\":\"x\"},"
+                           ROUTER "]}]",
+                           &err) < 0);
+    assert_string_equal(err.msg, "upgrade_configs[0].filters[0] 'x': unknown http filter 'x' "
+                                 "(no typed_config)");
+    msm_stats_store_free(msm_stats);
+    msm_stats = NULL;
+}
+
 /* ---- route configurations ----------------------------------------------------------------- */
 
 static const char *pick(const struct msm_route_config *rc, const char *method, const char *path)
@@ -458,6 +644,8 @@ int main(void)
         cmocka_unit_test(test_h1_client_connect_and_refusals),
         cmocka_unit_test(test_tcp_tunnel),
         cmocka_unit_test(test_h2_extended_connect),
+        cmocka_unit_test(test_h2_client_upgrade_as_extended_connect),
+        cmocka_unit_test(test_hcm_upgrade_filters_config),
         cmocka_unit_test(test_routes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
