@@ -103,20 +103,38 @@ def main():
         out.append(f"| {label} ({unit}) | {fmt(val['direct'], unit)} | "
                    f"{fmt(val['haproxy'], unit)} | {fmt(val['msm'], unit)} | | | "
                    f"{cpus[0]} | {cpus[1]} |")
-        added = {}
+        added, per_rep = {}, {}
         for tg in ("haproxy", "msm"):
-            diffs = []
+            diffs, per_rep[tg] = [], {}
             for rep, kv in t.get(tg, {}).items():
                 d = t.get("direct", {}).get(rep)
                 if d and num(kv.get(key)) is not None and num(d.get(key)) is not None:
-                    diffs.append(num(kv.get(key)) - num(d.get(key)))
+                    per_rep[tg][rep] = num(kv.get(key)) - num(d.get(key))
+                    diffs.append(per_rep[tg][rep])
             added[tg] = med(diffs)
         r = None
         if added["haproxy"] is not None and added["msm"] is not None:
             r = added["haproxy"] / added["msm"] if added["msm"] > 0 else float("inf")
         rs, ok = fmt_ratio(r)
+        # The spread of the same ratio taken per repetition: how far one run can be trusted.
+        reps = [per_rep["haproxy"][k] / per_rep["msm"][k] for k in per_rep["msm"]
+                if k in per_rep["haproxy"] and per_rep["msm"][k] > 0]
+        spread = f" (per rep {min(reps):.2f}–{max(reps):.2f})" if len(reps) > 1 else ""
         out.append(f"| ↳ p99 added by the proxy ({unit}) | | {fmt(added['haproxy'], unit)} | "
-                   f"{fmt(added['msm'], unit)} | {rs} | {ok} | | |")
+                   f"{fmt(added['msm'], unit)} | {rs}{spread} | {ok} | | |")
+        # The median round trip moves much less than the p99: added p50, for reference.
+        p50 = {}
+        for tg in ("haproxy", "msm"):
+            xs = []
+            for rep, kv in t.get(tg, {}).items():
+                d = t.get("direct", {}).get(rep)
+                if d and num(kv.get("p50_us")) is not None and num(d.get("p50_us")) is not None:
+                    xs.append(num(kv.get("p50_us")) - num(d.get("p50_us")))
+            p50[tg] = med(xs)
+        if p50["haproxy"] is not None and p50["msm"] is not None:
+            r50 = p50["haproxy"] / p50["msm"] if p50["msm"] > 0 else float("inf")
+            out.append(f"| ↳ p50 added by the proxy ({unit}) | | {fmt(p50['haproxy'], unit)} | "
+                       f"{fmt(p50['msm'], unit)} | {r50:.2f} | | | |")
     out.append("")
     out.append("Per proxy core (figure / proxy CPU share, per repetition, then median): the "
                "work each proxy does per CPU-second, less sensitive to where the scheduler "

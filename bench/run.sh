@@ -8,6 +8,7 @@
 #
 # Usage: bench/run.sh [--concurrency N] [--reps N] [--duration S] [--warmup S]
 #                     [--scenarios "tput1 tput100 connrate lat1 lat16"] [--pin none|split|one]
+#                     [--lat-pin none|split|one]
 #                     [--no-build] [--no-deps]
 # Environment: BUILD_DIR (default build-bench), BENCH_PORT_BASE (default 20000).
 # Output: bench/results/latest.md (also printed), raw log and a dated copy beside it.
@@ -24,6 +25,7 @@ SCENARIOS="tput1 tput100 connrate lat1 lat16"
 DO_BUILD=1
 DO_DEPS=1
 PIN=none
+LAT_PIN=one # latency scenarios: see "CPU placement" below
 CR_CONNS=64 # concurrent connect/echo/close slots in the connrate scenario
 
 while [ $# -gt 0 ]; do
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
     --warmup) WARMUP=$2; shift 2 ;;
     --scenarios) SCENARIOS=$2; shift 2 ;;
     --pin) PIN=$2; shift 2 ;;
+    --lat-pin) LAT_PIN=$2; shift 2 ;;
     --no-build) DO_BUILD=0; shift ;;
     --no-deps) DO_DEPS=0; shift ;;
     -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
@@ -57,17 +60,31 @@ HAP_OFF=2000
 # split: proxy on the last CPU, load tools on the others (bare metal: no CPU stealing).
 # one:   everything on CPU 0 (the proxy's cost adds directly to the tools').
 # Every run records each proxy's CPU time, whatever the placement.
+# The latency scenarios have their own placement (--lat-pin, default one): on a 2-vCPU VM the
+# added p99 under "none" is mostly where the scheduler happened to put three processes on two
+# vCPUs in that repetition (per-repetition ratios moved 0.6-4.3 for the same binaries); all on
+# one CPU, an echo's round trip is the work of the client, the proxy and the echo server plus
+# their context switches, so the proxy's added p99 is its own cost, the same way for both.
 NCPU=$(nproc)
 ALL_CPUS=0-$((NCPU - 1))
-case "$PIN" in
-none) PROXY_CPUS=$ALL_CPUS; TOOL_CPUS=$ALL_CPUS; PINNING="none (kernel scheduler, CPUs $ALL_CPUS)" ;;
-split)
-    [ "$NCPU" -ge 2 ] || { echo "run.sh: --pin split needs 2 CPUs" >&2; exit 2; }
-    PROXY_CPUS=$((NCPU - 1)); TOOL_CPUS=0-$((NCPU - 2))
-    PINNING="split (proxy on CPU $PROXY_CPUS, load tools on CPUs $TOOL_CPUS)" ;;
-one) PROXY_CPUS=0; TOOL_CPUS=0; PINNING="one (proxy and load tools all on CPU 0)" ;;
-*) echo "run.sh: --pin none|split|one" >&2; exit 2 ;;
-esac
+# placement MODE: sets P_CPUS (proxies), T_CPUS (tools and servers) and P_TEXT.
+placement() {
+    case "$1" in
+    none) P_CPUS=$ALL_CPUS; T_CPUS=$ALL_CPUS; P_TEXT="none (kernel scheduler, CPUs $ALL_CPUS)" ;;
+    split)
+        [ "$NCPU" -ge 2 ] || { echo "run.sh: --pin split needs 2 CPUs" >&2; exit 2; }
+        P_CPUS=$((NCPU - 1)); T_CPUS=0-$((NCPU - 2))
+        P_TEXT="split (proxy on CPU $P_CPUS, load tools on CPUs $T_CPUS)" ;;
+    one) P_CPUS=0; T_CPUS=0; P_TEXT="one (proxy and load tools all on CPU 0)" ;;
+    *) echo "run.sh: --pin/--lat-pin none|split|one" >&2; exit 2 ;;
+    esac
+}
+placement "$LAT_PIN"
+LAT_PINNING=$P_TEXT
+placement "$PIN"
+PROXY_CPUS=$P_CPUS
+TOOL_CPUS=$T_CPUS
+PINNING=$P_TEXT
 
 WORK=$(mktemp -d /tmp/msm-bench.XXXXXX)
 PIDS=()
@@ -265,13 +282,24 @@ run_one() {
     lat16) args="latency --conns 16 --size 64 --port $((ECHO + off))" ;;
     *) echo "run.sh: unknown scenario '$sc'" >&2; exit 2 ;;
     esac
+    # Latency runs use their own placement; the running servers and proxies move with it.
+    case "$sc" in
+    lat*) placement "$LAT_PIN" ;;
+    *) placement "$PIN" ;;
+    esac
+    for p in "$HAP_PID" "$MSM_PID"; do
+        taskset -a -p -c "$P_CPUS" "$p" >/dev/null
+    done
+    for p in "$ECHO_PID" "$ECHOC_PID"; do
+        taskset -a -p -c "$T_CPUS" "$p" >/dev/null
+    done
     c0=0
     [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
     e0=$(($(cpu_ticks "$ECHO_PID") + $(cpu_ticks "$ECHOC_PID")))
     read -r -a s0 <<<"$(sys_ticks)"
     t0=$(date +%s%N)
     # shellcheck disable=SC2086
-    out=$(taskset -c "$TOOL_CPUS" "$TB" $args --duration "$DUR" --warmup "$WARMUP") || rc=$?
+    out=$(taskset -c "$T_CPUS" "$TB" $args --duration "$DUR" --warmup "$WARMUP") || rc=$?
     t1=$(date +%s%N)
     read -r -a s1 <<<"$(sys_ticks)"
     c1=0
@@ -294,7 +322,7 @@ STAMP=$(date +%Y%m%d-%H%M%S)
 RAW=$RESULTS/raw-$STAMP-c$CONC-$PIN.log
 : >"$RAW"
 TARGETS=(direct haproxy msm)
-log "concurrency $CONC, $REPS repetitions x ${DUR}s (+${WARMUP}s warm-up), pinning: $PINNING"
+log "concurrency $CONC, $REPS repetitions x ${DUR}s (+${WARMUP}s warm-up), pinning: $PINNING; latency runs: $LAT_PINNING"
 for rep in $(seq 1 "$REPS"); do
     for sc in $SCENARIOS; do
         # Rotate the order each repetition so no target always runs first.
@@ -318,7 +346,7 @@ cat >"$WORK/header.md" <<EOF
 
 - date: $(date -u '+%Y-%m-%d %H:%M UTC'); msm-proxy $GIT_REV (Release); $(cat "$WORK/haproxy.version")
 - machine: $NCPU CPUs, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), kernel $(uname -r)
-- proxies: msm-proxy --concurrency $CONC, haproxy nbthread $CONC; pinning: $PINNING
+- proxies: msm-proxy --concurrency $CONC, haproxy nbthread $CONC; pinning: $PINNING; latency runs: $LAT_PINNING
 - $REPS repetitions, ${DUR}s measured after ${WARMUP}s warm-up, targets interleaved per repetition
 - raw log: bench/results/$(basename "$RAW")
 EOF
