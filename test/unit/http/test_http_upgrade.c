@@ -326,17 +326,34 @@ static void test_tcp_tunnel(void **state)
 
 /* ---- HTTP/2 extended CONNECT -------------------------------------------------------------- */
 
+/* A client and a server HTTP/2 codec wired to each other (pump), the server accepting extended
+ * CONNECT with <allow_connect>. */
+static void h2_pair_new(bool allow_connect, struct owner **cli, struct owner **srv)
+{
+    *cli = calloc(1, sizeof(**cli));
+    *srv = calloc(1, sizeof(**srv));
+    owner_init(*cli);
+    owner_init(*srv);
+    struct msm_hcodec_opts so;
+    msm_hcodec_opts_default(&so);
+    so.allow_connect = allow_connect;
+    (*srv)->c = msm_http2_server_new(&so, &ocbs, *srv);
+    (*cli)->c = msm_http2_client_new(NULL, &ocbs, *cli);
+}
+
+static void h2_pair_free(struct owner *cli, struct owner *srv)
+{
+    owner_deinit(cli);
+    owner_deinit(srv);
+    free(cli);
+    free(srv);
+}
+
 static void test_h2_extended_connect(void **state)
 {
     (void)state;
-    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
-    owner_init(cli);
-    owner_init(srv);
-    struct msm_hcodec_opts so;
-    msm_hcodec_opts_default(&so);
-    so.allow_connect = true;
-    srv->c = msm_http2_server_new(&so, &ocbs, srv);
-    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
+    struct owner *cli, *srv;
+    h2_pair_new(true, &cli, &srv);
     pump(cli, srv);
     struct rec *r = cli_stream(cli);
     send_headers(r->s, false, ":method", "CONNECT", ":protocol", "websocket", ":scheme", "http",
@@ -368,10 +385,7 @@ static void test_h2_extended_connect(void **state)
     r->s->codec->ops->release(r->s);
     sr->s->codec->ops->release(sr->s);
     pump(cli, srv);
-    owner_deinit(cli);
-    owner_deinit(srv);
-    free(cli);
-    free(srv);
+    h2_pair_free(cli, srv);
 }
 
 /* Client side (upgrades to an HTTP/2 upstream, Envoy's client codec): an HTTP/1.1-style
@@ -380,14 +394,8 @@ static void test_h2_extended_connect(void **state)
 static void test_h2_client_upgrade_as_extended_connect(void **state)
 {
     (void)state;
-    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
-    owner_init(cli);
-    owner_init(srv);
-    struct msm_hcodec_opts so;
-    msm_hcodec_opts_default(&so);
-    so.allow_connect = true;
-    srv->c = msm_http2_server_new(&so, &ocbs, srv);
-    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
+    struct owner *cli, *srv;
+    h2_pair_new(true, &cli, &srv);
     pump(cli, srv);
     struct rec *r = cli_stream(cli);
     send_headers(r->s, false, ":method", "GET", ":scheme", "http", ":path", "/chat",
@@ -456,19 +464,11 @@ static void test_h2_client_upgrade_as_extended_connect(void **state)
     pump(cli, srv);
     sr->s->codec->ops->release(sr->s);
     pump(cli, srv);
-    owner_deinit(cli);
-    owner_deinit(srv);
-    free(cli);
-    free(srv);
+    h2_pair_free(cli, srv);
 
     /* Without allow_connect: sent before the server's SETTINGS arrived, the server resets it
      * (PROTOCOL_ERROR); once they say no ENABLE_CONNECT_PROTOCOL, it is not sent at all. */
-    cli = calloc(1, sizeof(*cli));
-    srv = calloc(1, sizeof(*srv));
-    owner_init(cli);
-    owner_init(srv);
-    srv->c = msm_http2_server_new(NULL, &ocbs, srv);
-    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
+    h2_pair_new(false, &cli, &srv);
     for (int i = 0; i < 2; i++) {
         r = cli_stream(cli);
         send_headers(r->s, false, ":method", "GET", ":scheme", "http", ":path", "/chat",
@@ -480,10 +480,7 @@ static void test_h2_client_upgrade_as_extended_connect(void **state)
         r->s->codec->ops->release(r->s);
         pump(cli, srv);
     }
-    owner_deinit(cli);
-    owner_deinit(srv);
-    free(cli);
-    free(srv);
+    h2_pair_free(cli, srv);
 }
 
 /* upgrade_configs[].filters: built like http_filters (an upgrade's own chain, ending with the
