@@ -635,13 +635,11 @@ size_t msm_stats_render_families(const struct msm_stats_render *r)
     return r->families;
 }
 
-/* While the store's thread sorts the name order: compute export views (Prometheus), then wait
- * for the thread, ~MSM_SR_STEP_MS in all. True when the order is there (in <r->sl.all>). */
+/* Wait up to ~MSM_SR_STEP_MS for the store's thread to sort the name order (computing export
+ * views meanwhile in the order of the hash slots costs more than computing them in name order
+ * afterwards, with the thread doing its half). True when the order is there (<r->sl.all>). */
 static bool prefetch_wait(struct msm_stats_render *r, double t0)
 {
-    while (r->fmt == MSM_SR_FMT_PROMETHEUS && now_ms() - t0 < MSM_SR_STEP_MS &&
-           msm_stats_prewarm(r->st, 512)) {
-    }
     double left = MSM_SR_STEP_MS - (now_ms() - t0);
     msm_stats_order_wait(r->st, left > 1 ? left : 1);
     r->sl.all = msm_stats_order_get(r->st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name,
@@ -662,7 +660,8 @@ static void prepare(struct msm_stats_render *r, bool unbounded)
             r->step = ST_SELECT;
             break;
         }
-        if (!unbounded && !r->no_prefetch && msm_stats_order_prefetch(r->st)) {
+        if (!unbounded && !r->no_prefetch &&
+            msm_stats_order_prefetch(r->st, r->fmt == MSM_SR_FMT_PROMETHEUS)) {
             r->prefetched = true;
             r->step = ST_SORT;
             break;
@@ -731,6 +730,7 @@ static void prepare(struct msm_stats_render *r, bool unbounded)
             }
         }
         r->i = 0;
+        msm_stats_order_release(r->st); /* the views are all there: end the store's thread */
         r->step = ST_GROUP;
         break;
     case ST_GROUP:

@@ -37,7 +37,7 @@ static void on_warm(struct ev_loop *loop, ev_idle *w, int revents)
         ev_idle_stop(loop, w);
         /* And the name order every export starts from (cached until a stat comes or goes): a
          * big store sorts it in a thread, collected by the next export. */
-        if (msm_stats_order_prefetch(f->st)) {
+        if (msm_stats_order_prefetch(f->st, false)) {
             return;
         }
         size_t n = 0;

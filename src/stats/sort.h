@@ -30,3 +30,10 @@ void msm_sort_init(struct msm_sort *s, struct msm_sort_item *v, size_t n);
 bool msm_sort_step(struct msm_sort *s, size_t budget);
 /* Release the scratch memory of an unfinished sort (<v> is left in some order). */
 void msm_sort_abandon(struct msm_sort *s);
+
+/* Sort <v> (<n> items) by strcmp of their keys in one go, without comparing whole keys: an MSD
+ * radix sort on 8-byte big-endian chunks of the keys (levels where a whole group shares the
+ * chunk are skipped, as in long common prefixes). Same order as qsort with strcmp (unsigned
+ * bytes, a prefix first); items with equal keys end up in some order. Uses ~3 times <n> items
+ * of scratch memory for its duration. Touches only <v> and the keys: any thread. */
+void msm_sort_radix(struct msm_sort_item *v, size_t n);

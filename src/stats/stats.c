@@ -13,6 +13,7 @@
 
 #include "common/alloc.h"
 #include "config/matcher.h"
+#include "stats/sort.h"
 #include "stats/tags.h"
 
 const double msm_hist_bounds[MSM_HIST_BUCKETS] = {
@@ -56,7 +57,11 @@ struct msm_stats_store {
     struct order_job {
         pthread_t th;
         bool running; /* started, not joined yet */
-        atomic_bool done;
+        bool collected; /* its order was offered to the cache (job_collect) */
+        bool exports;   /* after sorting, compute export views (msm_stats_order_prefetch) */
+        atomic_bool done; /* sorted */
+        atomic_bool finished; /* its export pass too */
+        atomic_bool stop; /* end the export pass */
         uint64_t gen; /* generation of the snapshot */
         struct msm_stat **v; /* the snapshot (not referenced: see <dead>) */
         size_t n;
@@ -745,6 +750,7 @@ int msm_stats_configure(struct msm_stats_store *st, const void *stats_config,
     if (!tp) {
         return MSM_EINVAL;
     }
+    job_reap(st, true); /* its export pass reads st->tags */
     pthread_mutex_lock(&st->mu);
     matcher_clear(st);
     st->cfg_gen = atomic_fetch_add(&cfg_epoch, 1) + 1;
@@ -1018,7 +1024,8 @@ static struct msm_stat_export *export_new(struct msm_stats_store *st, const char
 
 /* The view of a stat whose tags come from tag extraction: no per-stat copies of the
  * tag-extracted name, the tags or the labels (the interned strings are shared). */
-static struct msm_stat_export *export_extracted(struct msm_stats_store *st, const char *name)
+static struct msm_stat_export *export_extracted(struct msm_stats_store *st, const char *name,
+                                               struct msm_tag_scratch *sc)
 {
     enum { STACK_NAME = 512, STACK_TAGS = 64, STACK_LABELS = 1024 };
     char tn_s[STACK_NAME], lb_s[STACK_LABELS];
@@ -1027,7 +1034,7 @@ static struct msm_stat_export *export_extracted(struct msm_stats_store *st, cons
     int max = msm_tag_producer_count(st->tags);
     char *tn = len < STACK_NAME ? tn_s : msm_xmalloc(len + 1);
     struct msm_tag_ref *refs = max <= STACK_TAGS ? refs_s : msm_xcalloc((size_t)max, sizeof(*refs));
-    int n = msm_tag_producer_produce_refs(st->tags, name, len, tn, &tn_len, refs);
+    int n = msm_tag_producer_produce_refs_on(st->tags, sc, name, len, tn, &tn_len, refs);
     struct msm_stat_export *e = MSM_NEW(struct msm_stat_export);
     e->tag_name = intern_n(st, tn, tn_len);
     e->n_tags = n;
@@ -1057,12 +1064,22 @@ static struct msm_stat_export *export_extracted(struct msm_stats_store *st, cons
     return e;
 }
 
+/* Make <e> the view of <s> unless another thread installed one first (then drop <e>). */
+static struct msm_stat_export *export_install(struct msm_stat *s, struct msm_stat_export *e)
+{
+    struct msm_stat_export *was = NULL;
+    if (atomic_compare_exchange_strong_explicit(&s->exp, &was, e, memory_order_acq_rel,
+                                                memory_order_acquire)) {
+        return e;
+    }
+    export_free(e);
+    return was;
+}
+
 const struct msm_stat_export *msm_stat_export(struct msm_stat *s)
 {
-    if (!s->exp) {
-        s->exp = export_extracted(s->store, s->name);
-    }
-    return s->exp;
+    struct msm_stat_export *e = atomic_load_explicit(&s->exp, memory_order_acquire);
+    return e ? e : export_install(s, export_extracted(s->store, s->name, NULL));
 }
 
 void msm_stats_flush_histograms(struct msm_stats_store *st)
@@ -1100,28 +1117,68 @@ void msm_stats_reset_counters(struct msm_stats_store *st)
 
 /* ---- cached sorted lists ------------------------------------------------------------------ */
 
+static struct msm_stat_export *export_extracted(struct msm_stats_store *st, const char *name,
+                                               struct msm_tag_scratch *sc);
+static struct msm_stat_export *export_install(struct msm_stat *s, struct msm_stat_export *e);
+
+/* How many stats the thread looks at between checks of <stop>, and how many exported ones in a
+ * row tell it that the main thread's export pass came from the other end to meet it. */
+#define JOB_EXPORT_CHECK 64
+#define JOB_EXPORT_MET 512
+
 static void *job_main(void *arg)
 {
-    struct order_job *j = arg;
-    qsort(j->v, j->n, sizeof(*j->v), by_name); /* reads only the names: immutable */
+    struct msm_stats_store *st = arg;
+    struct order_job *j = &st->job;
+    /* Reads only the names: immutable. */
+    struct msm_sort_item *items = msm_xcalloc(j->n + 1, sizeof(*items));
+    for (size_t i = 0; i < j->n; i++) {
+        if (i + 16 < j->n) {
+            __builtin_prefetch(j->v[i + 16]);
+        }
+        items[i] = (struct msm_sort_item){.key = j->v[i]->name, .val = j->v[i]};
+    }
+    msm_sort_radix(items, j->n);
+    for (size_t i = 0; i < j->n; i++) {
+        j->v[i] = items[i].val;
+    }
+    free(items);
     pthread_mutex_lock(&j->mu);
     atomic_store(&j->done, true);
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
+    /* Export views from the end of the order while the main thread's export pass works from
+     * its start (both install with a compare-and-swap: whoever comes second drops its copy).
+     * Until the job is joined no stat of the snapshot is destroyed and st->tags stays. */
+    if (j->exports) {
+        struct msm_tag_scratch *sc = msm_tag_scratch_new(st->tags);
+        size_t met = 0;
+        for (size_t i = j->n; i-- > 0 && met < JOB_EXPORT_MET;) {
+            if (i % JOB_EXPORT_CHECK == 0 && atomic_load(&j->stop)) {
+                break;
+            }
+            struct msm_stat *s = j->v[i];
+            if (atomic_load_explicit(&s->exp, memory_order_acquire)) {
+                met++;
+                continue;
+            }
+            met = 0;
+            export_install(s, export_extracted(st, s->name, sc));
+        }
+        msm_tag_scratch_free(sc);
+    }
+    atomic_store(&j->finished, true);
     return NULL;
 }
 
-/* Join a finished prefetch sort (or wait for it with <wait>) and make its result the cached name
- * order when nothing was created or destroyed since its snapshot. */
-static void job_reap(struct msm_stats_store *st, bool wait)
+/* Join the prefetch thread: with <wait> in any case (stopping its export pass), else when it
+ * finished. The order is collected first (as with job_collect). */
+static void job_collect(struct msm_stats_store *st, bool wait);
+
+/* No thread reads the snapshot any more: destroy the stats that died meanwhile, drop it. */
+static void job_end(struct msm_stats_store *st)
 {
     struct order_job *j = &st->job;
-    if (!j->running || (!wait && !atomic_load(&j->done))) {
-        return;
-    }
-    pthread_join(j->th, NULL);
-    /* A stat that died meanwhile moved the generation: order_put does not cache the result. */
-    msm_stats_order_put(st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name, j->gen, j->v, j->n);
     pthread_mutex_lock(&st->mu);
     j->running = false;
     for (size_t i = 0; i < j->n_dead; i++) {
@@ -1134,11 +1191,53 @@ static void job_reap(struct msm_stats_store *st, bool wait)
     j->n = 0;
 }
 
-bool msm_stats_order_prefetch(struct msm_stats_store *st)
+static void job_join(struct msm_stats_store *st, bool wait)
+{
+    struct order_job *j = &st->job;
+    if (!j->running || (!wait && !atomic_load(&j->finished))) {
+        return;
+    }
+    atomic_store(&j->stop, true);
+    pthread_join(j->th, NULL);
+    job_collect(st, false);
+    job_end(st);
+}
+
+/* Once the prefetch thread sorted (or, with <wait>, after waiting for that), make its result
+ * the cached name order when nothing was created or destroyed since its snapshot. */
+static void job_collect(struct msm_stats_store *st, bool wait)
+{
+    struct order_job *j = &st->job;
+    if (!j->running || j->collected) {
+        return;
+    }
+    if (!atomic_load(&j->done)) {
+        if (!wait) {
+            return;
+        }
+        pthread_mutex_lock(&j->mu);
+        while (!atomic_load(&j->done)) {
+            pthread_cond_wait(&j->cv, &j->mu);
+        }
+        pthread_mutex_unlock(&j->mu);
+    }
+    /* A stat that died meanwhile moved the generation: order_put does not cache the result.
+     * (The thread only reads <v> from now on.) */
+    msm_stats_order_put(st, MSM_STATS_ORDER_NAME, msm_stats_cmp_name, j->gen, j->v, j->n);
+    j->collected = true;
+}
+
+static void job_reap(struct msm_stats_store *st, bool wait)
+{
+    job_collect(st, wait);
+    job_join(st, wait);
+}
+
+bool msm_stats_order_prefetch(struct msm_stats_store *st, bool exports)
 {
     struct order_job *j = &st->job;
     job_reap(st, false);
-    if (j->running) {
+    if (j->running && !j->collected) {
         return true;
     }
     struct order_cache *oc = &st->orders[MSM_STATS_ORDER_NAME];
@@ -1149,6 +1248,7 @@ bool msm_stats_order_prefetch(struct msm_stats_store *st)
     if (fresh || small) {
         return false;
     }
+    job_reap(st, true); /* the export pass of the previous job, if it still runs */
     /* No references (a million atomic increments, then decrements, are cache misses on the
      * main thread): while <running>, a stat whose last reference goes is kept (stat_release). */
     pthread_mutex_lock(&st->mu);
@@ -1163,18 +1263,13 @@ bool msm_stats_order_prefetch(struct msm_stats_store *st)
     j->gen = st->generation;
     j->running = true;
     pthread_mutex_unlock(&st->mu);
+    j->collected = false;
+    j->exports = exports;
     atomic_store(&j->done, false);
-    if (pthread_create(&j->th, NULL, job_main, j) != 0) {
-        pthread_mutex_lock(&st->mu);
-        j->running = false;
-        for (size_t i = 0; i < j->n_dead; i++) {
-            stat_destroy(j->dead[i]);
-        }
-        j->n_dead = 0;
-        pthread_mutex_unlock(&st->mu);
-        free(j->v);
-        j->v = NULL;
-        j->n = 0;
+    atomic_store(&j->finished, false);
+    atomic_store(&j->stop, false);
+    if (pthread_create(&j->th, NULL, job_main, st) != 0) {
+        job_end(st);
         return false;
     }
     return true;
@@ -1182,13 +1277,13 @@ bool msm_stats_order_prefetch(struct msm_stats_store *st)
 
 bool msm_stats_order_pending(const struct msm_stats_store *st)
 {
-    return st->job.running;
+    return st->job.running && !st->job.collected;
 }
 
 void msm_stats_order_wait(struct msm_stats_store *st, double ms)
 {
     struct order_job *j = &st->job;
-    if (!j->running) {
+    if (!j->running || j->collected) {
         return;
     }
     struct timespec ts;
@@ -1201,6 +1296,14 @@ void msm_stats_order_wait(struct msm_stats_store *st, double ms)
         pthread_cond_timedwait(&j->cv, &j->mu, &ts);
     }
     pthread_mutex_unlock(&j->mu);
+}
+
+void msm_stats_order_release(struct msm_stats_store *st)
+{
+    if (st->job.running) {
+        atomic_store(&st->job.stop, true);
+    }
+    job_reap(st, false);
 }
 
 struct msm_stat **msm_stats_order_get(struct msm_stats_store *st, int slot,

@@ -90,7 +90,8 @@ struct msm_stat {
      * owner but is not in the store (no name, no lookup, not shared by name), as Envoy does
      * not create rejected stats. With Istio's inclusion list that is most per-cluster stats. */
     bool detached;
-    struct msm_stat_export *exp;    /* export cache (msm_stat_export); main thread */
+    /* export cache (msm_stat_export; also set by the export pass of msm_stats_order_prefetch) */
+    _Atomic(struct msm_stat_export *) exp;
     uint64_t *hist_prev;            /* histogram: cumulative counts at the last flush */
     uint64_t *hist_interval;        /* histogram: counts of the last complete interval */
     uint64_t hash;                  /* XXH3 of <name>: the store's probes compare it first */
@@ -157,11 +158,17 @@ void msm_stats_order_put(struct msm_stats_store *st, int slot, msm_stats_cmp_fn 
  * reads only the snapshot's names; its result becomes the cached order at the first
  * msm_stats_order_get after it finished (if nothing was created or destroyed meanwhile), so a
  * cold export does other work (tag extraction) while it sorts. Main thread. */
-bool msm_stats_order_prefetch(struct msm_stats_store *st);
+bool msm_stats_order_prefetch(struct msm_stats_store *st, bool exports);
+/* With <exports>, the thread then computes export views (as msm_stat_export) from the end of
+ * the order until it meets views the main thread computed from its start, or is stopped by
+ * msm_stats_order_release / the next prefetch / msm_stats_configure / the store's end. */
 /* Wait up to <ms> milliseconds for a running prefetch sort to finish. Main thread. */
 void msm_stats_order_wait(struct msm_stats_store *st, double ms);
 /* Is a prefetch sort running (or finished and not yet collected by msm_stats_order_get)? */
 bool msm_stats_order_pending(const struct msm_stats_store *st);
+/* End the export pass of the prefetch thread if it runs (without waiting: the thread is joined
+ * by a later call once it finished). Main thread. */
+void msm_stats_order_release(struct msm_stats_store *st);
 
 /* Install the bootstrap's stats_config (envoy.config.metrics.v3.StatsConfig, may be NULL) and
  * the --stats-tag tags: tag extraction and stats_matcher. Existing stats are re-evaluated.

@@ -410,6 +410,7 @@ struct ctx {
     size_t nrm;
     struct msm_tag_ref *tags;
     size_t ntags;
+    pcre2_match_data *md; /* the producer's or a scratch's */
 };
 
 static void tokenize(struct ctx *c)
@@ -471,16 +472,16 @@ static void push_rm(struct ctx *c, size_t start, size_t end)
     c->nrm++;
 }
 
-static bool extract_regex(struct msm_tag_producer *p, const struct extractor *e, struct ctx *c)
+static bool extract_regex(const struct extractor *e, struct ctx *c)
 {
     if (!has_substr(e, c)) {
         return false;
     }
-    int rc = pcre2_match(e->re, (PCRE2_SPTR)c->name, c->len, 0, 0, p->md, NULL);
+    int rc = pcre2_match(e->re, (PCRE2_SPTR)c->name, c->len, 0, 0, c->md, NULL);
     if (rc < 0) {
         return false;
     }
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(p->md);
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
     if (ov[2] == PCRE2_UNSET) {
         return false;
     }
@@ -573,7 +574,7 @@ static bool extract_tokens(const struct extractor *e, struct ctx *c)
 static bool extract(struct msm_tag_producer *p, const struct extractor *e, struct ctx *c)
 {
     switch (e->kind) {
-    case EX_REGEX: return extract_regex(p, e, c);
+    case EX_REGEX: return extract_regex(e, c);
     case EX_TOKENS: return extract_tokens(e, c);
     case EX_FIXED: push_tag(c, e->name, e->value, strlen(e->value)); return true;
     }
@@ -629,11 +630,45 @@ static size_t remove_spans(const struct ctx *c, char *out)
     return k;
 }
 
+struct msm_tag_scratch {
+    pcre2_match_data *md;
+    struct span *rm;
+};
+
+struct msm_tag_scratch *msm_tag_scratch_new(const struct msm_tag_producer *p)
+{
+    struct msm_tag_scratch *sc = MSM_NEW(struct msm_tag_scratch);
+    sc->md = pcre2_match_data_create(16, NULL);
+    sc->rm = msm_xcalloc((size_t)(p ? p->n : 0) + 1, sizeof(*sc->rm));
+    return sc;
+}
+
+void msm_tag_scratch_free(struct msm_tag_scratch *sc)
+{
+    if (!sc) {
+        return;
+    }
+    pcre2_match_data_free(sc->md);
+    free(sc->rm);
+    free(sc);
+}
+
 int msm_tag_producer_produce_refs(struct msm_tag_producer *p, const char *name, size_t len,
                                   char *out, size_t *out_len, struct msm_tag_ref *tags)
 {
+    return msm_tag_producer_produce_refs_on(p, NULL, name, len, out, out_len, tags);
+}
+
+int msm_tag_producer_produce_refs_on(struct msm_tag_producer *p, struct msm_tag_scratch *sc,
+                                     const char *name, size_t len, char *out, size_t *out_len,
+                                     struct msm_tag_ref *tags)
+{
     struct span rm_none[1];
     struct ctx c = {.name = name, .len = len, .tags = tags, .rm = p ? p->rm : rm_none};
+    if (p) {
+        c.md = sc ? sc->md : p->md;
+        c.rm = sc ? sc->rm : p->rm;
+    }
     c.plain = p && p->plain;
     if (!c.plain) {
         bigrams(name, len, c.bg);

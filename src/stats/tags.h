@@ -62,6 +62,15 @@ struct msm_tag_ref {
  * msm_tag_producer_produce, which is built on it. */
 int msm_tag_producer_produce_refs(struct msm_tag_producer *p, const char *name, size_t len,
                                   char *out, size_t *out_len, struct msm_tag_ref *tags);
+/* The producer keeps scratch memory for msm_tag_producer_produce_refs (one thread at a time);
+ * another thread brings its own: msm_tag_producer_produce_refs_on with a scratch made for <p>
+ * (which only reads <p>: any number of threads, each with its own scratch). */
+struct msm_tag_scratch;
+struct msm_tag_scratch *msm_tag_scratch_new(const struct msm_tag_producer *p);
+void msm_tag_scratch_free(struct msm_tag_scratch *sc);
+int msm_tag_producer_produce_refs_on(struct msm_tag_producer *p, struct msm_tag_scratch *sc,
+                                     const char *name, size_t len, char *out, size_t *out_len,
+                                     struct msm_tag_ref *tags);
 /* Tests: <plain> turns the pre-filters off (every pre-check substring is searched with strstr)
  * and removes the extracted characters one by one: the reference the fast path is compared to. */
 void msm_tag_producer_set_plain(struct msm_tag_producer *p, bool plain);

@@ -418,6 +418,58 @@ static void test_sort_prefixes(void **state)
     }
 }
 
+/* The radix sort agrees with strcmp order on keys with long shared prefixes (at and off 8-byte
+ * boundaries), keys that are prefixes of others, bytes >= 0x80, duplicates, groups small and
+ * large (insertion and radix paths), and returns a permutation of its input. */
+static void test_sort_radix(void **state)
+{
+    (void)state;
+    static const char *parts[] = {"cluster.outbound|9080||svc-1", "cluster.outbound|9080||svc-10",
+                                  "cluster.outbound|908", "cluster.", "c", "", "\xc3\xa9x",
+                                  ".upstream_cx_total", ".upstream_cx_total_", "abcdefgh",
+                                  "abcdefghi", "abcdefgh\x7f", "abcdefgh\x80", "\xff\xff",
+                                  "\x01", "12345678abcdefgh"};
+    static const size_t sizes[] = {0, 1, 2, 3, 17, 49, 300, 2000, 30000};
+    unsigned seed = 7;
+    for (size_t z = 0; z < MSM_ARRAY_SIZE(sizes); z++) {
+        size_t n = sizes[z];
+        char(*keys)[160] = calloc(n + 1, sizeof(*keys));
+        struct msm_sort_item *a = calloc(n + 1, sizeof(*a));
+        struct msm_sort_item *b = calloc(n + 1, sizeof(*b));
+        bool *seen = calloc(n + 1, sizeof(*seen));
+        for (size_t i = 0; i < n; i++) {
+            size_t at = 0;
+            seed = seed * 1103515245u + 12345u;
+            int np = 1 + (int)((seed >> 16) % 5);
+            for (int t = 0; t < np; t++) {
+                seed = seed * 1103515245u + 12345u;
+                const char *part = parts[(seed >> 16) % MSM_ARRAY_SIZE(parts)];
+                size_t l = strlen(part);
+                memcpy(keys[i] + at, part, l);
+                at += l;
+            }
+            if (seed & 0x100) { /* a random tail byte, any value but NUL */
+                seed = seed * 1103515245u + 12345u;
+                keys[i][at++] = (char)(1 + (seed >> 16) % 255);
+            }
+            keys[i][at] = '\0';
+            a[i] = b[i] = (struct msm_sort_item){.key = keys[i], .val = (void *)(uintptr_t)i};
+        }
+        msm_sort_radix(a, n);
+        qsort(b, n, sizeof(*b), cmp_item);
+        for (size_t i = 0; i < n; i++) {
+            assert_string_equal(a[i].key, b[i].key);
+            size_t k = (size_t)(uintptr_t)a[i].val;
+            assert_true(k < n && !seen[k] && a[i].key == keys[k]);
+            seen[k] = true;
+        }
+        free(seen);
+        free(keys);
+        free(a);
+        free(b);
+    }
+}
+
 /* A big store sorts its name order in a thread: the result is the order msm_stats_list gives,
  * cached when collected; a stat created meanwhile makes it stale (not cached, nothing pending);
  * freeing the store while the thread runs joins it (leak check under ASan). */
@@ -430,7 +482,7 @@ static void test_order_prefetch(void **state)
     for (size_t i = 0; i < n; i++) {
         mine[i] = msm_stats_getf(st, MSM_STAT_COUNTER, "cluster.c%zu.upstream_rq_%zu", i % 97, i);
     }
-    assert_true(msm_stats_order_prefetch(st));
+    assert_true(msm_stats_order_prefetch(st, false));
     assert_true(msm_stats_order_pending(st));
     for (int k = 0; k < 5000 && msm_stats_order_pending(st); k++) {
         msm_stats_order_wait(st, 10);
@@ -451,10 +503,10 @@ static void test_order_prefetch(void **state)
         }
     }
     assert_false(msm_stats_order_pending(st));
-    assert_false(msm_stats_order_prefetch(st)); /* the cached order is fresh */
+    assert_false(msm_stats_order_prefetch(st, false)); /* the cached order is fresh */
     /* stale: a stat comes while the thread sorts */
     msm_stat_unref(mine[0]);
-    assert_true(msm_stats_order_prefetch(st));
+    assert_true(msm_stats_order_prefetch(st, false));
     struct msm_stat *late = msm_stats_get(st, MSM_STAT_GAUGE, "aaa.late");
     while (msm_stats_order_pending(st)) {
         msm_stats_order_wait(st, 10);
@@ -471,12 +523,86 @@ static void test_order_prefetch(void **state)
     msm_stats_list_free(v, k);
     msm_stat_unref(late);
     /* freed while sorting */
-    assert_true(msm_stats_order_prefetch(st));
+    assert_true(msm_stats_order_prefetch(st, false));
     for (size_t i = 1; i < n; i++) {
         msm_stat_unref(mine[i]);
     }
     free(mine);
     msm_stats_store_free(st);
+}
+
+/* With its export pass, the thread computes export views from the end of the order while this
+ * thread computes them from the start (and drops stats meanwhile): every view equals the one a
+ * single-threaded store computes (Envoy's default tags, regex and token extractors, session
+ * labels of their own). Run under TSan (-DMSM_SANITIZE=thread) for the data races. */
+static void test_order_prefetch_exports(void **state)
+{
+    (void)state;
+    /* name: part 0, a number, part 1, a number, part 2 */
+    static const char *parts[][3] = {{"cluster.c", ".upstream_rq_", ""},
+                                     {"http.in", ".downstream_rq_", "xx"},
+                                     {"listener.10.0.0.", "_", ".downstream_cx_total"},
+                                     {"cluster.outbound|90", "||s", ".ns.svc.cluster.local.x"},
+                                     {"rtsp.r", ".msm.rtsp_session.s", ".rx_bytes"},
+                                     {"server.x", ".y", ""}};
+    struct msm_err err = {{0}};
+    struct msm_stats_store *st = msm_stats_store_new(), *ref = msm_stats_store_new();
+    assert_int_equal(msm_stats_configure(st, NULL, NULL, 0, &err), 0);
+    assert_int_equal(msm_stats_configure(ref, NULL, NULL, 0, &err), 0);
+    size_t n = MSM_STATS_PREFETCH_MIN + 3000;
+    struct msm_stat **mine = calloc(n, sizeof(*mine)), **refs = calloc(n, sizeof(*refs));
+    char name[256];
+    for (size_t i = 0; i < n; i++) {
+        const char *const *pt = parts[i % MSM_ARRAY_SIZE(parts)];
+        snprintf(name, sizeof(name), "%s%zu%s%zu%s", pt[0], i % 89, pt[1], i, pt[2]);
+        mine[i] = msm_stats_get(st, MSM_STAT_COUNTER, name);
+        refs[i] = msm_stats_get(ref, MSM_STAT_COUNTER, name);
+    }
+    for (int round = 0; round < 2; round++) {
+        assert_true(msm_stats_order_prefetch(st, true));
+        while (msm_stats_order_pending(st)) {
+            msm_stats_order_wait(st, 10);
+            uint64_t gen;
+            size_t got_n = 0;
+            struct msm_stat **got = msm_stats_order_get(st, MSM_STATS_ORDER_NAME,
+                                                        msm_stats_cmp_name, &got_n, &gen);
+            if (!got) {
+                continue;
+            }
+            /* the thread exports from the end meanwhile; a stat dies (kept until joined) */
+            msm_stat_unref(mine[n - 1 - (size_t)round]);
+            mine[n - 1 - (size_t)round] = NULL;
+            for (size_t i = 0; i < got_n; i++) {
+                assert_non_null(msm_stat_export(got[i]));
+            }
+            msm_stats_order_release(st);
+            msm_stats_list_free(got, got_n);
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (!mine[i]) {
+                continue;
+            }
+            const struct msm_stat_export *a = msm_stat_export(mine[i]);
+            const struct msm_stat_export *b = msm_stat_export(refs[i]);
+            assert_string_equal(a->tag_name, b->tag_name);
+            assert_string_equal(a->prom_name, b->prom_name);
+            assert_string_equal(a->prom_labels, b->prom_labels);
+            assert_int_equal(a->n_tags, b->n_tags);
+            assert_int_equal(a->own_labels, b->own_labels);
+        }
+        /* reconfiguring joins the thread and recomputes every view */
+        assert_int_equal(msm_stats_configure(st, NULL, NULL, 0, &err), 0);
+    }
+    /* freed while the thread sorts or exports */
+    assert_true(msm_stats_order_prefetch(st, true));
+    for (size_t i = 0; i < n; i++) {
+        msm_stat_unref(mine[i]);
+        msm_stat_unref(refs[i]);
+    }
+    free(mine);
+    free(refs);
+    msm_stats_store_free(st);
+    msm_stats_store_free(ref);
 }
 
 int main(void)
@@ -491,7 +617,9 @@ int main(void)
         cmocka_unit_test(test_join_verdicts),
         cmocka_unit_test(test_export_views),
         cmocka_unit_test(test_sort_prefixes),
+        cmocka_unit_test(test_sort_radix),
         cmocka_unit_test(test_order_prefetch),
+        cmocka_unit_test(test_order_prefetch_exports),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
