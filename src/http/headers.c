@@ -169,6 +169,14 @@ void msm_hdrs_add_lc(struct msm_hdrs *h, const char *name, size_t nlen, const ch
     add(h, name, nlen, value, vlen, true);
 }
 
+void msm_hdrs_append_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                        size_t vlen)
+{
+    struct msm_hdr *e = h->n < h->cap ? &h->v[h->n++] : insert_at(h, h->n);
+    entry_set(h, e, name, nlen, value, vlen, true);
+    h->bytes += nlen + vlen;
+}
+
 void msm_hdrs_addz(struct msm_hdrs *h, const char *name, const char *value)
 {
     msm_hdrs_add(h, name, strlen(name), value, strlen(value));
@@ -416,6 +424,20 @@ bool msm_http_parse_u64(const char *s, size_t n, uint64_t *out)
     }
     *out = v;
     return true;
+}
+
+int msm_hdrs_status(const struct msm_hdrs *h, int dflt)
+{
+    const struct msm_hdr *e = msm_hdrs_find(h, ":status");
+    if (!e) {
+        return dflt;
+    }
+    const char *v = e->value;
+    if (e->vlen == 3 && v[0] >= '0' && v[0] <= '9' && v[1] >= '0' && v[1] <= '9' && v[2] >= '0' &&
+        v[2] <= '9') {
+        return (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
+    }
+    return atoi(v);
 }
 
 const char *msm_http_reason(int code)

@@ -52,6 +52,11 @@ void msm_hdrs_addz(struct msm_hdrs *h, const char *name, const char *value);
  * callback. */
 void msm_hdrs_add_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
                      size_t vlen);
+/* msm_hdrs_add_lc at the end, for a sender that already puts pseudo-headers first: nghttp2
+ * (HTTP messaging on) resets a stream whose pseudo-header follows a regular one, before any
+ * callback for it. */
+void msm_hdrs_append_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                        size_t vlen);
 /* The filter bit of a name (see <filter>): a multiplicative mix of the length and the second,
  * middle and last bytes, where well-known names differ (x-envoy-* share a prefix). Inline, so
  * that for a constant name the bit is a constant and a lookup that misses costs a test. */
@@ -118,3 +123,7 @@ const char *msm_http_reason(int code);
 size_t msm_http_fmt_u64(char *out, uint64_t v);
 /* Parse a non-negative decimal without sign or spaces into *out; false on garbage/overflow. */
 bool msm_http_parse_u64(const char *s, size_t n, uint64_t *out);
+/* The first ":status" of <h> as a number, <dflt> when there is none: three digits (what every
+ * codec produces) without strtol, anything else as atoi reads it. For the per-response readers
+ * (router, connection manager, HTTP/1 encoder). */
+int msm_hdrs_status(const struct msm_hdrs *h, int dflt);

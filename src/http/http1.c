@@ -922,23 +922,67 @@ static bool skip_on_wire(const struct msm_hdr *e)
     }
 }
 
-static void put_headers(struct msm_buf *b, const struct msm_hdrs *h, bool server_host)
+/* A message head written straight into one reserved region of a buffer's tail: one reserve and
+ * one commit per head instead of an append per piece. A piece that does not fit (a head larger
+ * than the block reserved) commits what was written and goes on piecewise. */
+struct wr {
+    struct msm_buf *b;
+    char *start, *p, *end;
+};
+
+static void wr_begin(struct wr *w, struct msm_buf *b, size_t want)
+{
+    size_t avail;
+    w->b = b;
+    w->start = w->p = msm_buf_reserve(b, want, &avail);
+    w->end = w->p + avail;
+}
+
+static void wr_spill(struct wr *w, const char *s, size_t n)
+{
+    msm_buf_commit(w->b, (size_t)(w->p - w->start));
+    msm_buf_append(w->b, s, n);
+    wr_begin(w, w->b, 1);
+}
+
+static inline void wr_put(struct wr *w, const char *s, size_t n)
+{
+    if ((size_t)(w->end - w->p) < n) {
+        wr_spill(w, s, n);
+        return;
+    }
+    memcpy(w->p, s, n);
+    w->p += n;
+}
+
+static void wr_end(struct wr *w)
+{
+    msm_buf_commit(w->b, (size_t)(w->p - w->start));
+}
+
+/* Room for the head of a message with the fields of <h> and <extra> bytes more (request or
+ * status line, the framing fields the codec adds). */
+static size_t head_size(const struct msm_hdrs *h, size_t extra)
+{
+    return h->bytes + (size_t)h->n * 4 + extra + 64;
+}
+
+static void put_headers(struct wr *w, const struct msm_hdrs *h, bool server_host)
 {
     for (uint32_t i = 0; i < h->n; i++) {
         const struct msm_hdr *e = &h->v[i];
         if (skip_on_wire(e) || (server_host && e->nlen == 4 && !memcmp(e->name, "host", 4))) {
             continue;
         }
-        size_t need = (size_t)e->nlen + e->vlen + 4, avail;
-        char *p = msm_buf_reserve(b, need, &avail);
-        if (avail < need) {
-            msm_buf_commit(b, 0);
-            msm_buf_append(b, e->name, e->nlen);
-            msm_buf_append(b, ": ", 2);
-            msm_buf_append(b, e->value, e->vlen);
-            msm_buf_append(b, "\r\n", 2);
+        size_t need = (size_t)e->nlen + e->vlen + 4;
+        if ((size_t)(w->end - w->p) < need) {
+            wr_put(w, e->name, e->nlen);
+            wr_put(w, ": ", 2);
+            wr_put(w, e->value, e->vlen);
+            wr_put(w, "\r\n", 2);
             continue;
         }
+        char *p = w->p;
         memcpy(p, e->name, e->nlen);
         p += e->nlen;
         *p++ = ':';
@@ -947,7 +991,7 @@ static void put_headers(struct msm_buf *b, const struct msm_hdrs *h, bool server
         p += e->vlen;
         *p++ = '\r';
         *p++ = '\n';
-        msm_buf_commit(b, need);
+        w->p = p;
     }
 }
 
@@ -958,26 +1002,24 @@ static bool opens_tunnel(const struct h1_stream *st, int status)
            (st->connect_req && status >= 200 && status < 300);
 }
 
-static void append_z(struct msm_buf *b, const char *s)
-{
-    msm_buf_append(b, s, strlen(s));
-}
-
 /* "HTTP/1.<minor> <status> <reason>\r\n" without printf (once per response). */
-static void append_status_line(struct msm_buf *b, int minor, int status)
+static void put_status_line(struct wr *w, int minor, int status)
 {
+    const char *reason = msm_http_reason(status);
     if (status < 100 || status > 999) {
-        msm_buf_appendf(b, "HTTP/1.%d %d %s\r\n", minor, status, msm_http_reason(status));
-        return;
+        char l[32];
+        int n = snprintf(l, sizeof(l), "HTTP/1.%d %d ", minor, status);
+        wr_put(w, l, (size_t)n);
+    } else {
+        char l[13] = "HTTP/1.1 000 ";
+        l[7] = (char)('0' + minor);
+        l[9] = (char)('0' + status / 100);
+        l[10] = (char)('0' + status / 10 % 10);
+        l[11] = (char)('0' + status % 10);
+        wr_put(w, l, sizeof(l));
     }
-    char l[13] = "HTTP/1.1 000 ";
-    l[7] = (char)('0' + minor);
-    l[9] = (char)('0' + status / 100);
-    l[10] = (char)('0' + status / 10 % 10);
-    l[11] = (char)('0' + status % 10);
-    msm_buf_append(b, l, sizeof(l));
-    append_z(b, msm_http_reason(status));
-    msm_buf_append(b, "\r\n", 2);
+    wr_put(w, reason, strlen(reason));
+    wr_put(w, "\r\n", 2);
 }
 
 /* A 101 or a CONNECT's 2xx: no body framing; afterwards our output is raw bytes. */
@@ -1013,19 +1055,20 @@ static void srv_encode_tunnel_headers(struct h1_stream *st, struct msm_hdrs *h, 
 static void srv_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool end_stream)
 {
     struct h1 *c = st->c;
-    const char *sv = msm_hdrs_get(h, ":status");
-    int status = sv ? atoi(sv) : 500;
+    int status = msm_hdrs_status(h, 500);
     if (opens_tunnel(st, status)) {
         srv_encode_tunnel_headers(st, h, status);
         return;
     }
     struct msm_buf b;
     msm_buf_init(&b);
+    struct wr w;
+    wr_begin(&w, &b, head_size(h, 0));
     /* HTTP/1.0 only for an accepted HTTP/1.0 request; errors and 426 answer in HTTP/1.1. */
     bool v10 = c->o.accept_http_10 && c->p.http_major == 1 && c->p.http_minor == 0 &&
                st->headers_in;
-    append_status_line(&b, v10 ? 0 : 1, status);
-    put_headers(&b, h, false);
+    put_status_line(&w, v10 ? 0 : 1, status);
+    put_headers(&w, h, false);
     bool has_cl = msm_hdrs_find(h, "content-length") != NULL;
     bool bodiless = status == 204 || status == 304 || (status >= 100 && status < 200);
     if (!end_stream && !has_cl && !bodiless && !st->head) {
@@ -1034,69 +1077,110 @@ static void srv_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool en
             c->keep_alive = false;
         } else {
             st->chunked_out = true;
-            msm_buf_append(&b, "transfer-encoding: chunked\r\n", 28);
+            wr_put(&w, "transfer-encoding: chunked\r\n", 28);
         }
     } else if (end_stream && !has_cl && !bodiless && !st->head) {
-        msm_buf_append(&b, "content-length: 0\r\n", 19);
+        wr_put(&w, "content-length: 0\r\n", 19);
     }
     if (!st->s.remote_end && end_stream) {
         /* Responding before the request ended: the rest of it cannot be skipped safely. */
         c->keep_alive = false;
     }
     if (!c->keep_alive || c->goaway) {
-        msm_buf_append(&b, "connection: close\r\n", 19);
+        wr_put(&w, "connection: close\r\n", 19);
     } else if (v10) {
-        msm_buf_append(&b, "connection: keep-alive\r\n", 24);
+        wr_put(&w, "connection: keep-alive\r\n", 24);
     }
-    msm_buf_append(&b, "\r\n", 2);
+    wr_put(&w, "\r\n", 2);
+    wr_end(&w);
     out(c, &b);
     msm_buf_deinit(&b);
+}
+
+/* :method, :path and :authority in one pass, each the first of its name (msm_hdrs_find's). */
+static void request_pseudo(const struct msm_hdrs *h, const struct msm_hdr **m,
+                           const struct msm_hdr **path, const struct msm_hdr **auth)
+{
+    *m = *path = *auth = NULL;
+    for (uint32_t i = 0; i < h->n; i++) {
+        const struct msm_hdr *e = &h->v[i];
+        if (e->name[0] != ':') {
+            continue;
+        }
+        const struct msm_hdr **slot = e->nlen == 7 && !memcmp(e->name, ":method", 7) ? m
+                                      : e->nlen == 5 && !memcmp(e->name, ":path", 5)  ? path
+                                      : e->nlen == 10 && !memcmp(e->name, ":authority", 10)
+                                          ? auth
+                                          : NULL;
+        if (slot && !*slot) {
+            *slot = e;
+        }
+    }
+}
+
+static bool method_is(const struct msm_hdr *m, const char *name, size_t len)
+{
+    return m && m->vlen == len && !memcmp(m->value, name, len);
 }
 
 static void cli_encode_headers(struct h1_stream *st, struct msm_hdrs *h, bool end_stream)
 {
     struct h1 *c = st->c;
-    const char *method = msm_hdrs_get(h, ":method");
-    const char *path = msm_hdrs_get(h, ":path");
-    const char *auth = msm_hdrs_get(h, ":authority");
-    if (!method) {
-        method = "GET";
-    }
-    st->head = !strcmp(method, "HEAD");
-    st->connect_req = !strcmp(method, "CONNECT");
+    const struct msm_hdr *m, *path, *auth;
+    request_pseudo(h, &m, &path, &auth);
+    st->head = method_is(m, "HEAD", 4);
+    st->connect_req = method_is(m, "CONNECT", 7);
     const char *up = msm_hdrs_get(h, "upgrade");
     st->upgrade_req = up && !st->connect_req;
     struct msm_buf b;
     msm_buf_init(&b);
+    struct wr w;
+    wr_begin(&w, &b,
+             head_size(h, (m ? m->vlen : 3) + (path ? path->vlen : 1) + (auth ? auth->vlen : 0)));
     if (st->connect_req) {
-        msm_buf_appendf(&b, "CONNECT %s HTTP/1.1\r\n", auth ? auth : "");
+        wr_put(&w, "CONNECT ", 8);
+        if (auth) {
+            wr_put(&w, auth->value, auth->vlen);
+        }
+        wr_put(&w, " HTTP/1.1\r\n", 11);
     } else {
-        append_z(&b, method);
-        msm_buf_append(&b, " ", 1);
-        append_z(&b, path ? path : "/");
-        msm_buf_append(&b, " HTTP/1.1\r\n", 11);
+        if (m) {
+            wr_put(&w, m->value, m->vlen);
+        } else {
+            wr_put(&w, "GET", 3);
+        }
+        wr_put(&w, " ", 1);
+        if (path) {
+            wr_put(&w, path->value, path->vlen);
+        } else {
+            wr_put(&w, "/", 1);
+        }
+        wr_put(&w, " HTTP/1.1\r\n", 11);
     }
     if (auth) {
-        msm_buf_append(&b, "host: ", 6);
-        append_z(&b, auth);
-        msm_buf_append(&b, "\r\n", 2);
+        wr_put(&w, "host: ", 6);
+        wr_put(&w, auth->value, auth->vlen);
+        wr_put(&w, "\r\n", 2);
     }
-    put_headers(&b, h, auth != NULL);
+    put_headers(&w, h, auth != NULL);
     bool has_cl = msm_hdrs_find(h, "content-length") != NULL;
     if (st->upgrade_req) {
-        msm_buf_appendf(&b, "connection: upgrade\r\nupgrade: %s\r\n", up);
+        wr_put(&w, "connection: upgrade\r\nupgrade: ", 30);
+        wr_put(&w, up, strlen(up));
+        wr_put(&w, "\r\n", 2);
     }
     if (st->upgrade_req || st->connect_req) {
         /* What follows the request is the tunnel's payload: raw, never chunked. */
         st->tunnel_out = true;
     } else if (!end_stream && !has_cl) {
         st->chunked_out = true;
-        msm_buf_append(&b, "transfer-encoding: chunked\r\n", 28);
+        wr_put(&w, "transfer-encoding: chunked\r\n", 28);
     } else if (end_stream && !has_cl &&
-               (!strcmp(method, "POST") || !strcmp(method, "PUT") || !strcmp(method, "PATCH"))) {
-        msm_buf_append(&b, "content-length: 0\r\n", 19);
+               (method_is(m, "POST", 4) || method_is(m, "PUT", 3) || method_is(m, "PATCH", 5))) {
+        wr_put(&w, "content-length: 0\r\n", 19);
     }
-    msm_buf_append(&b, "\r\n", 2);
+    wr_put(&w, "\r\n", 2);
+    wr_end(&w);
     out(c, &b);
     msm_buf_deinit(&b);
 }
@@ -1197,9 +1281,12 @@ static void h1_encode_trailers(struct msm_hstream *s, struct msm_hdrs *t)
     struct msm_buf b;
     msm_buf_init(&b);
     if (st->chunked_out) {
-        msm_buf_append(&b, "0\r\n", 3);
-        put_headers(&b, t, false);
-        msm_buf_append(&b, "\r\n", 2);
+        struct wr w;
+        wr_begin(&w, &b, head_size(t, 0));
+        wr_put(&w, "0\r\n", 3);
+        put_headers(&w, t, false);
+        wr_put(&w, "\r\n", 2);
+        wr_end(&w);
         out(c, &b);
     }
     msm_buf_deinit(&b);

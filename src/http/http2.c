@@ -11,7 +11,9 @@
  *
  * Per request the codec allocates little: stream structs are recycled per connection, header
  * blocks are converted on the stack, and the output and DATA scratch buffers live as long as
- * the connection.
+ * the connection. Nor does it copy more than once: a response's fields go to nghttp2 as
+ * NO_COPY pointers into a buffer the stream keeps (hold_nv), and DATA payloads leave as views
+ * moved behind their frame headers (read_body sizes, send_data moves).
  *
  * Flow control: automatic WINDOW_UPDATE is off. Received DATA is consumed for the connection
  * at once and for the stream once its owner accepted it (a read-disabled stream accumulates
@@ -74,6 +76,11 @@ struct h2_stream {
     char *ext_proto;               /* client: the Upgrade sent as an extended CONNECT (its 200
                                     * comes back as a 101 with this Upgrade) */
     bool disposed;                 /* freed or queued for freeing (maybe_free ran) */
+    /* Server: the names and values of the response's header block, which nghttp2 points at
+     * (NGHTTP2_NV_FLAG_NO_COPY_*) until it packs the HEADERS frame; the stream is freed only
+     * after nghttp2 closed it, so after the frame was packed or dropped. Kept across recycling. */
+    char *nvbuf;
+    size_t nvcap;
     int read_disabled;
     size_t unconsumed;
 };
@@ -131,6 +138,7 @@ static bool owned(const struct h2_stream *st)
 
 static void stream_free(struct h2_stream *st)
 {
+    free(st->nvbuf);
     free(st->ext_proto);
     msm_hdrs_deinit(&st->in);
     msm_buf_deinit(&st->out);
@@ -180,9 +188,8 @@ static void maybe_free(struct h2 *c, struct h2_stream *st)
         c->hdr_id = 0;
         c->hdr_st = NULL;
     }
-    if (st->id) {
-        nghttp2_session_set_stream_user_data(c->ng, st->id, NULL);
-    }
+    /* No stream user data to clear: on_stream_close did (a stream with an id is freed only
+     * once nghttp2 closed it). */
     if (c->in_dispatch) {
         st->znext = c->zombies;
         c->zombies = st;
@@ -197,7 +204,11 @@ static struct h2_stream *stream_new(struct h2 *c)
     if (st) {
         c->spare = st->znext;
         c->n_spare--;
+        char *nvbuf = st->nvbuf;
+        size_t nvcap = st->nvcap;
         memset(st, 0, sizeof(*st));
+        st->nvbuf = nvbuf;
+        st->nvcap = nvcap;
     } else {
         st = MSM_NEW(struct h2_stream);
     }
@@ -239,8 +250,10 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *f, void *u
     if (f->hd.type != NGHTTP2_HEADERS) {
         return 0;
     }
-    struct h2_stream *st = get(c, f->hd.stream_id);
-    if (c->base.server && f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+    struct h2_stream *st;
+    if (!c->base.server || f->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        st = get(c, f->hd.stream_id); /* a request opens a stream that has no user data yet */
+    } else {
         if (c->dead) {
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
@@ -281,7 +294,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         H2_INC(c, header_overflow);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    msm_hdrs_add_lc(&st->in, (const char *)name, nlen, (const char *)value, vlen);
+    msm_hdrs_append_lc(&st->in, (const char *)name, nlen, (const char *)value, vlen);
     return 0;
 }
 
@@ -504,14 +517,17 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     struct h2_stream *st = src->ptr;
     (void)ng;
     (void)id;
-    size_t n = msm_buf_copyout(&st->out, 0, buf, length);
-    msm_buf_drain(&st->out, n);
-    if (st->above_wm && st->out.len < c->o.stream_buffer_limit / 2) {
+    (void)buf;
+    /* No copy here: send_data moves the payload's views behind the frame header. */
+    size_t n = st->out.len < length ? st->out.len : length;
+    size_t left = st->out.len - n;
+    *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (st->above_wm && left < c->o.stream_buffer_limit / 2) {
         st->above_wm = false;
         st->wm_low_pending = true;
         c->wm_low_pending = true;
     }
-    if (!st->out.len && st->out_end) {
+    if (!left && st->out_end) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         if (st->out_trailers) {
             *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
@@ -538,6 +554,29 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         return NGHTTP2_ERR_DEFERRED;
     }
     return (ssize_t)n;
+}
+
+/* A DATA frame read_body sized (NGHTTP2_DATA_FLAG_NO_COPY), in nghttp2's output order: called
+ * from nghttp2_session_mem_send right after read_body, with what came before it already in
+ * <wbuf> (flush appends every frame as it is returned). The payload's views move, no bytes. */
+static int send_data(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *framehd,
+                     size_t length, nghttp2_data_source *src, void *ud)
+{
+    struct h2 *c = ud;
+    struct h2_stream *st = src->ptr;
+    (void)ng;
+    size_t pad = f->data.padlen; /* 0: no padding callback is set */
+    msm_buf_append(&c->wbuf, framehd, 9);
+    if (pad) {
+        uint8_t padlen = (uint8_t)(pad - 1);
+        msm_buf_append(&c->wbuf, &padlen, 1);
+    }
+    msm_buf_move_n(&c->wbuf, &st->out, length);
+    if (pad > 1) {
+        static const uint8_t zeros[256];
+        msm_buf_append(&c->wbuf, zeros, pad - 1);
+    }
+    return 0;
 }
 
 /* Drain nghttp2's output to the owner; then owner notifications deferred from callbacks. */
@@ -824,6 +863,36 @@ static void client_tunnel_nv(struct h2_stream *st, const struct msm_hdrs *h, ngh
     *n = k;
 }
 
+/* Server: copy the response's names and values into the stream's <nvbuf> and hand them to
+ * nghttp2 as they are: its own copy would allocate and lower-case every name, and map names are
+ * lower-case already. One copy per field: a map keeps a field's value right after its name. */
+static void hold_nv(struct h2_stream *st, nghttp2_nv *nv, size_t n)
+{
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++) {
+        need += nv[i].namelen + nv[i].valuelen + 1;
+    }
+    if (need > st->nvcap) {
+        free(st->nvbuf);
+        st->nvcap = need < 1024 ? 1024 : need;
+        st->nvbuf = msm_xmalloc(st->nvcap);
+    }
+    uint8_t *p = (uint8_t *)st->nvbuf;
+    for (size_t i = 0; i < n; i++) {
+        size_t nl = nv[i].namelen, vl = nv[i].valuelen;
+        if (nv[i].value == nv[i].name + nl + 1) {
+            memcpy(p, nv[i].name, nl + 1 + vl);
+        } else {
+            memcpy(p, nv[i].name, nl);
+            memcpy(p + nl + 1, nv[i].value, vl);
+        }
+        nv[i].name = p;
+        nv[i].value = p + nl + 1;
+        nv[i].flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+        p += nl + 1 + vl;
+    }
+}
+
 static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool end_stream)
 {
     struct h2_stream *st = (struct h2_stream *)s;
@@ -853,6 +922,7 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
         s->local_end = true;
     }
     if (c->base.server) {
+        hold_nv(st, nv, n);
         if (nghttp2_submit_response(c->ng, st->id, nv, n, end_stream ? NULL : &prd) != 0) {
             nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
         }
@@ -1095,6 +1165,7 @@ static void h2_free(struct msm_hcodec *base)
     while (c->spare) {
         struct h2_stream *st = c->spare;
         c->spare = st->znext;
+        free(st->nvbuf);
         free(st);
     }
     if (c->fl && c->fl->queued) {
@@ -1158,6 +1229,7 @@ static struct msm_hcodec *h2_new(const struct msm_hcodec_opts *o, const struct m
     nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
     nghttp2_option *opt;
     nghttp2_option_new(&opt);

@@ -462,8 +462,7 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     if (!r) {
         return;
     }
-    const char *sv = msm_hdrs_get(h, ":status");
-    int status = sv ? atoi(sv) : 0;
+    int status = msm_hdrs_status(h, 0);
     a->resp_headers = true;
     a->status = status;
     a->resp_end = end_stream;

@@ -347,8 +347,7 @@ static void count_status(struct hstream *st, int status)
 
 static void codec_headers(struct hstream *st, struct msm_hdrs *h, bool end)
 {
-    const char *sv = msm_hdrs_get(h, ":status");
-    int status = sv ? atoi(sv) : 0;
+    int status = msm_hdrs_status(h, 0);
     msm_hcm_upgrade_on_response(st, status);
     /* Envoy disarms request_timeout once the response starts. */
     ev_timer_stop(st->hc->loop, &st->req_timer);

@@ -331,6 +331,49 @@ static void test_char_classes(void **state)
     msm_buf_thread_cleanup();
 }
 
+/* msm_hdrs_append_lc: at the end in the order given (no pseudo-header placement), past the first
+ * capacity, found by every lookup; msm_hdrs_status: three digits, atoi for anything else, the
+ * default when absent, the first of duplicates. */
+static void test_append_status(void **state)
+{
+    (void)state;
+    struct msm_hdrs h;
+    msm_hdrs_init(&h);
+    assert_int_equal(msm_hdrs_status(&h, 500), 500);
+    char name[32], value[32];
+    for (int i = 0; i < 40; i++) {
+        int n = snprintf(name, sizeof(name), "x-a-%d", i);
+        int v = snprintf(value, sizeof(value), "v%d", i);
+        msm_hdrs_append_lc(&h, name, (size_t)n, value, (size_t)v);
+    }
+    msm_hdrs_append_lc(&h, ":status", 7, "204", 3);
+    msm_hdrs_append_lc(&h, ":status", 7, "200", 3);
+    assert_int_equal(h.n, 42);
+    assert_string_equal(h.v[40].name, ":status"); /* where it was appended */
+    for (int i = 0; i < 40; i++) {
+        snprintf(name, sizeof(name), "x-a-%d", i);
+        snprintf(value, sizeof(value), "v%d", i);
+        assert_string_equal(h.v[i].name, name);
+        assert_string_equal(msm_hdrs_get(&h, name), value);
+        check_lookups(&h, name);
+    }
+    assert_int_equal(msm_hdrs_status(&h, 0), 204);
+    static const struct {
+        const char *v;
+        int want;
+    } cases[] = {{"200", 200}, {"999", 999}, {"099", 99}, {"20", 20}, {"2000", 2000},
+                 {"20x", 20},  {"x20", 0},   {"", 0},     {" 404", 404}, {"-1", -1}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        msm_hdrs_set(&h, ":status", cases[i].v);
+        assert_int_equal(msm_hdrs_status(&h, 7), cases[i].want);
+        assert_int_equal(msm_hdrs_status(&h, 7), atoi(cases[i].v));
+    }
+    msm_hdrs_remove(&h, ":status");
+    assert_int_equal(msm_hdrs_status(&h, 7), 7);
+    msm_hdrs_deinit(&h);
+    msm_buf_thread_cleanup();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -339,6 +382,7 @@ int main(void)
         cmocka_unit_test(test_address_str_eq),
         cmocka_unit_test(test_name_filter),
         cmocka_unit_test(test_char_classes),
+        cmocka_unit_test(test_append_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
