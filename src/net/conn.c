@@ -221,6 +221,15 @@ void msm_conn_enable_half_close(struct msm_conn *c, bool on)
     }
 }
 
+void msm_conn_write_now(struct msm_conn *c, bool on)
+{
+    if (on) {
+        c->flags |= MSM_CONN_F_WRITE_NOW;
+    } else {
+        c->flags &= ~MSM_CONN_F_WRITE_NOW;
+    }
+}
+
 void msm_conn_start_reading(struct msm_conn *c)
 {
     update_io(c);
@@ -352,7 +361,8 @@ void msm_conn_write(struct msm_conn *c, struct msm_buf *data, bool end_stream)
         check_watermarks(c);
         return;
     }
-    if (c->flush_queued || msm_flush_defer(c->loop, &c->flush)) {
+    if (c->flush_queued ||
+        (!(c->flags & MSM_CONN_F_WRITE_NOW) && msm_flush_defer(c->loop, &c->flush))) {
         /* Coalesced with the round's other writes (event/deferred.h). */
         c->flush_queued = true;
         check_watermarks(c);

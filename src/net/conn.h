@@ -62,6 +62,7 @@ struct msm_conn_handler {
 #define MSM_CONN_F_HANDSHAKE 0x200u   /* transport handshake in progress */
 #define MSM_CONN_F_TIMED_OUT 0x400u   /* closed by the handshake timeout */
 #define MSM_CONN_F_CLIENT 0x800u      /* made by msm_conn_connect */
+#define MSM_CONN_F_WRITE_NOW 0x1000u  /* writes leave at once, not coalesced per round */
 
 struct msm_conn {
     struct ev_loop *loop;
@@ -99,6 +100,10 @@ struct msm_conn *msm_conn_connect(struct ev_loop *loop, const struct msm_address
 void msm_conn_set_handler(struct msm_conn *c, const struct msm_conn_handler *h, void *ctx);
 void msm_conn_set_watermarks(struct msm_conn *c, uint32_t high);
 void msm_conn_enable_half_close(struct msm_conn *c, bool on);
+/* Writes to <c> leave at once instead of after the round of callbacks (event/deferred.h): for a
+ * byte stream that writes once per read (tcp_proxy), where coalescing saves no system call and
+ * holds each connection's data until every ready connection of the round was read. */
+void msm_conn_write_now(struct msm_conn *c, bool on);
 void msm_conn_start_reading(struct msm_conn *c);
 /* Nestable: each disable needs one enable. */
 void msm_conn_read_disable(struct msm_conn *c, bool disable);

@@ -297,6 +297,7 @@ static int start_upstream(struct tp *t)
     }
     /* TLS (transport_socket, or the endpoint's transport_socket_matches entry): CONNECTED
      * comes after the handshake. */
+    msm_conn_write_now(t->up, true);
     msm_cluster_attach_transport(c->cfg, host, t->up);
     if (c->cfg->filters) {
         t->upf = msm_upstream_chain_new(c->cfg->filters, &t->up, &t->si);
@@ -315,6 +316,7 @@ enum msm_filter_status msm_tcp_proxy_on_new_connection(void *f)
     t->started = true;
     msm_stat_inc(t->cfg->stats.downstream_cx_total);
     msm_conn_enable_half_close(msm_filter_conn(t->h), true);
+    msm_conn_write_now(msm_filter_conn(t->h), true);
     if (t->cfg->max_duration_ms) {
         ev_timer_start(loop_of(t), &t->max_dur);
     }

@@ -1,6 +1,7 @@
 /* Connection dispatch (src/event/deferred.c, src/net/conn.c): connections made ready in one poll
  * are served in the order they became ready (libev alone would serve them last-in first-out),
- * writes made during a round of callbacks leave together after it, a hard close still sends
+ * writes made during a round of callbacks leave together after it (unless the connection asked
+ * for immediate writes), a hard close still sends
  * what the round wrote, and nothing is deferred outside a round. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -129,6 +130,41 @@ static void test_readiness_order_and_coalesced_writes(void **state)
     teardown(&f);
 }
 
+/* msm_conn_write_now (tcp_proxy's connections): in a round, each write leaves at once, so a
+ * connection served early in the round does not wait for the others' reads; order unchanged. */
+static void test_write_now_is_not_coalesced(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f);
+    for (int i = 0; i < N; i++) {
+        msm_conn_write_now(f.c[i], i % 2 == 0);
+    }
+    static const int ready[N] = {3, 0, 5, 1, 4, 2};
+    for (int k = 0; k < N; k++) {
+        char m[8];
+        int n = snprintf(m, sizeof(m), "m%d", ready[k]);
+        assert_int_equal(write(f.peer[ready[k]], m, (size_t)n), n);
+    }
+    ev_run(f.loop, EVRUN_ONCE);
+    assert_int_equal(f.n_order, N);
+    for (int k = 0; k < N; k++) {
+        int i = ready[k];
+        assert_int_equal(f.order[k], i);
+        /* Even-numbered: already sent when the handler returned; odd: coalesced as before. */
+        assert_int_equal(f.out_after_write[i], i % 2 == 0 ? 0 : 5 + 2);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(f.c[i]->out.len, 0);
+        char got[32] = {0};
+        char want[32];
+        snprintf(want, sizeof(want), "head:m%d", i);
+        assert_int_equal(read(f.peer[i], got, sizeof(got) - 1), (ssize_t)strlen(want));
+        assert_string_equal(got, want);
+    }
+    teardown(&f);
+}
+
 /* A write then a hard close in the same round: the bytes still leave before the close. */
 static void on_read_close(struct msm_conn *c, void *ctx, bool end)
 {
@@ -221,6 +257,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_readiness_order_and_coalesced_writes),
+        cmocka_unit_test(test_write_now_is_not_coalesced),
         cmocka_unit_test(test_hard_close_sends_the_rounds_writes),
         cmocka_unit_test(test_write_outside_a_round_is_immediate),
         cmocka_unit_test(test_event_fed_by_queued_work_runs_in_the_round),
