@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "common/alloc.h"
+#include "common/fmt.h"
 #include "stats/sort.h"
 #include "stats/tags.h"
 
@@ -64,12 +65,7 @@ static void sb_str(struct sb *b, const char *s)
 static void sb_u64(struct sb *b, uint64_t v)
 {
     char tmp[24];
-    int i = (int)sizeof(tmp);
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    sb_put(b, tmp + i, sizeof(tmp) - (size_t)i);
+    sb_put(b, tmp, msm_fmt_u64(tmp, v));
 }
 
 static int fmt_double(char *out, size_t n, double v)

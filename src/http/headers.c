@@ -395,21 +395,6 @@ bool msm_http_valid_value(const char *s, size_t n)
     return true;
 }
 
-size_t msm_http_fmt_u64(char *out, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++) {
-        out[i] = tmp[n - 1 - i];
-    }
-    out[n] = '\0';
-    return n;
-}
-
 bool msm_http_parse_u64(const char *s, size_t n, uint64_t *out)
 {
     if (!n || n > 19) {

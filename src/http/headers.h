@@ -118,9 +118,6 @@ bool msm_http_is_token(const char *s, size_t n);
 bool msm_http_valid_value(const char *s, size_t n);
 /* Canonical reason phrase of <code> ("Not Found"), "Unknown" when none. */
 const char *msm_http_reason(int code);
-/* Write <v> in decimal and a NUL to <out> (21 bytes fit any value); returns the length. For
- * per-request header values, without snprintf's cost. */
-size_t msm_http_fmt_u64(char *out, uint64_t v);
 /* Parse a non-negative decimal without sign or spaces into *out; false on garbage/overflow. */
 bool msm_http_parse_u64(const char *s, size_t n, uint64_t *out);
 /* The first ":status" of <h> as a number, <dflt> when there is none: three digits (what every

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <sys/un.h>
 
+#include "common/fmt.h"
+
 int msm_address_from_ip(const char *ip, uint32_t port, struct msm_address *out,
                         struct msm_err *err)
 {
@@ -97,20 +99,6 @@ void msm_address_ip_str(const struct msm_address *a, char *buf, size_t n)
     }
 }
 
-/* Decimal digits of <v> at <p>; returns the end. */
-static char *put_u32(char *p, uint32_t v)
-{
-    char t[10];
-    int k = 0;
-    do {
-        t[k++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (k) {
-        *p++ = t[--k];
-    }
-    return p;
-}
 
 /* Bounded copy of the <len> bytes at <s> with a NUL, truncating as snprintf does. */
 static void copy_out(char *buf, size_t n, const char *s, size_t len)
@@ -135,10 +123,10 @@ void msm_address_str(const struct msm_address *a, char *buf, size_t n)
     case AF_INET: {
         const uint8_t *ip = (const uint8_t *)&((const struct sockaddr_in *)&a->sa)->sin_addr;
         for (int i = 0; i < 4; i++) {
-            p = put_u32(p, ip[i]);
+            p += msm_fmt_u64(p, ip[i]);
             *p++ = i < 3 ? '.' : ':';
         }
-        p = put_u32(p, msm_address_port(a));
+        p += msm_fmt_u64(p, msm_address_port(a));
         copy_out(buf, n, t, (size_t)(p - t));
         return;
     }
@@ -148,7 +136,7 @@ void msm_address_str(const struct msm_address *a, char *buf, size_t n)
         p += strlen(p);
         *p++ = ']';
         *p++ = ':';
-        p = put_u32(p, msm_address_port(a));
+        p += msm_fmt_u64(p, msm_address_port(a));
         copy_out(buf, n, t, (size_t)(p - t));
         return;
     default:

@@ -19,6 +19,7 @@
 
 #include "buffer/recycle.h"
 #include "common/alloc.h"
+#include "common/fmt.h"
 #include "common/log.h"
 #include "event/deferred.h"
 #include "filters/http/router/router.h"
@@ -486,7 +487,7 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     apply_ops(r, h, false);
     if (!r->cfg->suppress_envoy_headers) {
         char t[24];
-        size_t tl = msm_http_fmt_u64(t, (uint64_t)((ev_now(r->loop) - r->try_start) * 1000.0));
+        size_t tl = msm_fmt_u64(t, (uint64_t)((ev_now(r->loop) - r->try_start) * 1000.0));
         msm_hdrs_setn(h, "x-envoy-upstream-service-time", t, tl);
     }
     if (r->route->vh->include_attempt_count_in_response) {
@@ -938,7 +939,7 @@ static void build_upstream_request(struct router *r, const struct msm_hdrs *down
     if (r->timeout_ms && !r->cfg->suppress_envoy_headers) {
         char t[24];
         uint32_t exp = r->per_try_ms ? r->per_try_ms : r->timeout_ms;
-        size_t tl = msm_http_fmt_u64(t, exp);
+        size_t tl = msm_fmt_u64(t, exp);
         msm_hdrs_setn(h, "x-envoy-expected-rq-timeout-ms", t, tl);
     }
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "buffer/buf.h"
+#include "common/fmt.h"
 #include "http/headers.h"
 #include "net/address.h"
 
@@ -322,11 +323,11 @@ static void test_char_classes(void **state)
     assert_false(msm_http_is_token("", 0));
     assert_true(msm_http_valid_value("", 0));
     char out[21];
-    assert_int_equal(msm_http_fmt_u64(out, 0), 1);
+    assert_int_equal(msm_fmt_u64(out, 0), 1);
     assert_string_equal(out, "0");
-    assert_int_equal(msm_http_fmt_u64(out, 1234567890), 10);
+    assert_int_equal(msm_fmt_u64(out, 1234567890), 10);
     assert_string_equal(out, "1234567890");
-    assert_int_equal(msm_http_fmt_u64(out, UINT64_MAX), 20);
+    assert_int_equal(msm_fmt_u64(out, UINT64_MAX), 20);
     assert_string_equal(out, "18446744073709551615");
     msm_buf_thread_cleanup();
 }
