@@ -100,18 +100,37 @@ static void teardown(struct fixture *f)
     msm_loop_free(f->loop);
 }
 
+/* Peers write "m<i>" in the order ready[], all before the loop polls. */
+static const int ready[N] = {3, 0, 5, 1, 4, 2};
+
+static void make_ready(struct fixture *f)
+{
+    for (int k = 0; k < N; k++) {
+        char m[8];
+        int n = snprintf(m, sizeof(m), "m%d", ready[k]);
+        assert_int_equal(write(f->peer[ready[k]], m, (size_t)n), n);
+    }
+}
+
+/* Every connection's echo ("head:" then what it read) reached its peer; nothing is queued. */
+static void expect_echoes(struct fixture *f)
+{
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(f->c[i]->out.len, 0);
+        char got[32] = {0};
+        char want[32];
+        snprintf(want, sizeof(want), "head:m%d", i);
+        assert_int_equal(read(f->peer[i], got, sizeof(got) - 1), (ssize_t)strlen(want));
+        assert_string_equal(got, want);
+    }
+}
+
 static void test_readiness_order_and_coalesced_writes(void **state)
 {
     (void)state;
     struct fixture f;
     setup(&f);
-    /* Ready in the order 3, 0, 5, 1, 4, 2; all before the loop polls. */
-    static const int ready[N] = {3, 0, 5, 1, 4, 2};
-    for (int k = 0; k < N; k++) {
-        char m[8];
-        int n = snprintf(m, sizeof(m), "m%d", ready[k]);
-        assert_int_equal(write(f.peer[ready[k]], m, (size_t)n), n);
-    }
+    make_ready(&f);
     ev_run(f.loop, EVRUN_ONCE);
     assert_int_equal(f.n_order, N);
     for (int k = 0; k < N; k++) {
@@ -119,14 +138,7 @@ static void test_readiness_order_and_coalesced_writes(void **state)
         /* Both writes were still queued when the handler returned: one flush after the round. */
         assert_int_equal(f.out_after_write[ready[k]], 5 + 2);
     }
-    for (int i = 0; i < N; i++) {
-        assert_int_equal(f.c[i]->out.len, 0);
-        char got[32] = {0};
-        char want[32];
-        snprintf(want, sizeof(want), "head:m%d", i);
-        assert_int_equal(read(f.peer[i], got, sizeof(got) - 1), (ssize_t)strlen(want));
-        assert_string_equal(got, want);
-    }
+    expect_echoes(&f);
     teardown(&f);
 }
 
@@ -140,12 +152,7 @@ static void test_write_now_is_not_coalesced(void **state)
     for (int i = 0; i < N; i++) {
         msm_conn_write_now(f.c[i], i % 2 == 0);
     }
-    static const int ready[N] = {3, 0, 5, 1, 4, 2};
-    for (int k = 0; k < N; k++) {
-        char m[8];
-        int n = snprintf(m, sizeof(m), "m%d", ready[k]);
-        assert_int_equal(write(f.peer[ready[k]], m, (size_t)n), n);
-    }
+    make_ready(&f);
     ev_run(f.loop, EVRUN_ONCE);
     assert_int_equal(f.n_order, N);
     for (int k = 0; k < N; k++) {
@@ -154,14 +161,7 @@ static void test_write_now_is_not_coalesced(void **state)
         /* Even-numbered: already sent when the handler returned; odd: coalesced as before. */
         assert_int_equal(f.out_after_write[i], i % 2 == 0 ? 0 : 5 + 2);
     }
-    for (int i = 0; i < N; i++) {
-        assert_int_equal(f.c[i]->out.len, 0);
-        char got[32] = {0};
-        char want[32];
-        snprintf(want, sizeof(want), "head:m%d", i);
-        assert_int_equal(read(f.peer[i], got, sizeof(got) - 1), (ssize_t)strlen(want));
-        assert_string_equal(got, want);
-    }
+    expect_echoes(&f);
     teardown(&f);
 }
 
