@@ -243,9 +243,9 @@ int msm_hdrs_remove_prefix(struct msm_hdrs *h, const char *prefix)
     return remove_matching(h, prefix, strlen(prefix), true);
 }
 
-void msm_hdrs_setn(struct msm_hdrs *h, const char *name, const char *value, size_t vlen)
+void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                     size_t vlen)
 {
-    size_t nlen = strlen(name);
     uint32_t n = h->filter & msm_hdrs_name_bit(name, nlen) ? h->n : 0; /* 0: not there */
     for (uint32_t i = 0; i < n; i++) {
         if (name_eq(&h->v[i], name, nlen)) {
@@ -264,11 +264,6 @@ void msm_hdrs_setn(struct msm_hdrs *h, const char *name, const char *value, size
         }
     }
     msm_hdrs_add(h, name, nlen, value, vlen);
-}
-
-void msm_hdrs_set(struct msm_hdrs *h, const char *name, const char *value)
-{
-    msm_hdrs_setn(h, name, value, strlen(value));
 }
 
 void msm_hdrs_copy(struct msm_hdrs *dst, const struct msm_hdrs *src)

@@ -92,8 +92,18 @@ static inline int msm_hdrs_count(const struct msm_hdrs *h, const char *name)
 }
 /* Replace every <name> header by one with <value> (appended when absent; pseudo-headers are
  * inserted before the first regular header). */
-void msm_hdrs_set(struct msm_hdrs *h, const char *name, const char *value);
-void msm_hdrs_setn(struct msm_hdrs *h, const char *name, const char *value, size_t vlen);
+void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                     size_t vlen);
+/* Inline: a constant name's length (and the value's, a literal) is folded at compile time. */
+static inline void msm_hdrs_setn(struct msm_hdrs *h, const char *name, const char *value,
+                                 size_t vlen)
+{
+    msm_hdrs_set_nv(h, name, strlen(name), value, vlen);
+}
+static inline void msm_hdrs_set(struct msm_hdrs *h, const char *name, const char *value)
+{
+    msm_hdrs_set_nv(h, name, strlen(name), value, strlen(value));
+}
 /* Remove every <name> header; returns how many were removed. */
 static inline int msm_hdrs_remove(struct msm_hdrs *h, const char *name)
 {

@@ -26,10 +26,12 @@
  * count), excessive CONTINUATION frames and outbound floods end the connection with GOAWAY.
  */
 #include <nghttp2/nghttp2.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "buffer/recycle.h"
 #include "common/alloc.h"
 #include "common/err.h"
 #include "event/deferred.h"
@@ -1208,6 +1210,58 @@ static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *f, int err
     return 0; /* nghttp2 answers with RST_STREAM / GOAWAY itself */
 }
 
+
+/* nghttp2's allocations (streams, frames, header buffers: a few per request, freed before the
+ * next) from the thread's recycled size classes instead of malloc. nghttp2's free passes no
+ * size: it is kept in a prefix. Sessions stay on one thread; any thread may free (recycle.h). */
+#define NG_PREFIX 16 /* keeps max_align_t alignment */
+
+static void *ng_malloc(size_t size, void *ud)
+{
+    (void)ud;
+    size_t *p = msm_recycle_alloc(size + NG_PREFIX);
+    *p = size + NG_PREFIX;
+    return (char *)p + NG_PREFIX;
+}
+
+static void ng_free(void *ptr, void *ud)
+{
+    (void)ud;
+    if (ptr) {
+        size_t *p = (size_t *)(void *)((char *)ptr - NG_PREFIX);
+        msm_recycle_free(p, *p);
+    }
+}
+
+static void *ng_calloc(size_t n, size_t size, void *ud)
+{
+    (void)ud;
+    if (size && n > (SIZE_MAX - NG_PREFIX) / size) {
+        return NULL;
+    }
+    size_t *p = msm_recycle_calloc(n * size + NG_PREFIX);
+    *p = n * size + NG_PREFIX;
+    return (char *)p + NG_PREFIX;
+}
+
+static void *ng_realloc(void *ptr, size_t size, void *ud)
+{
+    if (!ptr) {
+        return ng_malloc(size, ud);
+    }
+    if (!size) {
+        ng_free(ptr, ud);
+        return NULL;
+    }
+    size_t old = *(size_t *)(void *)((char *)ptr - NG_PREFIX) - NG_PREFIX;
+    void *n = ng_malloc(size, ud);
+    memcpy(n, ptr, old < size ? old : size);
+    ng_free(ptr, ud);
+    return n;
+}
+
+static nghttp2_mem ng_mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
+
 static struct msm_hcodec *h2_new(const struct msm_hcodec_opts *o, const struct msm_hcodec_cbs *cbs,
                                  void *owner, bool server)
 {
@@ -1236,9 +1290,9 @@ static struct msm_hcodec *h2_new(const struct msm_hcodec_opts *o, const struct m
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_max_outbound_ack(opt, c->o.max_outbound_frames);
     if (server) {
-        nghttp2_session_server_new2(&c->ng, cb, c, opt);
+        nghttp2_session_server_new3(&c->ng, cb, c, opt, &ng_mem);
     } else {
-        nghttp2_session_client_new2(&c->ng, cb, c, opt);
+        nghttp2_session_client_new3(&c->ng, cb, c, opt, &ng_mem);
     }
     nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cb);

@@ -68,6 +68,8 @@ struct msm_upconn {
     bool protocol_error; /* closed on a codec error: streams reset with PROTOCOL_ERROR */
     bool eof;            /* tunnel pools: the peer's FIN arrived (half-close) */
     bool eof_done;       /* ... and went to the codec, after every byte before it */
+    bool in_read;        /* up_on_read is dispatching: a stream's end is settled after it */
+    bool stream_ended;   /* ... and one ended */
     uint32_t streams_total;
     int read_disabled;
     ev_timer idle;    /* lazy: left running while streams come and go (on_idle) */
@@ -163,6 +165,8 @@ static void reg_destroy(void *state)
 }
 
 static void on_serve(struct ev_loop *loop, ev_timer *t, int revents);
+static bool must_close(const struct msm_upconn *uc, int active);
+static void settle(struct msm_upconn *uc, int active);
 
 struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
                               enum msm_http_proto proto)
@@ -300,9 +304,29 @@ static void schedule_resume(struct msm_upconn *uc)
     }
 }
 
+/* A stream ended, outside the codec's dispatch. The usual case is settled at once: nothing
+ * buffered to parse, no EOF to hand on, no reason to close (no zero-delay timer per request).
+ * The rest waits for on_resume. */
+static void stream_done(struct msm_upconn *uc)
+{
+    if (!uc->closed && uc->codec && !uc->conn->in.len && !uc->eof) {
+        int active = uc->codec->ops->active_streams(uc->codec);
+        if (!must_close(uc, active)) {
+            settle(uc, active);
+            return;
+        }
+    }
+    schedule_resume(uc);
+}
+
 static void up_stream_done(void *owner)
 {
-    schedule_resume(owner);
+    struct msm_upconn *uc = owner;
+    if (uc->in_read) {
+        uc->stream_ended = true; /* up_on_read settles it once the dispatch returned */
+        return;
+    }
+    stream_done(uc);
 }
 
 static void up_goaway(void *owner)
@@ -492,10 +516,21 @@ static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream)
     }
     uc->eof = uc->eof || end_stream;
     msm_stat_add(uc->cluster->sh->stats.upstream_cx_rx_bytes_total, c->in.len);
-    if (msm_hcodec_dispatch(uc->codec, &c->in) < 0) {
+    bool nested = uc->in_read;
+    uc->in_read = true;
+    int rc = msm_hcodec_dispatch(uc->codec, &c->in);
+    uc->in_read = nested;
+    bool ended = uc->stream_ended && !nested;
+    if (!nested) {
+        uc->stream_ended = false;
+    }
+    if (rc < 0) {
         msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_protocol_error);
         uc->protocol_error = true;
         conn_close(uc, MSM_CLOSE_NOFLUSH);
+        return;
+    }
+    if (uc->closed) {
         return;
     }
     if (uc->codec->close_connection && !uc->codec->ops->active_streams(uc->codec)) {
@@ -503,6 +538,9 @@ static void up_on_read(struct msm_conn *c, void *ctx, bool end_stream)
         return;
     }
     deliver_eof(uc);
+    if (ended) {
+        stream_done(uc);
+    }
 }
 
 static void up_on_watermark(struct msm_conn *c, void *ctx, bool above)
@@ -552,6 +590,7 @@ static void on_idle(struct ev_loop *loop, ev_timer *t, int revents)
 /* After a stream finished or reading resumed: buffered input, idleness, waiting requests. */
 static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
 {
+    (void)loop;
     (void)revents;
     struct msm_upconn *uc = MSM_CONTAINER_OF(t, struct msm_upconn, resume);
     if (uc->closed || !uc->codec) {
@@ -568,9 +607,8 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     int active = uc->codec->ops->active_streams(uc->codec);
-    uint32_t max = hcfg(uc)->max_requests_per_connection;
-    if (!active && (uc->codec->close_connection || uc->codec->goaway_received ||
-                    (max && uc->streams_total >= max))) {
+    if (must_close(uc, active)) {
+        uint32_t max = hcfg(uc)->max_requests_per_connection;
         if (max && uc->streams_total >= max) {
             msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_max_requests);
         }
@@ -578,6 +616,21 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
         pool_kick(uc->pool);
         return;
     }
+    settle(uc, active);
+}
+
+/* A connection with no stream left closes when its codec or the request limit says so. */
+static bool must_close(const struct msm_upconn *uc, int active)
+{
+    uint32_t max = hcfg(uc)->max_requests_per_connection;
+    return !active && (uc->codec->close_connection || uc->codec->goaway_received ||
+                       (max && uc->streams_total >= max));
+}
+
+/* After a stream ended, on a connection that stays: idleness, list order, waiting requests. */
+static void settle(struct msm_upconn *uc, int active)
+{
+    struct ev_loop *loop = uc->conn->loop;
     if (!active && hcfg(uc)->idle_timeout_ms) {
         /* The timer is not stopped when a stream starts (two timer-heap updates per request
          * saved): it only checks, when it fires, that the idle time has run out. */

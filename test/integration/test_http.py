@@ -364,6 +364,31 @@ class RetryTimeoutTest(HttpTestCase):
         self.assertTrue(out.startswith(b"HTTP/1.1 408 Request Timeout"), out)
         self.assertEqual(p.stat("http.ingress.downstream_rq_timeout"), 1)
 
+    def test_upstream_idle_timeout_and_request_limit(self):
+        """An upstream connection's idle time counts from its last response (the pool settles a
+        stream's end right after the read that ended it), it closes after idle_timeout, and
+        after max_requests_per_connection requests."""
+        up = self.http_upstream()
+        p = self.proxy([{"match": {"prefix": "/"}, "route": to("up")}],
+                       [H.cluster("up", [up.address], common_http_protocol_options={
+                           "idle_timeout": "0.6s", "max_requests_per_connection": 3})])
+        # Five requests 0.2 s apart (1 s in all, longer than the idle timeout): two connections,
+        # the first closed by the request limit, neither by the idle timeout.
+        for _ in range(5):
+            st, _, _ = get(p, "/")
+            self.assertEqual(st, 200)
+            time.sleep(0.2)
+        last = time.monotonic() - 0.2
+        stats = p.stats()
+        self.assertEqual(stats["cluster.up.upstream_cx_total"], 2)
+        self.assertEqual(stats["cluster.up.upstream_cx_max_requests"], 1)
+        self.assertEqual(stats["cluster.up.upstream_cx_idle_timeout"], 0)
+        p.wait_stat("cluster.up.upstream_cx_idle_timeout", lambda v: v == 1)
+        waited = time.monotonic() - last
+        self.assertGreater(waited, 0.6 * 0.9)
+        self.assertLess(waited, 3.0)
+        self.assertEqual(p.stat("cluster.up.upstream_cx_active"), 0)
+
 
 class LimitsTest(HttpTestCase):
     def test_circuit_breakers(self):

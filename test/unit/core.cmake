@@ -3,6 +3,7 @@ msm_unit_test(test_listener_match ${CMAKE_SOURCE_DIR}/test/unit/net/test_listene
 msm_unit_test(test_lb ${CMAKE_SOURCE_DIR}/test/unit/upstream/test_lb.c)
 msm_unit_test(test_stats ${CMAKE_SOURCE_DIR}/test/unit/stats/test_stats.c)
 msm_unit_test(test_log ${CMAKE_SOURCE_DIR}/test/unit/common/test_log.c)
+msm_unit_test(test_timeout_queue ${CMAKE_SOURCE_DIR}/test/unit/event/test_timeout_queue.c)
 msm_unit_test(test_inspect ${CMAKE_SOURCE_DIR}/test/unit/net/test_inspect.c)
 msm_unit_test(test_conn_dispatch ${CMAKE_SOURCE_DIR}/test/unit/net/test_conn_dispatch.c)
 msm_unit_test(test_cluster_manager ${CMAKE_SOURCE_DIR}/test/unit/upstream/test_cluster_manager.c)

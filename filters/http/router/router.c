@@ -22,6 +22,7 @@
 #include "common/fmt.h"
 #include "common/log.h"
 #include "event/deferred.h"
+#include "event/tqueue.h"
 #include "filters/http/router/router.h"
 #include "filters/http/router/upgrade.h"
 #include "filters/http/router/shadow.h"
@@ -92,7 +93,8 @@ struct router {
     int n_tried;
     struct msm_host *tried_first[2];
     bool retry_reserved;
-    ev_timer timeout, per_try, backoff;
+    struct msm_tq_entry timeout; /* the route timeout: a timeout queue entry, no heap update */
+    ev_timer per_try, backoff;
     double start, try_start;
     bool resp_started;
     enum msm_pool_kind tunnel; /* upgrade / CONNECT (upgrade.c): MSM_POOL_PLAIN otherwise */
@@ -143,7 +145,9 @@ static struct msm_cluster_http_stats *hstats(struct router *r)
 
 static void stop_timer(struct router *r, ev_timer *t)
 {
-    ev_timer_stop(r->loop, t);
+    if (ev_is_active(t) || ev_is_pending(t)) { /* mostly never started: no call */
+        ev_timer_stop(r->loop, t);
+    }
 }
 
 static void start_timer(struct router *r, ev_timer *t, uint32_t ms)
@@ -202,7 +206,7 @@ static void apply_ops(struct router *r, struct msm_hdrs *h, bool request)
 static void finish(struct router *r)
 {
     r->finished = true;
-    stop_timer(r, &r->timeout);
+    msm_tq_stop(&r->timeout);
     stop_timer(r, &r->per_try);
     stop_timer(r, &r->backoff);
 }
@@ -477,7 +481,7 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     }
     if (r->tunnel && msm_router_opens_tunnel(&r->req, status)) {
         r->tunnel_up = true; /* no route timeout on a tunnel: the idle timeout applies */
-        stop_timer(r, &r->timeout);
+        msm_tq_stop(&r->timeout);
     }
     a->retriable = code_retriable(r, status) || grpc_retriable(r, h);
     if (a->retriable && try_retry(r)) {
@@ -609,6 +613,14 @@ static void request_sent(struct router *r)
     }
 }
 
+/* %UPSTREAM_HOST% names the host even when it cannot be reached (UF), as Envoy does. Formatted
+ * only when no connection names it at once (on_pool_ready copies the pool's string). */
+static void name_host(struct router *r, const struct msm_host *h)
+{
+    struct msm_hstream_info *info = msm_hs_info(r->s);
+    msm_address_str(&h->addr, info->upstream_host, sizeof(info->upstream_host));
+}
+
 static void on_pool_ready(void *ctx, struct msm_upconn *uc)
 {
     struct attempt *a = ctx;
@@ -658,6 +670,9 @@ static void on_pool_failure(void *ctx, enum msm_pool_failure f, const char *deta
     a->pending = NULL;
     if (!r) {
         return;
+    }
+    if (a->host) {
+        name_host(r, a->host);
     }
     enum msm_http_reset why = f == MSM_POOL_OVERFLOW ? MSM_RESET_OVERFLOW
                               : f == MSM_POOL_CONNECTION_LOST ? MSM_RESET_CONNECTION_TERMINATION
@@ -737,9 +752,6 @@ static void start_attempt(struct router *r)
     }
     atomic_fetch_add(&h->refs, 1);
     r->tried[r->n_tried++] = h;
-    /* %UPSTREAM_HOST% names the host even when it cannot be reached (UF), as Envoy does. */
-    msm_address_str(&h->addr, msm_hs_info(r->s)->upstream_host,
-                    sizeof(msm_hs_info(r->s)->upstream_host));
     const struct msm_hstream_info *hi = msm_hs_info(r->s);
     /* An upgrade or forwarded CONNECT to an HTTP/2 upstream is a stream of the cluster's
      * HTTP/2 pool (extended CONNECT, http2.c), as Envoy does; else a connection of its own. */
@@ -750,14 +762,16 @@ static void start_attempt(struct router *r)
                   : msm_pool_get_alpn(r->loop, r->cluster, h, r->proto, hi->alpn_override,
                                       hi->n_alpn_override);
     a->pending = msm_pool_request(p, &pool_cbs, a);
+    if (a->pending) {
+        name_host(r, h); /* waiting; a connection at once names its peer (on_pool_ready) */
+    }
 }
 
 /* ---- timers ------------------------------------------------------------------------------------- */
 
-static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+static void on_timeout(struct ev_loop *loop, struct msm_tq_entry *t)
 {
     (void)loop;
-    (void)revents;
     struct router *r = MSM_CONTAINER_OF(t, struct router, timeout);
     msm_stat_inc(hstats(r)->upstream_rq_timeout);
     if (r->a) {
@@ -807,7 +821,7 @@ void *msm_router_filter_new(void *config, struct msm_http_stream *s)
     r->loop = msm_hs_loop(s);
     msm_hdrs_init(&r->req);
     msm_buf_init(&r->body);
-    ev_timer_init(&r->timeout, on_timeout, 0, 0);
+    msm_tq_entry_init(&r->timeout, on_timeout);
     ev_timer_init(&r->per_try, on_per_try, 0, 0);
     ev_timer_init(&r->backoff, on_backoff, 0, 0);
     r->start = ev_now(r->loop);
@@ -1042,7 +1056,7 @@ enum msm_hf_status msm_router_decode_headers(void *f, struct msm_hdrs *h, bool e
     r->retain = r->retries_left > 0;
     r->forwarding = true;
     if (end_stream && r->timeout_ms) {
-        start_timer(r, &r->timeout, r->timeout_ms);
+        msm_tq_start(r->loop, &r->timeout, r->timeout_ms);
     }
     start_attempt(r);
     if (end_stream) {
@@ -1063,7 +1077,7 @@ enum msm_hf_status msm_router_decode_data(void *f, struct msm_buf *data, bool en
     if (end_stream) {
         r->down_end = true;
         if (r->timeout_ms && !r->tunnel_up) {
-            start_timer(r, &r->timeout, r->timeout_ms);
+            msm_tq_start(r->loop, &r->timeout, r->timeout_ms);
         }
     }
     uint32_t limit = msm_hs_buffer_limit(r->s);
@@ -1102,7 +1116,7 @@ enum msm_hf_status msm_router_decode_trailers(void *f, struct msm_hdrs *t)
     msm_hdrs_copy(r->trailers, t);
     msm_shadow_trailers(r->shadow, t);
     if (r->timeout_ms) {
-        start_timer(r, &r->timeout, r->timeout_ms);
+        msm_tq_start(r->loop, &r->timeout, r->timeout_ms);
     }
     if (r->a && r->a->cs) {
         send_body_to_attempt(r);
@@ -1129,7 +1143,7 @@ void msm_router_on_destroy(void *f)
     struct router *r = f;
     r->destroyed = true;
     msm_shadow_cancel(&r->shadow);
-    stop_timer(r, &r->timeout);
+    msm_tq_stop(&r->timeout);
     stop_timer(r, &r->per_try);
     stop_timer(r, &r->backoff);
     if (r->a) {

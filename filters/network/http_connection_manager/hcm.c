@@ -72,10 +72,21 @@ static void schedule_resume(struct hcm_conn *hc)
     }
 }
 
+/* After a stream ended: bytes the codec left (pipelined or held back) or a client EOF waiting for
+ * the streams to end need a resume; otherwise the next read drives the codec (no zero-delay
+ * timer per request). */
+static void resume_if_needed(struct hcm_conn *hc)
+{
+    struct msm_conn *conn = msm_filter_conn(hc->h);
+    if (conn && (conn->in.len || (hc->remote_eof && !hc->eof_done))) {
+        schedule_resume(hc);
+    }
+}
+
 static void cb_stream_done(void *owner)
 {
     /* HTTP/1: the exchange finished; pipelined requests may wait in the read buffer. */
-    schedule_resume(owner);
+    resume_if_needed(owner);
 }
 
 static void cb_read_disable(void *owner, bool disable)
@@ -231,7 +242,7 @@ void msm_hcm_conn_stream_gone(struct hcm_conn *hc, struct hstream *st)
             ev_timer_start(hc->loop, &hc->idle);
         }
     }
-    schedule_resume(hc);
+    resume_if_needed(hc);
 }
 
 /* ---- dispatch ------------------------------------------------------------------------------------ */

@@ -8,6 +8,7 @@
  * the stack. The connection is freed by the session (filter_free) after every stream went. */
 #include <ev.h>
 
+#include "event/tqueue.h"
 #include "filters/network/http_connection_manager/hcm.h"
 #include "net/conn.h"
 
@@ -94,7 +95,9 @@ struct hstream {
     bool in_decode;
     int read_disabled;
     ev_timer req_timer;  /* request_timeout */
-    ev_timer idle_timer; /* stream_idle_timeout, or the route's idle_timeout */
+    /* stream_idle_timeout, or the route's idle_timeout: a timeout queue entry (no timer-heap
+     * update per request); it fires at last_activity + idle_ms. */
+    struct msm_tq_entry idle_timer;
     uint32_t idle_ms;    /* the idle timeout in force, 0 = none */
     double last_activity;
     /* Upgrade and CONNECT (hcm_upgrade.c): the request's upgrade type ("websocket", "CONNECT")

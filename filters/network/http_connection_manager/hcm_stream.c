@@ -190,6 +190,14 @@ static void log_stream(struct hstream *st)
     msm_si_deinit(&si);
 }
 
+/* request_timeout is mostly off: no libev call for a timer never started. */
+static void stop_req_timer(struct hstream *st)
+{
+    if (ev_is_active(&st->req_timer) || ev_is_pending(&st->req_timer)) {
+        ev_timer_stop(st->hc->loop, &st->req_timer);
+    }
+}
+
 static void touch(struct hstream *st)
 {
     st->last_activity = ev_now(st->hc->loop);
@@ -203,8 +211,8 @@ void msm_hcm_stream_destroy(struct hstream *st, bool reset)
     struct hcm_conn *hc = st->hc;
     const struct msm_hcm_config *cfg = hc->cfg;
     st->destroyed = true;
-    ev_timer_stop(hc->loop, &st->req_timer);
-    ev_timer_stop(hc->loop, &st->idle_timer);
+    stop_req_timer(st);
+    msm_tq_stop(&st->idle_timer);
     if (st->cs) {
         struct msm_hstream *cs = st->cs;
         st->cs = NULL;
@@ -251,14 +259,12 @@ static void on_req_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     msm_hcm_local_reply(st, st->nf - 1, 408, "request timeout", "request_overall_timeout", 0);
 }
 
-static void on_idle_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+static void on_idle_timeout(struct ev_loop *loop, struct msm_tq_entry *t)
 {
-    (void)revents;
     struct hstream *st = MSM_CONTAINER_OF(t, struct hstream, idle_timer);
     double left = st->last_activity + st->idle_ms / 1000.0 - ev_now(loop);
     if (left > 0.001) {
-        ev_timer_set(t, left, 0);
-        ev_timer_start(loop, t);
+        msm_tq_start_from(loop, t, st->idle_ms, st->last_activity);
         return;
     }
     msm_stat_inc(st->hc->cfg->stats.downstream_rq_idle_timeout);
@@ -301,7 +307,7 @@ struct hstream *msm_hcm_stream_new(struct hcm_conn *hc, struct msm_hstream *cs)
     msm_buf_init(&st->enc_buf);
     msm_hcm_stream_set_chain(st, cfg->filters, cfg->n_filters);
     ev_timer_init(&st->req_timer, on_req_timeout, 0, 0);
-    ev_timer_init(&st->idle_timer, on_idle_timeout, 0, 0);
+    msm_tq_entry_init(&st->idle_timer, on_idle_timeout);
     st->next = hc->streams;
     if (hc->streams) {
         hc->streams->prev = st;
@@ -350,7 +356,7 @@ static void codec_headers(struct hstream *st, struct msm_hdrs *h, bool end)
     int status = msm_hdrs_status(h, 0);
     msm_hcm_upgrade_on_response(st, status);
     /* Envoy disarms request_timeout once the response starts. */
-    ev_timer_stop(st->hc->loop, &st->req_timer);
+    stop_req_timer(st);
     msm_hcm_finalize_response(st, h);
     count_status(st, status);
     if (!st->info.details) {
@@ -673,9 +679,7 @@ static void s_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
         ev_timer_start(hc->loop, &st->req_timer);
     }
     if (st->idle_ms) {
-        ev_timer_stop(hc->loop, &st->idle_timer);
-        ev_timer_set(&st->idle_timer, st->idle_ms / 1000.0, 0);
-        ev_timer_start(hc->loop, &st->idle_timer);
+        msm_tq_start(hc->loop, &st->idle_timer, st->idle_ms);
     }
     for (int i = 0; i < st->nf; i++) {
         struct hfilter *f = &st->f[i];
@@ -696,7 +700,7 @@ static void s_on_data(void *ctx, struct msm_buf *data, bool end_stream)
     if (end_stream) {
         st->remote_end = true;
         st->remote_end_at = ev_now(st->hc->loop);
-        ev_timer_stop(st->hc->loop, &st->req_timer);
+        stop_req_timer(st);
     }
     decode_data_from(st, 0, data, end_stream);
     if (end_stream && st->tunneling && st->local_end && !st->destroyed) {
@@ -713,7 +717,7 @@ static void s_on_trailers(void *ctx, struct msm_hdrs *t)
     touch(st);
     st->remote_end = true;
     st->remote_end_at = ev_now(st->hc->loop);
-    ev_timer_stop(st->hc->loop, &st->req_timer);
+    stop_req_timer(st);
     decode_trailers_from(st, 0, t);
 }
 
@@ -769,10 +773,9 @@ static void select_route(struct hstream *st)
     if (st->route && st->route->has_idle_timeout && st->route->idle_timeout_ms != st->idle_ms) {
         /* The route's idle_timeout replaces stream_idle_timeout (0 turns it off). */
         st->idle_ms = st->route->idle_timeout_ms;
-        ev_timer_stop(st->hc->loop, &st->idle_timer);
+        msm_tq_stop(&st->idle_timer);
         if (st->idle_ms && !st->destroyed) {
-            ev_timer_set(&st->idle_timer, st->idle_ms / 1000.0, 0);
-            ev_timer_start(st->hc->loop, &st->idle_timer);
+            msm_tq_start(st->hc->loop, &st->idle_timer, st->idle_ms);
         }
     }
 }

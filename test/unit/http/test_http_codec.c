@@ -206,6 +206,14 @@ static void test_h1_server_errors(void **state)
         {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501, NULL},
         {"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n\tb\r\n\r\n", 400, "http1.invalid_characters"},
         {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 400, NULL},
+        /* What http-parser lets through and commit_header must catch: a value's first byte, SP
+         * in a name. */
+        {"GET / HTTP/1.1\r\nHost: a\r\nX: \x01b\r\n\r\n", 400, "http1.invalid_characters"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nX: \x7f\r\n\r\n", 400, "http1.invalid_characters"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nX:\x1f\r\n\r\n", 400, "http1.invalid_characters"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nX Y: a\r\n\r\n", 400, "http1.invalid_characters"},
+        {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7f\r\n\r\n", 400, NULL},
+        {"GET / HTTP/1.1\r\nHost: a\r\nX\x80: a\r\n\r\n", 400, NULL},
         {"GET / HTTP/1.1\r\n\r\n", 400, "http1.missing_host_header"},
         {"GET / HTTP/1.0\r\nHost: a\r\n\r\n", 426, "http1.protocol_unsupported"},
         {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, NULL},
