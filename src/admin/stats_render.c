@@ -18,6 +18,11 @@
 #include "stats/sort.h"
 #include "stats/tags.h"
 
+/* Export views computed in hash-slot order between checks of the store's sort thread. */
+#define MSM_SR_WARM_STEP 512
+/* How many stats ahead the passes over the snapshot prefetch. */
+#define SEL_AHEAD 12
+
 static double now_ms(void)
 {
     struct timespec ts;
@@ -55,6 +60,34 @@ static void sb_put(struct sb *b, const char *s, size_t n)
     if (b->len >= SB_FLUSH) {
         sb_flush(b);
     }
+}
+
+/* Room for <n> more bytes at b->p + b->len (the buffer grows for one oversized item); the
+ * caller writes them and ends with sb_done. One bound check per line instead of one per part. */
+static char *sb_room(struct sb *b, size_t n)
+{
+    if (b->len + n > b->cap) {
+        sb_flush(b);
+        if (n > b->cap) {
+            b->cap = n;
+            b->p = msm_xrealloc(b->p, n);
+        }
+    }
+    return b->p + b->len;
+}
+
+static void sb_done(struct sb *b, char *end)
+{
+    b->len = (size_t)(end - b->p);
+    if (b->len >= SB_FLUSH) {
+        sb_flush(b);
+    }
+}
+
+static char *put(char *p, const char *s, size_t n)
+{
+    memcpy(p, s, n);
+    return p + n;
 }
 
 static void sb_str(struct sb *b, const char *s)
@@ -337,15 +370,16 @@ static int by_family(const void *a, const void *b)
     return x->phase != y->phase ? x->phase - y->phase : strcmp(x->name, y->name);
 }
 
-/* The regrouping, resumable: ASSIGN gives each selected stat its family (hash of the interned
- * name), then the families are sorted and each gets its offset, then PLACE puts the stats. */
+/* The regrouping: the select pass gives each selected stat its family (group_assign: hash of
+ * the interned name) and its export view, then the families are sorted and each gets its
+ * offset, then PLACE (resumable) puts the stats. */
 struct grouping {
-    int phase; /* 0 assign, 1 place, 2 done */
     size_t i;
     size_t cap, nf, fcap;
     size_t *slots; /* family index + 1, 0 = empty */
     struct family *fam;
     size_t *which; /* family of each selected stat, SIZE_MAX: not exported */
+    const struct msm_stat_export **exps; /* export view of each selected stat */
     size_t *rank;  /* next offset of each family */
     struct pitem *items;
     size_t total;
@@ -356,14 +390,26 @@ static size_t fam_hash(const char *name, int phase, size_t cap)
     return (((uintptr_t)name >> 4) * 31 + (size_t)phase) & (cap - 1);
 }
 
-static void group_assign(struct grouping *g, const struct sel *sl, size_t i)
+static void group_init(struct grouping *g, size_t n)
 {
-    const struct msm_stat_export *e = msm_stat_export(sl->v[i]);
+    g->cap = 1024;
+    g->fcap = 64;
+    g->slots = msm_xcalloc(g->cap, sizeof(*g->slots));
+    g->fam = msm_xcalloc(g->fcap, sizeof(*g->fam));
+    g->which = msm_xcalloc(n + 1, sizeof(*g->which));
+    g->exps = msm_xcalloc(n + 1, sizeof(*g->exps));
+}
+
+/* Selected stat <i> is <s>: its export view (computed now if missing) and family. */
+static void group_assign(struct grouping *g, size_t i, struct msm_stat *s)
+{
+    const struct msm_stat_export *e = msm_stat_export(s);
+    g->exps[i] = e;
     g->which[i] = SIZE_MAX;
     if (!e->prom_name) {
         return;
     }
-    int ph = phase_of(sl->v[i]->type);
+    int ph = phase_of(s->type);
     size_t h = fam_hash(e->prom_name, ph, g->cap);
     while (g->slots[h] && (g->fam[g->slots[h] - 1].name != e->prom_name ||
                            g->fam[g->slots[h] - 1].phase != ph)) {
@@ -413,37 +459,21 @@ static void group_offsets(struct grouping *g)
     g->items = msm_xcalloc(g->total + 1, sizeof(*g->items));
 }
 
-/* Work on the grouping for about <chunk> stats per time check; true when done. */
+/* Place about <chunk> stats per time check (after group_offsets); true when done. */
 static bool group_step(struct grouping *g, const struct sel *sl, size_t chunk, double t0)
 {
-    if (!g->which) {
-        g->cap = 1024;
-        g->fcap = 64;
-        g->slots = msm_xcalloc(g->cap, sizeof(*g->slots));
-        g->fam = msm_xcalloc(g->fcap, sizeof(*g->fam));
-        g->which = msm_xcalloc(sl->n + 1, sizeof(*g->which));
-    }
-    while (g->phase < 2) {
-        while (g->i < sl->n) {
-            size_t end = sl->n - g->i > chunk ? g->i + chunk : sl->n;
-            for (; g->i < end; g->i++) {
-                if (g->phase == 0) {
-                    group_assign(g, sl, g->i);
-                } else if (g->which[g->i] != SIZE_MAX) {
-                    size_t at = g->rank[g->which[g->i]]++;
-                    g->items[at].s = sl->v[g->i];
-                    g->items[at].e = sl->v[g->i]->exp;
-                }
-            }
-            if (now_ms() - t0 > MSM_SR_STEP_MS) {
-                return false;
+    while (g->i < sl->n) {
+        size_t end = sl->n - g->i > chunk ? g->i + chunk : sl->n;
+        for (; g->i < end; g->i++) {
+            if (g->which[g->i] != SIZE_MAX) {
+                size_t at = g->rank[g->which[g->i]]++;
+                g->items[at].s = sl->v[g->i];
+                g->items[at].e = g->exps[g->i];
             }
         }
-        if (g->phase == 0) {
-            group_offsets(g);
+        if (now_ms() - t0 > MSM_SR_STEP_MS) {
+            return false;
         }
-        g->phase++;
-        g->i = 0;
     }
     return true;
 }
@@ -452,6 +482,7 @@ static bool group_step(struct grouping *g, const struct sel *sl, size_t chunk, d
 static void group_free(struct grouping *g)
 {
     free(g->rank);
+    free(g->exps);
     free(g->which);
     free(g->fam);
     free(g->slots);
@@ -459,41 +490,59 @@ static void group_free(struct grouping *g)
     memset(g, 0, sizeof(*g));
 }
 
-static const char *le_strings[MSM_HIST_BUCKETS];
+/* Each bucket's bound as the end of its line's labels: <bound>"} */
+#define LE_MAX 40
+static char le_tails[MSM_HIST_BUCKETS][LE_MAX];
+static size_t le_lens[MSM_HIST_BUCKETS];
 
+/* <name><suffix>{<labels>} <v> */
+static char *prom_line(char *p, const struct msm_stat_export *e, const char *suffix, size_t sl,
+                       uint64_t v)
+{
+    p = put(p, e->prom_name, e->prom_name_len);
+    p = put(p, suffix, sl);
+    *p++ = '{';
+    p = put(p, e->prom_labels, e->prom_labels_len);
+    *p++ = '}';
+    *p++ = ' ';
+    p += msm_fmt_u64(p, v);
+    *p++ = '\n';
+    return p;
+}
+
+/* The bucket lines share their start (<name>_bucket{<labels>,le=") : written once, then copied
+ * from the first line. */
 static void prom_histogram(struct sb *b, const struct pitem *it)
 {
-    const char *name = it->e->prom_name;
+    const struct msm_stat_export *e = it->e;
     uint64_t cum[MSM_HIST_BUCKETS], count, sum;
     msm_stat_hist_snapshot(it->s, cum, &count, &sum);
-    for (int i = 0; i < MSM_HIST_BUCKETS; i++) {
-        sb_str(b, name);
-        sb_put(b, "_bucket", 7);
-        prom_labels_open(b, it->e, true);
-        sb_str(b, "le=\"");
-        sb_str(b, le_strings[i]);
-        sb_put(b, "\"} ", 3);
-        sb_u64(b, cum[i]);
-        sb_put(b, "\n", 1);
+    size_t line = e->prom_name_len + e->prom_labels_len + 16;
+    char *p = sb_room(b, (MSM_HIST_BUCKETS + 3) * (line + LE_MAX + 24));
+    char *first = p;
+    p = put(p, e->prom_name, e->prom_name_len);
+    p = put(p, "_bucket{", 8);
+    p = put(p, e->prom_labels, e->prom_labels_len);
+    if (e->prom_labels_len) {
+        *p++ = ',';
     }
-    sb_str(b, name);
-    sb_put(b, "_bucket", 7);
-    prom_labels_open(b, it->e, true);
-    sb_str(b, "le=\"+Inf\"} ");
-    sb_u64(b, count);
-    sb_put(b, "\n", 1);
-    sb_str(b, name);
-    sb_put(b, "_sum", 4);
-    prom_labels_open(b, it->e, false);
-    sb_put(b, "} ", 2);
-    sb_u64(b, sum);
-    sb_put(b, "\n", 1);
-    sb_str(b, name);
-    sb_put(b, "_count", 6);
-    prom_labels_open(b, it->e, false);
-    sb_put(b, "} ", 2);
-    sb_u64(b, count);
-    sb_put(b, "\n", 1);
+    p = put(p, "le=\"", 4);
+    size_t pre = (size_t)(p - first);
+    for (int i = 0; i < MSM_HIST_BUCKETS; i++) {
+        if (i) {
+            p = put(p, first, pre);
+        }
+        p = put(p, le_tails[i], le_lens[i]);
+        p += msm_fmt_u64(p, cum[i]);
+        *p++ = '\n';
+    }
+    p = put(p, first, pre);
+    p = put(p, "+Inf\"} ", 7);
+    p += msm_fmt_u64(p, count);
+    *p++ = '\n';
+    p = prom_line(p, e, "_sum", 4, sum);
+    p = prom_line(p, e, "_count", 6, count);
+    sb_done(b, p);
 }
 
 static void prom_text_readout(struct sb *b, const struct pitem *it)
@@ -525,11 +574,11 @@ static const char *type_word(enum msm_stat_type t)
 
 static void le_init(void)
 {
-    static char le_buf[MSM_HIST_BUCKETS][32];
-    if (!le_strings[0]) {
+    if (!le_lens[0]) {
         for (int i = 0; i < MSM_HIST_BUCKETS; i++) {
-            fmt_double(le_buf[i], sizeof(le_buf[i]), msm_hist_bounds[i]);
-            le_strings[i] = le_buf[i];
+            int k = fmt_double(le_tails[i], LE_MAX - 4, msm_hist_bounds[i]);
+            memcpy(le_tails[i] + k, "\"} ", 3);
+            le_lens[i] = (size_t)k + 3;
         }
     }
 }
@@ -551,12 +600,11 @@ static size_t prom_item(struct sb *b, const struct pitem *items, size_t i)
     switch (it->s->type) {
     case MSM_STAT_HISTOGRAM: prom_histogram(b, it); break;
     case MSM_STAT_TEXT: prom_text_readout(b, it); break;
-    default:
-        sb_str(b, it->e->prom_name);
-        prom_labels_open(b, it->e, false);
-        sb_put(b, "} ", 2);
-        sb_u64(b, msm_stat_value(it->s));
-        sb_put(b, "\n", 1);
+    default: {
+        char *p = sb_room(b, it->e->prom_name_len + it->e->prom_labels_len + 32);
+        sb_done(b, prom_line(p, it->e, "", 0, msm_stat_value(it->s)));
+        break;
+    }
     }
     return fam;
 }
@@ -566,11 +614,10 @@ static size_t prom_item(struct sb *b, const struct pitem *items, size_t i)
 enum step {
     ST_LIST = 0,   /* take the snapshot (the store's cached name order) */
     ST_SORT = 1,   /* sort it when the cache was stale */
-    ST_SELECT = 2, /* apply the query */
-    ST_EXPORT = 3, /* Prometheus: tag extraction of the selected stats not done yet */
-    ST_GROUP = 4,  /* Prometheus: regroup by family */
-    ST_EMIT = 5,
-    ST_DONE = 6,
+    ST_SELECT = 2, /* apply the query; Prometheus: export views (tag extraction) and families */
+    ST_GROUP = 3,  /* Prometheus: regroup by family */
+    ST_EMIT = 4,
+    ST_DONE = 5,
 };
 
 struct msm_stats_render {
@@ -631,9 +678,8 @@ size_t msm_stats_render_families(const struct msm_stats_render *r)
     return r->families;
 }
 
-/* Wait up to ~MSM_SR_STEP_MS for the store's thread to sort the name order (computing export
- * views meanwhile in the order of the hash slots costs more than computing them in name order
- * afterwards, with the thread doing its half). True when the order is there (<r->sl.all>). */
+/* Wait up to ~MSM_SR_STEP_MS for the store's thread to sort the name order. True when the
+ * order is there (<r->sl.all>). */
 static bool prefetch_wait(struct msm_stats_render *r, double t0)
 {
     double left = MSM_SR_STEP_MS - (now_ms() - t0);
@@ -672,6 +718,13 @@ static void prepare(struct msm_stats_render *r, bool unbounded)
         break;
     case ST_SORT:
         if (r->prefetched) {
+            /* The main thread would idle while the store's thread sorts: compute export views
+             * meanwhile, in hash-slot order (msm_stats_prewarm). Both later export passes (this
+             * render's from the start of the order, the thread's from its end) skip them. */
+            while (r->fmt == MSM_SR_FMT_PROMETHEUS && msm_stats_order_pending(r->st) &&
+                   !msm_stats_order_sorted(r->st) && now_ms() - t0 < MSM_SR_STEP_MS &&
+                   msm_stats_prewarm(r->st, MSM_SR_WARM_STEP)) {
+            }
             if (prefetch_wait(r, t0)) {
                 r->prefetched = false;
                 r->step = ST_SELECT;
@@ -695,17 +748,34 @@ static void prepare(struct msm_stats_render *r, bool unbounded)
             r->step = ST_SELECT;
         }
         break;
-    case ST_SELECT:
+    case ST_SELECT: {
+        bool prom = r->fmt == MSM_SR_FMT_PROMETHEUS;
         if (!r->sl.v) {
             r->sl.v = msm_xcalloc(r->sl.n_all + 1, sizeof(*r->sl.v));
             r->sl.md = r->q.filter ? pcre2_match_data_create_from_pattern(r->q.filter, NULL)
                                    : NULL;
+            if (prom) {
+                group_init(&r->g, r->sl.n_all);
+            }
         }
+        /* One pass: each stat (two cache lines) and its view are read once, prefetched. */
         while (r->i < r->sl.n_all) {
             size_t end = r->sl.n_all - r->i > chunk ? r->i + chunk : r->sl.n_all;
             for (; r->i < end; r->i++) {
-                if (wanted(&r->q, &r->sl, r->sl.all[r->i])) {
-                    r->sl.v[r->sl.n++] = r->sl.all[r->i];
+                if (r->i + SEL_AHEAD < r->sl.n_all) {
+                    struct msm_stat *a = r->sl.all[r->i + SEL_AHEAD];
+                    __builtin_prefetch(a);
+                    __builtin_prefetch(&a->exp);
+                    /* the view of one whose line came meanwhile */
+                    a = r->sl.all[r->i + SEL_AHEAD / 2];
+                    __builtin_prefetch(atomic_load_explicit(&a->exp, memory_order_relaxed));
+                }
+                struct msm_stat *s = r->sl.all[r->i];
+                if (wanted(&r->q, &r->sl, s)) {
+                    if (prom) {
+                        group_assign(&r->g, r->sl.n, s);
+                    }
+                    r->sl.v[r->sl.n++] = s;
                 }
             }
             if (now_ms() - t0 > MSM_SR_STEP_MS) {
@@ -713,22 +783,13 @@ static void prepare(struct msm_stats_render *r, bool unbounded)
             }
         }
         r->i = 0;
-        r->step = r->fmt == MSM_SR_FMT_PROMETHEUS ? ST_EXPORT : ST_EMIT;
-        break;
-    case ST_EXPORT:
-        while (r->i < r->sl.n) {
-            size_t end = r->sl.n - r->i > chunk ? r->i + chunk : r->sl.n;
-            for (; r->i < end; r->i++) {
-                msm_stat_export(r->sl.v[r->i]);
-            }
-            if (now_ms() - t0 > MSM_SR_STEP_MS) {
-                return;
-            }
+        if (prom) {
+            msm_stats_order_release(r->st); /* the views are all there: end the store's thread */
+            group_offsets(&r->g);
         }
-        r->i = 0;
-        msm_stats_order_release(r->st); /* the views are all there: end the store's thread */
-        r->step = ST_GROUP;
+        r->step = prom ? ST_GROUP : ST_EMIT;
         break;
+    }
     case ST_GROUP:
         if (group_step(&r->g, &r->sl, chunk, t0)) {
             r->items = r->g.items;
@@ -779,6 +840,10 @@ static bool emit(struct msm_stats_render *r, struct msm_buf *out, size_t hint)
         for (; r->i < r->n_items; r->i++) {
             if (FULL()) {
                 return false;
+            }
+            if (r->i + SEL_AHEAD < r->n_items) {
+                __builtin_prefetch(r->items[r->i + SEL_AHEAD].s);
+                __builtin_prefetch(r->items[r->i + SEL_AHEAD].e);
             }
             r->families += prom_item(b, r->items, r->i);
         }

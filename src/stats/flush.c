@@ -37,8 +37,9 @@ static void on_warm(struct ev_loop *loop, ev_idle *w, int revents)
         ev_idle_stop(loop, w);
         /* And the name order every export starts from (cached until a stat comes or goes): a
          * big store sorts it in a thread, collected by the next export. */
-        if (msm_stats_order_prefetch(f->st, false)) {
-            return;
+        if (msm_stats_order_prefetch(f->st, false) ||
+            msm_stats_order_fresh(f->st, MSM_STATS_ORDER_NAME)) {
+            return; /* (a fresh order: an export sorted it, no copy of it is needed here) */
         }
         size_t n = 0;
         struct msm_stat **v = msm_stats_list_ordered(f->st, MSM_STATS_ORDER_NAME,

@@ -29,6 +29,22 @@ enum matcher_mode {
     MATCH_EXCLUDE = 3,   /* exclusion_list: all but what matches */
 };
 
+/* A caller's memo of interned export strings (the main thread's in the store, one per prefetch
+ * thread): the few hundred tag-extracted names with their Prometheus names, and the last labels
+ * (consecutive stats in name order share a cluster's), so most views take no lock. Interned
+ * strings live as long as the store. */
+#define EXPORT_MEMO_SLOTS 1024
+struct export_name {
+    uint64_t h; /* XXH3 of the <len> bytes of <tag_name> */
+    size_t len;
+    const char *tag_name, *prom_name;
+};
+struct export_memo {
+    struct export_name names[EXPORT_MEMO_SLOTS];
+    const char *labels;
+    size_t labels_len;
+};
+
 /* Open-addressing hash table of stats by name; tombstones are compacted on rehash. */
 struct msm_stats_store {
     pthread_mutex_t mu;
@@ -64,6 +80,7 @@ struct msm_stats_store {
         atomic_bool stop; /* end the export pass */
         uint64_t gen; /* generation of the snapshot */
         struct msm_stat **v; /* the snapshot (not referenced: see <dead>) */
+        struct msm_sort_item *items; /* it as sort keys, made with it (the thread frees it) */
         size_t n;
         /* Stats whose last reference went while the thread may read their names (under <mu>
          * of the store, as <running>): destroyed when the sort is collected. */
@@ -81,6 +98,7 @@ struct msm_stats_store {
      * shared by 500k stats: computed once each) */
     const char **pm_key, **pm_val;
     size_t pm_cap, pm_n;
+    struct export_memo *memo; /* the main thread's (export_extracted) */
     /* msm_stats_prewarm: a pass over the slots computing missing export views */
     size_t warm_cursor;
     uint64_t warm_gen, warm_start_gen;
@@ -215,6 +233,7 @@ void msm_stats_store_free(struct msm_stats_store *st)
     free(st->strs_h);
     free(st->pm_key);
     free(st->pm_val);
+    free(st->memo);
     pthread_mutex_destroy(&st->intern_mu);
     msm_tag_producer_free(st->tags);
     matcher_clear(st);
@@ -1019,13 +1038,16 @@ static struct msm_stat_export *export_new(struct msm_stats_store *st, const char
     }
     e->prom_labels = e->own_labels ? prom_labels(tags, n) : intern(st, prom_labels(tags, n));
     e->tags = tags;
+    e->prom_name_len = e->prom_name ? (uint32_t)strlen(e->prom_name) : 0;
+    e->prom_labels_len = (uint32_t)strlen(e->prom_labels);
     return e;
 }
 
 /* The view of a stat whose tags come from tag extraction: no per-stat copies of the
  * tag-extracted name, the tags or the labels (the interned strings are shared). */
 static struct msm_stat_export *export_extracted(struct msm_stats_store *st, const char *name,
-                                               struct msm_tag_scratch *sc)
+                                               struct msm_tag_scratch *sc,
+                                               struct export_memo *memo)
 {
     enum { STACK_NAME = 512, STACK_TAGS = 64, STACK_LABELS = 1024 };
     char tn_s[STACK_NAME], lb_s[STACK_LABELS];
@@ -1036,9 +1058,17 @@ static struct msm_stat_export *export_extracted(struct msm_stats_store *st, cons
     struct msm_tag_ref *refs = max <= STACK_TAGS ? refs_s : msm_xcalloc((size_t)max, sizeof(*refs));
     int n = msm_tag_producer_produce_refs_on(st->tags, sc, name, len, tn, &tn_len, refs);
     struct msm_stat_export *e = MSM_NEW(struct msm_stat_export);
-    e->tag_name = intern_n(st, tn, tn_len);
+    uint64_t h = XXH3_64bits(tn, tn_len);
+    struct export_name *m = &memo->names[h & (EXPORT_MEMO_SLOTS - 1)];
+    if (!m->tag_name || m->h != h || m->len != tn_len || memcmp(m->tag_name, tn, tn_len)) {
+        m->tag_name = intern_n(st, tn, tn_len);
+        m->prom_name = prom_name_of(st, m->tag_name);
+        m->h = h;
+        m->len = tn_len;
+    }
+    e->tag_name = m->tag_name;
     e->n_tags = n;
-    e->prom_name = prom_name_of(st, e->tag_name);
+    e->prom_name = m->prom_name;
     /* Interned strings live as long as the store: labels that name one RTSP session (a random
      * id, a new one per session) are the view's own and go with the stat. */
     for (int i = 0; i < n && !e->own_labels; i++) {
@@ -1047,10 +1077,16 @@ static struct msm_stat_export *export_extracted(struct msm_stats_store *st, cons
     size_t lb_cap = prom_labels_refs_len(refs, n);
     char *lb = !e->own_labels && lb_cap <= STACK_LABELS ? lb_s : msm_xmalloc(lb_cap);
     size_t lb_len = prom_labels_refs(refs, n, lb);
+    e->prom_name_len = e->prom_name ? (uint32_t)strlen(e->prom_name) : 0;
+    e->prom_labels_len = (uint32_t)lb_len;
     if (e->own_labels) {
         e->prom_labels = lb;
     } else {
-        e->prom_labels = intern_n(st, lb, lb_len);
+        if (!memo->labels || memo->labels_len != lb_len || memcmp(memo->labels, lb, lb_len)) {
+            memo->labels = intern_n(st, lb, lb_len);
+            memo->labels_len = lb_len;
+        }
+        e->prom_labels = memo->labels;
         if (lb != lb_s) {
             free(lb);
         }
@@ -1079,7 +1115,14 @@ static struct msm_stat_export *export_install(struct msm_stat *s, struct msm_sta
 const struct msm_stat_export *msm_stat_export(struct msm_stat *s)
 {
     struct msm_stat_export *e = atomic_load_explicit(&s->exp, memory_order_acquire);
-    return e ? e : export_install(s, export_extracted(s->store, s->name, NULL));
+    if (e) {
+        return e;
+    }
+    struct msm_stats_store *st = s->store;
+    if (!st->memo) {
+        st->memo = MSM_NEW(struct export_memo);
+    }
+    return export_install(s, export_extracted(st, s->name, NULL, st->memo));
 }
 
 void msm_stats_flush_histograms(struct msm_stats_store *st)
@@ -1118,7 +1161,8 @@ void msm_stats_reset_counters(struct msm_stats_store *st)
 /* ---- cached sorted lists ------------------------------------------------------------------ */
 
 static struct msm_stat_export *export_extracted(struct msm_stats_store *st, const char *name,
-                                               struct msm_tag_scratch *sc);
+                                               struct msm_tag_scratch *sc,
+                                               struct export_memo *memo);
 static struct msm_stat_export *export_install(struct msm_stat *s, struct msm_stat_export *e);
 
 /* How many stats the thread looks at between checks of <stop>, and how many exported ones in a
@@ -1131,13 +1175,7 @@ static void *job_main(void *arg)
     struct msm_stats_store *st = arg;
     struct order_job *j = &st->job;
     /* Reads only the names: immutable. */
-    struct msm_sort_item *items = msm_xcalloc(j->n + 1, sizeof(*items));
-    for (size_t i = 0; i < j->n; i++) {
-        if (i + 16 < j->n) {
-            __builtin_prefetch(j->v[i + 16]);
-        }
-        items[i] = (struct msm_sort_item){.key = j->v[i]->name, .val = j->v[i]};
-    }
+    struct msm_sort_item *items = j->items;
     msm_sort_radix(items, j->n);
     for (size_t i = 0; i < j->n; i++) {
         j->v[i] = items[i].val;
@@ -1152,6 +1190,7 @@ static void *job_main(void *arg)
      * Until the job is joined no stat of the snapshot is destroyed and st->tags stays. */
     if (j->exports) {
         struct msm_tag_scratch *sc = msm_tag_scratch_new(st->tags);
+        struct export_memo *memo = MSM_NEW(struct export_memo);
         size_t met = 0;
         for (size_t i = j->n; i-- > 0 && met < JOB_EXPORT_MET;) {
             if (i % JOB_EXPORT_CHECK == 0 && atomic_load(&j->stop)) {
@@ -1163,8 +1202,9 @@ static void *job_main(void *arg)
                 continue;
             }
             met = 0;
-            export_install(s, export_extracted(st, s->name, sc));
+            export_install(s, export_extracted(st, s->name, sc, memo));
         }
+        free(memo);
         msm_tag_scratch_free(sc);
     }
     atomic_store(&j->finished, true);
@@ -1188,6 +1228,7 @@ static void job_end(struct msm_stats_store *st)
     pthread_mutex_unlock(&st->mu);
     free(j->v);
     j->v = NULL;
+    j->items = NULL; /* (freed by the thread, or by a failed start) */
     j->n = 0;
 }
 
@@ -1253,11 +1294,15 @@ bool msm_stats_order_prefetch(struct msm_stats_store *st, bool exports)
      * main thread): while <running>, a stat whose last reference goes is kept (stat_release). */
     pthread_mutex_lock(&st->mu);
     j->v = msm_xcalloc(st->live + 1, sizeof(*j->v));
+    j->items = msm_xcalloc(st->live + 1, sizeof(*j->items));
     j->n = 0;
     for (size_t i = 0; i < st->cap; i++) {
+        if (i + 16 < st->cap) {
+            __builtin_prefetch(st->slots[i + 16]); /* <name> and <hidden> share its start */
+        }
         struct msm_stat *s = st->slots[i];
         if (s && s != &tombstone && !s->hidden) {
-            j->v[j->n++] = s;
+            j->items[j->n++] = (struct msm_sort_item){.key = s->name, .val = s};
         }
     }
     j->gen = st->generation;
@@ -1269,6 +1314,7 @@ bool msm_stats_order_prefetch(struct msm_stats_store *st, bool exports)
     atomic_store(&j->finished, false);
     atomic_store(&j->stop, false);
     if (pthread_create(&j->th, NULL, job_main, st) != 0) {
+        free(j->items);
         job_end(st);
         return false;
     }
@@ -1278,6 +1324,11 @@ bool msm_stats_order_prefetch(struct msm_stats_store *st, bool exports)
 bool msm_stats_order_pending(const struct msm_stats_store *st)
 {
     return st->job.running && !st->job.collected;
+}
+
+bool msm_stats_order_sorted(const struct msm_stats_store *st)
+{
+    return msm_stats_order_pending(st) && atomic_load(&st->job.done);
 }
 
 void msm_stats_order_wait(struct msm_stats_store *st, double ms)
@@ -1342,6 +1393,15 @@ void msm_stats_order_put(struct msm_stats_store *st, int slot, msm_stats_cmp_fn 
         oc->valid = true;
     }
     pthread_mutex_unlock(&st->mu);
+}
+
+bool msm_stats_order_fresh(struct msm_stats_store *st, int slot)
+{
+    struct order_cache *oc = &st->orders[slot];
+    pthread_mutex_lock(&st->mu);
+    bool fresh = oc->valid && oc->gen == st->generation;
+    pthread_mutex_unlock(&st->mu);
+    return fresh;
 }
 
 struct msm_stat **msm_stats_list_ordered(struct msm_stats_store *st, int slot,

@@ -62,11 +62,12 @@ struct msm_err;
 struct msm_stat_export {
     const char *tag_name;    /* tag-extracted name: "cluster.upstream_cx_total" */
     struct msm_tag *tags;    /* explicit tags (msm_stats_get_tagged); NULL for extracted ones */
-    int n_tags;
     /* "envoy_cluster_upstream_cx_total"; NULL when it cannot be exported. Interned in the store:
      * equal names are the same pointer. */
     const char *prom_name;
     const char *prom_labels; /* labels without braces: cluster_name="xds-grpc"; "" if none */
+    int n_tags;
+    uint32_t prom_name_len, prom_labels_len; /* strlen of the two (0 without a name) */
     bool explicit_tags; /* created with msm_stats_get_tagged */
     bool own_labels;    /* <prom_labels> is this view's, not interned (per-session labels) */
 };
@@ -76,6 +77,12 @@ struct msm_stat {
     struct msm_stats_store *store;
     enum msm_stat_type type;
     bool sink; /* the store's shared null stat of <type> (see msm_stats_sink_rejected) */
+    bool hidden; /* rejected by stats_matcher: never exported (next to <name>: the snapshots
+                  * of the name order read both) */
+    /* A counter or histogram created while stats_matcher rejects its name: it counts for its
+     * owner but is not in the store (no name, no lookup, not shared by name), as Envoy does
+     * not create rejected stats. With Istio's inclusion list that is most per-cluster stats. */
+    bool detached;
     atomic_uint_fast64_t value; /* counter/gauge value */
     atomic_bool used;           /* ever updated (admin ?usedonly) */
     atomic_int refs;
@@ -85,11 +92,6 @@ struct msm_stat {
     atomic_uint_fast64_t hsum;      /* sum of recorded values (integers) */
     atomic_uint_fast64_t hcount;
     char *text;                     /* text readout (main thread only) */
-    bool hidden;                    /* rejected by stats_matcher: never exported */
-    /* A counter or histogram created while stats_matcher rejects its name: it counts for its
-     * owner but is not in the store (no name, no lookup, not shared by name), as Envoy does
-     * not create rejected stats. With Istio's inclusion list that is most per-cluster stats. */
-    bool detached;
     /* export cache (msm_stat_export; also set by the export pass of msm_stats_order_prefetch) */
     _Atomic(struct msm_stat_export *) exp;
     uint64_t *hist_prev;            /* histogram: cumulative counts at the last flush */
@@ -150,6 +152,8 @@ struct msm_stat **msm_stats_order_get(struct msm_stats_store *st, int slot,
                                       msm_stats_cmp_fn *cmp, size_t *n, uint64_t *gen);
 void msm_stats_order_put(struct msm_stats_store *st, int slot, msm_stats_cmp_fn *cmp,
                          uint64_t gen, struct msm_stat *const *v, size_t n);
+/* Is the cached order of <slot> fresh (nothing created or destroyed since it was sorted)? */
+bool msm_stats_order_fresh(struct msm_stats_store *st, int slot);
 /* Stores from this many stats on sort their name order in a thread (msm_stats_order_prefetch). */
 #define MSM_STATS_PREFETCH_MIN 16384
 /* Start sorting a snapshot of the visible stats by name (msm_stats_cmp_name) in a thread of its
@@ -160,12 +164,16 @@ void msm_stats_order_put(struct msm_stats_store *st, int slot, msm_stats_cmp_fn 
  * cold export does other work (tag extraction) while it sorts. Main thread. */
 bool msm_stats_order_prefetch(struct msm_stats_store *st, bool exports);
 /* With <exports>, the thread then computes export views (as msm_stat_export) from the end of
- * the order until it meets views the main thread computed from its start, or is stopped by
- * msm_stats_order_release / the next prefetch / msm_stats_configure / the store's end. */
+ * the order until it meets views the main thread computed from its start (512 in a row; views
+ * computed meanwhile in another order, msm_stats_prewarm while it sorts, are skipped), or is
+ * stopped by msm_stats_order_release / the next prefetch / msm_stats_configure / the store's
+ * end. */
 /* Wait up to <ms> milliseconds for a running prefetch sort to finish. Main thread. */
 void msm_stats_order_wait(struct msm_stats_store *st, double ms);
 /* Is a prefetch sort running (or finished and not yet collected by msm_stats_order_get)? */
 bool msm_stats_order_pending(const struct msm_stats_store *st);
+/* Has that sort finished (its order is ready for msm_stats_order_get)? Does not wait. */
+bool msm_stats_order_sorted(const struct msm_stats_store *st);
 /* End the export pass of the prefetch thread if it runs (without waiting: the thread is joined
  * by a later call once it finished). Main thread. */
 void msm_stats_order_release(struct msm_stats_store *st);

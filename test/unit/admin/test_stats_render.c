@@ -411,6 +411,94 @@ static int cmp_key(const void *a, const void *b)
     return strcmp(((const struct msm_sort_item *)a)->key, ((const struct msm_sort_item *)b)->key);
 }
 
+/* A cold streamed render of a store big enough for the threaded sort (the render computes
+ * export views in hash-slot order while the thread sorts, the thread then from the end of the
+ * order) equals a whole render of the same stats in a store of their own. */
+static void test_stream_prefetch(void **state)
+{
+    (void)state;
+    size_t nc = MSM_STATS_PREFETCH_MIN / 4 + 100, n = 0;
+    struct msm_stats_store *st[2];
+    struct msm_stat **v = msm_xcalloc(2 * nc * 5, sizeof(*v));
+    struct msm_err err = {{0}};
+    for (int k = 0; k < 2; k++) {
+        st[k] = msm_stats_store_new();
+        assert_int_equal(msm_stats_configure(st[k], NULL, NULL, 0, &err), 0);
+        for (size_t c = 0; c < nc; c++) {
+            for (size_t i = 0; i < 4; i++) {
+                v[n] = msm_stats_getf(st[k], i == 2 ? MSM_STAT_GAUGE : MSM_STAT_COUNTER,
+                                      "cluster.outbound|%zu||svc-%zu.%s", 9000 + c % 1000, c,
+                                      cluster_stats[i]);
+                msm_stat_add(v[n++], c * 3 + i);
+            }
+            v[n] = msm_stats_getf(st[k], MSM_STAT_HISTOGRAM, "cluster.outbound|%zu||svc-%zu.rq_ms",
+                                  9000 + c % 1000, c);
+            msm_stat_record(v[n++], c);
+        }
+    }
+    int calls;
+    char *cold = render_stream(st[0], MSM_SR_FMT_PROMETHEUS, 65536, &calls);
+    assert_false(msm_stats_order_prefetch(st[0], false)); /* its order is cached now */
+    struct msm_stats_query q = {.types = MSM_SR_ALL, .text_readouts = true};
+    struct msm_buf whole;
+    msm_buf_init(&whole);
+    assert_true(msm_stats_render_prometheus(st[1], &q, &whole) >= 4);
+    char *w = render(&whole);
+    assert_string_equal(cold, w);
+    assert_non_null(strstr(w, "envoy_cluster_rq_ms_bucket{envoy_cluster_name="
+                              "\"outbound|9007||svc-7\",le=\"10\"} 1\n"));
+    free(cold);
+    free(w);
+    msm_buf_deinit(&whole);
+    for (size_t i = 0; i < n; i++) {
+        msm_stat_unref(v[i]);
+    }
+    free(v);
+    msm_stats_store_free(st[0]);
+    msm_stats_store_free(st[1]);
+}
+
+/* Lines longer than the render's buffer (a histogram's 22 lines are written at once). */
+static void test_prometheus_long_labels(void **state)
+{
+    (void)state;
+    struct msm_stats_store *st = msm_stats_store_new();
+    size_t len = 300 * 1024;
+    char *val = msm_xmalloc(len + 1);
+    memset(val, 'v', len);
+    val[len] = '\0';
+    struct msm_tag tags[1] = {{(char *)"t", val}};
+    struct msm_stat *h = msm_stats_get_tagged(st, MSM_STAT_HISTOGRAM, "istiocustom.h", tags, 1);
+    struct msm_stat *c = msm_stats_get_tagged(st, MSM_STAT_COUNTER, "istiocustom.c", tags, 1);
+    msm_stat_record(h, 7);
+    msm_stat_add(c, 5);
+    struct msm_buf out;
+    msm_buf_init(&out);
+    struct msm_stats_query q = {.types = MSM_SR_ALL};
+    assert_int_equal(msm_stats_render_prometheus(st, &q, &out), 2);
+    char *text = render(&out);
+    size_t lines = 0;
+    for (const char *p = text; (p = strchr(p, '\n')); p++) {
+        lines++;
+    }
+    assert_int_equal(lines, 2 + 1 + MSM_HIST_BUCKETS + 3);
+    char *want = msm_xmalloc(2 * len + 64);
+    snprintf(want, 2 * len + 64, "h_bucket{t=\"%s\",le=\"5\"} 0\nh_bucket{t=\"%s\",le=\"10\"} 1\n",
+             val, val);
+    assert_non_null(strstr(text, want));
+    snprintf(want, 2 * len + 64, "h_sum{t=\"%s\"} 7\nh_count{t=\"%s\"} 1\n", val, val);
+    assert_non_null(strstr(text, want));
+    snprintf(want, 2 * len + 64, "# TYPE c counter\nc{t=\"%s\"} 5\n", val);
+    assert_non_null(strstr(text, want));
+    free(want);
+    free(text);
+    free(val);
+    msm_buf_deinit(&out);
+    msm_stat_unref(h);
+    msm_stat_unref(c);
+    msm_stats_store_free(st);
+}
+
 /* The stepped merge sort agrees with qsort for every size around the run length. */
 static void test_sort_steps(void **state)
 {
@@ -457,6 +545,8 @@ int main(void)
         cmocka_unit_test(test_matcher_modes),
         cmocka_unit_test(test_stream_equals_whole),
         cmocka_unit_test(test_stream_snapshot),
+        cmocka_unit_test(test_stream_prefetch),
+        cmocka_unit_test(test_prometheus_long_labels),
         cmocka_unit_test(test_sort_steps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
