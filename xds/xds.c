@@ -80,7 +80,7 @@ static struct msm_xds_name_sub *name_sub_new(struct msm_xds *x, struct msm_xds_t
     struct msm_xds_name_sub *ns = MSM_NEW(struct msm_xds_name_sub);
     ns->x = x;
     ns->ts = ts;
-    ns->name = name ? msm_xstrdup(name) : NULL;
+    ns->name = name ? msm_name_intern(name) : NULL;
     if (prefix) {
         ns->stats = block_new(x->st, prefix);
     }
@@ -101,7 +101,7 @@ static void name_sub_free(struct msm_xds_name_sub *ns)
         ev_timer_stop(ns->x->loop, &ns->init_timer);
     }
     block_free(ns->stats);
-    free(ns->name);
+    msm_name_unref(ns->name);
     free(ns);
 }
 
@@ -686,7 +686,7 @@ static int subscribe_impl(struct msm_xds *x, const Envoy__Config__Core__V3__Conf
     }
     /* New set: name -> prefix (borrowed). */
     struct msm_strmap want;
-    msm_strmap_init(&want);
+    msm_strmap_init_borrowed(&want); /* <names> outlive it */
     for (int i = 0; i < n; i++) {
         if (!names[i]) {
             continue;

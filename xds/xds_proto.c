@@ -570,7 +570,7 @@ static void decode_delta(struct msm_xds_decoded *d, const ProtobufCMessage *resp
 static void check_duplicates(struct msm_xds_decoded *d)
 {
     struct msm_strmap seen;
-    msm_strmap_init(&seen);
+    msm_strmap_init_borrowed(&seen);
     for (int i = 0; i < d->n && !d->error; i++) {
         bool added;
         msm_strmap_put(&seen, d->res[i].name, NULL, &added);

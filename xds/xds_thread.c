@@ -255,8 +255,8 @@ static void pend_free(struct pend *p)
 {
     free(p->nonce);
     for (int i = 0; i < p->n; i++) {
-        free(p->names[i]);
-        free(p->versions[i]);
+        msm_name_unref(p->names[i]);
+        msm_name_unref(p->versions[i]);
     }
     free(p->names);
     free(p->versions);
@@ -267,11 +267,12 @@ static void pend_free(struct pend *p)
     free(p);
 }
 
+/* <known>'s versions are interned: a push gives most resources the same one. */
 static void strmap_free_vals(struct msm_strmap *m)
 {
     void *v;
     for (size_t i = 0; msm_strmap_next(m, &i, NULL, &v);) {
-        free(v);
+        msm_name_unref(v);
     }
     msm_strmap_deinit(m);
 }
@@ -430,7 +431,7 @@ static void send_delta_initial(struct msm_xds_thread *t, struct tsource *s, stru
 static void send_delta_diff(struct msm_xds_thread *t, struct tsource *s, struct tstate *ts)
 {
     struct msm_strmap want;
-    msm_strmap_init(&want);
+    msm_strmap_init(&want); /* becomes <sent> */
     const char *key;
     for (size_t i = 0; msm_strmap_next(&ts->desired, &i, &key, NULL);) {
         msm_strmap_put(&want, key, NULL, NULL);
@@ -839,6 +840,12 @@ static void on_message(struct msm_xds_thread *t, struct tcall *c)
     c->rbuf = NULL;
     struct msm_err err;
     size_t len = GRPC_SLICE_LENGTH(sl);
+    if (len >= TRIM_AFTER) {
+        /* Those slices (as big as the message, freed into malloc's arenas) go back to the
+         * system before decoding: with the 10k-cluster config built, the EDS response's
+         * decoding is the peak of the apply. */
+        malloc_trim(0);
+    }
     struct msm_xds_decoded *d =
         msm_xds_decode_ex(s->delta, GRPC_SLICE_START_PTR(sl), len,
                           atomic_load_explicit(&t->x->lazy, memory_order_relaxed), release_slice,
@@ -880,8 +887,10 @@ static void on_message(struct msm_xds_thread *t, struct tcall *c)
         p->names = msm_xcalloc((size_t)d->n + 1, sizeof(char *));
         p->versions = msm_xcalloc((size_t)d->n + 1, sizeof(char *));
         for (int i = 0; i < d->n; i++) {
-            p->names[i] = msm_xstrdup(d->res[i].name);
-            p->versions[i] = msm_xstrdup(d->res[i].version);
+            /* Interned: the same strings as the known versions and the main thread's maps,
+             * not 10k more copies until the ACK. */
+            p->names[i] = msm_name_intern(d->res[i].name);
+            p->versions[i] = msm_name_intern(d->res[i].version);
         }
         p->n = d->n;
         p->removed = msm_xcalloc((size_t)d->n_removed + 1, sizeof(char *));
@@ -1014,7 +1023,7 @@ static void cmd_subscribe(struct msm_xds_thread *t, struct msm_xds_cmd *c)
                 char *key = msm_xstrdup(kk[i]);
                 msm_strmap_del(&ts->known, key, &v);
                 free(key);
-                free(v);
+                msm_name_unref(v);
             }
         }
         free(kk);
@@ -1063,14 +1072,14 @@ static void cmd_decision(struct msm_xds_thread *t, struct msm_xds_cmd *c)
             for (int i = 0; i < p->n; i++) {
                 if (wants(ts, p->names[i])) {
                     void **slot = msm_strmap_put(&ts->known, p->names[i], NULL, NULL);
-                    free(*slot);
-                    *slot = msm_xstrdup(p->versions[i]);
+                    msm_name_unref(*slot);
+                    *slot = msm_name_intern(p->versions[i]);
                 }
             }
             for (int i = 0; i < p->n_removed; i++) {
                 void *v = NULL;
                 if (msm_strmap_del(&ts->known, p->removed[i], &v)) {
-                    free(v);
+                    msm_name_unref(v);
                 }
             }
         }

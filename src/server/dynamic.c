@@ -55,7 +55,7 @@ static void add_err(struct errs *e, const char *what, const char *why)
  * that removal by absence stays linear in the number of resources. */
 static void update_names(const struct msm_xds_update *u, struct msm_strmap *m)
 {
-    msm_strmap_init(m);
+    msm_strmap_init_borrowed(m); /* <u> outlives it */
     for (int i = 0; i < u->n; i++) {
         msm_strmap_put(m, u->resources[i].name, NULL, NULL);
     }

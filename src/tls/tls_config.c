@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,7 @@
 #include "common/alloc.h"
 #include "config/pbutil.h"
 #include "tls/tls_private.h"
+#include "xds/strmap.h"
 
 /* Envoy's defaults (context_config_impl.cc), in OpenSSL syntax: BoringSSL's equal-preference
  * groups "[A|B]" become plain order. */
@@ -164,31 +167,147 @@ static int parse_spki(const char *s, uint8_t out[32], struct msm_err *err)
 
 /* ---- certificate validation context ---------------------------------------------------------- */
 
+/* Shared SAN matcher sets (struct msm_san_set), by content; any thread (contexts are freed on
+ * workers). */
+static pthread_mutex_t san_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct msm_strmap san_sets; /* key -> struct msm_san_set * */
+
+/* The content of <n> matchers as one string: type, kind, ignore_case, length and pattern of
+ * each. */
+static char *san_key(const struct msm_san_matcher *m, int n)
+{
+    size_t len = 1;
+    for (int i = 0; i < n; i++) {
+        len += 64 + m[i].m.len;
+    }
+    char *k = msm_xmalloc(len), *p = k;
+    for (int i = 0; i < n; i++) {
+        size_t l = m[i].m.s ? strlen(m[i].m.s) : 0;
+        p += snprintf(p, 64, "%d/%d/%d/%zu:", (int)m[i].type, (int)m[i].m.kind,
+                      (int)m[i].m.ignore_case, l);
+        memcpy(p, m[i].m.s ? m[i].m.s : "", l);
+        p += l;
+    }
+    *p = '\0';
+    return k;
+}
+
+static void sans_free(struct msm_san_matcher *m, int n)
+{
+    for (int i = 0; i < n; i++) {
+        msm_str_matcher_deinit(&m[i].m);
+    }
+}
+
+/* Turn <v>'s own array of matchers into a reference to the shared set with that content. */
+static void sans_seal(struct msm_tls_validation *v)
+{
+    if (!v->n_sans || v->san_set) {
+        return;
+    }
+    char *k = san_key(v->sans, v->n_sans);
+    pthread_mutex_lock(&san_mu);
+    void **slot = msm_strmap_put(&san_sets, k, NULL, NULL);
+    struct msm_san_set *set = *slot;
+    if (set) {
+        set->refs++;
+        pthread_mutex_unlock(&san_mu);
+        sans_free(v->sans, v->n_sans);
+    } else {
+        set = msm_xmalloc(offsetof(struct msm_san_set, m) + (size_t)v->n_sans * sizeof(set->m[0]));
+        set->refs = 1;
+        set->key = msm_name_intern(k);
+        set->n = v->n_sans;
+        memcpy(set->m, v->sans, (size_t)v->n_sans * sizeof(set->m[0]));
+        *slot = set;
+        pthread_mutex_unlock(&san_mu);
+    }
+    free(k);
+    free(v->sans);
+    v->san_set = set;
+    v->sans = set->m;
+}
+
+static void san_set_unref(struct msm_san_set *set)
+{
+    pthread_mutex_lock(&san_mu);
+    bool last = --set->refs == 0;
+    if (last) {
+        msm_strmap_del(&san_sets, set->key, NULL);
+        if (!san_sets.n) {
+            msm_strmap_deinit(&san_sets);
+        }
+    }
+    pthread_mutex_unlock(&san_mu);
+    if (last) {
+        sans_free(set->m, set->n);
+        msm_name_unref(set->key);
+        free(set);
+    }
+}
+
+/* Number of distinct SAN matcher sets alive (tests). */
+size_t msm_tls_san_sets(void)
+{
+    pthread_mutex_lock(&san_mu);
+    size_t n = san_sets.n;
+    pthread_mutex_unlock(&san_mu);
+    return n;
+}
+
+static void sans_release(struct msm_tls_validation *v)
+{
+    if (v->san_set) {
+        san_set_unref(v->san_set);
+    } else {
+        sans_free(v->sans, v->n_sans);
+        free(v->sans);
+    }
+    v->sans = NULL;
+    v->n_sans = 0;
+    v->san_set = NULL;
+}
+
 void msm_tls_validation_deinit(struct msm_tls_validation *v)
 {
     free(v->trusted_ca);
     free(v->trusted_ca_path);
     free(v->crl);
-    for (int i = 0; i < v->n_sans; i++) {
-        msm_str_matcher_deinit(&v->sans[i].m);
-    }
-    free(v->sans);
+    sans_release(v);
     free(v->hashes);
     free(v->spkis);
     memset(v, 0, sizeof(*v));
 }
 
-static void add_sans(struct msm_tls_validation *dst, const struct msm_san_matcher *m, int n)
+static void add_sans(struct msm_tls_validation *dst, const struct msm_tls_validation *src)
 {
-    if (!n) {
+    if (!src->n_sans) {
         return;
     }
-    dst->sans = msm_xrealloc(dst->sans, (size_t)(dst->n_sans + n) * sizeof(*dst->sans));
-    for (int i = 0; i < n; i++) {
-        dst->sans[dst->n_sans].type = m[i].type;
-        msm_str_matcher_copy(&dst->sans[dst->n_sans].m, &m[i].m);
-        dst->n_sans++;
+    if (!dst->n_sans && src->san_set) {
+        /* A copy (a context's validation from its factory's): the same set. */
+        pthread_mutex_lock(&san_mu);
+        src->san_set->refs++;
+        pthread_mutex_unlock(&san_mu);
+        sans_release(dst);
+        dst->san_set = src->san_set;
+        dst->sans = src->san_set->m;
+        dst->n_sans = src->san_set->n;
+        return;
     }
+    /* Appending (MergeFrom): copies of both lists, shared again as a set of its own. */
+    int n = dst->n_sans + src->n_sans;
+    struct msm_san_matcher *v = msm_xcalloc((size_t)n, sizeof(*v));
+    for (int i = 0; i < n; i++) {
+        const struct msm_san_matcher *m =
+            i < dst->n_sans ? &dst->sans[i] : &src->sans[i - dst->n_sans];
+        v[i].type = m->type;
+        msm_str_matcher_copy(&v[i].m, &m->m);
+    }
+    sans_release(dst);
+    dst->sans = v;
+    dst->n_sans = n;
+    sans_seal(dst);
 }
 
 static void add_digests(uint8_t (**dst)[32], int *nd, uint8_t (*src)[32], int ns)
@@ -221,7 +340,7 @@ void msm_tls_validation_merge(struct msm_tls_validation *dst, const struct msm_t
         dst->crl = msm_xstrdup(src->crl);
     }
     dst->system_roots |= src->system_roots;
-    add_sans(dst, src->sans, src->n_sans);
+    add_sans(dst, src);
     add_digests(&dst->hashes, &dst->n_hashes, src->hashes, src->n_hashes);
     add_digests(&dst->spkis, &dst->n_spkis, src->spkis, src->n_spkis);
     dst->allow_expired |= src->allow_expired;
@@ -346,6 +465,7 @@ int msm_tls_validation_from_proto(const void *proto, struct msm_tls_validation *
         /* OpenSSL cannot express "leaf only" differently from its default. */
         v->max_depth = 1;
     }
+    sans_seal(v);
     return 0;
 fail:
     msm_tls_validation_deinit(v);
@@ -776,7 +896,7 @@ static int upstream(const Envoy__Extensions__TransportSockets__Tls__V3__Upstream
         if (strlen(u->sni) > 255) {
             return msm_err_set(err, "sni: longer than 255 bytes");
         }
-        p->sni = msm_xstrdup(u->sni);
+        p->sni = msm_name_intern(u->sni);
     }
     /* max_session_keys: Envoy's default is 1. enforce_rsa_key_usage only changes OpenSSL's
      * own checks; it is accepted. */
@@ -850,7 +970,7 @@ void msm_tls_params_deinit(struct msm_tls_params *p)
     }
     free(p->sigalgs);
     free(p->alpn);
-    free(p->sni);
+    msm_name_unref(p->sni);
     for (int i = 0; i < p->n_certs; i++) {
         msm_tls_cert_deinit(&p->certs[i]);
     }

@@ -15,6 +15,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "tls/tls_private.h"
+#include "xds/strmap.h"
 
 #include <xxhash.h>
 
@@ -976,7 +977,7 @@ struct msm_tls_ctx *msm_tls_ctx_new(const struct msm_tls_params *p, const struct
     struct msm_tls_ctx *t = MSM_NEW(struct msm_tls_ctx);
     atomic_init(&t->refs, 1);
     t->server = p->server;
-    t->sni = p->sni ? msm_xstrdup(p->sni) : NULL;
+    t->sni = p->sni ? msm_name_ref(p->sni) : NULL;
     pthread_mutex_init(&t->sess_mu, NULL);
     t->max_sessions = p->server ? 0 : p->max_session_keys;
     atomic_fetch_add(&stats->refs, 1);
@@ -1050,7 +1051,7 @@ void msm_tls_ctx_unref(struct msm_tls_ctx *t)
     pthread_mutex_destroy(&t->sess_mu);
     msm_tls_validation_deinit(&t->val);
     msm_tls_stats_unref(t->stats);
-    free(t->sni);
+    msm_name_unref(t->sni);
     free(t);
 }
 

@@ -67,14 +67,25 @@ struct msm_san_matcher {
     struct msm_str_matcher m;
 };
 
+/* A validation context's SAN matchers once built: immutable, refcounted and shared by content
+ * (Istio's 10k clusters name a few dozen service accounts, and each context has its factory's
+ * matchers again). tls_config.c, msm_tls_validation_*. */
+struct msm_san_set {
+    int refs; /* under the sets' mutex */
+    char *key; /* the content, the sets' map key */
+    int n;
+    struct msm_san_matcher m[];
+};
+
 /* A certificate validation context (inline, static/SDS secret, or both merged). */
 struct msm_tls_validation {
     char *trusted_ca; /* PEM bundle (certificates and CRLs), NULL = none */
     char *trusted_ca_path; /* its file, NULL when inline (/certs shows "<inline>") */
     char *crl;
     bool system_roots;
-    struct msm_san_matcher *sans;
+    struct msm_san_matcher *sans; /* <san_set>'s matchers (only while parsing: our own array) */
     int n_sans;
+    struct msm_san_set *san_set; /* one reference, NULL when none */
     uint8_t (*hashes)[32];
     int n_hashes;
     uint8_t (*spkis)[32];
@@ -141,7 +152,7 @@ struct msm_tls_params {
     char *sigalgs; /* NULL = default */
     uint8_t *alpn; /* wire format */
     size_t alpn_len;
-    char *sni;     /* client */
+    char *sni;     /* client; interned (xds/strmap.h), as the contexts' */
     bool require_client_cert, require_sni, no_tickets, no_session_cache;
     uint32_t session_timeout_s; /* 0 = default */
     uint32_t max_session_keys;  /* client: sessions kept for resumption (0 = none) */
@@ -158,7 +169,7 @@ struct msm_tls_ctx {
     atomic_int refs;
     SSL_CTX *ssl;
     bool server;
-    char *sni;
+    char *sni; /* interned: its factory's */
     struct msm_tls_validation val; /* merged */
     bool has_ca;
     int verify_mode;
@@ -208,6 +219,8 @@ void msm_tls_validation_copy(struct msm_tls_validation *dst, const struct msm_tl
 /* Envoy's MergeFrom of the dynamic part into the default part of a combined context. */
 void msm_tls_validation_merge(struct msm_tls_validation *dst, const struct msm_tls_validation *src);
 void msm_tls_validation_deinit(struct msm_tls_validation *v);
+/* Distinct SAN matcher sets alive (tests). */
+size_t msm_tls_san_sets(void);
 int msm_tls_cert_from_proto(const void *tls_cert_proto, struct msm_tls_cert *c,
                             struct msm_err *err);
 void msm_tls_cert_deinit(struct msm_tls_cert *c);

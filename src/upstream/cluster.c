@@ -18,6 +18,7 @@
 #include "filter/upstream.h"
 #include "stats/istio_stats.h"
 #include "upstream/priority.h"
+#include "xds/strmap.h"
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define DEFAULT_BUFFER_LIMIT (1024 * 1024)
@@ -52,7 +53,7 @@ void msm_cluster_cfg_unref(struct msm_cluster_cfg *c)
     if (c->stat_name != c->name) {
         free(c->stat_name);
     }
-    free(c->name);
+    msm_name_unref(c->name);
     free(c);
 }
 
@@ -358,7 +359,7 @@ struct msm_cluster_cfg *msm_cluster_cfg_from_proto(const void *proto, bool valid
     }
     struct msm_cluster_cfg *c = MSM_NEW(struct msm_cluster_cfg);
     atomic_init(&c->refs, 1);
-    c->name = msm_xstrdup(p->name);
+    c->name = msm_name_intern(p->name); /* the same string as the xDS client's and CM's keys */
     c->stat_name = p->alt_stat_name[0] ? msm_xstrdup(p->alt_stat_name) : c->name;
     msm_istio_cluster_services(p->metadata, &c->istio_service_host, &c->istio_service_name);
     msm_istio_cluster_flags(p->metadata, &c->istio_external, &c->istio_disable_mx);
@@ -521,7 +522,7 @@ struct msm_cluster_shared *msm_cluster_shared_new(const struct msm_cluster_cfg *
 {
     struct msm_cluster_shared *s = MSM_NEW(struct msm_cluster_shared);
     atomic_init(&s->refs, 1);
-    s->name = msm_xstrdup(cfg->name);
+    s->name = msm_name_ref(cfg->name);
     char prefix[512];
     snprintf(prefix, sizeof(prefix), "cluster.%s.", cfg->stat_name);
     msm_cluster_stats_init(st, prefix, &s->stats);
@@ -544,7 +545,7 @@ void msm_cluster_shared_unref(struct msm_cluster_shared *s)
     msm_cluster_stats_deinit(&s->stats);
     shared_stats_unref(s);
     msm_cluster_http_shared_deinit(&s->http);
-    free(s->name);
+    msm_name_unref(s->name);
     free(s);
 }
 

@@ -14,6 +14,7 @@
 #include "config/pbjson.h"
 #include "config/pbutil.h"
 #include "upstream/cluster.h"
+#include "xds/strmap.h"
 
 /* The deprecated cluster-level HTTP fields are what older control planes send. */
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -273,8 +274,10 @@ static int http_from_proto(const void *cluster_proto, struct msm_cluster_cfg *c,
 void msm_cluster_http_shared_init(struct msm_cluster_http_shared *h, const char *stat_name,
                                   struct msm_stats_store *st)
 {
-    h->stat_prefix = msm_xasprintf("cluster.%s.", stat_name);
-    msm_cluster_http_stats_init(st, h->stat_prefix, &h->stats);
+    char prefix[512];
+    snprintf(prefix, sizeof(prefix), "cluster.%s.", stat_name);
+    h->stat_name = msm_name_intern(stat_name); /* usually the cluster's name: no copy */
+    msm_cluster_http_stats_init(st, prefix, &h->stats);
     atomic_init(&h->rq_code, NULL);
     atomic_init(&h->rq_active, 0);
     atomic_init(&h->rq_pending, 0);
@@ -289,7 +292,7 @@ void msm_cluster_http_shared_deinit(struct msm_cluster_http_shared *h)
         msm_stat_unref(atomic_load(&codes[i]));
     }
     free(codes);
-    free(h->stat_prefix);
+    msm_name_unref(h->stat_name);
     memset(h, 0, sizeof(*h));
 }
 
@@ -404,7 +407,7 @@ void msm_cluster_count_status(struct msm_cluster *c, int status)
          * locked; a racing worker's duplicate reference is dropped). */
         bool was = msm_stats_sink_rejected(true); /* never read back (see msm_cm_add) */
         struct msm_stat *n = msm_stats_getf(c->sh->stats.upstream_rq_total->store,
-                                            MSM_STAT_COUNTER, "%supstream_rq_%d", h->stat_prefix,
+                                            MSM_STAT_COUNTER, "cluster.%s.upstream_rq_%d", h->stat_name,
                                             status);
         msm_stats_sink_rejected(was);
         struct msm_stat *expected = NULL;

@@ -55,7 +55,7 @@ struct msm_cluster_http_shared {
     struct msm_cluster_http_stats stats;
     /* [1000]: upstream_rq_<code>, the array and each counter made on first use */
     _Atomic(_Atomic(struct msm_stat *) *) rq_code;
-    char *stat_prefix;                   /* "cluster.<stat name>." */
+    char *stat_name;                     /* interned (xds/strmap.h) */
     atomic_uint rq_active, rq_pending, retries_active;
 };
 

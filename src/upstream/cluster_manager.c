@@ -33,7 +33,7 @@ struct cm_entry {
     struct msm_cluster *cur;
     bool initialized; /* <cfg> has its first host set */
     bool is_static;
-    char *version;
+    char *version; /* interned (msm_name_intern), as the service names and the maps' keys */
     double last_updated;
     struct msm_packed proto; /* the Cluster as received (config_dump) */
     uint64_t hash;
@@ -67,7 +67,7 @@ struct eds_sub {
 
 /* The last ClusterLoadAssignment per EDS service name. */
 struct eds_cache {
-    char *service;
+    char *service; /* interned, as <version> */
     struct msm_packed cla;
     char *version;
     double last_updated;
@@ -212,7 +212,7 @@ static void entry_free(struct cm_entry *e)
     msm_cluster_unref(e->cur);
     msm_cluster_shared_unref(e->sh);
     msm_cluster_cfg_unref(e->cfg);
-    free(e->version);
+    msm_name_unref(e->version);
     msm_packed_clear(&e->proto);
     free(e);
 }
@@ -229,9 +229,9 @@ void msm_cm_free(struct msm_cluster_manager *cm)
     }
     free(cm->e);
     for (int i = 0; i < cm->n_eds; i++) {
-        free(cm->eds[i]->service);
+        msm_name_unref(cm->eds[i]->service);
         msm_packed_clear(&cm->eds[i]->cla);
-        free(cm->eds[i]->version);
+        msm_name_unref(cm->eds[i]->version);
         free(cm->eds[i]);
     }
     free(cm->eds);
@@ -666,17 +666,17 @@ int msm_cm_apply_eds_packed(struct msm_cluster_manager *cm, const void *proto,
     if (!c) {
         cm->eds = msm_xgrow(cm->eds, sizeof(*cm->eds), &cm->eds_cap, (size_t)cm->n_eds + 1);
         c = MSM_NEW(struct eds_cache);
-        c->service = msm_xstrdup(cla->cluster_name);
+        c->service = msm_name_intern(cla->cluster_name);
         c->idx = cm->n_eds;
         cm->eds[cm->n_eds++] = c;
         msm_strmap_put(&cm->eds_by_service, c->service, c, NULL);
     }
-    free(c->version);
+    msm_name_unref(c->version);
     size_t len;
     uint8_t *own = wire ? NULL : packed_copy(&cla->base, NULL, 0, &len);
     msm_packed_set(&cm->cla_kind, &c->cla, wire ? wire : own, wire ? wire_len : len);
     free(own);
-    c->version = msm_xstrdup(version ? version : "");
+    c->version = msm_name_intern(version ? version : "");
     c->last_updated = wall_now();
     return 0;
 }
@@ -688,9 +688,9 @@ void msm_cm_remove_eds(struct msm_cluster_manager *cm, const char *service)
         msm_strmap_del(&cm->eds_by_service, service, NULL);
         cm->eds[c->idx] = cm->eds[--cm->n_eds];
         cm->eds[c->idx]->idx = c->idx;
-        free(c->service);
+        msm_name_unref(c->service);
         msm_packed_clear(&c->cla);
-        free(c->version);
+        msm_name_unref(c->version);
         free(c);
     }
     for (struct cm_entry *e = eds_users(cm, service), *next; e; e = next) {
@@ -804,8 +804,8 @@ bool msm_cm_same_bytes(struct msm_cluster_manager *cm, const char *name, const u
         old->hash != XXH3_64bits(bytes, len)) {
         return false;
     }
-    free(old->version);
-    old->version = msm_xstrdup(version ? version : "");
+    msm_name_unref(old->version);
+    old->version = msm_name_intern(version ? version : "");
     return true;
 }
 
@@ -830,8 +830,8 @@ static int cm_add(struct msm_cluster_manager *cm, const void *proto, const uint8
     }
     if (old && old->hash == hash) {
         free(own);
-        free(old->version);
-        old->version = msm_xstrdup(version ? version : "");
+        msm_name_unref(old->version);
+        old->version = msm_name_intern(version ? version : "");
         return MSM_CM_UNCHANGED;
     }
     struct msm_cluster_cfg *cfg = msm_cluster_cfg_from_proto(proto, validate_only, err);
@@ -844,7 +844,7 @@ static int cm_add(struct msm_cluster_manager *cm, const void *proto, const uint8
     e->name = cfg->name; /* the entry's config never changes: a new config is a new entry */
     e->cfg = cfg;
     e->is_static = is_static;
-    e->version = msm_xstrdup(version ? version : "");
+    e->version = msm_name_intern(version ? version : "");
     e->last_updated = wall_now();
     msm_packed_set(&cm->clusters_kind, &e->proto, bytes, len);
     free(own);

@@ -15,6 +15,7 @@
 #include "net/conn.h"
 #include "tls/tls.h"
 #include "upstream/cluster.h"
+#include "xds/strmap.h"
 
 #define TSM_KEY "envoy.transport_socket_match"
 
@@ -314,7 +315,7 @@ int msm_cluster_transport_from_proto(const void *proto, struct msm_cluster_cfg *
         const Envoy__Config__Cluster__V3__Cluster__TransportSocketMatch *m =
             p->transport_socket_matches[i];
         struct msm_tsm *t = &c->tsm[c->n_tsm++];
-        t->name = msm_xstrdup(m->name ? m->name : "");
+        t->name = msm_name_intern(m->name ? m->name : ""); /* "tlsMode-istio": one copy */
         if (!t->name[0]) {
             return msm_err_set(err, "transport_socket_matches[%zu]: name is required", i);
         }
@@ -335,7 +336,7 @@ void msm_cluster_transport_deinit(struct msm_cluster_cfg *c)
     msm_tls_factory_unref(c->tls);
     c->tls = NULL;
     for (int i = 0; i < c->n_tsm; i++) {
-        free(c->tsm[i].name);
+        msm_name_unref(c->tsm[i].name);
         msm_tsm_meta_free(c->tsm[i].match);
         msm_tls_factory_unref(c->tsm[i].tls);
     }

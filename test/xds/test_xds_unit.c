@@ -68,6 +68,89 @@ static void test_strmap_random_ops(void **state)
     msm_strmap_deinit(&m);
 }
 
+/* Interned names: maps holding the same name share one string; the pool forgets a name with
+ * its last reference; random puts and deletes on two maps keep the pool exactly the union of
+ * their keys (a missed unref or a double one shows here, and under ASan). */
+static void test_names_interned(void **state)
+{
+    (void)state;
+    assert_int_equal(msm_name_count(), 0);
+    struct msm_strmap a, b;
+    msm_strmap_init(&a);
+    msm_strmap_init(&b);
+    char key[64];
+    snprintf(key, sizeof(key), "outbound|8080||svc%d.ns%d.svc.cluster.local", 1, 1);
+    msm_strmap_put(&a, key, NULL, NULL);
+    msm_strmap_put(&b, key, NULL, NULL);
+    const char *ka = NULL, *kb = NULL;
+    size_t i = 0;
+    assert_true(msm_strmap_next(&a, &i, &ka, NULL));
+    i = 0;
+    assert_true(msm_strmap_next(&b, &i, &kb, NULL));
+    assert_ptr_equal(ka, kb);
+    assert_ptr_not_equal(ka, key);
+    char *own = msm_name_intern(key);
+    assert_ptr_equal(own, ka);
+    assert_ptr_equal(msm_name_ref(own), own);
+    assert_int_equal(msm_name_count(), 1);
+    msm_strmap_del(&a, key, NULL);
+    msm_strmap_deinit(&b);
+    assert_string_equal(own, key); /* still referenced twice */
+    msm_name_unref(own);
+    msm_name_unref(own);
+    assert_int_equal(msm_name_count(), 0);
+    msm_name_unref(NULL);
+
+    enum { N = 300 };
+    bool in[2][N] = {{false}};
+    struct msm_strmap *m[2] = {&a, &b};
+    msm_strmap_init(&b);
+    uint32_t seed = 777;
+    for (int step = 0; step < 30000; step++) {
+        seed = seed * 1103515245u + 12345u;
+        int k = (int)((seed >> 8) % N), w = (int)((seed >> 20) & 1);
+        snprintf(key, sizeof(key), "cluster-%d", k);
+        if ((seed >> 4) & 1) {
+            msm_strmap_put(m[w], key, NULL, NULL);
+            in[w][k] = true;
+        } else {
+            assert_int_equal(msm_strmap_del(m[w], key, NULL), in[w][k]);
+            in[w][k] = false;
+        }
+        if (step % 1009 == 0) {
+            size_t u = 0;
+            for (int j = 0; j < N; j++) {
+                u += in[0][j] || in[1][j];
+            }
+            assert_int_equal(msm_name_count(), u);
+        }
+    }
+    msm_strmap_deinit(&a);
+    msm_strmap_deinit(&b);
+    assert_int_equal(msm_name_count(), 0);
+
+    /* A borrowed map keeps the callers' pointers and interns nothing. */
+    struct msm_strmap t;
+    msm_strmap_init_borrowed(&t);
+    char k1[] = "svc-a", k2[] = "svc-b";
+    bool added;
+    msm_strmap_put(&t, k1, NULL, &added);
+    assert_true(added);
+    msm_strmap_put(&t, k2, NULL, NULL);
+    msm_strmap_put(&t, "svc-a", NULL, &added);
+    assert_false(added);
+    assert_int_equal(msm_name_count(), 0);
+    const char *k = NULL;
+    i = 0;
+    while (msm_strmap_next(&t, &i, &k, NULL) && strcmp(k, "svc-a") != 0) {
+    }
+    assert_ptr_equal(k, k1);
+    assert_true(msm_strmap_del(&t, "svc-b", NULL));
+    assert_string_equal(k2, "svc-b");
+    msm_strmap_deinit(&t);
+    assert_false(t.borrowed);
+}
+
 /* ---- decoding ----------------------------------------------------------------------------- */
 
 #define CDS "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -529,6 +612,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_strmap_random_ops),
+        cmocka_unit_test(test_names_interned),
         cmocka_unit_test(test_decode_sotw),
         cmocka_unit_test(test_decode_sotw_wrapped),
         cmocka_unit_test(test_decode_delta),

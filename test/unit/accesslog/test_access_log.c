@@ -22,6 +22,7 @@
 #include "config/pbjson.h"
 #include "http/headers.h"
 #include "upstream/cluster.h"
+#include "xds/strmap.h"
 
 #define DUMP                                                                                      \
     MSM_SHARED_DIR "/fixtures/istio/configdump/deathstarbench_geo_sidecar_1.18.2_config_dump.json"
@@ -106,7 +107,7 @@ static struct msm_cluster_cfg *cluster_cfg(void)
 {
     struct msm_cluster_cfg *c = MSM_NEW(struct msm_cluster_cfg);
     atomic_init(&c->refs, 1);
-    c->name = msm_xstrdup("outbound|9080||reviews.default.svc.cluster.local");
+    c->name = msm_name_intern("outbound|9080||reviews.default.svc.cluster.local");
     c->stat_name = msm_xstrdup("outbound|9080||reviews.default.svc.cluster.local;");
     return c;
 }

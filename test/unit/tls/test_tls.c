@@ -300,6 +300,58 @@ static void test_san_typed(void **state)
     test_cert_free(&bare);
 }
 
+static struct msm_tls_validation validation(json_t *cvc)
+{
+    ProtobufCMessage *m =
+        decode("envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext", cvc);
+    struct msm_tls_validation v;
+    struct msm_err err = {{0}};
+    if (msm_tls_validation_from_proto(m, &v, &err) < 0) {
+        fail_msg("validation: %s", err.msg);
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+    return v;
+}
+
+/* SAN matchers are shared by content: equal lists are one set, a copy is the same set, a
+ * merge that appends makes a set of its own with both lists in order, and the last reference
+ * frees it (the count goes back to where it was). */
+static void test_san_sets_shared(void **state)
+{
+    (void)state;
+    size_t base = msm_tls_san_sets();
+    struct msm_tls_validation a = validation(
+        json_pack("{s:[{s:s}]}", "match_subject_alt_names", "exact", SPIFFE_SERVER));
+    struct msm_tls_validation b = validation(
+        json_pack("{s:[{s:s}]}", "match_subject_alt_names", "exact", SPIFFE_SERVER));
+    /* Same pattern, other kind: another set. */
+    struct msm_tls_validation c = validation(
+        json_pack("{s:[{s:s}]}", "match_subject_alt_names", "prefix", SPIFFE_SERVER));
+    assert_non_null(a.san_set);
+    assert_ptr_equal(a.san_set, b.san_set);
+    assert_ptr_equal(a.sans, b.sans);
+    assert_ptr_not_equal(a.san_set, c.san_set);
+    assert_int_equal(msm_tls_san_sets(), base + 2);
+    struct msm_tls_validation d;
+    msm_tls_validation_copy(&d, &a);
+    assert_ptr_equal(d.san_set, a.san_set);
+    assert_int_equal(d.n_sans, 1);
+    msm_tls_validation_merge(&d, &c);
+    assert_int_equal(d.n_sans, 2);
+    assert_ptr_not_equal(d.san_set, a.san_set);
+    assert_int_equal(d.sans[0].m.kind, MSM_STR_EXACT);
+    assert_int_equal(d.sans[1].m.kind, MSM_STR_PREFIX);
+    assert_true(msm_tls_san_match(d.sans, d.n_sans, server.x509));
+    assert_int_equal(msm_tls_san_sets(), base + 3);
+    msm_tls_validation_deinit(&a);
+    msm_tls_validation_deinit(&d);
+    assert_int_equal(msm_tls_san_sets(), base + 2);
+    assert_true(msm_tls_san_match(b.sans, b.n_sans, server.x509));
+    msm_tls_validation_deinit(&b);
+    msm_tls_validation_deinit(&c);
+    assert_int_equal(msm_tls_san_sets(), base);
+}
+
 /* ---- context building errors ------------------------------------------------------------ */
 
 static void expect_error(bool srv, json_t *ctx, const char *want)
@@ -691,6 +743,7 @@ int main(void)
         cmocka_unit_test(test_dns_match),
         cmocka_unit_test(test_san_legacy),
         cmocka_unit_test(test_san_typed),
+        cmocka_unit_test(test_san_sets_shared),
         cmocka_unit_test(test_context_errors),
         cmocka_unit_test(test_mtls_alpn_sni),
         cmocka_unit_test(test_verify_failures),

@@ -8,6 +8,7 @@
 #include "common/alloc.h"
 #include "stats/stats.h"
 #include "upstream/cluster.h"
+#include "xds/strmap.h"
 
 static inline int msm_test_stats_setup(void **state)
 {
@@ -30,7 +31,7 @@ static inline struct msm_cluster_cfg *msm_test_cluster_cfg(const char *name,
 {
     struct msm_cluster_cfg *cfg = MSM_NEW(struct msm_cluster_cfg);
     atomic_init(&cfg->refs, 1);
-    cfg->name = msm_xstrdup(name);
+    cfg->name = msm_name_intern(name);
     cfg->stat_name = msm_xstrdup(name);
     cfg->lb = lb;
     cfg->lr_choice_count = 2;
