@@ -136,7 +136,9 @@ static struct msm_hdr *insert_at(struct msm_hdrs *h, uint32_t pos)
         h->v = v;
         h->cap = (uint32_t)cap;
     }
-    memmove(&h->v[pos + 1], &h->v[pos], (h->n - pos) * sizeof(*h->v));
+    if (pos < h->n) { /* most entries are appended: no call */
+        memmove(&h->v[pos + 1], &h->v[pos], (h->n - pos) * sizeof(*h->v));
+    }
     h->n++;
     return &h->v[pos];
 }
@@ -249,10 +251,14 @@ void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const ch
     uint32_t n = h->filter & msm_hdrs_name_bit(name, nlen) ? h->n : 0; /* 0: not there */
     for (uint32_t i = 0; i < n; i++) {
         if (name_eq(&h->v[i], name, nlen)) {
-            /* Replace the first in place (keeps order), drop the others. */
-            h->bytes -= h->v[i].vlen;
-            entry_set(h, &h->v[i], name, nlen, value, vlen, true);
-            h->bytes += vlen;
+            /* Replace the first in place (keeps order), drop the others. The same value (a date
+             * from the same second as the upstream's) is left as it is: no copy. */
+            struct msm_hdr *e = &h->v[i];
+            if (e->vlen != vlen || memcmp(e->value, value, vlen)) {
+                h->bytes -= e->vlen;
+                entry_set(h, e, name, nlen, value, vlen, true);
+                h->bytes += vlen;
+            }
             for (uint32_t k = i + 1; k < h->n;) {
                 if (name_eq(&h->v[k], name, nlen)) {
                     remove_at(h, k);

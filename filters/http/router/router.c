@@ -130,9 +130,10 @@ bool msm_grpc_timeout_ms(const char *v, uint64_t *ms)
     }
 }
 
-static uint32_t header_u32(const struct msm_hdrs *h, const char *name, bool *found)
+/* <v>: a header's value or NULL. The callers look up constant names with msm_hdrs_get, whose
+ * length and filter bit fold (absent, the usual case, costs a bit test). */
+static uint32_t header_u32(const char *v, bool *found)
 {
-    const char *v = msm_hdrs_get(h, name);
     uint64_t x = 0;
     *found = v && msm_http_parse_u64(v, strlen(v), &x) && x <= UINT32_MAX;
     return *found ? (uint32_t)x : 0;
@@ -862,7 +863,7 @@ static void request_policy(struct router *r, struct msm_hdrs *h)
     const struct msm_route *rt = r->route;
     bool found;
     r->timeout_ms = rt->has_timeout ? rt->timeout_ms : 15000;
-    uint32_t t = header_u32(h, "x-envoy-upstream-rq-timeout-ms", &found);
+    uint32_t t = header_u32(msm_hdrs_get(h, "x-envoy-upstream-rq-timeout-ms"), &found);
     if (found) {
         r->timeout_ms = t;
     }
@@ -881,11 +882,11 @@ static void request_policy(struct router *r, struct msm_hdrs *h)
             r->retries_left = 1;
         }
     }
-    uint32_t mr = header_u32(h, "x-envoy-max-retries", &found);
+    uint32_t mr = header_u32(msm_hdrs_get(h, "x-envoy-max-retries"), &found);
     if (found) {
         r->retries_left = mr;
     }
-    t = header_u32(h, "x-envoy-upstream-rq-per-try-timeout-ms", &found);
+    t = header_u32(msm_hdrs_get(h, "x-envoy-upstream-rq-per-try-timeout-ms"), &found);
     if (found) {
         r->per_try_ms = t;
     }
@@ -912,16 +913,18 @@ static void build_upstream_request(struct router *r, const struct msm_hdrs *down
     const struct msm_route *rt = r->route;
     struct msm_hdrs *h = &r->req;
     msm_hdrs_copy(h, down);
-    static const char *const strip[] = {
-        "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
-        "x-envoy-max-retries", "x-envoy-retry-on", "x-envoy-retry-grpc-on",
-        "x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
-        "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-hedge-on-per-try-timeout",
-        "x-envoy-expected-rq-timeout-ms",
-    };
-    for (size_t i = 0; i < MSM_ARRAY_SIZE(strip); i++) {
-        msm_hdrs_remove(h, strip[i]);
-    }
+    /* The router's own request headers: one msm_hdrs_remove per literal, so each name's length
+     * and filter bit are constants and an absent one costs a bit test. */
+    msm_hdrs_remove(h, "x-envoy-upstream-rq-timeout-ms");
+    msm_hdrs_remove(h, "x-envoy-upstream-rq-per-try-timeout-ms");
+    msm_hdrs_remove(h, "x-envoy-max-retries");
+    msm_hdrs_remove(h, "x-envoy-retry-on");
+    msm_hdrs_remove(h, "x-envoy-retry-grpc-on");
+    msm_hdrs_remove(h, "x-envoy-retriable-status-codes");
+    msm_hdrs_remove(h, "x-envoy-retriable-header-names");
+    msm_hdrs_remove(h, "x-envoy-upstream-rq-timeout-alt-response");
+    msm_hdrs_remove(h, "x-envoy-hedge-on-per-try-timeout");
+    msm_hdrs_remove(h, "x-envoy-expected-rq-timeout-ms");
     const char *path = msm_hdrs_get(h, ":path");
     char *np = path ? msm_route_rewrite_path(rt, path) : NULL;
     if (np) {

@@ -19,23 +19,48 @@
 #include "server/worker.h"
 #include "upstream/cluster.h"
 
-/* Request headers only Envoy itself may set: removed from edge (external) requests. */
-static const char *const internal_request_headers[] = {
-    "x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
-    "x-envoy-downstream-service-node", "x-envoy-expected-rq-timeout-ms", "x-envoy-force-trace",
-    "x-envoy-internal", "x-envoy-ip-tags", "x-envoy-retriable-status-codes",
-    "x-envoy-retriable-header-names", "x-envoy-retry-grpc-on", "x-envoy-retry-on",
-    "x-envoy-max-retries", "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-upstream-rq-timeout-ms",
-    "x-envoy-hedge-on-per-try-timeout", "x-envoy-original-path",
-};
+/* Request headers only Envoy itself may set: removed from edge (external) requests. A list of
+ * literals expanded into one msm_hdrs_remove each: every name's length and filter bit fold to
+ * constants, so a name that is absent (nearly always) costs one bit test. */
+#define INTERNAL_REQUEST_HEADERS(X)                                                             \
+    X("x-envoy-decorator-operation") X("x-envoy-downstream-service-cluster")                   \
+    X("x-envoy-downstream-service-node") X("x-envoy-expected-rq-timeout-ms")                   \
+    X("x-envoy-force-trace") X("x-envoy-internal") X("x-envoy-ip-tags")                        \
+    X("x-envoy-retriable-status-codes") X("x-envoy-retriable-header-names")                    \
+    X("x-envoy-retry-grpc-on") X("x-envoy-retry-on") X("x-envoy-max-retries")                  \
+    X("x-envoy-upstream-alt-stat-name") X("x-envoy-upstream-rq-per-try-timeout-ms")            \
+    X("x-envoy-upstream-rq-timeout-alt-response") X("x-envoy-upstream-rq-timeout-ms")          \
+    X("x-envoy-hedge-on-per-try-timeout") X("x-envoy-original-path")
 
-static const char *const hop_by_hop[] = {
-    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
-};
+/* Hop-by-hop headers, removed from requests and responses; with <keep_upgrade>
+ * (msm_hcm_upgrade_keeps) "connection" and "upgrade" stay. Constant names, as above. */
+static void remove_hop_by_hop(struct msm_hdrs *h, bool keep_upgrade)
+{
+    if (!keep_upgrade) {
+        msm_hdrs_remove(h, "connection");
+        msm_hdrs_remove(h, "upgrade");
+    }
+    msm_hdrs_remove(h, "keep-alive");
+    msm_hdrs_remove(h, "proxy-connection");
+    msm_hdrs_remove(h, "transfer-encoding");
+}
 
 /* ---- ids and dates -------------------------------------------------------------------------------- */
 
+/* "00".."ff": two hex digits per byte value, one table load each. */
+static const char hex_pairs[513] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
+/* RFC 4122 version 4 (random) UUID, lower-case: 122 bits of the thread's xoshiro256** stream
+ * (seeded from getrandom), the version and variant bits set, formatted from hex_pairs at fixed
+ * offsets (the dashes after bytes 4, 6, 8 and 10). */
 void msm_hcm_uuid4(char out[37])
 {
     uint64_t a = msm_random(), b = msm_random();
@@ -44,30 +69,31 @@ void msm_hcm_uuid4(char out[37])
     memcpy(u + 8, &b, 8);
     u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
     u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
-    static const char hex[] = "0123456789abcdef";
-    int k = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) {
-            out[k++] = '-';
-        }
-        out[k++] = hex[u[i] >> 4];
-        out[k++] = hex[u[i] & 15];
-    }
-    out[k] = '\0';
+#define HEX2(i, at) memcpy(out + (at), hex_pairs + 2 * u[i], 2)
+    HEX2(0, 0), HEX2(1, 2), HEX2(2, 4), HEX2(3, 6);
+    HEX2(4, 9), HEX2(5, 11);
+    HEX2(6, 14), HEX2(7, 16);
+    HEX2(8, 19), HEX2(9, 21);
+    HEX2(10, 24), HEX2(11, 26), HEX2(12, 28), HEX2(13, 30), HEX2(14, 32), HEX2(15, 34);
+#undef HEX2
+    out[8] = out[13] = out[18] = out[23] = '-';
+    out[36] = '\0';
 }
 
-/* RFC 7231 IMF-fixdate, recomputed once per second per thread. */
-static const char *http_date(void)
+/* RFC 7231 IMF-fixdate, recomputed once per second per thread; its length in *len. */
+static const char *http_date(size_t *len)
 {
     static _Thread_local char buf[40];
+    static _Thread_local size_t buf_len;
     static _Thread_local time_t last;
     time_t now = time(NULL);
     if (now != last) {
         struct tm tm;
         gmtime_r(&now, &tm);
-        strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        buf_len = strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
         last = now;
     }
+    *len = buf_len;
     return buf;
 }
 
@@ -350,11 +376,7 @@ static void mutate_request(struct hstream *st, bool tls)
     struct msm_hdrs *req = &st->req;
     const struct msm_hcm_config *cfg = st->hc->cfg;
     const struct msm_conn *conn = msm_filter_conn(st->hc->h);
-    for (size_t i = 0; i < MSM_ARRAY_SIZE(hop_by_hop); i++) {
-        if (!msm_hcm_upgrade_keeps(st, hop_by_hop[i])) {
-            msm_hdrs_remove(req, hop_by_hop[i]);
-        }
-    }
+    remove_hop_by_hop(req, msm_hcm_upgrade_keeps(st));
     const char *te = msm_hdrs_get(req, "te");
     if (te && !msm_http_token_in_list(te, "trailers")) {
         msm_hdrs_remove(req, "te");
@@ -397,9 +419,9 @@ static void mutate_request(struct hstream *st, bool tls)
         msm_hdrs_set(req, "x-forwarded-port", port);
     }
     if (edge) {
-        for (size_t i = 0; i < MSM_ARRAY_SIZE(internal_request_headers); i++) {
-            msm_hdrs_remove(req, internal_request_headers[i]);
-        }
+#define REMOVE_INTERNAL(name) msm_hdrs_remove(req, name);
+        INTERNAL_REQUEST_HEADERS(REMOVE_INTERNAL)
+#undef REMOVE_INTERNAL
         const struct msm_route_config *rc = msm_hcm_route_config(cfg, st->hc->w->snap);
         for (int i = 0; rc && i < rc->n_internal_only; i++) {
             msm_hdrs_remove(req, rc->internal_only[i]);
@@ -527,16 +549,14 @@ int msm_hcm_prepare_request(struct hstream *st, const char **details)
 void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h)
 {
     const struct msm_hcm_config *cfg = st->hc->cfg;
-    for (size_t i = 0; i < MSM_ARRAY_SIZE(hop_by_hop); i++) {
-        if (!st->tunneling || !msm_hcm_upgrade_keeps(st, hop_by_hop[i])) {
-            msm_hdrs_remove(h, hop_by_hop[i]);
-        }
-    }
+    remove_hop_by_hop(h, st->tunneling && msm_hcm_upgrade_keeps(st));
     if (cfg->server_header_transformation == 0 ||
         (cfg->server_header_transformation == 1 && !msm_hdrs_find(h, "server"))) {
         msm_hdrs_set(h, "server", cfg->server_name);
     }
-    msm_hdrs_set(h, "date", http_date());
+    size_t dl;
+    const char *date = http_date(&dl);
+    msm_hdrs_setn(h, "date", date, dl);
     if (cfg->always_set_request_id_in_response && st->request_id[0]) {
         msm_hdrs_set(h, "x-request-id", st->request_id);
     }
@@ -564,5 +584,7 @@ void msm_hcm_build_local_reply(struct hcm_conn *hc, int status, const char *text
             msm_buf_append(body, text, tl);
         }
     }
-    msm_hdrs_set(h, "date", http_date());
+    size_t dl;
+    const char *date = http_date(&dl);
+    msm_hdrs_setn(h, "date", date, dl);
 }

@@ -128,8 +128,9 @@ void msm_hcm_local_reply(struct hstream *st, int from, int status, const char *b
 /* Before the header mutations: is the request an upgrade (Connection: upgrade + Upgrade) or a
  * CONNECT? Sets st->upgrade / st->connect. */
 void msm_hcm_upgrade_detect(struct hstream *st);
-/* Hop-by-hop header <name> stays on an upgrade's request or a tunnel's response. */
-bool msm_hcm_upgrade_keeps(const struct hstream *st, const char *name);
+/* Do the hop-by-hop "connection" and "upgrade" stay (an upgrade's request, a tunnel's
+ * response)? The other hop-by-hop headers never do. */
+bool msm_hcm_upgrade_keeps(const struct hstream *st);
 /* May the stream's upgrade go on, per route <r> (its upgrade_configs win) or the connection
  * manager's upgrade_configs? Accepting counts it and turns half-close on (HTTP/1). */
 bool msm_hcm_upgrade_accept(struct hstream *st, const struct msm_route *r);

@@ -40,10 +40,9 @@ void msm_hcm_upgrade_detect(struct hstream *st)
     }
 }
 
-bool msm_hcm_upgrade_keeps(const struct hstream *st, const char *name)
+bool msm_hcm_upgrade_keeps(const struct hstream *st)
 {
-    return st->upgrade && !st->connect &&
-           (!strcmp(name, "upgrade") || !strcmp(name, "connection"));
+    return st->upgrade && !st->connect;
 }
 
 static const struct msm_hcm_upgrade *hcm_upgrade(const struct msm_hcm_config *cfg,

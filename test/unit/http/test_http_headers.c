@@ -44,6 +44,19 @@ static void test_lookup_set_remove(void **state)
     assert_string_equal(msm_hdrs_get(&h, "x-b"), "3");
     msm_hdrs_set(&h, "x-c", msm_hdrs_get(&h, "accept"));
     assert_string_equal(msm_hdrs_get(&h, "x-c"), "a");
+    /* The same value again: the first entry stays as it is (not copied), the others go. */
+    size_t bytes = h.bytes;
+    msm_hdrs_add(&h, "x-c", 3, "b", 1);
+    const char *kept = msm_hdrs_get(&h, "x-c");
+    msm_hdrs_set(&h, "x-c", "a");
+    assert_ptr_equal(msm_hdrs_get(&h, "x-c"), kept);
+    assert_int_equal(msm_hdrs_count(&h, "x-c"), 1);
+    assert_int_equal(h.bytes, bytes);
+    msm_hdrs_set(&h, "x-c", "ab");
+    assert_string_equal(msm_hdrs_get(&h, "x-c"), "ab");
+    assert_int_equal(h.bytes, bytes + 1);
+    msm_hdrs_set(&h, "x-c", "a");
+    assert_int_equal(h.bytes, bytes);
     assert_int_equal(msm_hdrs_remove(&h, "x-a"), 1);
     assert_int_equal(msm_hdrs_remove(&h, "x-a"), 0);
     assert_int_equal(msm_hdrs_remove_prefix(&h, "x-"), 2);

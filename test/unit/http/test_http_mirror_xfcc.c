@@ -1,7 +1,7 @@
 /* Request mirror policies (src/http/route.c: parsing, defaults, the most specific non-empty
  * level wins; filters/http/router/shadow.c: the "-shadow" host, which policies fire) and the
  * x-forwarded-client-cert element the connection manager builds (hcm_headers.c: keys, order,
- * quoting, repeated SANs). */
+ * quoting, repeated SANs), and its generated x-request-id (an RFC 4122 version 4 UUID). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +14,7 @@
 #include "config/pbjson.h"
 #include "envoy/config/route/v3/route.pb-c.h"
 #include "filters/network/http_connection_manager/hcm.h"
+#include "filters/network/http_connection_manager/hcm_private.h"
 #include "http/route.h"
 #include "test/unit/http/route_json.h"
 
@@ -184,12 +185,49 @@ static void test_xfcc_element(void **state)
     check_xfcc(MSM_XFCC_CERT | MSM_XFCC_DNS, &(struct msm_xfcc_peer){0}, "");
 }
 
+/* msm_hcm_uuid4: 8-4-4-4-12 lower-case hex, version nibble 4, variant 10xx; every hex digit
+ * shows up in each random position over a few hundred ids, and no two ids are equal. */
+static void test_request_id(void **state)
+{
+    (void)state;
+    enum { N = 400 };
+    static char ids[N][37];
+    unsigned seen[36] = {0}; /* per position: a bit per hex digit value */
+    for (int i = 0; i < N; i++) {
+        char *u = ids[i];
+        memset(u, 'X', 37);
+        msm_hcm_uuid4(u);
+        assert_int_equal(strlen(u), 36);
+        for (int k = 0; k < 36; k++) {
+            if (k == 8 || k == 13 || k == 18 || k == 23) {
+                assert_int_equal(u[k], '-');
+                continue;
+            }
+            const char *d = strchr("0123456789abcdef", u[k]);
+            assert_true(d && u[k]);
+            seen[k] |= 1u << (d - "0123456789abcdef");
+        }
+        assert_int_equal(u[14], '4');
+        assert_non_null(strchr("89ab", u[19]));
+        for (int j = 0; j < i; j++) {
+            assert_string_not_equal(ids[j], u);
+        }
+    }
+    for (int k = 0; k < 36; k++) {
+        if (k == 8 || k == 13 || k == 18 || k == 23 || k == 14) {
+            continue;
+        }
+        assert_int_equal(seen[k], k == 19 ? 0xf00u : 0xffffu);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mirror_policies),
         cmocka_unit_test(test_shadow_host),
         cmocka_unit_test(test_xfcc_element),
+        cmocka_unit_test(test_request_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
