@@ -225,8 +225,7 @@ static void test_dns_match(void **state)
     assert_false(msm_tls_dns_match("foo.example.org", "*.example.com", 13));
 }
 
-/* Does <server>'s certificate satisfy this validation context JSON? */
-static bool san_ok(json_t *cvc)
+static struct msm_tls_validation validation(json_t *cvc)
 {
     ProtobufCMessage *m =
         decode("envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext", cvc);
@@ -236,6 +235,13 @@ static bool san_ok(json_t *cvc)
         fail_msg("validation: %s", err.msg);
     }
     protobuf_c_message_free_unpacked(m, NULL);
+    return v;
+}
+
+/* Does <server>'s certificate satisfy this validation context JSON? */
+static bool san_ok(json_t *cvc)
+{
+    struct msm_tls_validation v = validation(cvc);
     bool ok = msm_tls_san_match(v.sans, v.n_sans, server.x509);
     msm_tls_validation_deinit(&v);
     return ok;
@@ -298,19 +304,6 @@ static void test_san_typed(void **state)
                                 .m = {.kind = MSM_STR_PREFIX, .s = (char *)""}};
     assert_false(msm_tls_san_match(&m, 1, bare.x509));
     test_cert_free(&bare);
-}
-
-static struct msm_tls_validation validation(json_t *cvc)
-{
-    ProtobufCMessage *m =
-        decode("envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext", cvc);
-    struct msm_tls_validation v;
-    struct msm_err err = {{0}};
-    if (msm_tls_validation_from_proto(m, &v, &err) < 0) {
-        fail_msg("validation: %s", err.msg);
-    }
-    protobuf_c_message_free_unpacked(m, NULL);
-    return v;
 }
 
 /* SAN matchers are shared by content: equal lists are one set, a copy is the same set, a
