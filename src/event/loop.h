@@ -32,6 +32,15 @@ void msm_mailbox_post(struct msm_mailbox *mb, msm_task_fn *fn, void *arg);
 /* Run everything queued now (used at shutdown). */
 void msm_mailbox_drain(struct msm_mailbox *mb);
 
+/* ev_timer_stop without the library call for a timer that is neither running nor pending (a
+ * per-request timer that was never started, the usual case). */
+static inline void msm_timer_stop(struct ev_loop *loop, ev_timer *t)
+{
+    if (ev_is_active(t) || ev_is_pending(t)) {
+        ev_timer_stop(loop, t);
+    }
+}
+
 /* Monotonic milliseconds (libev's notion of now for the calling loop). */
 static inline double msm_now_ms(struct ev_loop *loop)
 {

@@ -22,6 +22,7 @@
 #include "common/fmt.h"
 #include "common/log.h"
 #include "event/deferred.h"
+#include "event/loop.h"
 #include "event/tqueue.h"
 #include "filters/http/router/router.h"
 #include "filters/http/router/upgrade.h"
@@ -144,13 +145,6 @@ static struct msm_cluster_http_stats *hstats(struct router *r)
     return &r->cluster->sh->http.stats;
 }
 
-static void stop_timer(struct router *r, ev_timer *t)
-{
-    if (ev_is_active(t) || ev_is_pending(t)) { /* mostly never started: no call */
-        ev_timer_stop(r->loop, t);
-    }
-}
-
 static void start_timer(struct router *r, ev_timer *t, uint32_t ms)
 {
     ev_timer_stop(r->loop, t);
@@ -208,8 +202,8 @@ static void finish(struct router *r)
 {
     r->finished = true;
     msm_tq_stop(&r->timeout);
-    stop_timer(r, &r->per_try);
-    stop_timer(r, &r->backoff);
+    msm_timer_stop(r->loop, &r->per_try);
+    msm_timer_stop(r->loop, &r->backoff);
 }
 
 static void reply(struct router *r, int status, const char *body, const char *details,
@@ -353,7 +347,7 @@ static bool try_retry(struct router *r)
         interval = max;
     }
     uint32_t ms = (uint32_t)(msm_random() % (interval ? interval : 1));
-    stop_timer(r, &r->per_try);
+    msm_timer_stop(r->loop, &r->per_try);
     start_timer(r, &r->backoff, ms);
     return true;
 }
@@ -472,7 +466,7 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     a->resp_headers = true;
     a->status = status;
     a->resp_end = end_stream;
-    stop_timer(r, &r->per_try);
+    msm_timer_stop(r->loop, &r->per_try);
     msm_cluster_count_status(r->cluster, status);
     if (status >= 500) {
         msm_outlier_report(r->cluster, a->host,
@@ -1147,8 +1141,8 @@ void msm_router_on_destroy(void *f)
     r->destroyed = true;
     msm_shadow_cancel(&r->shadow);
     msm_tq_stop(&r->timeout);
-    stop_timer(r, &r->per_try);
-    stop_timer(r, &r->backoff);
+    msm_timer_stop(r->loop, &r->per_try);
+    msm_timer_stop(r->loop, &r->backoff);
     if (r->a) {
         struct attempt *a = r->a;
         if (a->up_read_disabled && a->cs) {

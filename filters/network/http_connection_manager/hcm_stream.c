@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "config/snapshot.h"
 #include "event/deferred.h"
+#include "event/loop.h"
 #include "filter/manager.h"
 #include "filters/network/http_connection_manager/hcm_private.h"
 #include "server/worker.h"
@@ -190,14 +191,6 @@ static void log_stream(struct hstream *st)
     msm_si_deinit(&si);
 }
 
-/* request_timeout is mostly off: no libev call for a timer never started. */
-static void stop_req_timer(struct hstream *st)
-{
-    if (ev_is_active(&st->req_timer) || ev_is_pending(&st->req_timer)) {
-        ev_timer_stop(st->hc->loop, &st->req_timer);
-    }
-}
-
 static void touch(struct hstream *st)
 {
     st->last_activity = ev_now(st->hc->loop);
@@ -211,7 +204,7 @@ void msm_hcm_stream_destroy(struct hstream *st, bool reset)
     struct hcm_conn *hc = st->hc;
     const struct msm_hcm_config *cfg = hc->cfg;
     st->destroyed = true;
-    stop_req_timer(st);
+    msm_timer_stop(st->hc->loop, &st->req_timer);
     msm_tq_stop(&st->idle_timer);
     if (st->cs) {
         struct msm_hstream *cs = st->cs;
@@ -356,7 +349,7 @@ static void codec_headers(struct hstream *st, struct msm_hdrs *h, bool end)
     int status = msm_hdrs_status(h, 0);
     msm_hcm_upgrade_on_response(st, status);
     /* Envoy disarms request_timeout once the response starts. */
-    stop_req_timer(st);
+    msm_timer_stop(st->hc->loop, &st->req_timer);
     msm_hcm_finalize_response(st, h);
     count_status(st, status);
     if (!st->info.details) {
@@ -700,7 +693,7 @@ static void s_on_data(void *ctx, struct msm_buf *data, bool end_stream)
     if (end_stream) {
         st->remote_end = true;
         st->remote_end_at = ev_now(st->hc->loop);
-        stop_req_timer(st);
+        msm_timer_stop(st->hc->loop, &st->req_timer);
     }
     decode_data_from(st, 0, data, end_stream);
     if (end_stream && st->tunneling && st->local_end && !st->destroyed) {
@@ -717,7 +710,7 @@ static void s_on_trailers(void *ctx, struct msm_hdrs *t)
     touch(st);
     st->remote_end = true;
     st->remote_end_at = ev_now(st->hc->loop);
-    stop_req_timer(st);
+    msm_timer_stop(st->hc->loop, &st->req_timer);
     decode_trailers_from(st, 0, t);
 }
 
