@@ -565,6 +565,19 @@ def per_core(rows, scen, target):
     return statistics.median(v) if v else float("nan")
 
 
+def paired(rows, scen, target, base="haproxy"):
+    """Per-core ratio of <target> to <base> within each repetition (the two ran seconds apart,
+    so a drift of the machine's speed between repetitions cancels), as (median, min, max)."""
+    pc = {}
+    for r in rows:
+        if r["scen"] == scen and r["proxy_cpu"] and sum(r["proxy_cpu"]) > 0:
+            pc.setdefault(r["rep"], {})[r["target"]] = r["rps"] / sum(r["proxy_cpu"])
+    v = sorted(x[target] / x[base] for x in pc.values() if target in x and base in x)
+    if not v:
+        return float("nan"), float("nan"), float("nan")
+    return statistics.median(v), v[0], v[-1]
+
+
 def fmt(x, f="%.0f"):
     return "-" if x != x else f % x
 
@@ -589,18 +602,22 @@ def report(rows, a):
         if scen not in scens:
             continue
         out += ["", "**%s**" % title, "",
-                "| target | req/s | proxy CPU | req/s per proxy core | vs haproxy (per core) |"
+                "| target | req/s | proxy CPU | req/s per proxy core | vs haproxy (per core) | "
+                "vs haproxy, paired per repetition: median (min–max) |"
                 + (" p50 / p99 at saturation (wrk) |" if scen == "h1rate" else "") + " errors |",
-                "|---|---:|---:|---:|---:|" + ("---:|" if scen == "h1rate" else "") + "---:|"]
+                "|---|---:|---:|---:|---:|---:|" + ("---:|" if scen == "h1rate" else "") + "---:|"]
         hp = per_core(rows, scen, "haproxy")
         for t in targets:
             rps = med(rows, scen, t, "rps")
             cpu = statistics.median([sum(r["proxy_cpu"]) for r in rows if r["scen"] == scen
                                      and r["target"] == t] or [0])
             pc = per_core(rows, scen, t)
-            line = "| %s | %s | %s | %s | %s |" % (
+            pm, plo, phi = paired(rows, scen, t)
+            line = "| %s | %s | %s | %s | %s | %s |" % (
                 names[t], fmt(rps), "-" if t == "direct" else "%.0f%%" % (100 * cpu),
-                "-" if t == "direct" else fmt(pc), "-" if t == "direct" else fmt(pc / hp, "%.2f"))
+                "-" if t == "direct" else fmt(pc), "-" if t == "direct" else fmt(pc / hp, "%.2f"),
+                "-" if t in ("direct", "haproxy") or pm != pm else "%.2f (%.2f–%.2f)" % (
+                    pm, plo, phi))
             if scen == "h1rate":
                 line += " %s / %s µs |" % (fmt(med(rows, scen, t, "sat_p50_us")),
                                            fmt(med(rows, scen, t, "sat_p99_us")))
