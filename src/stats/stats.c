@@ -38,6 +38,7 @@ struct export_name {
     uint64_t h; /* XXH3 of the <len> bytes of <tag_name> */
     size_t len;
     const char *tag_name, *prom_name;
+    uint32_t prom_len; /* strlen(prom_name), 0 when NULL */
 };
 struct export_memo {
     struct export_name names[EXPORT_MEMO_SLOTS];
@@ -1063,6 +1064,7 @@ static struct msm_stat_export *export_extracted(struct msm_stats_store *st, cons
     if (!m->tag_name || m->h != h || m->len != tn_len || memcmp(m->tag_name, tn, tn_len)) {
         m->tag_name = intern_n(st, tn, tn_len);
         m->prom_name = prom_name_of(st, m->tag_name);
+        m->prom_len = m->prom_name ? (uint32_t)strlen(m->prom_name) : 0;
         m->h = h;
         m->len = tn_len;
     }
@@ -1077,7 +1079,7 @@ static struct msm_stat_export *export_extracted(struct msm_stats_store *st, cons
     size_t lb_cap = prom_labels_refs_len(refs, n);
     char *lb = !e->own_labels && lb_cap <= STACK_LABELS ? lb_s : msm_xmalloc(lb_cap);
     size_t lb_len = prom_labels_refs(refs, n, lb);
-    e->prom_name_len = e->prom_name ? (uint32_t)strlen(e->prom_name) : 0;
+    e->prom_name_len = m->prom_len;
     e->prom_labels_len = (uint32_t)lb_len;
     if (e->own_labels) {
         e->prom_labels = lb;
