@@ -32,10 +32,32 @@ static ssize_t raw_read(struct msm_transport *t, struct msm_conn *c, size_t max)
     return msm_buf_read_fd(&c->in, c->fd, max);
 }
 
+/* A write of several views up to this size (an HTTP/1 response's head and body, a round of
+ * HTTP/2 frames) leaves with one send from a copy: the kernel's import of sendmsg's message and
+ * iovecs (an allocation above 8) costs more than the copy. Measured on loopback, per write: 2
+ * views of 1.4 kB 0.1-0.18 us less, 9 views of 8.7 kB 0.26 us, 17 views of 17 kB 0.3 us. */
+#define WRITE_COPY_MAX 16384
+
 static ssize_t raw_write(struct msm_transport *t, struct msm_conn *c)
 {
     (void)t;
-    return msm_buf_write_fd(&c->out, c->fd);
+    struct msm_buf *b = &c->out;
+    if (b->len <= WRITE_COPY_MAX && b->n - b->head > 1) {
+        char tmp[WRITE_COPY_MAX];
+        size_t n = msm_buf_copyout(b, 0, tmp, b->len);
+        ssize_t w;
+        do {
+            w = send(c->fd, tmp, n, MSG_NOSIGNAL);
+        } while (w < 0 && errno == EINTR);
+        if (w >= 0) {
+            msm_buf_drain(b, (size_t)w);
+            return w;
+        }
+        if (errno != ENOTSOCK) {
+            return -errno;
+        }
+    }
+    return msm_buf_write_fd(b, c->fd);
 }
 
 static void raw_free(struct msm_transport *t)
@@ -118,8 +140,10 @@ static void update_io(struct msm_conn *c)
         if (can_read(c)) {
             ev |= EV_READ;
         }
-        if (c->out.len || ((c->flags & MSM_CONN_F_WRITE_EOF) &&
-                           !(c->flags & MSM_CONN_F_WRITE_SHUT))) {
+        /* Not while the round's flush is queued: it writes, then asks again for what is left
+         * (arming it here and dropping it at the flush costs an epoll_ctl per round). */
+        if (!c->flush_queued && (c->out.len || ((c->flags & MSM_CONN_F_WRITE_EOF) &&
+                                                !(c->flags & MSM_CONN_F_WRITE_SHUT)))) {
             ev |= EV_WRITE;
         }
         ev |= c->tr->want;
@@ -133,7 +157,11 @@ static void update_io(struct msm_conn *c)
     if (ev != (c->io.events & (EV_READ | EV_WRITE)) || !ev_is_active(&c->io)) {
         ev_io_stop(c->loop, &c->io);
         if (ev) {
-            ev_io_set(&c->io, c->fd, ev);
+            /* Same fd for the connection's life (set at init): ev_io_modify leaves libev to
+             * compare the new mask with the kernel's at the next poll, so a change undone
+             * within the round costs no epoll_ctl (ev_io_set would force one, an ADD that
+             * fails with EEXIST). */
+            ev_io_modify(&c->io, ev);
             ev_io_start(c->loop, &c->io);
         }
     }

@@ -2,7 +2,8 @@
  * are served in the order they became ready (libev alone would serve them last-in first-out),
  * writes made during a round of callbacks leave together after it (unless the connection asked
  * for immediate writes), a hard close still sends
- * what the round wrote, and nothing is deferred outside a round. */
+ * what the round wrote, and nothing is deferred outside a round; write interest is armed only for
+ * what a flush left, and writes of many views arrive whole and in order. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -253,6 +254,140 @@ static void test_write_outside_a_round_is_immediate(void **state)
     teardown(&f);
 }
 
+/* update_io while the round's flush is queued (a handler pausing or resuming reads after its
+ * write) arms no write interest: the flush writes, then asks for what is left. */
+static int events_in_round;
+
+static void on_read_resume(struct msm_conn *c, void *ctx, bool end)
+{
+    (void)ctx;
+    (void)end;
+    struct msm_buf b;
+    msm_buf_init(&b);
+    msm_buf_move(&b, &c->in);
+    msm_conn_write(c, &b, false);
+    msm_buf_deinit(&b);
+    msm_conn_read_disable(c, true);
+    msm_conn_read_disable(c, false);
+    events_in_round = c->io.events & (EV_READ | EV_WRITE);
+}
+
+static const struct msm_conn_handler handler_resume = {.on_read = on_read_resume,
+                                                       .on_event = on_event};
+
+static void test_queued_flush_arms_no_write_interest(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f);
+    msm_conn_set_handler(f.c[4], &handler_resume, NULL);
+    assert_int_equal(write(f.peer[4], "ping", 4), 4);
+    ev_run(f.loop, EVRUN_ONCE);
+    assert_int_equal(events_in_round, EV_READ);
+    assert_int_equal(f.c[4]->out.len, 0);
+    assert_int_equal(f.c[4]->io.events & (EV_READ | EV_WRITE), EV_READ);
+    char got[8] = {0};
+    assert_int_equal(read(f.peer[4], got, sizeof(got)), 4);
+    assert_string_equal(got, "ping");
+    teardown(&f);
+}
+
+/* A flush the socket cannot take at once leaves the rest with write interest armed; it all
+ * arrives, in order, as the peer reads. */
+#define BIG (4 << 20)
+
+static void on_read_big(struct msm_conn *c, void *ctx, bool end)
+{
+    (void)ctx;
+    (void)end;
+    msm_buf_drain(&c->in, c->in.len);
+    static char chunk[65536];
+    struct msm_buf b;
+    msm_buf_init(&b);
+    for (size_t off = 0; off < BIG; off += sizeof(chunk)) {
+        for (size_t k = 0; k < sizeof(chunk); k++) {
+            chunk[k] = (char)((off + k) % 251);
+        }
+        msm_buf_append(&b, chunk, sizeof(chunk));
+    }
+    msm_conn_write(c, &b, false);
+    msm_buf_deinit(&b);
+}
+
+static const struct msm_conn_handler handler_big = {.on_read = on_read_big,
+                                                    .on_event = on_event};
+
+static void test_partial_flush_arms_write_interest(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f);
+    msm_conn_set_handler(f.c[5], &handler_big, NULL);
+    assert_int_equal(write(f.peer[5], "go", 2), 2);
+    ev_run(f.loop, EVRUN_ONCE);
+    assert_true(f.c[5]->out.len > 0);
+    assert_true(f.c[5]->io.events & EV_WRITE);
+    static char got[65536];
+    size_t total = 0;
+    for (int spins = 0; total < BIG && spins < 100000; spins++) {
+        ssize_t n = read(f.peer[5], got, sizeof(got));
+        if (n > 0) {
+            for (ssize_t k = 0; k < n; k++) {
+                assert_int_equal((unsigned char)got[k], (total + (size_t)k) % 251);
+            }
+            total += (size_t)n;
+        }
+        ev_run(f.loop, EVRUN_NOWAIT);
+    }
+    assert_int_equal(total, BIG);
+    assert_int_equal(f.c[5]->out.len, 0);
+    assert_int_equal(f.c[5]->io.events & (EV_READ | EV_WRITE), EV_READ);
+    teardown(&f);
+}
+
+/* Writes of many views, below, at and above the size sent from one copy, arrive whole and in
+ * order. */
+static void test_views_leave_in_order(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {7, 1000, 16383, 16384, 16385, 40000};
+    for (size_t t = 0; t < sizeof(sizes) / sizeof(sizes[0]); t++) {
+        struct fixture f;
+        setup(&f);
+        size_t want = sizes[t];
+        struct msm_buf out;
+        msm_buf_init(&out);
+        size_t off = 0;
+        for (int v = 0; off < want; v++) {
+            size_t n = want - off < 97 + (size_t)v * 13 ? want - off : 97 + (size_t)v * 13;
+            char piece[1024];
+            for (size_t k = 0; k < n; k++) {
+                piece[k] = (char)((off + k) % 241);
+            }
+            struct msm_buf one;
+            msm_buf_init(&one);
+            msm_buf_append(&one, piece, n);
+            msm_buf_move(&out, &one); /* a view of its own block */
+            msm_buf_deinit(&one);
+            off += n;
+        }
+        msm_conn_write(f.c[3], &out, false);
+        msm_buf_deinit(&out);
+        assert_int_equal(f.c[3]->out.len, 0);
+        static char got[65536];
+        size_t total = 0;
+        ssize_t n;
+        while (total < want && (n = read(f.peer[3], got + total, sizeof(got) - total)) > 0) {
+            total += (size_t)n;
+        }
+        assert_int_equal(total, want);
+        for (size_t k = 0; k < want; k++) {
+            assert_int_equal((unsigned char)got[k], k % 241);
+        }
+        teardown(&f);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -261,6 +396,9 @@ int main(void)
         cmocka_unit_test(test_hard_close_sends_the_rounds_writes),
         cmocka_unit_test(test_write_outside_a_round_is_immediate),
         cmocka_unit_test(test_event_fed_by_queued_work_runs_in_the_round),
+        cmocka_unit_test(test_queued_flush_arms_no_write_interest),
+        cmocka_unit_test(test_partial_flush_arms_write_interest),
+        cmocka_unit_test(test_views_leave_in_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
