@@ -725,6 +725,22 @@ static void map_parser_error(struct h1 *c)
     }
 }
 
+/* The codec ends <st>'s exchange (not the owner): tell the owner, then retire the stream. The
+ * owner may reset or release it from on_reset: marked reset first, its h1_reset is a no-op and
+ * its release only marks it (not done yet), so retire frees it exactly once. */
+static void reset_owner(struct h1 *c, struct h1_stream *st, enum msm_http_reset why)
+{
+    bool notify = owned(st);
+    st->reset = true;
+    if (c->active == st) {
+        c->active = NULL;
+    }
+    if (notify) {
+        st->s.cbs->on_reset(st->s.ctx, why);
+    }
+    retire(c, st);
+}
+
 /* A dispatch error ends the exchange: the owner gets on_reset (client) or sends the local
  * reply (server, through base.error). */
 static int dispatch_failed(struct h1 *c)
@@ -753,12 +769,7 @@ static int dispatch_failed(struct h1 *c)
         return MSM_EINVAL;
     }
     if (st && !st->done) {
-        st->done = true;
-        c->active = NULL;
-        if (owned(st)) {
-            st->s.cbs->on_reset(st->s.ctx, MSM_RESET_PROTOCOL_ERROR);
-        }
-        retire(c, st);
+        reset_owner(c, st, MSM_RESET_PROTOCOL_ERROR);
     }
     return MSM_EINVAL;
 }
@@ -888,12 +899,7 @@ static int h1_dispatch_eof(struct msm_hcodec *base)
         /* A half-closed peer (tunnel pools) ended before the exchange did: nothing more can
          * come. A closed connection resets the stream the same way (close_streams). */
         base->close_connection = true;
-        st->done = true;
-        c->active = NULL;
-        if (owned(st)) {
-            st->s.cbs->on_reset(st->s.ctx, MSM_RESET_CONNECTION_TERMINATION);
-        }
-        retire(c, st);
+        reset_owner(c, st, MSM_RESET_CONNECTION_TERMINATION);
     }
     end_dispatch(c);
     return rc;
@@ -1309,6 +1315,11 @@ static void h1_reset(struct msm_hstream *s)
     c->base.close_connection = true;
     c->keep_alive = false;
     retire(c, st);
+    if (!c->base.server && !c->in_dispatch && c->base.cbs->on_stream_done) {
+        /* Outside a read nothing else would tell the pool that this connection is to close:
+         * it would linger until the peer sent or closed. */
+        c->base.cbs->on_stream_done(c->base.owner);
+    }
 }
 
 static void h1_release(struct msm_hstream *s)
@@ -1387,11 +1398,7 @@ static void h1_close_streams(struct msm_hcodec *base, enum msm_http_reset r)
     if (!st || st->done) {
         return;
     }
-    if (owned(st)) {
-        st->s.cbs->on_reset(st->s.ctx, r);
-    }
-    st->reset = true;
-    retire(c, st);
+    reset_owner(c, st, r);
 }
 
 static void h1_conn_watermark(struct msm_hcodec *base, bool above)

@@ -432,6 +432,100 @@ static void test_h1_client_errors(void **state)
     owner_deinit(&o);
 }
 
+/* An owner that resets and releases its stream from on_reset, as the router does. */
+static void s_reset_release(void *ctx, enum msm_http_reset why)
+{
+    struct rec *r = ctx;
+    r->reset = (int)why + 1;
+    r->s->codec->ops->reset(r->s);
+    r->s->codec->ops->release(r->s);
+}
+
+static const struct msm_hstream_cbs releasing_cbs = {
+    .on_headers = s_headers,
+    .on_data = s_data,
+    .on_trailers = s_trailers,
+    .on_reset = s_reset_release,
+    .on_info = s_info,
+};
+
+/* Freed once: two streams created afterwards are two objects (a stream freed twice would come
+ * back twice from the recycled pool), and ASan sees no double free. */
+static void assert_streams_distinct(void)
+{
+    struct owner a, b;
+    owner_init(&a);
+    owner_init(&b);
+    a.c = msm_http1_client_new(NULL, &ocbs, &a);
+    b.c = msm_http1_client_new(NULL, &ocbs, &b);
+    struct rec *ra = client_request(&a, "GET", "/a", true);
+    struct rec *rb = client_request(&b, "GET", "/b", true);
+    assert_ptr_not_equal(ra->s, rb->s);
+    ra->s->codec->ops->release(ra->s);
+    rb->s->codec->ops->release(rb->s);
+    owner_deinit(&a);
+    owner_deinit(&b);
+}
+
+/* Regression: the codec ended a stream (the peer's FIN before the response, a malformed
+ * response, the connection closing) and the owner released it from on_reset: the stream was
+ * freed twice (use after free in h1_dispatch_eof, seen with an upstream closing without an
+ * answer). */
+static void test_h1_client_release_on_reset(void **state)
+{
+    (void)state;
+    for (int k = 0; k < 3; k++) {
+        struct owner o;
+        owner_init(&o);
+        o.c = msm_http1_client_new(NULL, &ocbs, &o);
+        struct rec *r = new_rec(&o);
+        r->s = o.c->ops->new_stream(o.c, &releasing_cbs, r);
+        struct msm_hdrs h;
+        msm_hdrs_init(&h);
+        msm_hdrs_addz(&h, ":method", "GET");
+        msm_hdrs_addz(&h, ":path", "/");
+        msm_hdrs_addz(&h, ":authority", "up.example");
+        msm_hdrs_addz(&h, ":scheme", "http");
+        r->s->codec->ops->encode_headers(r->s, &h, true);
+        msm_hdrs_deinit(&h);
+        free(take_out(&o));
+        if (k == 0) {
+            assert_int_equal(o.c->ops->dispatch_eof(o.c), 0);
+            assert_int_equal(r->reset, MSM_RESET_CONNECTION_TERMINATION + 1);
+        } else if (k == 1) {
+            assert_true(feeds(&o, "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n") < 0);
+            assert_int_equal(r->reset, MSM_RESET_PROTOCOL_ERROR + 1);
+        } else {
+            o.c->ops->close_streams(o.c, MSM_RESET_CONNECTION_TERMINATION);
+            assert_int_equal(r->reset, MSM_RESET_CONNECTION_TERMINATION + 1);
+        }
+        assert_true(o.c->close_connection);
+        assert_int_equal(o.c->ops->active_streams(o.c), 0);
+        owner_deinit(&o);
+        assert_streams_distinct();
+    }
+}
+
+/* Regression: a client stream the owner resets outside a read tells the owner (the pool) that
+ * the exchange is over, so the connection closes now instead of lingering until the peer sends
+ * or closes. */
+static void test_h1_client_reset_tells_owner(void **state)
+{
+    (void)state;
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http1_client_new(NULL, &ocbs, &o);
+    struct rec *r = client_request(&o, "POST", "/slow", false);
+    free(take_out(&o));
+    int done = o.done;
+    r->s->codec->ops->reset(r->s);
+    assert_int_equal(o.done, done + 1);
+    assert_true(o.c->close_connection);
+    assert_int_equal(o.c->ops->active_streams(o.c), 0);
+    r->s->codec->ops->release(r->s);
+    owner_deinit(&o);
+}
+
 /* ---- HTTP/2, client and server back to back ------------------------------------------------- */
 
 static void test_h2_pair(void **state)
@@ -541,6 +635,8 @@ int main(void)
         cmocka_unit_test(test_h1_server_retired_unreleased),
         cmocka_unit_test(test_h1_client),
         cmocka_unit_test(test_h1_client_errors),
+        cmocka_unit_test(test_h1_client_release_on_reset),
+        cmocka_unit_test(test_h1_client_reset_tells_owner),
         cmocka_unit_test(test_h2_pair),
         cmocka_unit_test(test_h2_bad_input),
     };
