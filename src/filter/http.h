@@ -161,6 +161,9 @@ struct msm_hstream_info {
     struct msm_address upstream_local;
     double last_upstream_tx, first_upstream_rx;
     char upstream_failure[128];
+    /* Room for response code details built per stream (the router's reset details); <details>
+     * points here then. */
+    char details_buf[192];
 };
 
 struct msm_hdrs *msm_hs_request_headers(struct msm_http_stream *s);

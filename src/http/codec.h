@@ -109,6 +109,9 @@ struct msm_hstream {
     /* The exchange became a tunnel (an Upgrade answered 101, a CONNECT answered 2xx, a raw TCP
      * leg): data is opaque bytes both ways and end_stream is a half-close (FIN). */
     bool tunnel;
+    /* Server, set by the owner before reset: the CONNECT or upgrade lost its upstream
+     * connection (RFC 9113 8.5): HTTP/2 resets with CONNECT_ERROR. */
+    bool connect_error;
 };
 
 /* Codec -> connection owner. */

@@ -77,6 +77,9 @@ struct h2_stream {
                                     * HTTP/1.1-style upgrade; its 101 goes out as 200 */
     char *ext_proto;               /* client: the Upgrade sent as an extended CONNECT (its 200
                                     * comes back as a 101 with this Upgrade) */
+    struct msm_hdrs *held;         /* client: an extended CONNECT waiting for the peer's first
+                                    * SETTINGS (send_held); <held_end>: its end_stream */
+    bool held_end;
     bool disposed;                 /* freed or queued for freeing (maybe_free ran) */
     /* Server: the names and values of the response's header block, which nghttp2 points at
      * (NGHTTP2_NV_FLAG_NO_COPY_*) until it packs the HEADERS frame; the stream is freed only
@@ -117,6 +120,7 @@ struct h2 {
 };
 
 static void flush(struct h2 *c);
+static void send_held(struct h2 *c);
 
 #define H2_INC(c, f)                                                                              \
     do {                                                                                          \
@@ -142,6 +146,7 @@ static void stream_free(struct h2_stream *st)
 {
     free(st->nvbuf);
     free(st->ext_proto);
+    msm_hdrs_free(st->held);
     msm_hdrs_deinit(&st->in);
     msm_buf_deinit(&st->out);
     msm_hdrs_free(st->out_trailers);
@@ -157,6 +162,8 @@ static void stream_recycle(struct h2 *c, struct h2_stream *st)
     }
     free(st->ext_proto);
     st->ext_proto = NULL;
+    msm_hdrs_free(st->held);
+    st->held = NULL;
     msm_hdrs_deinit(&st->in);
     msm_buf_deinit(&st->out);
     msm_hdrs_free(st->out_trailers);
@@ -415,7 +422,10 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
         }
         break;
     case NGHTTP2_SETTINGS:
-        c->settings_in = c->settings_in || !(f->hd.flags & NGHTTP2_FLAG_ACK);
+        if (!c->settings_in && !(f->hd.flags & NGHTTP2_FLAG_ACK)) {
+            c->settings_in = true;
+            send_held(c);
+        }
         break;
     case NGHTTP2_GOAWAY:
         c->base.goaway_received = true;
@@ -907,6 +917,19 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
     nghttp2_nv *nv = make_nv(h, &n, !c->base.server, stack);
     if (!c->base.server) {
         client_tunnel_nv(st, h, nv, &n);
+        if (st->ext_proto && !c->settings_in) {
+            /* RFC 8441 3: no :protocol before the peer's SETTINGS said it takes it: the request
+             * waits for them (send_held); body bytes wait in <out> meanwhile. */
+            if (nv != stack) {
+                free(nv);
+            }
+            st->held = msm_hdrs_new();
+            msm_hdrs_copy(st->held, h);
+            st->held_end = end_stream;
+            st->submitted = true;
+            s->local_end = s->local_end || end_stream;
+            return;
+        }
     }
     if (st->ext_connect) {
         /* The upstream's 101 opens the extended CONNECT's tunnel: 200 on HTTP/2. */
@@ -930,8 +953,8 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
         }
     } else {
         /* RFC 8441: no :protocol to a server that did not announce ENABLE_CONNECT_PROTOCOL
-         * (before its SETTINGS arrived we cannot know: it resets the stream if it refuses). */
-        bool refused = st->ext_proto && c->settings_in &&
+         * (its SETTINGS arrived: extended CONNECTs wait for them above). */
+        bool refused = st->ext_proto &&
                        !nghttp2_session_get_remote_settings(
                            c->ng, NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL);
         int32_t id = refused ? NGHTTP2_ERR_INVALID_ARGUMENT
@@ -959,6 +982,33 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
         free(nv);
     }
     flush_later(c);
+}
+
+/* Client: the peer's first SETTINGS arrived: the extended CONNECTs held for them go out now,
+ * or fail as refused (h2_encode_headers) when the peer did not announce
+ * ENABLE_CONNECT_PROTOCOL. Streams reset or released meanwhile just drop theirs. An owner's
+ * on_reset may release streams, so the list is walked again from its head after each one. */
+static void send_held(struct h2 *c)
+{
+    for (;;) {
+        struct h2_stream *st = c->streams;
+        while (st && !st->held) {
+            st = st->next;
+        }
+        if (!st) {
+            return;
+        }
+        struct msm_hdrs *h = st->held;
+        st->held = NULL;
+        if (owned(st) && !st->closed) {
+            st->submitted = false;
+            h2_encode_headers(&st->s, h, st->held_end);
+            if (!st->id && c->base.cbs->on_stream_done) {
+                c->base.cbs->on_stream_done(c->base.owner); /* refused: room for another */
+            }
+        }
+        msm_hdrs_free(h);
+    }
 }
 
 static void h2_encode_100(struct msm_hstream *s)
@@ -1030,8 +1080,11 @@ static void h2_reset(struct msm_hstream *s)
         return;
     }
     if (st->id && !st->closed) {
-        nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id,
-                                  c->base.server ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_CANCEL);
+        /* As Envoy's codec (reasonToReset): a local reset is NO_ERROR, either side; only a
+         * CONNECT that lost its upstream says CONNECT_ERROR. */
+        uint32_t code = c->base.server && s->connect_error ? NGHTTP2_CONNECT_ERROR
+                                                            : NGHTTP2_NO_ERROR;
+        nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, st->id, code);
         H2_INC(c, tx_reset);
         flush(c);
     }

@@ -42,6 +42,10 @@ struct msm_pool {
     struct msm_address addr;
     enum msm_http_proto proto;
     enum msm_pool_kind kind; /* tunnel pools: one stream per connection, never reused */
+    /* auto_config over TLS (Envoy's mixed pool): each connection's codec comes from the ALPN
+     * its handshake negotiated; proto is then what the last handshake picked (HTTP/2 until
+     * one picked something else), which says how many connections waiting requests need. */
+    bool mixed;
     uint8_t *alpn; /* ALPN override, wire format (NULL = the cluster's) */
     size_t alpn_len;
     struct msm_cluster *cluster; /* the newest version that asked (reference) */
@@ -60,12 +64,14 @@ struct msm_upconn {
     struct msm_pool *pool;
     struct msm_conn *conn;
     struct msm_hcodec *codec;
+    enum msm_http_proto proto;   /* the codec's, once connected */
     struct msm_cluster *cluster; /* version the connection was made for (reference) */
     struct msm_host *host;       /* reference */
     bool connected;
     bool closed;
     bool cx_reserved;
     bool protocol_error; /* closed on a codec error: streams reset with PROTOCOL_ERROR */
+    bool own;            /* mixed pools: an HTTP/1.1 connection an upgrade/CONNECT took */
     bool eof;            /* tunnel pools: the peer's FIN arrived (half-close) */
     bool eof_done;       /* ... and went to the codec, after every byte before it */
     bool in_read;        /* up_on_read is dispatching: a stream's end is settled after it */
@@ -196,7 +202,10 @@ static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, st
                                  const char *const *alpn, int n)
 {
     struct pool_reg *reg = msm_loop_local(loop, &reg_key, reg_create, reg_destroy);
-    if (proto != MSM_HTTP_2 || kind != MSM_POOL_PLAIN) {
+    bool mixed = kind == MSM_POOL_PLAIN && msm_pool_alpn_mixed(c, h);
+    if (mixed) {
+        proto = MSM_HTTP_2; /* until a handshake picks something else */
+    } else if (proto != MSM_HTTP_2 || kind != MSM_POOL_PLAIN) {
         proto = MSM_HTTP_11;
     }
     /* The override in wire format; names that do not fit (empty, > 255 bytes) are left out. */
@@ -219,8 +228,16 @@ static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, st
         memcpy(wire + wlen, name, l);
         wlen += l;
     }
+    if (mixed && !wlen && !msm_tls_factory_has_alpn(msm_cluster_transport(c->cfg, h))) {
+        /* Envoy's ALPN fallback for its mixed pool, when neither the TLS context nor an
+         * override sets a list: h2 first, then http/1.1. */
+        static const uint8_t fallback[] = "\x02h2\x08http/1.1";
+        wlen = sizeof(fallback) - 1;
+        memcpy(wire, fallback, wlen);
+    }
     for (struct msm_pool *p = reg->pools; p; p = p->next) {
-        if (p->proto == proto && p->kind == kind && msm_address_eq(&p->addr, &h->addr) &&
+        if (p->mixed == mixed && (mixed || p->proto == proto) && p->kind == kind &&
+            msm_address_eq(&p->addr, &h->addr) &&
             p->alpn_len == wlen &&
             (!wlen || !memcmp(p->alpn, wire, wlen)) && !strcmp(p->cluster_name, c->cfg->name)) {
             if (p->cluster != c) {
@@ -236,6 +253,7 @@ static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, st
     p->addr = h->addr;
     p->proto = proto;
     p->kind = kind;
+    p->mixed = mixed;
     if (wlen) {
         p->alpn = msm_xmalloc(wlen);
         memcpy(p->alpn, wire, wlen);
@@ -248,6 +266,12 @@ static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, st
     p->next = reg->pools;
     reg->pools = p;
     return p;
+}
+
+bool msm_pool_alpn_mixed(const struct msm_cluster *c, const struct msm_host *h)
+{
+    return msm_cluster_http_cfg_of(c->cfg)->proto == MSM_UPSTREAM_AUTO &&
+           msm_cluster_transport(c->cfg, h) != NULL;
 }
 
 int msm_pool_count_conns(struct ev_loop *loop)
@@ -275,7 +299,7 @@ static bool has_room(const struct msm_upconn *uc)
     if (!uc->connected || uc->closed || !uc->codec) {
         return false;
     }
-    if (uc->pool->kind != MSM_POOL_PLAIN && uc->streams_total) {
+    if ((uc->pool->kind != MSM_POOL_PLAIN && uc->streams_total) || uc->own) {
         return false; /* a tunnel's connection is its own */
     }
     uint32_t max = hcfg(uc)->max_requests_per_connection;
@@ -445,6 +469,13 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
         p->n_connecting--;
         msm_stat_record(cs->upstream_cx_connect_ms,
                         (uint64_t)((ev_now(c->loop) - c->connect_start) * 1000.0));
+        if (p->mixed) {
+            /* As Envoy's mixed pool: "h2" is HTTP/2; "http/1.1", no ALPN or anything else is
+             * HTTP/1.1. The pool remembers it for the connections it makes next. */
+            const struct msm_tls_info *ti = msm_conn_tls_info(c);
+            p->proto = ti && ti->alpn && !strcmp(ti->alpn, "h2") ? MSM_HTTP_2 : MSM_HTTP_11;
+        }
+        uc->proto = p->kind == MSM_POOL_PLAIN ? p->proto : MSM_HTTP_11;
         if (p->kind == MSM_POOL_TUNNEL_TCP) {
             uc->codec = msm_tcp_tunnel_client_new(&up_codec_cbs, uc);
         } else if (p->proto == MSM_HTTP_2) {
@@ -475,9 +506,10 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
     }
     case MSM_CONN_REMOTE_CLOSE:
     case MSM_CONN_LOCAL_CLOSE:
-        if (uc->codec && !uc->closed) {
-            /* A close-delimited body ends here. */
-            uc->codec->ops->dispatch_eof(uc->codec);
+        if (uc->codec && !uc->closed && uc->codec->ops->dispatch_eof(uc->codec) < 0) {
+            /* A close-delimited body ends here; any other message cut short by the close is a
+             * protocol error (Envoy's CodecClient). */
+            msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_protocol_error);
         }
         uc->closed = true;
         close_streams(uc, ev == MSM_CONN_REMOTE_CLOSE);
@@ -501,7 +533,11 @@ static void deliver_eof(struct msm_upconn *uc)
         return;
     }
     uc->eof_done = true;
-    uc->codec->ops->dispatch_eof(uc->codec);
+    if (uc->codec->ops->dispatch_eof(uc->codec) < 0) {
+        /* A message cut short by the close (Envoy's CodecClient: a protocol error). */
+        msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_protocol_error);
+        uc->protocol_error = true;
+    }
     if (!uc->closed && !uc->codec->ops->active_streams(uc->codec)) {
         conn_close(uc, MSM_CLOSE_FLUSH);
     }
@@ -623,7 +659,7 @@ static void on_resume(struct ev_loop *loop, ev_timer *t, int revents)
 static bool must_close(const struct msm_upconn *uc, int active)
 {
     uint32_t max = hcfg(uc)->max_requests_per_connection;
-    return !active && (uc->codec->close_connection || uc->codec->goaway_received ||
+    return !active && (uc->codec->close_connection || uc->codec->goaway_received || uc->own ||
                        (max && uc->streams_total >= max));
 }
 
@@ -730,7 +766,9 @@ static void pool_serve(struct msm_pool *p)
         ev_timer_stop(p->reg->loop, &uc->idle);
         cbs->on_ready(ctx, uc);
     }
-    /* HTTP/1 needs a connection per waiting request; HTTP/2 one connection for all. */
+    /* HTTP/1 needs a connection per waiting request; HTTP/2 one connection for all (a mixed
+     * pool's connection being made counts as HTTP/2 until a handshake picked HTTP/1.1, as
+     * Envoy's allow_concurrency_for_alpn_pool). */
     int want = p->proto == MSM_HTTP_2 ? (p->pend_head ? 1 : 0) : p->n_pending;
     while (p->n_connecting < want) {
         int before = p->n_connecting;
@@ -842,6 +880,20 @@ struct msm_hstream *msm_upconn_new_stream(struct msm_upconn *uc, const struct ms
         }
     }
     return s;
+}
+
+void msm_upconn_claim_tunnel(struct msm_upconn *uc)
+{
+    if (uc->pool->kind != MSM_POOL_PLAIN || uc->proto == MSM_HTTP_2 || uc->closed) {
+        return; /* a tunnel pool's connection, or a stream among others (extended CONNECT) */
+    }
+    uc->own = true;
+    msm_conn_enable_half_close(uc->conn, true);
+}
+
+enum msm_http_proto msm_upconn_protocol(const struct msm_upconn *uc)
+{
+    return uc->proto;
 }
 
 const char *msm_upconn_peer(const struct msm_upconn *uc)

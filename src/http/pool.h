@@ -62,6 +62,12 @@ enum msm_pool_kind {
 struct msm_pool *msm_pool_get_tunnel(struct ev_loop *loop, struct msm_cluster *c,
                                      struct msm_host *h, enum msm_pool_kind kind,
                                      const char *const *alpn, int n);
+/* The pools of <c> for <h> negotiate the protocol per connection (auto_config and the host's
+ * connections use TLS; Envoy's mixed pool): the TLS offers the context's ALPN list, else an
+ * istio.alpn override, else h2,http/1.1, and each handshake's pick sets the codec ("h2":
+ * HTTP/2, multiplexed; anything else: HTTP/1.1). Requests wait until a connection is up; the
+ * pool opens one connection for them all until a handshake picked HTTP/1.1, then one each. */
+bool msm_pool_alpn_mixed(const struct msm_cluster *c, const struct msm_host *h);
 /* Ask for a stream. Returns NULL when on_ready or on_failure already ran, else a handle that
  * stays valid until one of them runs or msm_pool_cancel is called. */
 struct msm_pool_req *msm_pool_request(struct msm_pool *p, const struct msm_pool_cbs *cbs,
@@ -70,6 +76,12 @@ void msm_pool_cancel(struct msm_pool_req *r);
 /* Open a stream on a ready connection (inside on_ready). Never NULL there. */
 struct msm_hstream *msm_upconn_new_stream(struct msm_upconn *uc, const struct msm_hstream_cbs *cbs,
                                           void *ctx);
+/* The stream about to be opened on <uc> (inside on_ready) is an upgrade or CONNECT: on an
+ * HTTP/1.1 connection of a mixed pool it takes the connection for good, as a tunnel pool's
+ * (half-close passed through, closed after it); elsewhere nothing changes. */
+void msm_upconn_claim_tunnel(struct msm_upconn *uc);
+/* The protocol the connection speaks (MSM_HTTP_11 or MSM_HTTP_2). */
+enum msm_http_proto msm_upconn_protocol(const struct msm_upconn *uc);
 /* The peer address of the connection, "ip:port". */
 const char *msm_upconn_peer(const struct msm_upconn *uc);
 /* The connection's TLS details (net/transport.h), NULL when it is plaintext. */

@@ -251,9 +251,8 @@ static void tcp_close_streams(struct msm_hcodec *base, enum msm_http_reset r)
     st->done = true;
     c->active = NULL;
     if (notify) {
-        st->s.cbs->on_reset(st->s.ctx, r);
-    }
-    if (st->released) {
+        st->s.cbs->on_reset(st->s.ctx, r); /* done: its owner's release frees it, maybe now */
+    } else if (st->released) {
         free(st);
     }
 }

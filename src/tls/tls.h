@@ -54,6 +54,9 @@ struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f);
  * set by istio.alpn). len 0: the context's list. */
 struct msm_transport *msm_tls_transport_new_alpn(struct msm_tls_factory *f, const uint8_t *alpn,
                                                  size_t len);
+/* The context sets alpn_protocols (a non-empty list): connection pools offer their default
+ * list (Envoy's ALPN fallback) only when it does not. Any thread. */
+bool msm_tls_factory_has_alpn(const struct msm_tls_factory *f);
 
 /* x-forwarded-client-cert material of a TLS connection, from its msm_conn_tls_info() (the
  * connection's worker only; computed on first use, cached with the connection, valid while it

@@ -723,6 +723,11 @@ struct msm_transport *msm_tls_transport_new_alpn(struct msm_tls_factory *f, cons
     return t;
 }
 
+bool msm_tls_factory_has_alpn(const struct msm_tls_factory *f)
+{
+    return f->p.alpn_len > 0;
+}
+
 /* ---- the factory -------------------------------------------------------------------------- */
 
 pthread_mutex_t msm_tls_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -187,8 +187,9 @@ static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cf
         }
         return h2_options(p->use_downstream_protocol_config->http2_protocol_options, &h->h2, err);
     case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_AUTO_CONFIG:
-        /* ALPN-negotiated: without TLS this is HTTP/1.1 (Envoy does the same on cleartext). */
-        h->proto = MSM_UPSTREAM_HTTP1;
+        /* ALPN-negotiated per connection (http/pool.c, Envoy's mixed pool); a connection
+         * without TLS, or whose handshake picked no protocol or another one, is HTTP/1.1. */
+        h->proto = MSM_UPSTREAM_AUTO;
         if (p->auto_config->http3_protocol_options) {
             return msm_err_set(err, "auto_config.http3_protocol_options: HTTP/3 is not "
                                     "supported");

@@ -22,6 +22,7 @@ enum msm_upstream_http {
     MSM_UPSTREAM_HTTP1 = 0,
     MSM_UPSTREAM_HTTP2 = 1,
     MSM_UPSTREAM_HTTP_DOWNSTREAM = 2, /* use_downstream_protocol_config / USE_DOWNSTREAM_PROTOCOL */
+    MSM_UPSTREAM_AUTO = 3, /* auto_config: ALPN picks per connection (http/pool.c); no TLS: 1.1 */
 };
 
 struct msm_cluster_http_cfg {

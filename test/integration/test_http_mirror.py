@@ -1,8 +1,10 @@
-"""Request mirroring (RouteAction.request_mirror_policies, Envoy's shadow writer): a copy of each
-request goes to the mirror cluster's own upstream with ":authority" suffixed "-shadow" and the
-request body, fire and forget. The main response never waits for the mirror nor fails with it
-(mirror upstream down, slow past the route timeout); a 0% runtime fraction mirrors nothing; a
-cluster_header naming no cluster and a body over the buffer limit skip the copy and count;
+"""Request mirroring (RouteAction.request_mirror_policies, Envoy's streaming shadow): a copy of
+each request goes to the mirror cluster's own upstream with ":authority" suffixed "-shadow", its
+headers at once and its body as it arrives, fire and forget. The main response never waits for
+the mirror nor fails with it (mirror upstream down, slow past the route timeout, never reading:
+the copy is abandoned past the buffer limit, counted, memory bounded); a body far over the
+buffer limit reaches a mirror that keeps up whole; a client reset mid-body resets the copy; a 0%
+runtime fraction mirrors nothing; a cluster_header naming no cluster skips the copy and counts;
 Istio's VirtualService mirror / mirrorPercentage shapes are accepted; counters land on the
 mirror cluster like any upstream request; a copy still in flight when the proxy stops is dropped
 cleanly."""
@@ -10,6 +12,8 @@ import hashlib
 import http.client
 import http.server
 import json
+import socket
+import struct
 import threading
 import time
 
@@ -87,6 +91,93 @@ class Recorder:
         self.thread.join(timeout=5)
 
 
+class RawMirror:
+    """A raw TCP upstream. "record": keeps every connection's bytes as they arrive and answers
+    200 once a content-length body is complete; "early": the same, answering on the headers;
+    "stall": accepts and never reads."""
+
+    def __init__(self, mode="record"):
+        self.mode = mode
+        self.lock = threading.Lock()
+        self.conns = []  # {"data": bytearray, "closed": bool}
+        self.socks = []
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self):
+        return H.sock_addr(self.port)
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                return
+            rec = {"data": bytearray(), "closed": False}
+            with self.lock:
+                self.conns.append(rec)
+                self.socks.append(c)
+            if self.mode in ("record", "early"):
+                threading.Thread(target=self._read, args=(c, rec), daemon=True).start()
+
+    def _read(self, c, rec):
+        answered = False
+        while True:
+            try:
+                b = c.recv(65536)
+            except OSError:
+                b = b""
+            if not b:
+                break
+            with self.lock:
+                rec["data"] += b
+            head, _, body = bytes(rec["data"]).partition(b"\r\n\r\n")
+            n = self.content_length(head)
+            if not answered and self.mode == "early" and b"\r\n\r\n" in rec["data"]:
+                n = 0  # answers as soon as the headers are in, without the body
+            if not answered and n is not None and len(body) >= n:
+                answered = True
+                try:
+                    c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                except OSError:
+                    pass
+        with self.lock:
+            rec["closed"] = True
+
+    @staticmethod
+    def content_length(head):
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                return int(v)
+        return None
+
+    def conn(self, i=0):
+        with self.lock:
+            if len(self.conns) <= i:
+                return None
+            r = self.conns[i]
+            head, sep, body = bytes(r["data"]).partition(b"\r\n\r\n")
+            return {"head": head.decode("latin-1") if sep else None, "body": body,
+                    "closed": r["closed"]}
+
+    def stop(self):
+        self.stopped = True
+        self.ls.close()
+        with self.lock:
+            for c in self.socks:
+                try:
+                    c.close()
+                except OSError:
+                    pass
+
+
 def request(port, method, path, body=None, headers=None, host="svc.example:8080"):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=H.IO_TIMEOUT)
     try:
@@ -126,6 +217,18 @@ class MirrorTest(H.ProxyTestCase):
         r = Recorder(delay)
         self.addCleanup(r.stop)
         return r
+
+    def raw_mirror(self, mode="record"):
+        r = RawMirror(mode)
+        self.addCleanup(r.stop)
+        return r
+
+    def open_post(self, path, length, first):
+        """A client that sends the headers of a <length>-byte POST and its <first> bytes."""
+        c = socket.create_connection(("127.0.0.1", self.port), timeout=H.IO_TIMEOUT)
+        c.sendall(b"POST %s HTTP/1.1\r\nhost: svc.example:8080\r\ncontent-length: %d\r\n\r\n"
+                  % (path.encode(), length) + first)
+        return c
 
     def test_copy_with_shadow_host_and_body(self):
         rec = self.recorder()
@@ -241,17 +344,113 @@ class MirrorTest(H.ProxyTestCase):
         self.assertEqual(request(self.port, "GET", "/h", headers={"x-mirror-to": "nope"})[0], 200)
         self.assertEqual(request(self.port, "GET", "/h")[0], 200)
         self.assertEqual(self.p.stat("http.%s.shadow_no_cluster" % PREFIX), 4)
-        # A body over the buffer limit cancels the copy; the main request still gets all of it.
+        # Streaming: a body 4x the route's buffer limit reaches a mirror that keeps up (its
+        # kept-alive connection takes the bytes as they come), nothing abandoned.
+        st, data, _ = request(self.port, "POST", "/large", body=b"s" * 100)
+        self.p.wait_stat("cluster.mirror.upstream_rq_200", lambda v: v == 2)
+        time.sleep(0.1)  # the connection goes back to the pool
         body = b"b" * 4096
         st, data, _ = request(self.port, "POST", "/large", body=body)
         self.assertEqual((st, json.loads(data)["body_len"]), (200, 4096))
-        self.assertEqual(self.p.wait_stat("cluster.main.retry_or_shadow_abandoned",
-                                          lambda v: v == 1), 1)
-        st, data, _ = request(self.port, "POST", "/large", body=b"s" * 100)
-        H.wait_for(lambda: rec.count() == 2, what="the small body's copy")
+        H.wait_for(lambda: rec.count() == 3, what="the large body's copy")
+        self.assertEqual([m["body_len"] for m in rec.seen[1:]], [100, 4096])
+        self.assertEqual(self.p.stat("cluster.main.retry_or_shadow_abandoned"), 0)
+
+    def test_body_streams_to_the_mirror_as_it_arrives(self):
+        mir = self.raw_mirror()
+        self.start([{"match": {"prefix": "/"}, "route": {
+            "cluster": "main", "request_mirror_policies": [{"cluster": "mirror"}]}}],
+            [mir.address])
+        c = self.open_post("/up", 20000, b"A" * 10000)
+        self.addCleanup(c.close)
+        # The client has not finished: the mirror already has the headers and the first part.
+        H.wait_for(lambda: (mir.conn() or {}).get("head") and len(mir.conn()["body"]) >= 10000,
+                   what="headers and first chunk at the mirror before the body ended")
+        m = mir.conn()
+        self.assertIn("host: svc.example-shadow:8080", m["head"].lower())
+        self.assertEqual(m["body"], b"A" * 10000)
+        self.assertEqual(self.main.requests, 0)  # the main upstream still waits for the body
+        c.sendall(b"B" * 10000)
+        resp = c.recv(4096)
+        self.assertTrue(resp.startswith(b"HTTP/1.1 200"), resp)
+        H.wait_for(lambda: len(mir.conn()["body"]) == 20000, what="the whole body at the mirror")
+        self.assertEqual(mir.conn()["body"], b"A" * 10000 + b"B" * 10000)
+        self.p.wait_stat("cluster.mirror.upstream_rq_200", lambda v: v == 1)
+        self.assertEqual(self.p.stat("cluster.main.retry_or_shadow_abandoned"), 0)
+
+    def test_large_body_reaches_the_mirror_whole(self):
+        rec = self.recorder()
+        self.start([{"match": {"prefix": "/"}, "route": {
+            "cluster": "main", "request_mirror_policies": [{"cluster": "mirror"}]}}],
+            [rec.address])
+        body = bytes(range(256)) * (8 * 4096)  # 8 MiB, 8x the default buffer limit
+        st, data, _ = request(self.port, "POST", "/copy", body=body)
+        d = json.loads(data)
+        self.assertEqual((st, d["server"], d["body_len"]), (200, "main", len(body)))
+        H.wait_for(lambda: rec.count() == 1, what="the 8 MiB copy")
+        self.assertEqual((rec.seen[0]["body_len"], rec.seen[0]["body_sha"]),
+                         (len(body), hashlib.sha256(body).hexdigest()))
+        self.p.wait_stat("cluster.mirror.upstream_rq_200", lambda v: v == 1)
+        self.assertEqual(self.p.stat("cluster.main.retry_or_shadow_abandoned"), 0)
+
+    def test_mirror_that_never_reads_is_abandoned(self):
+        stall = self.raw_mirror("stall")
+        self.start([{"match": {"prefix": "/"}, "route": {
+            "cluster": "main", "request_mirror_policies": [{"cluster": "mirror"}]}}],
+            [stall.address])
+        pid = self.p.proc.pid
+        hwm0 = H.rss_kb(pid, "VmHWM")
+        body = b"z" * (32 << 20)
+        st, data, took = request(self.port, "POST", "/stall", body=body)
+        self.assertEqual((st, json.loads(data)["body_len"]), (200, len(body)))
+        self.assertLess(took, 8.0)
+        # Held per copy: the buffer limit (1 MiB) plus the codec's watermark, not 32 MiB.
+        grew = H.rss_kb(pid, "VmHWM") - hwm0
+        H.note("peak RSS grew by %d KiB for a 32 MiB body", grew)
+        self.assertLess(grew, 16 << 10)
+        self.p.wait_stat("cluster.main.retry_or_shadow_abandoned", lambda v: v == 1)
+        self.p.wait_stat("cluster.mirror.upstream_rq_tx_reset", lambda v: v == 1)
+        self.assertEqual(self.p.stat("cluster.mirror.upstream_rq_active"), 0)
+        H.wait_for(lambda: stall.conn() is not None, what="the stalled mirror's connection")
+
+    def test_client_reset_mid_body_resets_the_copy(self):
+        mir = self.raw_mirror()
+        self.start([{"match": {"prefix": "/"}, "route": {
+            "cluster": "main", "request_mirror_policies": [{"cluster": "mirror"}]}}],
+            [mir.address])
+        c = self.open_post("/gone", 100000, b"C" * 5000)
+        H.wait_for(lambda: (mir.conn() or {}).get("head") and len(mir.conn()["body"]) >= 5000,
+                   what="the first part at the mirror")
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # RST
+        # Envoy's router cancels its shadow streams on destroy: the copy is reset, not finished.
+        self.p.wait_stat("cluster.mirror.upstream_rq_tx_reset", lambda v: v == 1)
+        self.p.wait_stat("http.%s.downstream_cx_destroy_remote_active_rq" % PREFIX,
+                         lambda v: v == 1)
         time.sleep(0.2)
-        self.assertEqual(rec.count(), 2)
-        self.assertEqual(rec.seen[1]["body_len"], 100)
+        self.assertEqual(len(mir.conn()["body"]), 5000)
+        self.assertEqual(self.p.stat("cluster.mirror.upstream_rq_active"), 0)
+        self.assertEqual(self.p.stat("cluster.main.retry_or_shadow_abandoned"), 0)
+
+    def test_response_before_body_end_resets_the_copy(self):
+        early = self.raw_mirror("early")
+        mir = self.raw_mirror()
+        self.start([{"match": {"prefix": "/"}, "route": {
+            "cluster": "early", "request_mirror_policies": [{"cluster": "mirror"}]}}],
+            [mir.address], [H.cluster("early", [early.address])])
+        c = self.open_post("/early", 100000, b"E" * 5000)
+        self.addCleanup(c.close)
+        self.assertTrue(c.recv(4096).startswith(b"HTTP/1.1 200"))
+        H.wait_for(lambda: (mir.conn() or {}).get("head") is not None, what="the copy's headers")
+        try:
+            c.sendall(b"F" * 20000)
+        except OSError:
+            pass  # the proxy may close the connection as the response ended the exchange
+        # The main stream ended before its request: Envoy cancels the shadow streams.
+        self.p.wait_stat("cluster.mirror.upstream_rq_tx_reset", lambda v: v == 1)
+        time.sleep(0.2)
+        self.assertLess(len(mir.conn()["body"]), 100000)
+        self.assertEqual(self.p.stat("cluster.mirror.upstream_rq_active"), 0)
 
 
 if __name__ == "__main__":

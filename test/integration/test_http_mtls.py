@@ -153,11 +153,20 @@ class MtlsHttpTest(H.ProxyTestCase):
                     "explicit_http_config": {"http2_protocol_options": {}}}}
             h2 = hcm("h2_8080", "outbound|8080||o2")
             h2["typed_config"]["http_filters"] = [ALPN_FILTER, ROUTER]
+            cl3 = H.cluster("outbound|8080||o3", [origin.address])
+            cl3["transport_socket"] = T.tls_socket(T.client_ctx(alpn=mesh_alpn))
+            cl3["typed_extension_protocol_options"] = {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                             "HttpProtocolOptions", "auto_config": {}}}
+            auto = hcm("auto_8080", "outbound|8080||o3")
+            auto["typed_config"]["http_filters"] = [ALPN_FILTER, ROUTER]
             return H.bootstrap(
                 listeners=[H.listener("main", H.sock_addr(H.free_port()), [with_alpn]),
                            H.listener("plain", H.sock_addr(H.free_port()), [plain]),
-                           H.listener("h2", H.sock_addr(H.free_port()), [h2])],
-                clusters=[cl, cl2])
+                           H.listener("h2", H.sock_addr(H.free_port()), [h2]),
+                           H.listener("auto", H.sock_addr(H.free_port()), [auto])],
+                clusters=[cl, cl2, cl3])
         p = self.start_proxy(cfg, args=["--concurrency", "1"])
         c = http.client.HTTPConnection("127.0.0.1", p.listener_port("main"), timeout=H.IO_TIMEOUT)
 
@@ -205,6 +214,16 @@ class MtlsHttpTest(H.ProxyTestCase):
         H.wait_for(lambda: len(origin.offered) > 2, timeout=10, what="the h2 connection")
         self.assertEqual(origin.offered[2], ["istio-h2", "istio", "h2"])
         self.assertIn(b" 503 ", H.recv_line(s))
+        # An auto_config cluster: Istio's filter takes the first of Envoy's {HTTP/2, HTTP/1.1}
+        # for ALPN pools, so the HTTP2 list; this origin selects no ALPN, so the mixed pool
+        # speaks HTTP/1.1 on that connection and the request succeeds.
+        c3 = http.client.HTTPConnection("127.0.0.1", p.listener_port("auto"),
+                                        timeout=H.IO_TIMEOUT)
+        self.addCleanup(c3.close)
+        c3.request("GET", "/d")
+        r = c3.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.read().decode(), "istio-h2,istio,h2")
 
 
     def test_downstream_protocol_is_exact(self):

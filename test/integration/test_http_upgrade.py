@@ -645,6 +645,237 @@ class MtlsTest(UpgradeTestCase):
         self.assertEqual(sa["cluster.outbound|8080||b.upstream_cx_total"], 1)
 
 
+    @staticmethod
+    def auto_cluster(name, addr, alpn=()):
+        """An auto_config cluster (Envoy's ALPN-negotiated mixed pool) with TLS; the client
+        context's alpn_protocols empty by default: the pool offers h2,http/1.1 itself."""
+        cl = H.cluster(name, [addr])
+        cl["transport_socket"] = T.tls_socket(T.client_ctx(alpn=alpn))
+        cl["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                         "HttpProtocolOptions",
+                "auto_config": {"http2_protocol_options": {}}}}
+        return cl
+
+    def test_auto_config_tls_upstream_picking_h2(self):
+        """auto_config over TLS to a peer (a second msm-proxy) that selects h2 from the
+        h2,http/1.1 the pool offers: HTTP/2, 20 concurrent slow requests on one connection, and
+        a WebSocket as an RFC 8441 extended CONNECT stream of that same connection."""
+        ws = WsServer(self)
+        up = P.HttpUpstream("origin")
+        self.addCleanup(up.stop)
+
+        def cfg_b():
+            routes = [{"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
+                      {"match": {"prefix": "/"}, "route": {"cluster": "http"}}]
+            return H.bootstrap(listeners=[{
+                "name": "inbound", "address": H.sock_addr(H.free_port()),
+                "filter_chains": [{"filters": [hcm("inbound_8080", None, routes=routes,
+                                                   http2_protocol_options={
+                                                       "allow_connect": True})],
+                                   "transport_socket": T.tls_socket(T.server_ctx(
+                                       alpn=("h2", "http/1.1")))}]}],
+                clusters=[H.cluster("ws", [ws.address]), H.cluster("http", [up.address])])
+        pb = self.start_proxy(cfg_b)
+        b_port = pb.config["static_resources"]["listeners"][0]["address"]["socket_address"][
+            "port_value"]
+
+        def cfg_a():
+            return H.bootstrap(
+                listeners=[H.listener("main", H.sock_addr(H.free_port()),
+                                      [hcm("outbound", "b")])],
+                clusters=[self.auto_cluster("b", H.sock_addr(b_port))])
+        pa = self.start_proxy(cfg_a)
+        n = 20
+        results = [None] * n
+
+        def get(i):
+            try:
+                c = socket.create_connection(("127.0.0.1", pa.listener_port()),
+                                             timeout=H.IO_TIMEOUT)
+                with c:
+                    c.sendall(b"GET /sleep/300 HTTP/1.1\r\nHost: h\r\n\r\n")
+                    head, _ = read_head(c)
+                    results[i] = head.split(b"\r\n")[0]
+            except (OSError, EOFError) as e:
+                results[i] = repr(e).encode()
+        threads = [threading.Thread(target=get, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(H.IO_TIMEOUT)
+        self.assertEqual([r.split(b" ")[1] if r else None for r in results], [b"200"] * n,
+                         results)
+        sa = pa.stats()
+        self.assertEqual(sa["cluster.b.upstream_cx_total"], 1)
+        self.assertEqual(sa["cluster.b.upstream_cx_http2_total"], 1)
+        self.assertEqual(sa["cluster.b.upstream_cx_http1_total"], 0)
+        self.assertEqual(pb.stat("http.inbound_8080.downstream_rq_http2_total"), n)
+        # The upgrade: an extended CONNECT on the pooled HTTP/2 connection.
+        bs, line, hdrs, key = ws_connect(pa.listener_port())
+        self.addCleanup(bs.sock.close)
+        self.assertEqual(line.split()[1], "101", line)
+        self.assertEqual(hdrs["sec-websocket-accept"], [ws_accept(key)])
+        self.ws_session(bs, big=256 * 1024)
+        bs.sock.close()
+        self.assertEqual(ws.errors, [])
+        pb.wait_stat("http.inbound_8080.downstream_cx_upgrades_active", lambda v: v == 0)
+        sa, sb = pa.stats(), pb.stats()
+        self.assertEqual(sb["http.inbound_8080.downstream_cx_upgrades_total"], 1)
+        self.assertEqual(sb["http.inbound_8080.downstream_rq_http2_total"], n + 1)
+        self.assertEqual(sb["http.inbound_8080.downstream_cx_http2_total"], 1)
+        self.assertEqual(sb["http.inbound_8080.downstream_cx_http1_total"], 0)
+        self.assertEqual(sa["cluster.b.upstream_cx_total"], 1)
+
+    def test_auto_config_tls_upstream_picking_http11(self):
+        """The same kind of cluster to TLS peers that select http/1.1: HTTP/1.1, plain requests
+        reuse one connection, a WebSocket goes as an HTTP/1.1 Upgrade on a connection of its
+        own (not reused after it)."""
+        ws = WsServer(self)
+        picked = []
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(T.PKI.server[0], T.PKI.server[1])
+        sctx.set_alpn_protocols(["http/1.1"])
+
+        def wrap(c):
+            try:
+                t = sctx.wrap_socket(c, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                picked.append(repr(e))
+                return None
+            picked.append(t.selected_alpn_protocol())
+            return t
+
+        def serve_ws(c, up):
+            t = wrap(c)
+            if t:
+                with t:
+                    ws.serve(t, up)
+
+        def serve_plain(c, up):
+            t = wrap(c)
+            if not t:
+                return
+            with t:
+                try:
+                    while True:
+                        head, _ = read_head(t, timeout=30)
+                        body = head.split(b"\r\n")[0]
+                        t.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                                  % (len(body), body))
+                except (OSError, EOFError, ssl.SSLError):
+                    pass
+        tls_ws = self.upstream(serve_ws, name="tlsws")
+        tls_plain = self.upstream(serve_plain, name="tlsplain")
+
+        def cfg():
+            routes = [{"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
+                      {"match": {"prefix": "/"}, "route": {"cluster": "plain"}}]
+            return H.bootstrap(
+                listeners=[H.listener("main", H.sock_addr(H.free_port()),
+                                      [hcm("ws", None, routes=routes)])],
+                clusters=[self.auto_cluster("ws", tls_ws.address),
+                          self.auto_cluster("plain", tls_plain.address)])
+        p = self.start_proxy(cfg)
+        s = socket.create_connection(("127.0.0.1", p.listener_port()), timeout=H.IO_TIMEOUT)
+        self.addCleanup(s.close)
+        for i in range(3):
+            s.sendall(b"GET /plain/%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
+            head, rest = read_head(s)
+            self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+            n = int(parse_head(head)[1]["content-length"][0])
+            while len(rest) < n:
+                rest += s.recv(n - len(rest))
+            self.assertEqual(rest, b"GET /plain/%d HTTP/1.1" % i)
+        for _ in range(2):
+            bs, line, hdrs, key = ws_connect(p.listener_port())
+            self.addCleanup(bs.sock.close)
+            self.assertEqual(line.split()[1], "101", line)
+            self.assertEqual(hdrs["sec-websocket-accept"], [ws_accept(key)])
+            bs.sock.sendall(ws_frame(b"over tls", opcode=1))
+            self.assertEqual(ws_read_frame(bs), (True, 1, False, b"over tls"))
+            bs.sock.sendall(ws_frame(struct.pack("!H", 1000), opcode=8))
+            self.assertEqual(ws_read_frame(bs), (True, 8, False, struct.pack("!H", 1000)))
+            self.assertEqual(bs.recv_to_eof(), b"")
+            bs.sock.close()
+        self.assertEqual(picked, ["http/1.1"] * 3)
+        self.assertEqual(ws.errors, [])
+        self.assertEqual([r[0] for r in ws.requests], ["GET /ws HTTP/1.1"] * 2)
+        st = p.stats()
+        self.assertEqual(st["cluster.plain.upstream_cx_total"], 1)
+        self.assertEqual(st["cluster.plain.upstream_cx_http1_total"], 1)
+        self.assertEqual(st["cluster.plain.upstream_cx_http2_total"], 0)
+        self.assertEqual(st["cluster.ws.upstream_cx_total"], 2)  # one each, never reused
+        self.assertEqual(st["cluster.ws.upstream_cx_http1_total"], 2)
+        p.wait_stat("cluster.ws.upstream_cx_active", lambda v: v == 0)
+
+    def test_auto_config_http11_tunnel_half_close(self):
+        """An upgrade on an HTTP/1.1-negotiated connection of the mixed pool takes it as a
+        tunnel pool's: the upstream's half-close reaches the client and the client can still
+        send (a second msm-proxy selects http/1.1 and relays to a raw tunnel server)."""
+        events = []
+        raw = self.upstream(raw_tunnel_server(events))
+
+        def cfg_b():
+            return H.bootstrap(listeners=[{
+                "name": "inbound", "address": H.sock_addr(H.free_port()),
+                "filter_chains": [{"filters": [hcm("inbound", "raw", upgrades=("my-proto",))],
+                                   "transport_socket": T.tls_socket(T.server_ctx(
+                                       alpn=("http/1.1",)))}]}],
+                clusters=[H.cluster("raw", [raw.address])])
+        pb = self.start_proxy(cfg_b)
+        b_port = pb.config["static_resources"]["listeners"][0]["address"]["socket_address"][
+            "port_value"]
+
+        def cfg_a():
+            return H.bootstrap(
+                listeners=[H.listener("main", H.sock_addr(H.free_port()),
+                                      [hcm("outbound", "b", upgrades=("my-proto",))])],
+                clusters=[self.auto_cluster("b", H.sock_addr(b_port))])
+        pa = self.start_proxy(cfg_a)
+        s = socket.create_connection(("127.0.0.1", pa.listener_port()), timeout=H.IO_TIMEOUT)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /server-first HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\n"
+                  b"Upgrade: my-proto\r\n\r\n")
+        head, rest = read_head(s)
+        self.assertIn(b" 101 ", head.split(b"\r\n")[0])
+        bs = BufSock(s, rest)
+        self.assertEqual(bs.recv_exact(9), b"ONLY-THIS")
+        s.settimeout(5)
+        self.assertEqual(s.recv(10), b"")  # the server's FIN came through
+        for i in range(3):
+            s.sendall(b"after-fin-%d;" % i)
+            time.sleep(0.05)
+        s.shutdown(socket.SHUT_WR)
+        H.wait_for(lambda: any(isinstance(e, tuple) for e in events), what="server EOF")
+        self.assertEqual([e for e in events if isinstance(e, tuple)][0][1],
+                         b"".join(b"after-fin-%d;" % i for i in range(3)))
+        pa.wait_stat("cluster.b.upstream_cx_active", lambda v: v == 0)
+        st = pa.stats()
+        self.assertEqual(st["cluster.b.upstream_cx_http1_total"], 1)
+        self.assertEqual(st["cluster.b.upstream_cx_http2_total"], 0)
+        self.assertEqual(st["http.outbound.downstream_cx_upgrades_total"], 1)
+
+    def test_auto_config_without_tls_is_http11(self):
+        """auto_config on a plaintext cluster: HTTP/1.1 (no ALPN to negotiate)."""
+        up = P.HttpUpstream("origin")
+        self.addCleanup(up.stop)
+
+        def cfg():
+            cl = self.auto_cluster("up", up.address)
+            del cl["transport_socket"]
+            return H.bootstrap(
+                listeners=[H.listener("main", H.sock_addr(H.free_port()), [hcm("p", "up")])],
+                clusters=[cl])
+        p = self.start_proxy(cfg)
+        out = P.raw_exchange(p.listener_port(),
+                             b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        self.assertEqual(out.split(b" ")[1], b"200", out[:200])
+        self.assertEqual(p.stat("cluster.up.upstream_cx_http1_total"), 1)
+        self.assertEqual(p.stat("cluster.up.upstream_cx_http2_total"), 0)
+
+
 # ---- a small HTTP/2 client (frames by hand; HPACK: literal encoding, decoding by libnghttp2
 # through ctypes, the library the proxy itself links) -------------------------------------------
 
@@ -931,6 +1162,18 @@ class ConnectTest(UpgradeTestCase):
         self.assertEqual(up.accepted, 0)
 
 
+def rst_after_hello(c, up):
+    """Upstream mode: read the first bytes, answer "hello", then abort the connection (RST)."""
+    try:
+        c.settimeout(10)
+        if c.recv(65536):
+            c.sendall(b"hello")
+            time.sleep(0.2)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+
+
 class Http2Test(UpgradeTestCase):
     def test_h2_connect_terminated(self):
         """HTTP/2 CONNECT (no :scheme, no :path) routed by connect_matcher, terminated here:
@@ -959,6 +1202,31 @@ class Http2Test(UpgradeTestCase):
         self.assertEqual(s["http.connect.downstream_rq_http2_total"], 1)
         self.assertEqual(s["http.connect.downstream_rq_tx_reset"], 0)
         self.assertEqual(up.bytes_in, len(payload))
+
+    def test_h2_connect_upstream_reset_is_connect_error(self):
+        """RFC 9113 8.5 as Envoy (doEndStream): the TCP leg of a terminated CONNECT breaks (the
+        origin sends RST) after the 200: the HTTP/2 stream is reset with CONNECT_ERROR (0x0a);
+        a tunnel that merely idles out is reset with another code."""
+        up = self.upstream(rst_after_hello)
+        p = connect_cfg(self, up.address, codec="HTTP2", stream_idle_timeout="0.5s")
+        c = H2Client(p.listener_port())
+        self.addCleanup(c.close)
+        c.request(1, [(":method", "CONNECT"), (":authority", "origin.example:4242")])
+        ev = c.events(1, got_headers)
+        self.assertEqual(dict(ev[-1][1])[":status"], "200", ev)
+        c.data(1, b"ping")
+        ev = c.events(1, ends)
+        self.assertEqual(b"".join(e[1] for e in ev if e[0] == "data"), b"hello")
+        self.assertEqual(ev[-1], ("rst", 0x0a), ev)
+        hold = self.upstream("hold", name="hold")
+        p2 = connect_cfg(self, hold.address, codec="HTTP2", stream_idle_timeout="0.5s")
+        c2 = H2Client(p2.listener_port())
+        self.addCleanup(c2.close)
+        c2.request(1, [(":method", "CONNECT"), (":authority", "origin.example:4242")])
+        ev = c2.events(1, ends)
+        # A local reset, not a lost upstream: NO_ERROR, as Envoy's codec (reasonToReset).
+        self.assertEqual(ev[-1], ("rst", 0), ev)
+        self.assertEqual(p.stat("http.connect.downstream_rq_tx_reset"), 1)
 
     def test_h2_extended_connect_websocket(self):
         """RFC 8441: with http2_protocol_options.allow_connect the server announces
@@ -1024,6 +1292,74 @@ def fault_418():
     return {"name": "envoy.filters.http.fault", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
         "abort": {"http_status": 418, "percentage": {"numerator": 100}}}}
+
+
+class SlowSettingsPeer:
+    """Upstream mode: a hand-written HTTP/2 server that sends its SETTINGS only <delay> s after
+    the client's preface (with SETTINGS_ENABLE_CONNECT_PROTOCOL when <connect>). Records the
+    frame types that came before its SETTINGS (read without blocking right before sending
+    them) and the header blocks after; answers each request with a 200 and "ready" in DATA."""
+
+    def __init__(self, test, connect, delay=0.7):
+        self.connect, self.delay = connect, delay
+        self.before, self.requests, self.errors = [], [], []
+        self.up = test.upstream(self.serve, name="h2peer")
+
+    @property
+    def address(self):
+        return self.up.address
+
+    @staticmethod
+    def frames(buf):
+        out = []
+        while len(buf) >= 9:
+            n = struct.unpack("!I", b"\0" + bytes(buf[:3]))[0]
+            if len(buf) < 9 + n:
+                break
+            out.append((buf[3], buf[4], struct.unpack("!I", bytes(buf[5:9]))[0] & 0x7FFFFFFF,
+                        bytes(buf[9:9 + n])))
+            del buf[:9 + n]
+        return out
+
+    def serve(self, c, up):
+        hp = Hpack()
+        try:
+            time.sleep(self.delay)
+            buf = bytearray()
+            c.setblocking(False)
+            try:
+                while True:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+            except BlockingIOError:
+                pass
+            c.setblocking(True)
+            c.settimeout(10)
+            if bytes(buf[:24]) != b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n":
+                self.errors.append("no preface")
+                return
+            del buf[:24]
+            self.before += [f[0] for f in self.frames(buf)]
+            settings = struct.pack("!HI", 8, 1) if self.connect else b""
+            c.sendall(H2Client.frame(H2Client.SETTINGS, 0, 0, settings) +
+                      H2Client.frame(H2Client.SETTINGS, 1, 0, b""))
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+                for t, f, sid, payload in self.frames(buf):
+                    if t == H2Client.HEADERS:
+                        self.requests.append(hp.decode(payload))
+                        c.sendall(H2Client.frame(H2Client.HEADERS, 4, sid,
+                                                 Hpack.encode([(":status", "200")])) +
+                                  H2Client.frame(H2Client.DATA, 0, sid, b"ready"))
+        except (OSError, ValueError) as e:
+            self.errors.append(repr(e))
+        finally:
+            hp.close()
 
 
 class Http2UpstreamTest(UpgradeTestCase):
@@ -1137,6 +1473,71 @@ class Http2UpstreamTest(UpgradeTestCase):
         self.assertEqual(sa["cluster.b.upstream_cx_total"], 1)
         self.assertEqual(sa["http.a.downstream_rq_5xx"], 2)
         self.assertLessEqual(pb.stat("http.b.downstream_rq_total") or 0, 1)
+
+    def h2_peer_proxy(self, peer):
+        return self.start_proxy(lambda: H.bootstrap(
+            listeners=[H.listener("main", H.sock_addr(H.free_port()), [hcm("a", "b")])],
+            clusters=[H.cluster("b", [peer.address],
+                                typed_extension_protocol_options=H2_UPSTREAM)]))
+
+    def test_extended_connect_waits_for_settings(self):
+        """RFC 8441 3: on a new HTTP/2 connection the extended CONNECT waits for the peer's
+        SETTINGS (a peer that sends them 0.7 s late sees no HEADERS before them), then goes out
+        with :protocol since they announced ENABLE_CONNECT_PROTOCOL; the 200 is the client's
+        101 and the tunnel carries the peer's bytes."""
+        peer = SlowSettingsPeer(self, connect=True)
+        pa = self.h2_peer_proxy(peer)
+        t0 = time.monotonic()
+        bs, line, hdrs, _ = ws_connect(pa.listener_port())
+        self.addCleanup(bs.sock.close)
+        self.assertEqual(line.split()[1], "101", line)
+        self.assertGreaterEqual(time.monotonic() - t0, peer.delay - 0.1)
+        self.assertEqual(bs.recv_exact(5), b"ready")
+        self.assertNotIn(H2Client.HEADERS, peer.before, peer.before)
+        self.assertEqual(peer.errors, [])
+        req = dict(peer.requests[0])
+        self.assertEqual((req[":method"], req[":protocol"], req[":path"]),
+                         ("CONNECT", "websocket", "/ws"))
+
+    def test_extended_connect_not_sent_without_enable_connect_protocol(self):
+        """The late SETTINGS lack ENABLE_CONNECT_PROTOCOL: the held extended CONNECT is never
+        sent; the client gets the 503 of a refused stream at once (no hang)."""
+        peer = SlowSettingsPeer(self, connect=False)
+        pa = self.h2_peer_proxy(peer)
+        bs, line, hdrs, _ = ws_connect(pa.listener_port())
+        self.addCleanup(bs.sock.close)
+        self.assertEqual(line.split()[1], "503", line)
+        body = bs.recv_exact(int(hdrs["content-length"][0]))
+        self.assertIn(b"reset reason: protocol error", body)
+        self.assertEqual(bs.recv_to_eof(), b"")
+        time.sleep(0.3)
+        self.assertNotIn(H2Client.HEADERS, peer.before, peer.before)
+        self.assertEqual(peer.requests, [])
+        self.assertEqual(peer.errors, [])
+        self.assertEqual(pa.stat("cluster.b.upstream_rq_rx_reset"), 1)
+
+    def test_connect_error_from_h2_upstream_closes_h1_client(self):
+        """B's TCP leg breaks: B resets the HTTP/2 CONNECT with CONNECT_ERROR; A (Envoy: a
+        remote reset, UR) closes its HTTP/1.1 client's connection."""
+        up = self.upstream(rst_after_hello)
+        a_route = [{"match": {"connect_matcher": {}}, "route": {"cluster": "b"}}]
+        b_route = [{"match": {"connect_matcher": {}}, "route": {
+            "cluster": "origin",
+            "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}}]
+        pa, pb = self.pair(up, b_upgrades=("CONNECT",), b_routes=b_route,
+                           a_upgrades=("CONNECT",), a_routes=a_route)
+        bs, head = connect_h1(pa.listener_port())
+        self.addCleanup(bs.sock.close)
+        self.assertEqual(parse_head(head)[0].split()[1], "200", head)
+        bs.sock.sendall(b"ping")
+        self.assertEqual(bs.recv_exact(5), b"hello")
+        try:
+            self.assertEqual(bs.recv_to_eof(), b"")
+        except ConnectionResetError:
+            pass
+        pa.wait_stat("http.a.downstream_cx_upgrades_active", lambda v: v == 0)
+        self.assertEqual(pb.stat("http.b.downstream_rq_tx_reset"), 1)
+        self.assertEqual(pa.stat("cluster.b.upstream_rq_rx_reset"), 1)
 
     def test_connect_to_h2_upstream(self):
         """A forwards a CONNECT (no connect_config) to the HTTP/2 cluster as an HTTP/2 CONNECT

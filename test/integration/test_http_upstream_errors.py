@@ -5,6 +5,7 @@ started) within a second instead of hanging; nothing leaks (the suite runs this 
 
     /usr/bin/python3 test/integration/test_http_upstream_errors.py --binary build/msm-proxy
 """
+import os
 import socket
 import threading
 import time
@@ -116,6 +117,108 @@ class UpstreamCodecErrorTest(H.ProxyTestCase):
         H.wait_for(lambda: srv.accepted >= 1, what="upstream connection")
         p.wait_stat("cluster.h2up.upstream_rq_active", lambda v: v == 1)
         # p.stop() (cleanup) checks the exit status and the sanitizer report.
+
+
+class EarlyCloser:
+    """An HTTP/1.1 upstream that reads the request and closes (FIN): at once, or after the
+    response headers and part of the body (<partial>)."""
+
+    def __init__(self, partial=False):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.partial = partial
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self):
+        return H.sock_addr(self.port)
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                c.recv(65536)
+                if self.partial:
+                    c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf")
+                    time.sleep(0.2)
+            except OSError:
+                pass
+            c.close()
+
+    def stop(self):
+        self.sock.close()
+
+
+class UpstreamCloseTest(H.ProxyTestCase):
+    """An HTTP/1.1 upstream closing mid-exchange. Before the response: 503 with Envoy's reset
+    details (the codec used to free the stream twice here: the router releases it from
+    on_reset); after the response started: the client's response is cut and the details say
+    so. Both with Envoy's "{<reset reason>}" suffix."""
+
+    def proxy_stat(self, name):
+        return self.proxy.stat(name)
+
+    def run_case(self, partial):
+        srv = EarlyCloser(partial)
+        self.addCleanup(srv.stop)
+        port = H.free_port()
+        log = os.path.join(self.tmp, "access.log")
+
+        def cfg():
+            hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": HCM, "stat_prefix": "in", "http_filters": [ROUTER],
+                "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3."
+                             "FileAccessLog", "path": log,
+                    "log_format": {"text_format_source": {"inline_string":
+                        "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"}}}}],
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]}}}
+            return H.bootstrap(listeners=[H.listener("main", H.sock_addr(port), [hcm])],
+                               clusters=[H.cluster("up", [srv.address])])
+        p = self.proxy = self.start_proxy(cfg, args=["--file-flush-interval-msec", "100"])
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
+            s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            got = b""
+            while True:
+                try:
+                    b = s.recv(65536)
+                except OSError:
+                    break
+                if not b:
+                    break
+                got += b
+            s.close()
+            self.assertTrue(got.startswith(b"HTTP/1.1 503 " if not partial else
+                                           b"HTTP/1.1 200 "), got)
+        p.wait_stat("cluster.up.upstream_cx_active", lambda v: v == 0)
+        p.wait_stat("cluster.up.upstream_rq_active", lambda v: v == 0)
+        def lines():
+            if not os.path.exists(log):
+                return []
+            with open(log) as f:
+                return f.read().splitlines()
+        H.wait_for(lambda: len(lines()) >= 3, what="3 access log lines")
+        return lines()
+
+    def test_close_before_response(self):
+        for line in self.run_case(False):
+            self.assertEqual(line, "503 UC upstream_reset_before_response_started"
+                                   "{connection_termination}")
+
+    def test_close_after_response_started(self):
+        for line in self.run_case(True):
+            # The body ends short of its content-length: the codec's end-of-input check fails,
+            # a protocol error as in Envoy's CodecClient (protocol_error_ on the EOF dispatch).
+            self.assertEqual(line, "200 UPE upstream_reset_after_response_started"
+                                   "{protocol_error}")
+        self.assertGreaterEqual(self.proxy_stat("cluster.up.upstream_cx_protocol_error"), 3)
 
 
 if __name__ == "__main__":

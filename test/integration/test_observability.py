@@ -506,7 +506,8 @@ class HcmAccessLogTest(H.ProxyTestCase):
             + "ratings-route",
             ts + r'"GET /missing HTTP/1\.1" 404 NR route_not_found - "-" 0 0 \d+ - "-" "%s" '
                  r'"rid-missing" "%s" "-" - -%s-' % (re.escape(ua), addr, tail[2:]),
-            ts + r'"GET /dead HTTP/1\.1" 503 UF,URX upstream_reset_before_response_started - '
+            ts + r'"GET /dead HTTP/1\.1" 503 UF,URX upstream_reset_before_response_started'
+                 r'\{connection_failure,delayed_connect_error:_Connection_refused\} - '
                  r'"delayed_connect_error:_Connection_refused" 0 %d \d+ - "-" "%s" "rid-dead" '
                  r'"%s" "%s" dead -%s' % (dead_size, re.escape(ua), addr, dead, tail[2:])
             + "dead-route",
@@ -534,7 +535,9 @@ class HcmAccessLogTest(H.ProxyTestCase):
             "host": None, "route": None, "attempts": 0, "clen": "0"})
         self.assertEqual(js[2], {
             "method": "GET", "path": "/dead", "protocol": "HTTP/1.1", "code": 503,
-            "flags": "UF,URX", "details": "upstream_reset_before_response_started",
+            "flags": "UF,URX",
+            "details": "upstream_reset_before_response_started{connection_failure,"
+                       "delayed_connect_error:_Connection_refused}",
             "rx": 0, "tx": dead_size, "cluster": "dead", "host": "127.0.0.1:%d" % self.dead,
             "route": "dead-route",
             "attempts": 2, "clen": str(dead_size)})

@@ -74,7 +74,7 @@ struct router {
     struct msm_buf body;
     bool retain;
     struct msm_hdrs *trailers;
-    struct msm_shadow *shadow; /* request mirroring (shadow.c), until the request is complete */
+    struct msm_shadow *shadow; /* mirrors still fed (shadow.c), until the request is complete */
     bool down_end;
     bool down_paused;
     /* Policy for this request */
@@ -417,6 +417,21 @@ static void attempt_complete(struct attempt *a)
     attempt_drop(a, false);
 }
 
+/* Envoy's details of an upstream reset, "<base>{<reset reason>[,<transport failure>]}" with
+ * spaces as '_' ("upstream_reset_before_response_started{connection_failure,delayed_connect_
+ * error:_Connection_refused}"), built in <info>'s buffer. */
+static const char *reset_details(struct msm_hstream_info *info, const char *base,
+                                 enum msm_http_reset why, const char *transport)
+{
+    char *d = info->details_buf;
+    snprintf(d, sizeof(info->details_buf), "%s{%s%s%s}", base, reset_text(why),
+             transport ? "," : "", transport ? transport : "");
+    for (char *p = d; *p; p++) {
+        *p = *p == ' ' ? '_' : *p;
+    }
+    return d;
+}
+
 /* The attempt failed before a response went downstream: retry, or answer. */
 static void attempt_failed(struct router *r, enum msm_http_reset why, const char *detail)
 {
@@ -428,6 +443,10 @@ static void attempt_failed(struct router *r, enum msm_http_reset why, const char
         attempt_drop(r->a, true);
     }
     if (r->resp_started) {
+        /* Flagged either way (Envoy's onUpstreamAbort): a tunnel's UC/UF makes the connection
+         * manager reset an HTTP/2 CONNECT with CONNECT_ERROR. */
+        info->flags |= reset_flag(why);
+        info->details = reset_details(info, "upstream_reset_after_response_started", why, NULL);
         msm_stat_inc(r->cfg->stats.rq_reset_after_downstream_response_started);
         finish(r);
         msm_hs_reset(r->s);
@@ -450,8 +469,10 @@ static void attempt_failed(struct router *r, enum msm_http_reset why, const char
         snprintf(body, sizeof(body), "upstream connect error or disconnect/reset before headers. "
                  "reset reason: %s", reset_text(why));
     }
-    reply(r, 503, body, why == MSM_RESET_OVERFLOW ? "upstream_reset_before_response_started{overflow}"
-                                                  : "upstream_reset_before_response_started",
+    reply(r, 503, body,
+          reset_details(info, "upstream_reset_before_response_started", why,
+                        why == MSM_RESET_CONNECTION_FAILURE && detail ? info->upstream_failure
+                                                                      : NULL),
           0);
 }
 
@@ -625,6 +646,9 @@ static void on_pool_ready(void *ctx, struct msm_upconn *uc)
         return;
     }
     a->uc = uc;
+    if (r->tunnel) {
+        msm_upconn_claim_tunnel(uc); /* HTTP/1.1 from an ALPN-negotiating pool: its own */
+    }
     a->cs = msm_upconn_new_stream(uc, &up_cbs, a);
     struct msm_hstream_info *info = msm_hs_info(r->s);
     copy_str(info->upstream_host, sizeof(info->upstream_host), msm_upconn_peer(uc));
@@ -749,8 +773,10 @@ static void start_attempt(struct router *r)
     r->tried[r->n_tried++] = h;
     const struct msm_hstream_info *hi = msm_hs_info(r->s);
     /* An upgrade or forwarded CONNECT to an HTTP/2 upstream is a stream of the cluster's
-     * HTTP/2 pool (extended CONNECT, http2.c), as Envoy does; else a connection of its own. */
-    bool own_conn = r->tunnel && !(r->tunnel == MSM_POOL_TUNNEL_HTTP1 && r->proto == MSM_HTTP_2);
+     * HTTP/2 pool (extended CONNECT, http2.c), as Envoy does; else a connection of its own.
+     * auto_config over TLS: the mixed pool's, as whatever its handshake picks (pool.h). */
+    bool own_conn = r->tunnel && !(r->tunnel == MSM_POOL_TUNNEL_HTTP1 &&
+                                   (r->proto == MSM_HTTP_2 || msm_pool_alpn_mixed(r->cluster, h)));
     struct msm_pool *p =
         own_conn ? msm_pool_get_tunnel(r->loop, r->cluster, h, r->tunnel, hi->alpn_override,
                                         hi->n_alpn_override)
@@ -1035,6 +1061,7 @@ enum msm_hf_status msm_router_decode_headers(void *f, struct msm_hdrs *h, bool e
     copy_str(msm_hs_info(r->s)->upstream_cluster, sizeof(msm_hs_info(r->s)->upstream_cluster),
              c->cfg->name);
     const struct msm_cluster_http_cfg *hc = msm_cluster_http_cfg_of(c->cfg);
+    /* auto_config: HTTP/1.1 here; over TLS the pool picks per connection (msm_pool_alpn_mixed) */
     r->proto = hc->proto == MSM_UPSTREAM_HTTP2 ? MSM_HTTP_2
                : hc->proto == MSM_UPSTREAM_HTTP_DOWNSTREAM && msm_hs_protocol(r->s) == MSM_HTTP_2
                    ? MSM_HTTP_2
@@ -1047,18 +1074,16 @@ enum msm_hf_status msm_router_decode_headers(void *f, struct msm_hdrs *h, bool e
         r->per_try_ms = 0;
     }
     build_upstream_request(r, h);
-    /* A tunnel is never mirrored (Envoy). */
+    /* A tunnel is never mirrored (Envoy). Mirrors leave now and get the body as it arrives. */
     r->shadow = r->tunnel ? NULL
-                          : msm_shadow_begin(rt->mirrors, h, &r->req, &r->cfg->shadow_stats);
+                          : msm_shadow_begin(rt->mirrors, h, &r->req, &r->cfg->shadow_stats,
+                                             r->s, r->cluster, r->timeout_ms, end_stream);
     r->retain = r->retries_left > 0;
     r->forwarding = true;
     if (end_stream && r->timeout_ms) {
         msm_tq_start(r->loop, &r->timeout, r->timeout_ms);
     }
     start_attempt(r);
-    if (end_stream) {
-        msm_shadow_end(&r->shadow, r->s, r->timeout_ms, !r->finished);
-    }
     /* CONTINUE: the router is last, and the body must keep coming to it. */
     return MSM_HF_CONTINUE;
 }
@@ -1068,6 +1093,7 @@ enum msm_hf_status msm_router_decode_data(void *f, struct msm_buf *data, bool en
     struct router *r = f;
     /* A tunnel's upstream half-closing (finished) leaves the client's direction open. */
     if (!r->forwarding || (r->finished && !r->tunnel_up)) {
+        msm_shadow_cancel(&r->shadow); /* the main request ended before its body (Envoy) */
         msm_buf_drain(data, data->len);
         return MSM_HF_STOP;
     }
@@ -1078,7 +1104,7 @@ enum msm_hf_status msm_router_decode_data(void *f, struct msm_buf *data, bool en
         }
     }
     uint32_t limit = msm_hs_buffer_limit(r->s);
-    msm_shadow_data(&r->shadow, data, limit, r->cluster, !r->retain);
+    msm_shadow_data(&r->shadow, data, end_stream);
     if (r->retain && r->body.len + data->len > limit) {
         /* Too big to replay: no more retries, and what was kept only waits to be sent. */
         r->retain = false;
@@ -1096,9 +1122,6 @@ enum msm_hf_status msm_router_decode_data(void *f, struct msm_buf *data, bool en
         r->down_paused = true;
         msm_hs_read_disable(r->s, true);
     }
-    if (end_stream) {
-        msm_shadow_end(&r->shadow, r->s, r->timeout_ms, !r->finished && !r->destroyed);
-    }
     return MSM_HF_STOP;
 }
 
@@ -1106,12 +1129,13 @@ enum msm_hf_status msm_router_decode_trailers(void *f, struct msm_hdrs *t)
 {
     struct router *r = f;
     if (!r->forwarding || r->finished) {
+        msm_shadow_cancel(&r->shadow);
         return MSM_HF_STOP;
     }
     r->down_end = true;
     r->trailers = msm_hdrs_new();
     msm_hdrs_copy(r->trailers, t);
-    msm_shadow_trailers(r->shadow, t);
+    msm_shadow_trailers(&r->shadow, t);
     if (r->timeout_ms) {
         msm_tq_start(r->loop, &r->timeout, r->timeout_ms);
     }
@@ -1119,7 +1143,6 @@ enum msm_hf_status msm_router_decode_trailers(void *f, struct msm_hdrs *t)
         send_body_to_attempt(r);
         request_sent(r);
     }
-    msm_shadow_end(&r->shadow, r->s, r->timeout_ms, !r->finished && !r->destroyed);
     return MSM_HF_STOP;
 }
 

@@ -1,13 +1,15 @@
 /* Request mirroring: the router's copies of a request to mirror clusters (see shadow.h).
  *
  * Two objects:
- * - struct msm_shadow: one per request, owned by the router while the request arrives: which
- *   clusters get a copy, and the copy being built (headers, body, trailers).
+ * - struct msm_shadow: one per request, owned by the router while the request arrives: the
+ *   copies still fed by it (attached), which it feeds body chunks and trailers.
  * - struct mirror: one copy in flight, owned by the worker's registry (msm_loop_local): pool
- *   request, upstream stream, timeout. It ends on its response's end, a reset, a pool failure
- *   or its timeout, and is freed through msm_defer since codec callbacks may be on the stack.
- *   The registry is created after the pool registry, so at loop teardown mirrors go first and
- *   never hold a pool request of a freed pool. */
+ *   request, upstream stream, the body not yet handed to the codec, timeout. It ends on its
+ *   response's end (request sent), a reset, a pool failure, its timeout, a buffer overflow or
+ *   the router's cancel, and is freed through msm_defer since codec callbacks may be on the
+ *   stack. While attached, the mirror and the msm_shadow point at each other; whichever goes
+ *   first clears the other's pointer. The registry is created after the pool registry, so at
+ *   loop teardown mirrors go first and never hold a pool request of a freed pool. */
 #include "filters/http/router/shadow.h"
 
 #include <stdio.h>
@@ -34,13 +36,17 @@ struct target {
     bool keep_host;
 };
 
+struct mirror;
+
 struct msm_shadow {
-    struct target *t;
+    struct target *t; /* the policies that fired (shadow_pick) */
     int n;
     struct msm_hdrs hdrs;
-    struct msm_buf body;
-    struct msm_hdrs *trailers;
     const struct msm_shadow_stats *stats;
+    struct mirror **m; /* n slots: the copies still attached (NULL: gone or never started) */
+    struct msm_cluster *main; /* reference: counts a copy abandoned over the buffer limit */
+    uint32_t limit;
+    uint32_t timeout_ms;
 };
 
 struct registry;
@@ -53,15 +59,21 @@ struct mirror {
     struct msm_host *host;       /* reference */
     struct msm_pool_req *pending;
     struct msm_hstream *cs;
+    struct msm_shadow *sh; /* attached: the router still feeds it */
+    int idx;               /* its slot in sh->m */
     struct msm_hdrs hdrs;
-    struct msm_buf body;
+    struct msm_buf body; /* not yet handed to the codec */
     struct msm_hdrs *trailers;
     bool rq_reserved;
-    bool active;       /* counted in upstream_rq_active */
+    bool active; /* counted in upstream_rq_active */
+    bool req_end; /* the whole request is known (body end or trailers) */
     bool req_end_sent;
     bool resp_end;
+    bool above; /* the codec holds too much of this stream's output */
+    bool flushing;
     bool done;
     ev_timer timeout;
+    uint32_t timeout_ms;
     double start;
 };
 
@@ -110,6 +122,10 @@ static void mirror_done(struct mirror *m, bool reset)
         return;
     }
     m->done = true;
+    if (m->sh) {
+        m->sh->m[m->idx] = NULL;
+        m->sh = NULL;
+    }
     ev_timer_stop(m->loop, &m->timeout);
     if (m->pending) {
         msm_pool_cancel(m->pending);
@@ -133,6 +149,7 @@ static void mirror_done(struct mirror *m, bool reset)
         msm_cluster_rq_release(m->cluster);
         m->rq_reserved = false;
     }
+    msm_buf_drain(&m->body, m->body.len);
     if (m->prev) {
         m->prev->next = m->next;
     } else {
@@ -168,6 +185,29 @@ static void complete(struct mirror *m)
         msm_stat_record(hstats(m)->upstream_rq_time,
                         (uint64_t)((ev_now(m->loop) - m->start) * 1000.0));
         mirror_done(m, false);
+    }
+}
+
+/* Hand the codec what it may take now: the body held back, then the end or the trailers. */
+static void flush(struct mirror *m)
+{
+    if (!m->cs || m->above || m->req_end_sent || m->flushing || m->done) {
+        return;
+    }
+    m->flushing = true;
+    bool end = m->req_end && !m->trailers;
+    if (m->body.len || end) {
+        m->req_end_sent = end;
+        m->cs->codec->ops->encode_data(m->cs, &m->body, end);
+        msm_buf_drain(&m->body, m->body.len);
+    }
+    if (m->cs && m->req_end && m->trailers && !m->req_end_sent) {
+        m->req_end_sent = true;
+        m->cs->codec->ops->encode_trailers(m->cs, m->trailers);
+    }
+    m->flushing = false;
+    if (!m->done) {
+        complete(m);
     }
 }
 
@@ -219,9 +259,13 @@ static void up_on_reset(void *ctx, enum msm_http_reset why)
 
 static void up_on_watermark(void *ctx, bool above)
 {
-    /* The whole request is already handed to the codec: nothing to hold back. */
-    (void)ctx;
-    (void)above;
+    /* The codec holds too much of this copy: keep the rest here (bounded, see shadow_feed)
+     * rather than slow the main request down. */
+    struct mirror *m = ctx;
+    m->above = above;
+    if (!above) {
+        flush(m);
+    }
 }
 
 static const struct msm_hstream_cbs up_cbs = {
@@ -243,18 +287,10 @@ static void on_pool_ready(void *ctx, struct msm_upconn *uc)
     atomic_fetch_add(&m->host->rq_total, 1);
     m->active = true;
     m->start = ev_now(m->loop);
-    bool body = m->body.len > 0;
-    bool end = !body && !m->trailers;
+    bool end = m->req_end && !m->body.len && !m->trailers;
     m->req_end_sent = end;
     m->cs->codec->ops->encode_headers(m->cs, &m->hdrs, end);
-    if (body && m->cs) {
-        m->req_end_sent = !m->trailers;
-        m->cs->codec->ops->encode_data(m->cs, &m->body, !m->trailers);
-    }
-    if (m->trailers && m->cs) {
-        m->req_end_sent = true;
-        m->cs->codec->ops->encode_trailers(m->cs, m->trailers);
-    }
+    flush(m);
 }
 
 static void on_pool_failure(void *ctx, enum msm_pool_failure f, const char *detail)
@@ -284,6 +320,22 @@ static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     mirror_done(m, true);
 }
 
+/* The request is complete on the router's side: the copy lives on its own from now on, bounded
+ * by the route timeout (started now, as the main request's is). */
+static void detach(struct mirror *m)
+{
+    if (m->sh) {
+        m->sh->m[m->idx] = NULL;
+        m->sh = NULL;
+    }
+    m->req_end = true;
+    if (m->timeout_ms) {
+        ev_timer_set(&m->timeout, m->timeout_ms / 1000.0, 0);
+        ev_timer_start(m->loop, &m->timeout);
+    }
+    flush(m);
+}
+
 static struct msm_host *pick_host(struct msm_cluster *c, struct msm_http_stream *s)
 {
     if (c->cfg->type == MSM_CLUSTER_ORIGINAL_DST) {
@@ -297,10 +349,12 @@ static struct msm_host *pick_host(struct msm_cluster *c, struct msm_http_stream 
     return h;
 }
 
-/* Send one copy of <sh> to cluster <c>. */
-static void send_one(struct msm_shadow *sh, const struct target *t, struct msm_cluster *c,
-                     struct msm_http_stream *s, uint32_t timeout_ms)
+/* Start the copy of <sh>'s slot <i> to cluster <c>: the headers leave as soon as the pool has
+ * a stream. Attached to <sh> unless <end> (a request without body). */
+static void start_one(struct msm_shadow *sh, int i, struct msm_cluster *c,
+                      struct msm_http_stream *s, bool end)
 {
+    const struct target *t = &sh->t[i];
     struct msm_host *h = pick_host(c, s);
     if (!h) {
         msm_stat_inc(c->sh->stats.upstream_cx_none_healthy);
@@ -318,6 +372,7 @@ static void send_one(struct msm_shadow *sh, const struct target *t, struct msm_c
     m->cluster = msm_cluster_ref(c);
     m->host = h;
     m->rq_reserved = true;
+    m->timeout_ms = sh->timeout_ms;
     msm_hdrs_init(&m->hdrs);
     msm_hdrs_copy(&m->hdrs, &sh->hdrs);
     const char *auth = msm_hdrs_get(&m->hdrs, ":authority");
@@ -327,20 +382,19 @@ static void send_one(struct msm_shadow *sh, const struct target *t, struct msm_c
         free(sa);
     }
     msm_buf_init(&m->body);
-    msm_buf_copy(&m->body, &sh->body);
-    if (sh->trailers) {
-        m->trailers = msm_hdrs_new();
-        msm_hdrs_copy(m->trailers, sh->trailers);
-    }
-    ev_timer_init(&m->timeout, on_timeout, timeout_ms / 1000.0, 0);
-    if (timeout_ms) {
-        ev_timer_start(loop, &m->timeout);
-    }
+    ev_timer_init(&m->timeout, on_timeout, 0, 0);
     m->next = reg->head;
     if (reg->head) {
         reg->head->prev = m;
     }
     reg->head = m;
+    if (end) {
+        detach(m);
+    } else {
+        m->sh = sh;
+        m->idx = i;
+        sh->m[i] = m;
+    }
     const struct msm_cluster_http_cfg *hc = msm_cluster_http_cfg_of(c->cfg);
     enum msm_http_proto proto =
         hc->proto == MSM_UPSTREAM_HTTP2 ||
@@ -354,28 +408,65 @@ static void send_one(struct msm_shadow *sh, const struct target *t, struct msm_c
     }
 }
 
+/* Body bytes for one attached copy: straight to the codec when it takes them, else held here up
+ * to the buffer limit; past it the copy is abandoned (reset) rather than slowing the client. */
+static void shadow_feed(struct msm_shadow *sh, struct mirror *m, const struct msm_buf *data)
+{
+    if (data->len) {
+        msm_buf_copy(&m->body, data);
+    }
+    if (m->cs && !m->above) {
+        flush(m);
+        return;
+    }
+    if (m->body.len > sh->limit) {
+        if (sh->main) {
+            msm_stat_inc(sh->main->sh->stats.retry_or_shadow_abandoned);
+        }
+        msm_log(MSM_LOG_DEBUG, MSM_LC_ROUTER,
+                "mirror to cluster '%s' holds over %u bytes: abandoned", m->cluster->cfg->name,
+                sh->limit);
+        mirror_done(m, true);
+    }
+}
+
 /* ---- the router's side ----------------------------------------------------------------------- */
 
 static void shadow_free(struct msm_shadow *sh)
 {
     for (int i = 0; i < sh->n; i++) {
         free(sh->t[i].cluster);
+        if (sh->m[i]) {
+            sh->m[i]->sh = NULL;
+        }
     }
     free(sh->t);
+    free(sh->m);
     msm_hdrs_deinit(&sh->hdrs);
-    msm_buf_deinit(&sh->body);
-    msm_hdrs_free(sh->trailers);
+    msm_cluster_unref(sh->main);
     free(sh);
 }
 
-struct msm_shadow *msm_shadow_begin(const struct msm_mirror_policies *mp,
-                                    const struct msm_hdrs *down, const struct msm_hdrs *up,
-                                    const struct msm_shadow_stats *st)
+static bool shadow_attached(const struct msm_shadow *sh)
+{
+    for (int i = 0; i < sh->n; i++) {
+        if (sh->m[i]) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Which policies fire for this request (runtime fraction drawn now, cluster named); NULL when
+ * none. Nothing is sent yet. */
+static struct msm_shadow *shadow_pick(const struct msm_mirror_policies *mp,
+                                      const struct msm_hdrs *down, const struct msm_hdrs *up,
+                                      const struct msm_shadow_stats *st)
 {
     if (!mp || !mp->n) {
         return NULL;
     }
-    /* Tunnels (upgrades, CONNECT) never complete as a request: nothing to copy. */
+    /* Tunnels (upgrades, CONNECT) are never mirrored (Envoy). */
     const char *method = msm_hdrs_get(down, ":method");
     if (msm_hdrs_find(down, "upgrade") || (method && !strcmp(method, "CONNECT"))) {
         return NULL;
@@ -394,10 +485,10 @@ struct msm_shadow *msm_shadow_begin(const struct msm_mirror_policies *mp,
         if (!sh) {
             sh = MSM_NEW(struct msm_shadow);
             sh->t = msm_xcalloc((size_t)mp->n, sizeof(*sh->t));
+            sh->m = msm_xcalloc((size_t)mp->n, sizeof(*sh->m));
             sh->stats = st;
             msm_hdrs_init(&sh->hdrs);
             msm_hdrs_copy(&sh->hdrs, up);
-            msm_buf_init(&sh->body);
         }
         sh->t[sh->n].cluster = msm_xstrdup(name);
         sh->t[sh->n].keep_host = p->keep_host;
@@ -406,60 +497,91 @@ struct msm_shadow *msm_shadow_begin(const struct msm_mirror_policies *mp,
     return sh;
 }
 
-void msm_shadow_data(struct msm_shadow **shp, const struct msm_buf *data, uint32_t limit,
-                     struct msm_cluster *main, bool count)
+struct msm_shadow *msm_shadow_begin(const struct msm_mirror_policies *mp,
+                                    const struct msm_hdrs *down, const struct msm_hdrs *up,
+                                    const struct msm_shadow_stats *st, struct msm_http_stream *s,
+                                    struct msm_cluster *main, uint32_t timeout_ms, bool end_stream)
 {
-    struct msm_shadow *sh = *shp;
-    if (!sh || !data->len) {
-        return;
-    }
-    if (sh->body.len + data->len > limit) {
-        if (count && main) {
-            msm_stat_inc(main->sh->stats.retry_or_shadow_abandoned);
-        }
-        msm_log(MSM_LOG_DEBUG, MSM_LC_ROUTER, "request body over %u bytes: mirror cancelled",
-                limit);
-        msm_shadow_cancel(shp);
-        return;
-    }
-    msm_buf_copy(&sh->body, data);
-}
-
-void msm_shadow_trailers(struct msm_shadow *sh, const struct msm_hdrs *t)
-{
-    if (!sh || sh->trailers) {
-        return;
-    }
-    sh->trailers = msm_hdrs_new();
-    msm_hdrs_copy(sh->trailers, t);
-}
-
-void msm_shadow_end(struct msm_shadow **shp, struct msm_http_stream *s, uint32_t timeout_ms,
-                    bool go)
-{
-    struct msm_shadow *sh = *shp;
+    struct msm_shadow *sh = shadow_pick(mp, down, up, st);
     if (!sh) {
-        return;
+        return NULL;
     }
-    *shp = NULL;
-    struct msm_worker *w = go ? msm_hs_worker(s) : NULL;
-    for (int i = 0; w && i < sh->n; i++) {
-        struct msm_cluster *c = w->snap ? msm_snapshot_cluster(w->snap, sh->t[i].cluster) : NULL;
+    sh->main = main ? msm_cluster_ref(main) : NULL;
+    /* Envoy gives a shadow stream the router's retry/shadow buffer limit, at least 1 byte. */
+    uint32_t limit = msm_hs_buffer_limit(s);
+    sh->limit = limit ? limit : 1;
+    sh->timeout_ms = timeout_ms;
+    struct msm_worker *w = msm_hs_worker(s);
+    for (int i = 0; i < sh->n; i++) {
+        struct msm_cluster *c = w && w->snap ? msm_snapshot_cluster(w->snap, sh->t[i].cluster)
+                                             : NULL;
         if (!c) {
             msm_stat_inc(sh->stats->shadow_no_cluster);
             msm_log(MSM_LOG_DEBUG, MSM_LC_ROUTER, "shadow cluster '%s' does not exist",
                     sh->t[i].cluster);
             continue;
         }
-        send_one(sh, &sh->t[i], c, s, timeout_ms);
+        start_one(sh, i, c, s, end_stream);
+    }
+    if (!shadow_attached(sh)) {
+        shadow_free(sh);
+        return NULL;
+    }
+    return sh;
+}
+
+void msm_shadow_data(struct msm_shadow **shp, const struct msm_buf *data, bool end_stream)
+{
+    struct msm_shadow *sh = *shp;
+    if (!sh) {
+        return;
+    }
+    for (int i = 0; i < sh->n; i++) {
+        struct mirror *m = sh->m[i];
+        if (m && data->len) {
+            shadow_feed(sh, m, data);
+        }
+        if (end_stream && sh->m[i]) {
+            detach(sh->m[i]);
+        }
+    }
+    if (end_stream || !shadow_attached(sh)) {
+        shadow_free(sh);
+        *shp = NULL;
+    }
+}
+
+void msm_shadow_trailers(struct msm_shadow **shp, const struct msm_hdrs *t)
+{
+    struct msm_shadow *sh = *shp;
+    if (!sh) {
+        return;
+    }
+    *shp = NULL;
+    for (int i = 0; i < sh->n; i++) {
+        struct mirror *m = sh->m[i];
+        if (m && !m->trailers) {
+            m->trailers = msm_hdrs_new();
+            msm_hdrs_copy(m->trailers, t);
+        }
+        if (m) {
+            detach(m);
+        }
     }
     shadow_free(sh);
 }
 
 void msm_shadow_cancel(struct msm_shadow **shp)
 {
-    if (*shp) {
-        shadow_free(*shp);
-        *shp = NULL;
+    struct msm_shadow *sh = *shp;
+    if (!sh) {
+        return;
     }
+    *shp = NULL;
+    for (int i = 0; i < sh->n; i++) {
+        if (sh->m[i]) {
+            mirror_done(sh->m[i], true); /* Envoy cancels the shadow stream: a reset */
+        }
+    }
+    shadow_free(sh);
 }

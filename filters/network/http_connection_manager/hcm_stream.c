@@ -211,6 +211,12 @@ void msm_hcm_stream_destroy(struct hstream *st, bool reset)
         st->cs = NULL;
         if (reset && !(cs->local_end && cs->remote_end)) {
             msm_stat_inc(cfg->stats.downstream_rq_tx_reset);
+            /* Envoy (doEndStream, RFC 9113 8.5): a CONNECT or upgrade on HTTP/2 whose upstream
+             * connection failed or broke (UF, UC) is reset with CONNECT_ERROR. */
+            cs->connect_error =
+                st->upgrade && st->proto == MSM_HTTP_2 &&
+                (st->info.flags & (MSM_RF(UPSTREAM_CONNECTION_FAILURE) |
+                                   MSM_RF(UPSTREAM_CONNECTION_TERMINATION)));
             cs->codec->ops->reset(cs);
         }
         cs->codec->ops->release(cs);

@@ -18,7 +18,7 @@
 #include "http/route.h"
 #include "test/unit/http/route_json.h"
 
-/* The statics and the opaque struct msm_shadow (which policies fired). */
+/* The statics and the opaque struct msm_shadow (shadow_pick: which policies fired). */
 #include "filters/http/router/shadow.c"
 
 static void test_mirror_policies(void **state)
@@ -66,7 +66,7 @@ static void test_mirror_policies(void **state)
     struct msm_shadow_stats st = {0};
     int fired_header = 0;
     for (int i = 0; i < 2000; i++) {
-        struct msm_shadow *sh = msm_shadow_begin(own->mirrors, down, up, &st);
+        struct msm_shadow *sh = shadow_pick(own->mirrors, down, up, &st);
         assert_non_null(sh);
         assert_string_equal(sh->t[0].cluster, "m1"); /* 100 %: always */
         assert_false(sh->t[0].keep_host);
@@ -79,17 +79,34 @@ static void test_mirror_policies(void **state)
         assert_string_equal(msm_hdrs_get(&sh->hdrs, ":authority"), "svc:80"); /* a copy */
         msm_shadow_cancel(&sh);
         assert_null(sh);
-        assert_null(msm_shadow_begin(NULL, down, up, &st));
+        assert_null(shadow_pick(NULL, down, up, &st));
     }
     /* 12.5 % of 2000 = 250; 5 standard deviations is about 74 */
     assert_in_range(fired_header, 250 - 80, 250 + 80);
     /* Without the header (or with it empty) the cluster_header policy does not fire. */
     msm_hdrs_set(down, "x-mirror", "");
     for (int i = 0; i < 100; i++) {
-        struct msm_shadow *sh = msm_shadow_begin(own->mirrors, down, up, &st);
+        struct msm_shadow *sh = shadow_pick(own->mirrors, down, up, &st);
         assert_int_equal(sh->n, 1);
         msm_shadow_cancel(&sh);
     }
+    /* The router's handle goes away once no copy is attached (none started here), at the end
+     * of the body, at the trailers; every call is NULL-safe. */
+    struct msm_buf chunk;
+    msm_buf_init(&chunk);
+    msm_buf_append(&chunk, "abc", 3);
+    struct msm_shadow *sh = shadow_pick(own->mirrors, down, up, &st);
+    assert_non_null(sh);
+    msm_shadow_data(&sh, &chunk, false);
+    assert_null(sh);
+    msm_shadow_data(&sh, &chunk, true);
+    msm_shadow_trailers(&sh, up);
+    msm_shadow_cancel(&sh);
+    assert_int_equal(chunk.len, 3); /* copied, left in place */
+    sh = shadow_pick(own->mirrors, down, up, &st);
+    msm_shadow_trailers(&sh, up);
+    assert_null(sh);
+    msm_buf_deinit(&chunk);
     msm_hdrs_free(down);
     msm_hdrs_free(up);
     msm_route_config_unref(rc);

@@ -483,6 +483,93 @@ static void test_h2_client_upgrade_as_extended_connect(void **state)
     h2_pair_free(cli, srv);
 }
 
+/* How many HTTP/2 HEADERS frames <o>'s pending output holds (a client's starts with the
+ * connection preface); the output stays in place. */
+static int h2_headers_frames(struct owner *o, bool preface)
+{
+    size_t len = o->out.len;
+    uint8_t *b = malloc(len + 1);
+    msm_buf_copyout(&o->out, 0, b, len);
+    int n = 0;
+    for (size_t off = preface ? 24 : 0; off + 9 <= len;) {
+        size_t flen = ((size_t)b[off] << 16) | ((size_t)b[off + 1] << 8) | b[off + 2];
+        n += b[off + 3] == 0x1;
+        off += 9 + flen;
+    }
+    free(b);
+    return n;
+}
+
+/* RFC 8441 3: on a new connection the client holds an extended CONNECT until the server's
+ * SETTINGS arrived (ordinary requests go at once), with the bytes sent meanwhile; then sends it
+ * if they announced ENABLE_CONNECT_PROTOCOL, else fails it as refused (PROTOCOL_ERROR, no
+ * HEADERS ever sent). A held stream reset and released, or caught by the connection's close,
+ * gets one on_reset at most and leaks nothing (ASan). */
+static void test_h2_client_waits_for_settings(void **state)
+{
+    (void)state;
+    struct owner *cli, *srv;
+    h2_pair_new(true, &cli, &srv);
+    struct rec *plain = cli_stream(cli);
+    send_headers(plain->s, true, ":method", "GET", ":scheme", "http", ":path", "/p",
+                 ":authority", "a", NULL);
+    struct rec *r = cli_stream(cli);
+    send_headers(r->s, false, ":method", "GET", ":scheme", "http", ":path", "/chat",
+                 ":authority", "a", "upgrade", "websocket", "connection", "upgrade", NULL);
+    send_data(r->s, "early", false);
+    struct rec *gone = cli_stream(cli);
+    send_headers(gone->s, false, ":method", "GET", ":scheme", "http", ":path", "/gone",
+                 ":authority", "a", "upgrade", "websocket", "connection", "upgrade", NULL);
+    gone->s->codec->ops->reset(gone->s);
+    gone->s->codec->ops->release(gone->s);
+    assert_int_equal(h2_headers_frames(cli, true), 1); /* only the plain GET */
+    assert_int_equal(r->reset, 0);
+    pump(cli, srv);
+    assert_int_equal(srv->n, 2);
+    assert_string_equal(msm_hdrs_get(&srv->r[0].hdrs, ":path"), "/p");
+    struct rec *sr = &srv->r[1];
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, ":path"), "/chat");
+    assert_string_equal(msm_hdrs_get(&sr->hdrs, "upgrade"), "websocket");
+    expect_body(sr, "early");
+    assert_int_equal(r->reset, 0);
+    assert_int_equal(gone->reset, 0);
+    send_headers(sr->s, false, ":status", "101", NULL);
+    pump(cli, srv);
+    assert_string_equal(msm_hdrs_get(&r->hdrs, ":status"), "101");
+    r->s->codec->ops->reset(r->s);
+    r->s->codec->ops->release(r->s);
+    plain->s->codec->ops->release(plain->s);
+    pump(cli, srv);
+    srv->r[0].s->codec->ops->release(srv->r[0].s);
+    sr->s->codec->ops->release(sr->s);
+    pump(cli, srv);
+    h2_pair_free(cli, srv);
+
+    /* A peer without ENABLE_CONNECT_PROTOCOL never sees the HEADERS. */
+    h2_pair_new(false, &cli, &srv);
+    r = cli_stream(cli);
+    send_headers(r->s, true, ":method", "GET", ":scheme", "http", ":path", "/chat",
+                 ":authority", "a", "upgrade", "websocket", "connection", "upgrade", NULL);
+    assert_int_equal(h2_headers_frames(cli, true), 0);
+    assert_int_equal(r->reset, 0);
+    pump(cli, srv);
+    assert_int_equal(srv->n, 0);
+    assert_int_equal(r->reset, MSM_RESET_PROTOCOL_ERROR + 1);
+    r->s->codec->ops->release(r->s);
+    pump(cli, srv);
+    h2_pair_free(cli, srv);
+
+    /* The connection goes before the SETTINGS came: one on_reset, then the codec is freed. */
+    h2_pair_new(true, &cli, &srv);
+    r = cli_stream(cli);
+    send_headers(r->s, false, ":method", "GET", ":scheme", "http", ":path", "/chat",
+                 ":authority", "a", "upgrade", "websocket", "connection", "upgrade", NULL);
+    cli->c->ops->close_streams(cli->c, MSM_RESET_CONNECTION_TERMINATION);
+    assert_int_equal(r->reset, MSM_RESET_CONNECTION_TERMINATION + 1);
+    r->s->codec->ops->release(r->s);
+    h2_pair_free(cli, srv);
+}
+
 /* upgrade_configs[].filters: built like http_filters (an upgrade's own chain, ending with the
  * router); its errors name the list. hcm_config builds an HCM whose upgrade_configs is the JSON
  * <upgrades>: config_new's error, else n_upgrades + 100 * the first entry's chain length. */
@@ -642,6 +729,7 @@ int main(void)
         cmocka_unit_test(test_tcp_tunnel),
         cmocka_unit_test(test_h2_extended_connect),
         cmocka_unit_test(test_h2_client_upgrade_as_extended_connect),
+        cmocka_unit_test(test_h2_client_waits_for_settings),
         cmocka_unit_test(test_hcm_upgrade_filters_config),
         cmocka_unit_test(test_routes),
     };
