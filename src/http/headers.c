@@ -28,7 +28,9 @@ void msm_hdrs_deinit(struct msm_hdrs *h)
         h->chunks = c->next;
         msm_recycle_free(c, sizeof(*c) + c->cap);
     }
-    msm_recycle_free(h->v, (size_t)h->cap * sizeof(*h->v));
+    if (h->v) { /* no call for the empty maps of a request (moved from, or never filled) */
+        msm_recycle_free(h->v, (size_t)h->cap * sizeof(*h->v));
+    }
     memset(h, 0, sizeof(*h));
 }
 
@@ -69,6 +71,76 @@ void msm_hdrs_free(struct msm_hdrs *h)
     free(h);
 }
 
+/* Loads and stores of a word at any alignment (memcpy of a constant size: one instruction). */
+static inline uint64_t ld64(const char *s)
+{
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return w;
+}
+
+static inline uint32_t ld32(const char *s)
+{
+    uint32_t w;
+    memcpy(&w, s, 4);
+    return w;
+}
+
+static inline void st64(char *d, uint64_t w)
+{
+    memcpy(d, &w, 8);
+}
+
+static inline void st32(char *d, uint32_t w)
+{
+    memcpy(d, &w, 4);
+}
+
+/* memcpy without a call for the short names and values of most fields: up to 32 bytes as words
+ * at both ends, which overlap in the middle (the bytes they share get the same value twice). A
+ * call and the library's size dispatch cost more than the copy itself. */
+static inline void copy_short(char *d, const char *s, size_t n)
+{
+    if (n >= 8) {
+        if (n > 32) {
+            memcpy(d, s, n);
+            return;
+        }
+        uint64_t a = ld64(s), b = ld64(s + n - 8);
+        if (n > 16) {
+            uint64_t c = ld64(s + 8), e = ld64(s + n - 16);
+            st64(d + 8, c);
+            st64(d + n - 16, e);
+        }
+        st64(d, a);
+        st64(d + n - 8, b);
+    } else if (n >= 4) {
+        uint32_t a = ld32(s), b = ld32(s + n - 4);
+        st32(d, a);
+        st32(d + n - 4, b);
+    } else if (n) {
+        d[0] = s[0]; /* 1 to 3 bytes: first, middle, last */
+        d[n >> 1] = s[n >> 1];
+        d[n - 1] = s[n - 1];
+    }
+}
+
+/* Do <n> bytes at <a> and <b> match? Without a call up to 16 bytes (every well-known name but a
+ * few), by the same overlapping words as copy_short. */
+static inline bool bytes_eq(const char *a, const char *b, size_t n)
+{
+    if (n >= 8) {
+        if (n > 16) {
+            return !memcmp(a, b, n);
+        }
+        return !((ld64(a) ^ ld64(b)) | (ld64(a + n - 8) ^ ld64(b + n - 8)));
+    }
+    if (n >= 4) {
+        return !((ld32(a) ^ ld32(b)) | (ld32(a + n - 4) ^ ld32(b + n - 4)));
+    }
+    return !n || (a[0] == b[0] && a[n >> 1] == b[n >> 1] && a[n - 1] == b[n - 1]);
+}
+
 /* Copy <n> bytes of <s> to <d> with ASCII A-Z lower-cased (no locale lookup), eight bytes at a
  * time: in each byte of the 7-bit part, adding 0x80 - 'A' sets the top bit from 'A' up and
  * adding 0x7f - 'Z' from past 'Z' (no carry crosses bytes); bytes >= 0x80 are left alone. */
@@ -80,42 +152,40 @@ static inline uint64_t fold_word(uint64_t w)
     return w | upper >> 2; /* 0x80 >> 2 = 0x20 = 'a' - 'A' */
 }
 
-static void fold_lower(char *d, const char *s, size_t n)
+static inline void fold_lower(char *d, const char *s, size_t n)
 {
-    if (n < 8) {
-        uint64_t w = 0;
-        memcpy(&w, s, n);
-        w = fold_word(w);
-        memcpy(d, &w, n);
-        return;
-    }
-    for (size_t i = 0; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, s + i, 8);
-        w = fold_word(w);
-        memcpy(d + i, &w, 8);
-    }
-    if (n % 8) {
-        uint64_t w; /* the last eight bytes, overlapping the last word done: same result */
-        memcpy(&w, s + n - 8, 8);
-        w = fold_word(w);
-        memcpy(d + n - 8, &w, 8);
+    if (n >= 8) { /* the first and last words (overlapping when n % 8), then any between */
+        uint64_t a = fold_word(ld64(s)), b = fold_word(ld64(s + n - 8));
+        for (size_t i = 8; i + 8 < n; i += 8) {
+            st64(d + i, fold_word(ld64(s + i)));
+        }
+        st64(d, a);
+        st64(d + n - 8, b);
+    } else if (n >= 4) {
+        uint32_t a = (uint32_t)fold_word(ld32(s)), b = (uint32_t)fold_word(ld32(s + n - 4));
+        st32(d, a);
+        st32(d + n - 4, b);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)s[i];
+            d[i] = (char)((unsigned)(c - 'A') < 26u ? c + ('a' - 'A') : c);
+        }
     }
 }
 
 /* Fill <e> with copies of name (lower-cased unless <lower> says it is) and value, side by side
  * in the map's chunks: the value always starts right after the name's NUL. */
-static void entry_set(struct msm_hdrs *h, struct msm_hdr *e, const char *name, size_t nlen,
-                      const char *value, size_t vlen, bool lower)
+static inline void entry_set(struct msm_hdrs *h, struct msm_hdr *e, const char *name,
+                             size_t nlen, const char *value, size_t vlen, bool lower)
 {
     char *p = str_alloc(h, nlen + vlen + 2);
     if (lower) {
-        memcpy(p, name, nlen);
+        copy_short(p, name, nlen);
     } else {
         fold_lower(p, name, nlen);
     }
     p[nlen] = '\0';
-    memcpy(p + nlen + 1, value, vlen);
+    copy_short(p + nlen + 1, value, vlen);
     p[nlen + 1 + vlen] = '\0';
     e->name = p;
     e->value = p + nlen + 1;
@@ -188,7 +258,7 @@ void msm_hdrs_addz(struct msm_hdrs *h, const char *name, const char *value)
  * without a call: every lookup scans the whole map, several times per request. */
 static inline bool name_eq(const struct msm_hdr *e, const char *name, size_t nlen)
 {
-    return e->nlen == nlen && e->name[0] == name[0] && !memcmp(e->name, name, nlen);
+    return e->nlen == nlen && e->name[0] == name[0] && bytes_eq(e->name, name, nlen);
 }
 
 const struct msm_hdr *msm_hdrs_findn(const struct msm_hdrs *h, const char *name, size_t nlen)
@@ -269,7 +339,7 @@ void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const ch
             return;
         }
     }
-    msm_hdrs_add(h, name, nlen, value, vlen);
+    add(h, name, nlen, value, vlen, false);
 }
 
 void msm_hdrs_copy(struct msm_hdrs *dst, const struct msm_hdrs *src)
@@ -291,6 +361,26 @@ void msm_hdrs_copy(struct msm_hdrs *dst, const struct msm_hdrs *src)
         dst->v = msm_recycle_alloc(cap * sizeof(*dst->v));
         dst->cap = (uint32_t)cap;
     }
+    const struct msm_hdrs_chunk *one = src->chunks->next ? NULL : src->chunks;
+    if (one) {
+        /* All of <src>'s strings in one chunk (most maps): its bytes in one copy, the entries
+         * rebased onto it. Bytes of removed or replaced entries come along: at most the rest of
+         * a first chunk (a chunk of its own holds one huge entry and nothing else). */
+        char *base = str_alloc(dst, one->used);
+        memcpy(base, one->data, one->used);
+        for (uint32_t i = 0; i < src->n; i++) {
+            const struct msm_hdr *s = &src->v[i];
+            struct msm_hdr *d = &dst->v[i];
+            d->name = base + (s->name - one->data);
+            d->value = d->name + s->nlen + 1;
+            d->nlen = s->nlen;
+            d->vlen = s->vlen;
+        }
+        dst->n = src->n;
+        dst->bytes = src->bytes;
+        dst->filter = src->filter;
+        return;
+    }
     size_t total = 0;
     for (uint32_t i = 0; i < src->n; i++) {
         total += src->v[i].nlen + src->v[i].vlen + 2;
@@ -300,7 +390,7 @@ void msm_hdrs_copy(struct msm_hdrs *dst, const struct msm_hdrs *src)
         const struct msm_hdr *s = &src->v[i];
         struct msm_hdr *d = &dst->v[i];
         size_t len = s->nlen + s->vlen + 2;
-        memcpy(p, s->name, len); /* the name, its NUL, the value and its NUL */
+        copy_short(p, s->name, len); /* the name, its NUL, the value and its NUL */
         d->name = p;
         d->value = p + s->nlen + 1;
         d->nlen = s->nlen;
@@ -314,7 +404,9 @@ void msm_hdrs_copy(struct msm_hdrs *dst, const struct msm_hdrs *src)
 
 void msm_hdrs_move(struct msm_hdrs *dst, struct msm_hdrs *src)
 {
-    msm_hdrs_deinit(dst);
+    if (dst->v || dst->chunks) {
+        msm_hdrs_deinit(dst);
+    }
     *dst = *src;
     memset(src, 0, sizeof(*src));
 }

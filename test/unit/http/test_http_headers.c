@@ -388,6 +388,108 @@ static void test_append_status(void **state)
     msm_buf_thread_cleanup();
 }
 
+/* Every name length 0..40 and value length 0..40 (the word-wise copies, compares and case folds
+ * switch strategy at 4, 8, 16 and 32 bytes): sources in buffers of their exact size (ASan sees
+ * any read past them), names with upper-case letters and bytes >= 0x80 in every position, stored
+ * bytes against a byte-by-byte reference; a lookup hits the name and misses it with any one byte
+ * changed; the copy into an empty map is byte for byte. */
+static void test_lengths(void **state)
+{
+    (void)state;
+    static const char pattern[] = "Ab-Zz9\xc3\x80qX_yM~aZ\xffz0123456789@[`{KLMNOPQRSTU";
+    for (size_t nlen = 0; nlen <= 40; nlen++) {
+        struct msm_hdrs h, c;
+        msm_hdrs_init(&h);
+        msm_hdrs_init(&c);
+        char *name = malloc(nlen ? nlen : 1), *lower = malloc(nlen + 1);
+        for (size_t i = 0; i < nlen; i++) {
+            name[i] = pattern[(i * 7 + nlen) % (sizeof(pattern) - 1)];
+            unsigned char ch = (unsigned char)name[i];
+            lower[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+        }
+        lower[nlen] = '\0';
+        for (size_t vlen = 0; vlen <= 40; vlen++) {
+            char *value = malloc(vlen ? vlen : 1);
+            for (size_t i = 0; i < vlen; i++) {
+                value[i] = (char)('!' + (i * 5 + vlen) % 90);
+            }
+            msm_hdrs_add(&h, name, nlen, value, vlen);
+            msm_hdrs_add_lc(&h, lower, nlen, value, vlen);
+            msm_hdrs_append_lc(&h, lower, nlen, value, vlen);
+            for (uint32_t k = h.n - 3; k < h.n; k++) {
+                assert_int_equal(h.v[k].nlen, nlen);
+                assert_int_equal(h.v[k].vlen, vlen);
+                assert_memory_equal(h.v[k].name, lower, nlen + 1);
+                assert_true(!vlen || !memcmp(h.v[k].value, value, vlen));
+                assert_int_equal(h.v[k].value[vlen], '\0');
+            }
+            free(value);
+        }
+        assert_int_equal(msm_hdrs_countn(&h, lower, nlen), 3 * 41);
+        assert_ptr_equal(msm_hdrs_findn(&h, lower, nlen), &h.v[0]);
+        for (size_t i = 0; i < nlen; i++) { /* one byte off, in each position */
+            lower[i] ^= 0x01;
+            assert_null(msm_hdrs_findn(&h, lower, nlen));
+            assert_int_equal(msm_hdrs_countn(&h, lower, nlen), 0);
+            lower[i] ^= 0x01;
+        }
+        msm_hdrs_copy(&c, &h);
+        assert_int_equal(c.n, h.n);
+        for (uint32_t k = 0; k < h.n; k++) {
+            assert_memory_equal(c.v[k].name, h.v[k].name, h.v[k].nlen + h.v[k].vlen + 2);
+        }
+        assert_int_equal(msm_hdrs_removen(&c, lower, nlen), 3 * 41);
+        assert_int_equal(c.n, 0);
+        free(name);
+        free(lower);
+        msm_hdrs_deinit(&h);
+        msm_hdrs_deinit(&c);
+    }
+    msm_buf_thread_cleanup();
+}
+
+/* msm_hdrs_copy of a map whose strings share one chunk, after replacements and removals (dead
+ * bytes in the chunk): the copy has the live entries in order, owns its strings (the source is
+ * freed first), and takes further adds. */
+static void test_copy_one_chunk(void **state)
+{
+    (void)state;
+    struct msm_hdrs h, c;
+    msm_hdrs_init(&h);
+    msm_hdrs_init(&c);
+    msm_hdrs_addz(&h, ":method", "GET");
+    msm_hdrs_addz(&h, ":path", "/a/b");
+    msm_hdrs_addz(&h, "x-gone", "1");
+    msm_hdrs_addz(&h, "Accept", "*/*");
+    msm_hdrs_addz(&h, "user-agent", "some agent/1.0 with a longer value than 32 bytes");
+    msm_hdrs_set(&h, ":path", "/c");
+    msm_hdrs_remove(&h, "x-gone");
+    msm_hdrs_addz(&h, "", "");
+    assert_non_null(h.chunks); /* one chunk: a first chunk holds these few fields */
+    msm_hdrs_copy(&c, &h);
+    assert_int_equal(c.n, h.n);
+    assert_int_equal(c.bytes, h.bytes);
+    static const char *const want[][2] = {{":method", "GET"}, {":path", "/c"}, {"accept", "*/*"},
+        {"user-agent", "some agent/1.0 with a longer value than 32 bytes"}, {"", ""}};
+    msm_hdrs_deinit(&h);
+    assert_int_equal(c.n, 5);
+    for (uint32_t i = 0; i < c.n; i++) {
+        assert_string_equal(c.v[i].name, want[i][0]);
+        assert_string_equal(c.v[i].value, want[i][1]);
+        assert_int_equal(c.v[i].nlen, strlen(want[i][0]));
+        assert_int_equal(c.v[i].vlen, strlen(want[i][1]));
+        assert_ptr_equal(c.v[i].value, c.v[i].name + c.v[i].nlen + 1);
+    }
+    assert_string_equal(msm_hdrs_get(&c, ":path"), "/c");
+    assert_null(msm_hdrs_get(&c, "x-gone"));
+    msm_hdrs_set(&c, "accept", "text/plain");
+    msm_hdrs_addz(&c, "x-more", "2");
+    assert_string_equal(msm_hdrs_get(&c, "accept"), "text/plain");
+    assert_string_equal(msm_hdrs_get(&c, "x-more"), "2");
+    msm_hdrs_deinit(&c);
+    msm_buf_thread_cleanup();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -397,6 +499,8 @@ int main(void)
         cmocka_unit_test(test_name_filter),
         cmocka_unit_test(test_char_classes),
         cmocka_unit_test(test_append_status),
+        cmocka_unit_test(test_lengths),
+        cmocka_unit_test(test_copy_one_chunk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
