@@ -146,7 +146,8 @@ class Bench:
         else:
             self.proxy_cpus = self.tool_cpus = "0-%d" % (ncpu - 1)
         self.up_port, self.up_h2_port = free_port(), free_port()
-        self.ports = {t: (free_port(), free_port()) for t in ("msm", "nginx", "haproxy")}
+        self.ports = {t: (free_port(), free_port())
+                      for t in ("msm", "msm-lean", "nginx", "haproxy")}
         self.pids = {}
         self.pki = None
 
@@ -183,7 +184,7 @@ class Bench:
         wait_port(self.up_port, p)
         wait_port(self.up_h2_port, p)
 
-    def msm_listener(self, name, port, cluster, prefix, tls=None):
+    def msm_listener(self, name, port, cluster, prefix, tls=None, lean=False):
         chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
                               "typed_config": {
                                   "@type": HCM, "stat_prefix": prefix,
@@ -192,6 +193,16 @@ class Bench:
                                       "name": "all", "domains": ["*"], "routes": [{
                                           "match": {"prefix": "/"},
                                           "route": {"cluster": cluster}}]}]}}}]}
+        if lean:
+            # The work haproxy and nginx do: none of the headers Envoy adds by default
+            # (x-request-id, x-envoy-expected-rq-timeout-ms, x-envoy-upstream-service-time),
+            # the upstream's server header passed through. x-forwarded-proto stays (Envoy
+            # always sets it).
+            tc = chain["filters"][0]["typed_config"]
+            tc["generate_request_id"] = False
+            tc["server_header_transformation"] = "PASS_THROUGH"
+            tc["http_filters"] = [{"name": ROUTER["name"], "typed_config": dict(
+                ROUTER["typed_config"], suppress_envoy_headers=True)}]
         if tls:
             chain["transport_socket"] = tls
         return {"name": name, "address": {"socket_address": {"address": "127.0.0.1",
@@ -246,6 +257,13 @@ class Bench:
                         self.msm_listener("h2", h2, "up", "h2")],
                 [self.msm_cluster("up", self.up_port)])
             self.pids["msm"] = p.pid
+        if "msm-lean" in targets:
+            h1, h2 = self.ports["msm-lean"]
+            p, _ = self.start_msm(
+                "msm-lean", [self.msm_listener("h1", h1, "up", "h1", lean=True),
+                             self.msm_listener("h2", h2, "up", "h2", lean=True)],
+                [self.msm_cluster("up", self.up_port)])
+            self.pids["msm-lean"] = p.pid
         if "nginx" in targets:
             h1, h2 = self.ports["nginx"]
             conf = self.nginx_conf("nginx-proxy", (
@@ -583,7 +601,8 @@ def fmt(x, f="%.0f"):
 
 
 def report(rows, a):
-    names = {"direct": "direct (no proxy)", "msm": "msm-proxy", "nginx": "nginx",
+    names = {"direct": "direct (no proxy)", "msm": "msm-proxy",
+             "msm-lean": "msm-proxy, without Envoy's extra headers", "nginx": "nginx",
              "haproxy": "haproxy"}
     targets = a.targets.split(",")
     out = []
