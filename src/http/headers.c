@@ -241,12 +241,19 @@ void msm_hdrs_add_lc(struct msm_hdrs *h, const char *name, size_t nlen, const ch
     add(h, name, nlen, value, vlen, true);
 }
 
-void msm_hdrs_append_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
-                        size_t vlen)
+/* A lower-case name at the end: no pseudo-header search, no call while the array has room. */
+static inline void append_lc(struct msm_hdrs *h, const char *name, size_t nlen,
+                             const char *value, size_t vlen)
 {
     struct msm_hdr *e = h->n < h->cap ? &h->v[h->n++] : insert_at(h, h->n);
     entry_set(h, e, name, nlen, value, vlen, true);
     h->bytes += nlen + vlen;
+}
+
+void msm_hdrs_append_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                        size_t vlen)
+{
+    append_lc(h, name, nlen, value, vlen);
 }
 
 void msm_hdrs_addz(struct msm_hdrs *h, const char *name, const char *value)
@@ -315,8 +322,10 @@ int msm_hdrs_remove_prefix(struct msm_hdrs *h, const char *prefix)
     return remove_matching(h, prefix, strlen(prefix), true);
 }
 
-void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
-                     size_t vlen)
+/* msm_hdrs_set_nv and msm_hdrs_set_lc: <lower> says <name> is lower-case already (copied, not
+ * folded, when it is appended). */
+static inline void set_entry(struct msm_hdrs *h, const char *name, size_t nlen,
+                             const char *value, size_t vlen, bool lower)
 {
     uint32_t n = h->filter & msm_hdrs_name_bit(name, nlen) ? h->n : 0; /* 0: not there */
     for (uint32_t i = 0; i < n; i++) {
@@ -324,7 +333,7 @@ void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const ch
             /* Replace the first in place (keeps order), drop the others. The same value (a date
              * from the same second as the upstream's) is left as it is: no copy. */
             struct msm_hdr *e = &h->v[i];
-            if (e->vlen != vlen || memcmp(e->value, value, vlen)) {
+            if (e->vlen != vlen || !bytes_eq(e->value, value, vlen)) {
                 h->bytes -= e->vlen;
                 entry_set(h, e, name, nlen, value, vlen, true);
                 h->bytes += vlen;
@@ -339,7 +348,23 @@ void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const ch
             return;
         }
     }
-    add(h, name, nlen, value, vlen, false);
+    if (lower && nlen && name[0] != ':') {
+        append_lc(h, name, nlen, value, vlen); /* a regular name goes last, as add puts it */
+    } else {
+        add(h, name, nlen, value, vlen, lower);
+    }
+}
+
+void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                     size_t vlen)
+{
+    set_entry(h, name, nlen, value, vlen, false);
+}
+
+void msm_hdrs_set_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                     size_t vlen)
+{
+    set_entry(h, name, nlen, value, vlen, true);
 }
 
 void msm_hdrs_copy(struct msm_hdrs *dst, const struct msm_hdrs *src)

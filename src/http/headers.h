@@ -54,7 +54,7 @@ void msm_hdrs_add_lc(struct msm_hdrs *h, const char *name, size_t nlen, const ch
                      size_t vlen);
 /* msm_hdrs_add_lc at the end, for a sender that already puts pseudo-headers first: nghttp2
  * (HTTP messaging on) resets a stream whose pseudo-header follows a regular one, before any
- * callback for it. */
+ * callback for it. Also the cheap add of a regular lower-case name known to be absent. */
 void msm_hdrs_append_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
                         size_t vlen);
 /* The filter bit of a name (see <filter>): a multiplicative mix of the length and the second,
@@ -93,6 +93,10 @@ static inline int msm_hdrs_count(const struct msm_hdrs *h, const char *name)
 /* Replace every <name> header by one with <value> (appended when absent; pseudo-headers are
  * inserted before the first regular header). */
 void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
+                     size_t vlen);
+/* msm_hdrs_set_nv for a <name> already lower-case (a literal): appended without folding. The
+ * per-request headers of the connection manager and the router. */
+void msm_hdrs_set_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
                      size_t vlen);
 /* Inline: a constant name's length (and the value's, a literal) is folded at compile time. */
 static inline void msm_hdrs_setn(struct msm_hdrs *h, const char *name, const char *value,

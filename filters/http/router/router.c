@@ -508,7 +508,8 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     if (!r->cfg->suppress_envoy_headers) {
         char t[24];
         size_t tl = msm_fmt_u64(t, (uint64_t)((ev_now(r->loop) - r->try_start) * 1000.0));
-        msm_hdrs_setn(h, "x-envoy-upstream-service-time", t, tl);
+        msm_hdrs_set_lc(h, "x-envoy-upstream-service-time",
+                        strlen("x-envoy-upstream-service-time"), t, tl);
     }
     if (r->route->vh->include_attempt_count_in_response) {
         char n[16];
@@ -974,10 +975,17 @@ static void build_upstream_request(struct router *r, const struct msm_hdrs *down
     }
     apply_ops(r, h, true);
     if (r->timeout_ms && !r->cfg->suppress_envoy_headers) {
-        char t[24];
+        /* Routes share a few timeouts (15000 by default): the thread's last one stays formatted. */
+        static _Thread_local uint32_t last_exp;
+        static _Thread_local char last_t[12];
+        static _Thread_local size_t last_tl;
         uint32_t exp = r->per_try_ms ? r->per_try_ms : r->timeout_ms;
-        size_t tl = msm_fmt_u64(t, exp);
-        msm_hdrs_setn(h, "x-envoy-expected-rq-timeout-ms", t, tl);
+        if (exp != last_exp) {
+            last_tl = msm_fmt_u64(last_t, exp);
+            last_exp = exp;
+        }
+        msm_hdrs_set_lc(h, "x-envoy-expected-rq-timeout-ms",
+                        strlen("x-envoy-expected-rq-timeout-ms"), last_t, last_tl);
     }
 }
 

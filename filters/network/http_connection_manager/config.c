@@ -372,6 +372,7 @@ static int headers_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct m
     c->preserve_external_request_id = p->preserve_external_request_id;
     c->always_set_request_id_in_response = p->always_set_request_id_in_response;
     c->server_name = msm_xstrdup(p->server_name[0] ? p->server_name : "envoy");
+    c->server_name_len = strlen(c->server_name);
     c->server_header_transformation = (int)p->server_header_transformation;
     int fcc = (int)p->forward_client_cert_details;
     if (fcc < MSM_FCC_SANITIZE || fcc > MSM_FCC_ALWAYS_FORWARD_ONLY) {

@@ -112,6 +112,7 @@ struct msm_hcm_config {
     bool preserve_external_request_id;
     bool always_set_request_id_in_response;
     char *server_name;
+    size_t server_name_len;
     int server_header_transformation; /* 0 overwrite, 1 append if absent, 2 pass through */
     enum msm_hcm_fcc fcc;
     unsigned xfcc_details; /* MSM_XFCC_* */

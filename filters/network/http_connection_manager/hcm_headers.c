@@ -410,8 +410,9 @@ static void mutate_request(struct hstream *st, bool tls)
             msm_hdrs_set(req, "x-envoy-external-address", ip);
         }
     }
-    if (!msm_hdrs_find(req, "x-forwarded-proto")) {
-        msm_hdrs_set(req, "x-forwarded-proto", tls ? "https" : "http");
+    if (!msm_hdrs_find(req, "x-forwarded-proto")) { /* absent: appended without a rescan */
+        msm_hdrs_append_lc(req, "x-forwarded-proto", strlen("x-forwarded-proto"),
+                           tls ? "https" : "http", tls ? 5 : 4);
     }
     if (cfg->append_x_forwarded_port && !msm_hdrs_find(req, "x-forwarded-port")) {
         char port[8];
@@ -430,7 +431,11 @@ static void mutate_request(struct hstream *st, bool tls)
     const char *rid = msm_hdrs_get(req, "x-request-id");
     if (cfg->generate_request_id && (!rid || (edge && !cfg->preserve_external_request_id))) {
         msm_hcm_uuid4(st->request_id);
-        msm_hdrs_set(req, "x-request-id", st->request_id);
+        if (rid) { /* replaced in place (first) */
+            msm_hdrs_set_lc(req, "x-request-id", strlen("x-request-id"), st->request_id, 36);
+        } else {
+            msm_hdrs_append_lc(req, "x-request-id", strlen("x-request-id"), st->request_id, 36);
+        }
     } else if (rid) {
         snprintf(st->request_id, sizeof(st->request_id), "%s", rid);
     }
@@ -550,13 +555,14 @@ void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h)
 {
     const struct msm_hcm_config *cfg = st->hc->cfg;
     remove_hop_by_hop(h, st->tunneling && msm_hcm_upgrade_keeps(st));
-    if (cfg->server_header_transformation == 0 ||
-        (cfg->server_header_transformation == 1 && !msm_hdrs_find(h, "server"))) {
-        msm_hdrs_set(h, "server", cfg->server_name);
+    if (cfg->server_header_transformation == 0) { /* OVERWRITE */
+        msm_hdrs_set_lc(h, "server", strlen("server"), cfg->server_name, cfg->server_name_len);
+    } else if (cfg->server_header_transformation == 1 && !msm_hdrs_find(h, "server")) {
+        msm_hdrs_append_lc(h, "server", strlen("server"), cfg->server_name, cfg->server_name_len);
     }
     size_t dl;
     const char *date = http_date(&dl);
-    msm_hdrs_setn(h, "date", date, dl);
+    msm_hdrs_set_lc(h, "date", strlen("date"), date, dl);
     if (cfg->always_set_request_id_in_response && st->request_id[0]) {
         msm_hdrs_set(h, "x-request-id", st->request_id);
     }

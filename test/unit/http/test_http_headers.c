@@ -490,6 +490,63 @@ static void test_copy_one_chunk(void **state)
     msm_buf_thread_cleanup();
 }
 
+/* msm_hdrs_set_lc (lower-case names, the per-request Envoy headers) against msm_hdrs_set_nv on a
+ * twin map: absent names appended (pseudo-headers before the regular ones), present ones
+ * replaced in place with their duplicates dropped, the same value not copied, values taken from
+ * the map itself, past the first entry array. */
+static void test_set_lc(void **state)
+{
+    (void)state;
+    struct msm_hdrs a, b;
+    msm_hdrs_init(&a);
+    msm_hdrs_init(&b);
+    struct msm_hdrs *m[2] = {&a, &b};
+    for (int k = 0; k < 2; k++) {
+        msm_hdrs_addz(m[k], ":status", "200");
+        msm_hdrs_addz(m[k], "server", "nginx");
+        msm_hdrs_addz(m[k], "x-dup", "1");
+        msm_hdrs_addz(m[k], "x-dup", "2");
+    }
+    static const char *const ops[][2] = {{"server", "envoy"},
+        {"x-envoy-upstream-service-time", "7"}, {"x-dup", "3"}, {":new", "p"}, {"x-request-id", "0123456789abcdef0123456789abcdef0123"},
+        {"x-envoy-upstream-service-time", "7"}, {"server", "a-longer-server-name"}};
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+        msm_hdrs_set_lc(&a, ops[i][0], strlen(ops[i][0]), ops[i][1], strlen(ops[i][1]));
+        msm_hdrs_set_nv(&b, ops[i][0], strlen(ops[i][0]), ops[i][1], strlen(ops[i][1]));
+    }
+    const char *st = msm_hdrs_get(&a, "x-envoy-upstream-service-time");
+    msm_hdrs_set_lc(&a, "x-envoy-upstream-service-time", 29, "7", 1);
+    assert_ptr_equal(msm_hdrs_get(&a, "x-envoy-upstream-service-time"), st); /* not copied */
+    msm_hdrs_set_lc(&a, "x-copy", 6, msm_hdrs_get(&a, "server"), 20);
+    msm_hdrs_set_nv(&b, "x-copy", 6, msm_hdrs_get(&b, "server"), 20);
+    for (int i = 0; i < 40; i++) {
+        char name[16];
+        snprintf(name, sizeof(name), "x-n%d", i);
+        msm_hdrs_set_lc(&a, name, strlen(name), name, strlen(name));
+        msm_hdrs_set_nv(&b, name, strlen(name), name, strlen(name));
+    }
+    assert_int_equal(a.n, b.n);
+    assert_int_equal(a.bytes, b.bytes);
+    for (uint32_t i = 0; i < a.n; i++) {
+        assert_string_equal(a.v[i].name, b.v[i].name);
+        assert_string_equal(a.v[i].value, b.v[i].value);
+        assert_int_equal(a.v[i].nlen, b.v[i].nlen);
+        assert_int_equal(a.v[i].vlen, b.v[i].vlen);
+        assert_ptr_equal(msm_hdrs_find(&a, a.v[i].name), &a.v[i]);
+    }
+    assert_string_equal(a.v[0].name, ":status");
+    assert_string_equal(a.v[1].name, ":new");
+    assert_string_equal(a.v[2].name, "server");
+    assert_string_equal(a.v[2].value, "a-longer-server-name");
+    assert_int_equal(msm_hdrs_count(&a, "x-dup"), 1);
+    assert_string_equal(msm_hdrs_get(&a, "x-dup"), "3");
+    assert_string_equal(msm_hdrs_get(&a, "x-copy"), "a-longer-server-name");
+    assert_string_equal(a.v[a.n - 1].name, "x-n39");
+    msm_hdrs_deinit(&a);
+    msm_hdrs_deinit(&b);
+    msm_buf_thread_cleanup();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -501,6 +558,7 @@ int main(void)
         cmocka_unit_test(test_append_status),
         cmocka_unit_test(test_lengths),
         cmocka_unit_test(test_copy_one_chunk),
+        cmocka_unit_test(test_set_lc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
