@@ -585,11 +585,9 @@ class MtlsTest(UpgradeTestCase):
     def tearDownClass(cls):
         T.tearDownModule()
 
-    def test_websocket_two_sidecars_mtls(self):
-        ws = WsServer(self)
-        up = P.HttpUpstream("origin")
-        self.addCleanup(up.stop)
-
+    def start_sidecar_b(self, ws, up):
+        """The server sidecar: mTLS (ALPN h2, http/1.1), HTTP/2 with allow_connect, /ws to the
+        WebSocket server, the rest to the HTTP origin. Returns the proxy and its port."""
         def cfg_b():
             routes = [{"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
                       {"match": {"prefix": "/"}, "route": {"cluster": "http"}}]
@@ -602,8 +600,15 @@ class MtlsTest(UpgradeTestCase):
                                        alpn=("h2", "http/1.1")))}]}],
                 clusters=[H.cluster("ws", [ws.address]), H.cluster("http", [up.address])])
         pb = self.start_proxy(cfg_b)
-        b_port = pb.config["static_resources"]["listeners"][0]["address"]["socket_address"][
+        return pb, pb.config["static_resources"]["listeners"][0]["address"]["socket_address"][
             "port_value"]
+
+    def test_websocket_two_sidecars_mtls(self):
+        ws = WsServer(self)
+        up = P.HttpUpstream("origin")
+        self.addCleanup(up.stop)
+
+        pb, b_port = self.start_sidecar_b(ws, up)
 
         def cfg_a():
             cl = H.cluster("outbound|8080||b", [H.sock_addr(b_port)])
@@ -666,20 +671,7 @@ class MtlsTest(UpgradeTestCase):
         up = P.HttpUpstream("origin")
         self.addCleanup(up.stop)
 
-        def cfg_b():
-            routes = [{"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
-                      {"match": {"prefix": "/"}, "route": {"cluster": "http"}}]
-            return H.bootstrap(listeners=[{
-                "name": "inbound", "address": H.sock_addr(H.free_port()),
-                "filter_chains": [{"filters": [hcm("inbound_8080", None, routes=routes,
-                                                   http2_protocol_options={
-                                                       "allow_connect": True})],
-                                   "transport_socket": T.tls_socket(T.server_ctx(
-                                       alpn=("h2", "http/1.1")))}]}],
-                clusters=[H.cluster("ws", [ws.address]), H.cluster("http", [up.address])])
-        pb = self.start_proxy(cfg_b)
-        b_port = pb.config["static_resources"]["listeners"][0]["address"]["socket_address"][
-            "port_value"]
+        pb, b_port = self.start_sidecar_b(ws, up)
 
         def cfg_a():
             return H.bootstrap(

@@ -119,39 +119,23 @@ class UpstreamCodecErrorTest(H.ProxyTestCase):
         # p.stop() (cleanup) checks the exit status and the sanitizer report.
 
 
-class EarlyCloser:
+class EarlyCloser(Http1Answerer):
     """An HTTP/1.1 upstream that reads the request and closes (FIN): at once, or after the
     response headers and part of the body (<partial>)."""
 
     def __init__(self, partial=False):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.partial = partial
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    @property
-    def address(self):
-        return H.sock_addr(self.port)
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                c.recv(65536)
-                if self.partial:
-                    c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf")
-                    time.sleep(0.2)
-            except OSError:
-                pass
-            c.close()
-
-    def stop(self):
-        self.sock.close()
+    def _serve(self, c):
+        try:
+            c.recv(65536)
+            if self.partial:
+                c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf")
+                time.sleep(0.2)
+        except OSError:
+            pass
+        c.close()
 
 
 class UpstreamCloseTest(H.ProxyTestCase):
