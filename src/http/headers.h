@@ -98,11 +98,12 @@ void msm_hdrs_set_nv(struct msm_hdrs *h, const char *name, size_t nlen, const ch
  * per-request headers of the connection manager and the router. */
 void msm_hdrs_set_lc(struct msm_hdrs *h, const char *name, size_t nlen, const char *value,
                      size_t vlen);
-/* Inline: a constant name's length (and the value's, a literal) is folded at compile time. */
+/* Inline, for a constant lower-case <name> (a literal): its length is folded at compile time
+ * and it is copied without folding (msm_hdrs_set_lc). */
 static inline void msm_hdrs_setn(struct msm_hdrs *h, const char *name, const char *value,
                                  size_t vlen)
 {
-    msm_hdrs_set_nv(h, name, strlen(name), value, vlen);
+    msm_hdrs_set_lc(h, name, strlen(name), value, vlen);
 }
 static inline void msm_hdrs_set(struct msm_hdrs *h, const char *name, const char *value)
 {

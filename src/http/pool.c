@@ -457,6 +457,16 @@ static void close_streams(struct msm_upconn *uc, bool remote)
                                                                 : MSM_RESET_CONNECTION_TERMINATION);
 }
 
+/* The peer's FIN to the codec. A message it cuts short is a protocol error (Envoy's
+ * CodecClient: the EOF dispatch fails): counted, and the streams left are reset as such. */
+static void codec_eof(struct msm_upconn *uc)
+{
+    if (uc->codec->ops->dispatch_eof(uc->codec) < 0) {
+        msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_protocol_error);
+        uc->protocol_error = true;
+    }
+}
+
 static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
 {
     struct msm_upconn *uc = ctx;
@@ -506,10 +516,8 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
     }
     case MSM_CONN_REMOTE_CLOSE:
     case MSM_CONN_LOCAL_CLOSE:
-        if (uc->codec && !uc->closed && uc->codec->ops->dispatch_eof(uc->codec) < 0) {
-            /* A close-delimited body ends here; any other message cut short by the close is a
-             * protocol error (Envoy's CodecClient). */
-            msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_protocol_error);
+        if (uc->codec && !uc->closed) {
+            codec_eof(uc); /* a close-delimited body ends here */
         }
         uc->closed = true;
         close_streams(uc, ev == MSM_CONN_REMOTE_CLOSE);
@@ -533,11 +541,7 @@ static void deliver_eof(struct msm_upconn *uc)
         return;
     }
     uc->eof_done = true;
-    if (uc->codec->ops->dispatch_eof(uc->codec) < 0) {
-        /* A message cut short by the close (Envoy's CodecClient: a protocol error). */
-        msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_protocol_error);
-        uc->protocol_error = true;
-    }
+    codec_eof(uc);
     if (!uc->closed && !uc->codec->ops->active_streams(uc->codec)) {
         conn_close(uc, MSM_CLOSE_FLUSH);
     }
@@ -889,11 +893,6 @@ void msm_upconn_claim_tunnel(struct msm_upconn *uc)
     }
     uc->own = true;
     msm_conn_enable_half_close(uc->conn, true);
-}
-
-enum msm_http_proto msm_upconn_protocol(const struct msm_upconn *uc)
-{
-    return uc->proto;
 }
 
 const char *msm_upconn_peer(const struct msm_upconn *uc)

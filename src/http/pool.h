@@ -80,8 +80,6 @@ struct msm_hstream *msm_upconn_new_stream(struct msm_upconn *uc, const struct ms
  * HTTP/1.1 connection of a mixed pool it takes the connection for good, as a tunnel pool's
  * (half-close passed through, closed after it); elsewhere nothing changes. */
 void msm_upconn_claim_tunnel(struct msm_upconn *uc);
-/* The protocol the connection speaks (MSM_HTTP_11 or MSM_HTTP_2). */
-enum msm_http_proto msm_upconn_protocol(const struct msm_upconn *uc);
 /* The peer address of the connection, "ip:port". */
 const char *msm_upconn_peer(const struct msm_upconn *uc);
 /* The connection's TLS details (net/transport.h), NULL when it is plaintext. */

@@ -33,6 +33,18 @@ struct msm_cluster_http_cfg {
     uint32_t max_connection_duration_ms;
 };
 
+/* The protocol a request from a <down> downstream asks the cluster's pools for: HTTP/2 when
+ * the cluster says so or follows an HTTP/2 downstream, else HTTP/1.1 (auto_config too: over
+ * TLS its pool negotiates per connection, msm_pool_alpn_mixed). */
+static inline enum msm_http_proto msm_cluster_http_request_proto(
+    const struct msm_cluster_http_cfg *hc, enum msm_http_proto down)
+{
+    return hc->proto == MSM_UPSTREAM_HTTP2 ||
+                   (hc->proto == MSM_UPSTREAM_HTTP_DOWNSTREAM && down == MSM_HTTP_2)
+               ? MSM_HTTP_2
+               : MSM_HTTP_11;
+}
+
 #define MSM_CLUSTER_HTTP_STATS(C, G, H)                                                           \
     C(upstream_cx_http1_total) C(upstream_cx_http2_total) C(upstream_cx_idle_timeout)             \
     C(upstream_cx_max_requests) C(upstream_cx_max_duration_reached) C(upstream_cx_protocol_error) \

@@ -86,10 +86,10 @@ static enum msm_hf_status decode_headers(void *p, struct msm_hdrs *h, bool end_s
      * even with use_downstream_protocol_config ("HTTP10 upstream is not supported"), so it
      * gets the HTTP11 list: Envoy never selects the HTTP10 one. auto_config (ALPN) lists
      * {HTTP/2, HTTP/1.1} and Istio's filter takes the first: the HTTP/2 list. */
-    int down = msm_hs_protocol(a->s);
-    int k = hc->proto == MSM_UPSTREAM_HTTP2 || hc->proto == MSM_UPSTREAM_AUTO     ? 2
-            : hc->proto == MSM_UPSTREAM_HTTP_DOWNSTREAM && down == MSM_HTTP_2 ? 2
-                                                                                  : 1;
+    int k = hc->proto == MSM_UPSTREAM_AUTO ||
+                    msm_cluster_http_request_proto(hc, msm_hs_protocol(a->s)) == MSM_HTTP_2
+                ? 2
+                : 1;
     if (a->cfg->n[k]) {
         struct msm_hstream_info *info = msm_hs_info(a->s);
         info->alpn_override = (const char *const *)a->cfg->list[k];

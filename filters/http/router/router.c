@@ -508,8 +508,7 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     if (!r->cfg->suppress_envoy_headers) {
         char t[24];
         size_t tl = msm_fmt_u64(t, (uint64_t)((ev_now(r->loop) - r->try_start) * 1000.0));
-        msm_hdrs_set_lc(h, "x-envoy-upstream-service-time",
-                        strlen("x-envoy-upstream-service-time"), t, tl);
+        msm_hdrs_setn(h, "x-envoy-upstream-service-time", t, tl);
     }
     if (r->route->vh->include_attempt_count_in_response) {
         char n[16];
@@ -975,17 +974,9 @@ static void build_upstream_request(struct router *r, const struct msm_hdrs *down
     }
     apply_ops(r, h, true);
     if (r->timeout_ms && !r->cfg->suppress_envoy_headers) {
-        /* Routes share a few timeouts (15000 by default): the thread's last one stays formatted. */
-        static _Thread_local uint32_t last_exp;
-        static _Thread_local char last_t[12];
-        static _Thread_local size_t last_tl;
-        uint32_t exp = r->per_try_ms ? r->per_try_ms : r->timeout_ms;
-        if (exp != last_exp) {
-            last_tl = msm_fmt_u64(last_t, exp);
-            last_exp = exp;
-        }
-        msm_hdrs_set_lc(h, "x-envoy-expected-rq-timeout-ms",
-                        strlen("x-envoy-expected-rq-timeout-ms"), last_t, last_tl);
+        char t[24];
+        size_t tl = msm_fmt_u64(t, r->per_try_ms ? r->per_try_ms : r->timeout_ms);
+        msm_hdrs_setn(h, "x-envoy-expected-rq-timeout-ms", t, tl);
     }
 }
 
@@ -1068,12 +1059,8 @@ enum msm_hf_status msm_router_decode_headers(void *f, struct msm_hdrs *h, bool e
     r->cluster = msm_cluster_ref(c);
     copy_str(msm_hs_info(r->s)->upstream_cluster, sizeof(msm_hs_info(r->s)->upstream_cluster),
              c->cfg->name);
-    const struct msm_cluster_http_cfg *hc = msm_cluster_http_cfg_of(c->cfg);
-    /* auto_config: HTTP/1.1 here; over TLS the pool picks per connection (msm_pool_alpn_mixed) */
-    r->proto = hc->proto == MSM_UPSTREAM_HTTP2 ? MSM_HTTP_2
-               : hc->proto == MSM_UPSTREAM_HTTP_DOWNSTREAM && msm_hs_protocol(r->s) == MSM_HTTP_2
-                   ? MSM_HTTP_2
-                   : MSM_HTTP_11;
+    r->proto = msm_cluster_http_request_proto(msm_cluster_http_cfg_of(c->cfg),
+                                              msm_hs_protocol(r->s));
     request_policy(r, h);
     r->tunnel = msm_router_tunnel_kind(rt, h);
     if (r->tunnel) {

@@ -115,6 +115,15 @@ static struct msm_cluster_http_stats *hstats(struct mirror *m)
     return &m->cluster->sh->http.stats;
 }
 
+/* The router stops feeding <m>: its slot in the msm_shadow is cleared. */
+static void detach_from_shadow(struct mirror *m)
+{
+    if (m->sh) {
+        m->sh->m[m->idx] = NULL;
+        m->sh = NULL;
+    }
+}
+
 /* The copy is over: give back what it holds; <reset> resets a stream not finished both ways. */
 static void mirror_done(struct mirror *m, bool reset)
 {
@@ -122,10 +131,7 @@ static void mirror_done(struct mirror *m, bool reset)
         return;
     }
     m->done = true;
-    if (m->sh) {
-        m->sh->m[m->idx] = NULL;
-        m->sh = NULL;
-    }
+    detach_from_shadow(m);
     ev_timer_stop(m->loop, &m->timeout);
     if (m->pending) {
         msm_pool_cancel(m->pending);
@@ -324,10 +330,7 @@ static void on_timeout(struct ev_loop *loop, ev_timer *t, int revents)
  * by the route timeout (started now, as the main request's is). */
 static void detach(struct mirror *m)
 {
-    if (m->sh) {
-        m->sh->m[m->idx] = NULL;
-        m->sh = NULL;
-    }
+    detach_from_shadow(m);
     m->req_end = true;
     if (m->timeout_ms) {
         ev_timer_set(&m->timeout, m->timeout_ms / 1000.0, 0);
@@ -395,12 +398,8 @@ static void start_one(struct msm_shadow *sh, int i, struct msm_cluster *c,
         m->idx = i;
         sh->m[i] = m;
     }
-    const struct msm_cluster_http_cfg *hc = msm_cluster_http_cfg_of(c->cfg);
     enum msm_http_proto proto =
-        hc->proto == MSM_UPSTREAM_HTTP2 ||
-                (hc->proto == MSM_UPSTREAM_HTTP_DOWNSTREAM && msm_hs_protocol(s) == MSM_HTTP_2)
-            ? MSM_HTTP_2
-            : MSM_HTTP_11;
+        msm_cluster_http_request_proto(msm_cluster_http_cfg_of(c->cfg), msm_hs_protocol(s));
     struct msm_pool *p = msm_pool_get(loop, c, h, proto);
     struct msm_pool_req *pr = msm_pool_request(p, &pool_cbs, m);
     if (pr) {

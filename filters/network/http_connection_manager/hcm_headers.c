@@ -432,7 +432,7 @@ static void mutate_request(struct hstream *st, bool tls)
     if (cfg->generate_request_id && (!rid || (edge && !cfg->preserve_external_request_id))) {
         msm_hcm_uuid4(st->request_id);
         if (rid) { /* replaced in place (first) */
-            msm_hdrs_set_lc(req, "x-request-id", strlen("x-request-id"), st->request_id, 36);
+            msm_hdrs_setn(req, "x-request-id", st->request_id, 36);
         } else {
             msm_hdrs_append_lc(req, "x-request-id", strlen("x-request-id"), st->request_id, 36);
         }
@@ -556,13 +556,13 @@ void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h)
     const struct msm_hcm_config *cfg = st->hc->cfg;
     remove_hop_by_hop(h, st->tunneling && msm_hcm_upgrade_keeps(st));
     if (cfg->server_header_transformation == 0) { /* OVERWRITE */
-        msm_hdrs_set_lc(h, "server", strlen("server"), cfg->server_name, cfg->server_name_len);
+        msm_hdrs_setn(h, "server", cfg->server_name, cfg->server_name_len);
     } else if (cfg->server_header_transformation == 1 && !msm_hdrs_find(h, "server")) {
         msm_hdrs_append_lc(h, "server", strlen("server"), cfg->server_name, cfg->server_name_len);
     }
     size_t dl;
     const char *date = http_date(&dl);
-    msm_hdrs_set_lc(h, "date", strlen("date"), date, dl);
+    msm_hdrs_setn(h, "date", date, dl);
     if (cfg->always_set_request_id_in_response && st->request_id[0]) {
         msm_hdrs_set(h, "x-request-id", st->request_id);
     }
