@@ -221,6 +221,8 @@ struct msm_hcodec *msm_http2_server_new(const struct msm_hcodec_opts *o,
                                         const struct msm_hcodec_cbs *cbs, void *owner);
 struct msm_hcodec *msm_http2_client_new(const struct msm_hcodec_opts *o,
                                         const struct msm_hcodec_cbs *cbs, void *owner);
+/* Bytes nghttp2 holds for an HTTP/2 codec's session (0 for other codecs). */
+size_t msm_http2_session_bytes(const struct msm_hcodec *codec);
 /* A raw TCP leg behind the codec vtable (tunnel.c), client only: one stream; its request
  * headers are not sent (a CONNECT terminated here) and a 200 response is reported at once;
  * data are the bytes of the connection, end_stream a half-close. */
