@@ -499,12 +499,62 @@ class Bench:
                                ["-c16", "-m1", "--rps", "%g" % per], log)
         raise ValueError(scen)
 
+    def corun(self, scen, target, rep, base="haproxy"):
+        """<target> and <base> at the same time on the proxy CPU, each under its own load
+        generator (closed loop, as in h1rate / h2rate): the scheduler interleaves the two every
+        few milliseconds, so a drift of the machine's speed hits both alike. Each proxy's
+        requests per second of its own CPU time (schedstat) over the same window."""
+        d, w = self.a.duration, self.a.warmup
+        pair = [target, base] if rep % 2 == 0 else [base, target]
+        procs = {}
+        for t in pair:
+            if scen == "h2pair":
+                argv = ["h2load", "-t1", "-c4", "-m16", self.url(t, h2=True)]
+            else:
+                argv = ["h2load", "--h1", "-t1", "-c64", self.url(t)]
+            argv[1:1] = ["-D", str(d), "--warm-up-time", str(w)]
+            procs[t] = subprocess.Popen(["taskset", "-c", self.tool_cpus] + argv,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+        time.sleep(w)
+        k0 = {t: proc_sched(self.pids[t]) for t in pair}
+        s0, t0 = machine_ticks(), time.monotonic()
+        outs = {}
+        for t in pair:
+            try:
+                outs[t] = procs[t].communicate(timeout=d + 60)[0]
+            except subprocess.TimeoutExpired:
+                procs[t].kill()
+                outs[t] = procs[t].communicate()[0]
+        wall = time.monotonic() - t0
+        s1 = machine_ticks()
+        k1 = {t: proc_sched(self.pids[t]) for t in pair}
+        ncpu = os.cpu_count()
+        res = {"wall": wall, "base": base,
+               "busy_pct": 100.0 * (s1[0] - s0[0]) / CLK_TCK / wall / ncpu,
+               "steal_pct": 100.0 * (s1[1] - s0[1]) / CLK_TCK / wall / ncpu}
+        for t, key in ((target, ""), (base, "base_")):
+            m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", outs[t])
+            r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                          r"(\d+) failed, (\d+) errored", outs[t])
+            st = re.search(r"status codes: (\d+) 2xx", outs[t])
+            if not m or not r:
+                raise RuntimeError("h2load: %s" % outs[t])
+            res[key + "rps"] = float(m.group(1))
+            res[key + "cpu"] = (k1[t] - k0[t]) / wall
+            res[key + "errors"] = int(r.group(5)) + int(r.group(6)) + max(
+                0, int(r.group(4)) - (int(st.group(1)) if st else 0))
+        res["errors"] = res.pop("errors") + res.pop("base_errors")
+        res["ratio"] = (res["rps"] / res["cpu"]) / (res["base_rps"] / res["base_cpu"])
+        return res
+
     def run(self):
         rows = []
         scens = self.a.scenarios.split(",")
         targets = self.a.targets.split(",")
-        plain = [s for s in scens if s != "mtls"]
-        if plain:
+        pairs = [s for s in scens if s in ("h1pair", "h2pair")]
+        plain = [s for s in scens if s != "mtls" and s not in pairs]
+        if plain or pairs:
             self.start_upstream()
             self.start_proxies()
         elif "mtls" in scens:
@@ -516,6 +566,15 @@ class Bench:
             for scen in plain:
                 for t in order:
                     res = self.run_one(scen, t)
+                    res.update(rep=rep, scen=scen, target=t)
+                    rows.append(res)
+                    sys.stderr.write(json.dumps(res) + "\n")
+                    time.sleep(0.3)
+            for scen in pairs:
+                for t in targets:
+                    if t in ("direct", "haproxy") or "haproxy" not in targets:
+                        continue
+                    res = self.corun(scen, t, rep)
                     res.update(rep=rep, scen=scen, target=t)
                     rows.append(res)
                     sys.stderr.write(json.dumps(res) + "\n")
@@ -642,6 +701,24 @@ def report(rows, a):
                                            fmt(med(rows, scen, t, "sat_p99_us")))
             errs = sum(r["errors"] for r in rows if r["scen"] == scen and r["target"] == t)
             out.append(line + " %d |" % errs)
+    for scen, title in (("h1pair", "HTTP/1.1, h2load --h1 -c64"),
+                        ("h2pair", "HTTP/2, h2load -c4 -m16 (64 streams)")):
+        if scen not in scens:
+            continue
+        out += ["", "**%s: co-scheduled with haproxy** (both proxies at once on CPU %s, each "
+                "under its own load generator; requests per second of each proxy's own CPU time "
+                "from schedstat over the same window)" % (title, a.proxy_cpus), "",
+                "| target | req/s per proxy core vs haproxy: median (min–max) | req/s | CPU | "
+                "haproxy req/s | haproxy CPU | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for t in targets:
+            rs = [r for r in rows if r["scen"] == scen and r["target"] == t]
+            if not rs:
+                continue
+            v = sorted(r["ratio"] for r in rs)
+            out.append("| %s | **%.3f** (%.3f–%.3f) | %s | %.0f%% | %s | %.0f%% | %d |" % (
+                names[t], statistics.median(v), v[0], v[-1], fmt(med(rows, scen, t, "rps")),
+                100 * med(rows, scen, t, "cpu"), fmt(med(rows, scen, t, "base_rps")),
+                100 * med(rows, scen, t, "base_cpu"), sum(r["errors"] for r in rs)))
     for scen, title in (("h1lat", "HTTP/1.1"), ("h2lat", "HTTP/2")):
         if scen not in scens:
             continue
@@ -694,7 +771,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--scenarios", default="h1rate,h2rate,h1lat,h2lat,mtls")
+    ap.add_argument("--scenarios", default="h1rate,h2rate,h1pair,h2pair,h1lat,h2lat,mtls")
     ap.add_argument("--targets", default="direct,msm,nginx,haproxy")
     ap.add_argument("--lat-rate", type=int, default=2000)
     ap.add_argument("--mtls-rates", default="1000,4000")

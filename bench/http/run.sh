@@ -9,7 +9,7 @@
 # of msm-proxy during the HTTP/1.1 rate scenario. A benchmark, not a test: it fails only when
 # it cannot run.
 #
-# Usage: bench/http/run.sh [--reps N] [--duration S] [--scenarios h1rate,h2rate,h1lat,h2lat,mtls]
+# Usage: bench/http/run.sh [--reps N] [--duration S] [--scenarios h1rate,h2rate,h1pair,h2pair,h1lat,h2lat,mtls]
 #                          [--targets direct,msm,nginx,haproxy] [--lat-rate R]
 #                          [--mtls-rates 1000,4000] [--mtls-duration S] [--pin split|none]
 #                          [--perf] [--perf-callgraph fp|dwarf] [--no-build] [--no-deps]
