@@ -1269,8 +1269,20 @@ static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *f, int err
 /* nghttp2's allocations (streams, frames, header buffers: a few per request, freed before the
  * next) from the thread's recycled size classes instead of malloc. nghttp2's free passes no
  * size: it is kept in a prefix. Sessions stay on one thread; any thread may free (recycle.h).
- * Every session counts the bytes it holds (ng_bytes): what one connection costs in nghttp2. */
+ * Blocks above NG_RECYCLE_MAX are the session's own (its struct, stream map, HPACK tables,
+ * frame buffer) and live as long as the connection: malloc fits them, where a power-of-two
+ * class would waste up to half (7 kB per idle connection). Every session counts the bytes it
+ * holds (ng_bytes): what one connection costs in nghttp2. */
 #define NG_PREFIX 16 /* keeps max_align_t alignment */
+#define NG_RECYCLE_MAX 1024
+
+static void *ng_block(size_t total, bool zero)
+{
+    if (total > NG_RECYCLE_MAX) {
+        return zero ? msm_xcalloc(1, total) : msm_xmalloc(total);
+    }
+    return zero ? msm_recycle_calloc(total) : msm_recycle_alloc(total);
+}
 
 static void *ng_malloc(size_t size, void *ud)
 {
@@ -1278,7 +1290,7 @@ static void *ng_malloc(size_t size, void *ud)
     if (size > SIZE_MAX - NG_PREFIX) {
         return NULL;
     }
-    size_t *p = msm_recycle_alloc(size + NG_PREFIX);
+    size_t *p = ng_block(size + NG_PREFIX, false);
     *p = size + NG_PREFIX;
     c->ng_bytes += *p;
     return (char *)p + NG_PREFIX;
@@ -1290,7 +1302,11 @@ static void ng_free(void *ptr, void *ud)
     if (ptr) {
         size_t *p = (size_t *)(void *)((char *)ptr - NG_PREFIX);
         c->ng_bytes -= *p;
-        msm_recycle_free(p, *p);
+        if (*p > NG_RECYCLE_MAX) {
+            free(p);
+        } else {
+            msm_recycle_free(p, *p);
+        }
     }
 }
 
@@ -1300,7 +1316,7 @@ static void *ng_calloc(size_t n, size_t size, void *ud)
     if (size && n > (SIZE_MAX - NG_PREFIX) / size) {
         return NULL;
     }
-    size_t *p = msm_recycle_calloc(n * size + NG_PREFIX);
+    size_t *p = ng_block(n * size + NG_PREFIX, true);
     *p = n * size + NG_PREFIX;
     c->ng_bytes += *p;
     return (char *)p + NG_PREFIX;
