@@ -125,6 +125,23 @@ def proc_sched(pid):
     return total / 1e9 + sum(proc_sched(c) for c in _children(pid))
 
 
+def proc_rss_kb(pid):
+    """Resident set (kB) of <pid> and of its live children."""
+    total = 0
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total = int(line.split()[1])
+    except OSError:
+        return 0
+    return total + sum(proc_rss_kb(c) for c in _children(pid))
+
+
+def h2_frame(typ, flags, sid, payload):
+    return len(payload).to_bytes(3, "big") + bytes([typ, flags]) + sid.to_bytes(4, "big") + payload
+
+
 def pct(values, q):
     """q-th percentile (0..100) of sorted <values>, nearest rank."""
     if not values:
@@ -548,13 +565,48 @@ class Bench:
         res["ratio"] = (res["rps"] / res["cpu"]) / (res["base_rps"] / res["base_cpu"])
         return res
 
+    def idlemem(self, target, proto):
+        """RSS added per idle downstream connection: <n> connections each make one request,
+        read the answer and stay open."""
+        pid = self.pids[target]
+        port = self.ports[target][1 if proto == "h2" else 0]
+        if proto == "h2":
+            # preface, empty SETTINGS, HEADERS (END_STREAM|END_HEADERS): GET / http, authority
+            # as a literal with an indexed name (RFC 7541 6.2.1)
+            req = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, b"") +
+                   h2_frame(1, 5, 1, b"\x82\x84\x86\x41\x09127.0.0.1"))
+        else:
+            req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        time.sleep(0.5)
+        r0 = proc_rss_kb(pid)
+        socks, answered = [], 0
+        try:
+            for _ in range(self.a.idle_conns):
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(req)
+                socks.append(s)
+            for s in socks:
+                try:
+                    answered += 1 if s.recv(65536) else 0
+                except OSError:
+                    pass
+            time.sleep(0.5)
+            r1 = proc_rss_kb(pid)
+        finally:
+            for s in socks:
+                s.close()
+        time.sleep(1.0)
+        return {"conns": len(socks), "answered": answered, "rss_kb": r1 - r0,
+                "kb_per_conn": (r1 - r0) / max(1, len(socks)), "errors": len(socks) - answered}
+
     def run(self):
         rows = []
         scens = self.a.scenarios.split(",")
         targets = self.a.targets.split(",")
         pairs = [s for s in scens if s in ("h1pair", "h2pair")]
-        plain = [s for s in scens if s != "mtls" and s not in pairs]
-        if plain or pairs:
+        mem = [s for s in scens if s == "idlemem"]
+        plain = [s for s in scens if s != "mtls" and s not in pairs and s not in mem]
+        if plain or pairs or mem:
             self.start_upstream()
             self.start_proxies()
         elif "mtls" in scens:
@@ -570,6 +622,12 @@ class Bench:
                     rows.append(res)
                     sys.stderr.write(json.dumps(res) + "\n")
                     time.sleep(0.3)
+            for t in targets if mem and rep == 0 else []:
+                for proto in ("h1", "h2") if t != "direct" else ():
+                    res = self.idlemem(t, proto)
+                    res.update(rep=rep, scen="idlemem-" + proto, target=t)
+                    rows.append(res)
+                    sys.stderr.write(json.dumps(res) + "\n")
             for scen in pairs:
                 for t in targets:
                     if t in ("direct", "haproxy") or "haproxy" not in targets:
@@ -665,8 +723,8 @@ def report(rows, a):
              "haproxy": "haproxy"}
     targets = a.targets.split(",")
     out = []
-    busy = [r["busy_pct"] for r in rows]
-    steal = [r["steal_pct"] for r in rows]
+    busy = [r["busy_pct"] for r in rows if "busy_pct" in r] or [float("nan")]
+    steal = [r["steal_pct"] for r in rows if "steal_pct" in r] or [float("nan")]
     out.append("%d CPUs, kernel %s; proxies: 1 worker each (msm-proxy --concurrency 1, nginx "
                "worker_processes 1, haproxy nbthread 1) on CPU %s; load generator and upstream "
                "nginx on CPU %s; %d repetitions x %gs, medians. Machine busy during runs: median "
@@ -719,6 +777,19 @@ def report(rows, a):
                 names[t], statistics.median(v), v[0], v[-1], fmt(med(rows, scen, t, "rps")),
                 100 * med(rows, scen, t, "cpu"), fmt(med(rows, scen, t, "base_rps")),
                 100 * med(rows, scen, t, "base_cpu"), sum(r["errors"] for r in rs)))
+    if "idlemem" in scens:
+        out += ["", "**Memory per idle connection** (%d downstream connections, each answered "
+                "once and left open; the proxy's RSS before and after, with nginx's worker)"
+                % a.idle_conns, "", "| target | HTTP/1.1 kB per connection | HTTP/2 kB per "
+                "connection | unanswered |", "|---|---:|---:|---:|"]
+        for t in targets:
+            rs = {r["scen"]: r for r in rows if r["scen"].startswith("idlemem") and
+                  r["target"] == t}
+            if rs:
+                out.append("| %s | %s | %s | %d |" % (
+                    names[t], fmt(rs["idlemem-h1"]["kb_per_conn"], "%.1f"),
+                    fmt(rs["idlemem-h2"]["kb_per_conn"], "%.1f"),
+                    sum(r["errors"] for r in rs.values())))
     for scen, title in (("h1lat", "HTTP/1.1"), ("h2lat", "HTTP/2")):
         if scen not in scens:
             continue
@@ -771,10 +842,11 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--scenarios", default="h1rate,h2rate,h1pair,h2pair,h1lat,h2lat,mtls")
+    ap.add_argument("--scenarios", default="h1rate,h2rate,h1pair,h2pair,h1lat,h2lat,idlemem,mtls")
     ap.add_argument("--targets", default="direct,msm,nginx,haproxy")
     ap.add_argument("--lat-rate", type=int, default=2000)
     ap.add_argument("--mtls-rates", default="1000,4000")
+    ap.add_argument("--idle-conns", type=int, default=2000)
     ap.add_argument("--mtls-duration", type=int, default=10)
     ap.add_argument("--pin", choices=("split", "none"), default="split")
     ap.add_argument("--perf", default=None, help="directory: also profile msm-proxy (h1rate)")

@@ -9,9 +9,9 @@
 # of msm-proxy during the HTTP/1.1 rate scenario. A benchmark, not a test: it fails only when
 # it cannot run.
 #
-# Usage: bench/http/run.sh [--reps N] [--duration S] [--scenarios h1rate,h2rate,h1pair,h2pair,h1lat,h2lat,mtls]
+# Usage: bench/http/run.sh [--reps N] [--duration S] [--scenarios h1rate,h2rate,h1pair,h2pair,h1lat,h2lat,idlemem,mtls]
 #                          [--targets direct,msm,nginx,haproxy] [--lat-rate R]
-#                          [--mtls-rates 1000,4000] [--mtls-duration S] [--pin split|none]
+#                          [--mtls-rates 1000,4000] [--mtls-duration S] [--idle-conns N] [--pin split|none]
 #                          [--perf] [--perf-callgraph fp|dwarf] [--no-build] [--no-deps]
 # Environment: BUILD_DIR (default build-http-bench, Release).
 # Output: bench/results/http-latest.md (also printed), raw rows beside it (.jsonl), and with
@@ -26,7 +26,7 @@ PASS=()
 
 while [ $# -gt 0 ]; do
     case "$1" in
-    --reps | --duration | --scenarios | --targets | --lat-rate | --mtls-rates | \
+    --reps | --duration | --scenarios | --targets | --lat-rate | --mtls-rates | --idle-conns | \
         --mtls-duration | --pin | --perf-callgraph | --warmup)
         PASS+=("$1" "$2"); shift 2 ;;
     --perf) PERF=1; shift ;;
