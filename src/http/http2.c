@@ -34,10 +34,12 @@
 #include "buffer/recycle.h"
 #include "common/alloc.h"
 #include "common/err.h"
+#include "common/log.h"
 #include "event/deferred.h"
 #include "http/codec.h"
 
 #define MAX_ADVERTISED_STREAMS 1024
+#define MAX_SEND_HEADER_BLOCK (32u * 1024 * 1024)
 #define PREMATURE_RESET_MIN 100
 #define SPARE_STREAMS 16 /* freed stream structs a codec keeps for its next streams */
 
@@ -81,6 +83,7 @@ struct h2_stream {
                                     * SETTINGS (send_held); <held_end>: its end_stream */
     bool held_end;
     bool disposed;                 /* freed or queued for freeing (maybe_free ran) */
+    bool send_failed;              /* nghttp2 could not send our HEADERS: we reset it */
     /* Server: the names and values of the response's header block, which nghttp2 points at
      * (NGHTTP2_NV_FLAG_NO_COPY_*) until it packs the HEADERS frame; the stream is freed only
      * after nghttp2 closed it, so after the frame was packed or dropped. Kept across recycling. */
@@ -511,7 +514,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     bool complete = st->s.remote_end && st->s.local_end && code == NGHTTP2_NO_ERROR;
     if (!complete && owned(st) && (st->headers_in || !c->base.server)) {
         st->notified = true;
-        st->s.cbs->on_reset(st->s.ctx, reset_reason(code));
+        st->s.cbs->on_reset(st->s.ctx, st->send_failed ? MSM_RESET_LOCAL : reset_reason(code));
     }
     st->notified = true;
     nghttp2_session_set_stream_user_data(c->ng, id, NULL);
@@ -1256,6 +1259,27 @@ static const struct msm_hcodec_ops h2_ops = {
     .free = h2_free,
 };
 
+/* nghttp2 could not send a frame. A request's HEADERS: nghttp2 closes the stream itself
+ * (REFUSED_STREAM, on_stream_close). A response's or trailers' HEADERS: nghttp2 drops the frame
+ * and leaves the stream open, and the peer would wait for an answer until a timeout. Reset it
+ * instead; on_stream_close tells the owner (a local reset). */
+static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int err, void *ud)
+{
+    struct h2 *c = ud;
+    if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        return 0;
+    }
+    struct h2_stream *st = get(c, f->hd.stream_id);
+    if (!st || st->closed || !nghttp2_session_find_stream(ng, f->hd.stream_id)) {
+        return 0;
+    }
+    msm_log(MSM_LOG_DEBUG, MSM_LC_HTTP2, "HEADERS on stream %d not sent (%s): resetting it",
+            (int)f->hd.stream_id, nghttp2_strerror(err));
+    st->send_failed = true;
+    nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, f->hd.stream_id, NGHTTP2_INTERNAL_ERROR);
+    return 0;
+}
+
 static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *f, int err, void *ud)
 {
     (void)ng;
@@ -1372,6 +1396,7 @@ static struct msm_hcodec *h2_new(const struct msm_hcodec_opts *o, const struct m
     nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
     nghttp2_session_callbacks_set_send_data_callback(cb, send_data);
     nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cb, on_invalid_frame);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send);
     nghttp2_option *opt;
     nghttp2_option_new(&opt);
     nghttp2_option_set_no_auto_window_update(opt, 1);
@@ -1380,6 +1405,9 @@ static struct msm_hcodec *h2_new(const struct msm_hcodec_opts *o, const struct m
      * SETTINGS_MAX_CONCURRENT_STREAMS closed streams for RFC 7540 priorities, which we do not
      * use: about 300 kB per busy connection, and a stream map too big for the cache. */
     nghttp2_option_set_no_closed_streams(opt, 1);
+    /* As Envoy: nghttp2's 64 KiB cap on a header block we send is lifted to 32 MiB. Received
+     * blocks are limited by max_headers_kb (up to 8 MiB), which may be raised past 64 KiB. */
+    nghttp2_option_set_max_send_header_block_length(opt, MAX_SEND_HEADER_BLOCK);
     c->mem = (nghttp2_mem){c, ng_malloc, ng_free, ng_calloc, ng_realloc};
     if (server) {
         nghttp2_session_server_new3(&c->ng, cb, c, opt, &c->mem);
