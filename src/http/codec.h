@@ -178,6 +178,9 @@ struct msm_hcodec_opts {
     uint32_t initial_connection_window_size;
     uint32_t max_outbound_frames;           /* flood protection, default 10000 */
     uint32_t max_consecutive_inbound_frames_with_empty_payload; /* default 1 */
+    /* An invalid header or message resets only its stream (Envoy's
+     * override_stream_error_on_invalid_http_message); default false: the connection ends. */
+    bool stream_error_on_invalid_messaging;
     /* HTTP/2 server: SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441); an extended CONNECT
      * (:protocol) is handed on as an HTTP/1.1-style upgrade (GET + upgrade: <protocol>). */
     bool allow_connect;

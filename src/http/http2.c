@@ -1280,13 +1280,38 @@ static int on_frame_not_send(nghttp2_session *ng, const nghttp2_frame *f, int er
     return 0;
 }
 
+/* A frame nghttp2 rejected; it has queued the RST_STREAM (or GOAWAY) already. As Envoy's codec:
+ * a stream refused beyond SETTINGS_MAX_CONCURRENT_STREAMS costs only that stream; an invalid
+ * header or message (RFC 9113 8.1.1, 8.2) only its stream when stream_error_on_invalid_messaging
+ * is set, else, by default, the connection (GOAWAY PROTOCOL_ERROR), as does every other
+ * protocol, flow-control or closed-stream error. */
 static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *f, int err, void *ud)
 {
+    struct h2 *c = ud;
     (void)ng;
-    (void)f;
-    (void)err;
-    (void)ud;
-    return 0; /* nghttp2 answers with RST_STREAM / GOAWAY itself */
+    const char *details = "http2.protocol_error";
+    switch (err) {
+    case NGHTTP2_ERR_REFUSED_STREAM:
+        if (c->base.server) {
+            H2_INC(c, stream_refused_errors);
+        }
+        return 0;
+    case NGHTTP2_ERR_HTTP_HEADER:
+    case NGHTTP2_ERR_HTTP_MESSAGING:
+        H2_INC(c, rx_messaging_error);
+        if (c->o.stream_error_on_invalid_messaging) {
+            return 0;
+        }
+        details = err == NGHTTP2_ERR_HTTP_HEADER ? "http2.invalid.header.field"
+                                                 : "http2.violation.of.messaging.rule";
+        break;
+    default:
+        break;
+    }
+    msm_log(MSM_LOG_DEBUG, MSM_LC_HTTP2, "invalid frame on stream %d: %s: closing the connection",
+            (int)f->hd.stream_id, nghttp2_strerror(err));
+    fatal(c, details, NGHTTP2_PROTOCOL_ERROR);
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
 }
 
 

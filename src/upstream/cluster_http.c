@@ -126,6 +126,10 @@ static int h2_options(const Envoy__Config__Core__V3__Http2ProtocolOptions *p,
         o->initial_connection_window_size = cw > 64 * 1024 * 1024 ? 64 * 1024 * 1024 : cw;
     }
     o->max_outbound_frames = msm_pb_u32(p->max_outbound_frames, o->max_outbound_frames);
+    o->stream_error_on_invalid_messaging =
+        p->override_stream_error_on_invalid_http_message
+            ? p->override_stream_error_on_invalid_http_message->value
+            : p->stream_error_on_invalid_http_messaging;
     if (!o->max_concurrent_streams) {
         return msm_err_set(err, "http2_protocol_options.max_concurrent_streams: must be >= 1");
     }

@@ -624,6 +624,10 @@ class Http2AbuseTest(HttpTestCase):
         self.p = self.proxy([{"match": {"prefix": "/"}, "route": to("up")}],
                             [H.cluster("up", [self.up.address])])
 
+    def restart_proxy(self, **hcm_extra):
+        self.p = self.proxy([{"match": {"prefix": "/"}, "route": to("up")}],
+                            [H.cluster("up", [self.up.address])], **hcm_extra)
+
     def exchange(self, frames, timeout=3):
         return h2_frames(P.raw_exchange(self.p.listener_port(), H2_PREFACE + frames,
                                         timeout=timeout))
@@ -638,7 +642,33 @@ class Http2AbuseTest(HttpTestCase):
         self.assertEqual(self.p.stat("http.ingress.downstream_rq_too_many_premature_resets"), 1)
         self.assertEqual(get(self.p, "/alive")[0], 200)
 
+    def test_invalid_headers_end_the_connection(self):
+        """Envoy's default (stream_error_on_invalid_http_message false): an invalid request
+        ends the connection with GOAWAY PROTOCOL_ERROR; later streams are not served."""
+        bad = h2_lit(b":method", b"GET") + h2_lit(b":path", b"/")  # no :scheme
+        frames = self.exchange(h2_frame(1, 5, 1, bad) + h2_frame(1, 5, 3, h2_request(b"/late")))
+        goaways = [f for f in frames if f[0] == 7]
+        self.assertTrue(goaways, frames)
+        self.assertEqual(int.from_bytes(goaways[0][3][4:8], "big"), 1)  # PROTOCOL_ERROR
+        self.assertFalse([f for f in frames if f[0] == 1], frames)  # nothing answered
+        self.assertEqual(self.up.paths, [])
+        self.assertEqual(self.p.stat("http2.rx_messaging_error"), 1)
+        self.assertEqual(self.p.stat("http.ingress.downstream_cx_protocol_error"), 1)
+        self.assertEqual(get(self.p, "/alive")[0], 200)
+
     def test_invalid_headers_reset_the_stream_only(self):
+        """HCM stream_error_on_invalid_http_message, or the HTTP/2 override: only the invalid
+        streams are reset; the HTTP/2 override wins over the HCM's field."""
+        for extra in ({"stream_error_on_invalid_http_message": True},
+                      {"stream_error_on_invalid_http_message": False, "http2_protocol_options": {
+                          "override_stream_error_on_invalid_http_message": True}}):
+            with self.subTest(extra=extra):
+                self.p.stop()
+                self.up.paths.clear()
+                self.restart_proxy(**extra)
+                self.reset_stream_only()
+
+    def reset_stream_only(self):
         bad = h2_lit(b":method", b"GET") + h2_lit(b":path", b"/")  # no :scheme
         big = h2_request(extra=b"".join(h2_lit(b"x-big-%d" % i, b"v" * 16000) for i in range(5)))
         blocks = [big[i:i + 16000] for i in range(0, len(big), 16000)]
@@ -672,6 +702,7 @@ class Http2AbuseTest(HttpTestCase):
         self.assertTrue([f for f in got if f[0] == 1 and f[2] == 7], got)
         self.assertEqual(self.up.paths, ["/ok"])
         self.assertEqual(self.p.stat("http2.header_overflow"), 1)
+        self.assertEqual(self.p.stat("http2.rx_messaging_error"), 2)
 
 
 class BadInputTest(HttpTestCase):

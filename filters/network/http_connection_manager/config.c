@@ -295,6 +295,18 @@ static int codec_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm
     if (h2_opts(p->http2_protocol_options, &c->h2opts, err) < 0) {
         return MSM_EINVAL;
     }
+    /* Envoy's precedence: the HTTP/2 override, else the HCM's field, else the deprecated
+     * HTTP/2 field; default false (an invalid request ends the connection). HTTP/1 always ends
+     * the connection after its 400. */
+    const Envoy__Config__Core__V3__Http2ProtocolOptions *h2p = p->http2_protocol_options;
+    if (h2p && h2p->override_stream_error_on_invalid_http_message) {
+        c->h2opts.stream_error_on_invalid_messaging =
+            h2p->override_stream_error_on_invalid_http_message->value;
+    } else if (p->stream_error_on_invalid_http_message) {
+        c->h2opts.stream_error_on_invalid_messaging = p->stream_error_on_invalid_http_message->value;
+    } else if (h2p) {
+        c->h2opts.stream_error_on_invalid_messaging = h2p->stream_error_on_invalid_http_messaging;
+    }
     if (p->http3_protocol_options) {
         return msm_err_set(err, "http3_protocol_options: HTTP/3 is not supported");
     }

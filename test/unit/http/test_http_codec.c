@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "http/codec.h"
+#include "stats/stats.h"
 #include "test/unit/http/codec_owner.h"
 
 static char *body_str(struct rec *r)
@@ -768,6 +769,30 @@ static void test_h2_unsendable_headers_reset(void **state)
     free(srv);
 }
 
+/* The error code of the first frame of <type> in <o>'s output, or -1 (the output is consumed). */
+static long out_frame_code(struct owner *o, uint8_t type)
+{
+    size_t n = o->out.len;
+    uint8_t *b = malloc(n + 1);
+    msm_buf_copyout(&o->out, 0, b, n);
+    msm_buf_drain(&o->out, n);
+    long code = -1;
+    for (size_t i = 0; i + 9 <= n && code < 0;) {
+        size_t len = (size_t)b[i] << 16 | (size_t)b[i + 1] << 8 | b[i + 2];
+        const uint8_t *pl = b + i + 9;
+        if (i + 9 + len > n) {
+            break;
+        }
+        if (b[i + 3] == type) {
+            const uint8_t *e = type == 7 ? pl + 4 : pl; /* GOAWAY: after last-stream-id */
+            code = (long)((uint32_t)e[0] << 24 | (uint32_t)e[1] << 16 | (uint32_t)e[2] << 8 | e[3]);
+        }
+        i += 9 + len;
+    }
+    free(b);
+    return code;
+}
+
 static void test_h2_bad_input(void **state)
 {
     (void)state;
@@ -776,18 +801,40 @@ static void test_h2_bad_input(void **state)
     o.c = msm_http2_server_new(NULL, &ocbs, &o);
     assert_true(feeds(&o, "GET / HTTP/1.1\r\nHost: a\r\n\r\n") < 0); /* not the preface */
     owner_deinit(&o);
-    /* HEADERS with an invalid pseudo-header (uppercase) after the preface: stream reset, the
-     * connection survives */
-    owner_init(&o);
-    o.c = msm_http2_server_new(NULL, &ocbs, &o);
+    /* HEADERS with an invalid pseudo-header (uppercase) after the preface */
     static const char frames[] =
         "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
         "\x00\x00\x00\x04\x00\x00\x00\x00\x00"                   /* SETTINGS */
         "\x00\x00\x0b\x01\x05\x00\x00\x00\x01"                   /* HEADERS, 11 bytes */
         "\x00\x07:METHOD\x01X";                                   /* literal, bad name */
+    /* by default, as Envoy: a connection error, GOAWAY PROTOCOL_ERROR, counted */
+    struct msm_stats_store *store = msm_stats_store_new();
+    struct msm_http2_stats st;
+    msm_http2_stats_init(store, "http.t.http2.", &st);
+    struct msm_hcodec_opts opts;
+    msm_hcodec_opts_default(&opts);
+    opts.h2stats = &st;
+    owner_init(&o);
+    o.c = msm_http2_server_new(&opts, &ocbs, &o);
+    assert_true(feed(&o, frames, sizeof(frames) - 1) < 0);
+    assert_string_equal(o.c->error, "http2.invalid.header.field");
+    assert_true(o.c->close_connection);
+    assert_int_equal(o.n, 0);
+    assert_int_equal(out_frame_code(&o, 7), 1); /* GOAWAY, PROTOCOL_ERROR */
+    assert_int_equal(msm_stat_value(st.rx_messaging_error), 1);
+    owner_deinit(&o);
+    /* stream_error_on_invalid_messaging: the stream is reset, the connection survives */
+    opts.stream_error_on_invalid_messaging = true;
+    owner_init(&o);
+    o.c = msm_http2_server_new(&opts, &ocbs, &o);
     assert_int_equal(feed(&o, frames, sizeof(frames) - 1), 0);
     assert_int_equal(o.n, 0);
+    assert_false(o.c->close_connection);
+    assert_int_equal(out_frame_code(&o, 3), 1); /* RST_STREAM, PROTOCOL_ERROR */
+    assert_int_equal(msm_stat_value(st.rx_messaging_error), 2);
     owner_deinit(&o);
+    msm_http2_stats_deinit(&st);
+    msm_stats_store_free(store);
 }
 
 int main(void)
