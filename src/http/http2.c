@@ -1310,7 +1310,16 @@ static int on_invalid_frame(nghttp2_session *ng, const nghttp2_frame *f, int err
     }
     msm_log(MSM_LOG_DEBUG, MSM_LC_HTTP2, "invalid frame on stream %d: %s: closing the connection",
             (int)f->hd.stream_id, nghttp2_strerror(err));
-    fatal(c, details, NGHTTP2_PROTOCOL_ERROR);
+    /* the GOAWAY's code as nghttp2 would send it for a connection error of this kind */
+    uint32_t code = NGHTTP2_PROTOCOL_ERROR;
+    switch (err) {
+    case NGHTTP2_ERR_STREAM_CLOSED: code = NGHTTP2_STREAM_CLOSED; break;
+    case NGHTTP2_ERR_FLOW_CONTROL: code = NGHTTP2_FLOW_CONTROL_ERROR; break;
+    case NGHTTP2_ERR_FRAME_SIZE_ERROR: code = NGHTTP2_FRAME_SIZE_ERROR; break;
+    case NGHTTP2_ERR_HEADER_COMP: code = NGHTTP2_COMPRESSION_ERROR; break;
+    default: break;
+    }
+    fatal(c, details, code);
     return NGHTTP2_ERR_CALLBACK_FAILURE;
 }
 
