@@ -181,12 +181,18 @@ struct msm_hcodec_opts {
     /* An invalid header or message resets only its stream (Envoy's
      * override_stream_error_on_invalid_http_message); default false: the connection ends. */
     bool stream_error_on_invalid_messaging;
+    /* Servers: a request header whose name has an underscore (Envoy's
+     * headers_with_underscores_action): kept, the request rejected (HTTP/1 400, HTTP/2 stream
+     * reset) or the header dropped; counted in h1stats / h2stats. */
+    enum msm_underscores { MSM_UNDERSCORES_ALLOW, MSM_UNDERSCORES_REJECT, MSM_UNDERSCORES_DROP }
+        underscores;
     /* HTTP/2 server: SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441); an extended CONNECT
      * (:protocol) is handed on as an HTTP/1.1-style upgrade (GET + upgrade: <protocol>). */
     bool allow_connect;
     /* Stats to update (may be NULL: tests, upstream pools). Borrowed: the config that owns the
      * options owns them. */
     struct msm_http2_stats *h2stats;
+    struct msm_http1_stats *h1stats;
 };
 
 struct msm_hcodec {

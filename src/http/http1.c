@@ -169,6 +169,20 @@ static int commit_header(struct h1 *c)
     if (!c->flen || memchr(c->field, ' ', c->flen)) {
         return fail(c, "http1.invalid_characters", 400);
     }
+    if (c->o.underscores != MSM_UNDERSCORES_ALLOW && c->base.server &&
+        memchr(c->field, '_', c->flen)) {
+        if (c->o.underscores == MSM_UNDERSCORES_DROP) {
+            if (c->o.h1stats) {
+                msm_stat_inc(c->o.h1stats->dropped_headers_with_underscores);
+            }
+            c->flen = c->vlen = 0;
+            return 0;
+        }
+        if (c->o.h1stats) {
+            msm_stat_inc(c->o.h1stats->requests_rejected_with_underscores_in_headers);
+        }
+        return fail(c, "http1.unexpected_underscore", 400);
+    }
     /* Trim optional whitespace around the value (http-parser leaves trailing OWS). */
     size_t s = 0, e = c->vlen;
     while (s < e && (c->value[s] == ' ' || c->value[s] == '\t')) {

@@ -308,6 +308,15 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
         H2_INC(c, header_overflow);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
+    if (c->o.underscores != MSM_UNDERSCORES_ALLOW && c->base.server &&
+        memchr(name, '_', nlen)) {
+        if (c->o.underscores == MSM_UNDERSCORES_DROP) {
+            H2_INC(c, dropped_headers_with_underscores);
+            return 0;
+        }
+        H2_INC(c, requests_rejected_with_underscores_in_headers);
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* the stream is reset, as Envoy */
+    }
     msm_hdrs_append_lc(&st->in, (const char *)name, nlen, (const char *)value, vlen);
     return 0;
 }

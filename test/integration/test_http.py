@@ -705,6 +705,56 @@ class Http2AbuseTest(HttpTestCase):
         self.assertEqual(self.p.stat("http2.rx_messaging_error"), 2)
 
 
+class UnderscoreHeadersTest(HttpTestCase):
+    """common_http_protocol_options.headers_with_underscores_action, as Envoy's codecs: on
+    requests only (HTTP/1 and HTTP/2), counted in http1.* / http2.*."""
+
+    def start(self, action):
+        self.up = self.http_upstream()
+        self.p = self.proxy([{"match": {"prefix": "/"}, "route": to("up")}],
+                            [H.cluster("up", [self.up.address])],
+                            common_http_protocol_options={
+                                "headers_with_underscores_action": action})
+
+    def h2_get(self, extra):
+        frames = h2_frames(P.raw_exchange(self.p.listener_port(),
+                                          H2_PREFACE + h2_frame(1, 5, 1, h2_request(b"/h2", extra)),
+                                          timeout=3))
+        return frames
+
+    def test_reject_request(self):
+        self.start("REJECT_REQUEST")
+        status, _, body = get(self.p, "/h1", headers={"x_bad": "1"})
+        self.assertEqual(status, 400)
+        self.assertEqual(self.p.stat("http1.requests_rejected_with_underscores_in_headers"), 1)
+        frames = self.h2_get(h2_lit(b"x_bad", b"1"))
+        rst = [f for f in frames if f[0] == 3 and f[2] == 1]
+        self.assertTrue(rst, frames)
+        self.assertFalse([f for f in frames if f[0] == 1], frames)
+        self.assertEqual(self.p.stat("http2.requests_rejected_with_underscores_in_headers"), 1)
+        self.assertEqual(self.up.paths, [])
+        # names without an underscore pass; the upstream's response is not checked
+        status, _, body = get(self.p, "/fine", headers={"x-good": "1"})
+        self.assertEqual(status, 200)
+        self.assertEqual(self.up.paths, ["/fine"])
+
+    def test_drop_header(self):
+        self.start("DROP_HEADER")
+        status, _, body = get(self.p, "/h1", headers={"x_bad": "1", "x-good": "2"})
+        self.assertEqual(status, 200)
+        hd = json.loads(body)["headers"]
+        self.assertNotIn("x_bad", hd)
+        self.assertEqual(hd["x-good"], ["2"])
+        self.assertEqual(self.p.stat("http1.dropped_headers_with_underscores"), 1)
+        frames = self.h2_get(h2_lit(b"x_bad", b"1") + h2_lit(b"x-good", b"3"))
+        data = b"".join(f[3] for f in frames if f[0] == 0 and f[2] == 1)
+        hd = json.loads(data)["headers"]
+        self.assertNotIn("x_bad", hd)
+        self.assertEqual(hd["x-good"], ["3"])
+        self.assertEqual(self.p.stat("http2.dropped_headers_with_underscores"), 1)
+        self.assertEqual(self.up.paths, ["/h1", "/h2"])
+
+
 class BadInputTest(HttpTestCase):
     CASES = [
         (b"GARBAGE\r\n\r\n", b"400"),

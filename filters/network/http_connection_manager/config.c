@@ -323,9 +323,18 @@ static int codec_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm
         uint32_t mh = msm_pb_u32(cp->max_headers_count, 100);
         c->h1opts.max_headers_count = c->h2opts.max_headers_count = mh;
         c->max_requests_per_connection = msm_pb_u32(cp->max_requests_per_connection, 0);
-        if (cp->headers_with_underscores_action) {
+        switch (cp->headers_with_underscores_action) {
+        case ENVOY__CONFIG__CORE__V3__HTTP_PROTOCOL_OPTIONS__HEADERS_WITH_UNDERSCORES_ACTION__ALLOW:
+            break;
+        case ENVOY__CONFIG__CORE__V3__HTTP_PROTOCOL_OPTIONS__HEADERS_WITH_UNDERSCORES_ACTION__REJECT_REQUEST:
+            c->h1opts.underscores = c->h2opts.underscores = MSM_UNDERSCORES_REJECT;
+            break;
+        case ENVOY__CONFIG__CORE__V3__HTTP_PROTOCOL_OPTIONS__HEADERS_WITH_UNDERSCORES_ACTION__DROP_HEADER:
+            c->h1opts.underscores = c->h2opts.underscores = MSM_UNDERSCORES_DROP;
+            break;
+        default:
             return msm_err_set(err, "common_http_protocol_options.headers_with_underscores_action: "
-                                    "only ALLOW is supported");
+                                    "unknown value %d", (int)cp->headers_with_underscores_action);
         }
     }
     return 0;
@@ -487,6 +496,7 @@ static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
         goto fail;
     }
     c->h2opts.h2stats = &c->h2stats;
+    c->h1opts.h1stats = &c->h1stats;
     if (headers_from_proto(p, c, err) < 0 ||
         filters_from_proto(p, ctx, c, err) < 0 || routes_from_proto(p, ctx, c, err) < 0 ||
         upgrades_from_proto(p, ctx, c, err) < 0) {
