@@ -178,6 +178,12 @@ struct msm_hcodec_opts {
     uint32_t initial_connection_window_size;
     uint32_t max_outbound_frames;           /* flood protection, default 10000 */
     uint32_t max_consecutive_inbound_frames_with_empty_payload; /* default 1 */
+    /* Envoy's inbound flood limits over a connection's life: PRIORITY frames past
+     * max_inbound_priority_frames_per_stream * (1 + opened streams), WINDOW_UPDATE frames past
+     * 5 + 2 * (opened streams + max_inbound_window_update_frames_per_data_frame_sent * DATA
+     * frames sent) end the connection. "Opened": a stream we sent HEADERS on. Defaults 100, 10. */
+    uint32_t max_inbound_priority_frames_per_stream;
+    uint32_t max_inbound_window_update_frames_per_data_frame_sent;
     /* An invalid header or message resets only its stream (Envoy's
      * override_stream_error_on_invalid_http_message); default false: the connection ends. */
     bool stream_error_on_invalid_messaging;

@@ -117,6 +117,8 @@ struct h2 {
     bool dead;                     /* fatal error: nothing more is processed */
     uint8_t head_seen;             /* client: bytes of the server's first frame header seen */
     uint32_t empty_frames;
+    /* Envoy's inbound flood accounting (msm_hcodec_opts): over the connection's life */
+    uint64_t in_priority, in_window_update, opened_streams, out_data_frames;
     uint32_t premature_resets;
     int32_t last_peer_stream;
     bool settings_in;              /* the peer's SETTINGS arrived (client: extended CONNECT) */
@@ -435,6 +437,24 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
             deliver_end_data(st);
         }
         break;
+    case NGHTTP2_PRIORITY:
+        if (++c->in_priority >
+            (uint64_t)c->o.max_inbound_priority_frames_per_stream * (1 + c->opened_streams)) {
+            H2_INC(c, inbound_priority_frames_flood);
+            fatal(c, "http2.inbound_priority_frames_flood", NGHTTP2_ENHANCE_YOUR_CALM);
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+        break;
+    case NGHTTP2_WINDOW_UPDATE:
+        if (++c->in_window_update >
+            5 + 2 * (c->opened_streams +
+                     (uint64_t)c->o.max_inbound_window_update_frames_per_data_frame_sent *
+                         c->out_data_frames)) {
+            H2_INC(c, inbound_window_update_frames_flood);
+            fatal(c, "http2.inbound_window_update_frames_flood", NGHTTP2_ENHANCE_YOUR_CALM);
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+        break;
     case NGHTTP2_SETTINGS:
         if (!c->settings_in && !(f->hd.flags & NGHTTP2_FLAG_ACK)) {
             c->settings_in = true;
@@ -592,6 +612,7 @@ static int send_data(nghttp2_session *ng, nghttp2_frame *f, const uint8_t *frame
     struct h2_stream *st = src->ptr;
     (void)ng;
     size_t pad = f->data.padlen; /* 0: no padding callback is set */
+    c->out_data_frames++;
     msm_buf_append(&c->wbuf, framehd, 9);
     if (pad) {
         uint8_t padlen = (uint8_t)(pad - 1);
@@ -957,6 +978,7 @@ static void h2_encode_headers(struct msm_hstream *s, struct msm_hdrs *h, bool en
     }
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = read_body};
     st->submitted = true;
+    c->opened_streams++;
     if (end_stream) {
         s->local_end = true;
     }

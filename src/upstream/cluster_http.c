@@ -13,6 +13,7 @@
 #include "common/alloc.h"
 #include "config/pbjson.h"
 #include "config/pbutil.h"
+#include "http/h2_options.h"
 #include "upstream/cluster.h"
 #include "xds/strmap.h"
 
@@ -29,11 +30,15 @@ static const struct msm_cluster_http_cfg defaults = {
     .h1 = {.max_headers_kb = 60, .max_headers_count = 100, .stream_buffer_limit = 1024 * 1024,
            .max_concurrent_streams = 1, .initial_stream_window_size = 1024 * 1024,
            .initial_connection_window_size = 16 * 1024 * 1024, .max_outbound_frames = 10000,
-           .max_consecutive_inbound_frames_with_empty_payload = 1},
+           .max_consecutive_inbound_frames_with_empty_payload = 1,
+           .max_inbound_priority_frames_per_stream = 100,
+           .max_inbound_window_update_frames_per_data_frame_sent = 10},
     .h2 = {.max_headers_kb = 60, .max_headers_count = 100, .stream_buffer_limit = 1024 * 1024,
            .max_concurrent_streams = 2147483647, .initial_stream_window_size = 1024 * 1024,
            .initial_connection_window_size = 16 * 1024 * 1024, .max_outbound_frames = 10000,
-           .max_consecutive_inbound_frames_with_empty_payload = 1},
+           .max_consecutive_inbound_frames_with_empty_payload = 1,
+           .max_inbound_priority_frames_per_stream = 100,
+           .max_inbound_window_update_frames_per_data_frame_sent = 10},
     .idle_timeout_ms = 3600 * 1000,
 };
 
@@ -101,41 +106,6 @@ void msm_cluster_http_cfg_free(struct msm_cluster_http_cfg *h)
     }
 }
 
-static int h2_options(const Envoy__Config__Core__V3__Http2ProtocolOptions *p,
-                      struct msm_hcodec_opts *o, struct msm_err *err)
-{
-    if (!p) {
-        return 0;
-    }
-    o->max_concurrent_streams = msm_pb_u32(p->max_concurrent_streams, o->max_concurrent_streams);
-    uint32_t sw = msm_pb_u32(p->initial_stream_window_size, 0);
-    uint32_t cw = msm_pb_u32(p->initial_connection_window_size, 0);
-    if (sw && (sw < 65535 || sw > 2147483647)) {
-        return msm_err_set(err, "http2_protocol_options.initial_stream_window_size: must be in "
-                                "[65535, 2147483647]");
-    }
-    if (cw && (cw < 65535 || cw > 2147483647)) {
-        return msm_err_set(err, "http2_protocol_options.initial_connection_window_size: must be "
-                                "in [65535, 2147483647]");
-    }
-    /* Envoy's 256 MiB defaults are capped: buffers, not windows, bound memory here. */
-    if (sw) {
-        o->initial_stream_window_size = sw > 16 * 1024 * 1024 ? 16 * 1024 * 1024 : sw;
-    }
-    if (cw) {
-        o->initial_connection_window_size = cw > 64 * 1024 * 1024 ? 64 * 1024 * 1024 : cw;
-    }
-    o->max_outbound_frames = msm_pb_u32(p->max_outbound_frames, o->max_outbound_frames);
-    o->stream_error_on_invalid_messaging =
-        p->override_stream_error_on_invalid_http_message
-            ? p->override_stream_error_on_invalid_http_message->value
-            : p->stream_error_on_invalid_http_messaging;
-    if (!o->max_concurrent_streams) {
-        return msm_err_set(err, "http2_protocol_options.max_concurrent_streams: must be >= 1");
-    }
-    return 0;
-}
-
 static int common_options(const Envoy__Config__Core__V3__HttpProtocolOptions *p,
                           struct msm_cluster_http_cfg *h, struct msm_err *err)
 {
@@ -173,7 +143,7 @@ static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cf
         if (e->protocol_config_case ==
             ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP2_PROTOCOL_OPTIONS) {
             h->proto = MSM_UPSTREAM_HTTP2;
-            return h2_options(e->http2_protocol_options, &h->h2, err);
+            return msm_h2_options_from_proto(e->http2_protocol_options, &h->h2, err);
         }
         if (e->protocol_config_case ==
             ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP3_PROTOCOL_OPTIONS) {
@@ -189,7 +159,8 @@ static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cf
             return msm_err_set(err, "use_downstream_protocol_config.http3_protocol_options: "
                                     "HTTP/3 is not supported");
         }
-        return h2_options(p->use_downstream_protocol_config->http2_protocol_options, &h->h2, err);
+        return msm_h2_options_from_proto(
+            p->use_downstream_protocol_config->http2_protocol_options, &h->h2, err);
     case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_AUTO_CONFIG:
         /* ALPN-negotiated per connection (http/pool.c, Envoy's mixed pool); a connection
          * without TLS, or whose handshake picked no protocol or another one, is HTTP/1.1. */
@@ -198,7 +169,7 @@ static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cf
             return msm_err_set(err, "auto_config.http3_protocol_options: HTTP/3 is not "
                                     "supported");
         }
-        return h2_options(p->auto_config->http2_protocol_options, &h->h2, err);
+        return msm_h2_options_from_proto(p->auto_config->http2_protocol_options, &h->h2, err);
     default:
         return msm_err_set(err, "upstream_protocol_options: one of explicit_http_config, "
                                 "use_downstream_protocol_config or auto_config is required");
@@ -263,7 +234,7 @@ static int http_from_proto(const void *cluster_proto, struct msm_cluster_cfg *c,
     }
     if (p->http2_protocol_options) {
         h->proto = MSM_UPSTREAM_HTTP2;
-        if (h2_options(p->http2_protocol_options, &h->h2, err) < 0) {
+        if (msm_h2_options_from_proto(p->http2_protocol_options, &h->h2, err) < 0) {
             return MSM_EINVAL;
         }
     }

@@ -13,6 +13,7 @@
 #include "config/snapshot.h"
 #include "config/types.h"
 #include "filters/network/http_connection_manager/hcm.h"
+#include "http/h2_options.h"
 
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 
@@ -225,35 +226,6 @@ static int filters_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx,
                             &c->filters, &c->n_filters, err);
 }
 
-static int h2_opts(const Envoy__Config__Core__V3__Http2ProtocolOptions *p,
-                   struct msm_hcodec_opts *o, struct msm_err *err)
-{
-    if (!p) {
-        return 0;
-    }
-    o->allow_connect = p->allow_connect; /* RFC 8441 extended CONNECT (hcm_upgrade.c) */
-    o->max_concurrent_streams = msm_pb_u32(p->max_concurrent_streams, o->max_concurrent_streams);
-    uint32_t sw = msm_pb_u32(p->initial_stream_window_size, 0);
-    uint32_t cw = msm_pb_u32(p->initial_connection_window_size, 0);
-    if ((sw && sw < 65535) || (cw && cw < 65535)) {
-        return msm_err_set(err, "http2_protocol_options: window sizes must be >= 65535");
-    }
-    if (sw) {
-        o->initial_stream_window_size = sw > 16 * 1024 * 1024 ? 16 * 1024 * 1024 : sw;
-    }
-    if (cw) {
-        o->initial_connection_window_size = cw > 64 * 1024 * 1024 ? 64 * 1024 * 1024 : cw;
-    }
-    o->max_outbound_frames = msm_pb_u32(p->max_outbound_frames, o->max_outbound_frames);
-    o->max_consecutive_inbound_frames_with_empty_payload =
-        msm_pb_u32(p->max_consecutive_inbound_frames_with_empty_payload,
-                   o->max_consecutive_inbound_frames_with_empty_payload);
-    if (!o->max_concurrent_streams) {
-        return msm_err_set(err, "http2_protocol_options.max_concurrent_streams: must be >= 1");
-    }
-    return 0;
-}
-
 static int codec_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm_err *err)
 {
     switch (p->codec_type) {
@@ -292,20 +264,16 @@ static int codec_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm
             return msm_err_set(err, "http_protocol_options.header_key_format: not supported");
         }
     }
-    if (h2_opts(p->http2_protocol_options, &c->h2opts, err) < 0) {
+    const Envoy__Config__Core__V3__Http2ProtocolOptions *h2p = p->http2_protocol_options;
+    if (msm_h2_options_from_proto(h2p, &c->h2opts, err) < 0) {
         return MSM_EINVAL;
     }
     /* Envoy's precedence: the HTTP/2 override, else the HCM's field, else the deprecated
      * HTTP/2 field; default false (an invalid request ends the connection). HTTP/1 always ends
      * the connection after its 400. */
-    const Envoy__Config__Core__V3__Http2ProtocolOptions *h2p = p->http2_protocol_options;
-    if (h2p && h2p->override_stream_error_on_invalid_http_message) {
-        c->h2opts.stream_error_on_invalid_messaging =
-            h2p->override_stream_error_on_invalid_http_message->value;
-    } else if (p->stream_error_on_invalid_http_message) {
+    if (!(h2p && h2p->override_stream_error_on_invalid_http_message) &&
+        p->stream_error_on_invalid_http_message) {
         c->h2opts.stream_error_on_invalid_messaging = p->stream_error_on_invalid_http_message->value;
-    } else if (h2p) {
-        c->h2opts.stream_error_on_invalid_messaging = h2p->stream_error_on_invalid_http_messaging;
     }
     if (p->http3_protocol_options) {
         return msm_err_set(err, "http3_protocol_options: HTTP/3 is not supported");

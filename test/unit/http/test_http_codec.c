@@ -837,6 +837,71 @@ static void test_h2_bad_input(void **state)
     msm_stats_store_free(store);
 }
 
+/* Envoy's inbound flood limits: PRIORITY frames past 100 x (1 + streams answered), WINDOW_UPDATE
+ * frames past 5 + 2 x (streams answered + 10 x DATA frames sent) end the connection with
+ * GOAWAY ENHANCE_YOUR_CALM, counted. */
+static void test_h2_inbound_floods(void **state)
+{
+    (void)state;
+    struct msm_stats_store *store = msm_stats_store_new();
+    struct msm_http2_stats st;
+    msm_http2_stats_init(store, "http.t.http2.", &st);
+    struct msm_hcodec_opts opts;
+    msm_hcodec_opts_default(&opts);
+    opts.h2stats = &st;
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                                  "\x00\x00\x00\x04\x00\x00\x00\x00\x00"; /* SETTINGS */
+    for (int kind = 0; kind < 2; kind++) {
+        struct owner o;
+        owner_init(&o);
+        o.c = msm_http2_server_new(&opts, &ocbs, &o);
+        assert_int_equal(feed(&o, preface, sizeof(preface) - 1), 0);
+        int limit = kind == 0 ? 100 : 5, rc = 0, sent = 0;
+        for (int i = 0; i <= limit && rc == 0; i++, sent++) {
+            uint8_t f[14] = {0};
+            if (kind == 0) { /* PRIORITY on an idle stream, depending on the root, weight 16 */
+                uint32_t id = (uint32_t)(2 * i + 1);
+                memcpy(f, "\x00\x00\x05\x02\x00", 5);
+                f[5] = (uint8_t)(id >> 24), f[6] = (uint8_t)(id >> 16);
+                f[7] = (uint8_t)(id >> 8), f[8] = (uint8_t)id;
+                f[13] = 15;
+                rc = feed(&o, (const char *)f, 14);
+            } else { /* WINDOW_UPDATE on the connection, increment 1 */
+                memcpy(f, "\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x01", 13);
+                rc = feed(&o, (const char *)f, 13);
+            }
+        }
+        assert_true(rc < 0);
+        assert_int_equal(sent, limit + 1); /* the frame past the limit, not one before */
+        assert_string_equal(o.c->error, kind == 0 ? "http2.inbound_priority_frames_flood"
+                                                  : "http2.inbound_window_update_frames_flood");
+        assert_int_equal(out_frame_code(&o, 7), 0xb); /* GOAWAY ENHANCE_YOUR_CALM */
+        owner_deinit(&o);
+    }
+    assert_int_equal(msm_stat_value(st.inbound_priority_frames_flood), 1);
+    assert_int_equal(msm_stat_value(st.inbound_window_update_frames_flood), 1);
+    /* answered streams raise the PRIORITY budget: 1 stream answered -> 200 frames */
+    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
+    owner_init(cli);
+    owner_init(srv);
+    srv->c = msm_http2_server_new(&opts, &ocbs, srv);
+    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
+    pump(cli, srv);
+    h2_exchange(cli, srv);
+    for (int i = 0; i < 150; i++) {
+        uint8_t f[14] = {0, 0, 5, 2, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 15}; /* stream 4096+ */
+        f[7] = (uint8_t)(0x10 + i / 128), f[8] = (uint8_t)(2 * (i % 128) + 1);
+        assert_int_equal(feed(srv, (const char *)f, 14), 0);
+    }
+    msm_buf_drain(&srv->out, srv->out.len);
+    owner_deinit(cli);
+    owner_deinit(srv);
+    free(cli);
+    free(srv);
+    msm_http2_stats_deinit(&st);
+    msm_stats_store_free(store);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -855,6 +920,7 @@ int main(void)
         cmocka_unit_test(test_h2_large_header_block),
         cmocka_unit_test(test_h2_unsendable_headers_reset),
         cmocka_unit_test(test_h2_bad_input),
+        cmocka_unit_test(test_h2_inbound_floods),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
