@@ -177,6 +177,9 @@ struct msm_hcodec_opts {
     uint32_t initial_stream_window_size;    /* default 256 MiB as Envoy (we cap at 16 MiB) */
     uint32_t initial_connection_window_size;
     uint32_t max_outbound_frames;           /* flood protection, default 10000 */
+    /* Control frames nghttp2 may hold unsent (SETTINGS and PING ACKs, RST_STREAMs): past it the
+     * peer is flooding us (Envoy's max_outbound_control_frames), default 1000 */
+    uint32_t max_outbound_control_frames;
     uint32_t max_consecutive_inbound_frames_with_empty_payload; /* default 1 */
     /* Envoy's inbound flood limits over a connection's life: PRIORITY frames past
      * max_inbound_priority_frames_per_stream * (1 + opened streams), WINDOW_UPDATE frames past

@@ -36,6 +36,11 @@ int msm_h2_options_from_proto(const Envoy__Config__Core__V3__Http2ProtocolOption
     if (!o->max_outbound_frames) {
         return msm_err_set(err, "http2_protocol_options.max_outbound_frames: must be >= 1");
     }
+    o->max_outbound_control_frames =
+        msm_pb_u32(p->max_outbound_control_frames, o->max_outbound_control_frames);
+    if (!o->max_outbound_control_frames) {
+        return msm_err_set(err, "http2_protocol_options.max_outbound_control_frames: must be >= 1");
+    }
     o->max_consecutive_inbound_frames_with_empty_payload =
         msm_pb_u32(p->max_consecutive_inbound_frames_with_empty_payload,
                    o->max_consecutive_inbound_frames_with_empty_payload);

@@ -765,10 +765,10 @@ static int h2_dispatch(struct msm_hcodec *base, struct msm_buf *in)
         ssize_t n = nghttp2_session_mem_recv(c->ng, iov.iov_base, iov.iov_len);
         if (n < 0) {
             if (n == NGHTTP2_ERR_FLOODED) {
-                H2_INC(c, outbound_flood);
+                H2_INC(c, outbound_control_flood);
             }
             if (!c->base.error) {
-                c->base.error = n == NGHTTP2_ERR_FLOODED ? "http2.outbound_flood"
+                c->base.error = n == NGHTTP2_ERR_FLOODED ? "http2.outbound_control_flood"
                                 : n == NGHTTP2_ERR_BAD_CLIENT_MAGIC ? "http2.invalid_preface"
                                                                    : "http2.protocol_error";
             }
@@ -1465,7 +1465,9 @@ static struct msm_hcodec *h2_new(const struct msm_hcodec_opts *o, const struct m
     nghttp2_option *opt;
     nghttp2_option_new(&opt);
     nghttp2_option_set_no_auto_window_update(opt, 1);
-    nghttp2_option_set_max_outbound_ack(opt, c->o.max_outbound_frames);
+    /* nghttp2 counts queued SETTINGS / PING ACKs and RST_STREAMs against it (NGHTTP2_ERR_FLOODED):
+     * Envoy's control frame limit. */
+    nghttp2_option_set_max_outbound_ack(opt, c->o.max_outbound_control_frames);
     /* As Envoy: a closed stream is dropped at once. By default an nghttp2 server keeps up to
      * SETTINGS_MAX_CONCURRENT_STREAMS closed streams for RFC 7540 priorities, which we do not
      * use: about 300 kB per busy connection, and a stream map too big for the cache. */

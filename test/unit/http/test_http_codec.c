@@ -880,6 +880,30 @@ static void test_h2_inbound_floods(void **state)
     }
     assert_int_equal(msm_stat_value(st.inbound_priority_frames_flood), 1);
     assert_int_equal(msm_stat_value(st.inbound_window_update_frames_flood), 1);
+    /* PINGs whose ACKs pile up unsent past max_outbound_control_frames (1000): one read of
+     * 1000 is answered, one of 1001 is a flood */
+    for (int n = 1000; n <= 1001; n++) {
+        struct owner o;
+        owner_init(&o);
+        o.c = msm_http2_server_new(&opts, &ocbs, &o);
+        assert_int_equal(feed(&o, preface, sizeof(preface) - 1), 0);
+        static const char ping[] = "\x00\x00\x08\x06\x00\x00\x00\x00\x00" "12345678";
+        size_t len = sizeof(ping) - 1;
+        char *buf = malloc(len * (size_t)n);
+        for (int i = 0; i < n; i++) {
+            memcpy(buf + len * (size_t)i, ping, len);
+        }
+        int rc = feed(&o, buf, len * (size_t)n);
+        free(buf);
+        if (n == 1000) {
+            assert_int_equal(rc, 0);
+        } else {
+            assert_true(rc < 0);
+            assert_string_equal(o.c->error, "http2.outbound_control_flood");
+        }
+        owner_deinit(&o);
+    }
+    assert_int_equal(msm_stat_value(st.outbound_control_flood), 1);
     /* answered streams raise the PRIORITY budget: 1 stream answered -> 200 frames */
     struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
     owner_init(cli);
