@@ -529,15 +529,32 @@ static void test_h1_client_reset_tells_owner(void **state)
 
 /* ---- HTTP/2, client and server back to back ------------------------------------------------- */
 
+/* An HTTP/2 client and server codec wired back to back, their SETTINGS exchanged. */
+static void h2_pair_new(const struct msm_hcodec_opts *srv_o, const struct msm_hcodec_opts *cli_o,
+                        struct owner **cli, struct owner **srv)
+{
+    *cli = calloc(1, sizeof(**cli));
+    *srv = calloc(1, sizeof(**srv));
+    owner_init(*cli);
+    owner_init(*srv);
+    (*srv)->c = msm_http2_server_new(srv_o, &ocbs, *srv);
+    (*cli)->c = msm_http2_client_new(cli_o, &ocbs, *cli);
+    pump(*cli, *srv);
+}
+
+static void h2_pair_free(struct owner *cli, struct owner *srv)
+{
+    owner_deinit(cli);
+    owner_deinit(srv);
+    free(cli);
+    free(srv);
+}
+
 static void test_h2_pair(void **state)
 {
     (void)state;
-    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
-    owner_init(cli);
-    owner_init(srv);
-    srv->c = msm_http2_server_new(NULL, &ocbs, srv);
-    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
-    pump(cli, srv);
+    struct owner *cli, *srv;
+    h2_pair_new(NULL, NULL, &cli, &srv);
     /* 40 concurrent streams, each with a body and trailers one way */
     for (int i = 0; i < 40; i++) {
         char path[32];
@@ -597,10 +614,7 @@ static void test_h2_pair(void **state)
     pump(cli, srv);
     assert_int_equal(cli->c->ops->active_streams(cli->c), 0);
     assert_int_equal(srv->c->ops->active_streams(srv->c), 0);
-    owner_deinit(cli);
-    owner_deinit(srv);
-    free(cli);
-    free(srv);
+    h2_pair_free(cli, srv);
 }
 
 /* Forget <o>'s stream records (their streams are released). */
@@ -644,12 +658,8 @@ static void h2_exchange(struct owner *cli, struct owner *srv)
 static void test_h2_closed_streams_not_kept(void **state)
 {
     (void)state;
-    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
-    owner_init(cli);
-    owner_init(srv);
-    srv->c = msm_http2_server_new(NULL, &ocbs, srv);
-    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
-    pump(cli, srv);
+    struct owner *cli, *srv;
+    h2_pair_new(NULL, NULL, &cli, &srv);
     for (int i = 0; i < 20; i++) {
         h2_exchange(cli, srv);
     }
@@ -663,10 +673,7 @@ static void test_h2_closed_streams_not_kept(void **state)
     assert_true(msm_http2_session_bytes(srv->c) <= srv_bytes + 1024);
     assert_true(msm_http2_session_bytes(cli->c) <= cli_bytes + 1024);
     assert_int_equal(srv->c->ops->active_streams(srv->c), 0);
-    owner_deinit(cli);
-    owner_deinit(srv);
-    free(cli);
-    free(srv);
+    h2_pair_free(cli, srv);
 }
 
 /* Regression: nghttp2 refuses to send a header block over 64 KiB unless told otherwise, so a
@@ -678,12 +685,8 @@ static void test_h2_large_header_block(void **state)
     struct msm_hcodec_opts o;
     msm_hcodec_opts_default(&o);
     o.max_headers_kb = 128;
-    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
-    owner_init(cli);
-    owner_init(srv);
-    srv->c = msm_http2_server_new(&o, &ocbs, srv);
-    cli->c = msm_http2_client_new(&o, &ocbs, cli);
-    pump(cli, srv);
+    struct owner *cli, *srv;
+    h2_pair_new(&o, &o, &cli, &srv);
     struct rec *r = client_request(cli, "GET", "/big", true);
     pump(cli, srv);
     assert_int_equal(srv->n, 1);
@@ -714,10 +717,7 @@ static void test_h2_large_header_block(void **state)
     r->s->codec->ops->release(r->s);
     srv->r[0].s->codec->ops->release(srv->r[0].s);
     pump(cli, srv);
-    owner_deinit(cli);
-    owner_deinit(srv);
-    free(cli);
-    free(srv);
+    h2_pair_free(cli, srv);
 }
 
 /* Regression: a response header block nghttp2 cannot send (here over its 32 MiB send limit)
@@ -726,12 +726,8 @@ static void test_h2_large_header_block(void **state)
 static void test_h2_unsendable_headers_reset(void **state)
 {
     (void)state;
-    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
-    owner_init(cli);
-    owner_init(srv);
-    srv->c = msm_http2_server_new(NULL, &ocbs, srv);
-    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
-    pump(cli, srv);
+    struct owner *cli, *srv;
+    h2_pair_new(NULL, NULL, &cli, &srv);
     struct rec *r = client_request(cli, "GET", "/huge", true);
     pump(cli, srv);
     assert_int_equal(srv->n, 1);
@@ -763,10 +759,7 @@ static void test_h2_unsendable_headers_reset(void **state)
     drop_recs(cli);
     drop_recs(srv);
     h2_exchange(cli, srv);
-    owner_deinit(cli);
-    owner_deinit(srv);
-    free(cli);
-    free(srv);
+    h2_pair_free(cli, srv);
 }
 
 /* The error code of the first frame of <type> in <o>'s output, or -1 (the output is consumed). */
@@ -905,12 +898,8 @@ static void test_h2_inbound_floods(void **state)
     }
     assert_int_equal(msm_stat_value(st.outbound_control_flood), 1);
     /* answered streams raise the PRIORITY budget: 1 stream answered -> 200 frames */
-    struct owner *cli = calloc(1, sizeof(*cli)), *srv = calloc(1, sizeof(*srv));
-    owner_init(cli);
-    owner_init(srv);
-    srv->c = msm_http2_server_new(&opts, &ocbs, srv);
-    cli->c = msm_http2_client_new(NULL, &ocbs, cli);
-    pump(cli, srv);
+    struct owner *cli, *srv;
+    h2_pair_new(&opts, NULL, &cli, &srv);
     h2_exchange(cli, srv);
     for (int i = 0; i < 150; i++) {
         uint8_t f[14] = {0, 0, 5, 2, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 15}; /* stream 4096+ */
@@ -918,10 +907,7 @@ static void test_h2_inbound_floods(void **state)
         assert_int_equal(feed(srv, (const char *)f, 14), 0);
     }
     msm_buf_drain(&srv->out, srv->out.len);
-    owner_deinit(cli);
-    owner_deinit(srv);
-    free(cli);
-    free(srv);
+    h2_pair_free(cli, srv);
     msm_http2_stats_deinit(&st);
     msm_stats_store_free(store);
 }
