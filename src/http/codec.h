@@ -130,6 +130,9 @@ struct msm_hcodec_cbs {
     /* A tunnel's output ended (HTTP/1 upgrade or CONNECT, raw TCP): half-close the connection
      * (FIN) once what was written is flushed. Optional (without it the end is not signalled). */
     void (*shutdown_write)(void *owner);
+    /* The codec failed outside a dispatch (HTTP/2 keepalive timeout; codec->error says why):
+     * close the connection now. Called last: the owner may free the codec in it. Optional. */
+    void (*on_error)(void *owner);
 };
 
 struct msm_hcodec_ops {
@@ -166,6 +169,8 @@ struct msm_hcodec_ops {
 };
 
 /* Limits and options of a codec (from HCM / cluster config). */
+#define MSM_H2_MAX_CUSTOM_SETTINGS 16
+
 struct msm_hcodec_opts {
     uint32_t max_headers_kb;      /* request/response header block limit, default 60 */
     uint32_t max_headers_count;   /* default 100 */
@@ -177,6 +182,13 @@ struct msm_hcodec_opts {
     uint32_t initial_stream_window_size;    /* default 256 MiB as Envoy (we cap at 16 MiB) */
     uint32_t initial_connection_window_size;
     uint32_t max_outbound_frames;           /* flood protection, default 10000 */
+    uint32_t hpack_table_size;              /* SETTINGS_HEADER_TABLE_SIZE we announce, 4096 */
+    /* custom_settings_parameters, sent after ours in the first SETTINGS (validated) */
+    struct msm_h2_setting {
+        uint16_t id;
+        uint32_t value;
+    } custom_settings[MSM_H2_MAX_CUSTOM_SETTINGS];
+    uint8_t n_custom_settings;
     /* Control frames nghttp2 may hold unsent (SETTINGS and PING ACKs, RST_STREAMs): past it the
      * peer is flooding us (Envoy's max_outbound_control_frames), default 1000 */
     uint32_t max_outbound_control_frames;
@@ -186,6 +198,11 @@ struct msm_hcodec_opts {
      * 5 + 2 * (opened streams + max_inbound_window_update_frames_per_data_frame_sent * DATA
      * frames sent) end the connection. "Opened": a stream we sent HEADERS on. Defaults 100, 10. */
     uint32_t max_inbound_priority_frames_per_stream;
+    /* connection_keepalive (HTTP/2, msm_http2_keepalive_start): a PING every interval (+ up to
+     * jitter % of it; 0: none), the connection ends when no frame at all arrives within timeout
+     * of one; a client also pings before a new stream after idle_ms without input. 0: off. */
+    uint32_t keepalive_interval_ms, keepalive_timeout_ms, keepalive_idle_ms;
+    uint8_t keepalive_jitter_pct;
     uint32_t max_inbound_window_update_frames_per_data_frame_sent;
     /* An invalid header or message resets only its stream (Envoy's
      * override_stream_error_on_invalid_http_message); default false: the connection ends. */
@@ -239,6 +256,10 @@ struct msm_hcodec *msm_http2_server_new(const struct msm_hcodec_opts *o,
                                         const struct msm_hcodec_cbs *cbs, void *owner);
 struct msm_hcodec *msm_http2_client_new(const struct msm_hcodec_opts *o,
                                         const struct msm_hcodec_cbs *cbs, void *owner);
+/* Start an HTTP/2 codec's connection_keepalive timers on <loop> (nothing for other codecs or
+ * without keepalive options); they stop when the codec is freed. */
+struct ev_loop;
+void msm_http2_keepalive_start(struct msm_hcodec *codec, struct ev_loop *loop);
 /* Bytes nghttp2 holds for an HTTP/2 codec's session (0 for other codecs). */
 size_t msm_http2_session_bytes(const struct msm_hcodec *codec);
 /* A raw TCP leg behind the codec vtable (tunnel.c), client only: one stream; its request

@@ -108,6 +108,7 @@ void msm_hcodec_opts_default(struct msm_hcodec_opts *o)
     o->initial_connection_window_size = 16 * 1024 * 1024;
     o->max_outbound_frames = 10000;
     o->max_outbound_control_frames = 1000;
+    o->hpack_table_size = 4096;
     o->max_consecutive_inbound_frames_with_empty_payload = 1;
     o->max_inbound_priority_frames_per_stream = 100;
     o->max_inbound_window_update_frames_per_data_frame_sent = 10;

@@ -122,12 +122,19 @@ struct h2 {
     uint32_t premature_resets;
     int32_t last_peer_stream;
     bool settings_in;              /* the peer's SETTINGS arrived (client: extended CONNECT) */
+    /* connection_keepalive: started by msm_http2_keepalive_start */
+    struct ev_loop *ka_loop;
+    ev_timer ka_interval, ka_timeout; /* ka_timeout active: a PING is outstanding */
+    uint64_t ka_ping_id;
+    uint32_t ka_rand;
+    ev_tstamp last_rx;
     nghttp2_mem mem;               /* nghttp2's allocator; mem_user_data is this codec */
     size_t ng_bytes;               /* bytes nghttp2 holds for this session (prefixes included) */
 };
 
 static void flush(struct h2 *c);
 static void send_held(struct h2 *c);
+static const struct msm_hcodec_ops h2_ops;
 
 #define H2_INC(c, f)                                                                              \
     do {                                                                                          \
@@ -255,6 +262,93 @@ static void fatal(struct h2 *c, const char *err, uint32_t code)
     c->base.close_connection = true;
     nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, c->last_peer_stream, code, NULL, 0);
     H2_INC(c, goaway_sent);
+}
+
+/* ---- connection_keepalive ------------------------------------------------------------------- */
+
+/* A PING with a fresh payload; the timeout runs until its ACK or any other input. */
+static void ka_ping(struct h2 *c)
+{
+    if (c->dead || ev_is_active(&c->ka_timeout)) {
+        return; /* the outstanding one decides */
+    }
+    c->ka_ping_id++;
+    uint8_t data[8];
+    memcpy(data, &c->ka_ping_id, 8);
+    if (nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, data) != 0) {
+        return;
+    }
+    ev_timer_set(&c->ka_timeout, c->o.keepalive_timeout_ms / 1000.0, 0);
+    ev_timer_start(c->ka_loop, &c->ka_timeout);
+    flush(c);
+}
+
+static void ka_arm_interval(struct h2 *c)
+{
+    double iv = c->o.keepalive_interval_ms / 1000.0;
+    c->ka_rand = c->ka_rand * 1103515245u + 12345u;
+    double jitter = iv * c->o.keepalive_jitter_pct / 100.0 * ((c->ka_rand >> 8) % 1000) / 1000.0;
+    ev_timer_set(&c->ka_interval, iv + jitter, 0);
+    ev_timer_start(c->ka_loop, &c->ka_interval);
+}
+
+/* Input arrived: the peer is alive. As Envoy, any frame extends an outstanding PING's timeout
+ * (a big response ahead of the ACK must not end the connection). */
+static void ka_on_input(struct h2 *c)
+{
+    c->last_rx = ev_now(c->ka_loop);
+    if (ev_is_active(&c->ka_timeout)) {
+        ev_timer_stop(c->ka_loop, &c->ka_timeout);
+        ev_timer_set(&c->ka_timeout, c->o.keepalive_timeout_ms / 1000.0, 0);
+        ev_timer_start(c->ka_loop, &c->ka_timeout);
+    }
+}
+
+static void on_ka_interval(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct h2 *c = MSM_CONTAINER_OF(t, struct h2, ka_interval);
+    ka_ping(c);
+    if (!c->dead) {
+        ka_arm_interval(c);
+    }
+}
+
+static void on_ka_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    struct h2 *c = MSM_CONTAINER_OF(t, struct h2, ka_timeout);
+    ev_timer_stop(loop, &c->ka_interval);
+    H2_INC(c, keepalive_timeout);
+    msm_log(MSM_LOG_DEBUG, MSM_LC_HTTP2, "no answer to a keepalive PING in %u ms: closing",
+            c->o.keepalive_timeout_ms);
+    c->dead = true;
+    c->base.error = "http2.keepalive_timeout";
+    c->base.close_connection = true;
+    if (c->base.cbs->on_error) {
+        c->base.cbs->on_error(c->base.owner); /* last: the owner may free the codec */
+    }
+}
+
+void msm_http2_keepalive_start(struct msm_hcodec *codec, struct ev_loop *loop)
+{
+    if (!codec || codec->proto != MSM_HTTP_2 || codec->ops != &h2_ops) {
+        return;
+    }
+    struct h2 *c = (struct h2 *)codec;
+    if (c->ka_loop || !c->o.keepalive_timeout_ms ||
+        (!c->o.keepalive_interval_ms && !c->o.keepalive_idle_ms)) {
+        return;
+    }
+    c->ka_loop = loop;
+    c->last_rx = ev_now(loop);
+    c->ka_rand = (uint32_t)(uintptr_t)c;
+    ev_timer_init(&c->ka_interval, on_ka_interval, 0, 0);
+    ev_timer_init(&c->ka_timeout, on_ka_timeout, 0, 0);
+    if (c->o.keepalive_interval_ms) {
+        ka_arm_interval(c);
+    }
 }
 
 /* ---- nghttp2 callbacks: input ---------------------------------------------------------------- */
@@ -453,6 +547,12 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
             H2_INC(c, inbound_window_update_frames_flood);
             fatal(c, "http2.inbound_window_update_frames_flood", NGHTTP2_ENHANCE_YOUR_CALM);
             return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+        break;
+    case NGHTTP2_PING:
+        if ((f->hd.flags & NGHTTP2_FLAG_ACK) && c->ka_loop &&
+            !memcmp(f->ping.opaque_data, &c->ka_ping_id, 8)) {
+            ev_timer_stop(c->ka_loop, &c->ka_timeout);
         }
         break;
     case NGHTTP2_SETTINGS:
@@ -779,6 +879,9 @@ static int h2_dispatch(struct msm_hcodec *base, struct msm_buf *in)
             break;
         }
         msm_buf_drain(in, (size_t)n);
+        if (c->ka_loop && n > 0) {
+            ka_on_input(c);
+        }
     }
     if (!c->dead && !rc && !c->base.goaway_received && !nghttp2_session_want_read(c->ng)) {
         /* nghttp2 ended the session on a connection error it handles itself (a frame it cannot
@@ -1171,6 +1274,10 @@ static struct msm_hstream *h2_new_stream(struct msm_hcodec *base, const struct m
     if (base->server || !base->ops->can_new_stream(base)) {
         return NULL;
     }
+    if (c->ka_loop && c->o.keepalive_idle_ms && !ev_is_active(&c->ka_timeout) &&
+        ev_now(c->ka_loop) - c->last_rx > c->o.keepalive_idle_ms / 1000.0) {
+        ka_ping(c); /* quiet for a while: is the peer still there? */
+    }
     struct h2_stream *st = stream_new(c);
     st->s.cbs = cbs;
     st->s.ctx = ctx;
@@ -1263,6 +1370,10 @@ static void h2_free(struct msm_hcodec *base)
         c->fl->c = NULL; /* the round's queue frees it */
     } else {
         free(c->fl);
+    }
+    if (c->ka_loop) {
+        ev_timer_stop(c->ka_loop, &c->ka_interval);
+        ev_timer_stop(c->ka_loop, &c->ka_timeout);
     }
     msm_buf_deinit(&c->wbuf);
     msm_buf_deinit(&c->rbuf);
@@ -1487,21 +1598,30 @@ static struct msm_hcodec *h2_new(const struct msm_hcodec_opts *o, const struct m
     if (server && max > MAX_ADVERTISED_STREAMS) {
         max = MAX_ADVERTISED_STREAMS;
     }
-    nghttp2_settings_entry iv[] = {
+    nghttp2_settings_entry iv[5 + MSM_H2_MAX_CUSTOM_SETTINGS] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, max},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, c->o.initial_stream_window_size},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, c->o.max_headers_kb * 1024},
-        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
     };
     size_t niv = 3;
     if (!server) {
-        niv = 4;
+        iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
     } else if (c->o.allow_connect) {
-        iv[3].settings_id = NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL; /* RFC 8441 */
-        iv[3].value = 1;
-        niv = 4;
+        iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1};
     }
-    nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, niv);
+    if (c->o.hpack_table_size != 4096) {
+        iv[niv++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_HEADER_TABLE_SIZE,
+                                             c->o.hpack_table_size};
+    }
+    for (uint8_t i = 0; i < c->o.n_custom_settings && i < MSM_H2_MAX_CUSTOM_SETTINGS; i++) {
+        iv[niv++] = (nghttp2_settings_entry){c->o.custom_settings[i].id,
+                                             c->o.custom_settings[i].value};
+    }
+    if (nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, niv) != 0) {
+        /* only values the configuration check let through: not expected */
+        msm_log(MSM_LOG_ERROR, MSM_LC_HTTP2, "SETTINGS refused by nghttp2; sending ours only");
+        nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, 3);
+    }
     nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
                                           (int32_t)c->o.initial_connection_window_size);
     flush(c);

@@ -372,12 +372,22 @@ static void up_shutdown_write(void *owner)
     }
 }
 
+/* The codec gave up on the connection outside a read (HTTP/2 keepalive timeout). */
+static void up_error(void *owner)
+{
+    struct msm_upconn *uc = owner;
+    if (!uc->closed) {
+        conn_close(uc, MSM_CLOSE_NOFLUSH);
+    }
+}
+
 static const struct msm_hcodec_cbs up_codec_cbs = {
     .write = up_write,
     .on_goaway = up_goaway,
     .on_stream_done = up_stream_done,
     .read_disable = up_read_disable,
     .shutdown_write = up_shutdown_write,
+    .on_error = up_error,
 };
 
 static void uc_free(void *arg)
@@ -490,6 +500,7 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
             uc->codec = msm_tcp_tunnel_client_new(&up_codec_cbs, uc);
         } else if (p->proto == MSM_HTTP_2) {
             uc->codec = msm_http2_client_new(&h->h2, &up_codec_cbs, uc);
+            msm_http2_keepalive_start(uc->codec, p->reg->loop);
             msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_http2_total);
         } else {
             uc->codec = msm_http1_client_new(&h->h1, &up_codec_cbs, uc);

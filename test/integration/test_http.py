@@ -705,6 +705,115 @@ class Http2AbuseTest(HttpTestCase):
         self.assertEqual(self.p.stat("http2.rx_messaging_error"), 2)
 
 
+class Http2OptionsTest(HttpTestCase):
+    """Http2ProtocolOptions fields checked as Envoy does; the SETTINGS they put on the wire."""
+
+    def validate(self, h2opts, on_cluster=False):
+        cluster = H.cluster("c", [H.sock_addr(1)])
+        if on_cluster:
+            cluster["typed_extension_protocol_options"] = {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/"
+                             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": h2opts}}}
+            cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}], [cluster])
+        else:
+            cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}], [cluster],
+                              http2_protocol_options=h2opts)
+        path = os.path.join(self.tmp, "h2opts.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        r = self.run_binary(["-c", path, "--mode", "validate"])
+        return r.returncode, r.stdout + r.stderr
+
+    def test_refused_options(self):
+        def cs(*pairs):
+            return {"custom_settings_parameters": [{"identifier": i, "value": v}
+                                                   for i, v in pairs]}
+        cases = [
+            ({"allow_metadata": True}, "METADATA frames are not supported"),
+            (cs((2, 1)), "server push is not supported by Envoy"),
+            (cs((8, 1)), "SETTINGS parameter must only be configured through the named field"),
+            (dict(cs((1, 0)), hpack_table_size=100),
+             "the {hpack_table_size} HTTP/2 SETTINGS parameter(s) can not be configured"),
+            (cs((10, 0), (10, 1), (12, 10), (12, 10)),
+             "inconsistent HTTP/2 custom SETTINGS parameter(s) detected; identifiers = {0x0a}"),
+            (cs((5, 100)), "max frame size must be in [16384, 16777215]"),
+            ({"max_inbound_window_update_frames_per_data_frame_sent": 0}, "must be >= 1"),
+            ({"connection_keepalive": {"interval": "1s"}}, "connection_keepalive.timeout: required"),
+        ]
+        for opts, msg in cases:
+            for on_cluster in (False, True):
+                with self.subTest(opts=opts, on_cluster=on_cluster):
+                    rc, out = self.validate(opts, on_cluster)
+                    self.assertNotEqual(rc, 0, out)
+                    self.assertIn(msg, out)
+        rc, out = self.validate(cs((10, 0), (10, 0), (0x99, 7)))  # identical repeats are fine
+        self.assertEqual(rc, 0, out)
+
+    def test_keepalive(self):
+        """connection_keepalive: PINGs at the interval; a client that never answers them is
+        disconnected after the timeout (http2.keepalive_timeout); one that does stays."""
+        up = self.http_upstream()
+        p = self.proxy([{"match": {"prefix": "/"}, "route": to("up")}],
+                       [H.cluster("up", [up.address])],
+                       http2_protocol_options={"connection_keepalive": {
+                           "interval": "0.1s", "timeout": "0.3s",
+                           "interval_jitter": {"value": 0}}})
+        for answer in (True, False):
+            s = socket.create_connection(("127.0.0.1", p.listener_port()), timeout=5)
+            self.addCleanup(s.close)
+            s.sendall(H2_PREFACE + h2_frame(4, 1, 0))
+            data, pings, closed = b"", 0, False
+            deadline = time.time() + 1.5
+            while time.time() < deadline:
+                s.settimeout(max(0.05, deadline - time.time()))
+                try:
+                    b = s.recv(65536)
+                except socket.timeout:
+                    break
+                if not b:
+                    closed = True
+                    break
+                data += b
+                frames = h2_frames(data)
+                used = sum(9 + len(f[3]) for f in frames)
+                data = data[used:]
+                for f in frames:
+                    if f[0] == 6 and not f[1] & 1:
+                        pings += 1
+                        if answer:
+                            s.sendall(h2_frame(6, 1, 0, f[3]))
+            s.close()  # the answered one too, before it could time out meanwhile
+            with self.subTest(answer=answer):
+                self.assertGreaterEqual(pings, 2 if answer else 1)
+                self.assertEqual(closed, not answer)
+        self.assertEqual(p.stat("http2.keepalive_timeout"), 1)
+
+    def test_settings_on_the_wire(self):
+        up = self.http_upstream()
+        p = self.proxy([{"match": {"prefix": "/"}, "route": to("up")}],
+                       [H.cluster("up", [up.address])],
+                       http2_protocol_options={
+                           "hpack_table_size": 0, "use_oghttp2_codec": True,
+                           "custom_settings_parameters": [
+                               {"identifier": 5, "value": 32768},
+                               {"identifier": 0x99, "value": 7}]})
+        frames = h2_frames(P.raw_exchange(p.listener_port(),
+                                          H2_PREFACE + h2_frame(1, 5, 1, h2_request(b"/s")),
+                                          timeout=3))
+        settings = [f for f in frames if f[0] == 4 and not f[1] & 1]
+        self.assertTrue(settings, frames)
+        pl = settings[0][3]
+        got = {int.from_bytes(pl[i:i + 2], "big"): int.from_bytes(pl[i + 2:i + 6], "big")
+               for i in range(0, len(pl), 6)}
+        self.assertEqual(got.get(1), 0)      # SETTINGS_HEADER_TABLE_SIZE
+        self.assertEqual(got.get(5), 32768)  # SETTINGS_MAX_FRAME_SIZE
+        self.assertEqual(got.get(0x99), 7)   # unknown to HTTP/2: passed on as configured
+        self.assertTrue([f for f in frames if f[0] == 1 and f[2] == 1], frames)
+        self.assertEqual(up.paths, ["/s"])
+
+
 class UnderscoreHeadersTest(HttpTestCase):
     """common_http_protocol_options.headers_with_underscores_action, as Envoy's codecs: on
     requests only (HTTP/1 and HTTP/2), counted in http1.* / http2.*."""

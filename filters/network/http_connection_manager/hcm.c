@@ -117,12 +117,25 @@ static void cb_shutdown_write(void *owner)
     msm_buf_deinit(&b);
 }
 
+/* The codec gave up on the connection outside a read (HTTP/2 keepalive timeout). */
+static void cb_error(void *owner)
+{
+    struct hcm_conn *hc = owner;
+    if (hc->gone) {
+        return;
+    }
+    msm_log(MSM_LOG_DEBUG, MSM_LC_HTTP, "[C%llu] closing: %s", msm_filter_conn(hc->h)->id,
+            hc->codec->error ? hc->codec->error : "codec error");
+    msm_hcm_conn_close(hc, MSM_CLOSE_NOFLUSH);
+}
+
 static const struct msm_hcodec_cbs codec_cbs = {
     .on_new_stream = cb_new_stream,
     .write = cb_write,
     .on_stream_done = cb_stream_done,
     .read_disable = cb_read_disable,
     .shutdown_write = cb_shutdown_write,
+    .on_error = cb_error,
 };
 
 /* ---- closing ------------------------------------------------------------------------------------- */
@@ -358,6 +371,7 @@ static bool pick_codec(struct hcm_conn *hc, struct msm_buf *data)
     if (p == MSM_HTTP_2) {
         hc->codec = msm_http2_server_new(&cfg->h2opts, &codec_cbs, hc);
         hc->codec->loop = hc->loop; /* one output pass per loop round (http2.c) */
+        msm_http2_keepalive_start(hc->codec, hc->loop);
         msm_stat_inc(cfg->stats.downstream_cx_http2_total);
         msm_stat_inc(cfg->stats.downstream_cx_http2_active);
     } else {

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <ev.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -912,6 +914,119 @@ static void test_h2_inbound_floods(void **state)
     msm_stats_store_free(store);
 }
 
+static int ka_errors;
+static void o_error(void *owner)
+{
+    (void)owner;
+    ka_errors++;
+}
+
+static const struct msm_hcodec_cbs ocbs_ka = {
+    .on_new_stream = o_new_stream,
+    .write = o_write,
+    .on_stream_done = o_done,
+    .shutdown_write = o_shut,
+    .on_error = o_error,
+};
+
+/* PING frames (not ACKs) in <o>'s output, which is consumed; the last one's payload in <last>. */
+static int take_pings(struct owner *o, uint8_t last[8])
+{
+    size_t n = o->out.len;
+    uint8_t *b = malloc(n + 1);
+    msm_buf_copyout(&o->out, 0, b, n);
+    msm_buf_drain(&o->out, n);
+    int pings = 0;
+    for (size_t i = 0; i + 9 <= n;) {
+        size_t len = (size_t)b[i] << 16 | (size_t)b[i + 1] << 8 | b[i + 2];
+        if (b[i + 3] == 6 && !(b[i + 4] & 1) && len == 8 && i + 17 <= n) {
+            memcpy(last, b + i + 9, 8);
+            pings++;
+        }
+        i += 9 + len;
+    }
+    free(b);
+    return pings;
+}
+
+static void run_for(struct ev_loop *loop, double s)
+{
+    ev_tstamp end = ev_time() + s;
+    while (ev_time() < end) {
+        ev_run(loop, EVRUN_ONCE);
+    }
+}
+
+static void nop_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)t;
+    (void)revents;
+}
+
+/* connection_keepalive: PINGs every interval; an answered one keeps the connection, one left
+ * unanswered past the timeout ends it (on_error, http2.keepalive_timeout); any input extends
+ * the wait. */
+static void test_h2_keepalive(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    ev_timer tick; /* keeps ev_run(ONCE) from blocking for long */
+    ev_timer_init(&tick, nop_timer, 0.005, 0.005);
+    ev_timer_start(loop, &tick);
+    struct msm_stats_store *store = msm_stats_store_new();
+    struct msm_http2_stats st;
+    msm_http2_stats_init(store, "http.t.http2.", &st);
+    struct msm_hcodec_opts opts;
+    msm_hcodec_opts_default(&opts);
+    opts.h2stats = &st;
+    opts.keepalive_interval_ms = 40;
+    opts.keepalive_timeout_ms = 200; /* wide: CI machines stall */
+    opts.keepalive_jitter_pct = 0;
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                                  "\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http2_server_new(&opts, &ocbs_ka, &o);
+    msm_http2_keepalive_start(o.c, loop);
+    assert_int_equal(feed(&o, preface, sizeof(preface) - 1), 0);
+    msm_buf_drain(&o.out, o.out.len);
+    ka_errors = 0;
+    /* answered: 0.4 s, every PING acknowledged as it comes */
+    int pings = 0;
+    ev_tstamp end = ev_time() + 0.4;
+    while (ev_time() < end) {
+        ev_run(loop, EVRUN_ONCE);
+        uint8_t id[8];
+        if (take_pings(&o, id)) {
+            pings++;
+            char ack[17] = "\x00\x00\x08\x06\x01\x00\x00\x00\x00";
+            memcpy(ack + 9, id, 8);
+            assert_int_equal(feed(&o, ack, 17), 0);
+        }
+    }
+    assert_true(pings >= 3);
+    assert_int_equal(ka_errors, 0);
+    /* other input, without the ACK, extends the wait: a PING (which we answer) every 30 ms */
+    end = ev_time() + 0.3;
+    while (ev_time() < end) {
+        run_for(loop, 0.03);
+        static const char ping[] = "\x00\x00\x08\x06\x00\x00\x00\x00\x00" "abcdefgh";
+        assert_int_equal(feed(&o, ping, sizeof(ping) - 1), 0);
+    }
+    assert_int_equal(ka_errors, 0);
+    /* then silence: the outstanding PING times out */
+    run_for(loop, 0.6);
+    assert_int_equal(ka_errors, 1);
+    assert_string_equal(o.c->error, "http2.keepalive_timeout");
+    assert_int_equal(msm_stat_value(st.keepalive_timeout), 1);
+    owner_deinit(&o);
+    ev_timer_stop(loop, &tick);
+    ev_loop_destroy(loop);
+    msm_http2_stats_deinit(&st);
+    msm_stats_store_free(store);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -931,6 +1046,7 @@ int main(void)
         cmocka_unit_test(test_h2_unsendable_headers_reset),
         cmocka_unit_test(test_h2_bad_input),
         cmocka_unit_test(test_h2_inbound_floods),
+        cmocka_unit_test(test_h2_keepalive),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
