@@ -94,6 +94,40 @@ class UpstreamCodecErrorTest(H.ProxyTestCase):
         p.wait_stat("cluster.h2up.upstream_cx_active", lambda v: v == 0)
         p.wait_stat("cluster.h2up.upstream_rq_active", lambda v: v == 0)
 
+    def test_h2_keepalive_ends_a_silent_upstream(self):
+        """connection_keepalive on the cluster: an upstream that never answers anything (not
+        even the PING) is disconnected after the timeout and the request gets 503 then, not at
+        the route's 15 s timeout."""
+        srv = Http1Answerer(silent=True)
+        self.addCleanup(srv.stop)
+        port = H.free_port()
+        opts = {k: dict(v) for k, v in H2_OPTS.items()}
+        opts["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"] = {
+            "http2_protocol_options": {"connection_keepalive": {"interval": "0.1s",
+                                                                "timeout": "0.3s"}}}
+
+        def cfg():
+            hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": HCM, "stat_prefix": "in", "http_filters": [ROUTER],
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": "h2up"}}]}]}}}
+            return H.bootstrap(
+                listeners=[H.listener("main", H.sock_addr(port), [hcm])],
+                clusters=[H.cluster("h2up", [srv.address],
+                                    typed_extension_protocol_options=opts)])
+        p = self.start_proxy(cfg)
+        s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
+        self.addCleanup(s.close)
+        t0 = time.monotonic()
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        line = H.recv_line(s, timeout=10)
+        took = time.monotonic() - t0
+        self.assertIn(b" 503 ", line)
+        self.assertGreater(took, 0.25)
+        self.assertLess(took, 3.0)
+        p.wait_stat("cluster.h2up.upstream_cx_active", lambda v: v == 0)
+        p.wait_stat("cluster.h2up.upstream_rq_active", lambda v: v == 0)
+
     def test_exit_with_request_in_flight(self):
         """The proxy exits while a request waits on an h2 upstream that never answers: the
         streams are freed (no leak under ASan; the harness fails on a sanitizer report)."""
