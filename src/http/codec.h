@@ -176,6 +176,7 @@ struct msm_hcodec_opts {
     uint32_t max_headers_count;   /* default 100 */
     uint32_t stream_buffer_limit; /* per-stream output watermark, bytes (default 1 MiB) */
     bool accept_http_10;          /* HTTP/1 server: else 426 */
+    bool enable_trailers;         /* HTTP/1: trailers pass (Envoy's default: dropped) */
     const char *default_host_for_http_10;
     /* HTTP/2 */
     uint32_t max_concurrent_streams;        /* default 2147483647 (server advertises 100 if 0) */

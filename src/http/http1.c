@@ -510,6 +510,9 @@ static void deliver_end(struct h1 *c, struct h1_stream *st)
     if (c->in_value) {
         commit_header(c);
     }
+    if (!c->o.enable_trailers && c->hdrs.n) {
+        msm_hdrs_deinit(&c->hdrs); /* as Envoy without enable_trailers: dropped */
+    }
     bool trailers = c->hdrs.n > 0;
     if (st->done || !owned(st)) {
         st->s.remote_end = true;
@@ -1306,10 +1309,14 @@ static void h1_encode_trailers(struct msm_hstream *s, struct msm_hdrs *t)
     struct msm_buf b;
     msm_buf_init(&b);
     if (st->chunked_out) {
+        /* without enable_trailers the fields are dropped (Envoy): only the last chunk goes */
+        const struct msm_hdrs *keep = c->o.enable_trailers ? t : NULL;
         struct wr w;
-        wr_begin(&w, &b, head_size(t, 0));
+        wr_begin(&w, &b, keep ? head_size(keep, 0) : 8);
         wr_put(&w, "0\r\n", 3);
-        put_headers(&w, t, false);
+        if (keep) {
+            put_headers(&w, keep, false);
+        }
         wr_put(&w, "\r\n", 2);
         wr_end(&w);
         out(c, &b);

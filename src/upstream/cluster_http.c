@@ -13,7 +13,7 @@
 #include "common/alloc.h"
 #include "config/pbjson.h"
 #include "config/pbutil.h"
-#include "http/h2_options.h"
+#include "http/protocol_options.h"
 #include "upstream/cluster.h"
 #include "xds/strmap.h"
 
@@ -147,6 +147,9 @@ static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cf
             h->proto = MSM_UPSTREAM_HTTP2;
             return msm_h2_options_from_proto(e->http2_protocol_options, &h->h2, err);
         }
+        if (msm_h1_options_from_proto(e->http_protocol_options, &h->h1, false, err) < 0) {
+            return MSM_EINVAL;
+        }
         if (e->protocol_config_case ==
             ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__EXPLICIT_HTTP_CONFIG__PROTOCOL_CONFIG_HTTP3_PROTOCOL_OPTIONS) {
             return msm_err_set(err, "explicit_http_config.http3_protocol_options: HTTP/3 is not "
@@ -157,6 +160,10 @@ static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cf
     }
     case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_USE_DOWNSTREAM_PROTOCOL_CONFIG:
         h->proto = MSM_UPSTREAM_HTTP_DOWNSTREAM;
+        if (msm_h1_options_from_proto(p->use_downstream_protocol_config->http_protocol_options,
+                                      &h->h1, false, err) < 0) {
+            return MSM_EINVAL;
+        }
         if (p->use_downstream_protocol_config->http3_protocol_options) {
             return msm_err_set(err, "use_downstream_protocol_config.http3_protocol_options: "
                                     "HTTP/3 is not supported");
@@ -167,6 +174,10 @@ static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cf
         /* ALPN-negotiated per connection (http/pool.c, Envoy's mixed pool); a connection
          * without TLS, or whose handshake picked no protocol or another one, is HTTP/1.1. */
         h->proto = MSM_UPSTREAM_AUTO;
+        if (msm_h1_options_from_proto(p->auto_config->http_protocol_options, &h->h1, false,
+                                      err) < 0) {
+            return MSM_EINVAL;
+        }
         if (p->auto_config->http3_protocol_options) {
             return msm_err_set(err, "auto_config.http3_protocol_options: HTTP/3 is not "
                                     "supported");
@@ -239,6 +250,9 @@ static int http_from_proto(const void *cluster_proto, struct msm_cluster_cfg *c,
         if (msm_h2_options_from_proto(p->http2_protocol_options, &h->h2, err) < 0) {
             return MSM_EINVAL;
         }
+    }
+    if (msm_h1_options_from_proto(p->http_protocol_options, &h->h1, false, err) < 0) {
+        return MSM_EINVAL;
     }
     if (p->protocol_selection ==
         ENVOY__CONFIG__CLUSTER__V3__CLUSTER__CLUSTER_PROTOCOL_SELECTION__USE_DOWNSTREAM_PROTOCOL) {

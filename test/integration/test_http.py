@@ -751,6 +751,37 @@ class Http2OptionsTest(HttpTestCase):
         rc, out = self.validate(cs((10, 0), (10, 0), (0x99, 7)))  # identical repeats are fine
         self.assertEqual(rc, 0, out)
 
+    def test_refused_http1_options(self):
+        """Http1ProtocolOptions this proxy does not implement are named, on the HCM and on
+        clusters; enable_trailers is accepted on both."""
+        def validate(h1, on_cluster):
+            cluster = H.cluster("c", [H.sock_addr(1)])
+            if on_cluster:
+                cluster["typed_extension_protocol_options"] = {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/"
+                                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http_protocol_options": h1}}}
+                cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}], [cluster])
+            else:
+                cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}], [cluster],
+                                  http_protocol_options=h1)
+            path = os.path.join(self.tmp, "h1opts.json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            r = self.run_binary(["-c", path, "--mode", "validate"])
+            return r.returncode, r.stdout + r.stderr
+        for on_cluster in (False, True):
+            for h1, msg in (({"allow_custom_methods": True}, "allow_custom_methods: not supported"),
+                            ({"allow_chunked_length": True}, "allow_chunked_length: not supported")):
+                rc, out = validate(h1, on_cluster)
+                self.assertNotEqual(rc, 0, out)
+                self.assertIn(msg, out)
+            rc, out = validate({"enable_trailers": True, "use_balsa_parser": True}, on_cluster)
+            self.assertEqual(rc, 0, out)
+        rc, out = validate({"send_fully_qualified_url": True}, True)
+        self.assertIn("send_fully_qualified_url: not supported", out)
+
     def test_keepalive(self):
         """connection_keepalive: PINGs at the interval; a client that never answers them is
         disconnected after the timeout (http2.keepalive_timeout); one that does stays."""

@@ -13,7 +13,7 @@
 #include "config/snapshot.h"
 #include "config/types.h"
 #include "filters/network/http_connection_manager/hcm.h"
-#include "http/h2_options.h"
+#include "http/protocol_options.h"
 
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 
@@ -249,20 +249,8 @@ static int codec_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm
         return msm_err_set(err, "max_request_headers_kb: must be in [1, 8192]");
     }
     c->h1opts.max_headers_kb = c->h2opts.max_headers_kb = kb;
-    if (p->http_protocol_options) {
-        const Envoy__Config__Core__V3__Http1ProtocolOptions *h1 = p->http_protocol_options;
-        c->h1opts.accept_http_10 = h1->accept_http_10;
-        if (h1->default_host_for_http_10[0]) {
-            c->h1opts.default_host_for_http_10 = msm_xstrdup(h1->default_host_for_http_10);
-        }
-        if (h1->allow_chunked_length) {
-            return msm_err_set(err, "http_protocol_options.allow_chunked_length: not supported "
-                                    "(requests with both Content-Length and chunked encoding "
-                                    "are rejected)");
-        }
-        if (h1->header_key_format) {
-            return msm_err_set(err, "http_protocol_options.header_key_format: not supported");
-        }
+    if (msm_h1_options_from_proto(p->http_protocol_options, &c->h1opts, true, err) < 0) {
+        return MSM_EINVAL;
     }
     const Envoy__Config__Core__V3__Http2ProtocolOptions *h2p = p->http2_protocol_options;
     if (msm_h2_options_from_proto(h2p, &c->h2opts, err) < 0) {

@@ -138,11 +138,32 @@ static void test_h1_server_basic(void **state)
     msm_hdrs_deinit(&h);
     msm_buf_deinit(&b);
     w = take_out(&o);
+    /* trailers are dropped unless enable_trailers (Envoy's default): the last chunk only */
     assert_string_equal(w, "HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n"
-                           "5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n");
+                           "5\r\nhello\r\n0\r\n\r\n");
     free(w);
     r->s->codec->ops->release(r->s);
     assert_false(o.c->close_connection);
+    owner_deinit(&o);
+    /* with enable_trailers they go out */
+    struct msm_hcodec_opts opts;
+    msm_hcodec_opts_default(&opts);
+    opts.enable_trailers = true;
+    owner_init(&o);
+    o.c = msm_http1_server_new(&opts, &ocbs, &o);
+    assert_int_equal(feeds(&o, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    r = &o.r[0];
+    msm_hdrs_addz(&h, ":status", "200");
+    r->s->codec->ops->encode_headers(r->s, &h, false);
+    msm_hdrs_deinit(&h);
+    msm_hdrs_addz(&h, "grpc-status", "0");
+    r->s->codec->ops->encode_trailers(r->s, &h);
+    msm_hdrs_deinit(&h);
+    w = take_out(&o);
+    assert_string_equal(w, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                           "0\r\ngrpc-status: 0\r\n\r\n");
+    free(w);
+    r->s->codec->ops->release(r->s);
     owner_deinit(&o);
 }
 
@@ -151,21 +172,29 @@ static void test_h1_server_chunked_bytewise(void **state)
     (void)state;
     static const char req[] = "POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
                               "5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld!\r\n0\r\nX-Trail: t\r\n\r\n";
-    struct owner o;
-    owner_init(&o);
-    o.c = msm_http1_server_new(NULL, &ocbs, &o);
-    for (size_t i = 0; i < sizeof(req) - 1; i++) {
-        assert_int_equal(feed(&o, req + i, 1), 0);
+    for (int trailers = 0; trailers < 2; trailers++) { /* enable_trailers off, on */
+        struct msm_hcodec_opts opts;
+        msm_hcodec_opts_default(&opts);
+        opts.enable_trailers = trailers;
+        struct owner o;
+        owner_init(&o);
+        o.c = msm_http1_server_new(&opts, &ocbs, &o);
+        for (size_t i = 0; i < sizeof(req) - 1; i++) {
+            assert_int_equal(feed(&o, req + i, 1), 0);
+        }
+        struct rec *r = &o.r[0];
+        char *body = body_str(r);
+        assert_string_equal(body, "hello world!");
+        free(body);
+        assert_true(r->end);
+        assert_int_equal(r->has_trailers, trailers);
+        if (trailers) {
+            assert_string_equal(msm_hdrs_get(&r->trailers, "x-trail"), "t");
+        }
+        respond(r->s, "200", "", true);
+        r->s->codec->ops->release(r->s);
+        owner_deinit(&o);
     }
-    struct rec *r = &o.r[0];
-    char *body = body_str(r);
-    assert_string_equal(body, "hello world!");
-    free(body);
-    assert_true(r->end && r->has_trailers);
-    assert_string_equal(msm_hdrs_get(&r->trailers, "x-trail"), "t");
-    respond(r->s, "200", "", true);
-    r->s->codec->ops->release(r->s);
-    owner_deinit(&o);
 }
 
 static void test_h1_server_pipelining(void **state)

@@ -1,8 +1,9 @@
-#include "http/h2_options.h"
+#include "http/protocol_options.h"
 
 #include <nghttp2/nghttp2.h>
 #include <stdio.h>
 
+#include "common/alloc.h"
 #include "config/pbutil.h"
 
 #define MIB (1024u * 1024u)
@@ -90,6 +91,38 @@ static int custom_settings(const Envoy__Config__Core__V3__Http2ProtocolOptions *
     if (cl) {
         return msm_err_set(err, "the {%s} HTTP/2 SETTINGS parameter(s) can not be configured "
                                 "through both named and custom parameters", clash);
+    }
+    return 0;
+}
+
+int msm_h1_options_from_proto(const Envoy__Config__Core__V3__Http1ProtocolOptions *p,
+                              struct msm_hcodec_opts *o, bool server, struct msm_err *err)
+{
+    if (!p) {
+        return 0;
+    }
+    if (p->allow_chunked_length) {
+        return msm_err_set(err, "http_protocol_options.allow_chunked_length: not supported "
+                                "(messages with both Content-Length and chunked encoding are "
+                                "rejected)");
+    }
+    if (p->header_key_format) {
+        return msm_err_set(err, "http_protocol_options.header_key_format: not supported");
+    }
+    if (p->allow_custom_methods) {
+        return msm_err_set(err, "http_protocol_options.allow_custom_methods: not supported "
+                                "(http-parser takes the registered methods only)");
+    }
+    if (!server && p->send_fully_qualified_url) {
+        return msm_err_set(err, "http_protocol_options.send_fully_qualified_url: not supported");
+    }
+    /* use_balsa_parser picks Envoy's parser; allow_absolute_url keeps its default (true). */
+    o->enable_trailers = p->enable_trailers;
+    if (server) {
+        o->accept_http_10 = p->accept_http_10;
+        if (p->default_host_for_http_10 && p->default_host_for_http_10[0]) {
+            o->default_host_for_http_10 = msm_xstrdup(p->default_host_for_http_10);
+        }
     }
     return 0;
 }
