@@ -782,6 +782,27 @@ class Http2OptionsTest(HttpTestCase):
         rc, out = validate({"send_fully_qualified_url": True}, True)
         self.assertIn("send_fully_qualified_url: not supported", out)
 
+    def test_refused_hcm_fields(self):
+        """HCM fields that would change trust, routing or logging and are not implemented."""
+        for extra, msg in (
+                ({"original_ip_detection_extensions": [{"name": "x", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.original_ip_detection."
+                             "xff.v3.XffConfig"}}]}, "original_ip_detection_extensions"),
+                ({"scheme_header_transformation": {"scheme_to_overwrite": "https"}},
+                 "scheme_header_transformation: not supported"),
+                ({"add_user_agent": True}, "add_user_agent: not supported"),
+                ({"access_log_options": {"flush_access_log_on_new_request": True}},
+                 "access_log_options")):
+            cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}],
+                              [H.cluster("c", [H.sock_addr(1)])], **extra)
+            path = os.path.join(self.tmp, "hcm.json")
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+            r = self.run_binary(["-c", path, "--mode", "validate"])
+            with self.subTest(extra=extra):
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn(msg, r.stdout + r.stderr)
+
     def test_keepalive(self):
         """connection_keepalive: PINGs at the interval; a client that never answers them is
         disconnected after the timeout (http2.keepalive_timeout); one that does stays."""

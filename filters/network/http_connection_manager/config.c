@@ -433,6 +433,46 @@ static int upgrades_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx,
     return 0;
 }
 
+/* Fields that change what reaches upstreams, what is trusted or what is logged, and that this
+ * proxy does not implement: refused with their names rather than ignored. (tracing is left
+ * aside: there is no tracer, and istiod sets it on every HCM.) */
+static int refuse_unimplemented(const PbHcm *p, struct msm_err *err)
+{
+    if (p->n_original_ip_detection_extensions) {
+        return msm_err_set(err, "original_ip_detection_extensions: not supported (use "
+                                "use_remote_address / xff_num_trusted_hops)");
+    }
+    if (p->n_early_header_mutation_extensions) {
+        return msm_err_set(err, "early_header_mutation_extensions: not supported");
+    }
+    if (p->scheme_header_transformation &&
+        p->scheme_header_transformation->transformation_case !=
+            ENVOY__CONFIG__CORE__V3__SCHEME_HEADER_TRANSFORMATION__TRANSFORMATION__NOT_SET) {
+        return msm_err_set(err, "scheme_header_transformation: not supported");
+    }
+    if (p->scheme_header_transformation && p->scheme_header_transformation->match_upstream) {
+        return msm_err_set(err, "scheme_header_transformation.match_upstream: not supported");
+    }
+    if (p->add_user_agent && p->add_user_agent->value) {
+        return msm_err_set(err, "add_user_agent: not supported");
+    }
+    if (p->represent_ipv4_remote_address_as_ipv4_mapped_ipv6) {
+        return msm_err_set(err, "represent_ipv4_remote_address_as_ipv4_mapped_ipv6: not "
+                                "supported");
+    }
+    if (p->proxy_status_config) {
+        return msm_err_set(err, "proxy_status_config: not supported");
+    }
+    const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__HcmAccessLogOptions
+        *al = p->access_log_options;
+    if (al && (al->access_log_flush_interval || al->flush_access_log_on_new_request ||
+               al->flush_log_on_tunnel_successfully_established)) {
+        return msm_err_set(err, "access_log_options: periodic and early access log entries are "
+                                "not supported (one entry per stream, at its end)");
+    }
+    return 0;
+}
+
 static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, void **out,
                       struct msm_err *err)
 {
@@ -453,7 +493,7 @@ static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
     }
     c->h2opts.h2stats = &c->h2stats;
     c->h1opts.h1stats = &c->h1stats;
-    if (headers_from_proto(p, c, err) < 0 ||
+    if (refuse_unimplemented(p, err) < 0 || headers_from_proto(p, c, err) < 0 ||
         filters_from_proto(p, ctx, c, err) < 0 || routes_from_proto(p, ctx, c, err) < 0 ||
         upgrades_from_proto(p, ctx, c, err) < 0) {
         goto fail;
