@@ -603,10 +603,10 @@ class Bench:
         rows = []
         scens = self.a.scenarios.split(",")
         targets = self.a.targets.split(",")
-        pairs = [s for s in scens if s in ("h1pair", "h2pair")]
+        pair_scens = [s for s in scens if s in ("h1pair", "h2pair")]
         mem = [s for s in scens if s == "idlemem"]
-        plain = [s for s in scens if s != "mtls" and s not in pairs and s not in mem]
-        if plain or pairs or mem:
+        plain = [s for s in scens if s != "mtls" and s not in pair_scens and s not in mem]
+        if plain or pair_scens or mem:
             self.start_upstream()
             self.start_proxies()
         elif "mtls" in scens:
@@ -628,7 +628,7 @@ class Bench:
                     res.update(rep=rep, scen="idlemem-" + proto, target=t)
                     rows.append(res)
                     sys.stderr.write(json.dumps(res) + "\n")
-            for scen in pairs:
+            for scen in pair_scens:
                 for t in targets:
                     if t in ("direct", "haproxy") or "haproxy" not in targets:
                         continue
