@@ -708,23 +708,25 @@ class Http2AbuseTest(HttpTestCase):
 class Http2OptionsTest(HttpTestCase):
     """Http2ProtocolOptions fields checked as Envoy does; the SETTINGS they put on the wire."""
 
-    def validate(self, h2opts, on_cluster=False):
+    def run_validate(self, cfg):
+        path = os.path.join(self.tmp, "opts.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        r = self.run_binary(["-c", path, "--mode", "validate"])
+        return r.returncode, r.stdout + r.stderr
+
+    def validate(self, opts, on_cluster=False, field="http2_protocol_options"):
+        """<opts> as the HCM's <field>, or as the cluster's explicit_http_config one."""
         cluster = H.cluster("c", [H.sock_addr(1)])
+        routes = [{"match": {"prefix": "/"}, "route": to("c")}]
         if on_cluster:
             cluster["typed_extension_protocol_options"] = {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                     "@type": "type.googleapis.com/"
                              "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": h2opts}}}
-            cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}], [cluster])
-        else:
-            cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}], [cluster],
-                              http2_protocol_options=h2opts)
-        path = os.path.join(self.tmp, "h2opts.json")
-        with open(path, "w") as f:
-            json.dump(cfg, f)
-        r = self.run_binary(["-c", path, "--mode", "validate"])
-        return r.returncode, r.stdout + r.stderr
+                    "explicit_http_config": {field: opts}}}
+            return self.run_validate(http_config(routes, [cluster]))
+        return self.run_validate(http_config(routes, [cluster], **{field: opts}))
 
     def test_refused_options(self):
         def cs(*pairs):
@@ -755,22 +757,7 @@ class Http2OptionsTest(HttpTestCase):
         """Http1ProtocolOptions this proxy does not implement are named, on the HCM and on
         clusters; enable_trailers is accepted on both."""
         def validate(h1, on_cluster):
-            cluster = H.cluster("c", [H.sock_addr(1)])
-            if on_cluster:
-                cluster["typed_extension_protocol_options"] = {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/"
-                                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http_protocol_options": h1}}}
-                cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}], [cluster])
-            else:
-                cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}], [cluster],
-                                  http_protocol_options=h1)
-            path = os.path.join(self.tmp, "h1opts.json")
-            with open(path, "w") as f:
-                json.dump(cfg, f)
-            r = self.run_binary(["-c", path, "--mode", "validate"])
-            return r.returncode, r.stdout + r.stderr
+            return self.validate(h1, on_cluster, "http_protocol_options")
         for on_cluster in (False, True):
             for h1, msg in (({"allow_custom_methods": True}, "allow_custom_methods: not supported"),
                             ({"allow_chunked_length": True}, "allow_chunked_length: not supported")):
@@ -793,15 +780,12 @@ class Http2OptionsTest(HttpTestCase):
                 ({"add_user_agent": True}, "add_user_agent: not supported"),
                 ({"access_log_options": {"flush_access_log_on_new_request": True}},
                  "access_log_options")):
-            cfg = http_config([{"match": {"prefix": "/"}, "route": to("c")}],
-                              [H.cluster("c", [H.sock_addr(1)])], **extra)
-            path = os.path.join(self.tmp, "hcm.json")
-            with open(path, "w") as f:
-                json.dump(cfg, f)
-            r = self.run_binary(["-c", path, "--mode", "validate"])
+            rc, out = self.run_validate(http_config(
+                [{"match": {"prefix": "/"}, "route": to("c")}],
+                [H.cluster("c", [H.sock_addr(1)])], **extra))
             with self.subTest(extra=extra):
-                self.assertNotEqual(r.returncode, 0)
-                self.assertIn(msg, r.stdout + r.stderr)
+                self.assertNotEqual(rc, 0)
+                self.assertIn(msg, out)
 
     def test_keepalive(self):
         """connection_keepalive: PINGs at the interval; a client that never answers them is

@@ -65,22 +65,25 @@ class Http1Answerer:
                 pass
 
 
+def h2_cluster_config(port, srv, protocol_options=None):
+    """A listener on <port>: HCM, every request to cluster h2up (<srv>, HTTP/2)."""
+    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": HCM, "stat_prefix": "in", "http_filters": [ROUTER],
+        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": {"cluster": "h2up"}}]}]}}}
+    return H.bootstrap(listeners=[H.listener("main", H.sock_addr(port), [hcm])],
+                       clusters=[H.cluster("h2up", [srv.address],
+                                           typed_extension_protocol_options=protocol_options
+                                           or H2_OPTS)])
+
+
 class UpstreamCodecErrorTest(H.ProxyTestCase):
     def test_h2_upstream_answering_http1_gets_503_fast(self):
         srv = Http1Answerer()
         self.addCleanup(srv.stop)
         port = H.free_port()
 
-        def cfg():
-            hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-                "@type": HCM, "stat_prefix": "in", "http_filters": [ROUTER],
-                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-                    {"match": {"prefix": "/"}, "route": {"cluster": "h2up"}}]}]}}}
-            return H.bootstrap(
-                listeners=[H.listener("main", H.sock_addr(port), [hcm])],
-                clusters=[H.cluster("h2up", [srv.address],
-                                    typed_extension_protocol_options=H2_OPTS)])
-        p = self.start_proxy(cfg)
+        p = self.start_proxy(lambda: h2_cluster_config(port, srv, H2_OPTS))
         for i in range(2):
             s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
             self.addCleanup(s.close)
@@ -106,16 +109,7 @@ class UpstreamCodecErrorTest(H.ProxyTestCase):
             "http2_protocol_options": {"connection_keepalive": {"interval": "0.1s",
                                                                 "timeout": "0.3s"}}}
 
-        def cfg():
-            hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-                "@type": HCM, "stat_prefix": "in", "http_filters": [ROUTER],
-                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-                    {"match": {"prefix": "/"}, "route": {"cluster": "h2up"}}]}]}}}
-            return H.bootstrap(
-                listeners=[H.listener("main", H.sock_addr(port), [hcm])],
-                clusters=[H.cluster("h2up", [srv.address],
-                                    typed_extension_protocol_options=opts)])
-        p = self.start_proxy(cfg)
+        p = self.start_proxy(lambda: h2_cluster_config(port, srv, opts))
         s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
         self.addCleanup(s.close)
         t0 = time.monotonic()
@@ -135,16 +129,7 @@ class UpstreamCodecErrorTest(H.ProxyTestCase):
         self.addCleanup(srv.stop)
         port = H.free_port()
 
-        def cfg():
-            hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
-                "@type": HCM, "stat_prefix": "in", "http_filters": [ROUTER],
-                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
-                    {"match": {"prefix": "/"}, "route": {"cluster": "h2up"}}]}]}}}
-            return H.bootstrap(
-                listeners=[H.listener("main", H.sock_addr(port), [hcm])],
-                clusters=[H.cluster("h2up", [srv.address],
-                                    typed_extension_protocol_options=H2_OPTS)])
-        p = self.start_proxy(cfg)
+        p = self.start_proxy(lambda: h2_cluster_config(port, srv, H2_OPTS))
         s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
         self.addCleanup(s.close)
         s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
