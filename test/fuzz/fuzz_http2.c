@@ -1,8 +1,9 @@
 /* The HTTP/2 server codec on arbitrary bytes after a valid client preface and SETTINGS:
  * frames of any kind, HPACK blocks, resets, window updates, floods. Every announced stream is
  * answered (headers, body, trailers) and released. SETTINGS_ENABLE_CONNECT_PROTOCOL is on, so
- * CONNECT and extended CONNECT (:protocol) requests are parsed too. Invariants: no crash, no
- * leak, bounded work (the input size caps everything). */
+ * CONNECT and extended CONNECT (:protocol) requests are parsed too; the first byte picks the
+ * codec's policies. Invariants: no crash, no leak, bounded work (the input size caps
+ * everything). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     msm_hcodec_opts_default(&o);
     o.max_headers_kb = 8;
     o.allow_connect = true; /* RFC 8441 extended CONNECT turned into an upgrade */
+    /* The first byte picks options, so both sides of each policy are explored: an invalid
+     * request resetting its stream or ending the connection, underscores kept, rejected or
+     * dropped, a zero HPACK table announced, tight PRIORITY / WINDOW_UPDATE budgets. */
+    if (size) {
+        uint8_t opt = data[0];
+        o.stream_error_on_invalid_messaging = opt & 1;
+        o.underscores = (enum msm_underscores)((opt >> 1) % 3);
+        o.hpack_table_size = opt & 8 ? 0 : 4096;
+        if (opt & 16) {
+            o.max_inbound_priority_frames_per_stream = 2;
+            o.max_inbound_window_update_frames_per_data_frame_sent = 1;
+        }
+        data++;
+        size--;
+    }
     struct msm_hcodec *c = msm_http2_server_new(&o, &ccbs, &f);
     struct msm_buf in;
     msm_buf_init(&in);
