@@ -245,6 +245,18 @@ struct msm_hcodec {
     struct ev_loop *loop;
 };
 
+/* The defaults (Envoy's, but for the capped windows) as an initializer, for static configs;
+ * <streams>: max_concurrent_streams. */
+#define MSM_HCODEC_OPTS_DEFAULT(streams)                                                          \
+    {                                                                                             \
+        .max_headers_kb = 60, .max_headers_count = 100, .stream_buffer_limit = 1024 * 1024,      \
+        .max_concurrent_streams = (streams), .initial_stream_window_size = 1024 * 1024,          \
+        .initial_connection_window_size = 16 * 1024 * 1024, .max_outbound_frames = 10000,        \
+        .max_outbound_control_frames = 1000, .hpack_table_size = 4096,                            \
+        .max_consecutive_inbound_frames_with_empty_payload = 1,                                   \
+        .max_inbound_priority_frames_per_stream = 100,                                            \
+        .max_inbound_window_update_frames_per_data_frame_sent = 10,                               \
+    }
 void msm_hcodec_opts_default(struct msm_hcodec_opts *o);
 
 /* HTTP/1.1 codecs (http1.c). */

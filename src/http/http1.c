@@ -99,22 +99,18 @@ const char *msm_http_reset_name(enum msm_http_reset r)
 
 void msm_hcodec_opts_default(struct msm_hcodec_opts *o)
 {
-    memset(o, 0, sizeof(*o));
-    o->max_headers_kb = 60;
-    o->max_headers_count = 100;
-    o->stream_buffer_limit = 1024 * 1024;
-    o->max_concurrent_streams = 2147483647;
-    o->initial_stream_window_size = 1024 * 1024;
-    o->initial_connection_window_size = 16 * 1024 * 1024;
-    o->max_outbound_frames = 10000;
-    o->max_outbound_control_frames = 1000;
-    o->hpack_table_size = 4096;
-    o->max_consecutive_inbound_frames_with_empty_payload = 1;
-    o->max_inbound_priority_frames_per_stream = 100;
-    o->max_inbound_window_update_frames_per_data_frame_sent = 10;
+    static const struct msm_hcodec_opts d = MSM_HCODEC_OPTS_DEFAULT(2147483647);
+    memcpy(o, &d, sizeof(d));
 }
 
 /* ---- small helpers -------------------------------------------------------------------------- */
+
+#define H1_INC(c, f)                                                                              \
+    do {                                                                                          \
+        if ((c)->o.h1stats) {                                                                     \
+            msm_stat_inc((c)->o.h1stats->f);                                                      \
+        }                                                                                         \
+    } while (0)
 
 static void grow_append(char **buf, size_t *len, size_t *cap, const char *at, size_t n)
 {
@@ -176,15 +172,11 @@ static int commit_header(struct h1 *c)
     if (c->o.underscores != MSM_UNDERSCORES_ALLOW && c->base.server &&
         memchr(c->field, '_', c->flen)) {
         if (c->o.underscores == MSM_UNDERSCORES_DROP) {
-            if (c->o.h1stats) {
-                msm_stat_inc(c->o.h1stats->dropped_headers_with_underscores);
-            }
+            H1_INC(c, dropped_headers_with_underscores);
             c->flen = c->vlen = 0;
             return 0;
         }
-        if (c->o.h1stats) {
-            msm_stat_inc(c->o.h1stats->requests_rejected_with_underscores_in_headers);
-        }
+        H1_INC(c, requests_rejected_with_underscores_in_headers);
         return fail(c, "http1.unexpected_underscore", 400);
     }
     /* Trim optional whitespace around the value (http-parser leaves trailing OWS). */

@@ -27,20 +27,8 @@ typedef Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions PbHttpOption
 
 static const struct msm_cluster_http_cfg defaults = {
     .proto = MSM_UPSTREAM_HTTP1,
-    .h1 = {.max_headers_kb = 60, .max_headers_count = 100, .stream_buffer_limit = 1024 * 1024,
-           .max_concurrent_streams = 1, .initial_stream_window_size = 1024 * 1024,
-           .initial_connection_window_size = 16 * 1024 * 1024, .max_outbound_frames = 10000,
-           .max_outbound_control_frames = 1000, .hpack_table_size = 4096,
-           .max_consecutive_inbound_frames_with_empty_payload = 1,
-           .max_inbound_priority_frames_per_stream = 100,
-           .max_inbound_window_update_frames_per_data_frame_sent = 10},
-    .h2 = {.max_headers_kb = 60, .max_headers_count = 100, .stream_buffer_limit = 1024 * 1024,
-           .max_concurrent_streams = 2147483647, .initial_stream_window_size = 1024 * 1024,
-           .initial_connection_window_size = 16 * 1024 * 1024, .max_outbound_frames = 10000,
-           .max_outbound_control_frames = 1000, .hpack_table_size = 4096,
-           .max_consecutive_inbound_frames_with_empty_payload = 1,
-           .max_inbound_priority_frames_per_stream = 100,
-           .max_inbound_window_update_frames_per_data_frame_sent = 10},
+    .h1 = MSM_HCODEC_OPTS_DEFAULT(1),
+    .h2 = MSM_HCODEC_OPTS_DEFAULT(2147483647),
     .idle_timeout_ms = 3600 * 1000,
 };
 
