@@ -157,6 +157,14 @@ static int keepalive(const Envoy__Config__Core__V3__KeepaliveSettings *k,
     return 0;
 }
 
+/* <*out> from <v> when set; 0 is an error naming <field>. */
+static int at_least_one(const Google__Protobuf__UInt32Value *v, uint32_t *out, const char *field,
+                        struct msm_err *err)
+{
+    *out = msm_pb_u32(v, *out);
+    return *out ? 0 : msm_err_set(err, "http2_protocol_options.%s: must be >= 1", field);
+}
+
 int msm_h2_options_from_proto(const Envoy__Config__Core__V3__Http2ProtocolOptions *p,
                               struct msm_hcodec_opts *o, struct msm_err *err)
 {
@@ -174,9 +182,16 @@ int msm_h2_options_from_proto(const Envoy__Config__Core__V3__Http2ProtocolOption
     if (custom_settings(p, o, err) < 0) {
         return MSM_EINVAL;
     }
-    o->max_concurrent_streams = msm_pb_u32(p->max_concurrent_streams, o->max_concurrent_streams);
-    if (!o->max_concurrent_streams) {
-        return msm_err_set(err, "http2_protocol_options.max_concurrent_streams: must be >= 1");
+    if (at_least_one(p->max_concurrent_streams, &o->max_concurrent_streams,
+                     "max_concurrent_streams", err) < 0 ||
+        at_least_one(p->max_outbound_frames, &o->max_outbound_frames, "max_outbound_frames",
+                     err) < 0 ||
+        at_least_one(p->max_outbound_control_frames, &o->max_outbound_control_frames,
+                     "max_outbound_control_frames", err) < 0 ||
+        at_least_one(p->max_inbound_window_update_frames_per_data_frame_sent,
+                     &o->max_inbound_window_update_frames_per_data_frame_sent,
+                     "max_inbound_window_update_frames_per_data_frame_sent", err) < 0) {
+        return MSM_EINVAL;
     }
     uint32_t sw = msm_pb_u32(p->initial_stream_window_size, 0);
     uint32_t cw = msm_pb_u32(p->initial_connection_window_size, 0);
@@ -195,27 +210,11 @@ int msm_h2_options_from_proto(const Envoy__Config__Core__V3__Http2ProtocolOption
     if (cw) {
         o->initial_connection_window_size = cw > 64 * MIB ? 64 * MIB : cw;
     }
-    o->max_outbound_frames = msm_pb_u32(p->max_outbound_frames, o->max_outbound_frames);
-    if (!o->max_outbound_frames) {
-        return msm_err_set(err, "http2_protocol_options.max_outbound_frames: must be >= 1");
-    }
-    o->max_outbound_control_frames =
-        msm_pb_u32(p->max_outbound_control_frames, o->max_outbound_control_frames);
-    if (!o->max_outbound_control_frames) {
-        return msm_err_set(err, "http2_protocol_options.max_outbound_control_frames: must be >= 1");
-    }
     o->max_consecutive_inbound_frames_with_empty_payload =
         msm_pb_u32(p->max_consecutive_inbound_frames_with_empty_payload,
                    o->max_consecutive_inbound_frames_with_empty_payload);
     o->max_inbound_priority_frames_per_stream = msm_pb_u32(
         p->max_inbound_priority_frames_per_stream, o->max_inbound_priority_frames_per_stream);
-    o->max_inbound_window_update_frames_per_data_frame_sent =
-        msm_pb_u32(p->max_inbound_window_update_frames_per_data_frame_sent,
-                   o->max_inbound_window_update_frames_per_data_frame_sent);
-    if (!o->max_inbound_window_update_frames_per_data_frame_sent) {
-        return msm_err_set(err, "http2_protocol_options."
-                                "max_inbound_window_update_frames_per_data_frame_sent: must be >= 1");
-    }
     if (keepalive(p->connection_keepalive, o, err) < 0) {
         return MSM_EINVAL;
     }
