@@ -142,6 +142,19 @@ def h2_frame(typ, flags, sid, payload):
     return len(payload).to_bytes(3, "big") + bytes([typ, flags]) + sid.to_bytes(4, "big") + payload
 
 
+def h2load_result(out):
+    """(requests/s, errors) from h2load's output: errors are failed + errored streams and
+    answers other than 2xx."""
+    m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
+    r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored", out)
+    st = re.search(r"status codes: (\d+) 2xx", out)
+    if not m or not r:
+        raise RuntimeError("h2load: %s" % out)
+    return float(m.group(1)), int(r.group(5)) + int(r.group(6)) + max(
+        0, int(r.group(4)) - (int(st.group(1)) if st else 0))
+
+
 def pct(values, q):
     """q-th percentile (0..100) of sorted <values>, nearest rank."""
     if not values:
@@ -476,16 +489,7 @@ class Bench:
         if log:
             argv += ["--log-file", log]
         out, res = self.measure(pids, argv + [url], w, duration)
-        m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
-        r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
-                      r"(\d+) failed, (\d+) errored", out)
-        st = re.search(r"status codes: (\d+) 2xx", out)
-        if not m or not r:
-            raise RuntimeError("h2load: %s" % out)
-        res["rps"] = float(m.group(1))
-        # failed + errored streams, and answers other than 2xx
-        res["errors"] = int(r.group(5)) + int(r.group(6)) + max(
-            0, int(r.group(4)) - (int(st.group(1)) if st else 0))
+        res["rps"], res["errors"] = h2load_result(out)
         if log:
             lat = []
             with open(log) as f:
@@ -550,18 +554,11 @@ class Bench:
         res = {"wall": wall, "base": base,
                "busy_pct": 100.0 * (s1[0] - s0[0]) / CLK_TCK / wall / ncpu,
                "steal_pct": 100.0 * (s1[1] - s0[1]) / CLK_TCK / wall / ncpu}
+        res["errors"] = 0
         for t, key in ((target, ""), (base, "base_")):
-            m = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", outs[t])
-            r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
-                          r"(\d+) failed, (\d+) errored", outs[t])
-            st = re.search(r"status codes: (\d+) 2xx", outs[t])
-            if not m or not r:
-                raise RuntimeError("h2load: %s" % outs[t])
-            res[key + "rps"] = float(m.group(1))
+            res[key + "rps"], errors = h2load_result(outs[t])
             res[key + "cpu"] = (k1[t] - k0[t]) / wall
-            res[key + "errors"] = int(r.group(5)) + int(r.group(6)) + max(
-                0, int(r.group(4)) - (int(st.group(1)) if st else 0))
-        res["errors"] = res.pop("errors") + res.pop("base_errors")
+            res["errors"] += errors
         res["ratio"] = (res["rps"] / res["cpu"]) / (res["base_rps"] / res["base_cpu"])
         return res
 
