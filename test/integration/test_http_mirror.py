@@ -384,7 +384,18 @@ class MirrorTest(H.ProxyTestCase):
             "cluster": "main", "request_mirror_policies": [{"cluster": "mirror"}]}}],
             [rec.address])
         body = bytes(range(256)) * (8 * 4096)  # 8 MiB, 8x the default buffer limit
-        st, data, _ = request(self.port, "POST", "/copy", body=body)
+        # "Keeps up" is relative to the main upstream, which lives in this same Python process:
+        # sent at once, a GIL stall of the recorder alone could rightly get the copy abandoned.
+        # Paced at ~6 MB/s, the mirror would have to stall for over 300 ms to fall 2 MiB behind.
+        step = 128 << 10
+
+        def paced():
+            for off in range(0, len(body), step):
+                yield body[off:off + step]
+                time.sleep(0.02)
+
+        st, data, _ = request(self.port, "POST", "/copy", body=paced(),
+                              headers={"content-length": str(len(body))})
         d = json.loads(data)
         self.assertEqual((st, d["server"], d["body_len"]), (200, "main", len(body)))
         H.wait_for(lambda: rec.count() == 1, what="the 8 MiB copy")
