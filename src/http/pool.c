@@ -499,11 +499,15 @@ static void up_on_event(struct msm_conn *c, void *ctx, enum msm_conn_event ev)
         if (p->kind == MSM_POOL_TUNNEL_TCP) {
             uc->codec = msm_tcp_tunnel_client_new(&up_codec_cbs, uc);
         } else if (p->proto == MSM_HTTP_2) {
-            uc->codec = msm_http2_client_new(&h->h2, &up_codec_cbs, uc);
+            struct msm_hcodec_opts o = h->h2;
+            o.h2stats = msm_cluster_http2_stats(uc->cluster);
+            uc->codec = msm_http2_client_new(&o, &up_codec_cbs, uc);
             msm_http2_keepalive_start(uc->codec, p->reg->loop);
             msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_http2_total);
         } else {
-            uc->codec = msm_http1_client_new(&h->h1, &up_codec_cbs, uc);
+            struct msm_hcodec_opts o = h->h1;
+            o.h1stats = msm_cluster_http1_stats(uc->cluster);
+            uc->codec = msm_http1_client_new(&o, &up_codec_cbs, uc);
             msm_stat_inc(uc->cluster->sh->http.stats.upstream_cx_http1_total);
         }
         msm_outlier_report(uc->cluster, uc->host, MSM_OUTLIER_SUCCESS);

@@ -259,6 +259,9 @@ void msm_cluster_http_shared_init(struct msm_cluster_http_shared *h, const char 
     h->stat_name = msm_name_intern(stat_name); /* usually the cluster's name: no copy */
     msm_cluster_http_stats_init(st, prefix, &h->stats);
     atomic_init(&h->rq_code, NULL);
+    h->store = st;
+    atomic_init(&h->h1stats, NULL);
+    atomic_init(&h->h2stats, NULL);
     atomic_init(&h->rq_active, 0);
     atomic_init(&h->rq_pending, 0);
     atomic_init(&h->retries_active, 0);
@@ -272,6 +275,16 @@ void msm_cluster_http_shared_deinit(struct msm_cluster_http_shared *h)
         msm_stat_unref(atomic_load(&codes[i]));
     }
     free(codes);
+    struct msm_http1_stats *h1 = atomic_load(&h->h1stats);
+    if (h1) {
+        msm_http1_stats_deinit(h1);
+        free(h1);
+    }
+    struct msm_http2_stats *h2 = atomic_load(&h->h2stats);
+    if (h2) {
+        msm_http2_stats_deinit(h2);
+        free(h2);
+    }
     msm_name_unref(h->stat_name);
     memset(h, 0, sizeof(*h));
 }
@@ -363,6 +376,38 @@ void msm_cluster_retry_release(struct msm_cluster *c)
     struct msm_cluster_shared *s = c->sh;
     release(&s->http.retries_active, c->cfg->max_retries, s->cb->rq_retry_open,
             s->cb->remaining_retries, c->cfg->track_remaining);
+}
+
+/* Envoy's CodecStats::atomicGet: the first caller makes the block (under the cluster
+ * manager's sink scope, as the cluster's other stats: a stat stats_matcher rejects costs
+ * nothing), a racing worker's duplicate is dropped. */
+#define CODEC_STATS_GET(tag, field, proto)                                                        \
+    struct msm_cluster_http_shared *h = &c->sh->http;                                             \
+    struct tag *cur = atomic_load_explicit(&h->field, memory_order_acquire);                      \
+    if (cur) {                                                                                    \
+        return cur;                                                                               \
+    }                                                                                             \
+    char prefix[512];                                                                             \
+    snprintf(prefix, sizeof(prefix), "cluster.%s." proto ".", h->stat_name);                      \
+    struct tag *fresh = MSM_NEW(struct tag);                                                      \
+    bool was = msm_stats_sink_rejected(true);                                                     \
+    tag##_init(h->store, prefix, fresh);                                                          \
+    msm_stats_sink_rejected(was);                                                                 \
+    if (atomic_compare_exchange_strong(&h->field, &cur, fresh)) {                                 \
+        return fresh;                                                                             \
+    }                                                                                             \
+    tag##_deinit(fresh);                                                                          \
+    free(fresh);                                                                                  \
+    return cur;
+
+struct msm_http1_stats *msm_cluster_http1_stats(struct msm_cluster *c)
+{
+    CODEC_STATS_GET(msm_http1_stats, h1stats, "http1")
+}
+
+struct msm_http2_stats *msm_cluster_http2_stats(struct msm_cluster *c)
+{
+    CODEC_STATS_GET(msm_http2_stats, h2stats, "http2")
 }
 
 void msm_cluster_count_status(struct msm_cluster *c, int status)

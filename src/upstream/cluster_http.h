@@ -70,6 +70,11 @@ struct msm_cluster_http_shared {
     _Atomic(_Atomic(struct msm_stat *) *) rq_code;
     char *stat_name;                     /* interned (xds/strmap.h) */
     atomic_uint rq_active, rq_pending, retries_active;
+    /* cluster.<name>.http1.* / .http2.*: the upstream codecs' stats, made by the first
+     * connection of that protocol (most clusters never have one) */
+    struct msm_stats_store *store;
+    _Atomic(struct msm_http1_stats *) h1stats;
+    _Atomic(struct msm_http2_stats *) h2stats;
 };
 
 /* Parse the cluster's HTTP options into c->http (NULL when the cluster has none: HTTP/1.1
@@ -84,6 +89,11 @@ const struct msm_cluster_http_cfg *msm_cluster_http_cfg_of(const struct msm_clus
 void msm_cluster_http_shared_init(struct msm_cluster_http_shared *h, const char *stat_name,
                                   struct msm_stats_store *st);
 void msm_cluster_http_shared_deinit(struct msm_cluster_http_shared *h);
+
+/* The cluster's upstream codec stats (any thread): created on first use, then shared by every
+ * connection of every worker to this cluster. */
+struct msm_http1_stats *msm_cluster_http1_stats(struct msm_cluster *c);
+struct msm_http2_stats *msm_cluster_http2_stats(struct msm_cluster *c);
 
 /* Circuit breakers (any thread). reserve returns false and counts the overflow when the
  * threshold is reached; every successful reserve needs one release. */

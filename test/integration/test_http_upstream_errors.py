@@ -7,10 +7,12 @@ started) within a second instead of hanging; nothing leaks (the suite runs this 
 """
 import os
 import socket
+import struct
 import threading
 import time
 
 import harness as H
+import http_peers as P
 
 HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
        "HttpConnectionManager")
@@ -121,6 +123,7 @@ class UpstreamCodecErrorTest(H.ProxyTestCase):
         self.assertLess(took, 3.0)
         p.wait_stat("cluster.h2up.upstream_cx_active", lambda v: v == 0)
         p.wait_stat("cluster.h2up.upstream_rq_active", lambda v: v == 0)
+        self.assertEqual(p.stat("cluster.h2up.http2.keepalive_timeout"), 1)
 
     def test_exit_with_request_in_flight(self):
         """The proxy exits while a request waits on an h2 upstream that never answers: the
@@ -136,6 +139,86 @@ class UpstreamCodecErrorTest(H.ProxyTestCase):
         H.wait_for(lambda: srv.accepted >= 1, what="upstream connection")
         p.wait_stat("cluster.h2up.upstream_rq_active", lambda v: v == 1)
         # p.stop() (cleanup) checks the exit status and the sanitizer report.
+
+
+def h2_frame(t, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + \
+        payload
+
+
+class H2Resetter(Http1Answerer):
+    """An HTTP/2 upstream that answers the preface with its SETTINGS (and the ack) and every
+    HEADERS frame with RST_STREAM INTERNAL_ERROR."""
+
+    def _serve(self, c):
+        buf = b""
+        try:
+            c.sendall(h2_frame(4, 0, 0))
+            while True:
+                b = c.recv(65536)
+                if not b:
+                    return
+                buf += b
+                if buf.startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+                    buf = buf[24:]
+                while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                    n = int.from_bytes(buf[:3], "big")
+                    t, flags = buf[3], buf[4]
+                    sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                    buf = buf[9 + n:]
+                    if t == 4 and not flags & 1:
+                        c.sendall(h2_frame(4, 1, 0))
+                    elif t == 1:
+                        c.sendall(h2_frame(3, 0, sid, struct.pack(">I", 2)))
+        except OSError:
+            pass
+
+
+class UpstreamCodecStatsTest(H.ProxyTestCase):
+    """Envoy's cluster.<name>.http1.* / http2.*: the upstream codecs count on their cluster,
+    apart from the listeners' process-wide http1.* / http2.*; a cluster with no connection of
+    a protocol has no such stats."""
+
+    def test_per_cluster_codec_stats(self):
+        h2 = H2Resetter()
+        self.addCleanup(h2.stop)
+        h1 = P.HttpUpstream("h1")
+        self.addCleanup(h1.stop)
+        port = H.free_port()
+
+        def cfg():
+            hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": HCM, "stat_prefix": "in", "http_filters": [ROUTER],
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/h2"}, "route": {"cluster": "h2up"}},
+                    {"match": {"prefix": "/h1"}, "route": {"cluster": "h1up"}},
+                    {"match": {"prefix": "/"}, "route": {"cluster": "idle"}}]}]}}}
+            return H.bootstrap(listeners=[H.listener("main", H.sock_addr(port), [hcm])],
+                               clusters=[H.cluster("h2up", [h2.address],
+                                                   typed_extension_protocol_options=H2_OPTS),
+                                         H.cluster("h1up", [h1.address]),
+                                         H.cluster("idle", [h1.address],
+                                                   typed_extension_protocol_options=H2_OPTS)])
+        p = self.start_proxy(cfg)
+        for path, want in ((b"/h2", b" 503 "), (b"/h2", b" 503 "), (b"/h1", b" 200 ")):
+            s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
+            self.addCleanup(s.close)
+            s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertIn(want, H.recv_line(s, timeout=5))
+        p.wait_stat("cluster.h2up.http2.rx_reset", lambda v: v == 2)
+        p.wait_stat("cluster.h2up.http2.streams_active", lambda v: v == 0)
+        st = p.stats()
+        self.assertEqual(st.get("cluster.h2up.upstream_rq_rx_reset"), 2)
+        self.assertEqual(st.get("cluster.h2up.http2.tx_reset"), 0)
+        # The downstream side is HTTP/1.1: the listeners' codec stats did not move.
+        self.assertEqual(st.get("http2.rx_reset"), 0)
+        # HTTP/1.1 upstream: its cluster has the http1 family, not http2.
+        self.assertEqual(st.get("cluster.h1up.http1.dropped_headers_with_underscores"), 0)
+        self.assertNotIn("cluster.h1up.http2.rx_reset", st)
+        self.assertNotIn("cluster.h2up.http1.dropped_headers_with_underscores", st)
+        # Never connected: no codec stats at all.
+        self.assertFalse([k for k in st if k.startswith(("cluster.idle.http1.",
+                                                          "cluster.idle.http2."))])
 
 
 class EarlyCloser(Http1Answerer):
