@@ -269,7 +269,10 @@ static void fatal(struct h2 *c, const char *err, uint32_t code)
 /* A PING with a fresh payload; the timeout runs until its ACK or any other input. */
 static void ka_ping(struct h2 *c)
 {
-    if (c->dead || ev_is_active(&c->ka_timeout)) {
+    /* Pending: the timeout expired in this loop iteration and its callback is still queued
+     * (a stalled process: the interval's came first). Restarting it then would report the
+     * connection dead twice. */
+    if (c->dead || ev_is_active(&c->ka_timeout) || ev_is_pending(&c->ka_timeout)) {
         return; /* the outstanding one decides */
     }
     c->ka_ping_id++;
@@ -320,6 +323,9 @@ static void on_ka_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     struct h2 *c = MSM_CONTAINER_OF(t, struct h2, ka_timeout);
     ev_timer_stop(loop, &c->ka_interval);
+    if (c->dead) {
+        return; /* already failed (protocol error, GOAWAY): nothing more to report */
+    }
     H2_INC(c, keepalive_timeout);
     msm_log(MSM_LOG_DEBUG, MSM_LC_HTTP2, "no answer to a keepalive PING in %u ms: closing",
             c->o.keepalive_timeout_ms);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "http/codec.h"
 #include "stats/stats.h"
@@ -1010,7 +1011,7 @@ static void test_h2_keepalive(void **state)
     msm_hcodec_opts_default(&opts);
     opts.h2stats = &st;
     opts.keepalive_interval_ms = 40;
-    opts.keepalive_timeout_ms = 200; /* wide: CI machines stall */
+    opts.keepalive_timeout_ms = 400; /* wide: CI machines stall */
     opts.keepalive_jitter_pct = 0;
     static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
                                   "\x00\x00\x00\x04\x00\x00\x00\x00\x00";
@@ -1037,7 +1038,7 @@ static void test_h2_keepalive(void **state)
     assert_true(pings >= 3);
     assert_int_equal(ka_errors, 0);
     /* other input, without the ACK, extends the wait: a PING (which we answer) every 30 ms */
-    end = ev_time() + 0.3;
+    end = ev_time() + 0.6;
     while (ev_time() < end) {
         run_for(loop, 0.03);
         static const char ping[] = "\x00\x00\x08\x06\x00\x00\x00\x00\x00" "abcdefgh";
@@ -1045,7 +1046,7 @@ static void test_h2_keepalive(void **state)
     }
     assert_int_equal(ka_errors, 0);
     /* then silence: the outstanding PING times out */
-    run_for(loop, 0.6);
+    run_for(loop, 1.0);
     assert_int_equal(ka_errors, 1);
     assert_string_equal(o.c->error, "http2.keepalive_timeout");
     assert_int_equal(msm_stat_value(st.keepalive_timeout), 1);
@@ -1054,6 +1055,44 @@ static void test_h2_keepalive(void **state)
     ev_loop_destroy(loop);
     msm_http2_stats_deinit(&st);
     msm_stats_store_free(store);
+}
+
+/* A stalled process (loaded machine): the PING timeout and the next interval expire in one loop
+ * iteration. The interval ran first and, the timeout being pending rather than active, sent a
+ * new PING and restarted the timeout: the connection was reported dead twice (CI failure). */
+static void test_h2_keepalive_stall(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    ev_timer tick;
+    ev_timer_init(&tick, nop_timer, 0.005, 0.005);
+    ev_timer_start(loop, &tick);
+    struct msm_hcodec_opts opts;
+    msm_hcodec_opts_default(&opts);
+    opts.keepalive_interval_ms = 20;
+    opts.keepalive_timeout_ms = 50;
+    opts.keepalive_jitter_pct = 0;
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                                  "\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    struct owner o;
+    owner_init(&o);
+    o.c = msm_http2_server_new(&opts, &ocbs_ka, &o);
+    msm_http2_keepalive_start(o.c, loop);
+    assert_int_equal(feed(&o, preface, sizeof(preface) - 1), 0);
+    ka_errors = 0;
+    uint8_t id[8];
+    ev_tstamp end = ev_time() + 2.0;
+    while (!take_pings(&o, id) && ev_time() < end) {
+        ev_run(loop, EVRUN_ONCE); /* until the first PING is out */
+    }
+    assert_int_equal(ka_errors, 0);
+    usleep(200 * 1000); /* both timers expire meanwhile */
+    run_for(loop, 0.3);
+    assert_int_equal(ka_errors, 1);
+    assert_string_equal(o.c->error, "http2.keepalive_timeout");
+    owner_deinit(&o);
+    ev_timer_stop(loop, &tick);
+    ev_loop_destroy(loop);
 }
 
 int main(void)
@@ -1076,6 +1115,7 @@ int main(void)
         cmocka_unit_test(test_h2_bad_input),
         cmocka_unit_test(test_h2_inbound_floods),
         cmocka_unit_test(test_h2_keepalive),
+        cmocka_unit_test(test_h2_keepalive_stall),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
