@@ -219,12 +219,15 @@ void msm_tcp_proxy_filter_free(void *f)
     /* else: freed when the upstream finishes flushing (up_on_event). */
 }
 
+/* Envoy's SourceIpHashMethod: XXH64 (seed 0) of the client's IP as text, so one client lands
+ * on the same host of the same ring through msm-proxy and through Envoy. */
 static uint64_t source_hash(struct tp *t)
 {
     const struct msm_conn *c = msm_filter_conn(t->h);
     char ip[MSM_ADDRSTRLEN];
     msm_address_ip_str(&c->remote, ip, sizeof(ip));
-    return XXH3_64bits(ip, strlen(ip));
+    uint64_t h = XXH64(ip, strlen(ip), 0);
+    return h ? h : 1; /* 0 means "no hash" to the balancers */
 }
 
 /* Pick a host and connect. 0 on success; negative when the downstream must be closed. */
