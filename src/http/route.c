@@ -1,8 +1,8 @@
 /* RouteConfiguration proto -> struct msm_route_config (see route.h). Main thread.
  *
  * Every field is either implemented, accepted because it has no effect here (stats-only
- * virtual_clusters, rate_limits without a rate-limit filter, hash_policy without a hashing load
- * balancer, decorator), or rejected with its path. */
+ * virtual_clusters, rate_limits without a rate-limit filter, decorator), or rejected with its
+ * path. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -704,6 +704,7 @@ static void route_free(struct msm_route *r)
     header_ops_free(&r->resp);
     per_filters_free(&r->pf);
     free(r->decorator);
+    msm_hash_policy_deinit(&r->hash);
     mirrors_free(&r->own_mirrors);
     for (int i = 0; i < r->n_upgrades; i++) {
         free(r->upgrades[i].type);
@@ -941,8 +942,13 @@ static int action_from_proto(const PbAction *a, const struct msm_route_build_ctx
         return msm_err_set(err, "route.cors: the deprecated route-level CORS policy is not "
                                 "supported (use typed_per_filter_config)");
     }
-    /* hash_policy: no hashing load balancer; rate_limits: no rate-limit filter; priority: one
-     * priority level. None of them changes what this proxy does. */
+    if (msm_hash_policy_from_proto((const void *const *)a->hash_policy, a->n_hash_policy,
+                                   &r->hash, err) < 0) {
+        msm_err_prefix(err, "route");
+        return MSM_EINVAL;
+    }
+    /* rate_limits: no rate-limit filter; priority: one priority level. Neither changes what
+     * this proxy does. */
     return 0;
 }
 

@@ -18,6 +18,7 @@
 
 #include "common/err.h"
 #include "config/matcher.h"
+#include "http/hash_policy.h"
 #include "http/headers.h"
 #include "http/regex.h"
 #include "stats/stats.h"
@@ -242,6 +243,7 @@ struct msm_route {
     struct msm_header_ops req, resp;
     struct msm_per_filters pf;
     char *decorator;
+    struct msm_hash_policy hash; /* hash_policy: for RING_HASH / MAGLEV clusters */
     uint32_t buffer_limit; /* per_request_buffer_limit_bytes, 0 = listener's */
     struct msm_vhost *vh;  /* back-pointer (the owning virtual host) */
     struct msm_mirror_policies own_mirrors;
@@ -318,6 +320,9 @@ void msm_route_config_unref(struct msm_route_config *rc);
 
 /* --- matching (any thread) ------------------------------------------------------------------- */
 
+/* The first value of query parameter <name> (case-sensitive, not decoded) in <path>'s query
+ * string: <*val> points into <path>, <*vlen> is 0 for a parameter without "=". */
+bool msm_http_query_param(const char *path, const char *name, const char **val, size_t *vlen);
 /* The virtual host for request headers <req> (":authority"), or NULL. */
 const struct msm_vhost *msm_route_vhost(const struct msm_route_config *rc,
                                         const struct msm_hdrs *req);

@@ -100,8 +100,7 @@ bool msm_header_match(const struct msm_header_match *m, const struct msm_hdrs *h
 
 /* ---- query parameters ----------------------------------------------------------------------------- */
 
-/* First value of query parameter <name> in <path>'s query string. */
-static bool query_param(const char *path, const char *name, const char **val, size_t *vlen)
+bool msm_http_query_param(const char *path, const char *name, const char **val, size_t *vlen)
 {
     const char *q = strchr(path, '?');
     if (!q) {
@@ -238,7 +237,7 @@ static bool route_matches(const struct msm_route *r, const struct msm_hdrs *req,
     for (int i = 0; i < m->n_qs; i++) {
         const char *v;
         size_t vl;
-        if (!query_param(path, m->qs[i].name, &v, &vl)) {
+        if (!msm_http_query_param(path, m->qs[i].name, &v, &vl)) {
             return false;
         }
         if (!m->qs[i].present_only && !msm_str_matcher_match(&m->qs[i].sm, v, vl)) {

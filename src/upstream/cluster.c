@@ -820,21 +820,31 @@ static struct msm_host *pick_weighted_random(const struct msm_host_set *hs)
     return hs->hosts[hs->n - 1];
 }
 
-static struct msm_host *lb_pick(struct msm_cluster *c, uint64_t hash)
+static struct msm_host *lb_pick(struct msm_cluster *c, uint64_t hash, uint32_t attempt)
 {
     struct msm_lb_source src = {.hs = c->hosts, .ring = c->ring, .maglev = c->maglev};
-    return msm_lb_pick_in(c, &src, hash);
+    return msm_lb_pick_in(c, &src, hash, attempt);
 }
 
 /* Pick with the load balancer, skipping hosts ejected by outlier detection or failing active
  * health checks; when every try lands on such a host the last pick is used (Envoy's panic
  * mode). */
+bool msm_lb_uses_hash(const struct msm_cluster *c)
+{
+    return c->cfg->lb == MSM_LB_RING_HASH || c->cfg->lb == MSM_LB_MAGLEV;
+}
+
 struct msm_host *msm_lb_choose(struct msm_cluster *c, uint64_t hash)
 {
+    return msm_lb_choose_attempt(c, hash, 0);
+}
+
+struct msm_host *msm_lb_choose_attempt(struct msm_cluster *c, uint64_t hash, uint32_t attempt)
+{
     if (c->prio) {
-        return msm_prio_choose(c, hash);
+        return msm_prio_choose(c, hash, attempt);
     }
-    struct msm_host *h = lb_pick(c, hash);
+    struct msm_host *h = lb_pick(c, hash, attempt);
     bool outlier = c->cfg->outlier.enabled && atomic_load(&c->sh->ejected);
     if (!h || (!outlier && !c->cfg->hc)) {
         return h;
@@ -847,14 +857,14 @@ struct msm_host *msm_lb_choose(struct msm_cluster *c, uint64_t hash)
         }
         /* A hash policy keeps its key; move to the next host instead of re-hashing. */
         h = hash && (c->ring || c->maglev) ? c->hosts->hosts[(i + 1) % c->hosts->n]
-                                           : lb_pick(c, hash);
+                                           : lb_pick(c, hash, 0);
     }
     msm_stat_inc(c->sh->stats.lb_healthy_panic);
     return h;
 }
 
 struct msm_host *msm_lb_pick_in(struct msm_cluster *c, const struct msm_lb_source *src,
-                                uint64_t hash)
+                                uint64_t hash, uint32_t attempt)
 {
     const struct msm_host_set *hs = src->hs;
     if (!hs->n) {
@@ -892,7 +902,8 @@ struct msm_host *msm_lb_pick_in(struct msm_cluster *c, const struct msm_lb_sourc
         if (!src->ring && !src->maglev) {
             return pick_weighted_random(hs);
         }
-        int k = src->ring ? msm_ring_pick(src->ring, hash) : msm_maglev_pick(src->maglev, hash);
+        int k = src->ring ? msm_ring_pick(src->ring, hash, attempt)
+                        : msm_maglev_pick(src->maglev, hash, attempt);
         return k >= 0 ? hs->hosts[k] : NULL;
     }
     case MSM_LB_RANDOM:

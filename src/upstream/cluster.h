@@ -285,6 +285,11 @@ void msm_cluster_cx_release(struct msm_cluster *c);
  * (counted as upstream_cx_none_healthy by the caller). <hash> is for RING_HASH and MAGLEV
  * (0 = no hash policy: a random host, as Envoy). */
 struct msm_host *msm_lb_choose(struct msm_cluster *c, uint64_t hash);
+/* The same for try <attempt> of a host selection that rejects previous hosts: a hash policy
+ * moves on from its host, as Envoy's hash balancers (attempt 0 is msm_lb_choose). */
+struct msm_host *msm_lb_choose_attempt(struct msm_cluster *c, uint64_t hash, uint32_t attempt);
+/* Whether <c>'s load balancer uses a request hash (RING_HASH, MAGLEV). */
+bool msm_lb_uses_hash(const struct msm_cluster *c);
 /* Per-thread random numbers (xoshiro, seeded from getrandom). */
 uint64_t msm_random(void);
 

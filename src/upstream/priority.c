@@ -495,7 +495,7 @@ static int index_in(const struct msm_host_set *hs, const struct msm_host *h)
     return 0;
 }
 
-struct msm_host *msm_prio_choose(struct msm_cluster *c, uint64_t hash)
+struct msm_host *msm_prio_choose(struct msm_cluster *c, uint64_t hash, uint32_t attempt)
 {
     struct msm_prio *p = c->prio;
     refresh(p, c);
@@ -533,7 +533,7 @@ struct msm_host *msm_prio_choose(struct msm_cluster *c, uint64_t hash)
             src = degraded ? &lv->locs[l].degraded : &lv->locs[l].healthy;
         }
     }
-    struct msm_host *h = msm_lb_pick_in(c, src, use_hash ? hash : 0);
+    struct msm_host *h = msm_lb_pick_in(c, src, use_hash ? hash : 0, attempt);
     if (!h || panic || !p->dynamic) {
         return h;
     }
@@ -547,7 +547,7 @@ struct msm_host *msm_prio_choose(struct msm_cluster *c, uint64_t hash)
             return h;
         }
         h = use_hash ? src->hs->hosts[(index_in(src->hs, h) + 1) % n]
-                     : msm_lb_pick_in(c, src, 0);
+                     : msm_lb_pick_in(c, src, 0, 0);
     }
     if (!p->threshold) {
         return NULL;

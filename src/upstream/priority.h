@@ -41,7 +41,7 @@ struct msm_lb_source {
 
 /* Pick from <src> with <c>'s policy (upstream/cluster.c). NULL when <src> is empty. */
 struct msm_host *msm_lb_pick_in(struct msm_cluster *c, const struct msm_lb_source *src,
-                                uint64_t hash);
+                                uint64_t hash, uint32_t attempt);
 
 /* ---- the computation, pure (exposed for tests) ---------------------------------------------- */
 
@@ -71,7 +71,7 @@ int msm_topology_from_cla(const void *cla, struct msm_topology *t, int *n, struc
 struct msm_prio *msm_prio_new(const struct msm_cluster_cfg *cfg, struct msm_host_set *hs);
 void msm_prio_free(struct msm_prio *p);
 /* Envoy's host choice for a cluster with a msm_prio. */
-struct msm_host *msm_prio_choose(struct msm_cluster *c, uint64_t hash);
+struct msm_host *msm_prio_choose(struct msm_cluster *c, uint64_t hash, uint32_t attempt);
 /* The loads in force now (recomputed if stale); returns the number of levels (at most <max>). */
 int msm_prio_state(struct msm_cluster *c, uint32_t *healthy_load, uint32_t *degraded_load,
                    bool *panic, int max);

@@ -3,7 +3,9 @@
  * case-insensitive, fraction), wildcard domains and rewrites; plus HCM path normalization.
  * The input is split on '\n' into authority, path and then header name/value pairs.
  * Invariants: no crash; a selected route is one of the configuration's; rewrite and redirect
- * of the selected route produce strings; normalization output starts with '/'. */
+ * of the selected route produce strings; normalization output starts with '/'; the first
+ * route's hash_policy (every method) gives the same hash twice, and a generated cookie's line
+ * starts with its name. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,7 @@
 #include "envoy/config/route/v3/route.pb-c.h"
 #include "filters/network/http_connection_manager/hcm.h"
 #include "http/route.h"
+#include "net/address.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -21,7 +24,12 @@ static const char CONFIG[] =
     "{\"match\":{\"prefix\":\"/p\",\"headers\":[{\"name\":\"h1\",\"string_match\":{\"exact\":\"v\"}},"
     "{\"name\":\"h2\",\"range_match\":{\"start\":-5,\"end\":5}},{\"name\":\"h3\","
     "\"present_match\":false,\"invert_match\":true}]},\"route\":{\"cluster\":\"c\","
-    "\"prefix_rewrite\":\"/q\"}},"
+    "\"prefix_rewrite\":\"/q\",\"hash_policy\":["
+    "{\"header\":{\"header_name\":\"h1\",\"regex_rewrite\":{\"pattern\":{\"regex\":\"(a+)+\"},"
+    "\"substitution\":\"\\\\1\"}}},{\"cookie\":{\"name\":\"s\",\"ttl\":\"5s\",\"path\":\"/\","
+    "\"attributes\":[{\"name\":\"SameSite\",\"value\":\"Lax\"}]}},"
+    "{\"query_parameter\":{\"name\":\"k\"},\"terminal\":true},"
+    "{\"connection_properties\":{\"source_ip\":true}},{\"header\":{\"header_name\":\"host\"}}]}},"
     "{\"match\":{\"safe_regex\":{\"regex\":\"/(a+)+b\"}},\"route\":{\"cluster\":\"c\","
     "\"regex_rewrite\":{\"pattern\":{\"regex\":\"a\"},\"substitution\":\"\\\\0\\\\0$\"}}},"
     "{\"match\":{\"path_separated_prefix\":\"/sep\",\"case_sensitive\":false},"
@@ -35,6 +43,34 @@ static const char CONFIG[] =
     "\"redirect\":{\"regex_rewrite\":{\"pattern\":{\"regex\":\".*\"},\"substitution\":\"/\"}}}]}]}";
 
 static struct msm_route_config *rc;
+
+static void on_cookie(void *ctx, const char *v, size_t len)
+{
+    (void)ctx;
+    if (len < 3 || memcmp(v, "s=\"", 3) != 0) {
+        abort();
+    }
+}
+
+static void check_hash(const struct msm_hdrs *h)
+{
+    static struct msm_address remote, local;
+    if (!msm_address_family(&remote)) {
+        struct msm_err err;
+        if (msm_address_from_ip("::1", 1, &remote, &err) < 0 ||
+            msm_address_from_ip("10.0.0.1", 80, &local, &err) < 0) {
+            abort();
+        }
+    }
+    const struct msm_hash_input in = {.req = h, .remote = &remote, .local = &local};
+    const struct msm_hash_policy *hp = &rc->vhosts[0].routes[0].hash;
+    uint64_t a = 0, b = 0;
+    bool x = msm_hash_policy_eval(hp, &in, on_cookie, NULL, &a);
+    bool y = msm_hash_policy_eval(hp, &in, on_cookie, NULL, &b);
+    if (x != y || a != b || !x || !a) {
+        abort(); /* source_ip always hashes */
+    }
+}
 
 static void init(void)
 {
@@ -106,6 +142,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
         }
     }
+    check_hash(&h);
     char *np = msm_hcm_normalize_path(path, true, rnd & 2);
     if (np && np[0] != '/') {
         abort();

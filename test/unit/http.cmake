@@ -11,3 +11,6 @@ msm_unit_test(test_http_fixtures ${CMAKE_CURRENT_LIST_DIR}/http/test_http_fixtur
 msm_unit_test(test_peer_metadata ${CMAKE_CURRENT_LIST_DIR}/http/test_peer_metadata.c)
 # Request mirror policies and the "-shadow" host; the x-forwarded-client-cert element.
 msm_unit_test(test_http_mirror_xfcc ${CMAKE_CURRENT_LIST_DIR}/http/test_http_mirror_xfcc.c)
+# RouteAction.hash_policy: Envoy's hashes of headers, cookies (generated too), source IP and
+# query parameters, their fold, and the NACK reasons.
+msm_unit_test(test_http_hash_policy ${CMAKE_CURRENT_LIST_DIR}/http/test_http_hash_policy.c)

@@ -87,6 +87,8 @@ struct router {
     int n_hdr_codes;
     bool previous_hosts;
     uint32_t host_attempts;
+    uint64_t hash;              /* the route's hash_policy for a hashing cluster, 0 = none */
+    struct msm_hdrs *set_cookie; /* cookies the hash policy generated, for the response */
     /* Attempts */
     struct attempt *a;
     uint32_t attempts;
@@ -504,6 +506,10 @@ static void up_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
         attempt_drop(a, true);
         return;
     }
+    for (uint32_t i = 0; r->set_cookie && i < r->set_cookie->n; i++) {
+        const struct msm_hdr *sc = &r->set_cookie->v[i];
+        msm_hdrs_add(h, "set-cookie", 10, sc->value, sc->vlen);
+    }
     apply_ops(r, h, false);
     if (!r->cfg->suppress_envoy_headers) {
         char t[24];
@@ -727,7 +733,7 @@ static struct msm_host *pick_host(struct router *r)
     struct msm_host *h = NULL;
     uint32_t tries = r->previous_hosts && r->n_tried ? r->host_attempts : 1;
     for (uint32_t i = 0; i < tries; i++) {
-        h = msm_lb_choose(c, 0);
+        h = msm_lb_choose_attempt(c, r->hash, i);
         if (!h || !r->previous_hosts || !tried(r, h)) {
             break;
         }
@@ -1028,6 +1034,30 @@ static enum msm_hf_status answer_from_route(struct router *r, const struct msm_h
     return MSM_HF_STOP;
 }
 
+static void add_set_cookie(void *ctx, const char *value, size_t len)
+{
+    struct router *r = ctx;
+    if (!r->set_cookie) {
+        r->set_cookie = msm_hdrs_new();
+    }
+    msm_hdrs_add(r->set_cookie, "set-cookie", 10, value, len);
+}
+
+/* The route's hash_policy on the downstream request as it reached the router (before the
+ * route's header operations, as Envoy computes it when it picks the connection pool). Only
+ * for a cluster whose balancer uses it: Envoy asks for the hash only then, so only then is a
+ * cookie generated. */
+static void request_hash(struct router *r, const struct msm_hdrs *h)
+{
+    const struct msm_conn *dc = msm_hs_conn(r->s);
+    struct msm_hash_input in = {.req = h, .remote = dc ? &dc->remote : NULL,
+                                .local = dc ? &dc->local : NULL};
+    uint64_t x;
+    if (msm_hash_policy_eval(&r->route->hash, &in, add_set_cookie, r, &x)) {
+        r->hash = x;
+    }
+}
+
 enum msm_hf_status msm_router_decode_headers(void *f, struct msm_hdrs *h, bool end_stream)
 {
     struct router *r = f;
@@ -1062,6 +1092,9 @@ enum msm_hf_status msm_router_decode_headers(void *f, struct msm_hdrs *h, bool e
     r->proto = msm_cluster_http_request_proto(msm_cluster_http_cfg_of(c->cfg),
                                               msm_hs_protocol(r->s));
     request_policy(r, h);
+    if (rt->hash.n && msm_lb_uses_hash(c)) {
+        request_hash(r, h);
+    }
     r->tunnel = msm_router_tunnel_kind(rt, h);
     if (r->tunnel) {
         r->retry_on = 0; /* an upgrade or CONNECT is never retried */
@@ -1181,6 +1214,7 @@ void msm_router_filter_free(void *f)
     msm_hdrs_deinit(&r->req);
     msm_buf_deinit(&r->body);
     msm_hdrs_free(r->trailers);
+    msm_hdrs_free(r->set_cookie);
     msm_shadow_cancel(&r->shadow);
     for (int i = 0; i < r->n_tried; i++) {
         msm_host_unref(r->tried[i]);

@@ -94,7 +94,7 @@ void msm_ring_free(struct msm_ring *r)
     free(r);
 }
 
-int msm_ring_pick(const struct msm_ring *r, uint64_t hash)
+int msm_ring_pick(const struct msm_ring *r, uint64_t hash, uint32_t attempt)
 {
     if (!r->n) {
         return -1;
@@ -109,7 +109,11 @@ int msm_ring_pick(const struct msm_ring *r, uint64_t hash)
             hi = mid;
         }
     }
-    return (int)r->host[lo == r->n ? 0 : lo];
+    uint32_t i = lo == r->n ? 0 : lo;
+    if (attempt) {
+        i = (uint32_t)(((uint64_t)i + attempt) % r->n);
+    }
+    return (int)r->host[i];
 }
 
 static bool is_prime(uint64_t n)
@@ -190,10 +194,13 @@ void msm_maglev_free(struct msm_maglev *m)
     free(m);
 }
 
-int msm_maglev_pick(const struct msm_maglev *m, uint64_t hash)
+int msm_maglev_pick(const struct msm_maglev *m, uint64_t hash, uint32_t attempt)
 {
     if (!m->table) {
         return -1;
+    }
+    if (attempt) {
+        hash ^= ~0ull - attempt + 1; /* many bits change: retries spread over hosts */
     }
     return (int)m->table[hash % m->size];
 }

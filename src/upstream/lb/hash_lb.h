@@ -21,8 +21,10 @@ struct msm_maglev {
 struct msm_ring *msm_ring_new(const struct msm_host_set *hs, uint64_t min_size,
                               uint64_t max_size);
 void msm_ring_free(struct msm_ring *r);
-int msm_ring_pick(const struct msm_ring *r, uint64_t hash); /* host index, -1 if empty */
+/* Host index for <hash>, -1 if empty. <attempt> > 0 (a retry avoiding previous hosts) moves on
+ * as Envoy's: the ring <attempt> points further, maglev with the hash's bits flipped. */
+int msm_ring_pick(const struct msm_ring *r, uint64_t hash, uint32_t attempt);
 
 struct msm_maglev *msm_maglev_new(const struct msm_host_set *hs, uint64_t table_size);
 void msm_maglev_free(struct msm_maglev *m);
-int msm_maglev_pick(const struct msm_maglev *m, uint64_t hash);
+int msm_maglev_pick(const struct msm_maglev *m, uint64_t hash, uint32_t attempt);
