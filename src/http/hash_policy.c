@@ -63,6 +63,18 @@ static int cookie_from_proto(const Envoy__Config__Route__V3__RouteAction__HashPo
     return 0;
 }
 
+/* A method keyed by one non-empty name (<field> for the NACK). */
+static int named(struct msm_hash_method *m, enum msm_hash_kind kind, const char *name,
+                 const char *field, struct msm_err *err)
+{
+    if (!name[0]) {
+        return msm_err_set(err, "%s: must not be empty", field);
+    }
+    m->kind = kind;
+    m->name = msm_xstrdup(name);
+    return 0;
+}
+
 static int method_from_proto(const PbHashPolicy *p, struct msm_hash_method *m,
                              struct msm_err *err)
 {
@@ -99,19 +111,9 @@ static int method_from_proto(const PbHashPolicy *p, struct msm_hash_method *m,
         m->kind = MSM_HASH_SOURCE_IP;
         return 0;
     case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HASH_POLICY__POLICY_SPECIFIER_QUERY_PARAMETER:
-        if (!p->query_parameter->name[0]) {
-            return msm_err_set(err, "query_parameter.name: must not be empty");
-        }
-        m->kind = MSM_HASH_QUERY;
-        m->name = msm_xstrdup(p->query_parameter->name);
-        return 0;
+        return named(m, MSM_HASH_QUERY, p->query_parameter->name, "query_parameter.name", err);
     case ENVOY__CONFIG__ROUTE__V3__ROUTE_ACTION__HASH_POLICY__POLICY_SPECIFIER_FILTER_STATE:
-        if (!p->filter_state->key[0]) {
-            return msm_err_set(err, "filter_state.key: must not be empty");
-        }
-        m->kind = MSM_HASH_FILTER_STATE;
-        m->name = msm_xstrdup(p->filter_state->key);
-        return 0;
+        return named(m, MSM_HASH_FILTER_STATE, p->filter_state->key, "filter_state.key", err);
     default:
         return msm_err_set(err, "one of header, cookie, connection_properties, "
                                 "query_parameter or filter_state is required");

@@ -997,6 +997,27 @@ static void nop_timer(struct ev_loop *loop, ev_timer *t, int revents)
 /* connection_keepalive: PINGs every interval; an answered one keeps the connection, one left
  * unanswered past the timeout ends it (on_error, http2.keepalive_timeout); any input extends
  * the wait. */
+/* An HTTP/2 server codec in <o> with connection_keepalive (no jitter) on <loop>, past the
+ * client's preface; its output so far dropped, ka_errors reset. */
+static void ka_server(struct owner *o, struct ev_loop *loop, uint32_t interval_ms,
+                      uint32_t timeout_ms, struct msm_http2_stats *st)
+{
+    struct msm_hcodec_opts opts;
+    msm_hcodec_opts_default(&opts);
+    opts.h2stats = st;
+    opts.keepalive_interval_ms = interval_ms;
+    opts.keepalive_timeout_ms = timeout_ms;
+    opts.keepalive_jitter_pct = 0;
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                                  "\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    owner_init(o);
+    o->c = msm_http2_server_new(&opts, &ocbs_ka, o);
+    msm_http2_keepalive_start(o->c, loop);
+    assert_int_equal(feed(o, preface, sizeof(preface) - 1), 0);
+    msm_buf_drain(&o->out, o->out.len);
+    ka_errors = 0;
+}
+
 static void test_h2_keepalive(void **state)
 {
     (void)state;
@@ -1007,21 +1028,8 @@ static void test_h2_keepalive(void **state)
     struct msm_stats_store *store = msm_stats_store_new();
     struct msm_http2_stats st;
     msm_http2_stats_init(store, "http.t.http2.", &st);
-    struct msm_hcodec_opts opts;
-    msm_hcodec_opts_default(&opts);
-    opts.h2stats = &st;
-    opts.keepalive_interval_ms = 40;
-    opts.keepalive_timeout_ms = 400; /* wide: CI machines stall */
-    opts.keepalive_jitter_pct = 0;
-    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-                                  "\x00\x00\x00\x04\x00\x00\x00\x00\x00";
     struct owner o;
-    owner_init(&o);
-    o.c = msm_http2_server_new(&opts, &ocbs_ka, &o);
-    msm_http2_keepalive_start(o.c, loop);
-    assert_int_equal(feed(&o, preface, sizeof(preface) - 1), 0);
-    msm_buf_drain(&o.out, o.out.len);
-    ka_errors = 0;
+    ka_server(&o, loop, 40, 400 /* wide: CI machines stall */, &st);
     /* answered: 0.4 s, every PING acknowledged as it comes */
     int pings = 0;
     ev_tstamp end = ev_time() + 0.4;
@@ -1067,19 +1075,8 @@ static void test_h2_keepalive_stall(void **state)
     ev_timer tick;
     ev_timer_init(&tick, nop_timer, 0.005, 0.005);
     ev_timer_start(loop, &tick);
-    struct msm_hcodec_opts opts;
-    msm_hcodec_opts_default(&opts);
-    opts.keepalive_interval_ms = 20;
-    opts.keepalive_timeout_ms = 50;
-    opts.keepalive_jitter_pct = 0;
-    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-                                  "\x00\x00\x00\x04\x00\x00\x00\x00\x00";
     struct owner o;
-    owner_init(&o);
-    o.c = msm_http2_server_new(&opts, &ocbs_ka, &o);
-    msm_http2_keepalive_start(o.c, loop);
-    assert_int_equal(feed(&o, preface, sizeof(preface) - 1), 0);
-    ka_errors = 0;
+    ka_server(&o, loop, 20, 50, NULL);
     uint8_t id[8];
     ev_tstamp end = ev_time() + 2.0;
     while (!take_pings(&o, id) && ev_time() < end) {
