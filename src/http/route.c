@@ -1282,6 +1282,31 @@ static void resolve_mirrors(struct msm_route_config *rc)
     }
 }
 
+static bool pf_disables(const struct msm_per_filters *pf)
+{
+    for (int i = 0; i < pf->n; i++) {
+        if (pf->v[i].disabled) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Whether streams must look for filters disabled per route (not for weighted clusters: Envoy
+ * decides it from the route entry). */
+static bool any_disabled_filter(const struct msm_route_config *rc)
+{
+    bool any = pf_disables(&rc->pf);
+    for (int i = 0; i < rc->n_vhosts && !any; i++) {
+        const struct msm_vhost *v = &rc->vhosts[i];
+        any = pf_disables(&v->pf);
+        for (int k = 0; k < v->n_routes && !any; k++) {
+            any = pf_disables(&v->routes[k].pf);
+        }
+    }
+    return any;
+}
+
 struct msm_route_config *msm_route_config_new(const void *proto,
                                               const struct msm_route_build_ctx *ctx,
                                               struct msm_err *err)
@@ -1338,6 +1363,7 @@ struct msm_route_config *msm_route_config_new(const void *proto,
         goto fail;
     }
     resolve_mirrors(rc);
+    rc->any_disabled_filter = any_disabled_filter(rc);
     return rc;
 fail:
     rc_free(rc);

@@ -296,6 +296,7 @@ struct msm_route_config {
     int n_internal_only;
     bool ignore_port;
     bool most_specific_wins;
+    bool any_disabled_filter; /* some typed_per_filter_config entry is FilterConfig{disabled} */
     uint32_t max_direct_body;
     struct msm_per_filters pf;
     struct msm_mirror_policies mirrors;

@@ -101,11 +101,11 @@ static int http_filter_from_proto(const PbHttpFilter *p, struct msm_http_factory
         ENVOY__EXTENSIONS__FILTERS__NETWORK__HTTP_CONNECTION_MANAGER__V3__HTTP_FILTER__CONFIG_TYPE_CONFIG_DISCOVERY) {
         return msm_err_set(err, "config_discovery (ECDS) is not supported yet");
     }
-    if (p->disabled) {
-        /* Disabled by default: enabled per route through typed_per_filter_config, which this
-         * build does not do for any filter yet. */
-        *skip = true;
-        return 0;
+    /* Disabled by default: built all the same, it runs where a route's typed_per_filter_config
+     * enables it (hcm_stream.c). */
+    out->disabled = p->disabled;
+    if (p->disabled && last) {
+        return msm_err_set(err, "the last (terminal) filter cannot be disabled by default");
     }
     ProtobufCMessage *msg = NULL;
     const char *type = NULL;

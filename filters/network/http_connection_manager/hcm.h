@@ -77,6 +77,7 @@ struct msm_hcm_filter {
     const struct msm_http_filter_ops *ops; /* NULL: an accepted no-op (see http_registry.c) */
     void *config;
     char *name;
+    bool disabled; /* HttpFilter.disabled: runs only where a route enables it (hcm_stream.c) */
 };
 
 /* upgrade_configs[]: an upgrade type the connection manager takes ("websocket", "CONNECT";

@@ -641,6 +641,45 @@ static void decode_trailers_from(struct hstream *st, int from, struct msm_hdrs *
 
 /* ---- codec stream callbacks --------------------------------------------------------------------- */
 
+/* Envoy's FilterManager, when it creates a stream's filters (after routing): a filter
+ * disabled by default (HttpFilter.disabled) runs only where the route, its virtual host or the
+ * route configuration has a typed_per_filter_config entry for it other than
+ * FilterConfig{disabled: true}; any filter is left out where that entry disables it. Decided
+ * once, before the filters exist; the terminal filter always stays. */
+static void drop_disabled_filters(struct hstream *st)
+{
+    bool any = false;
+    for (int i = 0; i < st->nf; i++) {
+        any |= st->f[i].f->disabled;
+    }
+    if (!any) {
+        const struct msm_route_config *rc =
+            msm_hcm_route_config(st->hc->cfg, st->hc->w->snap);
+        if (!rc || !rc->any_disabled_filter) {
+            return;
+        }
+    }
+    if (!st->route_done) {
+        select_route(st);
+    }
+    int n = 0;
+    for (int i = 0; i < st->nf; i++) {
+        struct hfilter f = st->f[i];
+        bool on = !f.f->disabled;
+        const struct msm_per_filter *pf =
+            st->route ? msm_route_per_filter(st->rc, st->route, -1, f.f->name) : NULL;
+        if (pf) {
+            on = !pf->disabled;
+        }
+        if (on || i == st->nf - 1) {
+            f.h.idx = n;
+            st->f[n++] = f;
+        }
+    }
+    st->nf = n;
+    st->enc_pos = n;
+}
+
 static void s_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
 {
     struct hstream *st = ctx;
@@ -680,6 +719,7 @@ static void s_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
     if (st->idle_ms) {
         msm_tq_start(hc->loop, &st->idle_timer, st->idle_ms);
     }
+    drop_disabled_filters(st);
     for (int i = 0; i < st->nf; i++) {
         struct hfilter *f = &st->f[i];
         f->inst = f->f->ops->filter_new(f->f->config, &f->h);
