@@ -648,19 +648,15 @@ static void decode_trailers_from(struct hstream *st, int from, struct msm_hdrs *
  * once, before the filters exist; the terminal filter always stays. */
 static void drop_disabled_filters(struct hstream *st)
 {
-    bool any = false;
-    for (int i = 0; i < st->nf; i++) {
-        any |= st->f[i].f->disabled;
+    if (!st->route_done) {
+        select_route(st); /* the router needs it anyway: routing first is Envoy's order too */
+    }
+    bool any = st->rc && st->rc->any_disabled_filter;
+    for (int i = 0; i < st->nf && !any; i++) {
+        any = st->f[i].f->disabled;
     }
     if (!any) {
-        const struct msm_route_config *rc =
-            msm_hcm_route_config(st->hc->cfg, st->hc->w->snap);
-        if (!rc || !rc->any_disabled_filter) {
-            return;
-        }
-    }
-    if (!st->route_done) {
-        select_route(st);
+        return;
     }
     int n = 0;
     for (int i = 0; i < st->nf; i++) {
