@@ -502,6 +502,38 @@ class RbacHttpTest(HttpTestCase):
         self.assertEqual(get(p, "/private")[0], 403)
 
 
+class GrpcLocalReplyTest(HttpTestCase):
+    """A local reply to a gRPC request is a gRPC answer, as Envoy's: HTTP 200, trailers-only,
+    grpc-status mapped from the HTTP status (404 -> UNIMPLEMENTED, 403 -> PERMISSION_DENIED,
+    503 -> UNAVAILABLE), the text as a percent-encoded grpc-message; the access log and the
+    stats see the 200. Other requests keep the HTTP reply."""
+
+    def test_grpc_local_replies(self):
+        dead = H.free_port()
+        deny = {"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": RBAC_TYPE, "rules": {"action": "DENY", "policies": {"no-admin": {
+                "permissions": [{"url_path": {"path": {"prefix": "/admin."}}}],
+                "principals": [{"any": True}]}}}}}
+        p = self.proxy([{"match": {"prefix": "/pkg."}, "route": to("dead")},
+                        {"match": {"prefix": "/admin."}, "route": to("dead")}],
+                       [H.cluster("dead", [H.sock_addr(dead)])], filters=[deny])
+        grpc = {"content-type": "application/grpc", "te": "trailers"}
+        for path, code, msg in (("/other.Svc/M", "12", None),
+                                ("/admin.Svc/M", "7", "RBAC: access denied"),
+                                ("/pkg.Svc/M", "14", "upstream connect error")):
+            st, h, body = get(p, path, method="POST", body=b"\0\0\0\0\0", headers=grpc)
+            self.assertEqual((st, h.get("content-type"), h.get("grpc-status"), body),
+                             (200, "application/grpc", code, b""), path)
+            if msg:
+                self.assertTrue(h["grpc-message"].startswith(msg), h)
+        # Not gRPC: the HTTP local reply.
+        st, h, body = get(p, "/other.Svc/M")
+        self.assertEqual((st, h.get("grpc-status")), (404, None))
+        stats = p.stats()
+        self.assertEqual(stats["http.ingress.downstream_rq_2xx"], 3)
+        self.assertEqual(stats["http.ingress.downstream_rq_4xx"], 1)
+
+
 class Http2Test(HttpTestCase):
     def test_h2c_downstream_curl_and_nghttp(self):
         up = self.http_upstream()

@@ -574,6 +574,55 @@ void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h)
     }
 }
 
+/* Envoy's Grpc::Utility::httpToGrpcStatus (the mapping of gRPC's HTTP status doc). */
+int msm_grpc_status_of_http(int status)
+{
+    switch (status) {
+    case 400: return 13; /* INTERNAL */
+    case 401: return 16; /* UNAUTHENTICATED */
+    case 403: return 7;  /* PERMISSION_DENIED */
+    case 404: return 12; /* UNIMPLEMENTED */
+    case 429:
+    case 502:
+    case 503:
+    case 504: return 14; /* UNAVAILABLE */
+    default: return 2;   /* UNKNOWN */
+    }
+}
+
+void msm_hcm_build_grpc_local_reply(int status, const char *text, struct msm_hdrs *h)
+{
+    char gs[8];
+    snprintf(gs, sizeof(gs), "%d", msm_grpc_status_of_http(status));
+    msm_hdrs_set(h, ":status", "200");
+    msm_hdrs_set(h, "content-type", "application/grpc");
+    msm_hdrs_set(h, "grpc-status", gs);
+    if (text && text[0]) {
+        /* gRPC's percent-encoding of grpc-message: controls, non-ASCII and '%'. */
+        static const char hex[] = "0123456789ABCDEF";
+        size_t n = strlen(text);
+        char *m = malloc(3 * n + 1), *o = m;
+        if (!m) {
+            return;
+        }
+        for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+            if (*c < ' ' || *c > '~' || *c == '%') {
+                *o++ = '%';
+                *o++ = hex[*c >> 4];
+                *o++ = hex[*c & 15];
+            } else {
+                *o++ = (char)*c;
+            }
+        }
+        *o = 0;
+        msm_hdrs_set(h, "grpc-message", m);
+        free(m);
+    }
+    size_t dl;
+    const char *date = http_date(&dl);
+    msm_hdrs_setn(h, "date", date, dl);
+}
+
 void msm_hcm_build_local_reply(struct hcm_conn *hc, int status, const char *text, bool head,
                                struct msm_hdrs *h, struct msm_buf *body)
 {

@@ -149,6 +149,10 @@ void msm_hcm_conn_close(struct hcm_conn *hc, enum msm_close_type how);
 int msm_hcm_prepare_request(struct hstream *st, const char **details);
 /* Response headers leaving for the client (server, date, x-request-id...). */
 void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h);
+/* A local reply to a gRPC request, as Envoy's: trailers-only, HTTP 200, grpc-status mapped
+ * from <status> (msm_grpc_status_of_http), <text> as the percent-encoded grpc-message. */
+void msm_hcm_build_grpc_local_reply(int status, const char *text, struct msm_hdrs *h);
+int msm_grpc_status_of_http(int status);
 /* Build a local reply's headers and body into <h>/<body>. */
 void msm_hcm_build_local_reply(struct hcm_conn *hc, int status, const char *text, bool head,
                                struct msm_hdrs *h, struct msm_buf *body);

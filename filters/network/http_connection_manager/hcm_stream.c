@@ -423,7 +423,11 @@ void msm_hcm_local_reply(struct hstream *st, int from, int status, const char *b
     struct msm_buf b;
     msm_hdrs_init(&h);
     msm_buf_init(&b);
-    msm_hcm_build_local_reply(st->hc, status, body, st->is_head, &h, &b);
+    if (st->is_grpc) {
+        msm_hcm_build_grpc_local_reply(status, body, &h);
+    } else {
+        msm_hcm_build_local_reply(st->hc, status, body, st->is_head, &h, &b);
+    }
     bool has_body = b.len > 0;
     encode_headers_from(st, from, &h, !has_body);
     if (has_body && !st->destroyed) {

@@ -1,7 +1,8 @@
 /* Request mirror policies (src/http/route.c: parsing, defaults, the most specific non-empty
  * level wins; filters/http/router/shadow.c: the "-shadow" host, which policies fire) and the
  * x-forwarded-client-cert element the connection manager builds (hcm_headers.c: keys, order,
- * quoting, repeated SANs), and its generated x-request-id (an RFC 4122 version 4 UUID). */
+ * quoting, repeated SANs), its generated x-request-id (an RFC 4122 version 4 UUID) and its
+ * local replies to gRPC requests (status mapping, percent-encoded grpc-message). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -238,6 +239,31 @@ static void test_request_id(void **state)
     }
 }
 
+static void test_grpc_local_reply(void **state)
+{
+    (void)state;
+    static const int map[][2] = {{400, 13}, {401, 16}, {403, 7},  {404, 12}, {429, 14},
+                                 {502, 14}, {503, 14}, {504, 14}, {408, 2},  {500, 2}};
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+        assert_int_equal(msm_grpc_status_of_http(map[i][0]), map[i][1]);
+    }
+    struct msm_hdrs h;
+    msm_hdrs_init(&h);
+    msm_hcm_build_grpc_local_reply(503, "no healthy upstream: 100% down\n\xc3\xa9", &h);
+    assert_string_equal(msm_hdrs_get(&h, ":status"), "200");
+    assert_string_equal(msm_hdrs_get(&h, "content-type"), "application/grpc");
+    assert_string_equal(msm_hdrs_get(&h, "grpc-status"), "14");
+    assert_string_equal(msm_hdrs_get(&h, "grpc-message"),
+                        "no healthy upstream: 100%25 down%0A%C3%A9");
+    assert_null(msm_hdrs_get(&h, "content-length"));
+    msm_hdrs_deinit(&h);
+    msm_hdrs_init(&h);
+    msm_hcm_build_grpc_local_reply(404, NULL, &h);
+    assert_string_equal(msm_hdrs_get(&h, "grpc-status"), "12");
+    assert_null(msm_hdrs_get(&h, "grpc-message"));
+    msm_hdrs_deinit(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -245,6 +271,7 @@ int main(void)
         cmocka_unit_test(test_shadow_host),
         cmocka_unit_test(test_xfcc_element),
         cmocka_unit_test(test_request_id),
+        cmocka_unit_test(test_grpc_local_reply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
