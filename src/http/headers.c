@@ -586,3 +586,24 @@ const char *msm_http_reason(int code)
     default: return "Unknown";
     }
 }
+
+bool msm_grpc_timeout_ms(const char *v, uint64_t *ms)
+{
+    size_t n = strlen(v);
+    if (n < 2 || n > 9) {
+        return false;
+    }
+    uint64_t x;
+    if (!msm_http_parse_u64(v, n - 1, &x)) {
+        return false;
+    }
+    switch (v[n - 1]) {
+    case 'H': *ms = x * 3600000; return true;
+    case 'M': *ms = x * 60000; return true;
+    case 'S': *ms = x * 1000; return true;
+    case 'm': *ms = x; return true;
+    case 'u': *ms = (x + 999) / 1000; return true;
+    case 'n': *ms = (x + 999999) / 1000000; return true;
+    default: return false;
+    }
+}

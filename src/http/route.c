@@ -865,10 +865,26 @@ static int action_from_proto(const PbAction *a, const struct msm_route_build_ctx
     if (upgrades_from_proto(a, r, err) < 0) {
         return MSM_EINVAL;
     }
-    if (a->max_stream_duration &&
-        ms_field(a->max_stream_duration->max_stream_duration, 0,
-                 "route.max_stream_duration.max_stream_duration", &r->max_stream_duration_ms,
-                 err) < 0) {
+    const Envoy__Config__Route__V3__RouteAction__MaxStreamDuration *msd = a->max_stream_duration;
+    if (msd) {
+        r->new_timeouts = true;
+        r->has_msd = msd->max_stream_duration != NULL;
+        r->has_grpc_max = msd->grpc_timeout_header_max != NULL;
+        if (ms_field(msd->max_stream_duration, 0, "route.max_stream_duration.max_stream_duration",
+                     &r->max_stream_duration_ms, err) < 0 ||
+            ms_field(msd->grpc_timeout_header_max, 0,
+                     "route.max_stream_duration.grpc_timeout_header_max", &r->grpc_max_ms,
+                     err) < 0 ||
+            ms_field(msd->grpc_timeout_header_offset, 0,
+                     "route.max_stream_duration.grpc_timeout_header_offset", &r->grpc_offset_ms,
+                     err) < 0) {
+            return MSM_EINVAL;
+        }
+    }
+    r->has_max_grpc = a->max_grpc_timeout != NULL;
+    if (ms_field(a->max_grpc_timeout, 0, "route.max_grpc_timeout", &r->max_grpc_ms, err) < 0 ||
+        ms_field(a->grpc_timeout_offset, 0, "route.grpc_timeout_offset",
+                 &r->grpc_timeout_offset_ms, err) < 0) {
         return MSM_EINVAL;
     }
     if (a->prefix_rewrite[0] || a->regex_rewrite) {

@@ -225,7 +225,17 @@ struct msm_route {
     bool has_idle_timeout; /* route.idle_timeout set: overrides stream_idle_timeout (0 = off) */
     struct msm_route_upgrade *upgrades;
     int n_upgrades;
-    uint32_t max_stream_duration_ms;
+    /* Stream duration (Envoy's "new timeouts", RouteAction.max_stream_duration present): the
+     * connection manager's timer (hcm_stream.c). has_msd: max_stream_duration set (0 = none);
+     * has_grpc_max: grpc_timeout_header_max set, a grpc-timeout header then sets the duration
+     * (capped unless 0, minus grpc_offset_ms). */
+    bool new_timeouts;
+    bool has_msd, has_grpc_max;
+    uint32_t max_stream_duration_ms, grpc_max_ms, grpc_offset_ms;
+    /* The deprecated max_grpc_timeout / grpc_timeout_offset (Istio <= 1.18 sets them): without
+     * new timeouts, a gRPC request's route timeout comes from its grpc-timeout (router.c). */
+    bool has_max_grpc;
+    uint32_t max_grpc_ms, grpc_timeout_offset_ms;
     const struct msm_retry_policy *retry; /* route's, else the vhost's; NULL = none */
     struct msm_retry_policy *own_retry;
     char *prefix_rewrite;

@@ -112,27 +112,6 @@ static void send_body_to_attempt(struct router *r);
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
 
-bool msm_grpc_timeout_ms(const char *v, uint64_t *ms)
-{
-    size_t n = strlen(v);
-    if (n < 2 || n > 9) {
-        return false;
-    }
-    uint64_t x;
-    if (!msm_http_parse_u64(v, n - 1, &x)) {
-        return false;
-    }
-    switch (v[n - 1]) {
-    case 'H': *ms = x * 3600000; return true;
-    case 'M': *ms = x * 60000; return true;
-    case 'S': *ms = x * 1000; return true;
-    case 'm': *ms = x; return true;
-    case 'u': *ms = (x + 999) / 1000; return true;
-    case 'n': *ms = (x + 999999) / 1000000; return true;
-    default: return false;
-    }
-}
-
 /* <v>: a header's value or NULL. The callers look up constant names with msm_hdrs_get, whose
  * length and filter bit fold (absent, the usual case, costs a bit test). */
 static uint32_t header_u32(const char *v, bool *found)
@@ -882,6 +861,29 @@ static const char *cluster_name(struct router *r, const struct msm_hdrs *h)
     }
 }
 
+/* Envoy's Grpc::Common::toGrpcTimeout: milliseconds while they fit in 8 digits, then the
+ * largest unit that does. */
+static void set_grpc_timeout(struct msm_hdrs *h, uint64_t ms)
+{
+    static const char units[] = "mSMH";
+    int u = 0;
+    if (ms > 99999999) {
+        ms /= 1000;
+        u++;
+    }
+    while (ms > 99999999) {
+        if (units[u] == 'H') {
+            ms = 99999999;
+            break;
+        }
+        ms /= 60;
+        u++;
+    }
+    char v[24];
+    snprintf(v, sizeof(v), "%llu%c", (unsigned long long)ms, units[u]);
+    msm_hdrs_set(h, "grpc-timeout", v);
+}
+
 /* Timeouts and retry policy for this request: the route's, overridden by x-envoy-* headers
  * (which are removed before forwarding). */
 static void request_policy(struct router *r, struct msm_hdrs *h)
@@ -889,6 +891,23 @@ static void request_policy(struct router *r, struct msm_hdrs *h)
     const struct msm_route *rt = r->route;
     bool found;
     r->timeout_ms = rt->has_timeout ? rt->timeout_ms : 15000;
+    /* Envoy's old gRPC timeouts (max_grpc_timeout set, no max_stream_duration): the request's
+     * grpc-timeout (none: infinity) less the offset, capped unless the cap is 0. */
+    bool grpc_old = !rt->new_timeouts && rt->has_max_grpc && msm_hs_is_grpc(r->s);
+    if (grpc_old) {
+        const char *gt = msm_hdrs_get(h, "grpc-timeout");
+        uint64_t g = 0;
+        if (!gt || !msm_grpc_timeout_ms(gt, &g)) {
+            g = 0;
+        }
+        if (rt->grpc_timeout_offset_ms && rt->grpc_timeout_offset_ms < g) {
+            g -= rt->grpc_timeout_offset_ms;
+        }
+        if (rt->max_grpc_ms && (!g || g > rt->max_grpc_ms)) {
+            g = rt->max_grpc_ms;
+        }
+        r->timeout_ms = g > UINT32_MAX ? UINT32_MAX : (uint32_t)g;
+    }
     uint32_t t = header_u32(msm_hdrs_get(h, "x-envoy-upstream-rq-timeout-ms"), &found);
     if (found) {
         r->timeout_ms = t;
@@ -931,6 +950,10 @@ static void request_policy(struct router *r, struct msm_hdrs *h)
     }
     if (r->per_try_ms && r->timeout_ms && r->per_try_ms >= r->timeout_ms) {
         r->per_try_ms = 0; /* Envoy: a per-try timeout beyond the global one is ignored */
+    }
+    uint32_t expected = r->per_try_ms ? r->per_try_ms : r->timeout_ms;
+    if (grpc_old && expected) {
+        set_grpc_timeout(h, expected); /* the upstream learns the deadline it really has */
     }
 }
 

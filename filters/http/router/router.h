@@ -44,5 +44,3 @@ void msm_router_on_destroy(void *f);
 void msm_router_on_watermark(void *f, bool above);
 void msm_router_filter_free(void *f);
 
-/* The grpc-timeout header value ("10S", "250m"...) in milliseconds; false when malformed. */
-bool msm_grpc_timeout_ms(const char *v, uint64_t *ms);

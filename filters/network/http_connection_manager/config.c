@@ -512,10 +512,6 @@ static int config_new(const ProtobufCMessage *msg, struct msm_factory_ctx *ctx, 
         msm_err_set(err, "request_headers_timeout: not supported yet");
         goto fail;
     }
-    if (c->max_stream_duration_ms) {
-        msm_err_set(err, "common_http_protocol_options.max_stream_duration: not supported yet");
-        goto fail;
-    }
     if (msm_access_logs_build((void *const *)p->access_log, p->n_access_log, &c->logs,
                               err) < 0) {
         goto fail;

@@ -590,10 +590,11 @@ int msm_grpc_status_of_http(int status)
     }
 }
 
-void msm_hcm_build_grpc_local_reply(int status, const char *text, struct msm_hdrs *h)
+void msm_hcm_build_grpc_local_reply(int status, int grpc_status, const char *text,
+                                    struct msm_hdrs *h)
 {
     char gs[8];
-    snprintf(gs, sizeof(gs), "%d", msm_grpc_status_of_http(status));
+    snprintf(gs, sizeof(gs), "%d", grpc_status >= 0 ? grpc_status : msm_grpc_status_of_http(status));
     msm_hdrs_set(h, ":status", "200");
     msm_hdrs_set(h, "content-type", "application/grpc");
     msm_hdrs_set(h, "grpc-status", gs);

@@ -95,6 +95,8 @@ struct hstream {
     bool in_decode;
     int read_disabled;
     ev_timer req_timer;  /* request_timeout */
+    ev_timer dur_timer;  /* max_stream_duration, or the grpc-timeout it lets in */
+    int grpc_status;     /* of the next local reply to a gRPC request; -1: from the HTTP one */
     /* stream_idle_timeout, or the route's idle_timeout: a timeout queue entry (no timer-heap
      * update per request); it fires at last_activity + idle_ms. */
     struct msm_tq_entry idle_timer;
@@ -150,8 +152,10 @@ int msm_hcm_prepare_request(struct hstream *st, const char **details);
 /* Response headers leaving for the client (server, date, x-request-id...). */
 void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h);
 /* A local reply to a gRPC request, as Envoy's: trailers-only, HTTP 200, grpc-status mapped
- * from <status> (msm_grpc_status_of_http), <text> as the percent-encoded grpc-message. */
-void msm_hcm_build_grpc_local_reply(int status, const char *text, struct msm_hdrs *h);
+ * from <status> (msm_grpc_status_of_http) unless <grpc_status> >= 0, <text> as the
+ * percent-encoded grpc-message. */
+void msm_hcm_build_grpc_local_reply(int status, int grpc_status, const char *text,
+                                    struct msm_hdrs *h);
 int msm_grpc_status_of_http(int status);
 /* Build a local reply's headers and body into <h>/<body>. */
 void msm_hcm_build_local_reply(struct hcm_conn *hc, int status, const char *text, bool head,

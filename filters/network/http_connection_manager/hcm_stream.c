@@ -205,6 +205,7 @@ void msm_hcm_stream_destroy(struct hstream *st, bool reset)
     const struct msm_hcm_config *cfg = hc->cfg;
     st->destroyed = true;
     msm_timer_stop(st->hc->loop, &st->req_timer);
+    msm_timer_stop(st->hc->loop, &st->dur_timer);
     msm_tq_stop(&st->idle_timer);
     if (st->cs) {
         struct msm_hstream *cs = st->cs;
@@ -258,6 +259,48 @@ static void on_req_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     msm_hcm_local_reply(st, st->nf - 1, 408, "request timeout", "request_overall_timeout", 0);
 }
 
+static void on_duration_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct hstream *st = MSM_CONTAINER_OF(t, struct hstream, dur_timer);
+    msm_stat_inc(st->hc->cfg->stats.downstream_rq_max_duration_reached);
+    st->grpc_status = 4; /* DEADLINE_EXCEEDED */
+    msm_hcm_local_reply(st, st->nf - 1, 408, "downstream duration timeout",
+                        "max_duration_timeout", MSM_RF(DURATION_TIMEOUT));
+}
+
+/* Envoy's ActiveStream::refreshDurationTimeout, once the route is known: a gRPC request's
+ * grpc-timeout when the route lets it in (grpc_timeout_header_max, capped unless 0, less the
+ * offset), else the route's max_stream_duration (0: none), else the connection manager's; the
+ * time the stream already lived counts. */
+static void start_duration_timer(struct hstream *st)
+{
+    const struct msm_route *r = st->route;
+    const char *gt = r && r->has_grpc_max ? msm_hdrs_get(&st->req, "grpc-timeout") : NULL;
+    uint64_t ms;
+    if (gt && msm_grpc_timeout_ms(gt, &ms)) {
+        if (r->grpc_max_ms && ms > r->grpc_max_ms) {
+            ms = r->grpc_max_ms;
+        }
+        if (ms && r->grpc_offset_ms) {
+            ms = r->grpc_offset_ms < ms ? ms - r->grpc_offset_ms : 0;
+        }
+    } else if (r && r->has_msd) {
+        if (!r->max_stream_duration_ms) {
+            return;
+        }
+        ms = r->max_stream_duration_ms;
+    } else if (st->hc->cfg->max_stream_duration_ms) {
+        ms = st->hc->cfg->max_stream_duration_ms;
+    } else {
+        return;
+    }
+    double left = st->info.start + ms / 1000.0 - ev_now(st->hc->loop);
+    ev_timer_set(&st->dur_timer, left > 0 ? left : 0, 0);
+    ev_timer_start(st->hc->loop, &st->dur_timer);
+}
+
 static void on_idle_timeout(struct ev_loop *loop, struct msm_tq_entry *t)
 {
     struct hstream *st = MSM_CONTAINER_OF(t, struct hstream, idle_timer);
@@ -306,6 +349,8 @@ struct hstream *msm_hcm_stream_new(struct hcm_conn *hc, struct msm_hstream *cs)
     msm_buf_init(&st->enc_buf);
     msm_hcm_stream_set_chain(st, cfg->filters, cfg->n_filters);
     ev_timer_init(&st->req_timer, on_req_timeout, 0, 0);
+    ev_timer_init(&st->dur_timer, on_duration_timeout, 0, 0);
+    st->grpc_status = -1;
     msm_tq_entry_init(&st->idle_timer, on_idle_timeout);
     st->next = hc->streams;
     if (hc->streams) {
@@ -424,7 +469,7 @@ void msm_hcm_local_reply(struct hstream *st, int from, int status, const char *b
     msm_hdrs_init(&h);
     msm_buf_init(&b);
     if (st->is_grpc) {
-        msm_hcm_build_grpc_local_reply(status, body, &h);
+        msm_hcm_build_grpc_local_reply(status, st->grpc_status, body, &h);
     } else {
         msm_hcm_build_local_reply(st->hc, status, body, st->is_head, &h, &b);
     }
@@ -720,6 +765,7 @@ static void s_on_headers(void *ctx, struct msm_hdrs *h, bool end_stream)
         msm_tq_start(hc->loop, &st->idle_timer, st->idle_ms);
     }
     drop_disabled_filters(st);
+    start_duration_timer(st);
     for (int i = 0; i < st->nf; i++) {
         struct hfilter *f = &st->f[i];
         f->inst = f->f->ops->filter_new(f->f->config, &f->h);

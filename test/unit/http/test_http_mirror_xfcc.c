@@ -249,7 +249,7 @@ static void test_grpc_local_reply(void **state)
     }
     struct msm_hdrs h;
     msm_hdrs_init(&h);
-    msm_hcm_build_grpc_local_reply(503, "no healthy upstream: 100% down\n\xc3\xa9", &h);
+    msm_hcm_build_grpc_local_reply(503, -1, "no healthy upstream: 100% down\n\xc3\xa9", &h);
     assert_string_equal(msm_hdrs_get(&h, ":status"), "200");
     assert_string_equal(msm_hdrs_get(&h, "content-type"), "application/grpc");
     assert_string_equal(msm_hdrs_get(&h, "grpc-status"), "14");
@@ -258,9 +258,13 @@ static void test_grpc_local_reply(void **state)
     assert_null(msm_hdrs_get(&h, "content-length"));
     msm_hdrs_deinit(&h);
     msm_hdrs_init(&h);
-    msm_hcm_build_grpc_local_reply(404, NULL, &h);
+    msm_hcm_build_grpc_local_reply(404, -1, NULL, &h);
     assert_string_equal(msm_hdrs_get(&h, "grpc-status"), "12");
     assert_null(msm_hdrs_get(&h, "grpc-message"));
+    msm_hdrs_deinit(&h);
+    msm_hdrs_init(&h);
+    msm_hcm_build_grpc_local_reply(408, 4, "downstream duration timeout", &h);
+    assert_string_equal(msm_hdrs_get(&h, "grpc-status"), "4"); /* given: DEADLINE_EXCEEDED */
     msm_hdrs_deinit(&h);
 }
 
