@@ -502,6 +502,28 @@ class RbacHttpTest(HttpTestCase):
         self.assertEqual(get(p, "/private")[0], 403)
 
 
+class InternalAddressTest(HttpTestCase):
+    """use_remote_address: x-envoy-internal for internal clients, x-envoy-external-address for
+    others (a client's own x-envoy-internal is dropped); internal_address_config replaces
+    Envoy's legacy default (RFC 1918 and loopback)."""
+
+    def seen(self, **hcm_extra):
+        up = self.http_upstream()
+        p = self.proxy([{"match": {"prefix": "/"}, "route": to("up")}],
+                       [H.cluster("up", [up.address])], use_remote_address=True, **hcm_extra)
+        st, _, body = get(p, "/describe", headers={"x-envoy-internal": "true"})
+        self.assertEqual(st, 200)
+        h = json.loads(body)["headers"]
+        return h.get("x-envoy-internal"), h.get("x-envoy-external-address")
+
+    def test_default_and_configured(self):
+        self.assertEqual(self.seen(), (["true"], None))
+        self.assertEqual(self.seen(internal_address_config={"cidr_ranges": [
+            {"address_prefix": "10.0.0.0", "prefix_len": 8}]}), (None, ["127.0.0.1"]))
+        self.assertEqual(self.seen(internal_address_config={"cidr_ranges": [
+            {"address_prefix": "127.0.0.0", "prefix_len": 8}]}), (["true"], None))
+
+
 class GrpcLocalReplyTest(HttpTestCase):
     """A local reply to a gRPC request is a gRPC answer, as Envoy's: HTTP 200, trailers-only,
     grpc-status mapped from the HTTP status (404 -> UNIMPLEMENTED, 403 -> PERMISSION_DENIED,

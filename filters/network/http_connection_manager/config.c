@@ -55,6 +55,7 @@ static void config_free(void *p)
     chain_free(c->filters, c->n_filters);
     msm_route_config_unref(c->route_config);
     free(c->rds_name);
+    free(c->internal);
     free(c->rds_source);
     free(c->rds_stat_prefix);
     if (c->stat_prefix) {
@@ -343,6 +344,22 @@ static int routes_from_proto(const PbHcm *p, struct msm_factory_ctx *ctx, struct
 static int headers_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct msm_err *err)
 {
     c->use_remote_address = msm_pb_bool(p->use_remote_address, false);
+    if (p->internal_address_config) {
+        const Envoy__Extensions__Filters__Network__HttpConnectionManager__V3__HttpConnectionManager__InternalAddressConfig
+            *ia = p->internal_address_config;
+        c->has_internal = true;
+        c->internal_unix = ia->unix_sockets;
+        c->internal = ia->n_cidr_ranges ? msm_xcalloc(ia->n_cidr_ranges, sizeof(*c->internal))
+                                        : NULL;
+        for (size_t i = 0; i < ia->n_cidr_ranges; i++) {
+            const Envoy__Config__Core__V3__CidrRange *r = ia->cidr_ranges[i];
+            if (msm_cidr_parse(r->address_prefix, msm_pb_u32(r->prefix_len, 0),
+                               &c->internal[c->n_internal++], err) < 0) {
+                msm_err_prefix(err, "internal_address_config.cidr_ranges[%zu]", i);
+                return MSM_EINVAL;
+            }
+        }
+    }
     c->xff_num_trusted_hops = p->xff_num_trusted_hops;
     c->skip_xff_append = p->skip_xff_append;
     c->generate_request_id = msm_pb_bool(p->generate_request_id, true);

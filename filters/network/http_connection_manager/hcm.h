@@ -18,6 +18,7 @@
 #include "filter/network.h"
 #include "http/codec.h"
 #include "http/route.h"
+#include "net/listener.h"
 #include "stats/stats.h"
 
 #define MSM_HCM_STATS(C, G, H)                                                                    \
@@ -107,6 +108,12 @@ struct msm_hcm_config {
     int n_filters;
     /* Header handling */
     bool use_remote_address;
+    /* internal_address_config: which clients are internal (x-envoy-internal); unset: Envoy's
+     * legacy default (RFC 1918, loopback, IPv6 ULA, unix sockets) */
+    bool has_internal;
+    bool internal_unix;
+    struct msm_cidr *internal;
+    int n_internal;
     uint32_t xff_num_trusted_hops;
     bool skip_xff_append;
     bool generate_request_id;

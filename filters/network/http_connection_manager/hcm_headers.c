@@ -243,9 +243,21 @@ static char *unescape_slashes(const char *p)
 
 /* ---- addresses ------------------------------------------------------------------------------------ */
 
-/* Envoy's default internal addresses: RFC 1918, loopback, IPv6 ULA and loopback. */
-static bool is_internal(const struct msm_address *a)
+/* internal_address_config when set (its ranges, unix sockets if it says so), else Envoy's
+ * legacy default: RFC 1918, loopback, IPv6 ULA and loopback, unix sockets. */
+static bool is_internal(const struct msm_hcm_config *cfg, const struct msm_address *a)
 {
+    if (cfg->has_internal) {
+        if (a->sa.ss_family == AF_UNIX) {
+            return cfg->internal_unix;
+        }
+        for (int i = 0; i < cfg->n_internal; i++) {
+            if (msm_cidr_contains(&cfg->internal[i], a)) {
+                return true;
+            }
+        }
+        return false;
+    }
     if (a->sa.ss_family == AF_INET) {
         uint32_t ip = ntohl(((const struct sockaddr_in *)&a->sa)->sin_addr.s_addr);
         return (ip >> 24) == 10 || (ip >> 20) == (172u << 4 | 1) || (ip >> 16) == (192u << 8 | 168) ||
@@ -401,7 +413,7 @@ static void mutate_request(struct hstream *st, bool tls)
         if (cfg->xff_num_trusted_hops == 0 || !msm_hdrs_find(req, "x-forwarded-proto")) {
             msm_hdrs_set(req, "x-forwarded-proto", tls ? "https" : "http");
         }
-        bool internal = !had_xff && is_internal(&conn->remote);
+        bool internal = !had_xff && is_internal(cfg, &conn->remote);
         edge = !internal;
         if (internal) {
             msm_hdrs_set(req, "x-envoy-internal", "true");
