@@ -104,9 +104,11 @@ static int common_options(const Envoy__Config__Core__V3__HttpProtocolOptions *p,
     }
     int64_t idle = msm_pb_duration_ms(p->idle_timeout, h->idle_timeout_ms);
     int64_t dur = msm_pb_duration_ms(p->max_connection_duration, 0);
-    if (idle < 0 || dur < 0) {
+    int64_t sdur = msm_pb_duration_ms(p->max_stream_duration, 0);
+    if (idle < 0 || dur < 0 || sdur < 0) {
         return msm_err_set(err, "common_http_protocol_options: durations must not be negative");
     }
+    h->max_stream_duration_ms = sdur > UINT32_MAX ? UINT32_MAX : (uint32_t)sdur;
     h->idle_timeout_ms = idle > UINT32_MAX ? UINT32_MAX : (uint32_t)idle;
     h->max_connection_duration_ms = dur > UINT32_MAX ? UINT32_MAX : (uint32_t)dur;
     h->max_requests_per_connection = msm_pb_u32(p->max_requests_per_connection, 0);

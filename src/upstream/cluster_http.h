@@ -31,6 +31,7 @@ struct msm_cluster_http_cfg {
     uint32_t idle_timeout_ms;             /* common_http_protocol_options.idle_timeout, 1 h */
     uint32_t max_requests_per_connection; /* 0 = unlimited */
     uint32_t max_connection_duration_ms;
+    uint32_t max_stream_duration_ms;      /* per upstream request (router.c), 0 = none */
 };
 
 /* The protocol a request from a <down> downstream asks the cluster's pools for: HTTP/2 when

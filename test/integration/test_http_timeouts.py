@@ -4,7 +4,8 @@ reached); with grpc_timeout_header_max set (Istio sets it on every route) a gRPC
 grpc-timeout is the limit, capped unless the cap is 0; without a route setting the connection
 manager's common_http_protocol_options.max_stream_duration applies; the deprecated
 max_grpc_timeout (Istio <= 1.18) makes grpc-timeout the router's timeout and forwards the
-deadline in Envoy's format.
+deadline in Envoy's format; a cluster's common_http_protocol_options.max_stream_duration bounds
+each upstream request (504, upstream_rq_max_duration_reached).
 
     /usr/bin/python3 test/integration/test_http_timeouts.py --binary build/msm-proxy
 """
@@ -39,7 +40,7 @@ ROUTES = [
 
 
 class TimeoutsTest(H.ProxyTestCase):
-    def start(self, hcm_extra=None):
+    def start(self, hcm_extra=None, cluster_extra=None):
         self.up = P.HttpUpstream("up")
         self.addCleanup(self.up.stop)
 
@@ -52,7 +53,7 @@ class TimeoutsTest(H.ProxyTestCase):
                 listeners=[H.listener("main", H.sock_addr(H.free_port()), [
                     {"name": "envoy.filters.network.http_connection_manager",
                      "typed_config": tc}])],
-                clusters=[H.cluster("up", [self.up.address])])
+                clusters=[H.cluster("up", [self.up.address], **(cluster_extra or {}))])
         self.p = self.start_proxy(cfg)
 
     def call(self, path, headers=None, grpc=False):
@@ -114,6 +115,20 @@ class TimeoutsTest(H.ProxyTestCase):
         # Not gRPC: the route's own timeout (0s: none), grpc-timeout left alone.
         st, _, body, _ = self.call("/old/describe", {"grpc-timeout": "5S"})
         self.assertEqual(json.loads(body)["headers"]["grpc-timeout"], ["5S"])
+
+    def test_cluster_max_stream_duration(self):
+        self.start(cluster_extra={"typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"max_stream_duration": "0.3s"},
+                "explicit_http_config": {"http_protocol_options": {}}}}})
+        st, _, body, took = self.call("/sleep/1500")
+        self.assertEqual((st, body), (504, b"upstream max stream duration reached"))
+        self.assertGreater(took, 0.25)
+        self.assertLess(took, 1.3)
+        self.assertEqual(self.p.stat("cluster.up.upstream_rq_max_duration_reached"), 1)
+        self.assertEqual(self.call("/sleep/10")[0], 200)
 
     def test_connection_manager_duration(self):
         self.start({"common_http_protocol_options": {"max_stream_duration": "0.3s"}})

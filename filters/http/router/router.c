@@ -98,6 +98,7 @@ struct router {
     bool retry_reserved;
     struct msm_tq_entry timeout; /* the route timeout: a timeout queue entry, no heap update */
     ev_timer per_try, backoff;
+    ev_timer max_dur; /* the cluster's max_stream_duration, for the attempt in flight */
     double start, try_start;
     bool resp_started;
     enum msm_pool_kind tunnel; /* upgrade / CONNECT (upgrade.c): MSM_POOL_PLAIN otherwise */
@@ -185,6 +186,7 @@ static void finish(struct router *r)
     msm_tq_stop(&r->timeout);
     msm_timer_stop(r->loop, &r->per_try);
     msm_timer_stop(r->loop, &r->backoff);
+    msm_timer_stop(r->loop, &r->max_dur);
 }
 
 static void reply(struct router *r, int status, const char *body, const char *details,
@@ -372,6 +374,7 @@ static void attempt_drop(struct attempt *a, bool reset)
     }
     if (r && r->a == a) {
         r->a = NULL;
+        msm_timer_stop(r->loop, &r->max_dur);
     }
     a->r = NULL;
     msm_defer(a->loop, attempt_free, a);
@@ -649,6 +652,10 @@ static void on_pool_ready(void *ctx, struct msm_upconn *uc)
     msm_stat_inc(r->cluster->sh->stats.upstream_rq_active);
     atomic_fetch_add(&a->host->rq_total, 1);
     r->try_start = ev_now(r->loop);
+    uint32_t msd = msm_cluster_http_cfg_of(r->cluster->cfg)->max_stream_duration_ms;
+    if (msd) {
+        start_timer(r, &r->max_dur, msd);
+    }
     if (r->route->vh->include_attempt_count) {
         char n[16];
         snprintf(n, sizeof(n), "%u", r->attempts);
@@ -817,6 +824,30 @@ static void on_per_try(struct ev_loop *loop, ev_timer *t, int revents)
           MSM_RF(UPSTREAM_REQUEST_TIMEOUT));
 }
 
+/* Envoy's UpstreamRequest::onStreamMaxDurationReached: the upstream request lived past the
+ * cluster's max_stream_duration. Reset, retried as a reset when the policy says so, else 408
+ * (504 once the client's request was complete) or, after the response started, a reset. */
+static void on_max_duration(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct router *r = MSM_CONTAINER_OF(t, struct router, max_dur);
+    msm_stat_inc(hstats(r)->upstream_rq_max_duration_reached);
+    if (r->a) {
+        attempt_drop(r->a, true);
+    }
+    if (!r->resp_started && (r->retry_on & MSM_RETRY_RESET) && try_retry(r)) {
+        return;
+    }
+    if (r->resp_started) {
+        finish(r);
+        msm_hs_reset(r->s);
+        return;
+    }
+    reply(r, r->down_end ? 504 : 408, "upstream max stream duration reached",
+          "upstream_max_stream_duration_reached", MSM_RF(UPSTREAM_MAX_STREAM_DURATION_REACHED));
+}
+
 /* ---- decoding --------------------------------------------------------------------------------- */
 
 void *msm_router_filter_new(void *config, struct msm_http_stream *s)
@@ -829,6 +860,7 @@ void *msm_router_filter_new(void *config, struct msm_http_stream *s)
     msm_buf_init(&r->body);
     msm_tq_entry_init(&r->timeout, on_timeout);
     ev_timer_init(&r->per_try, on_per_try, 0, 0);
+    ev_timer_init(&r->max_dur, on_max_duration, 0, 0);
     ev_timer_init(&r->backoff, on_backoff, 0, 0);
     r->start = ev_now(r->loop);
     return r;
@@ -1217,6 +1249,7 @@ void msm_router_on_destroy(void *f)
     msm_tq_stop(&r->timeout);
     msm_timer_stop(r->loop, &r->per_try);
     msm_timer_stop(r->loop, &r->backoff);
+    msm_timer_stop(r->loop, &r->max_dur);
     if (r->a) {
         struct attempt *a = r->a;
         if (a->up_read_disabled && a->cs) {
