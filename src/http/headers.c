@@ -607,3 +607,18 @@ bool msm_grpc_timeout_ms(const char *v, uint64_t *ms)
     default: return false;
     }
 }
+
+int msm_grpc_status_of_http(int status)
+{
+    switch (status) {
+    case 400: return 13; /* INTERNAL */
+    case 401: return 16; /* UNAUTHENTICATED */
+    case 403: return 7;  /* PERMISSION_DENIED */
+    case 404: return 12; /* UNIMPLEMENTED */
+    case 429:
+    case 502:
+    case 503:
+    case 504: return 14; /* UNAVAILABLE */
+    default: return 2;   /* UNKNOWN */
+    }
+}

@@ -138,6 +138,9 @@ bool msm_http_parse_u64(const char *s, size_t n, uint64_t *out);
 /* The grpc-timeout header value ("10S", "250m": at most 8 digits and a unit) in milliseconds,
  * rounded up; false when malformed. */
 bool msm_grpc_timeout_ms(const char *v, uint64_t *ms);
+/* The gRPC status for an HTTP status, as Envoy's Grpc::Utility::httpToGrpcStatus (gRPC's
+ * "HTTP to gRPC status code mapping"). */
+int msm_grpc_status_of_http(int status);
 /* The first ":status" of <h> as a number, <dflt> when there is none: three digits (what every
  * codec produces) without strtol, anything else as atoi reads it. For the per-response readers
  * (router, connection manager, HTTP/1 encoder). */

@@ -44,22 +44,6 @@ static int config_new(const ProtobufCMessage *msg, struct msm_http_factory_ctx *
 
 /* ---- labels --------------------------------------------------------------------------------- */
 
-/* Grpc::Utility::httpToGrpcStatus. */
-static int http_to_grpc(int status)
-{
-    switch (status) {
-    case 400: return 13; /* Internal */
-    case 401: return 16; /* Unauthenticated */
-    case 403: return 7;  /* PermissionDenied */
-    case 404: return 12; /* Unimplemented */
-    case 429:
-    case 502:
-    case 503:
-    case 504: return 14; /* Unavailable */
-    default: return 2;   /* Unknown */
-    }
-}
-
 /* Grpc::Common::getGrpcStatus of one header value: the number, or -1 (InvalidCode) when it is
  * not a decimal number up to 16 (the last well-known status). */
 static void grpc_status_text(const char *v, char *out, size_t n)
@@ -133,7 +117,7 @@ static void conn_view(struct hsf *f, struct view *v)
     if (f->grpc && f->has_grpc_status) {
         snprintf(v->grpc, sizeof(v->grpc), "%s", f->grpc_status);
     } else if (f->grpc && info->status > 0) {
-        snprintf(v->grpc, sizeof(v->grpc), "%d", http_to_grpc(info->status));
+        snprintf(v->grpc, sizeof(v->grpc), "%d", msm_grpc_status_of_http(info->status));
     }
     k->grpc_status = v->grpc;
 }

@@ -802,50 +802,50 @@ static void on_timeout(struct ev_loop *loop, struct msm_tq_entry *t)
           MSM_RF(UPSTREAM_REQUEST_TIMEOUT));
 }
 
+/* The attempt in flight ran out of time (<stat> counted): it is reset, then retried when the
+ * policy has one of <retry_bits>, else the client gets <status> or, once the response started,
+ * a reset. */
+static void attempt_timed_out(struct router *r, struct msm_stat *stat, uint32_t retry_bits,
+                              int status, const char *body, const char *details, uint32_t flags)
+{
+    msm_stat_inc(stat);
+    if (r->a) {
+        attempt_drop(r->a, true);
+    }
+    if (!r->resp_started && (r->retry_on & retry_bits) && try_retry(r)) {
+        return;
+    }
+    if (r->resp_started) {
+        finish(r);
+        msm_hs_reset(r->s);
+        return;
+    }
+    reply(r, status, body, details, flags);
+}
+
 static void on_per_try(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
     struct router *r = MSM_CONTAINER_OF(t, struct router, per_try);
-    msm_stat_inc(hstats(r)->upstream_rq_per_try_timeout);
-    if (r->a) {
-        attempt_drop(r->a, true);
-    }
-    if (!r->resp_started && (r->retry_on & (MSM_RETRY_5XX | MSM_RETRY_GATEWAY_ERROR |
-                                            MSM_RETRY_RESET)) && try_retry(r)) {
-        return;
-    }
-    if (r->resp_started) {
-        finish(r);
-        msm_hs_reset(r->s);
-        return;
-    }
-    reply(r, 504, "upstream request timeout", "upstream_per_try_timeout",
-          MSM_RF(UPSTREAM_REQUEST_TIMEOUT));
+    attempt_timed_out(r, hstats(r)->upstream_rq_per_try_timeout,
+                      MSM_RETRY_5XX | MSM_RETRY_GATEWAY_ERROR | MSM_RETRY_RESET, 504,
+                      "upstream request timeout", "upstream_per_try_timeout",
+                      MSM_RF(UPSTREAM_REQUEST_TIMEOUT));
 }
 
 /* Envoy's UpstreamRequest::onStreamMaxDurationReached: the upstream request lived past the
- * cluster's max_stream_duration. Reset, retried as a reset when the policy says so, else 408
- * (504 once the client's request was complete) or, after the response started, a reset. */
+ * cluster's max_stream_duration; retried as a reset; 408, or 504 once the client's request
+ * was complete. */
 static void on_max_duration(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
     struct router *r = MSM_CONTAINER_OF(t, struct router, max_dur);
-    msm_stat_inc(hstats(r)->upstream_rq_max_duration_reached);
-    if (r->a) {
-        attempt_drop(r->a, true);
-    }
-    if (!r->resp_started && (r->retry_on & MSM_RETRY_RESET) && try_retry(r)) {
-        return;
-    }
-    if (r->resp_started) {
-        finish(r);
-        msm_hs_reset(r->s);
-        return;
-    }
-    reply(r, r->down_end ? 504 : 408, "upstream max stream duration reached",
-          "upstream_max_stream_duration_reached", MSM_RF(UPSTREAM_MAX_STREAM_DURATION_REACHED));
+    attempt_timed_out(r, hstats(r)->upstream_rq_max_duration_reached, MSM_RETRY_RESET,
+                      r->down_end ? 504 : 408, "upstream max stream duration reached",
+                      "upstream_max_stream_duration_reached",
+                      MSM_RF(UPSTREAM_MAX_STREAM_DURATION_REACHED));
 }
 
 /* ---- decoding --------------------------------------------------------------------------------- */

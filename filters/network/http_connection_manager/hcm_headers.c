@@ -586,22 +586,6 @@ void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h)
     }
 }
 
-/* Envoy's Grpc::Utility::httpToGrpcStatus (the mapping of gRPC's HTTP status doc). */
-int msm_grpc_status_of_http(int status)
-{
-    switch (status) {
-    case 400: return 13; /* INTERNAL */
-    case 401: return 16; /* UNAUTHENTICATED */
-    case 403: return 7;  /* PERMISSION_DENIED */
-    case 404: return 12; /* UNIMPLEMENTED */
-    case 429:
-    case 502:
-    case 503:
-    case 504: return 14; /* UNAVAILABLE */
-    default: return 2;   /* UNKNOWN */
-    }
-}
-
 void msm_hcm_build_grpc_local_reply(int status, int grpc_status, const char *text,
                                     struct msm_hdrs *h)
 {

@@ -156,7 +156,6 @@ void msm_hcm_finalize_response(struct hstream *st, struct msm_hdrs *h);
  * percent-encoded grpc-message. */
 void msm_hcm_build_grpc_local_reply(int status, int grpc_status, const char *text,
                                     struct msm_hdrs *h);
-int msm_grpc_status_of_http(int status);
 /* Build a local reply's headers and body into <h>/<body>. */
 void msm_hcm_build_local_reply(struct hcm_conn *hc, int status, const char *text, bool head,
                                struct msm_hdrs *h, struct msm_buf *body);
