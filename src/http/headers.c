@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "buffer/recycle.h"
 #include "common/alloc.h"
@@ -621,4 +622,10 @@ int msm_grpc_status_of_http(int status)
     case 504: return 14; /* UNAVAILABLE */
     default: return 2;   /* UNKNOWN */
     }
+}
+
+bool msm_http_is_grpc_content_type(const char *ct)
+{
+    return ct && !strncasecmp(ct, "application/grpc", 16) &&
+           (!ct[16] || ct[16] == '+' || ct[16] == ';');
 }

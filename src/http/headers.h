@@ -141,6 +141,9 @@ bool msm_grpc_timeout_ms(const char *v, uint64_t *ms);
 /* The gRPC status for an HTTP status, as Envoy's Grpc::Utility::httpToGrpcStatus (gRPC's
  * "HTTP to gRPC status code mapping"). */
 int msm_grpc_status_of_http(int status);
+/* A gRPC content-type, as Envoy's Grpc::Common::hasGrpcContentType: "application/grpc" alone
+ * or followed by "+<codec>" (here also ";<parameters>"); not gRPC-Web. NULL: false. */
+bool msm_http_is_grpc_content_type(const char *ct);
 /* The first ":status" of <h> as a number, <dflt> when there is none: three digits (what every
  * codec produces) without strtol, anything else as atoi reads it. For the per-response readers
  * (router, connection manager, HTTP/1 encoder). */

@@ -223,9 +223,7 @@ static bool route_matches(const struct msm_route *r, const struct msm_hdrs *req,
         return false;
     }
     if (m->grpc) {
-        const char *ct = msm_hdrs_get(req, "content-type");
-        if (!ct || strncasecmp(ct, "application/grpc", 16) != 0 || (ct[16] && ct[16] != '+' &&
-                                                                    ct[16] != ';')) {
+        if (!msm_http_is_grpc_content_type(msm_hdrs_get(req, "content-type"))) {
             return false;
         }
     }

@@ -548,12 +548,20 @@ class GrpcLocalReplyTest(HttpTestCase):
                              (200, "application/grpc", code, b""), path)
             if msg:
                 self.assertTrue(h["grpc-message"].startswith(msg), h)
-        # Not gRPC: the HTTP local reply.
+        # Not gRPC: the HTTP local reply. gRPC-Web is not gRPC either (Envoy's
+        # hasGrpcContentType): its clients read trailers from the body, not from headers.
         st, h, body = get(p, "/other.Svc/M")
         self.assertEqual((st, h.get("grpc-status")), (404, None))
+        for ct in ("application/grpc-web", "application/grpc-web-text+proto", "application/grpcx"):
+            st, h, _ = get(p, "/other.Svc/M", method="POST", body=b"x",
+                           headers={"content-type": ct})
+            self.assertEqual((st, h.get("grpc-status")), (404, None), ct)
+        st, h, _ = get(p, "/other.Svc/M", method="POST", body=b"\0\0\0\0\0",
+                       headers={"content-type": "application/grpc+proto"})
+        self.assertEqual((st, h.get("grpc-status")), (200, "12"))
         stats = p.stats()
-        self.assertEqual(stats["http.ingress.downstream_rq_2xx"], 3)
-        self.assertEqual(stats["http.ingress.downstream_rq_4xx"], 1)
+        self.assertEqual(stats["http.ingress.downstream_rq_2xx"], 4)
+        self.assertEqual(stats["http.ingress.downstream_rq_4xx"], 4)
 
 
 class Http2Test(HttpTestCase):

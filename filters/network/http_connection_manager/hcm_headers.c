@@ -476,7 +476,7 @@ int msm_hcm_prepare_request(struct hstream *st, const char **details)
     const struct msm_conn *conn = msm_filter_conn(st->hc->h);
     const char *method = msm_hdrs_get(req, ":method");
     const char *ct = msm_hdrs_get(req, "content-type");
-    st->is_grpc = ct && !strncasecmp(ct, "application/grpc", 16);
+    st->is_grpc = msm_http_is_grpc_content_type(ct);
     if (!method) {
         *details = "missing_method";
         return 400;
