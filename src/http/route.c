@@ -1178,6 +1178,7 @@ static int vhost_from_proto(const PbVhost *p, const struct msm_route_build_ctx *
     }
     v->include_attempt_count = p->include_request_attempt_count;
     v->include_attempt_count_in_response = p->include_attempt_count_in_response;
+    v->include_is_timeout_retry = p->include_is_timeout_retry_header;
     v->buffer_limit = msm_pb_u32(p->per_request_buffer_limit_bytes, 0);
     v->stat_prefix = msm_xasprintf("vhost.%s.", p->name);
     v->routes = p->n_routes ? msm_xcalloc(p->n_routes, sizeof(*v->routes)) : NULL;

@@ -280,6 +280,7 @@ struct msm_vhost {
     struct msm_per_filters pf;
     bool include_attempt_count;
     bool include_attempt_count_in_response;
+    bool include_is_timeout_retry; /* x-envoy-is-timeout-retry on retried requests */
     int require_tls; /* 0 none, 1 external only, 2 all */
     uint32_t buffer_limit;
     char *stat_prefix; /* "vhost.<name>." */

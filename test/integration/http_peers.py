@@ -6,6 +6,7 @@ request path, so one server covers every test:
     /status/<code>[/<body>]     answer <code>
     /sleep/<ms>                 wait, then 200
     /flaky/<key>/<n>[/<code>]   the first <n> requests with <key> get <code> (503), then 200
+    /slowonce/<key>/<ms>        the first request with <key> waits <ms>; every one gets 200
     /chunked/<n>                a chunked response of <n> chunks
     /close                      200 with Connection: close
     /big/<bytes>                a body of that many bytes
@@ -98,6 +99,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._send(code, b"flaky")
             else:
                 self._send(200, self._describe(body))
+        elif kind == "slowonce":
+            key, ms = parts[1], int(parts[2])
+            with up.lock:
+                seen = up.flaky.get(key, 0)
+                up.flaky[key] = seen + 1
+            if not seen:
+                time.sleep(ms / 1000.0)
+            self._send(200, self._describe(body))
         elif kind == "chunked":
             n = int(parts[1])
             self.send_response(200)

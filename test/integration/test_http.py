@@ -353,6 +353,23 @@ class RetryTimeoutTest(HttpTestCase):
         self.assertEqual(stats["cluster.up.upstream_rq_per_try_timeout"], 2)
         self.assertEqual(stats["http.ingress.downstream_rq_5xx"], 2)
 
+    def test_is_timeout_retry_header(self):
+        """VirtualHost.include_is_timeout_retry_header: a retried request says whether a
+        per-try timeout caused it; a first attempt carries nothing."""
+        up = self.http_upstream()
+        retry = {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "0.2s",
+                 "retry_back_off": {"base_interval": "0.001s"}}
+        p = self.proxy(None, [H.cluster("up", [up.address])], vhosts=[{
+            "name": "vh", "domains": ["*"], "include_is_timeout_retry_header": True,
+            "routes": [{"match": {"prefix": "/"}, "route": to("up", timeout="5s",
+                                                              retry_policy=retry)}]}])
+        for path, want in (("/slowonce/a/1500", ["true"]), ("/flaky/b/1", ["false"]),
+                           ("/describe", None)):
+            st, _, body = get(p, path)
+            self.assertEqual(st, 200, path)
+            self.assertEqual(json.loads(body)["headers"].get("x-envoy-is-timeout-retry"), want,
+                             path)
+
     def test_request_timeout_408(self):
         up = self.http_upstream()
         p = self.proxy([{"match": {"prefix": "/"}, "route": to("up")}],

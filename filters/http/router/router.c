@@ -86,6 +86,7 @@ struct router {
     uint32_t hdr_codes[8];
     int n_hdr_codes;
     bool previous_hosts;
+    bool timeout_retry; /* the retry under way follows a per-try timeout */
     uint32_t host_attempts;
     uint64_t hash;              /* the route's hash_policy for a hashing cluster, 0 = none */
     struct msm_hdrs *set_cookie; /* cookies the hash policy generated, for the response */
@@ -302,6 +303,7 @@ static void on_backoff(struct ev_loop *loop, ev_timer *t, int revents)
  * what it has). <why> was retriable. */
 static bool try_retry(struct router *r)
 {
+    r->timeout_retry = false;
     if (r->resp_started || r->finished || !r->retain) {
         if (!r->retain) {
             msm_stat_inc(r->cluster->sh->stats.retry_or_shadow_abandoned);
@@ -656,6 +658,9 @@ static void on_pool_ready(void *ctx, struct msm_upconn *uc)
     if (msd) {
         start_timer(r, &r->max_dur, msd);
     }
+    if (r->attempts > 1 && r->route->vh->include_is_timeout_retry) {
+        msm_hdrs_set(&r->req, "x-envoy-is-timeout-retry", r->timeout_retry ? "true" : "false");
+    }
     if (r->route->vh->include_attempt_count) {
         char n[16];
         snprintf(n, sizeof(n), "%u", r->attempts);
@@ -803,16 +808,18 @@ static void on_timeout(struct ev_loop *loop, struct msm_tq_entry *t)
 }
 
 /* The attempt in flight ran out of time (<stat> counted): it is reset, then retried when the
- * policy has one of <retry_bits>, else the client gets <status> or, once the response started,
- * a reset. */
+ * policy has one of <retry_bits> (a "timeout retry" for x-envoy-is-timeout-retry when
+ * <timeout_retry>), else the client gets <status> or, once the response started, a reset. */
 static void attempt_timed_out(struct router *r, struct msm_stat *stat, uint32_t retry_bits,
-                              int status, const char *body, const char *details, uint32_t flags)
+                              bool timeout_retry, int status, const char *body,
+                              const char *details, uint32_t flags)
 {
     msm_stat_inc(stat);
     if (r->a) {
         attempt_drop(r->a, true);
     }
     if (!r->resp_started && (r->retry_on & retry_bits) && try_retry(r)) {
+        r->timeout_retry = timeout_retry;
         return;
     }
     if (r->resp_started) {
@@ -829,7 +836,7 @@ static void on_per_try(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     struct router *r = MSM_CONTAINER_OF(t, struct router, per_try);
     attempt_timed_out(r, hstats(r)->upstream_rq_per_try_timeout,
-                      MSM_RETRY_5XX | MSM_RETRY_GATEWAY_ERROR | MSM_RETRY_RESET, 504,
+                      MSM_RETRY_5XX | MSM_RETRY_GATEWAY_ERROR | MSM_RETRY_RESET, true, 504,
                       "upstream request timeout", "upstream_per_try_timeout",
                       MSM_RF(UPSTREAM_REQUEST_TIMEOUT));
 }
@@ -842,7 +849,7 @@ static void on_max_duration(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     struct router *r = MSM_CONTAINER_OF(t, struct router, max_dur);
-    attempt_timed_out(r, hstats(r)->upstream_rq_max_duration_reached, MSM_RETRY_RESET,
+    attempt_timed_out(r, hstats(r)->upstream_rq_max_duration_reached, MSM_RETRY_RESET, false,
                       r->down_end ? 504 : 408, "upstream max stream duration reached",
                       "upstream_max_stream_duration_reached",
                       MSM_RF(UPSTREAM_MAX_STREAM_DURATION_REACHED));
