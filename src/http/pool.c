@@ -48,6 +48,7 @@ struct msm_pool {
     bool mixed;
     uint8_t *alpn; /* ALPN override, wire format (NULL = the cluster's) */
     size_t alpn_len;
+    char *host_name; /* auto_sni / auto_san_validation: the requests' host, NULL = none */
     struct msm_cluster *cluster; /* the newest version that asked (reference) */
     struct msm_host *host;       /* reference */
     /* Connections with room first (idle ones moved to the front when they become idle, full
@@ -156,6 +157,7 @@ static void pool_free(struct msm_pool *p)
     msm_host_unref(p->host);
     free(p->cluster_name);
     free(p->alpn);
+    free(p->host_name);
     free(p);
 }
 
@@ -177,29 +179,30 @@ static void settle(struct msm_upconn *uc, int active);
 struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
                               enum msm_http_proto proto)
 {
-    return msm_pool_get_alpn(loop, c, h, proto, NULL, 0);
+    return msm_pool_get_alpn(loop, c, h, proto, NULL, 0, NULL);
 }
 
 static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
                                  enum msm_http_proto proto, enum msm_pool_kind kind,
-                                 const char *const *alpn, int n);
+                                 const char *const *alpn, int n, const char *host_name);
 
 struct msm_pool *msm_pool_get_alpn(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
-                                   enum msm_http_proto proto, const char *const *alpn, int n)
+                                   enum msm_http_proto proto, const char *const *alpn, int n,
+                                   const char *host_name)
 {
-    return pool_get(loop, c, h, proto, MSM_POOL_PLAIN, alpn, n);
+    return pool_get(loop, c, h, proto, MSM_POOL_PLAIN, alpn, n, host_name);
 }
 
 struct msm_pool *msm_pool_get_tunnel(struct ev_loop *loop, struct msm_cluster *c,
                                      struct msm_host *h, enum msm_pool_kind kind,
-                                     const char *const *alpn, int n)
+                                     const char *const *alpn, int n, const char *host_name)
 {
-    return pool_get(loop, c, h, MSM_HTTP_11, kind, alpn, n);
+    return pool_get(loop, c, h, MSM_HTTP_11, kind, alpn, n, host_name);
 }
 
 static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
                                  enum msm_http_proto proto, enum msm_pool_kind kind,
-                                 const char *const *alpn, int n)
+                                 const char *const *alpn, int n, const char *host_name)
 {
     struct pool_reg *reg = msm_loop_local(loop, &reg_key, reg_create, reg_destroy);
     bool mixed = kind == MSM_POOL_PLAIN && msm_pool_alpn_mixed(c, h);
@@ -239,7 +242,8 @@ static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, st
         if (p->mixed == mixed && (mixed || p->proto == proto) && p->kind == kind &&
             msm_address_eq(&p->addr, &h->addr) &&
             p->alpn_len == wlen &&
-            (!wlen || !memcmp(p->alpn, wire, wlen)) && !strcmp(p->cluster_name, c->cfg->name)) {
+            (!wlen || !memcmp(p->alpn, wire, wlen)) && !strcmp(p->cluster_name, c->cfg->name) &&
+            (p->host_name ? host_name && !strcmp(p->host_name, host_name) : !host_name)) {
             if (p->cluster != c) {
                 msm_cluster_unref(p->cluster);
                 p->cluster = msm_cluster_ref(c);
@@ -254,6 +258,7 @@ static struct msm_pool *pool_get(struct ev_loop *loop, struct msm_cluster *c, st
     p->proto = proto;
     p->kind = kind;
     p->mixed = mixed;
+    p->host_name = host_name ? msm_xstrdup(host_name) : NULL;
     if (wlen) {
         p->alpn = msm_xmalloc(wlen);
         memcpy(p->alpn, wire, wlen);
@@ -736,10 +741,18 @@ static void start_conn(struct msm_pool *p)
         fail_pending(p, MSM_POOL_CONNECT_FAILURE, "socket creation failure");
         return;
     }
-    struct msm_tls_factory *tls = p->alpn_len ? msm_cluster_transport(c->cfg, p->host) : NULL;
+    struct msm_tls_factory *tls =
+        p->alpn_len || p->host_name ? msm_cluster_transport(c->cfg, p->host) : NULL;
     if (tls) {
-        msm_conn_set_transport(uc->conn, msm_tls_transport_new_alpn(tls, p->alpn, p->alpn_len),
-                               0);
+        /* auto_sni sends the host's name unless it is an IP address (Envoy); auto_san_
+         * validation checks the certificate against it either way. */
+        const struct msm_cluster_http_cfg *hc = msm_cluster_http_cfg_of(c->cfg);
+        struct msm_address ip;
+        bool is_ip = p->host_name && msm_address_from_ip(p->host_name, 0, &ip, NULL) == 0;
+        const char *sni = hc->auto_sni && !is_ip ? p->host_name : NULL;
+        const char *verify = hc->auto_san_validation ? p->host_name : NULL;
+        msm_conn_set_transport(
+            uc->conn, msm_tls_transport_new_host(tls, p->alpn, p->alpn_len, sni, verify), 0);
     } else {
         msm_cluster_attach_transport(c->cfg, p->host, uc->conn);
     }

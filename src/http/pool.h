@@ -46,9 +46,13 @@ struct msm_pool *msm_pool_get(struct ev_loop *loop, struct msm_cluster *c, struc
                               enum msm_http_proto proto);
 /* The same for connections whose TLS offers the ALPN list <alpn> (<n> names; istio.alpn's
  * override) instead of the cluster's alpn_protocols: a pool of its own, so connections made
- * with different lists are never shared. Plaintext connections ignore the list. */
+ * with different lists are never shared. Plaintext connections ignore the list.
+ * <host_name> (NULL: none): the request's host for a cluster with auto_sni or
+ * auto_san_validation, whose TLS then sends it as SNI / checks the certificate against it; its
+ * own pool too, so a connection only ever carries requests for the host it was verified for. */
 struct msm_pool *msm_pool_get_alpn(struct ev_loop *loop, struct msm_cluster *c, struct msm_host *h,
-                                   enum msm_http_proto proto, const char *const *alpn, int n);
+                                   enum msm_http_proto proto, const char *const *alpn, int n,
+                                   const char *host_name);
 /* Tunnel pools (upgrades and CONNECT, Envoy's upgrade path): every stream gets a fresh
  * connection of its own, never reused, with half-close passed through both ways.
  * MSM_POOL_TUNNEL_HTTP1 runs an HTTP/1.1 client codec (the Upgrade or CONNECT request, then
@@ -61,7 +65,7 @@ enum msm_pool_kind {
 };
 struct msm_pool *msm_pool_get_tunnel(struct ev_loop *loop, struct msm_cluster *c,
                                      struct msm_host *h, enum msm_pool_kind kind,
-                                     const char *const *alpn, int n);
+                                     const char *const *alpn, int n, const char *host_name);
 /* The pools of <c> for <h> negotiate the protocol per connection (auto_config and the host's
  * connections use TLS; Envoy's mixed pool): the TLS offers the context's ALPN list, else an
  * istio.alpn override, else h2,http/1.1, and each handshake's pick sets the codec ("h2":

@@ -54,6 +54,13 @@ struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f);
  * set by istio.alpn). len 0: the context's list. */
 struct msm_transport *msm_tls_transport_new_alpn(struct msm_tls_factory *f, const uint8_t *alpn,
                                                  size_t len);
+/* The same for one upstream host name (Envoy's auto_sni / auto_san_validation, from the
+ * request's authority): <sni> replaces the context's SNI, <verify_host> its SAN matchers (the
+ * peer certificate must name that host); either may be NULL. Sessions are kept per host, so
+ * one verified for a host never resumes for another. */
+struct msm_transport *msm_tls_transport_new_host(struct msm_tls_factory *f, const uint8_t *alpn,
+                                                 size_t len, const char *sni,
+                                                 const char *verify_host);
 /* The context sets alpn_protocols (a non-empty list): connection pools offer their default
  * list (Envoy's ALPN fallback) only when it does not. Any thread. */
 bool msm_tls_factory_has_alpn(const struct msm_tls_factory *f);

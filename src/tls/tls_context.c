@@ -529,8 +529,17 @@ static int verify_cb(X509_STORE_CTX *x, void *arg)
     }
     const struct msm_tls_validation *v = &t->val;
     bool checked = false;
-    if (v->n_sans) {
-        if (!msm_tls_san_match(v->sans, v->n_sans, leaf)) {
+    /* auto_san_validation: the request's host replaces the configured SAN matchers (Envoy's
+     * verify_subject_alt_name_list override): a DNS SAN matching it (wildcards), or an exact
+     * URI / IP SAN. */
+    const char *host = msm_tls_ssl_verify_host(ssl);
+    struct msm_san_matcher hm = {.type = MSM_SAN_ANY,
+                                 .m = {.kind = MSM_STR_EXACT, .s = (char *)host,
+                                       .len = host ? strlen(host) : 0}};
+    const struct msm_san_matcher *sans = host ? &hm : v->sans;
+    int n_sans = host ? 1 : v->n_sans;
+    if (n_sans) {
+        if (!msm_tls_san_match(sans, n_sans, leaf)) {
             msm_stat_inc(t->stats->ssl.fail_verify_san);
             msm_log(MSM_LOG_DEBUG, MSM_LC_CONNECTION, "verify cert failed: SAN matcher");
             X509_STORE_CTX_set_error(x, X509_V_ERR_SUBJECT_ISSUER_MISMATCH);

@@ -276,6 +276,9 @@ void msm_tls_note_verified(SSL *ssl);
 int msm_tls_new_session_cb(SSL *ssl, SSL_SESSION *sess);
 /* The context the connection of <ssl> was made from (NULL if it is not one of ours). */
 struct msm_tls_ctx *msm_tls_ssl_ctx(SSL *ssl);
+/* The host name the connection of <ssl> must present instead of the context's SAN matchers
+ * (msm_tls_transport_new_host), or NULL. */
+const char *msm_tls_ssl_verify_host(SSL *ssl);
 /* (Re)build the factory's context from its current secrets. 1 when a new context was
  * installed, 0 when secrets are missing, MSM_EINVAL with <err> when building failed (the
  * previous context stays). Main thread. */

@@ -57,6 +57,9 @@ struct tls_sock {
     char **local_uris;
     int n_local_uris;
     bool local_uris_done;
+    /* msm_tls_transport_new_host: the SNI sent instead of the context's, the host the peer
+     * must name instead of the context's SAN matchers, and the session cache key (owned). */
+    char *sni, *verify_host, *sess_key;
 };
 
 static int sock_idx = -1;
@@ -92,7 +95,14 @@ int msm_tls_new_session_cb(SSL *ssl, SSL_SESSION *sess)
         !(s->verified || SSL_session_reused(ssl) || s->ctx->verify_mode == SSL_VERIFY_NONE)) {
         return 0;
     }
-    return msm_tls_ctx_store_session(s->ctx, sess, s->ctx->sni) ? 1 : 0;
+    return msm_tls_ctx_store_session(s->ctx, sess, s->sess_key ? s->sess_key : s->ctx->sni) ? 1
+                                                                                             : 0;
+}
+
+const char *msm_tls_ssl_verify_host(SSL *ssl)
+{
+    struct tls_sock *s = ssl && sock_idx >= 0 ? SSL_get_ex_data(ssl, sock_idx) : NULL;
+    return s ? s->verify_host : NULL;
 }
 
 struct msm_tls_ctx *msm_tls_ssl_ctx(SSL *ssl)
@@ -551,6 +561,9 @@ static void tls_free(struct msm_transport *t)
     free(in->local_uri_san);
     free(in->sni);
     free(in->alpn);
+    free(s->sni);
+    free(s->verify_host);
+    free(s->sess_key);
     free(s->peer_sha256);
     free(s->peer_pem);
     free(s->peer_chain_pem);
@@ -674,11 +687,17 @@ static const struct msm_transport_ops tls_ops = {
     .free = tls_free,
 };
 
-struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f)
+static struct msm_transport *tls_new(struct msm_tls_factory *f, const char *sni,
+                                     const char *verify_host)
 {
     pthread_once(&sock_once, sock_init);
     struct tls_sock *s = MSM_NEW(struct tls_sock);
     s->base.ops = &tls_ops;
+    if (sni || verify_host) {
+        s->sni = sni ? msm_xstrdup(sni) : NULL;
+        s->verify_host = verify_host ? msm_xstrdup(verify_host) : NULL;
+        s->sess_key = msm_xstrdup(sni ? sni : verify_host);
+    }
     pthread_mutex_lock(&f->mu);
     if (f->cur) {
         s->ctx = f->cur;
@@ -704,23 +723,36 @@ struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f)
         SSL_set_accept_state(s->ssl);
     } else {
         SSL_set_connect_state(s->ssl);
-        if (s->ctx->sni) {
-            SSL_set_tlsext_host_name(s->ssl, s->ctx->sni);
+        const char *name = s->sni ? s->sni : s->ctx->sni;
+        if (name) {
+            SSL_set_tlsext_host_name(s->ssl, name);
         }
-        msm_tls_ctx_offer_session(s->ctx, s->ssl, s->ctx->sni);
+        msm_tls_ctx_offer_session(s->ctx, s->ssl, s->sess_key ? s->sess_key : s->ctx->sni);
     }
     return &s->base;
 }
 
-struct msm_transport *msm_tls_transport_new_alpn(struct msm_tls_factory *f, const uint8_t *alpn,
-                                                 size_t len)
+struct msm_transport *msm_tls_transport_new(struct msm_tls_factory *f)
 {
-    struct msm_transport *t = msm_tls_transport_new(f);
+    return tls_new(f, NULL, NULL);
+}
+
+struct msm_transport *msm_tls_transport_new_host(struct msm_tls_factory *f, const uint8_t *alpn,
+                                                 size_t len, const char *sni,
+                                                 const char *verify_host)
+{
+    struct msm_transport *t = tls_new(f, f->p.server ? NULL : sni, f->p.server ? NULL : verify_host);
     struct tls_sock *s = (struct tls_sock *)t;
     if (len && s->ssl && !f->p.server && SSL_set_alpn_protos(s->ssl, alpn, (unsigned)len) != 0) {
         ERR_clear_error(); /* keeps the context's list */
     }
     return t;
+}
+
+struct msm_transport *msm_tls_transport_new_alpn(struct msm_tls_factory *f, const uint8_t *alpn,
+                                                 size_t len)
+{
+    return msm_tls_transport_new_host(f, alpn, len, NULL, NULL);
 }
 
 bool msm_tls_factory_has_alpn(const struct msm_tls_factory *f)

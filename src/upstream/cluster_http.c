@@ -128,6 +128,16 @@ static int from_typed_options(const PbHttpOptions *p, struct msm_cluster_http_cf
     if (p->n_http_filters) {
         return msm_err_set(err, "http_filters: upstream HTTP filters are not supported");
     }
+    const Envoy__Config__Core__V3__UpstreamHttpProtocolOptions *u =
+        p->upstream_http_protocol_options;
+    if (u) {
+        if (u->override_auto_sni_header[0]) {
+            return msm_err_set(err, "upstream_http_protocol_options.override_auto_sni_header: "
+                                    "not supported");
+        }
+        h->auto_sni = u->auto_sni;
+        h->auto_san_validation = u->auto_san_validation;
+    }
     switch (p->upstream_protocol_options_case) {
     case ENVOY__EXTENSIONS__UPSTREAMS__HTTP__V3__HTTP_PROTOCOL_OPTIONS__UPSTREAM_PROTOCOL_OPTIONS_EXPLICIT_HTTP_CONFIG: {
         const Envoy__Extensions__Upstreams__Http__V3__HttpProtocolOptions__ExplicitHttpConfig *e =

@@ -32,6 +32,8 @@ struct msm_cluster_http_cfg {
     uint32_t max_requests_per_connection; /* 0 = unlimited */
     uint32_t max_connection_duration_ms;
     uint32_t max_stream_duration_ms;      /* per upstream request (router.c), 0 = none */
+    /* upstream_http_protocol_options: TLS to the request's host (http/pool.c) */
+    bool auto_sni, auto_san_validation;
 };
 
 /* The protocol a request from a <down> downstream asks the cluster's pools for: HTTP/2 when

@@ -735,6 +735,42 @@ static struct msm_host *pick_host(struct router *r)
     return h;
 }
 
+/* upstream_http_protocol_options auto_sni / auto_san_validation: the name the upstream TLS
+ * is for, the request's authority without its port (lower-case, brackets off an IPv6
+ * literal); NULL when the cluster asks for neither or there is no usable authority. */
+static const char *tls_host_name(struct router *r, char *buf, size_t n)
+{
+    const struct msm_cluster_http_cfg *hc = msm_cluster_http_cfg_of(r->cluster->cfg);
+    const char *a = hc->auto_sni || hc->auto_san_validation ? msm_hdrs_get(&r->req, ":authority")
+                                                             : NULL;
+    if (!a || !a[0]) {
+        return NULL;
+    }
+    const char *end = a + strlen(a);
+    if (a[0] == '[') {
+        const char *rb = strchr(a, ']');
+        if (!rb) {
+            return NULL;
+        }
+        a++;
+        end = rb;
+    } else {
+        const char *colon = strrchr(a, ':');
+        if (colon && !strchr(colon + 1, ':')) {
+            end = colon;
+        }
+    }
+    size_t l = (size_t)(end - a);
+    if (!l || l >= n) {
+        return NULL;
+    }
+    for (size_t i = 0; i < l; i++) {
+        buf[i] = (char)tolower((unsigned char)a[i]);
+    }
+    buf[l] = '\0';
+    return buf;
+}
+
 static void start_attempt(struct router *r)
 {
     struct msm_host *h = pick_host(r);
@@ -774,11 +810,13 @@ static void start_attempt(struct router *r)
      * auto_config over TLS: the mixed pool's, as whatever its handshake picks (pool.h). */
     bool own_conn = r->tunnel && !(r->tunnel == MSM_POOL_TUNNEL_HTTP1 &&
                                    (r->proto == MSM_HTTP_2 || msm_pool_alpn_mixed(r->cluster, h)));
+    char host[256];
+    const char *hn = tls_host_name(r, host, sizeof(host));
     struct msm_pool *p =
         own_conn ? msm_pool_get_tunnel(r->loop, r->cluster, h, r->tunnel, hi->alpn_override,
-                                        hi->n_alpn_override)
+                                        hi->n_alpn_override, hn)
                   : msm_pool_get_alpn(r->loop, r->cluster, h, r->proto, hi->alpn_override,
-                                      hi->n_alpn_override);
+                                      hi->n_alpn_override, hn);
     a->pending = msm_pool_request(p, &pool_cbs, a);
     if (a->pending) {
         name_host(r, h); /* waiting; a connection at once names its peer (on_pool_ready) */
