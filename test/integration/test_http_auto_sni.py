@@ -14,12 +14,11 @@ import ssl
 import threading
 
 import harness as H
+import http_peers as P
 import test_tls as T
 
-HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-       "HttpConnectionManager")
-ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
-    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+HCM = P.HCM_TYPE
+ROUTER = P.ROUTER
 OPTS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 

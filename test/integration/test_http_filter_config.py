@@ -13,10 +13,8 @@ import os
 import harness as H
 import http_peers as P
 
-HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-       "HttpConnectionManager")
-ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
-    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+HCM = P.HCM_TYPE
+ROUTER = P.ROUTER
 FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
 FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 ABORT_ALL = {"abort": {"http_status": 418,

@@ -18,10 +18,8 @@ import socket
 import harness as H
 import http_peers as P
 
-HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-       "HttpConnectionManager")
-ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
-    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+HCM = P.HCM_TYPE
+ROUTER = P.ROUTER
 PREV_HOSTS = [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
              "PreviousHostsPredicate"}}]

@@ -16,10 +16,8 @@ import time
 import harness as H
 import http_peers as P
 
-HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-       "HttpConnectionManager")
-ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
-    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+HCM = P.HCM_TYPE
+ROUTER = P.ROUTER
 GRPC = {"content-type": "application/grpc", "te": "trailers"}
 
 
