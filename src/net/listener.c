@@ -106,8 +106,9 @@ static void chain_free(struct msm_filter_chain *fc)
     free(fc);
 }
 
-static int cidrs(Envoy__Config__Core__V3__CidrRange **v, size_t n, struct msm_cidr **out,
-                 int *nout, const char *field, struct msm_err *err)
+int msm_cidrs_from_proto(struct Envoy__Config__Core__V3__CidrRange *const *v, size_t n,
+                         struct msm_cidr **out, int *nout, const char *field,
+                         struct msm_err *err)
 {
     *out = n ? msm_xcalloc(n, sizeof(**out)) : NULL;
     *nout = (int)n;
@@ -143,12 +144,12 @@ static int match_from_proto(const Envoy__Config__Listener__V3__FilterChainMatch 
             return msm_err_set(err, "destination_port: %u out of range", m->dport);
         }
     }
-    if (cidrs(p->prefix_ranges, p->n_prefix_ranges, &m->prefix, &m->n_prefix, "prefix_ranges",
-              err) < 0 ||
-        cidrs(p->direct_source_prefix_ranges, p->n_direct_source_prefix_ranges, &m->dsrc,
-              &m->n_dsrc, "direct_source_prefix_ranges", err) < 0 ||
-        cidrs(p->source_prefix_ranges, p->n_source_prefix_ranges, &m->src, &m->n_src,
-              "source_prefix_ranges", err) < 0) {
+    if (msm_cidrs_from_proto(p->prefix_ranges, p->n_prefix_ranges, &m->prefix, &m->n_prefix,
+                             "prefix_ranges", err) < 0 ||
+        msm_cidrs_from_proto(p->direct_source_prefix_ranges, p->n_direct_source_prefix_ranges,
+                             &m->dsrc, &m->n_dsrc, "direct_source_prefix_ranges", err) < 0 ||
+        msm_cidrs_from_proto(p->source_prefix_ranges, p->n_source_prefix_ranges, &m->src,
+                             &m->n_src, "source_prefix_ranges", err) < 0) {
         return MSM_EINVAL;
     }
     if (p->address_suffix[0] || p->suffix_len) {

@@ -161,3 +161,9 @@ const struct msm_filter_chain *msm_listener_match(const struct msm_listener_cfg 
 bool msm_listener_filter_enabled(const struct msm_listener_filter *f, uint32_t dport);
 int msm_cidr_parse(const char *prefix, uint32_t len, struct msm_cidr *out, struct msm_err *err);
 bool msm_cidr_contains(const struct msm_cidr *c, const struct msm_address *a);
+/* <n> envoy.config.core.v3.CidrRange into a new array (<*nout> entries, set first so the
+ * array can be freed on failure); MSM_EINVAL with <err> naming "<field>[i]". */
+struct Envoy__Config__Core__V3__CidrRange;
+int msm_cidrs_from_proto(struct Envoy__Config__Core__V3__CidrRange *const *v, size_t n,
+                         struct msm_cidr **out, int *nout, const char *field,
+                         struct msm_err *err);

@@ -349,15 +349,10 @@ static int headers_from_proto(const PbHcm *p, struct msm_hcm_config *c, struct m
             *ia = p->internal_address_config;
         c->has_internal = true;
         c->internal_unix = ia->unix_sockets;
-        c->internal = ia->n_cidr_ranges ? msm_xcalloc(ia->n_cidr_ranges, sizeof(*c->internal))
-                                        : NULL;
-        for (size_t i = 0; i < ia->n_cidr_ranges; i++) {
-            const Envoy__Config__Core__V3__CidrRange *r = ia->cidr_ranges[i];
-            if (msm_cidr_parse(r->address_prefix, msm_pb_u32(r->prefix_len, 0),
-                               &c->internal[c->n_internal++], err) < 0) {
-                msm_err_prefix(err, "internal_address_config.cidr_ranges[%zu]", i);
-                return MSM_EINVAL;
-            }
+        if (msm_cidrs_from_proto(ia->cidr_ranges, ia->n_cidr_ranges, &c->internal,
+                                 &c->n_internal, "internal_address_config.cidr_ranges",
+                                 err) < 0) {
+            return MSM_EINVAL;
         }
     }
     c->xff_num_trusted_hops = p->xff_num_trusted_hops;
