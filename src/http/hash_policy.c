@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <xxhash.h>
 
 #include "envoy/config/route/v3/route_components.pb-c.h"
@@ -15,6 +14,7 @@
 #include "http/regex.h"
 #include "http/route.h"
 #include "net/address.h"
+#include "upstream/lb/hash_lb.h"
 
 typedef Envoy__Config__Route__V3__RouteAction__HashPolicy PbHashPolicy;
 
@@ -266,10 +266,7 @@ static bool generate_cookie(const struct msm_hash_method *m, const struct msm_ha
     for (int i = 0; i < m->n_attrs; i++) {
         cap += strlen(m->attrs[i].name) + strlen(m->attrs[i].value) + 4;
     }
-    char *sc = malloc(cap);
-    if (!sc) {
-        return false;
-    }
+    char *sc = msm_xmalloc(cap);
     int n = snprintf(sc, cap, "%s=\"%s\"", m->name, value);
     if (m->ttl_s) {
         n += snprintf(sc + n, cap - (size_t)n, "; Max-Age=%lld", (long long)m->ttl_s);
@@ -303,16 +300,8 @@ static bool eval_one(const struct msm_hash_method *m, const struct msm_hash_inpu
         }
         return m->has_ttl && generate_cookie(m, in, cb, ctx, out);
     }
-    case MSM_HASH_SOURCE_IP: {
-        if (!in->remote || (in->remote->sa.ss_family != AF_INET &&
-                            in->remote->sa.ss_family != AF_INET6)) {
-            return false;
-        }
-        char ip[MSM_ADDRSTRLEN];
-        msm_address_ip_str(in->remote, ip, sizeof(ip));
-        *out = XXH64(ip, strlen(ip), 0);
-        return true;
-    }
+    case MSM_HASH_SOURCE_IP:
+        return in->remote && msm_lb_hash_ip(in->remote, out);
     case MSM_HASH_QUERY: {
         const char *path = in->req ? msm_hdrs_get(in->req, ":path") : NULL;
         const char *v;

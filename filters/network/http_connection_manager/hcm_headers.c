@@ -598,10 +598,7 @@ void msm_hcm_build_grpc_local_reply(int status, int grpc_status, const char *tex
         /* gRPC's percent-encoding of grpc-message: controls, non-ASCII and '%'. */
         static const char hex[] = "0123456789ABCDEF";
         size_t n = strlen(text);
-        char *m = malloc(3 * n + 1), *o = m;
-        if (!m) {
-            return;
-        }
+        char *m = msm_xmalloc(3 * n + 1), *o = m;
         for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
             if (*c < ' ' || *c > '~' || *c == '%') {
                 *o++ = '%';

@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
@@ -21,6 +20,7 @@
 #include "filters/network/tcp_proxy/tcp_proxy.h"
 #include "server/worker.h"
 #include "upstream/cluster.h"
+#include "upstream/lb/hash_lb.h"
 
 /* Record a response flag for the access log (the session may be gone already). */
 #define SI_FLAG(t, f)                                                                             \
@@ -219,15 +219,13 @@ void msm_tcp_proxy_filter_free(void *f)
     /* else: freed when the upstream finishes flushing (up_on_event). */
 }
 
-/* Envoy's SourceIpHashMethod: XXH64 (seed 0) of the client's IP as text, so one client lands
- * on the same host of the same ring through msm-proxy and through Envoy. */
+/* Envoy's SourceIpHashMethod, so one client lands on the same host of the same ring through
+ * msm-proxy and through Envoy; 0 (no hash) for a client that has no IP. */
 static uint64_t source_hash(struct tp *t)
 {
-    const struct msm_conn *c = msm_filter_conn(t->h);
-    char ip[MSM_ADDRSTRLEN];
-    msm_address_ip_str(&c->remote, ip, sizeof(ip));
-    uint64_t h = XXH64(ip, strlen(ip), 0);
-    return h ? h : 1; /* 0 means "no hash" to the balancers */
+    uint64_t h = 0;
+    msm_lb_hash_ip(&msm_filter_conn(t->h)->remote, &h);
+    return h;
 }
 
 /* Pick a host and connect. 0 on success; negative when the downstream must be closed. */

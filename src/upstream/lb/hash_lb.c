@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <xxhash.h>
 
 #include "common/alloc.h"
@@ -203,4 +204,16 @@ int msm_maglev_pick(const struct msm_maglev *m, uint64_t hash, uint32_t attempt)
         hash ^= ~0ull - attempt + 1; /* many bits change: retries spread over hosts */
     }
     return (int)m->table[hash % m->size];
+}
+
+bool msm_lb_hash_ip(const struct msm_address *a, uint64_t *out)
+{
+    if (a->sa.ss_family != AF_INET && a->sa.ss_family != AF_INET6) {
+        return false;
+    }
+    char ip[MSM_ADDRSTRLEN];
+    msm_address_ip_str(a, ip, sizeof(ip));
+    uint64_t h = XXH64(ip, strlen(ip), 0);
+    *out = h ? h : 1;
+    return true;
 }

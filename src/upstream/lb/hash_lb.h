@@ -2,10 +2,17 @@
 /* Consistent-hash load balancers, built once per cluster version (immutable, shared by all
  * workers): RING_HASH (Ketama-style ring of xxHash64 points, as Envoy's ring_hash) and MAGLEV
  * (Google's Maglev lookup table, as Envoy's maglev). */
+#include <stdbool.h>
 #include <stdint.h>
 
 struct msm_host_set;
 struct msm_host;
+struct msm_address;
+
+/* Envoy's source-IP hash (HTTP and TCP hash policies): XXH64, seed 0, of the IP as text;
+ * false for an address that is not IPv4 or IPv6. 0 is given as 1: 0 means "no hash" to the
+ * balancers. */
+bool msm_lb_hash_ip(const struct msm_address *a, uint64_t *out);
 
 struct msm_ring {
     uint64_t *hash;  /* sorted */
