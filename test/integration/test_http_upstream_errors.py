@@ -67,6 +67,16 @@ class Http1Answerer:
                 pass
 
 
+def status_line(test, port, path=b"/x", timeout=5):
+    """GET <path> through the proxy on <port>: (the response's status line, seconds taken)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
+    test.addCleanup(s.close)
+    t0 = time.monotonic()
+    s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    line = H.recv_line(s, timeout=timeout)
+    return line, time.monotonic() - t0
+
+
 def h2_cluster_config(port, srv, protocol_options=None):
     """A listener on <port>: HCM, every request to cluster h2up (<srv>, HTTP/2)."""
     hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
@@ -87,12 +97,7 @@ class UpstreamCodecErrorTest(H.ProxyTestCase):
 
         p = self.start_proxy(lambda: h2_cluster_config(port, srv, H2_OPTS))
         for i in range(2):
-            s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
-            self.addCleanup(s.close)
-            t0 = time.monotonic()
-            s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-            line = H.recv_line(s, timeout=5)
-            took = time.monotonic() - t0
+            line, took = status_line(self, port)
             self.assertIn(b" 503 ", line)
             self.assertLess(took, 1.0, "request %d took %.2fs" % (i, took))
         self.assertGreaterEqual(p.stat("cluster.h2up.upstream_cx_protocol_error"), 2)
@@ -112,12 +117,7 @@ class UpstreamCodecErrorTest(H.ProxyTestCase):
                                                                 "timeout": "0.3s"}}}
 
         p = self.start_proxy(lambda: h2_cluster_config(port, srv, opts))
-        s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
-        self.addCleanup(s.close)
-        t0 = time.monotonic()
-        s.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-        line = H.recv_line(s, timeout=10)
-        took = time.monotonic() - t0
+        line, took = status_line(self, port, timeout=10)
         self.assertIn(b" 503 ", line)
         self.assertGreater(took, 0.25)
         self.assertLess(took, 3.0)
@@ -201,10 +201,7 @@ class UpstreamCodecStatsTest(H.ProxyTestCase):
                                                    typed_extension_protocol_options=H2_OPTS)])
         p = self.start_proxy(cfg)
         for path, want in ((b"/h2", b" 503 "), (b"/h2", b" 503 "), (b"/h1", b" 200 ")):
-            s = socket.create_connection(("127.0.0.1", port), timeout=H.IO_TIMEOUT)
-            self.addCleanup(s.close)
-            s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\n\r\n")
-            self.assertIn(want, H.recv_line(s, timeout=5))
+            self.assertIn(want, status_line(self, port, path)[0])
         p.wait_stat("cluster.h2up.http2.rx_reset", lambda v: v == 2)
         p.wait_stat("cluster.h2up.http2.streams_active", lambda v: v == 0)
         st = p.stats()
