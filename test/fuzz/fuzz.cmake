@@ -31,3 +31,5 @@ msm_fuzz_target(fuzz_mx_preamble ${CMAKE_CURRENT_LIST_DIR}/fuzz_mx_preamble.c)
 # Istio's HTTP peer metadata exchange (filters/http/peer_metadata): the x-envoy-peer-metadata
 # header value (base64 of a Struct).
 msm_fuzz_target(fuzz_peer_metadata ${CMAKE_CURRENT_LIST_DIR}/fuzz_peer_metadata.c)
+# Route configurations (src/http/route.c, hash_policy.c) built from arbitrary JSON, then used.
+msm_fuzz_target(fuzz_route_config ${CMAKE_CURRENT_LIST_DIR}/fuzz_route_config.c)
